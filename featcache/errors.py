@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Every exception a user can cause and fix derives from FeatcacheError. Its message is one line that names the
+file, flag or field at fault and says what to do; the CLI prints it without a traceback (set FEATCACHE_DEBUG=1
+to see one). Anything else reaching the CLI is a bug and keeps its traceback.
+"""
+
+
+class FeatcacheError(Exception):
+    """Base class of errors caused by user input or the environment, with an actionable one-line message."""
+
+
+class ConfigError(FeatcacheError):
+    """A flag or config value is invalid or inconsistent with another."""
+
+
+class DatasetError(FeatcacheError):
+    """A dataset is missing, incomplete or malformed on disk."""
+
+
+class ModelError(FeatcacheError):
+    """An unknown model name or an unusable model configuration."""
+
+
+class WeightsError(ModelError):
+    """Weights cannot be found, read or loaded into the model."""
+
+
+class CacheError(FeatcacheError):
+    """A feature cache is missing, incomplete or corrupt."""
+
+
+class CacheMismatchError(CacheError):
+    """A cache does not describe the dataset/transform it is being joined with."""
+
+
+class CacheLockedError(CacheError):
+    """Another process holds the cache's write lock."""

@@ -1,0 +1,38 @@
+"""The model contract shared by teachers and students (timm's forward_features / forward_head split).
+
+A FeatureModel maps an image batch to ``(features, logits)``: ``features`` is the penultimate layer, the vector
+the seed papers transfer (2048-d for ResNet50, 10240-d for NTS-Net), ``logits`` the classifier output on it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FeatureModel(nn.Module):
+    """Base class: subclasses implement ``forward_features`` and ``forward_head``.
+
+    Attributes:
+        num_features: width D of the feature vector.
+        num_classes: width C of the logits.
+        default_image_size: input side the weights were trained at (the transform default).
+        min_image_size: smallest input side the architecture accepts.
+    """
+
+    num_features: int
+    num_classes: int
+    default_image_size: int = 224
+    min_image_size: int = 32
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] (normalised float) -> features [B, D]."""
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Features [B, D] -> logits [B, C]."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.forward_features(x)
+        return features, self.forward_head(features)
