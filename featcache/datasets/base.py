@@ -19,17 +19,9 @@ import torch
 from torch.utils.data import Dataset
 
 from featcache.errors import DatasetError
+from featcache.hashing import sha256_lines
 
 SPLITS = ("train", "test")
-
-
-def sha256_lines(items: Sequence[str]) -> str:
-    """sha256 of the items joined by newlines; the fingerprint of an ordered id or class list."""
-    h = hashlib.sha256()
-    for item in items:
-        h.update(item.encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
 
 
 def read_image_file(path: Path) -> torch.Tensor:
@@ -69,6 +61,9 @@ class ImageDataset(Dataset):
     """
 
     name: str = "dataset"
+    # Side of the (square) images when they are all small and pre-centred (32 for CIFAR): the default transform
+    # then resizes the whole image instead of cropping its centre.
+    native_size: int | None = None
 
     def __init__(
         self,

@@ -7,7 +7,8 @@ prefixes are stripped.
 
 from __future__ import annotations
 
-import hashlib
+import os
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -15,17 +16,10 @@ import torch
 from torch import nn
 
 from featcache.errors import WeightsError
+from featcache.hashing import file_sha256  # noqa: F401  (re-exported)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "net_state_dict", "model")
 STRIP_PREFIXES = ("module.", "_orig_mod.")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _strip(key: str) -> str:
@@ -65,11 +59,21 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"--weights {path}: file not found")
+    trusted = os.environ.get("FEATCACHE_TRUST_WEIGHTS") == "1"
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # weights_only: unpickling arbitrary objects would run code from the file.
+        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({first[:200]})") from None
+        text = str(exc)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:
+            raise WeightsError(
+                f"--weights {path} pickles Python objects besides tensors ({found.group(1)}); re-save it with "
+                "torch.save(model.state_dict(), PATH), or set FEATCACHE_TRUST_WEIGHTS=1 if you trust its source"
+            ) from None
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
+        reason = " ".join((found.group(1) if found else text or type(exc).__name__).split())[:160]
+        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({reason})") from None
     return extract_state_dict(obj, source=f"--weights {path}")
 
 

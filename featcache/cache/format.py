@@ -1,0 +1,184 @@
+"""The cache format: every file name, dataset name and manifest field, in one place.
+
+A cache is a directory ``<store>/<key>/`` holding ``manifest.json`` and HDF5 shards named ``<part>-NNNNN.h5``.
+Parts: ``data`` (one row per dataset sample, row r == dataset index r) and ``noise`` (one row per generated
+random image, row i == noise index i). Each shard holds contiguous (unchunked, unfiltered) datasets:
+
+    features  [n, D]  float16 (or float32)  penultimate-layer output of the teacher
+    logits    [n, C]  float32 (or float16)  pre-softmax scores, so any temperature can be applied later
+    index     [n]     int64                 dataset (or noise) index of each row
+
+docs/cache-format.md describes the same thing for humans; tests/test_cache.py checks the two agree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+SHARD_SUFFIX = ".h5"
+TMP_SUFFIX = ".tmp"
+
+PART_DATA = "data"
+PART_NOISE = "noise"
+PARTS = (PART_DATA, PART_NOISE)
+
+FEATURES = "features"
+LOGITS = "logits"
+INDEX = "index"
+FIELDS = (FEATURES, LOGITS, INDEX)
+
+FEATURE_DTYPES = ("float16", "float32")
+DEFAULT_SHARD_ROWS = 4096
+
+_SHARD_RE = re.compile(r"^(data|noise)-(\d{5})\.h5$")
+
+
+def shard_name(part: str, number: int) -> str:
+    return f"{part}-{number:05d}{SHARD_SUFFIX}"
+
+
+def parse_shard_name(name: str) -> tuple[str, int] | None:
+    m = _SHARD_RE.match(name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def canonical_json(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def make_key(identity: dict[str, Any], teacher: str, dataset: str, split: str) -> str:
+    """Readable prefix + sha256 of the canonical identity: same inputs => same key => reuse."""
+    digest = hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{teacher}-{dataset}-{split}".lower()).strip("-")
+    return f"{slug}-{digest[:12]}"
+
+
+@dataclass
+class ShardInfo:
+    part: str
+    number: int
+    start: int  # first row (inclusive)
+    stop: int  # last row (exclusive)
+    file: str
+    bytes: int
+    sha256: str
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass
+class TeacherInfo:
+    name: str
+    weights: dict[str, Any]  # WeightsInfo.identity() plus "ref" (the path or enum name, for humans)
+    feature_layer: str
+    num_features: int
+    num_classes: int
+    classes: list[str] | None  # class names the logits cover, when known
+    classes_source: str  # "dataset" | "weights" | "unknown"
+
+
+@dataclass
+class Manifest:
+    key: str
+    identity: dict[str, Any]  # exactly what was hashed into the key
+    teacher: TeacherInfo
+    dataset: dict[str, Any]  # ImageDataset.identity()
+    classes: list[str]  # the dataset's class names
+    transform: dict[str, Any]  # TransformSpec.to_dict()
+    dtype: str
+    logits_dtype: str
+    precision: str
+    shard_rows: int
+    rows: dict[str, int]  # part -> number of rows
+    noise: dict[str, Any] | None  # NoiseSpec.to_dict() or None
+    shards: list[ShardInfo] = field(default_factory=list)
+    complete: bool = False
+    format_version: int = FORMAT_VERSION
+    created: str = ""
+    finished: str = ""
+    versions: dict[str, str] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
+    teacher_accuracy: float | None = None
+    command: str = ""
+
+    # -- shard bookkeeping -------------------------------------------------------------------------------------
+    def num_shards(self, part: str) -> int:
+        n = self.rows.get(part, 0)
+        return (n + self.shard_rows - 1) // self.shard_rows
+
+    def shard_range(self, part: str, number: int) -> tuple[int, int]:
+        start = number * self.shard_rows
+        return start, min(start + self.shard_rows, self.rows[part])
+
+    def shards_of(self, part: str) -> list[ShardInfo]:
+        return sorted((s for s in self.shards if s.part == part), key=lambda s: s.number)
+
+    def expected_shards(self) -> list[tuple[str, int]]:
+        return [(p, i) for p in PARTS for i in range(self.num_shards(p))]
+
+    def total_bytes(self) -> int:
+        return sum(s.bytes for s in self.shards)
+
+    # -- (de)serialisation --------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        d = dict(d)
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"format_version {version} (this featcache reads {FORMAT_VERSION})")
+        d["teacher"] = TeacherInfo(**d["teacher"])
+        d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
+        return cls(**d)
+
+    def save(self, directory: Path) -> None:
+        """Atomically replace ``directory/manifest.json`` (write temp, fsync, rename, fsync dir)."""
+        atomic_write_text(directory / MANIFEST, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+
+    @classmethod
+    def load(cls, directory: Path) -> "Manifest":
+        from featcache.errors import CacheError
+
+        path = Path(directory) / MANIFEST
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise CacheError(f"{path} is missing: not a featcache cache directory") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CacheError(f"{path} is unreadable ({exc}); remove the cache with `featcache cache rm`") from None
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)

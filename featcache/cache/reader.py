@@ -1,0 +1,210 @@
+"""Reading a cache: gather rows by dataset index, or load a whole table into RAM.
+
+    >>> from featcache.cache import open_cache
+    >>> cache = open_cache("resnet50-cifar10-train-3f2a9c1d0b7e")
+    >>> cache.check_dataset(dataset)                 # refuses a cache made from other data
+    >>> rows = cache.gather(np.array([5, 1, 5]))     # {"features": [3, 2048], "logits": [3, 10]}
+
+Gathers are vectorised: indices are sorted once, mapped to shards with one searchsorted, and each shard is read
+with a single sorted fancy selection (h5py requires increasing, unique indices), then scattered back into the
+caller's order. HDF5 handles are opened lazily in the process that reads and are dropped on pickling, because a
+handle shared across fork() corrupts reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import h5py
+import numpy as np
+
+from featcache.cache.format import FEATURES, INDEX, LOGITS, PART_DATA, Manifest, ShardInfo
+from featcache.errors import CacheError, CacheMismatchError
+
+DEFAULT_FIELDS = (FEATURES, LOGITS)
+
+# Fields compared by check_dataset, with the words used in the error message.
+_DATASET_FIELDS = (
+    ("name", "dataset name"),
+    ("split", "split"),
+    ("num_samples", "number of samples"),
+    ("ids_sha256", "sample ids"),
+    ("labels_sha256", "labels"),
+    ("num_classes", "number of classes"),
+    ("classes_sha256", "class list"),
+    ("params", "dataset parameters"),
+)
+
+
+class FeatureCache:
+    """Read access to one complete cache directory."""
+
+    def __init__(self, directory: str | Path, *, allow_incomplete: bool = False) -> None:
+        self.directory = Path(directory)
+        self.manifest = Manifest.load(self.directory)
+        m = self.manifest
+        if not m.complete and not allow_incomplete:
+            done, total = len(m.shards), len(m.expected_shards())
+            hint = f" by re-running: {m.command}" if m.command else " by re-running the same featcache extract command"
+            raise CacheError(f"cache {m.key} is incomplete ({done}/{total} shards); finish it{hint}")
+        self._shards = {p: m.shards_of(p) for p in m.rows}
+        self._starts = {p: np.array([s.start for s in shards], dtype=np.int64) for p, shards in self._shards.items()}
+        self._files: dict[str, h5py.File] = {}
+
+    # -- metadata ---------------------------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.manifest.key
+
+    @property
+    def num_features(self) -> int:
+        return self.manifest.teacher.num_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.manifest.teacher.num_classes
+
+    def num_rows(self, part: str = PART_DATA) -> int:
+        return int(self.manifest.rows.get(part, 0))
+
+    def row_bytes(self, fields: Sequence[str] = DEFAULT_FIELDS) -> int:
+        """Bytes one row of ``fields`` takes in RAM (for memory budgets)."""
+        m = self.manifest
+        sizes = {
+            FEATURES: np.dtype(m.dtype).itemsize * m.teacher.num_features,
+            LOGITS: np.dtype(m.logits_dtype).itemsize * m.teacher.num_classes,
+            INDEX: 8,
+        }
+        return sum(sizes[f] for f in fields)
+
+    # -- file handles -----------------------------------------------------------------------------------------
+    def _file(self, shard: ShardInfo) -> h5py.File:
+        f = self._files.get(shard.file)
+        if f is None:
+            path = self.directory / shard.file
+            try:
+                f = h5py.File(path, "r")
+            except FileNotFoundError:
+                raise CacheError(f"{path} is missing; run `featcache cache verify {self.key}`") from None
+            except OSError as exc:
+                raise CacheError(f"{path} is unreadable ({exc}); run `featcache cache verify {self.key}`") from None
+            self._files[shard.file] = f
+        return f
+
+    def close(self) -> None:
+        for f in self._files.values():
+            try:
+                f.close()
+            except Exception:  # noqa: BLE001 - closing a broken handle must not mask the real error
+                pass
+        self._files.clear()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        return state
+
+    def __enter__(self) -> "FeatureCache":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def _empty(self, n: int, fields: Iterable[str]) -> dict[str, np.ndarray]:
+        m = self.manifest
+        shapes = {
+            FEATURES: ((n, m.teacher.num_features), m.dtype),
+            LOGITS: ((n, m.teacher.num_classes), m.logits_dtype),
+            INDEX: ((n,), "int64"),
+        }
+        return {f: np.empty(*shapes[f]) for f in fields}
+
+    def gather(
+        self, indices: Sequence[int] | np.ndarray, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS
+    ) -> dict[str, np.ndarray]:
+        """Rows at ``indices`` (any order, repeats allowed), one sorted read per touched shard."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n_rows = self.num_rows(part)
+        if len(idx) and (idx.min() < 0 or idx.max() >= n_rows):
+            raise IndexError(f"cache {self.key} part {part!r} has {n_rows} rows; asked for {idx.min()}..{idx.max()}")
+        uniq, inverse = np.unique(idx, return_inverse=True)  # sorted and unique, as h5py requires
+        out = self._empty(len(uniq), fields)
+        shards = self._shards[part]
+        which = np.searchsorted(self._starts[part], uniq, side="right") - 1
+        cuts = np.flatnonzero(np.diff(which)) + 1
+        bounds = np.concatenate([[0], cuts, [len(uniq)]])
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if a == b:
+                continue
+            shard = shards[int(which[a])]
+            local = uniq[a:b] - shard.start
+            f = self._file(shard)
+            lo, hi = int(local[0]), int(local[-1]) + 1
+            for name in fields:
+                if hi - lo == len(local):  # a contiguous run: one hyperslab read straight into the output
+                    f[name].read_direct(out[name], source_sel=np.s_[lo:hi], dest_sel=np.s_[a:b])
+                else:
+                    out[name][a:b] = f[name][local]
+        if len(uniq) == len(idx) and np.array_equal(uniq, idx):
+            return out
+        return {name: arr[inverse] for name, arr in out.items()}
+
+    def read_range(
+        self, start: int, stop: int, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS
+    ) -> dict[str, np.ndarray]:
+        """Rows [start, stop) as contiguous hyperslab reads (the out-of-core loader's block read)."""
+        return self.gather(np.arange(start, stop, dtype=np.int64), part=part, fields=fields)
+
+    def read_all(self, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS) -> dict[str, np.ndarray]:
+        """The whole table of ``part`` in RAM, read shard by shard straight into one array per field."""
+        return self.read_range(0, self.num_rows(part), part=part, fields=fields)
+
+    # -- validation -------------------------------------------------------------------------------------------
+    def check_dataset(self, dataset: Any, transform: Any | None = None) -> None:
+        """Refuse to join this cache with a dataset (and transform) it was not extracted from.
+
+        ``dataset`` is an ImageDataset (its ``identity()`` is compared field by field) and ``transform`` an
+        optional TransformSpec. The error names the first differing field.
+        """
+        mine = self.manifest.dataset
+        theirs = dataset.identity()
+        for field, words in _DATASET_FIELDS:
+            if mine.get(field) != theirs.get(field):
+                a, b = _short(mine.get(field)), _short(theirs.get(field))
+                raise CacheMismatchError(
+                    f"cache {self.key} does not match the dataset: {words} differ (dataset.{field}: cache {a}, "
+                    f"dataset {b}); extract a cache for this data with `featcache extract --teacher "
+                    f"{self.manifest.teacher.name} --dataset {theirs.get('name')} --split {theirs.get('split')} ...`"
+                )
+        if transform is not None:
+            spec = transform.to_dict() if hasattr(transform, "to_dict") else dict(transform)
+            for field in sorted(set(spec) | set(self.manifest.transform)):
+                if spec.get(field) != self.manifest.transform.get(field):
+                    raise CacheMismatchError(
+                        f"cache {self.key} was extracted with a different transform: transform.{field} is "
+                        f"{_short(self.manifest.transform.get(field))} in the cache and {_short(spec.get(field))} "
+                        "here; use the cache's transform or extract a new cache"
+                    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def open_cache(key_or_path: str | Path, cache_dir: str | Path | None = None) -> FeatureCache:
+    """Open a complete cache by key (or unique key prefix) in the store, or by directory path."""
+    path = Path(key_or_path).expanduser()
+    if (path / "manifest.json").is_file():
+        return FeatureCache(path)
+    from featcache.cache.store import CacheStore
+
+    return CacheStore(cache_dir).open(str(key_or_path))

@@ -1,0 +1,259 @@
+"""The cache store: where caches live, how they are found, listed, verified, locked and removed.
+
+Caches live under ``$FEATCACHE_HOME`` (default ``~/.cache/featcache``) or an explicit ``--cache-dir``; each is a
+directory named by its key. Keys can be abbreviated to any unique prefix, as git does with commit hashes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+
+from featcache.cache.format import (
+    FEATURES,
+    INDEX,
+    LOCK,
+    LOGITS,
+    MANIFEST,
+    SHARD_SUFFIX,
+    TMP_SUFFIX,
+    Manifest,
+    parse_shard_name,
+)
+from featcache.cache.reader import FeatureCache
+from featcache.errors import CacheError, CacheLockedError
+from featcache.hashing import file_sha256
+
+try:  # POSIX advisory locks; on other platforms locking is a no-op (documented)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FEATCACHE_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "featcache"
+
+
+@dataclass
+class CacheEntry:
+    key: str
+    directory: Path
+    manifest: Manifest | None
+    error: str | None = None
+
+    @property
+    def status(self) -> str:
+        if self.manifest is None:
+            return "broken"
+        if self.manifest.complete:
+            return "complete"
+        return f"partial {len(self.manifest.shards)}/{len(self.manifest.expected_shards())}"
+
+
+@dataclass
+class ShardCheck:
+    file: str
+    status: str  # ok | missing | truncated | corrupt | unreadable | leftover
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    key: str
+    complete: bool
+    checks: list[ShardCheck] = field(default_factory=list)
+    missing: int = 0  # shards an incomplete cache has not written yet
+
+    @property
+    def bad(self) -> list[ShardCheck]:
+        return [c for c in self.checks if c.status not in ("ok", "leftover")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.bad
+
+
+class CacheLock:
+    """Exclusive advisory lock on ``<cache dir>/.lock``; one writer (extract, rm) per cache at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.path = Path(directory) / LOCK
+        self._fd: int | None = None
+
+    def acquire(self, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> "CacheLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read_pid(self.path)
+                if not wait:
+                    os.close(fd)
+                    raise CacheLockedError(
+                        f"cache {self.path.parent.name} is being written by another process (pid {holder}); "
+                        "wait for it to finish or re-run without --no-wait to queue behind it"
+                    ) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "CacheLock":
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class CacheStore:
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    # -- listing and lookup -----------------------------------------------------------------------------------
+    def entries(self) -> list[CacheEntry]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if not (d / MANIFEST).is_file():
+                continue
+            try:
+                out.append(CacheEntry(d.name, d, Manifest.load(d)))
+            except CacheError as exc:
+                out.append(CacheEntry(d.name, d, None, str(exc)))
+        return out
+
+    def resolve(self, key: str) -> str:
+        """Full key for ``key`` or a unique prefix of one."""
+        if (self.root / key / MANIFEST).is_file():
+            return key
+        keys = [e.key for e in self.entries()]
+        matches = [k for k in keys if k.startswith(key)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise CacheError(
+                f"no cache {key!r} in {self.root}; list caches with `featcache cache ls`"
+                + (" (or pass --cache-dir)" if not keys else "")
+            )
+        raise CacheError(f"cache key prefix {key!r} is ambiguous ({', '.join(matches[:4])}); give more characters")
+
+    def open(self, key: str) -> FeatureCache:
+        return FeatureCache(self.path(self.resolve(key)))
+
+    def find(
+        self,
+        *,
+        teacher: str | None = None,
+        dataset: str | None = None,
+        split: str | None = None,
+        dataset_identity: dict[str, Any] | None = None,
+        transform: dict[str, Any] | None = None,
+        complete: bool = True,
+    ) -> list[CacheEntry]:
+        """Caches matching every given criterion (None = any)."""
+        out = []
+        for e in self.entries():
+            m = e.manifest
+            if m is None or (complete and not m.complete):
+                continue
+            if teacher is not None and m.teacher.name != teacher:
+                continue
+            if dataset is not None and m.dataset.get("name") != dataset:
+                continue
+            if split is not None and m.dataset.get("split") != split:
+                continue
+            if dataset_identity is not None and m.dataset != dataset_identity:
+                continue
+            if transform is not None and m.transform != transform:
+                continue
+            out.append(e)
+        return out
+
+    # -- maintenance ------------------------------------------------------------------------------------------
+    def remove(self, key: str) -> int:
+        """Delete a cache (after taking its lock, so a running extract is never pulled from under); returns bytes."""
+        full = self.resolve(key)
+        directory = self.path(full)
+        lock = CacheLock(directory).acquire(wait=False)
+        try:
+            size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+            # Drop the manifest first: a crash mid-removal leaves a directory nobody mistakes for a cache.
+            (directory / MANIFEST).unlink(missing_ok=True)
+            shutil.rmtree(directory)
+        finally:
+            lock.release()
+        return size
+
+    def verify(self, key: str, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+        """Recompute every shard's checksum and check its shapes against the manifest."""
+        full = self.resolve(key)
+        return verify_directory(self.path(full), progress=progress)
+
+
+def verify_directory(directory: Path, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    m = Manifest.load(directory)
+    report = VerifyReport(key=m.key, complete=m.complete)
+    recorded = {s.file for s in m.shards}
+    for i, s in enumerate(m.shards):
+        path = directory / s.file
+        if not path.is_file():
+            report.checks.append(ShardCheck(s.file, "missing", "file not found"))
+        elif path.stat().st_size != s.bytes:
+            report.checks.append(
+                ShardCheck(s.file, "truncated", f"{path.stat().st_size} bytes on disk, manifest says {s.bytes}")
+            )
+        elif file_sha256(path) != s.sha256:
+            report.checks.append(ShardCheck(s.file, "corrupt", "sha256 differs from the manifest"))
+        else:
+            problem = _check_shapes(path, s.rows, m.teacher.num_features, m.teacher.num_classes)
+            report.checks.append(ShardCheck(s.file, "unreadable" if problem else "ok", problem or ""))
+        if progress is not None:
+            progress(i + 1, len(m.shards))
+    for p in sorted(directory.iterdir()):
+        if p.name.endswith(TMP_SUFFIX) or (p.name.endswith(SHARD_SUFFIX) and p.name not in recorded):
+            if parse_shard_name(p.name.removesuffix(TMP_SUFFIX)) is not None:
+                report.checks.append(ShardCheck(p.name, "leftover", "unfinished write; the next extract redoes it"))
+    report.missing = len(m.expected_shards()) - len(m.shards)
+    return report
+
+
+def _check_shapes(path: Path, rows: int, dim: int, classes: int) -> str | None:
+    try:
+        with h5py.File(path, "r") as f:
+            want = {FEATURES: (rows, dim), LOGITS: (rows, classes), INDEX: (rows,)}
+            for name, shape in want.items():
+                if name not in f:
+                    return f"dataset {name!r} missing"
+                if f[name].shape != shape:
+                    return f"{name} has shape {f[name].shape}, expected {shape}"
+    except OSError as exc:
+        return f"HDF5 cannot open it ({exc})"
+    return None

@@ -1,0 +1,179 @@
+"""Crash-safe shard writing, off the GPU's critical path.
+
+* A shard is written as ``<name>.h5.tmp``, closed, fsynced, renamed to ``<name>.h5`` and only then recorded in
+  the manifest (itself replaced atomically). A file without a manifest entry is never trusted, so a kill -9 at any
+  point leaves either a finished shard or one that the next run redoes.
+* ``BackgroundWriter`` runs all HDF5 work in one thread fed by a bounded queue: the producer (the GPU loop) only
+  enqueues host buffers, and the queue bound is the back-pressure that keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from featcache.cache.format import (
+    FEATURES,
+    INDEX,
+    LOGITS,
+    TMP_SUFFIX,
+    Manifest,
+    ShardInfo,
+    fsync_dir,
+    shard_name,
+)
+from featcache.errors import CacheError
+from featcache.hashing import file_sha256
+
+
+class PartWriter:
+    """Writes the rows of one part (``data`` or ``noise``) into the manifest's fixed-size shards.
+
+    Rows may arrive in any batch sizes but must arrive in increasing order within a shard, and every row of a
+    shard that is started must eventually be written (the extract loop iterates whole pending shards).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        part: str,
+        on_shard_done: Callable[[ShardInfo], None],
+    ) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.part = part
+        self.on_shard_done = on_shard_done
+        self._open: dict[int, tuple[h5py.File, Path, int]] = {}  # number -> (file, tmp path, rows written)
+
+    def _start(self, number: int) -> tuple[h5py.File, Path, int]:
+        start, stop = self.manifest.shard_range(self.part, number)
+        tmp = self.directory / (shard_name(self.part, number) + TMP_SUFFIX)
+        n = stop - start
+        f = h5py.File(tmp, "w")
+        t = self.manifest.teacher
+        # Contiguous, unchunked, unfiltered: the fastest layout for the sorted fancy reads of the joined loader.
+        f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
+        f.create_dataset(LOGITS, shape=(n, t.num_classes), dtype=self.manifest.logits_dtype)
+        f.create_dataset(INDEX, shape=(n,), dtype="int64")
+        f.attrs["part"] = self.part
+        f.attrs["start"] = start
+        f.attrs["stop"] = stop
+        f.attrs["key"] = self.manifest.key
+        entry = (f, tmp, 0)
+        self._open[number] = entry
+        return entry
+
+    def write(self, rows: np.ndarray, features: np.ndarray, logits: np.ndarray, index: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == 0:
+            return
+        shard_rows = self.manifest.shard_rows
+        numbers = rows // shard_rows
+        cuts = np.flatnonzero(np.diff(numbers)) + 1
+        for seg in np.split(np.arange(len(rows)), cuts):
+            number = int(numbers[seg[0]])
+            f, tmp, written = self._open.get(number) or self._start(number)
+            start, stop = self.manifest.shard_range(self.part, number)
+            local = rows[seg] - start
+            lo, hi = int(local[0]), int(local[-1]) + 1
+            if hi - lo == len(seg):  # contiguous slab: one hyperslab write per dataset
+                f[FEATURES][lo:hi] = features[seg]
+                f[LOGITS][lo:hi] = logits[seg]
+                f[INDEX][lo:hi] = index[seg]
+            else:
+                f[FEATURES][local] = features[seg]
+                f[LOGITS][local] = logits[seg]
+                f[INDEX][local] = index[seg]
+            written += len(seg)
+            self._open[number] = (f, tmp, written)
+            if written == stop - start:
+                self._finish(number)
+
+    def _finish(self, number: int) -> None:
+        f, tmp, _ = self._open.pop(number)
+        f.close()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        final = self.directory / shard_name(self.part, number)
+        os.replace(tmp, final)
+        fsync_dir(self.directory)
+        start, stop = self.manifest.shard_range(self.part, number)
+        info = ShardInfo(
+            part=self.part,
+            number=number,
+            start=start,
+            stop=stop,
+            file=final.name,
+            bytes=final.stat().st_size,
+            sha256=file_sha256(final),
+        )
+        self.on_shard_done(info)
+
+    @property
+    def unfinished(self) -> list[int]:
+        return sorted(self._open)
+
+    def abort(self) -> None:
+        """Close and delete partially written shards (used on errors; a crash leaves .tmp files that resume deletes)."""
+        for number in list(self._open):
+            f, tmp, _ = self._open.pop(number)
+            try:
+                f.close()
+            finally:
+                tmp.unlink(missing_ok=True)
+
+
+class BackgroundWriter:
+    """One writer thread for all parts. ``submit`` enqueues a batch; errors surface on the next call."""
+
+    _STOP = object()
+
+    def __init__(self, writers: dict[str, PartWriter], max_pending: int = 4) -> None:
+        self.writers = writers
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._failed = False  # after the first error every later batch is dropped, not half-written
+        self._thread = threading.Thread(target=self._run, name="featcache-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is self._STOP:
+                return
+            part, rows, features, logits, index, ready, release = item
+            try:
+                if not self._failed:
+                    if ready is not None:
+                        ready()  # e.g. a CUDA event's synchronize(): the device->host copy has landed
+                    self.writers[part].write(rows, features, logits, index)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the producer thread
+                self._error = exc
+                self._failed = True
+            finally:
+                if release is not None:
+                    release()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            if isinstance(err, OSError):
+                raise CacheError(f"writing the cache failed: {err}") from err
+            raise err
+
+    def submit(self, part, rows, features, logits, index, ready=None, release=None) -> None:
+        self._check()
+        self._queue.put((part, rows, features, logits, index, ready, release))
+
+    def close(self) -> None:
+        """Drain the queue, stop the thread and raise any error the thread hit."""
+        self._queue.put(self._STOP)
+        self._thread.join()
+        self._check()

@@ -1,0 +1,322 @@
+"""The `featcache` command line. Thin: parse flags, call the library, render with rich, map errors to one line.
+
+User mistakes (FeatcacheError) print ``error: <one line>`` and exit with status 2; set FEATCACHE_DEBUG=1 for the
+traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from featcache.errors import ConfigError, FeatcacheError
+
+app = typer.Typer(
+    help="Run a teacher once, cache its features, distil many students from the cache.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(help="List, inspect, verify and remove feature caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn FeatcacheError into one red line and exit status 2 (the huggingface_hub CLI pattern)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FeatcacheError as exc:
+            if os.environ.get("FEATCACHE_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: re-run the same command to resume where it stopped")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """``key=value`` pairs; values parsed as JSON when they look like it (numbers, true/false), else strings."""
+    options: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{flag} {item!r}: expected key=value")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# -- extract -------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def extract(
+    teacher: str = typer.Option(..., "--teacher", "-t", help="Teacher name: resnet50, inceptionv3, nts-net or any torchvision classifier."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d", help="cifar10, cifar100, cub200, sod, folder or synthetic."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Directory holding the dataset in its official layout."),
+    split: str = typer.Option("train", "--split", help="train or test."),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="Pin your own train/test split (sod): lines '<split> <id>'."),
+    download: bool = typer.Option(False, "--download", help="Download the dataset where supported (cifar) and the network allows."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o", help="Extra dataset option key=value (repeatable), e.g. num_train=500 for synthetic."),
+    weights: Optional[str] = typer.Option(None, "--weights", "-w", help="torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a checkpoint path, or 'random'."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classifier width when a checkpoint's head differs from the architecture default."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default: the teacher's, e.g. 224, 299, 448)."),
+    resize: Optional[int] = typer.Option(None, "--resize", help="Resize target before the centre crop (default: image size / crop fraction)."),
+    resize_mode: Optional[str] = typer.Option(None, "--resize-mode", help="shorter (keep aspect) or square."),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="DataLoader worker processes (default: min(8, cores))."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N."),
+    precision: str = typer.Option("auto", "--precision", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32."),
+    dtype: str = typer.Option("float16", "--dtype", help="Stored feature dtype: float16 or float32."),
+    logits_dtype: str = typer.Option("float32", "--logits-dtype", help="Stored logits dtype: float32 or float16."),
+    shard_rows: int = typer.Option(4096, "--shard-rows", help="Rows per HDF5 shard."),
+    noise: int = typer.Option(0, "--noise", help="Also cache N random images (TS-Learning's random-image augmentation)."),
+    noise_seed: int = typer.Option(0, "--noise-seed", help="Seed the random images are regenerated from."),
+    seed: int = typer.Option(0, "--seed", help="Seed of random initialisation (--weights random)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache store (default $FEATCACHE_HOME or ~/.cache/featcache)."),
+    force: bool = typer.Option(False, "--force", help="Redo the extract even if the cache exists."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="If another process is writing the same cache: wait (default) or exit."),
+) -> None:
+    """Run a teacher once over a dataset split and cache its features and logits."""
+    from featcache.extract import ExtractConfig
+    from featcache.extract import extract as run_extract
+    from featcache.progress import RichReporter
+
+    options = parse_options(dataset_opt, "--dataset-opt")
+    if split_file is not None:
+        options["split_file"] = split_file
+    if download:
+        options["download"] = True
+    config = ExtractConfig(
+        teacher=teacher, dataset=dataset, data_root=data_root, split=split, dataset_options=options,
+        weights=weights, num_classes=num_classes, image_size=image_size, resize=resize, resize_mode=resize_mode,
+        batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
+        logits_dtype=logits_dtype, shard_rows=shard_rows, noise=noise, noise_seed=noise_seed, seed=seed,
+        cache_dir=cache_dir, force=force, wait=wait,
+    )
+    result = run_extract(config, reporter=RichReporter(err))
+    m = result.manifest
+    noise_part = f" + {result.noise_rows:,} noise" if result.noise_rows else ""
+    if result.reused:
+        out.print(f"cache [bold]{result.key}[/] exists ({result.rows:,} rows{noise_part}, {human_bytes(result.bytes)}); "
+                  "nothing to do (--force to redo)", highlight=False)
+        return
+    acc = f" · teacher top-1 {m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else ""
+    out.print(
+        f"cache [bold]{result.key}[/]: {result.rows:,} rows{noise_part} · {m.teacher.num_features}-d {m.dtype} · "
+        f"{human_bytes(result.bytes)} · {result.images_per_s:,.0f} img/s over {result.seconds:.1f} s "
+        f"on {m.timing.get('device')}{acc}",
+        highlight=False,
+    )
+
+
+# -- cache ---------------------------------------------------------------------------------------------------------
+
+
+def _store(cache_dir: Path | None):
+    from featcache.cache import CacheStore
+
+    return CacheStore(cache_dir)
+
+
+@cache_app.command("ls")
+@user_errors
+def cache_ls(
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """List the caches in the store."""
+    store = _store(cache_dir)
+    entries = store.entries()
+    if as_json:
+        rows = []
+        for e in entries:
+            m = e.manifest
+            rows.append({"key": e.key, "status": e.status, "teacher": m.teacher.name if m else None,
+                         "dataset": m.dataset.get("name") if m else None, "split": m.dataset.get("split") if m else None,
+                         "rows": m.rows if m else None, "bytes": m.total_bytes() if m else None})
+        out.print_json(json.dumps(rows))
+        return
+    if not entries:
+        out.print(f"no caches in {store.root}")
+        return
+    table = Table(title=f"caches in {store.root}", title_justify="left")
+    for col in ("key", "teacher", "dataset", "split", "rows", "dim", "size", "image", "status"):
+        table.add_column(col, justify="right" if col in ("rows", "dim", "size") else "left")
+    for e in entries:
+        m = e.manifest
+        if m is None:
+            table.add_row(e.key, "-", "-", "-", "-", "-", "-", "-", f"[red]broken[/]")
+            continue
+        rows = f"{m.rows.get('data', 0):,}" + (f" +{m.rows['noise']:,}n" if m.rows.get("noise") else "")
+        status = "[green]complete[/]" if m.complete else f"[yellow]{e.status}[/]"
+        table.add_row(e.key, m.teacher.name, m.dataset.get("name", "?"), m.dataset.get("split", "?"), rows,
+                      str(m.teacher.num_features), human_bytes(m.total_bytes()), str(m.transform.get("image_size")), status)
+    out.print(table)
+
+
+@cache_app.command("info")
+@user_errors
+def cache_info(
+    key: str = typer.Argument(..., help="Cache key or unique prefix."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
+) -> None:
+    """Show what produced a cache: teacher, weights, dataset, transform, shards, timing."""
+    from featcache.cache import Manifest
+    from featcache.transforms import TransformSpec
+
+    store = _store(cache_dir)
+    full = store.resolve(key)
+    m = Manifest.load(store.path(full))
+    if as_json:
+        out.print_json(json.dumps(m.to_dict()))
+        return
+    t = m.teacher
+    table = Table(show_header=False, title=f"cache {m.key}", title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    weights = t.weights.get("ref", "?")
+    if t.weights.get("sha256"):
+        weights += f" (sha256 {t.weights['sha256'][:12]})"
+    rows = [
+        ("status", "complete" if m.complete else f"partial: {len(m.shards)}/{len(m.expected_shards())} shards"),
+        ("directory", str(store.path(full))),
+        ("teacher", f"{t.name} · {t.feature_layer} · D={t.num_features} · C={t.num_classes}"),
+        ("weights", f"{t.weights.get('source')}: {weights}"),
+        ("teacher classes", t.classes_source),
+        ("dataset", f"{m.dataset.get('name')} / {m.dataset.get('split')} · {m.dataset.get('num_samples'):,} samples · "
+                    f"{m.dataset.get('num_classes')} classes"),
+        ("sample ids sha256", m.dataset.get("ids_sha256", "")[:16]),
+        ("transform", TransformSpec.from_dict(m.transform).describe()),
+        ("stored", f"features {m.dtype}, logits {m.logits_dtype}, computed in {m.precision}"),
+        ("rows", ", ".join(f"{p}: {n:,}" for p, n in m.rows.items())),
+        ("noise", f"{m.noise['count']:,} images, seed {m.noise['seed']}" if m.noise else "none"),
+        ("shards", f"{len(m.shards)} × ≤{m.shard_rows:,} rows · {human_bytes(m.total_bytes())}"),
+        ("teacher top-1", f"{m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else "n/a"),
+        ("timing", ", ".join(f"{k}={v}" for k, v in m.timing.items()) or "n/a"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items())),
+        ("created", f"{m.created} → {m.finished or '...'}"),
+        ("command", m.command),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    out.print(table, highlight=False)
+
+
+@cache_app.command("verify")
+@user_errors
+def cache_verify(
+    key: Optional[str] = typer.Argument(None, help="Cache key or prefix (default: every cache)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+) -> None:
+    """Recompute shard checksums; report corrupt, truncated and missing shards (exit 1 if any)."""
+    store = _store(cache_dir)
+    keys = [store.resolve(key)] if key else [e.key for e in store.entries()]
+    if not keys:
+        out.print(f"no caches in {store.root}")
+        return
+    failed = False
+    for k in keys:
+        report = store.verify(k)
+        for c in report.checks:
+            if c.status != "ok":
+                colour = "yellow" if c.status == "leftover" else "red"
+                out.print(f"  [{colour}]{c.status}[/] {c.file}: {c.detail}", highlight=False)
+        ok_count = sum(c.status == "ok" for c in report.checks)
+        state = "" if report.complete else f", incomplete: {report.missing} shard(s) not written yet"
+        if report.ok:
+            out.print(f"[green]ok[/] {k}: {ok_count} shard(s) verified{state}", highlight=False)
+        else:
+            failed = True
+            out.print(f"[red]FAILED[/] {k}: {len(report.bad)} bad shard(s){state}; re-run its extract command "
+                      "(it redoes bad shards after `featcache cache rm`, or use --force)", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@cache_app.command("rm")
+@user_errors
+def cache_rm(
+    keys: List[str] = typer.Argument(..., help="Cache keys or unique prefixes."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+) -> None:
+    """Remove caches (refuses one that is being written)."""
+    store = _store(cache_dir)
+    for key in keys:
+        full = store.resolve(key)
+        freed = store.remove(full)
+        out.print(f"removed {full} ({human_bytes(freed)})", highlight=False)
+
+
+# -- listings ------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def teachers(all_models: bool = typer.Option(False, "--all", help="Also list every torchvision classifier.")) -> None:
+    """List the teachers `extract --teacher` accepts."""
+    from featcache.models.registry import get_entry
+    from featcache.models.teachers import list_teachers
+
+    table = Table(title="teachers")
+    for col in ("name", "input", "description"):
+        table.add_column(col)
+    for name in list_teachers(include_torchvision=False):
+        e = get_entry("teacher", name)
+        table.add_row(name, f"{e.default_image_size} px (≥{e.min_image_size})", e.description)
+    out.print(table)
+    if all_models:
+        from featcache.models.teachers import torchvision_classifiers
+
+        out.print("any torchvision classifier: " + ", ".join(torchvision_classifiers()))
+    else:
+        out.print("…and any torchvision classifier by name (--all lists them)")
+
+
+@app.command()
+@user_errors
+def datasets() -> None:
+    """List the datasets `--dataset` accepts."""
+    from featcache.datasets import list_datasets
+
+    for name in list_datasets():
+        out.print(name)
+
+
+def main() -> None:
+    app(prog_name="featcache")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,507 @@
+"""Stage 1: run a teacher once over a dataset split and write its features and logits into a cache.
+
+    >>> from featcache.extract import ExtractConfig, extract
+    >>> result = extract(ExtractConfig(teacher="resnet50", weights="random", dataset="synthetic"))
+    >>> result.key
+
+The pass is one sweep in dataset order: uint8 batches from DataLoader workers (decode + resize + crop), a
+non-blocking copy to the device, normalisation and the teacher under ``inference_mode`` + autocast in
+channels_last, then a non-blocking copy of the outputs into pinned host buffers that a background thread writes
+to HDF5 once a CUDA event says they have landed. The GPU never waits on disk.
+
+Re-running a finished extract is a no-op (same inputs, same key); an interrupted one resumes, redoing only shards
+that are not recorded in the manifest.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import queue
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from featcache import __version__
+from featcache.cache.format import (
+    DEFAULT_SHARD_ROWS,
+    FEATURE_DTYPES,
+    FORMAT_VERSION,
+    MANIFEST,
+    PART_DATA,
+    PART_NOISE,
+    TMP_SUFFIX,
+    Manifest,
+    ShardInfo,
+    TeacherInfo,
+    make_key,
+    parse_shard_name,
+)
+from featcache.cache.store import CacheLock, CacheStore
+from featcache.cache.writer import BackgroundWriter, PartWriter
+from featcache.datasets import ImageDataset, get_dataset
+from featcache.errors import CacheError, ConfigError
+from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
+from featcache.progress import Reporter
+from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
+from featcache.transforms import NoiseDataset, NoiseSpec, TransformSpec, default_transform
+
+
+@dataclass
+class ExtractConfig:
+    """Everything `featcache extract` takes; fields mirror the CLI flags."""
+
+    teacher: str
+    dataset: str = "synthetic"
+    data_root: Path | None = None
+    split: str = "train"
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    num_classes: int | None = None
+    image_size: int | None = None
+    resize: int | None = None
+    resize_mode: str | None = None
+    batch_size: int = 128
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float16"
+    logits_dtype: str = "float32"
+    shard_rows: int = DEFAULT_SHARD_ROWS
+    noise: int = 0
+    noise_seed: int = 0
+    seed: int = 0
+    cache_dir: Path | None = None
+    force: bool = False
+    wait: bool = True
+    channels_last: bool = True
+
+    def command(self) -> str:
+        """The CLI command that reproduces this config (recorded in the manifest, shown in hints)."""
+        defaults = ExtractConfig(teacher=self.teacher)
+        args = ["featcache", "extract", "--teacher", self.teacher]
+        flags = {
+            "dataset": "--dataset",
+            "data_root": "--data-root",
+            "split": "--split",
+            "weights": "--weights",
+            "num_classes": "--num-classes",
+            "image_size": "--image-size",
+            "resize": "--resize",
+            "resize_mode": "--resize-mode",
+            "precision": "--precision",
+            "dtype": "--dtype",
+            "logits_dtype": "--logits-dtype",
+            "shard_rows": "--shard-rows",
+            "noise": "--noise",
+            "noise_seed": "--noise-seed",
+            "seed": "--seed",
+            "cache_dir": "--cache-dir",
+        }
+        for name, flag in flags.items():
+            value = getattr(self, name)
+            if value is not None and value != getattr(defaults, name):
+                args += [flag, str(value)]
+        for k, v in sorted(self.dataset_options.items()):
+            args += ["--dataset-opt", f"{k}={v}"]
+        return shlex.join(args)
+
+
+@dataclass
+class ExtractPlan:
+    """What an extract will do, computed without building the teacher."""
+
+    config: ExtractConfig
+    dataset: ImageDataset
+    transform: TransformSpec
+    weights: WeightsInfo
+    num_classes: int | None
+    device: torch.device
+    precision: str
+    noise: NoiseSpec | None
+    identity: dict[str, Any]
+    key: str
+    directory: Path
+
+
+@dataclass
+class ExtractResult:
+    key: str
+    directory: Path
+    manifest: Manifest
+    reused: bool
+    seconds: float = 0.0
+    images: int = 0  # images run through the teacher in this call (0 when reused)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.manifest.rows.get(PART_DATA, 0)
+
+    @property
+    def noise_rows(self) -> int:
+        return self.manifest.rows.get(PART_NOISE, 0)
+
+    @property
+    def bytes(self) -> int:
+        return self.manifest.total_bytes()
+
+
+def plan_extract(config: ExtractConfig) -> ExtractPlan:
+    """Resolve dataset, transform, weights and the cache key; cheap (no model is built)."""
+    if config.dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"--dtype {config.dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}")
+    if config.logits_dtype not in FEATURE_DTYPES:
+        raise ConfigError(f"--logits-dtype {config.logits_dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}")
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {config.batch_size}")
+    if config.shard_rows < 1:
+        raise ConfigError(f"--shard-rows must be >= 1, got {config.shard_rows}")
+    if config.noise < 0:
+        raise ConfigError(f"--noise must be >= 0, got {config.noise}")
+    entry = teacher_entry(config.teacher)
+    dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
+    if len(dataset) == 0:
+        raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
+    image_size = config.image_size or entry.default_image_size
+    if image_size < entry.min_image_size:
+        raise ConfigError(
+            f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
+        )
+    transform = default_transform(
+        image_size,
+        crop_fraction=entry.crop_fraction,
+        resize_mode=config.resize_mode or entry.resize_mode,
+        resize=config.resize,
+        native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
+    )
+    weights = resolve_weights(entry.name, config.weights, config.seed)
+    num_classes = config.num_classes
+    if num_classes is None and weights.source == "random":
+        num_classes = dataset.num_classes  # a random teacher gets a head for this dataset
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    noise = NoiseSpec(config.noise, config.noise_seed, image_size) if config.noise else None
+    identity = {
+        "format_version": FORMAT_VERSION,
+        "teacher": {
+            "name": entry.name,
+            "weights": weights.identity(),
+            "num_classes": num_classes,
+            "feature_layer": "penultimate",
+            "image_size": image_size,
+        },
+        "dataset": dataset.identity(),
+        "transform": transform.to_dict(),
+        "dtype": config.dtype,
+        "logits_dtype": config.logits_dtype,
+        "precision": precision,
+        "noise": noise.to_dict() if noise else None,
+    }
+    key = make_key(identity, entry.name, dataset.name, dataset.split)
+    directory = CacheStore(config.cache_dir).path(key)
+    return ExtractPlan(
+        config=config,
+        dataset=dataset,
+        transform=transform,
+        weights=weights,
+        num_classes=num_classes,
+        device=device,
+        precision=precision,
+        noise=noise,
+        identity=identity,
+        key=key,
+        directory=directory,
+    )
+
+
+def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractResult:
+    """Run stage 1 for ``config`` (see module docstring); returns the cache's key and manifest."""
+    reporter = reporter or Reporter()
+    plan = plan_extract(config)
+    directory = plan.directory
+    existing = _load_manifest(directory)
+    if existing is not None and existing.complete and not config.force:
+        return ExtractResult(plan.key, directory, existing, reused=True)
+
+    lock = CacheLock(directory).acquire(
+        wait=config.wait,
+        on_wait=lambda pid: reporter.message(
+            f"cache {plan.key} is being written by another process (pid {pid}); waiting for it to finish..."
+        ),
+    )
+    try:
+        # Re-read under the lock: the other writer may have finished the same cache meanwhile.
+        existing = _load_manifest(directory)
+        if existing is not None and existing.complete and not config.force:
+            return ExtractResult(plan.key, directory, existing, reused=True)
+        manifest = _prepare_directory(plan, None if config.force else existing, reporter)
+        teacher = create_teacher(
+            plan.config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
+            image_size=plan.transform.image_size,
+        )
+        _fill_teacher_info(manifest, teacher, plan.dataset)
+        manifest.save(directory)
+        images, seconds = _run(plan, teacher, manifest, reporter)
+        manifest.complete = True
+        manifest.finished = _now()
+        total = manifest.timing.get("seconds", 0.0) + seconds
+        manifest.timing.update(
+            {
+                "seconds": round(total, 3),
+                "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
+                "device": device_name(plan.device),
+                "batch_size": config.batch_size,
+                "workers": config.workers if config.workers is not None else default_workers(),
+            }
+        )
+        manifest.teacher_accuracy = _teacher_accuracy(manifest, directory, plan.dataset)
+        manifest.save(directory)
+        return ExtractResult(plan.key, directory, manifest, reused=False, seconds=seconds, images=images)
+    finally:
+        lock.release()
+
+
+# -- internals -------------------------------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _load_manifest(directory: Path) -> Manifest | None:
+    if not (directory / MANIFEST).is_file():
+        return None
+    try:
+        return Manifest.load(directory)
+    except CacheError:
+        return None
+
+
+def _prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: Reporter) -> Manifest:
+    """Start a fresh manifest, or resume ``existing``: keep recorded shards whose files are intact, drop the rest."""
+    directory = plan.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    if existing is not None and existing.identity == plan.identity:
+        kept = [s for s in existing.shards if _shard_intact(directory, s)]
+        if len(kept) != len(existing.shards):
+            reporter.message(f"{len(existing.shards) - len(kept)} recorded shard(s) are damaged and will be redone")
+        existing.shards = kept
+        manifest = existing
+        if kept:
+            total = len(manifest.expected_shards())
+            reporter.message(f"resuming cache {plan.key}: {len(kept)}/{total} shards already written")
+    else:
+        manifest = _new_manifest(plan)
+    keep = {s.file for s in manifest.shards}
+    for p in directory.iterdir():
+        name = p.name.removesuffix(TMP_SUFFIX)
+        if parse_shard_name(name) is not None and (p.name.endswith(TMP_SUFFIX) or p.name not in keep):
+            p.unlink()
+    return manifest
+
+
+def _shard_intact(directory: Path, shard: ShardInfo) -> bool:
+    path = directory / shard.file
+    return path.is_file() and path.stat().st_size == shard.bytes
+
+
+def _new_manifest(plan: ExtractPlan) -> Manifest:
+    import h5py
+    import torchvision
+
+    cfg = plan.config
+    rows = {PART_DATA: len(plan.dataset)}
+    if plan.noise is not None:
+        rows[PART_NOISE] = plan.noise.count
+    return Manifest(
+        key=plan.key,
+        identity=plan.identity,
+        teacher=TeacherInfo(
+            name=plan.identity["teacher"]["name"],
+            weights={**plan.weights.identity(), "ref": plan.weights.ref},
+            feature_layer="",
+            num_features=0,
+            num_classes=0,
+            classes=None,
+            classes_source="unknown",
+        ),
+        dataset=plan.dataset.identity(),
+        classes=list(plan.dataset.classes),
+        transform=plan.transform.to_dict(),
+        dtype=cfg.dtype,
+        logits_dtype=cfg.logits_dtype,
+        precision=plan.precision,
+        shard_rows=cfg.shard_rows,
+        rows=rows,
+        noise=plan.noise.to_dict() if plan.noise else None,
+        created=_now(),
+        versions={
+            "featcache": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "h5py": h5py.__version__,
+            "python": platform.python_version(),
+        },
+        command=cfg.command(),
+    )
+
+
+def _fill_teacher_info(manifest: Manifest, teacher: Teacher, dataset: ImageDataset) -> None:
+    t = manifest.teacher
+    t.feature_layer = teacher.feature_layer
+    t.num_features = int(teacher.num_features)
+    t.num_classes = int(teacher.num_classes)
+    if teacher.classes is not None:
+        t.classes, t.classes_source = list(teacher.classes), "weights"
+    elif teacher.num_classes == dataset.num_classes and teacher.weights.source != "torchvision":
+        # A fine-tuned (or random) head of the dataset's width is taken to cover the dataset's classes.
+        t.classes, t.classes_source = list(dataset.classes), "dataset"
+    else:
+        t.classes, t.classes_source = None, "unknown"
+
+
+def _pending_rows(manifest: Manifest, part: str) -> np.ndarray:
+    done = {s.number for s in manifest.shards_of(part)}
+    ranges = [manifest.shard_range(part, n) for n in range(manifest.num_shards(part)) if n not in done]
+    if not ranges:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+
+
+class _HostBuffers:
+    """A small pool of pinned host buffers: the GPU copies outputs into one while the writer drains another."""
+
+    def __init__(self, n: int, rows: int, dim: int, classes: int, dtype: torch.dtype, logits_dtype: torch.dtype):
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(n):
+            self._free.put(
+                (
+                    torch.empty((rows, dim), dtype=dtype, pin_memory=True),
+                    torch.empty((rows, classes), dtype=logits_dtype, pin_memory=True),
+                )
+            )
+
+    def get(self):
+        return self._free.get()
+
+    def put(self, buf) -> None:
+        self._free.put(buf)
+
+
+def _teacher_accuracy(manifest: Manifest, directory: Path, dataset: ImageDataset) -> float | None:
+    """Top-1 accuracy of the cached logits on the split (Eq. 6 of the multi-teacher paper), when the teacher's
+    classes are the dataset's; computed from the finished cache so that resumed runs count every row."""
+    if manifest.teacher.classes_source != "dataset":
+        return None
+    from featcache.cache.format import LOGITS
+    from featcache.cache.reader import FeatureCache
+
+    with FeatureCache(directory, allow_incomplete=True) as cache:  # all shards are written by now
+        logits = cache.read_all(PART_DATA, fields=(LOGITS,))[LOGITS]
+    return float((logits.argmax(1) == dataset.targets).mean())
+
+
+def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter) -> tuple[int, float]:
+    """Extract every pending row of every part. Returns (images, seconds)."""
+    cfg = plan.config
+    device = plan.device
+    model = teacher.model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    normalize = plan.transform.normalizer(device)
+    feat_dtype = getattr(torch, cfg.dtype)
+    logit_dtype = getattr(torch, cfg.logits_dtype)
+
+    writers: dict[str, PartWriter] = {}
+
+    def on_done(info: ShardInfo) -> None:
+        manifest.shards.append(info)
+        manifest.save(plan.directory)
+
+    for part in manifest.rows:
+        writers[part] = PartWriter(plan.directory, manifest, part, on_done)
+    writer = BackgroundWriter(writers, max_pending=4)
+    pool = None
+    if device.type == "cuda":
+        pool = _HostBuffers(4, cfg.batch_size, teacher.num_features, teacher.num_classes, feat_dtype, logit_dtype)
+
+    sources: list[tuple[str, Any, np.ndarray]] = []
+    data_rows = _pending_rows(manifest, PART_DATA)
+    if len(data_rows):
+        sources.append((PART_DATA, plan.dataset.with_transform(plan.transform.geometry()), data_rows))
+    if plan.noise is not None:
+        noise_rows = _pending_rows(manifest, PART_NOISE)
+        if len(noise_rows):
+            sources.append((PART_NOISE, NoiseDataset(plan.noise), noise_rows))
+
+    total = sum(len(r) for _, _, r in sources)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
+    images = 0
+    reporter.start(total, f"extract {teacher.name}", unit="img")
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for part, source, rows in sources:
+                loader = DataLoader(
+                    Subset(source, rows.tolist()),
+                    batch_size=cfg.batch_size,
+                    shuffle=False,
+                    num_workers=workers,
+                    pin_memory=device.type == "cuda",
+                    prefetch_factor=4 if workers > 0 else None,
+                    persistent_workers=False,
+                )
+                for batch, _labels, index in loader:
+                    x = normalize(batch, channels_last=cfg.channels_last)
+                    with autocast(device, plan.precision):
+                        features, logits = model(x)
+                    features = features.to(feat_dtype)
+                    logits = logits.to(logit_dtype)
+                    idx = index.numpy()
+                    if pool is not None:
+                        fbuf, lbuf = pool.get()
+                        n = len(idx)
+                        fbuf[:n].copy_(features, non_blocking=True)
+                        lbuf[:n].copy_(logits, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                        writer.submit(
+                            part, idx, fbuf[:n].numpy(), lbuf[:n].numpy(), idx,
+                            ready=event.synchronize, release=lambda b=(fbuf, lbuf): pool.put(b),
+                        )
+                    else:
+                        writer.submit(part, idx, features.numpy(), logits.numpy(), idx)
+                    images += len(idx)
+                    reporter.advance(len(idx))
+        writer.close()
+    except BaseException:
+        try:
+            writer.close()
+        except BaseException:  # noqa: BLE001 - the original error is the one to report
+            pass
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        reporter.stop()
+    seconds = time.perf_counter() - started
+    missing = [f"{p}-{n}" for p, n in manifest.expected_shards() if n not in {s.number for s in manifest.shards_of(p)}]
+    if missing:
+        raise CacheError(f"extract finished but shards {', '.join(missing[:5])} were not written; re-run to resume")
+    return images, seconds
+
+
+__all__ = ["ExtractConfig", "ExtractPlan", "ExtractResult", "extract", "plan_extract"]

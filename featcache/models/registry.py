@@ -1,0 +1,64 @@
+"""Name -> model builder, shared by teachers and students (timm's register/create pattern).
+
+    >>> from featcache.models import create_teacher
+    >>> teacher = create_teacher("resnet50", weights="random")
+    >>> features, logits = teacher.model(images)
+
+A registered entry carries the architecture's defaults (input size, crop recipe) so that a transform can be
+derived from the teacher, as torchvision's weights carry their preprocessing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from featcache.errors import ModelError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., Any]
+    kind: str  # "teacher" or "student"
+    default_image_size: int = 224
+    min_image_size: int = 32
+    crop_fraction: float = 0.875
+    resize_mode: str = "shorter"
+    description: str = ""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+_REGISTRY: dict[tuple[str, str], ModelEntry] = {}
+
+
+def register_model(kind: str, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        entry = ModelEntry(name=name, builder=fn, kind=kind, **meta)
+        for n in (name, *entry.aliases):
+            if (kind, n) in _REGISTRY:
+                raise ValueError(f"{kind} {n!r} registered twice")
+            _REGISTRY[(kind, n)] = entry
+        return fn
+
+    return deco
+
+
+def list_models(kind: str) -> list[str]:
+    _import_all()
+    return sorted({e.name for (k, _), e in _REGISTRY.items() if k == kind})
+
+
+def get_entry(kind: str, name: str) -> ModelEntry | None:
+    _import_all()
+    return _REGISTRY.get((kind, name))
+
+
+def unknown_model_error(kind: str, name: str, extra: str = "") -> ModelError:
+    known = ", ".join(list_models(kind))
+    flag = "--teacher" if kind == "teacher" else "--student"
+    return ModelError(f"unknown {kind} {name!r} ({flag}): choose one of {known}{extra}")
+
+
+def _import_all() -> None:
+    from featcache.models import teachers  # noqa: F401  (registers on import)

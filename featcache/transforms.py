@@ -1,0 +1,198 @@
+"""Named, serialisable transform specs.
+
+A cache records *how* the teacher saw each image, as data rather than as a lambda, so that the cache key can hash
+it and `distill` can rebuild exactly the same view for the student (torchvision carries transforms with its
+weights for the same reason).
+
+The pipeline is split in two halves on purpose:
+  * geometry (resize + centre crop) runs on uint8 tensors in the DataLoader workers;
+  * normalisation runs on the device, on the whole uint8 batch, after a 1-byte-per-channel host->device copy.
+Random noise images (TS-Learning's random-image augmentation) are generated directly at the final size as
+uint8 pixels from (seed, index), so they need no storage and follow the same normalisation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from featcache.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZE_MODES = ("shorter", "square")
+NOISE_GENERATOR = "pcg64-raw-uint8-v1"
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """Deterministic evaluation view: resize, centre crop to ``image_size``, normalise.
+
+    ``resize_mode='shorter'`` scales the shorter side to ``resize`` keeping the aspect ratio (torchvision's
+    ImageNet evaluation transform); ``'square'`` scales to ``resize``x``resize`` (the NTS-Net recipe: 600x600
+    then a 448 centre crop; also the natural choice for 32x32 CIFAR images).
+    """
+
+    image_size: int
+    resize: int
+    resize_mode: str = "shorter"
+    interpolation: str = "bilinear"
+    antialias: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.image_size < 1:
+            raise ConfigError(f"--image-size must be positive, got {self.image_size}")
+        if self.resize_mode not in RESIZE_MODES:
+            raise ConfigError(f"--resize-mode {self.resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
+        if self.resize < self.image_size:
+            raise ConfigError(
+                f"--resize {self.resize} is smaller than --image-size {self.image_size}; the centre crop needs "
+                "resize >= image size"
+            )
+        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
+            raise ConfigError(f"unknown interpolation {self.interpolation!r}")
+
+    # -- serialisation -----------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TransformSpec":
+        d = dict(d)
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**d)
+
+    def describe(self) -> str:
+        crop = f", centre crop {self.image_size}" if self.resize != self.image_size or self.resize_mode == "shorter" else ""
+        how = f"shorter side to {self.resize}" if self.resize_mode == "shorter" else f"{self.resize}x{self.resize}"
+        return f"resize {how} ({self.interpolation}){crop}"
+
+    # -- the two halves ----------------------------------------------------------------------------------------
+    def geometry(self) -> "Geometry":
+        return Geometry(self)
+
+    def normalizer(self, device: torch.device | str = "cpu") -> "Normalizer":
+        return Normalizer(self, device)
+
+
+class Geometry:
+    """uint8 [3, H, W] -> uint8 [3, S, S]; picklable, so DataLoader workers can run it."""
+
+    def __init__(self, spec: TransformSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        from torchvision.transforms.v2 import InterpolationMode
+        from torchvision.transforms.v2 import functional as F
+
+        s = self.spec
+        mode = InterpolationMode(s.interpolation)
+        size = [s.resize] if s.resize_mode == "shorter" else [s.resize, s.resize]
+        if not (s.resize_mode == "square" and tuple(image.shape[-2:]) == (s.resize, s.resize)):
+            image = F.resize(image, size, interpolation=mode, antialias=s.antialias)
+        if tuple(image.shape[-2:]) != (s.image_size, s.image_size):
+            image = F.center_crop(image, [s.image_size, s.image_size])
+        return image
+
+
+class Normalizer:
+    """uint8 batch [B, 3, S, S] on any device -> normalised float32 batch on ``device`` (channels_last)."""
+
+    def __init__(self, spec: TransformSpec, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        # x/255 - mean) / std folded into one multiply-add: x * scale + shift.
+        std = torch.tensor(spec.std, dtype=torch.float32)
+        mean = torch.tensor(spec.mean, dtype=torch.float32)
+        self.scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(self.device)
+        self.shift = (-mean / std).view(1, 3, 1, 1).to(self.device)
+
+    def __call__(self, batch: torch.Tensor, channels_last: bool = True) -> torch.Tensor:
+        if batch.dtype != torch.uint8:
+            raise TypeError(f"Normalizer expects a uint8 batch, got {batch.dtype}")
+        x = batch.to(self.device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+
+def default_transform(
+    image_size: int,
+    *,
+    crop_fraction: float = 0.875,
+    resize_mode: str = "shorter",
+    resize: int | None = None,
+    native_size: int | None = None,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> TransformSpec:
+    """The evaluation view for a teacher at ``image_size``.
+
+    Photos are resized to ``image_size / crop_fraction`` then centre-cropped (the teacher's own recipe).
+    Datasets of small, already-centred images (``native_size`` set, e.g. 32 for CIFAR) are resized as a whole
+    to ``image_size`` without a crop, because cropping a 32-px image throws away content, not background.
+    """
+    if resize is None:
+        if native_size is not None:
+            return TransformSpec(image_size=image_size, resize=image_size, resize_mode="square", mean=mean, std=std)
+        resize = int(round(image_size / crop_fraction))
+    return TransformSpec(image_size=image_size, resize=resize, resize_mode=resize_mode, mean=mean, std=std)
+
+
+# -- random images (TS-Learning §3, multi-teacher §3.5) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """N random images regenerated bit-exactly from (seed, index); no pixels are stored.
+
+    Image i is 3*S*S uniform bytes from numpy's PCG64 bit generator seeded by SeedSequence([seed, i]). The raw
+    bit stream of a BitGenerator is stable across numpy versions (NEP 19), unlike Generator's distributions.
+    """
+
+    count: int
+    seed: int
+    image_size: int
+    generator: str = NOISE_GENERATOR
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "seed": self.seed, "image_size": self.image_size, "generator": self.generator}
+
+
+def noise_image(seed: int, index: int, image_size: int) -> torch.Tensor:
+    """uint8 [3, S, S] random image number ``index`` of the noise set with ``seed``."""
+    n = 3 * image_size * image_size
+    bitgen = np.random.PCG64(np.random.SeedSequence([int(seed), int(index)]))
+    raw = bitgen.random_raw((n + 7) // 8).astype("<u8", copy=False)
+    pixels = raw.view(np.uint8)[:n].reshape(3, image_size, image_size)
+    return torch.from_numpy(pixels.copy())
+
+
+def noise_batch(seed: int, indices: np.ndarray | list[int], image_size: int) -> torch.Tensor:
+    """uint8 [B, 3, S, S] for the given noise indices."""
+    return torch.stack([noise_image(seed, int(i), image_size) for i in indices]) if len(indices) else torch.empty(
+        (0, 3, image_size, image_size), dtype=torch.uint8
+    )
+
+
+class NoiseDataset(torch.utils.data.Dataset):
+    """The noise set as a Dataset yielding (image, -1, index), shaped like ImageDataset items."""
+
+    def __init__(self, spec: NoiseSpec) -> None:
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return self.spec.count
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        return noise_image(self.spec.seed, index, self.spec.image_size), -1, index
