@@ -1,0 +1,245 @@
+"""Stage 1 end to end on the synthetic dataset with small random teachers (CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.cache import CacheLock, CacheStore, FeatureCache, Manifest
+from featcache.cache.format import FEATURES, LOGITS, PART_NOISE
+from featcache.cache.writer import PartWriter
+from featcache.datasets import get_dataset
+from featcache.errors import CacheError, CacheLockedError, CacheMismatchError
+from featcache.extract import ExtractConfig, extract, plan_extract
+from featcache.models import create_teacher
+from featcache.transforms import TransformSpec, noise_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN = {"num_train": 96, "num_test": 32}
+
+
+def config(tmp_path, **kw):
+    base = dict(
+        teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN), batch_size=32,
+        workers=0, cache_dir=tmp_path / "store", shard_rows=40, image_size=32,
+    )
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+def teacher_outputs(cfg, images_uint8):
+    """Run the teacher as a user would, outside featcache's extract loop."""
+    plan = plan_extract(cfg)
+    teacher = create_teacher(cfg.teacher, weights=cfg.weights, num_classes=plan.num_classes, seed=cfg.seed)
+    x = plan.transform.normalizer()(images_uint8, channels_last=False)
+    with torch.inference_mode():
+        return teacher.model.eval()(x)
+
+
+def test_cached_rows_equal_the_teachers_own_output(tmp_path):
+    cfg = config(tmp_path, noise=10, noise_seed=5)
+    result = extract(cfg)
+    assert not result.reused and result.rows == 96 and result.noise_rows == 10
+    ds = get_dataset("synthetic", split="train", **SYN)
+    spec = TransformSpec.from_dict(result.manifest.transform)
+    geometry = spec.geometry()
+    images = torch.stack([geometry(ds.read_image(i)) for i in range(len(ds))])
+    feats, logits = teacher_outputs(cfg, images)
+    with FeatureCache(result.directory) as cache:
+        cache.check_dataset(ds, spec)
+        rows = cache.read_all()
+        assert rows[FEATURES].dtype == np.float16 and rows[LOGITS].dtype == np.float32
+        np.testing.assert_allclose(rows[FEATURES].astype(np.float32), feats.numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(rows[LOGITS], logits.numpy(), rtol=1e-4, atol=1e-4)
+        # Noise rows: the images are regenerated from (seed, index), never stored.
+        noise = cache.read_all(PART_NOISE)
+        nfeats, nlogits = teacher_outputs(cfg, noise_batch(5, range(10), 32))
+        np.testing.assert_allclose(noise[FEATURES].astype(np.float32), nfeats.numpy(), rtol=2e-3, atol=2e-3)
+        np.testing.assert_allclose(noise[LOGITS], nlogits.numpy(), rtol=1e-4, atol=1e-4)
+        assert cache.gather([3], part=PART_NOISE, fields=("index",))["index"].tolist() == [3]
+    m = result.manifest
+    assert m.complete and m.teacher.num_features == 512 and m.teacher.classes_source == "dataset"
+    assert m.teacher_accuracy == pytest.approx(float((logits.argmax(1).numpy() == ds.targets).mean()))
+    assert m.versions["torch"] == torch.__version__ and m.command.startswith("featcache extract --teacher resnet18")
+
+
+def test_rerun_is_a_no_op_that_builds_no_teacher(tmp_path, monkeypatch):
+    cfg = config(tmp_path)
+    first = extract(cfg)
+
+    def boom(*a, **k):
+        raise AssertionError("a teacher was built for an existing cache")
+
+    monkeypatch.setattr("featcache.extract.create_teacher", boom)
+    again = extract(cfg)
+    assert again.reused and again.key == first.key
+
+
+def test_force_redoes_the_cache(tmp_path):
+    cfg = config(tmp_path)
+    first = extract(cfg)
+    cfg.force = True
+    again = extract(cfg)
+    assert not again.reused and again.key == first.key and again.images == 96
+
+
+def test_key_depends_on_what_changes_the_numbers(tmp_path):
+    key = lambda **kw: plan_extract(config(tmp_path, **kw)).key  # noqa: E731
+    base = key()
+    assert key() == base
+    assert key(shard_rows=7, batch_size=5) == base  # layout and batching do not change numbers
+    assert key(seed=1) != base  # other weights
+    assert key(image_size=40) != base
+    assert key(dtype="float32") != base
+    assert key(split="test") != base
+    assert key(noise=4) != base
+    assert key(dataset_options={**SYN, "seed": 3}) != base
+    assert base.startswith("resnet18-synthetic-train-")
+
+
+def test_interrupted_extract_resumes_only_unfinished_shards(tmp_path, monkeypatch):
+    cfg = config(tmp_path)  # 96 rows, shards of 40 -> 3 shards
+    real_finish = PartWriter._finish
+    calls = {"n": 0}
+
+    def crash_after_first(self, number):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated crash")
+        return real_finish(self, number)
+
+    monkeypatch.setattr(PartWriter, "_finish", crash_after_first)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        extract(cfg)
+    monkeypatch.setattr(PartWriter, "_finish", real_finish)
+    plan = plan_extract(cfg)
+    m = Manifest.load(plan.directory)
+    assert not m.complete and [s.number for s in m.shards] == [0]
+    assert not list(plan.directory.glob("*.tmp"))  # the partial shard was discarded
+    with pytest.raises(CacheError, match="incomplete"):
+        FeatureCache(plan.directory)
+    resumed = extract(cfg)
+    assert resumed.images == 96 - 40  # only shards 1 and 2 were recomputed
+    clean = extract(config(tmp_path / "clean"))
+    with FeatureCache(resumed.directory) as a, FeatureCache(clean.directory) as b:
+        np.testing.assert_array_equal(a.read_all()[FEATURES], b.read_all()[FEATURES])
+
+
+def test_damaged_recorded_shard_is_redone(tmp_path):
+    cfg = config(tmp_path)
+    first = extract(cfg)
+    m = first.manifest
+    m.complete = False
+    m.save(first.directory)
+    shard = first.directory / m.shards[1].file
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    again = extract(cfg)
+    assert again.images == 40 and again.manifest.complete
+    assert CacheStore(cfg.cache_dir).verify(first.key).ok
+
+
+KILL_SCRIPT = r"""
+import sys, time
+from pathlib import Path
+import featcache.datasets.synthetic as syn
+from featcache.extract import ExtractConfig, extract
+
+slow = syn.SyntheticShapes.read_image
+def read_image(self, i):  # slow the producer down so the parent can kill mid-run
+    time.sleep(0.02)
+    return slow(self, i)
+syn.SyntheticShapes.read_image = read_image
+extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic",
+        dataset_options={"num_train": 96, "num_test": 32}, batch_size=8, workers=0,
+        cache_dir=Path(sys.argv[1]), shard_rows=40, image_size=32))
+"""
+
+
+def test_kill_9_mid_extract_then_resume(tmp_path):
+    store = tmp_path / "store"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(store)], env=env)
+    key = plan_extract(config(tmp_path)).key
+    manifest = store / key / "manifest.json"
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline:
+            if manifest.is_file():
+                try:
+                    if json.loads(manifest.read_text())["shards"]:
+                        break
+                except (ValueError, KeyError):
+                    pass
+            if proc.poll() is not None:
+                pytest.fail("extract subprocess ended before it could be killed")
+            time.sleep(0.05)
+        else:
+            pytest.fail("no shard was written in time")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    m = Manifest.load(store / key)
+    assert not m.complete and 1 <= len(m.shards) < 3
+    resumed = extract(config(tmp_path))
+    assert resumed.manifest.complete and resumed.images == 96 - 40 * len(m.shards)
+    assert CacheStore(store).verify(key).ok
+
+
+def test_second_writer_waits_or_exits(tmp_path):
+    cfg = config(tmp_path)
+    plan = plan_extract(cfg)
+    lock = CacheLock(plan.directory).acquire()
+    cfg.wait = False
+    with pytest.raises(CacheLockedError, match=f"pid {os.getpid()}"):
+        extract(cfg)
+    cfg.wait = True
+    result = {}
+    messages = []
+
+    class Rep:
+        def message(self, text):
+            messages.append(text)
+
+        def start(self, *a, **k):
+            pass
+
+        def advance(self, *a, **k):
+            pass
+
+        def stop(self):
+            pass
+
+    t = threading.Thread(target=lambda: result.setdefault("r", extract(cfg, reporter=Rep())))
+    t.start()
+    time.sleep(0.5)
+    assert t.is_alive() and any("waiting" in m for m in messages)
+    lock.release()
+    t.join(timeout=120)
+    assert result["r"].manifest.complete
+
+
+def test_cache_refuses_other_split_and_transform(tmp_path):
+    result = extract(config(tmp_path))
+    with FeatureCache(result.directory) as cache:
+        with pytest.raises(CacheMismatchError, match=r"split differ .*--split test"):
+            cache.check_dataset(get_dataset("synthetic", split="test", **SYN))
+        with pytest.raises(CacheMismatchError, match="dataset parameters"):
+            cache.check_dataset(get_dataset("synthetic", split="train", **{**SYN, "seed": 9}))
+        other = TransformSpec.from_dict({**result.manifest.transform, "image_size": 16, "resize": 16})
+        with pytest.raises(CacheMismatchError, match="transform.image_size"):
+            cache.check_dataset(get_dataset("synthetic", split="train", **SYN), other)
+
+
+def test_float32_features(tmp_path):
+    result = extract(config(tmp_path, dtype="float32", logits_dtype="float16"))
+    with FeatureCache(result.directory) as cache:
+        rows = cache.gather([0, 95])
+        assert rows[FEATURES].dtype == np.float32 and rows[LOGITS].dtype == np.float16
