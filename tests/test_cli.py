@@ -1,0 +1,134 @@
+"""The command line: thin wrappers, one-line errors, exit codes."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featcache.cli import app
+
+runner = CliRunner()
+SYN = ["--dataset", "synthetic", "-o", "num_train=48", "-o", "num_test=16", "--image-size", "32", "--workers", "0"]
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
+    return tmp_path / "home"
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert text.startswith("error:") and len(text.splitlines()) == 1, text
+    for n in needles:
+        assert n in text, text
+    return text
+
+
+def test_extract_then_cache_commands(store):
+    r = invoke("extract", "--teacher", "resnet18", "--weights", "random", *SYN, "--noise", "8")
+    assert r.exit_code == 0, r.output
+    assert "48 rows + 8 noise" in r.output and "img/s" in r.output
+    key = r.output.split("cache ")[1].split(":")[0].strip()
+    again = invoke("extract", "--teacher", "resnet18", "--weights", "random", *SYN, "--noise", "8")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+    ls = invoke("cache", "ls", "--json")
+    assert ls.exit_code == 0
+    listed = json.loads(ls.output)
+    assert listed[0]["key"] == key and listed[0]["rows"] == {"data": 48, "noise": 8}
+    assert invoke("cache", "ls").exit_code == 0
+
+    info = invoke("cache", "info", key[:18], "--json")
+    assert info.exit_code == 0 and json.loads(info.output)["teacher"]["num_features"] == 512
+    human = invoke("cache", "info", key)
+    assert human.exit_code == 0 and "resnet18" in human.output
+
+    ok = invoke("cache", "verify", key)
+    assert ok.exit_code == 0 and "ok" in ok.output
+    shard = next((store / key).glob("data-*.h5"))
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    bad = invoke("cache", "verify")
+    assert bad.exit_code == 1 and "corrupt" in bad.output
+
+    rm = invoke("cache", "rm", key)
+    assert rm.exit_code == 0 and not (store / key).exists()
+    assert "no caches" in invoke("cache", "ls").output
+
+
+def test_unknown_teacher(store):
+    one_line_error(invoke("extract", "--teacher", "resnet5000", *SYN), "unknown teacher 'resnet5000'", "--teacher")
+
+
+def test_missing_data_root(store, tmp_path):
+    one_line_error(invoke("extract", "--teacher", "resnet18", "--dataset", "cifar10"), "--data-root")
+    one_line_error(
+        invoke("extract", "--teacher", "resnet18", "--dataset", "cifar10", "--data-root", str(tmp_path / "nope")),
+        str(tmp_path / "nope"),
+    )
+
+
+def test_unreadable_checkpoint(store, tmp_path):
+    bad = tmp_path / "teacher.pt"
+    bad.write_text("garbage")
+    one_line_error(invoke("extract", "--teacher", "resnet18", "--weights", str(bad), *SYN), str(bad), "checkpoint")
+
+
+def test_checkpoint_for_another_architecture(store, tmp_path):
+    import torchvision
+
+    path = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), path)
+    one_line_error(invoke("extract", "--teacher", "resnet50", "--weights", str(path), *SYN), "does not fit")
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--dataset", "imagenet22k"], "unknown dataset"),
+        (["--split", "val", *SYN], "--split"),
+        (["--precision", "fp8", *SYN], "--precision"),
+        (["--dtype", "int8", *SYN], "--dtype"),
+        (["-o", "nonsense", *SYN], "--dataset-opt"),
+        (["--image-size", "10", "--dataset", "synthetic"], "--image-size"),
+        (["--device", "cuda:0", *SYN], "--device"),
+    ],
+)
+def test_flag_errors_are_one_line(store, args, needle):
+    if needle == "--device" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    one_line_error(invoke("extract", "--teacher", "resnet18", "--weights", "random", *args), needle)
+
+
+def test_cache_commands_on_missing_keys(store):
+    one_line_error(invoke("cache", "info", "nothing-here"), "no cache 'nothing-here'")
+    one_line_error(invoke("cache", "rm", "nothing-here"), "featcache cache ls")
+
+
+def test_debug_env_shows_traceback(store, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_DEBUG", "1")
+    result = invoke("extract", "--teacher", "resnet5000", *SYN)
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_listings():
+    r = invoke("teachers")
+    assert r.exit_code == 0 and "nts-net" in r.output and "inceptionv3" in r.output
+    r = invoke("datasets")
+    assert r.exit_code == 0 and all(n in r.output for n in ("cifar10", "cub200", "sod", "folder", "synthetic"))
+
+
+def test_python_dash_m_entry_point():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "featcache", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "extract" in r.stdout
