@@ -27,6 +27,8 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="List, inspect, verify and remove feature caches.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
+bench_app = typer.Typer(help="Measure throughput against its limit on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -277,6 +279,50 @@ def cache_rm(
         full = store.resolve(key)
         freed = store.remove(full)
         out.print(f"removed {full} ({human_bytes(freed)})", highlight=False)
+
+
+# -- bench ---------------------------------------------------------------------------------------------------------
+
+
+@bench_app.command("extract")
+@user_errors
+def bench_extract_cmd(
+    teacher: str = typer.Option("resnet50", "--teacher", "-t"),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    split: str = typer.Option("train", "--split"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    weights: str = typer.Option("random", "--weights", "-w", help="Weights do not change the speed; random needs no files."),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    iters: int = typer.Option(20, "--iters", help="Timed forward iterations for the limit."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
+) -> None:
+    """Extract images/s vs the bare teacher forward pass (same batch, precision), in one run."""
+    from featcache.bench import bench_extract
+    from featcache.extract import ExtractConfig
+    from featcache.progress import RichReporter
+
+    config = ExtractConfig(
+        teacher=teacher, dataset=dataset, data_root=data_root, split=split,
+        dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
+        batch_size=batch_size, workers=workers, device=device, precision=precision,
+    )
+    r = bench_extract(config, iters=iters, reporter=RichReporter(err, transient=True))
+    table = Table(title=f"extract: {r['teacher']}@{r['image_size']} on {r['dataset']} ({r['images']:,} images), "
+                        f"{r['device']}, batch {r['batch_size']}, {r['precision']}, {r['workers']} workers",
+                  title_justify="left")
+    table.add_column("measure")
+    table.add_column("images/s", justify="right")
+    table.add_column("ratio to forward", justify="right")
+    table.add_row("teacher forward (device-resident input)", f"{r['forward_images_per_s']:,.0f}", "1.00")
+    table.add_row("featcache extract (end to end)", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}")
+    out.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(r, indent=2) + "\n")
 
 
 # -- listings ------------------------------------------------------------------------------------------------------
