@@ -160,8 +160,30 @@ class FeatureCache:
     def read_range(
         self, start: int, stop: int, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS
     ) -> dict[str, np.ndarray]:
-        """Rows [start, stop) as contiguous hyperslab reads (the out-of-core loader's block read)."""
-        return self.gather(np.arange(start, stop, dtype=np.int64), part=part, fields=fields)
+        """Rows [start, stop) as contiguous hyperslab reads."""
+        out = self._empty(stop - start, fields)
+        self.read_range_into(start, stop, out, 0, part=part)
+        return out
+
+    def read_range_into(
+        self, start: int, stop: int, out: dict[str, np.ndarray], offset: int, part: str = PART_DATA
+    ) -> None:
+        """Read rows [start, stop) straight into ``out[field][offset : offset + stop - start]`` (no temporaries):
+        the out-of-core loader's block read. One hyperslab read per touched shard and field."""
+        if not 0 <= start <= stop <= self.num_rows(part):
+            raise IndexError(f"cache {self.key} part {part!r}: rows [{start}, {stop}) out of range")
+        shards = self._shards[part]
+        first = int(np.searchsorted(self._starts[part], start, side="right")) - 1
+        pos = start
+        for shard in shards[max(first, 0) :]:
+            if pos >= stop:
+                break
+            a, b = pos - shard.start, min(stop, shard.stop) - shard.start
+            f = self._file(shard)
+            dest = offset + pos - start
+            for name, arr in out.items():
+                f[name].read_direct(arr, source_sel=np.s_[a:b], dest_sel=np.s_[dest : dest + b - a])
+            pos = shard.start + b
 
     def read_all(self, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS) -> dict[str, np.ndarray]:
         """The whole table of ``part`` in RAM, read shard by shard straight into one array per field."""

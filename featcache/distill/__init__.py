@@ -1,0 +1,1 @@
+"""Stage 2: train students from cached teacher rows (no teacher network is ever built here)."""

@@ -1,0 +1,469 @@
+"""The joined loader: images, labels and every teacher's cached rows, batch by batch.
+
+Images are decoded and resized in DataLoader workers (uint8, the cache's own view); each sample carries its dataset
+index. In the main process, each teacher's rows for the batch are fetched with **one vectorised gather** and
+copied to the device next to the images. No teacher network exists anywhere in this path.
+
+Two storage modes per teacher table:
+  * ``ram``: the whole table (features + logits) is read once into (pinned) memory; a batch is one
+    ``index_select``. Used when all tables fit the ``--cache-ram`` budget.
+  * ``disk`` (out of core): the table stays in the HDF5 shards. Each epoch's order is built from contiguous blocks
+    of rows (block-level shuffle) and a shuffle window of several blocks, so every read is a large contiguous
+    hyperslab done ahead of time by a prefetch thread; random single-row reads (~5k rows/s) never happen.
+
+The order of an epoch depends only on (seed, epoch, shuffle mode, block layout), never on the storage mode, so
+the two modes yield identical batches for the same seed and shuffle mode.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
+from featcache.cache.reader import FeatureCache
+from featcache.datasets.base import ImageDataset
+from featcache.errors import CacheMismatchError, ConfigError
+from featcache.runtime import default_workers
+from featcache.transforms import TransformSpec, noise_image
+
+SHUFFLES = ("auto", "full", "block", "none")
+MODES = ("auto", "ram", "disk")
+
+
+# -- sizes and budgets ---------------------------------------------------------------------------------------------
+
+
+def parse_bytes(text: str | int | None) -> int | None:
+    """'8G', '512M', '1.5GB', 1234 -> bytes; None/'auto' -> None."""
+    if text is None or text == "auto":
+        return None
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(text))
+    if not m:
+        raise ConfigError(f"--cache-ram {text!r}: expected a size such as 8G, 512M or auto")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def available_ram() -> int:
+    """Bytes of memory available now (Linux MemAvailable), else a conservative 4 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def default_ram_budget() -> int:
+    return available_ram() // 2
+
+
+# -- epoch order ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochPlan:
+    order: np.ndarray  # dataset indices in visiting order
+    blocks: np.ndarray  # block ids in the order their rows are first needed (block mode), else empty
+    window: int  # blocks per shuffle window
+
+
+def epoch_plan(n: int, *, seed: int, epoch: int, shuffle: str, block_rows: int, window_blocks: int) -> EpochPlan:
+    """The visiting order of an epoch.
+
+    ``full``: a uniform permutation. ``block``: blocks of ``block_rows`` consecutive rows in random order, rows
+    shuffled within windows of ``window_blocks`` blocks. ``none``: dataset order.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if shuffle == "none":
+        return EpochPlan(np.arange(n, dtype=np.int64), np.arange(-(-n // block_rows)), window_blocks)
+    if shuffle == "full":
+        return EpochPlan(rng.permutation(n).astype(np.int64), np.empty(0, dtype=np.int64), window_blocks)
+    n_blocks = -(-n // block_rows)
+    blocks = rng.permutation(n_blocks).astype(np.int64)
+    parts = []
+    for w in range(0, n_blocks, window_blocks):
+        rows = np.concatenate(
+            [np.arange(b * block_rows, min((b + 1) * block_rows, n), dtype=np.int64) for b in blocks[w : w + window_blocks]]
+        )
+        parts.append(rng.permutation(rows))
+    return EpochPlan(np.concatenate(parts) if parts else np.empty(0, dtype=np.int64), blocks, window_blocks)
+
+
+# -- row tables ----------------------------------------------------------------------------------------------------
+
+
+class InMemoryTable:
+    """A teacher's features and logits for one part, in (pinned) RAM; gather = one index_select per field."""
+
+    mode = "ram"
+
+    def __init__(self, cache: FeatureCache, part: str, pin: bool = False) -> None:
+        arrays = cache.read_all(part, fields=(FEATURES, LOGITS))
+        self.features = torch.from_numpy(arrays[FEATURES])
+        self.logits = torch.from_numpy(arrays[LOGITS])
+        if pin:
+            self.features = self.features.pin_memory()
+            self.logits = self.logits.pin_memory()
+
+    def start_epoch(self, plan: EpochPlan) -> None:
+        pass
+
+    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+        return self.features.index_select(0, index), self.logits.index_select(0, index)
+
+    def close(self) -> None:
+        pass
+
+
+class OutOfCoreTable:
+    """A table read from the shards in contiguous blocks by a prefetch thread, into a ring of block slots.
+
+    It serves a block-mode epoch plan: windows of ``window`` blocks are loaded in plan order, at most two windows
+    ahead of the batch being served; windows behind it are recycled. A gather maps rows to slots with one
+    vectorised index.
+    """
+
+    mode = "disk"
+
+    def __init__(self, cache: FeatureCache, part: str, block_rows: int, window_blocks: int) -> None:
+        self.cache = cache
+        self.part = part
+        self.block_rows = block_rows
+        self.window = window_blocks
+        self.n = cache.num_rows(part)
+        self.n_blocks = -(-self.n // block_rows)
+        self.capacity = 4 * window_blocks  # current, boundary, and two windows of read-ahead
+        m = cache.manifest
+        self._buf = {
+            FEATURES: np.empty((self.capacity * block_rows, m.teacher.num_features), dtype=m.dtype),
+            LOGITS: np.empty((self.capacity * block_rows, m.teacher.num_classes), dtype=m.logits_dtype),
+        }
+        self._slot = np.full(self.n_blocks, -1, dtype=np.int64)
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._error: BaseException | None = None
+
+    # The prefetch thread ------------------------------------------------------------------------------------------
+    def start_epoch(self, plan: EpochPlan) -> None:
+        if len(plan.blocks) == 0:
+            raise ConfigError(
+                "out-of-core teacher tables need a block order (--shuffle block or none); "
+                "--shuffle full needs the tables in RAM (raise --cache-ram)"
+            )
+        self.close()
+        self._slot[:] = -1
+        self._windows = [plan.blocks[w : w + self.window] for w in range(0, len(plan.blocks), self.window)]
+        self._window_of = np.empty(self.n_blocks, dtype=np.int64)
+        for w, blocks in enumerate(self._windows):
+            self._window_of[blocks] = w
+        self._free = list(range(self.capacity))
+        self._loaded_upto = -1  # windows [0, _loaded_upto] are resident (or were and got recycled)
+        self._oldest = 0  # first window still resident
+        self._stop = False
+        self._error = None
+        self._thread = threading.Thread(target=self._prefetch, name=f"featcache-rows-{self.part}", daemon=True)
+        self._thread.start()
+
+    def _prefetch(self) -> None:
+        try:
+            for w, blocks in enumerate(self._windows):
+                with self._cv:
+                    while not self._stop and len(self._free) < len(blocks):
+                        self._cv.wait()
+                    if self._stop:
+                        return
+                    slots = [self._free.pop() for _ in blocks]
+                for b, s in zip(blocks, slots):
+                    start, stop = int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.n)
+                    self.cache.read_range_into(start, stop, self._buf, s * self.block_rows, part=self.part)
+                with self._cv:
+                    self._slot[blocks] = slots
+                    self._loaded_upto = w
+                    self._cv.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - surfaced by gather()
+            with self._cv:
+                self._error = exc
+                self._cv.notify_all()
+
+    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == 0:
+            return (torch.from_numpy(self._buf[FEATURES][:0].copy()), torch.from_numpy(self._buf[LOGITS][:0].copy()))
+        blocks = idx // self.block_rows
+        windows = self._window_of[blocks]
+        lo, hi = int(windows.min()), int(windows.max())
+        with self._cv:
+            # Recycle windows the order has moved past, then wait for the ones this batch needs.
+            while self._oldest < lo:
+                old = self._windows[self._oldest]
+                if self._oldest <= self._loaded_upto:
+                    self._free.extend(int(s) for s in self._slot[old])
+                    self._slot[old] = -1
+                self._oldest += 1
+                self._cv.notify_all()
+            while self._loaded_upto < hi and self._error is None:
+                self._cv.wait()
+            if self._error is not None:
+                raise self._error
+            rows = self._slot[blocks] * self.block_rows + idx % self.block_rows
+        return torch.from_numpy(self._buf[FEATURES][rows]), torch.from_numpy(self._buf[LOGITS][rows])
+
+    def close(self) -> None:
+        if self._thread is not None:
+            with self._cv:
+                self._stop = True
+                self._cv.notify_all()
+            self._thread.join()
+            self._thread = None
+
+
+# -- the loader ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One training batch on the device. Real samples come first, then ``num_noise`` random images."""
+
+    images: torch.Tensor  # uint8 [B, 3, S, S]
+    labels: torch.Tensor  # int64 [B]; noise rows carry the first teacher's argmax
+    index: torch.Tensor  # int64 [B]; dataset index (noise rows: their noise index)
+    num_noise: int
+    features: list[torch.Tensor] = field(default_factory=list)  # per teacher [B, D_i], cache dtype
+    logits: list[torch.Tensor] = field(default_factory=list)  # per teacher [B, C_i]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _Items(Dataset):
+    """Dataset samples and noise images in one index space: i < n is sample i, i >= n is noise image i - n."""
+
+    def __init__(self, dataset: ImageDataset, noise_seed: int | None, noise_size: int | None) -> None:
+        self.dataset = dataset
+        self.n = len(dataset)
+        self.noise_seed = noise_seed
+        self.noise_size = noise_size
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        if i < self.n:
+            return self.dataset[i]
+        return noise_image(self.noise_seed, i - self.n, self.noise_size), -1, i - self.n
+
+
+class _BatchSampler(Sampler):
+    def __init__(self, loader: "JoinedLoader") -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.loader._batches())
+
+
+class JoinedLoader:
+    """Iterates ``Batch`` objects for one epoch at a time; call ``set_epoch`` before each epoch."""
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        caches: Sequence[FeatureCache],
+        *,
+        batch_size: int = 128,
+        shuffle: str = "auto",
+        seed: int = 0,
+        workers: int | None = None,
+        device: torch.device | str = "cpu",
+        mode: str = "auto",
+        ram_budget: int | None = None,
+        block_rows: int = 1024,
+        window_blocks: int | None = None,
+        noise_per_batch: int = 0,
+        drop_last: bool = False,
+        transform: TransformSpec | None = None,
+        check: bool = True,
+    ) -> None:
+        if shuffle not in SHUFFLES:
+            raise ConfigError(f"--shuffle {shuffle!r}: choose one of {', '.join(SHUFFLES)}")
+        if mode not in MODES:
+            raise ConfigError(f"--cache-mode {mode!r}: choose one of {', '.join(MODES)}")
+        if batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.caches = list(caches)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = torch.device(device)
+        self.drop_last = drop_last
+        self.block_rows = block_rows
+        self.noise_per_batch = noise_per_batch
+        self.epoch = 0
+        if check:
+            for cache in self.caches:
+                cache.check_dataset(dataset, transform)
+        self._check_noise()
+
+        # Storage mode per teacher: RAM while the budget lasts, then out of core.
+        budget = default_ram_budget() if ram_budget is None else ram_budget
+        need = [c.num_rows(PART_DATA) * c.row_bytes((FEATURES, LOGITS)) for c in self.caches]
+        modes, used = [], 0
+        for n in need:
+            fits = mode == "ram" or (mode == "auto" and used + n <= budget)
+            modes.append("ram" if fits else "disk")
+            used += n if fits else 0
+        self.modes = modes
+        if shuffle == "auto":
+            shuffle = "block" if "disk" in modes else "full"
+        if shuffle == "full" and "disk" in modes:
+            raise ConfigError(
+                f"the teacher tables need {sum(need) / 2**30:.1f} GiB but --cache-ram allows {budget / 2**30:.1f} GiB; "
+                "out-of-core tables need --shuffle block (or auto); --shuffle full needs a larger --cache-ram"
+            )
+        self.shuffle = shuffle
+        if window_blocks is None:
+            # Out-of-core tables hold 4 windows of blocks each; size the windows from what the budget has left.
+            disk = [c for c, m in zip(self.caches, modes) if m == "disk"]
+            left = max(budget - used, 256 * 2**20)
+            per_block = max((4 * block_rows * c.row_bytes() for c in disk), default=1)
+            window_blocks = int(np.clip(left // (max(1, len(disk)) * per_block), 1, 16))
+        self.window_blocks = window_blocks
+        pin = self.device.type == "cuda"
+        self.tables = [
+            (InMemoryTable(c, PART_DATA, pin) if m == "ram" else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks))
+            for c, m in zip(self.caches, modes)
+        ]
+        self.noise_tables = (
+            [InMemoryTable(c, PART_NOISE, pin) for c in self.caches] if self.noise_per_batch else []
+        )
+        noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
+        self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None)
+        self.workers = default_workers() if workers is None else workers
+        self._loader = DataLoader(
+            self._items,
+            batch_sampler=_BatchSampler(self),
+            num_workers=self.workers,
+            pin_memory=pin,
+            persistent_workers=self.workers > 0,
+            prefetch_factor=4 if self.workers > 0 else None,
+        )
+        self._plan: EpochPlan | None = None
+
+    def _check_noise(self) -> None:
+        if not self.noise_per_batch:
+            return
+        if self.noise_per_batch < 0:
+            raise ConfigError(f"--noise-per-batch must be >= 0, got {self.noise_per_batch}")
+        if not self.caches:
+            raise ConfigError("--noise-per-batch needs a teacher: noise images are labelled by the teacher's argmax")
+        first = None
+        for cache in self.caches:
+            noise = cache.manifest.noise
+            if not noise or not noise.get("count"):
+                raise ConfigError(
+                    f"--noise-per-batch needs noise rows, but cache {cache.key} has none; re-extract it with "
+                    "--noise N (e.g. --noise 10000)"
+                )
+            spec = (noise["seed"], noise["image_size"])
+            if first is not None and spec != first:
+                raise CacheMismatchError(
+                    f"caches disagree on the noise images (seed, size) {first} vs {spec} in {cache.key}; extract "
+                    "every teacher with the same --noise-seed and --image-size"
+                )
+            first = spec
+
+    # -- ordering -----------------------------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def _batches(self) -> list[list[int]]:
+        plan = epoch_plan(
+            len(self.dataset), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
+            block_rows=self.block_rows, window_blocks=self.window_blocks,
+        )
+        self._plan = plan
+        n, bs = len(self.dataset), self.batch_size
+        stops = range(bs, n + (0 if self.drop_last else bs), bs)
+        batches = [plan.order[s - bs : min(s, n)].tolist() for s in stops]
+        if self.noise_per_batch:
+            count = min(c.num_rows(PART_NOISE) for c in self.caches)
+            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            need = self.noise_per_batch * len(batches)
+            perm = np.concatenate([rng.permutation(count) for _ in range(-(-need // count))])[:need]
+            for k, b in enumerate(batches):
+                b.extend((n + perm[k * self.noise_per_batch : (k + 1) * self.noise_per_batch]).tolist())
+        return batches
+
+    # -- iteration ----------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        it = iter(self._loader)  # draws the epoch plan through the batch sampler
+        for t in self.tables:
+            t.start_epoch(self._plan)
+        try:
+            for images, labels, index in it:
+                yield self._join(images, labels, index)
+        finally:
+            for t in self.tables:
+                if isinstance(t, OutOfCoreTable):
+                    t.close()
+
+    def _join(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Batch:
+        idx = index.numpy()
+        labels = labels.clone()
+        num_noise = int((labels < 0).sum())  # noise items come last in every batch and carry label -1
+        real = idx[: len(idx) - num_noise]
+        noise = idx[len(idx) - num_noise :]
+        dev = self.device
+        nb = dev.type == "cuda"
+        features, logits = [], []
+        for k, table in enumerate(self.tables):
+            f, lg = table.gather(real)
+            if num_noise:
+                nf, nl = self.noise_tables[k].gather(noise)
+                f, lg = torch.cat([f, nf]), torch.cat([lg, nl])
+            features.append(f.to(dev, non_blocking=nb))
+            logits.append(lg.to(dev, non_blocking=nb))
+        labels = labels.to(dev, non_blocking=nb)
+        if num_noise:
+            # TS-Learning: a random image is labelled by the teacher's prediction.
+            labels[len(labels) - num_noise :] = logits[0][len(labels) - num_noise :].float().argmax(1)
+        return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features, logits)
+
+    def close(self) -> None:
+        for t in self.tables:
+            t.close()
+
+    def describe(self) -> str:
+        parts = [f"{c.key}: {m}" for c, m in zip(self.caches, self.modes)]
+        return f"shuffle {self.shuffle}, " + (", ".join(parts) if parts else "no teachers")
+
+
+__all__ = [
+    "Batch",
+    "EpochPlan",
+    "InMemoryTable",
+    "JoinedLoader",
+    "OutOfCoreTable",
+    "epoch_plan",
+    "parse_bytes",
+]
