@@ -196,3 +196,38 @@ class NoiseDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         return noise_image(self.spec.seed, index, self.spec.image_size), -1, index
+
+
+# -- random augmentation on top of the evaluation view (distill --augment) ------------------------------------------
+
+AUGMENTS = ("none", "flip", "pad-crop-flip")
+
+
+class Augment:
+    """Random augmentation of a uint8 [3, S, S] view, run in DataLoader workers (seeded per worker by torch).
+
+    ``flip``: horizontal flip with p = 0.5. ``pad-crop-flip``: the CIFAR recipe: zero-pad by S/8 (4 px at 32),
+    random S×S crop, then flip. A cache of one fixed view does not describe augmented pixels, so distill refuses
+    these with cached teachers unless ``--allow-inconsistent`` (the "fixed teacher" setting).
+    """
+
+    def __init__(self, policy: str, geometry: Geometry | None = None) -> None:
+        if policy not in AUGMENTS:
+            raise ConfigError(f"--augment {policy!r}: choose one of {', '.join(AUGMENTS)}")
+        self.policy = policy
+        self.geometry = geometry
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        if self.geometry is not None:
+            image = self.geometry(image)
+        if self.policy == "none":
+            return image
+        if self.policy == "pad-crop-flip":
+            s = image.shape[-1]
+            pad = max(1, s // 8)
+            padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
+            top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
+            image = padded[:, top : top + image.shape[-2], left : left + s]
+        if bool(torch.rand(()) < 0.5):
+            image = image.flip(-1)
+        return image.contiguous()

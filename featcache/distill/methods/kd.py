@@ -1,0 +1,31 @@
+"""``kd``: Hinton et al. (2015) knowledge distillation from the cached logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from featcache.distill.methods.base import Method, xent
+
+
+class KnowledgeDistillation(Method):
+    """L = λ_xent·XENT(y, s) + λ_kd·T²·KL(softmax(t/T) ‖ softmax(s/T)).
+
+    s: student logits, t: the cached teacher logits (several teachers: their softened distributions are averaged,
+    Hinton's ensemble target), T: ``--temperature``. The T² factor keeps the soft-target gradients on the scale of
+    the hard-target ones (Hinton et al. §2). Logits are cached raw, so any T can be used without re-extracting.
+    """
+
+    name = "kd"
+    min_teachers = 1
+    max_teachers = None
+    needs_teacher_classes = True
+
+    def loss(self, student, x, y, rows, epoch):
+        T = self.params.temperature
+        logits = student(x)
+        target = torch.stack([F.softmax(t.float() / T, dim=1) for t in rows.logits]).mean(0)
+        kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), target, reduction="batchmean") * (T * T)
+        ce = xent(logits, y)
+        loss = self.params.lambda_xent * ce + self.params.lambda_kd * kd
+        return loss, {"xent": ce.detach(), "kd": kd.detach()}, logits

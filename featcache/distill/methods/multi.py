@@ -1,0 +1,49 @@
+"""``multi``: T teachers at once, Eq. 5 and Algorithm 1 of the multi-teacher paper (Landro et al., 2021)."""
+
+from __future__ import annotations
+
+import torch
+
+from featcache.distill.methods.base import Method, mse, xent
+from featcache.models.translators import make_translator
+
+
+class MultiTeacher(Method):
+    """L = L_xent(y, l0(f_l1)) + Σ_{i=1..T} [ L_MSE(t_i(f_ti), f_li) + L_xent(y, l0∘l1∘…∘l_{i−1}(t_i(f_ti))) ]  — Eq. 5.
+
+    The student has layers l_T, …, l_1 before its classifier l0 (extra fully-connected layers are added when the
+    architecture has fewer than T); teacher i (in --teacher order) is matched at the output f_li of layer l_i
+    through its own translator t_i, and its translated feature is also classified through the remaining student
+    layers (Algorithm 1, line 7). Student, layers and translators are updated together from the summed loss, with
+    one optimizer for the student and one for the translators (§3.4). With T = 1 this is exactly Eq. 3.
+    """
+
+    name = "multi"
+    min_teachers = 1
+    max_teachers = None
+
+    @classmethod
+    def student_options(cls, teacher_dims, params):
+        return {"levels": len(teacher_dims)}
+
+    def __init__(self, student, teacher_dims, num_classes, params):
+        super().__init__(student, teacher_dims, num_classes, params)
+        for i, dim in enumerate(teacher_dims, start=1):
+            self.translators.append(make_translator(params.translator, dim, student.level_dim(i)))
+
+    def loss(self, student, x, y, rows, epoch):
+        layer_outputs, logits = student.forward_all(x)  # outputs of l_T, ..., l_1
+        T = len(self.teacher_dims)
+        p = self.params
+        parts: dict[str, torch.Tensor] = {}
+        loss = xent(logits, y)
+        parts["xent"] = loss.detach()
+        for i in range(1, T + 1):
+            f_li = layer_outputs[len(layer_outputs) - i]
+            t_i = self.translators[i - 1](rows.features[i - 1])
+            l_mse = mse(t_i, f_li)
+            l_xent = xent(student.head_from(i, t_i), y)
+            loss = loss + p.lambda_mse * l_mse + p.lambda_xent * l_xent
+            parts[f"mse_{i}"] = l_mse.detach()
+            parts[f"xent_{i}"] = l_xent.detach()
+        return loss, parts, logits

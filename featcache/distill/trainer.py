@@ -1,0 +1,531 @@
+"""Stage 2: train a student from cached teacher rows.
+
+    >>> from featcache.distill.trainer import DistillConfig, distill
+    >>> summary = distill(DistillConfig(student="lenet5", dataset="synthetic", teachers=["resnet18"], method="ts"))
+
+The loop: joined batches (uint8 images + cached rows) → normalise on the device → the method's loss under autocast
+→ one optimizer for the student and one for translators (multi-teacher paper §3.4) → per-epoch test accuracy
+(Eq. 6 of the multi-teacher paper) → metrics.jsonl, best/last checkpoints. Adam with cosine annealing is the
+default, the papers' setting (SGD and step schedules are flags). No teacher network is built in this module.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from featcache.cache.store import CacheStore
+from featcache.datasets import ImageDataset, get_dataset
+from featcache.distill.loader import JoinedLoader, parse_bytes
+from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
+from featcache.distill.resolve import resolve_teachers
+from featcache.errors import ConfigError, FeatcacheError
+from featcache.progress import Reporter
+from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
+from featcache.transforms import Augment, TransformSpec, default_transform
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+LAST = "checkpoint-last.pt"
+BEST = "checkpoint-best.pt"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("cosine", "step", "none")
+
+
+@dataclass
+class DistillConfig:
+    """Everything `featcache distill` takes; fields mirror the CLI flags."""
+
+    student: str = "mobilenetv3"
+    dataset: str = "synthetic"
+    data_root: Path | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    teachers: list[str] = field(default_factory=list)
+    method: str | None = None  # default: "ts" with a teacher, "ce" without
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    translator_lr: float | None = None
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    step_size: int = 50
+    gamma: float = 0.1
+    lambda_xent: float = 1.0
+    lambda_mse: float = 1.0
+    lambda_kd: float = 1.0
+    temperature: float = 4.0
+    translator: str = "linear"
+    hint_epochs: int | None = None
+    feature_dim: int | None = None
+    small_input: bool | None = None
+    image_size: int | None = None
+    augment: str = "none"
+    allow_inconsistent: bool = False
+    noise_per_batch: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    workers: int | None = None
+    cache_dir: Path | None = None
+    cache_ram: str = "auto"
+    cache_mode: str = "auto"
+    shuffle: str = "auto"
+    run_dir: Path | None = None
+    resume: bool = False
+    channels_last: bool = True
+
+    def resolved_method(self) -> str:
+        return self.method or ("ts" if self.teachers else "ce")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("data_root", "cache_dir", "run_dir"):
+            if d.get(k) is not None:
+                d[k] = Path(d[k])
+        return cls(**d)
+
+
+@dataclass
+class DistillSummary:
+    run_dir: Path
+    best_acc: float
+    best_epoch: int
+    last_acc: float
+    epochs: int
+    seconds: float
+    images_per_s: float
+    teachers: list[str]
+    method: str
+    student: str
+
+    def line(self) -> str:
+        return (
+            f"best test acc {self.best_acc:.2%} at epoch {self.best_epoch}/{self.epochs} · last {self.last_acc:.2%} · "
+            f"{_hms(self.seconds)} · {self.images_per_s:,.0f} img/s · {self.run_dir}"
+        )
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# -- set-up ----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, resolved from a DistillConfig (shared by distill and eval)."""
+
+    config: DistillConfig
+    train: ImageDataset
+    test: ImageDataset
+    caches: list
+    transform: TransformSpec
+    student: torch.nn.Module
+    method: Method
+    device: torch.device
+    precision: str
+    student_kwargs: dict[str, Any]
+
+
+def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, student_entry) -> TransformSpec:
+    if caches:
+        specs = [c.manifest.transform for c in caches]
+        if any(s != specs[0] for s in specs[1:]) and not config.allow_inconsistent:
+            sizes = ", ".join(f"{c.key}: {c.manifest.transform.get('image_size')} px" for c in caches)
+            raise ConfigError(
+                f"the teachers' caches were extracted with different transforms ({sizes}); the student can only see "
+                "one view: extract them with the same --image-size/--resize, or pass --allow-inconsistent to train "
+                "on the first teacher's view"
+            )
+        spec = TransformSpec.from_dict(specs[0])
+        if config.image_size is not None and config.image_size != spec.image_size:
+            raise ConfigError(
+                f"--image-size {config.image_size} differs from the {spec.image_size} px the teacher saw "
+                f"(cache {caches[0].key}); drop --image-size to use the cache's view"
+            )
+        return spec
+    size = config.image_size or train.native_size or (student_entry.default_image_size if student_entry else 224)
+    return default_transform(size, native_size=train.native_size if size == train.native_size else None)
+
+
+def setup(config: DistillConfig) -> Setup:
+    from featcache.models.registry import get_entry
+    from featcache.models.students import create_student
+
+    method_cls = get_method(config.resolved_method())
+    method_cls.check_teachers(len(config.teachers))
+    train = get_dataset(config.dataset, config.data_root, "train", **config.dataset_options)
+    test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
+    if train.classes != test.classes:
+        raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
+    caches = resolve_teachers(config.teachers, train, CacheStore(config.cache_dir)) if config.teachers else []
+    if method_cls.needs_teacher_classes:
+        for c in caches:
+            if c.manifest.teacher.classes != list(train.classes):
+                raise ConfigError(
+                    f"--method {method_cls.name} needs teacher logits over the dataset's {train.num_classes} classes, "
+                    f"but cache {c.key} covers {c.manifest.teacher.num_classes} "
+                    f"({c.manifest.teacher.classes_source} classes); fine-tune the teacher on {train.name} first"
+                )
+    if config.augment != "none" and caches and not config.allow_inconsistent:
+        raise ConfigError(
+            f"--augment {config.augment}: the cached teacher rows describe the un-augmented view only; augmenting the "
+            "student's input breaks the teacher/student correspondence. Pass --allow-inconsistent to train in this "
+            "'fixed teacher' setting anyway (see docs/methods.md)"
+        )
+    entry = get_entry("student", config.student)
+    transform = _transform_for(config, caches, train, entry)
+    dims = [c.num_features for c in caches]
+    params = MethodParams(
+        lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
+        temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
+    )
+    options = method_cls.student_options(dims, params)
+    if config.feature_dim is not None:
+        if "feature_dim" in options and options["feature_dim"] != config.feature_dim:
+            raise ConfigError(
+                f"--feature-dim {config.feature_dim}: --method {method_cls.name} adapts the feature layer to the "
+                f"teacher's {options['feature_dim']} dims; drop --feature-dim or use --method ts-translator"
+            )
+        options["feature_dim"] = config.feature_dim
+    student_kwargs = {
+        "name": config.student, "num_classes": train.num_classes, "small_input": config.small_input,
+        "image_size": transform.image_size, **options,
+    }
+    student = create_student(**student_kwargs)
+    method = method_cls(student, dims, train.num_classes, params)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _make_optimizer(name: str, params, lr: float, config: DistillConfig):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def _make_schedule(opt, config: DistillConfig, total_epochs: int):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_epochs))
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+
+
+def _validate(config: DistillConfig) -> None:
+    if config.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"--optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+    if config.schedule not in SCHEDULES:
+        raise ConfigError(f"--schedule {config.schedule!r}: choose one of {', '.join(SCHEDULES)}")
+    if config.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
+    if config.lr <= 0:
+        raise ConfigError(f"--lr must be positive, got {config.lr}")
+    Augment(config.augment)  # validates the name
+
+
+def default_run_dir(config: DistillConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.dataset}-{config.student}-{config.resolved_method()}-s{config.seed}-{stamp}"
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------------
+
+
+def test_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int, workers: int, device: torch.device):
+    dataset.with_transform(transform.geometry())
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+
+
+@torch.no_grad()
+def evaluate(student, loader, transform: TransformSpec, device, precision: str, channels_last: bool = True) -> dict[str, float]:
+    """Test accuracy = correct / (correct + incorrect) over the whole split (Eq. 6) and mean cross-entropy."""
+    normalize = transform.normalizer(device)
+    was_training = student.training
+    student.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
+    for images, labels, _ in loader:
+        x = normalize(images, channels_last=channels_last)
+        y = labels.to(device, non_blocking=True)
+        with autocast(device, precision):
+            logits = student(x)
+        correct += (logits.argmax(1) == y).sum()
+        loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+        n += len(y)
+    student.train(was_training)
+    return {"acc": correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": n}
+
+
+# -- the run ---------------------------------------------------------------------------------------------------------
+
+
+def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
+    """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json."""
+    reporter = reporter or Reporter()
+    _validate(config)
+    run_dir = Path(config.run_dir) if config.run_dir is not None else default_run_dir(config)
+    config.run_dir = run_dir
+    if (run_dir / LAST).is_file() and not config.resume:
+        raise ConfigError(f"--run-dir {run_dir} already holds a run; pass --resume to continue it or pick another --run-dir")
+    if config.resume and not (run_dir / LAST).is_file():
+        raise ConfigError(f"--resume: {run_dir / LAST} not found; start the run without --resume")
+    _seed_everything(config.seed)
+    s = setup(config)
+    device, precision = s.device, s.precision
+    student, method = s.student.to(device), s.method.to(device)
+    if config.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    workers = config.workers if config.workers is not None else default_workers()
+    augment = Augment(config.augment, s.transform.geometry())
+    s.train.with_transform(augment)
+    loader = JoinedLoader(
+        s.train, s.caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
+        device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
+        noise_per_batch=config.noise_per_batch, transform=s.transform,
+    )
+    tests = test_loader(s.test, s.transform, config.batch_size * 2, workers, device)
+    normalize = s.transform.normalizer(device)
+
+    total_epochs = method.total_epochs(config.epochs)
+    opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)
+    translator_params = list(method.translators.parameters())
+    topt = _make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config) if translator_params else None
+    sched = _make_schedule(opt, config, total_epochs)
+    tsched = _make_schedule(topt, config, total_epochs) if topt else None
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if config.resume:
+        state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
+        student.load_state_dict(state["student"])
+        method.load_state_dict(state["method"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if topt is not None:
+            topt.load_state_dict(state["translator_optimizer"])
+            tsched.load_state_dict(state["translator_scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        start_epoch, best_acc, best_epoch, elapsed = state["epoch"] + 1, state["best_acc"], state["best_epoch"], state["elapsed"]
+        _truncate_metrics(run_dir / METRICS, start_epoch)
+        reporter.message(f"resuming {run_dir} at epoch {start_epoch + 1}/{total_epochs}")
+    else:
+        (run_dir / METRICS).unlink(missing_ok=True)
+    _write_config(run_dir, s, loader)
+
+    train_images_total, train_seconds_total = 0, 0.0
+    last_acc = 0.0
+    try:
+        for epoch in range(start_epoch, total_epochs):
+            loader.set_epoch(epoch)
+            student.train()
+            method.train()
+            sums: dict[str, torch.Tensor] = {}
+            correct = torch.zeros((), dtype=torch.int64, device=device)
+            seen = noise_seen = batches = 0
+            reporter.start(len(s.train), f"epoch {epoch + 1}/{total_epochs} {method.stage(epoch) if total_epochs != config.epochs else ''}".rstrip(), unit="img")
+            t0 = time.perf_counter()
+            for batch in loader:
+                x = normalize(batch.images, channels_last=config.channels_last)
+                rows = TeacherRows(batch.features, batch.logits)
+                with autocast(device, precision):
+                    loss, parts, logits = method.loss(student, x, batch.labels, rows, epoch)
+                opt.zero_grad(set_to_none=True)
+                if topt is not None:
+                    topt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                if topt is not None:
+                    scaler.step(topt)
+                scaler.update()
+                real = len(batch) - batch.num_noise
+                sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0) + v.float() * len(batch)
+                correct += (logits[:real].argmax(1) == batch.labels[:real]).sum()
+                seen += real
+                noise_seen += batch.num_noise
+                batches += 1
+                if batches % 25 == 0:  # a host sync only every 25 steps: progress display and divergence check
+                    value = loss.item()
+                    if not math.isfinite(value):
+                        raise FeatcacheError(
+                            f"the loss became {value} at epoch {epoch + 1}; lower --lr or the --lambda-* weights"
+                        )
+                    reporter.advance(real, loss=f"{(sums['loss'] / (seen + noise_seen)).item():.4f}")
+                else:
+                    reporter.advance(real)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds = time.perf_counter() - t0
+            reporter.stop()
+            sched.step()
+            if tsched is not None:
+                tsched.step()
+            ev = evaluate(student, tests, s.transform, device, precision, config.channels_last)
+            last_acc = ev["acc"]
+            elapsed += time.perf_counter() - t0
+            train_images_total += seen
+            train_seconds_total += train_seconds
+            denom = max(seen + noise_seen, 1)
+            record = {
+                "epoch": epoch + 1,
+                "stage": method.stage(epoch),
+                "train_loss": (sums["loss"] / denom).item() if "loss" in sums else None,
+                **{f"train_{k}": (v / denom).item() for k, v in sums.items() if k != "loss"},
+                "train_acc": correct.item() / max(seen, 1),
+                "test_acc": ev["acc"],
+                "test_loss": ev["loss"],
+                "lr": opt.param_groups[0]["lr"],
+                "images_per_s": seen / train_seconds if train_seconds > 0 else None,
+                "noise_images": noise_seen,
+                "epoch_seconds": round(time.perf_counter() - t0, 3),
+            }
+            with open(run_dir / METRICS, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            improved = ev["acc"] > best_acc
+            if improved:
+                best_acc, best_epoch = ev["acc"], epoch + 1
+            state = {
+                "student": student.state_dict(),
+                "method": method.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "translator_optimizer": topt.state_dict() if topt else None,
+                "translator_scheduler": tsched.state_dict() if tsched else None,
+                "scaler": scaler.state_dict(),
+                "rng": {"torch": torch.get_rng_state()},
+                "epoch": epoch,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "elapsed": elapsed,
+                "test_acc": ev["acc"],
+            }
+            _atomic_save(state, run_dir / LAST)
+            if improved:
+                _atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]}, run_dir / BEST)
+            reporter.message(
+                f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · train acc {record['train_acc']:.2%} · "
+                f"test acc {ev['acc']:.2%}{' (best)' if improved else ''} · {record['images_per_s'] or 0:,.0f} img/s"
+            )
+    finally:
+        loader.close()
+    summary = DistillSummary(
+        run_dir=run_dir, best_acc=best_acc, best_epoch=best_epoch, last_acc=last_acc, epochs=total_epochs,
+        seconds=elapsed, images_per_s=train_images_total / train_seconds_total if train_seconds_total else 0.0,
+        teachers=[c.key for c in s.caches], method=method.name, student=config.student,
+    )
+    (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
+    return summary
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _truncate_metrics(path: Path, keep_epochs: int) -> None:
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= keep_epochs]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
+    info = {
+        "config": s.config.to_dict(),
+        "method": s.method.name,
+        "teachers": [
+            {"key": c.key, "teacher": c.manifest.teacher.name, "num_features": c.num_features, "mode": m}
+            for c, m in zip(s.caches, loader.modes)
+        ],
+        "transform": s.transform.to_dict(),
+        "student": s.student.describe() if hasattr(s.student, "describe") else s.config.student,
+        "student_kwargs": s.student_kwargs,
+        "dataset": {"train": s.train.identity(), "test": s.test.identity()},
+        "device": device_name(s.device),
+        "precision": s.precision,
+        "shuffle": loader.shuffle,
+        "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    (run_dir / CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data_root: Path | None = None):
+    """Rebuild a run's student and test data from config.json and a checkpoint (no cache is needed)."""
+    from featcache.models.students import create_student
+
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: {run_dir} is not a featcache distill run directory")
+    info = json.loads(path.read_text())
+    config = DistillConfig.from_dict(info["config"])
+    if data_root is not None:
+        config.data_root = data_root
+    ckpt = run_dir / (BEST if checkpoint == "best" else LAST)
+    if not ckpt.is_file():
+        raise ConfigError(f"{ckpt} not found; the run has not finished an epoch yet")
+    test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
+    if test.identity() != info["dataset"]["test"]:
+        raise ConfigError(
+            f"the test split at --data-root {config.data_root} differs from the one the run was trained with "
+            "(sample ids, labels or classes changed)"
+        )
+    student = create_student(**info["student_kwargs"])
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    student.load_state_dict(state["student"])
+    dev = resolve_device(device)
+    return student, test, TransformSpec.from_dict(info["transform"]), dev, resolve_precision(config.precision, dev), state, config
+
+
+def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", batch_size: int = 256,
+                 workers: int | None = None, data_root: Path | None = None) -> dict[str, Any]:
+    """Test accuracy (Eq. 6) of a run's checkpoint on the dataset's test split."""
+    student, test, transform, dev, precision, state, config = load_run(run_dir, checkpoint, device, data_root)
+    student = student.to(dev)
+    w = default_workers() if workers is None else workers
+    loader = test_loader(test, transform, batch_size, w, dev)
+    ev = evaluate(student, loader, transform, dev, precision, config.channels_last)
+    return {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch", -1) + 1, **ev}
