@@ -1,0 +1,394 @@
+"""SOD: Stanford Dogs merged with the dog images of Oxford-IIIT Pet (131 classes, 25,558 images).
+
+Sources under ``--data-root`` (side by side, or in the named subfolders):
+
+* Stanford Dogs: ``Images/<wnid>-<Breed>/*.jpg`` (120 breeds, 20,580 images), looked for in ROOT,
+  ROOT/stanford_dogs, ROOT/stanford-dogs, ROOT/StanfordDogs.
+* Oxford-IIIT Pet: ``images/<Breed_name>_<n>.jpg`` and ``annotations/list.txt`` (``Image CLASS-ID SPECIES
+  BREED-ID``; species 2 = dog; 4,978 dog images of 25 breeds), looked for in ROOT, ROOT/oxford-iiit-pet,
+  ROOT/oxford_pet, ROOT/OxfordPet.
+
+**Classes** come from the shipped table ``data/sod_classes.tsv`` (override with ``classes_file=``). Merge rule: a
+Stanford breed (the dir name after its first ``-``) and a Pet breed (image name without its trailing ``_<n>``) are
+one class when equal after lower-casing and dropping every non-letter; that merges 14 breeds, so 120 + 25 - 14 =
+131 classes. Canonical order: the 120 Stanford dirs sorted by name (= by wnid), then the 11 Pet-only breeds
+sorted by name. ``derive_class_table`` is the rule; tests check that the shipped table equals its output.
+
+**Split rule ``rule-v1``** (the papers give no official split, only the sizes 20,492 / 5,066): deterministic and
+stratified. Of N images, T = round_half_up(N * 5066 / 25558) are test images; T is apportioned over classes in
+proportion to class size by the largest-remainder (Hamilton) method, remainder ties going to the lower class
+index; within a class the test images are those whose sha256(sample id) hex digests are smallest. It depends on
+the id set only (not on listing order), so N = 25,558 always gives exactly 20,492 train / 5,066 test.
+``split_file=`` replaces it with a user's file of ``<train|test> <id>`` lines.
+
+Sample ids: ``stanford/<dir>/<file>.jpg`` and ``pet/<file>.jpg``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+from featcache.datasets import register_dataset
+from featcache.datasets.base import ImageDataset, check_split, read_image_file
+from featcache.datasets.folder import list_images
+from featcache.errors import DatasetError, FeatcacheError
+
+TABLE_NAME = "sod_classes.tsv"
+TABLE_HEADER = ("index", "class_name", "stanford_dir", "pet_breed")
+SPLIT_RULE = "rule-v1"
+# The paper's split sizes: 5,066 test images of 25,558.
+TEST_NUM, TEST_DEN = 5066, 25558
+
+STANFORD_SUBDIRS = ("", "stanford_dogs", "stanford-dogs", "StanfordDogs")
+PET_SUBDIRS = ("", "oxford-iiit-pet", "oxford_pet", "OxfordPet")
+STANFORD_HINT = "extract Stanford Dogs' images.tar so that Images/<wnid>-<Breed>/ lies under --data-root"
+PET_HINT = "extract Oxford-IIIT Pet's images.tar.gz and annotations.tar.gz under --data-root"
+
+PET_DOG_BREEDS = (
+    "american_bulldog", "american_pit_bull_terrier", "basset_hound", "beagle", "boxer", "chihuahua",
+    "english_cocker_spaniel", "english_setter", "german_shorthaired", "great_pyrenees", "havanese",
+    "japanese_chin", "keeshond", "leonberger", "miniature_pinscher", "newfoundland", "pomeranian", "pug",
+    "saint_bernard", "samoyed", "scottish_terrier", "shiba_inu", "staffordshire_bull_terrier", "wheaten_terrier",
+    "yorkshire_terrier",
+)  # fmt: skip
+
+
+class ClassRow(NamedTuple):
+    """One SOD class; an empty ``stanford_dir`` / ``pet_breed`` means that source lacks the breed."""
+
+    index: int
+    class_name: str
+    stanford_dir: str
+    pet_breed: str
+
+
+# -- the merge rule and the class table -------------------------------------------------------------------------
+def merge_key(breed: str) -> str:
+    """Lower-cased letters only: ``Staffordshire_bullterrier`` and ``staffordshire_bull_terrier`` agree."""
+    return re.sub(r"[^a-z]", "", breed.lower())
+
+
+def stanford_breed(dirname: str) -> str:
+    """``n02093256-Staffordshire_bullterrier`` -> ``Staffordshire_bullterrier`` (text after the first ``-``)."""
+    return dirname.split("-", 1)[1] if "-" in dirname else dirname
+
+
+def derive_class_table(stanford_dirs: Sequence[str], pet_breeds: Sequence[str]) -> list[ClassRow]:
+    """The SOD classes in canonical order: Stanford dirs sorted by name, then Pet-only breeds sorted by name."""
+    by_key: dict[str, str] = {}
+    for breed in pet_breeds:
+        if merge_key(breed) in by_key:
+            raise ValueError(f"Pet breeds {by_key[merge_key(breed)]!r} and {breed!r} share merge key")
+        by_key[merge_key(breed)] = breed
+    rows: list[ClassRow] = []
+    merged: set[str] = set()
+    for d in sorted(stanford_dirs):
+        pet = by_key.get(merge_key(stanford_breed(d)), "")
+        if pet in merged:
+            raise ValueError(f"two Stanford dirs merge with Pet breed {pet!r}")
+        if pet:
+            merged.add(pet)
+        rows.append(ClassRow(len(rows), stanford_breed(d), d, pet))
+    for breed in sorted(set(pet_breeds) - merged):
+        rows.append(ClassRow(len(rows), breed, "", breed))
+    return rows
+
+
+def format_class_table(rows: Sequence[ClassRow]) -> str:
+    lines = ["\t".join(TABLE_HEADER)]
+    lines += [f"{r.index}\t{r.class_name}\t{r.stanford_dir}\t{r.pet_breed}" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def read_class_table(path: Path) -> list[ClassRow]:
+    """Parse and validate a class table (header, then ``index class_name stanford_dir pet_breed`` rows)."""
+    fix = "restore it from the featcache checkout (data/sod_classes.tsv) or fix the line"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        raise DatasetError(f"SOD: class table {path} is missing or unreadable; {fix}") from None
+    lines = text.splitlines()
+    if not lines or tuple(lines[0].split("\t")) != TABLE_HEADER:
+        raise DatasetError(f"SOD: {path} line 1 must be the header {'<TAB>'.join(TABLE_HEADER)}; {fix}")
+    rows: list[ClassRow] = []
+    seen_dirs: set[str] = set()
+    seen_pets: set[str] = set()
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        if len(cells) != 4 or not cells[0].isdigit() or int(cells[0]) != len(rows) or not cells[1]:
+            raise DatasetError(
+                f"SOD: {path} line {lineno} is malformed ({line!r}); expected index {len(rows)}, a class name, "
+                f"a Stanford dir and a Pet breed separated by tabs; {fix}"
+            )
+        row = ClassRow(int(cells[0]), cells[1], cells[2], cells[3])
+        if not row.stanford_dir and not row.pet_breed:
+            raise DatasetError(f"SOD: {path} line {lineno}: class {row.class_name!r} has no source; {fix}")
+        checks = ((row.stanford_dir, seen_dirs, "Stanford dir"), (row.pet_breed, seen_pets, "Pet breed"))
+        for value, seen, what in checks:
+            if value and value in seen:
+                raise DatasetError(f"SOD: {path} line {lineno}: {what} {value!r} appears twice; {fix}")
+            seen.add(value)
+        rows.append(row)
+    if not rows:
+        raise DatasetError(f"SOD: {path} has no classes; {fix}")
+    return rows
+
+
+# -- splits ----------------------------------------------------------------------------------------------------
+def split_rule_mask(ids: Sequence[str], labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Split rule ``rule-v1``: boolean is_test per sample (see the module docstring). Pure and order-free."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = len(labels)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids but {n} labels")
+    if n == 0:
+        return np.zeros(0, dtype=bool)
+    total = (2 * n * TEST_NUM + TEST_DEN) // (2 * TEST_DEN)  # round half up, in exact integers
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = total * counts  # class quota = quota / n seats, kept exact as integer numerators
+    seats = quota // n
+    remainder = quota % n
+    leftover = int(total - seats.sum())
+    # Largest remainder first; np.unique sorted the classes, so lexsort's stability breaks ties by class index.
+    seats[np.lexsort((classes, -remainder))[:leftover]] += 1
+
+    digests = np.array([hashlib.sha256(s.encode("utf-8")).hexdigest() for s in ids])
+    order = np.lexsort((np.asarray(ids, dtype=str), digests, labels))  # by class, then digest (id: total order)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    rank_in_class = np.arange(n) - starts
+    is_test = np.empty(n, dtype=bool)
+    is_test[order] = rank_in_class < np.repeat(seats, counts)
+    return is_test
+
+
+def read_split_file(path: Path, ids: Sequence[str]) -> np.ndarray:
+    """is_test mask from a ``<train|test> <id>`` file that lists every sample exactly once."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"SOD: split file {path} (split_file) is missing")
+    position = {sid: i for i, sid in enumerate(ids)}
+    is_test = np.zeros(len(ids), dtype=bool)
+    seen = np.zeros(len(ids), dtype=bool)
+    first_line: dict[int, int] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2 or parts[0] not in ("train", "test"):
+                raise DatasetError(
+                    f"SOD: split file {path} line {lineno} is malformed ({line!r}); expected '<train|test> <id>'"
+                )
+            i = position.get(parts[1])
+            if i is None:
+                raise DatasetError(
+                    f"SOD: split file {path} line {lineno}: unknown sample id {parts[1]!r}; ids look like "
+                    "stanford/<dir>/<file>.jpg or pet/<file>.jpg"
+                )
+            if seen[i]:
+                raise DatasetError(
+                    f"SOD: split file {path} line {lineno}: sample {parts[1]!r} already listed on line {first_line[i]}"
+                )
+            seen[i] = True
+            first_line[i] = lineno
+            is_test[i] = parts[0] == "test"
+    if not seen.all():
+        missing = np.flatnonzero(~seen)
+        raise DatasetError(
+            f"SOD: split file {path} does not list sample {ids[missing[0]]!r} ({len(missing)} samples missing); "
+            "every sample must appear exactly once"
+        )
+    return is_test
+
+
+# -- the sources on disk ---------------------------------------------------------------------------------------
+def _find_stanford(root: Path) -> Path:
+    for sub in STANFORD_SUBDIRS:
+        if (root / sub / "Images").is_dir():
+            return root / sub / "Images"
+    looked = ", ".join(str(root / sub / "Images") for sub in STANFORD_SUBDIRS)
+    raise DatasetError(f"SOD: Stanford Dogs not found (looked for {looked}); {STANFORD_HINT}")
+
+
+def _find_pet(root: Path) -> tuple[Path, Path]:
+    """(images dir, list.txt) of Oxford-IIIT Pet."""
+    for sub in PET_SUBDIRS:
+        base = root / sub
+        if (base / "images").is_dir() or (base / "annotations").is_dir():
+            for p in (base / "images", base / "annotations" / "list.txt"):
+                if not p.exists():
+                    raise DatasetError(f"SOD: {p} is missing; {PET_HINT}")
+            return base / "images", base / "annotations" / "list.txt"
+    looked = ", ".join(str(root / sub / "images") for sub in PET_SUBDIRS)
+    raise DatasetError(f"SOD: Oxford-IIIT Pet not found (looked for {looked}); {PET_HINT}")
+
+
+def _stanford_samples(images: Path, rows: Sequence[ClassRow], table: Path) -> tuple[list[str], list[int]]:
+    wanted = {r.stanford_dir: r.index for r in rows if r.stanford_dir}
+    with os.scandir(images) as it:
+        present = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    for name in present:
+        if name not in wanted:
+            raise DatasetError(
+                f"SOD: {images / name} is not a Stanford Dogs breed of the class table {table}; remove it"
+            )
+    ids: list[str] = []
+    labels: list[int] = []
+    for d, label in wanted.items():
+        if not (images / d).is_dir():
+            raise DatasetError(f"SOD: Stanford Dogs breed folder {images / d} is missing; {STANFORD_HINT}")
+        files = list_images(images / d, recursive=False)
+        if not files:
+            raise DatasetError(f"SOD: Stanford Dogs breed folder {images / d} has no images; {STANFORD_HINT}")
+        ids.extend(f"stanford/{d}/{f}" for f in files)
+        labels.extend([label] * len(files))
+    return ids, labels
+
+
+def _pet_samples(images: Path, list_txt: Path, rows: Sequence[ClassRow], table: Path) -> tuple[list[str], list[int]]:
+    """Dog rows (species 2) of list.txt; each must map to a table breed and exist on disk."""
+    wanted = {r.pet_breed: r.index for r in rows if r.pet_breed}
+    on_disk = set(os.listdir(images))
+    found: dict[str, int] = {}
+    with open(list_txt, encoding="utf-8", errors="replace") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]) or parts[2] not in ("1", "2"):
+                raise DatasetError(
+                    f"SOD: {list_txt} line {lineno} is malformed ({line!r}); expected 'Image CLASS-ID SPECIES "
+                    f"BREED-ID' with SPECIES 1 or 2; {PET_HINT}"
+                )
+            if parts[2] != "2":
+                continue
+            name = parts[0]
+            breed, _, number = name.rpartition("_")
+            if not breed or not number.isdigit():
+                raise DatasetError(f"SOD: {list_txt} line {lineno}: image name {name!r} is not <breed>_<number>")
+            if breed not in wanted:
+                raise DatasetError(
+                    f"SOD: {list_txt} line {lineno}: dog breed {breed!r} is not in the class table {table}"
+                )
+            if f"{name}.jpg" not in on_disk:
+                raise DatasetError(
+                    f"SOD: {images / (name + '.jpg')} (listed in {list_txt} line {lineno}) is missing; {PET_HINT}"
+                )
+            if f"pet/{name}.jpg" in found:
+                raise DatasetError(f"SOD: {list_txt} line {lineno}: image {name!r} is listed twice")
+            found[f"pet/{name}.jpg"] = wanted[breed]
+    present = set(found.values())
+    missing = sorted(b for b, i in wanted.items() if i not in present)
+    if missing:
+        raise DatasetError(
+            f"SOD: {list_txt} has no dog images of breed {missing[0]!r} (class table {table}); {PET_HINT}"
+        )
+    ids = sorted(found)
+    return ids, [found[i] for i in ids]
+
+
+class SodDataset(ImageDataset):
+    name = "sod"
+
+    def __init__(self, *, stanford_images: Path | None, pet_images: Path | None, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._roots = {"stanford": stanford_images, "pet": pet_images}
+
+    def read_image(self, index: int) -> torch.Tensor:
+        source, rel = self.sample_ids[index].split("/", 1)
+        return read_image_file(self._roots[source] / rel)
+
+
+@register_dataset("sod")
+def build_sod(
+    root: Path | None,
+    split: str,
+    split_file: str | Path | None = None,
+    classes_file: str | Path | None = None,
+) -> SodDataset:
+    """One split of SOD. ``split_file``: a user's ``<train|test> <id>`` split instead of rule-v1.
+    ``classes_file``: a class table replacing the shipped ``data/sod_classes.tsv`` (used by tests)."""
+    check_split(split)
+    if root is None:
+        raise DatasetError(f"SOD: needs --data-root DIR; {STANFORD_HINT}; {PET_HINT}")
+    try:
+        table = Path(classes_file) if classes_file is not None else _shipped_table()
+    except FeatcacheError as exc:
+        raise DatasetError(f"SOD: {exc}") from None
+    rows = read_class_table(table)
+
+    ids: list[str] = []
+    labels: list[int] = []
+    stanford = pet = None
+    if any(r.stanford_dir for r in rows):
+        stanford = _find_stanford(root)
+        more_ids, more_labels = _stanford_samples(stanford, rows, table)
+        ids += more_ids
+        labels += more_labels
+    if any(r.pet_breed for r in rows):
+        pet, list_txt = _find_pet(root)
+        more_ids, more_labels = _pet_samples(pet, list_txt, rows, table)
+        ids += more_ids
+        labels += more_labels
+
+    if split_file is not None:
+        is_test = read_split_file(Path(split_file), ids)
+        params = {"split": "file", "split_sha256": hashlib.sha256(Path(split_file).read_bytes()).hexdigest()}
+    else:
+        is_test = split_rule_mask(ids, labels)
+        params = {"split": SPLIT_RULE}
+    keep = np.flatnonzero(is_test if split == "test" else ~is_test)
+    return SodDataset(
+        stanford_images=stanford,
+        pet_images=pet,
+        split=split,
+        root=root,
+        classes=[r.class_name for r in rows],
+        sample_ids=[ids[i] for i in keep],
+        targets=np.asarray(labels, dtype=np.int64)[keep],
+        params=params,
+    )
+
+
+def _shipped_table() -> Path:
+    from featcache.resources import data_path
+
+    return data_path(TABLE_NAME)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``python -m featcache.datasets.sod STANFORD_DIRS [OUT]``: write the class table.
+
+    STANFORD_DIRS is a Stanford Dogs ``Images/`` folder or a text file with one breed dir name per line; the Pet
+    breeds are PET_DOG_BREEDS. OUT defaults to stdout.
+    """
+    if len(argv) not in (1, 2):
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    src = Path(argv[0])
+    if src.is_dir():
+        dirs = [e.name for e in os.scandir(src) if e.is_dir()]
+    else:
+        dirs = [line.strip() for line in src.read_text().splitlines() if line.strip()]
+    text = format_class_table(derive_class_table(dirs, PET_DOG_BREEDS))
+    if len(argv) == 2:
+        Path(argv[1]).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,179 @@
+"""Shared fixtures: the real CIFAR-10 JPEG tree (session-scoped) and tiny datasets in their official layouts.
+
+The tiny-dataset fixtures are function-scoped because error tests damage their copy; each takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> np.ndarray:
+    """A small random RGB image (PNG, or JPEG by suffix) at ``path``; returns its pixels [H, W, 3]."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return arr
+
+
+# -- the real CIFAR-10 JPEG tarball ------------------------------------------------------------------------------
+def _cifar10_tar() -> Path:
+    env = os.environ.get("FEATCACHE_CIFAR10_TAR")
+    return Path(env) if env else REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def cifar10_jpg_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real CIFAR-10 as JPEGs: a directory holding ``train/<class>/*.jpg`` and ``test/<class>/*.jpg``.
+
+    Extracted once per session from ../shared/data/cifar10-jpg.tar.gz (or $FEATCACHE_CIFAR10_TAR); tests that
+    use it are skipped when the tarball is absent (a fresh clone without ../shared).
+    """
+    tar = _cifar10_tar()
+    if not tar.is_file():
+        pytest.skip(f"real CIFAR-10 tarball not found at {tar} (set FEATCACHE_CIFAR10_TAR)")
+    out = tmp_path_factory.mktemp("cifar10_jpg")
+    if shutil.which("tar"):
+        subprocess.run(["tar", "xzf", str(tar), "-C", str(out)], check=True)  # ~3x faster than tarfile
+    else:
+        with tarfile.open(tar) as tf:
+            try:
+                tf.extractall(out, filter="data")
+            except TypeError:  # Python without extraction filters
+                tf.extractall(out)
+    for candidate in (out / "cifar10-jpg", out):
+        if (candidate / "train").is_dir() and (candidate / "test").is_dir():
+            return candidate
+    found = next((p.parent for p in out.rglob("train") if (p.parent / "test").is_dir()), None)
+    if found is None:
+        pytest.fail(f"{tar} does not contain train/ and test/ folders")
+    return found
+
+
+# -- tiny CIFAR ---------------------------------------------------------------------------------------------------
+def _dump(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def _cifar_batch(n: int, seed: int, num_classes: int, label_key: bytes, name: str) -> dict:
+    rng = np.random.default_rng(seed)
+    return {
+        b"batch_label": name.encode(),
+        label_key: [int(x) for x in rng.integers(0, num_classes, n)],
+        b"data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
+    }
+
+
+@pytest.fixture
+def cifar10_pickle_root(tmp_path: Path) -> Path:
+    """``ROOT/cifar-10-batches-py``: five 4-image train batches and a 6-image test batch; returns ``ROOT``."""
+    tmp_path = tmp_path / "cifar10_pickle"
+    d = tmp_path / "cifar-10-batches-py"
+    for i in range(1, 6):
+        _dump(d / f"data_batch_{i}", _cifar_batch(4, i, 10, b"labels", f"training batch {i} of 5"))
+    _dump(d / "test_batch", _cifar_batch(6, 0, 10, b"labels", "testing batch 1 of 1"))
+    _dump(d / "batches.meta", {b"label_names": [n.encode() for n in CIFAR10_NAMES], b"num_vis": 3072})
+    return tmp_path
+
+
+@pytest.fixture
+def cifar100_pickle_root(tmp_path: Path) -> Path:
+    """``ROOT/cifar-100-python`` with 7 train and 3 test images (fine + coarse labels); returns ``ROOT``."""
+    from featcache.datasets.cifar import CIFAR100_CLASSES
+
+    tmp_path = tmp_path / "cifar100_pickle"
+    d = tmp_path / "cifar-100-python"
+    for name, n, seed in (("train", 7, 1), ("test", 3, 2)):
+        batch = _cifar_batch(n, seed, 100, b"fine_labels", name)
+        batch[b"coarse_labels"] = [x // 5 for x in batch[b"fine_labels"]]
+        _dump(d / name, batch)
+    _dump(
+        d / "meta",
+        {
+            b"fine_label_names": [n.encode() for n in CIFAR100_CLASSES],
+            b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+        },
+    )
+    return tmp_path
+
+
+@pytest.fixture
+def cifar10_folder_root(tmp_path: Path) -> Path:
+    """``ROOT/{train,test}/<class>/NNNN.png``: 2 train and 1 test image per CIFAR-10 class; returns ``ROOT``."""
+    tmp_path = tmp_path / "cifar10_folder"
+    for split, per_class in (("train", 2), ("test", 1)):
+        for c, name in enumerate(CIFAR10_NAMES):
+            for k in range(per_class):
+                write_image(tmp_path / split / name / f"{k:04d}.png", seed=100 * c + k, size=(32, 32))
+    return tmp_path
+
+
+# -- tiny CUB-200-2011 --------------------------------------------------------------------------------------------
+CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
+
+
+@pytest.fixture
+def cub_tree(tmp_path: Path) -> Path:
+    """``ROOT/CUB_200_2011`` with 3 classes x 3 images (1, 2 of each class train, 3 test); returns ``ROOT``."""
+    tmp_path = tmp_path / "cub"
+    base = tmp_path / "CUB_200_2011"
+    images, labels, split = [], [], []
+    n = 0
+    for c, cls in enumerate(CUB_CLASSES, 1):
+        for k in range(1, 4):
+            n += 1
+            rel = f"{cls}/{cls.split('.', 1)[1]}_{k:04d}_{n}.jpg"
+            write_image(base / "images" / rel, seed=n)
+            images.append(f"{n} {rel}")
+            labels.append(f"{n} {c}")
+            split.append(f"{n} {1 if k < 3 else 0}")
+    (base / "images.txt").write_text("\n".join(images) + "\n")
+    (base / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (base / "train_test_split.txt").write_text("\n".join(split) + "\n")
+    (base / "classes.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(CUB_CLASSES, 1)))
+    return tmp_path
+
+
+# -- tiny SOD ------------------------------------------------------------------------------------------------------
+SOD_STANFORD_DIRS = ["n02085620-Chihuahua", "n02088364-beagle", "n02099601-golden_retriever"]
+SOD_PET_DOGS = ["beagle", "pug"]  # beagle merges with Stanford's beagle; pug is Pet-only
+
+
+@pytest.fixture
+def sod_tree(tmp_path: Path) -> tuple[Path, Path]:
+    """(data root, class table) of a tiny SOD: 3 Stanford dirs x 4 images, Pet beagle x 3 + pug x 2 dogs and 2
+    Abyssinian cats (species 1, ignored). Stanford and Pet sit in their own subfolders; 4 merged classes."""
+    from featcache.datasets.sod import derive_class_table, format_class_table
+
+    root = tmp_path / "sod"
+    for d_i, d in enumerate(SOD_STANFORD_DIRS):
+        wnid = d.split("-", 1)[0]
+        for k in range(4):
+            write_image(root / "stanford_dogs" / "Images" / d / f"{wnid}_{100 + k}.jpg", seed=10 * d_i + k)
+    pet = root / "oxford-iiit-pet"
+    lines = ["#Image CLASS-ID SPECIES BREED-ID", "#ID: 1:37 Class ids", "#SPECIES: 1:Cat 2:Dog"]
+    rows = [("Abyssinian", 1, 1, 1, 2), ("beagle", 2, 2, 1, 3), ("pug", 3, 2, 2, 2)]
+    for breed, class_id, species, breed_id, count in rows:
+        for k in range(1, count + 1):
+            write_image(pet / "images" / f"{breed}_{k}.jpg", seed=1000 + class_id * 10 + k)
+            lines.append(f"{breed}_{k} {class_id} {species} {breed_id}")
+    (pet / "annotations").mkdir(parents=True)
+    (pet / "annotations" / "list.txt").write_text("\n".join(lines) + "\n")
+    table = root / "sod_classes_tiny.tsv"
+    table.write_text(format_class_table(derive_class_table(SOD_STANFORD_DIRS, SOD_PET_DOGS)))
+    return root, table

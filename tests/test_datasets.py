@@ -1,0 +1,570 @@
+"""Dataset parsers: official layouts written tiny into tmp_path, the SOD table and split rule, synthetic shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import CIFAR10_NAMES, CUB_CLASSES, SOD_PET_DOGS, SOD_STANFORD_DIRS, write_image
+from featcache.datasets import get_dataset, list_datasets
+from featcache.datasets import sod as sod_mod
+from featcache.datasets.base import ImageDataset
+from featcache.errors import DatasetError
+from featcache.resources import data_path
+
+
+def raises_naming(*fragments: str | Path):
+    """Context manager: a one-line DatasetError whose message contains every fragment (paths as str)."""
+
+    class _Check:
+        def __enter__(self):
+            self._ctx = pytest.raises(DatasetError)
+            self.info = self._ctx.__enter__()
+            return self.info
+
+        def __exit__(self, *exc):
+            handled = self._ctx.__exit__(*exc)
+            msg = str(self.info.value)
+            assert "\n" not in msg, msg
+            for frag in fragments:
+                assert str(frag) in msg, f"{frag!s} not in: {msg}"
+            return handled
+
+    return _Check()
+
+
+def check_items(ds: ImageDataset, n: int = 3) -> None:
+    """Every item is (uint8 [3,H,W] image, int label in range, int index)."""
+    for i in range(min(n, len(ds))):
+        image, label, index = ds[i]
+        assert isinstance(image, torch.Tensor) and image.dtype == torch.uint8
+        assert image.ndim == 3 and image.shape[0] == 3
+        assert type(label) is int and 0 <= label < ds.num_classes and label == ds.targets[i]
+        assert type(index) is int and index == i
+
+
+def test_registry_lists_every_format():
+    assert {"cifar10", "cifar100", "cub200", "sod", "folder", "synthetic"} <= set(list_datasets())
+
+
+# -- CIFAR ----------------------------------------------------------------------------------------------------------
+def test_cifar10_pickle_layout(cifar10_pickle_root: Path):
+    train = get_dataset("cifar10", cifar10_pickle_root, "train")
+    test = get_dataset("cifar10", cifar10_pickle_root, "test")
+    assert (len(train), len(test)) == (20, 6)
+    assert train.classes == CIFAR10_NAMES and train.params == {"layout": "pickle"}
+    assert train.sample_ids[:2] == ["train/00000", "train/00001"] and test.sample_ids[-1] == "test/00005"
+    check_items(train)
+    # Pixels and labels are the official planar rows, batch after batch.
+    with open(cifar10_pickle_root / "cifar-10-batches-py" / "data_batch_2", "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    image, label, _ = train[5]  # second image of batch 2
+    assert torch.equal(image, torch.from_numpy(batch[b"data"][1].reshape(3, 32, 32)))
+    assert label == batch[b"labels"][1]
+    # The root may also be the pickle folder itself.
+    again = get_dataset("cifar10", cifar10_pickle_root / "cifar-10-batches-py", "train")
+    assert again.identity() == train.identity()
+
+
+def test_cifar100_pickle_uses_fine_labels(cifar100_pickle_root: Path):
+    from featcache.datasets.cifar import CIFAR100_CLASSES
+
+    ds = get_dataset("cifar100", cifar100_pickle_root, "train")
+    with open(cifar100_pickle_root / "cifar-100-python" / "train", "rb") as f:
+        fine = pickle.load(f, encoding="bytes")[b"fine_labels"]
+    assert len(ds) == 7 and ds.num_classes == 100 and ds.classes == list(CIFAR100_CLASSES)
+    assert ds.targets.tolist() == fine
+    assert len(get_dataset("cifar100", cifar100_pickle_root, "test")) == 3
+    check_items(ds)
+
+
+def test_cifar10_folder_layout(cifar10_folder_root: Path, tmp_path: Path):
+    ds = get_dataset("cifar10", cifar10_folder_root, "train")
+    assert len(ds) == 20 and ds.classes == CIFAR10_NAMES and ds.params == {"layout": "folder"}
+    assert ds.sample_ids[:3] == ["airplane/0000.png", "airplane/0001.png", "automobile/0000.png"]
+    assert ds.targets.tolist() == [c for c in range(10) for _ in range(2)]
+    check_items(ds)
+    assert ds[0][0].shape == (3, 32, 32)
+    # The same tree under cifar10-jpg/ is found too.
+    nested = tmp_path / "outer"
+    (nested / "cifar10-jpg").mkdir(parents=True)
+    for split in ("train", "test"):
+        os.symlink(cifar10_folder_root / split, nested / "cifar10-jpg" / split)
+    direct = get_dataset("cifar10", cifar10_folder_root, "test")
+    assert get_dataset("cifar10", nested, "test").sample_ids == direct.sample_ids
+
+
+def test_cifar_layouts_have_different_identities(cifar10_pickle_root: Path, cifar10_folder_root: Path):
+    a = get_dataset("cifar10", cifar10_pickle_root, "train").identity()
+    b = get_dataset("cifar10", cifar10_folder_root, "train").identity()
+    assert a["params"] != b["params"]
+
+
+def test_cifar_pickle_wins_over_folder(cifar10_pickle_root: Path):
+    write_image(cifar10_pickle_root / "train" / "airplane" / "0000.png", seed=0)
+    assert get_dataset("cifar10", cifar10_pickle_root, "train").params == {"layout": "pickle"}
+
+
+def test_cifar_folder_errors(cifar10_folder_root: Path):
+    (cifar10_folder_root / "train" / "aeroplane").mkdir()
+    with raises_naming(cifar10_folder_root / "train" / "aeroplane"):
+        get_dataset("cifar10", cifar10_folder_root, "train")
+    (cifar10_folder_root / "train" / "aeroplane").rmdir()
+    for f in (cifar10_folder_root / "test" / "truck").iterdir():
+        f.unlink()
+    (cifar10_folder_root / "test" / "truck").rmdir()
+    with raises_naming(cifar10_folder_root / "test" / "truck", "missing"):
+        get_dataset("cifar10", cifar10_folder_root, "test")
+
+
+def test_cifar_pickle_errors(cifar10_pickle_root: Path):
+    pdir = cifar10_pickle_root / "cifar-10-batches-py"
+    (pdir / "data_batch_3").unlink()
+    with raises_naming(pdir / "data_batch_3", "missing"):
+        get_dataset("cifar10", cifar10_pickle_root, "train")
+    (pdir / "test_batch").write_bytes(b"not a pickle at all")
+    with raises_naming(pdir / "test_batch"):
+        get_dataset("cifar10", cifar10_pickle_root, "test")
+    with open(pdir / "batches.meta", "wb") as f:
+        pickle.dump({b"num_vis": 3072}, f)
+    with raises_naming(pdir / "batches.meta", "label_names"):
+        get_dataset("cifar10", cifar10_pickle_root, "train")
+
+
+def test_cifar_nothing_found_lists_what_was_looked_for(tmp_path: Path):
+    with raises_naming(tmp_path / "cifar-10-batches-py", tmp_path / "cifar10-jpg" / "train"):
+        get_dataset("cifar10", tmp_path, "train")
+    with raises_naming(tmp_path / "cifar-100-python"):
+        get_dataset("cifar100", tmp_path, "test")
+
+
+def test_cifar_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure\nin name resolution")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", offline)
+    with raises_naming("download", tmp_path, "cifar-10-python.tar.gz"):
+        get_dataset("cifar10", tmp_path, "train", download=True)
+    with raises_naming("download"):
+        get_dataset("cifar10", tmp_path, "train", download="yes")
+
+
+def test_real_cifar10_jpeg_tarball(cifar10_jpg_root: Path):
+    train = get_dataset("cifar10", cifar10_jpg_root, "train")
+    test = get_dataset("cifar10", cifar10_jpg_root, "test")
+    assert (len(train), len(test)) == (50_000, 10_000)
+    assert train.classes == CIFAR10_NAMES == test.classes
+    assert np.bincount(train.targets, minlength=10).tolist() == [5000] * 10
+    assert np.bincount(test.targets, minlength=10).tolist() == [1000] * 10
+    assert train.sample_ids[0].startswith("airplane/") and train.sample_ids[-1].startswith("truck/")
+    image, label, index = train[12345]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.uint8 and label == 2 and index == 12345
+    # Also reachable from the folder holding cifar10-jpg/ (the extraction directory).
+    assert len(get_dataset("cifar10", cifar10_jpg_root.parent, "test")) == 10_000
+
+
+# -- CUB-200-2011 --------------------------------------------------------------------------------------------------
+def test_cub_splits(cub_tree: Path):
+    train = get_dataset("cub200", cub_tree, "train")
+    test = get_dataset("cub200", cub_tree, "test")
+    assert (len(train), len(test)) == (6, 3)
+    assert train.classes == CUB_CLASSES and train.num_classes == 3
+    assert train.targets.tolist() == [0, 0, 1, 1, 2, 2] and test.targets.tolist() == [0, 1, 2]
+    assert test.sample_ids[0] == "001.Black_footed_Albatross/Black_footed_Albatross_0003_3.jpg"
+    check_items(train)
+    assert train[0][0].shape == (3, 10, 12)
+    # Root may be CUB_200_2011 itself.
+    assert get_dataset("cub200", cub_tree / "CUB_200_2011", "test").identity() == test.identity()
+
+
+def test_cub_missing_and_malformed_files(cub_tree: Path, tmp_path: Path):
+    base = cub_tree / "CUB_200_2011"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with raises_naming(empty / "CUB_200_2011" / "images.txt", "missing"):
+        get_dataset("cub200", empty, "train")
+
+    labels = base / "image_class_labels.txt"
+    good = labels.read_text()
+    labels.write_text(good.replace("4 2\n", "4\n"))
+    with raises_naming(labels, "line 4"):
+        get_dataset("cub200", cub_tree, "train")
+    labels.write_text(good.replace("4 2\n", "4 two\n"))
+    with raises_naming(labels, "line 4"):
+        get_dataset("cub200", cub_tree, "train")
+    labels.write_text(good.replace("4 2\n", "4 9\n"))
+    with raises_naming(labels, "line 4", "label 9"):
+        get_dataset("cub200", cub_tree, "train")
+    labels.write_text(good)
+
+    split = base / "train_test_split.txt"
+    split.write_text(split.read_text().replace("5 1\n", "55 1\n"))
+    with raises_naming(split, "55"):
+        get_dataset("cub200", cub_tree, "train")
+
+    os.remove(base / "classes.txt")
+    with raises_naming(base / "classes.txt", "missing"):
+        get_dataset("cub200", cub_tree, "train")
+
+
+def test_cub_missing_image(cub_tree: Path):
+    ds = get_dataset("cub200", cub_tree, "train")
+    missing = ds.image_root / ds.sample_ids[1]
+    missing.unlink()
+    with raises_naming(missing):
+        get_dataset("cub200", cub_tree, "train")
+
+
+# -- SOD: the class table ------------------------------------------------------------------------------------------
+# The two source name lists, independent of the shipped table (the table must be re-derivable from them).
+STANFORD_DIRS = """
+n02085620-Chihuahua n02085782-Japanese_spaniel n02085936-Maltese_dog n02086079-Pekinese n02086240-Shih-Tzu
+n02086646-Blenheim_spaniel n02086910-papillon n02087046-toy_terrier n02087394-Rhodesian_ridgeback
+n02088094-Afghan_hound n02088238-basset n02088364-beagle n02088466-bloodhound n02088632-bluetick
+n02089078-black-and-tan_coonhound n02089867-Walker_hound n02089973-English_foxhound n02090379-redbone
+n02090622-borzoi n02090721-Irish_wolfhound n02091032-Italian_greyhound n02091134-whippet n02091244-Ibizan_hound
+n02091467-Norwegian_elkhound n02091635-otterhound n02091831-Saluki n02092002-Scottish_deerhound
+n02092339-Weimaraner n02093256-Staffordshire_bullterrier n02093428-American_Staffordshire_terrier
+n02093647-Bedlington_terrier n02093754-Border_terrier n02093859-Kerry_blue_terrier n02093991-Irish_terrier
+n02094114-Norfolk_terrier n02094258-Norwich_terrier n02094433-Yorkshire_terrier n02095314-wire-haired_fox_terrier
+n02095570-Lakeland_terrier n02095889-Sealyham_terrier n02096051-Airedale n02096177-cairn n02096294-Australian_terrier
+n02096437-Dandie_Dinmont n02096585-Boston_bull n02097047-miniature_schnauzer n02097130-giant_schnauzer
+n02097209-standard_schnauzer n02097298-Scotch_terrier n02097474-Tibetan_terrier n02097658-silky_terrier
+n02098105-soft-coated_wheaten_terrier n02098286-West_Highland_white_terrier n02098413-Lhasa
+n02099267-flat-coated_retriever n02099429-curly-coated_retriever n02099601-golden_retriever
+n02099712-Labrador_retriever n02099849-Chesapeake_Bay_retriever n02100236-German_short-haired_pointer
+n02100583-vizsla n02100735-English_setter n02100877-Irish_setter n02101006-Gordon_setter n02101388-Brittany_spaniel
+n02101556-clumber n02102040-English_springer n02102177-Welsh_springer_spaniel n02102318-cocker_spaniel
+n02102480-Sussex_spaniel n02102973-Irish_water_spaniel n02104029-kuvasz n02104365-schipperke n02105056-groenendael
+n02105162-malinois n02105251-briard n02105412-kelpie n02105505-komondor n02105641-Old_English_sheepdog
+n02105855-Shetland_sheepdog n02106030-collie n02106166-Border_collie n02106382-Bouvier_des_Flandres
+n02106550-Rottweiler n02106662-German_shepherd n02107142-Doberman n02107312-miniature_pinscher
+n02107574-Greater_Swiss_Mountain_dog n02107683-Bernese_mountain_dog n02107908-Appenzeller n02108000-EntleBucher
+n02108089-boxer n02108422-bull_mastiff n02108551-Tibetan_mastiff n02108915-French_bulldog n02109047-Great_Dane
+n02109525-Saint_Bernard n02109961-Eskimo_dog n02110063-malamute n02110185-Siberian_husky n02110627-affenpinscher
+n02110806-basenji n02110958-pug n02111129-Leonberg n02111277-Newfoundland n02111500-Great_Pyrenees
+n02111889-Samoyed n02112018-Pomeranian n02112137-chow n02112350-keeshond n02112706-Brabancon_griffon
+n02113023-Pembroke n02113186-Cardigan n02113624-toy_poodle n02113712-miniature_poodle n02113799-standard_poodle
+n02113978-Mexican_hairless n02115641-dingo n02115913-dhole n02116738-African_hunting_dog
+""".split()
+PET_DOG_BREEDS = """
+american_bulldog american_pit_bull_terrier basset_hound beagle boxer chihuahua english_cocker_spaniel english_setter
+german_shorthaired great_pyrenees havanese japanese_chin keeshond leonberger miniature_pinscher newfoundland
+pomeranian pug saint_bernard samoyed scottish_terrier shiba_inu staffordshire_bull_terrier wheaten_terrier
+yorkshire_terrier
+""".split()
+MERGED = """beagle boxer chihuahua english_setter great_pyrenees keeshond miniature_pinscher newfoundland pomeranian
+pug saint_bernard samoyed staffordshire_bull_terrier yorkshire_terrier""".split()
+
+
+def test_shipped_sod_table_equals_the_merge_rule():
+    assert len(STANFORD_DIRS) == 120 and len(PET_DOG_BREEDS) == 25
+    derived = sod_mod.derive_class_table(STANFORD_DIRS, PET_DOG_BREEDS)
+    shipped_path = data_path("sod_classes.tsv")
+    assert shipped_path.read_text(encoding="utf-8") == sod_mod.format_class_table(derived)
+    shipped = sod_mod.read_class_table(shipped_path)
+    assert shipped == derived and len(shipped) == 131
+    assert sorted(r.pet_breed for r in shipped if r.stanford_dir and r.pet_breed) == MERGED
+    # Canonical order: Stanford dirs by name (= wnid), then the 11 Pet-only breeds by name.
+    assert [r.stanford_dir for r in shipped[:120]] == sorted(STANFORD_DIRS)
+    assert [r.class_name for r in shipped[120:]] == sorted(set(PET_DOG_BREEDS) - set(MERGED))
+    assert len({r.class_name for r in shipped}) == 131
+    assert sorted(sod_mod.PET_DOG_BREEDS) == sorted(PET_DOG_BREEDS)
+
+
+def test_merge_rule_normalisation():
+    assert sod_mod.merge_key("Staffordshire_bullterrier") == sod_mod.merge_key("staffordshire_bull_terrier")
+    assert sod_mod.stanford_breed("n02089078-black-and-tan_coonhound") == "black-and-tan_coonhound"
+    assert sod_mod.merge_key("German_short-haired_pointer") != sod_mod.merge_key("german_shorthaired")
+
+
+def test_sod_table_errors(tmp_path: Path, sod_tree):
+    root, table = sod_tree
+    lines = table.read_text().splitlines()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join(lines[:2] + ["1\tonly_two_cells"] + lines[3:]) + "\n")
+    with raises_naming(bad, "line 3"):
+        get_dataset("sod", root, "train", classes_file=bad)
+    bad.write_text("idx\tname\n" + "\n".join(lines[1:]))
+    with raises_naming(bad, "line 1"):
+        get_dataset("sod", root, "train", classes_file=bad)
+    with raises_naming(tmp_path / "nope.tsv"):
+        get_dataset("sod", root, "train", classes_file=tmp_path / "nope.tsv")
+
+
+# -- SOD: loading ------------------------------------------------------------------------------------------------
+def test_sod_merges_overlapping_breeds(sod_tree):
+    root, table = sod_tree
+    train = get_dataset("sod", root, "train", classes_file=table)
+    test = get_dataset("sod", root, "test", classes_file=table)
+    assert train.num_classes == 4 == len(SOD_STANFORD_DIRS) + len(SOD_PET_DOGS) - 1
+    assert train.classes == ["Chihuahua", "beagle", "golden_retriever", "pug"]
+    assert train.params == {"split": "rule-v1"}
+    all_ids = train.sample_ids + test.sample_ids
+    assert len(all_ids) == len(set(all_ids)) == 12 + 5  # cats ignored
+    labels = dict(zip(all_ids, np.concatenate([train.targets, test.targets]).tolist()))
+    assert labels["stanford/n02088364-beagle/n02088364_100.jpg"] == 1 == labels["pet/beagle_2.jpg"]
+    assert labels["pet/pug_1.jpg"] == 3 and labels["stanford/n02085620-Chihuahua/n02085620_103.jpg"] == 0
+    assert not any("Abyssinian" in i for i in all_ids)
+    assert np.bincount(np.concatenate([train.targets, test.targets])).tolist() == [4, 7, 4, 2]
+    check_items(train, n=len(train))
+    check_items(test, n=len(test))
+    # The rule decides the split from the ids alone.
+    ids = sorted(all_ids)
+    mask = sod_mod.split_rule_mask(ids, [labels[i] for i in ids])
+    assert sorted(test.sample_ids) == [i for i, t in zip(ids, mask) if t]
+
+
+def test_sod_sources_side_by_side(sod_tree, tmp_path: Path):
+    root, table = sod_tree
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    os.symlink(root / "stanford_dogs" / "Images", flat / "Images")
+    os.symlink(root / "oxford-iiit-pet" / "images", flat / "images")
+    os.symlink(root / "oxford-iiit-pet" / "annotations", flat / "annotations")
+    a = get_dataset("sod", flat, "train", classes_file=table)
+    b = get_dataset("sod", root, "train", classes_file=table)
+    assert a.sample_ids == b.sample_ids and a.targets.tolist() == b.targets.tolist()
+
+
+def test_sod_default_table_needs_all_stanford_dirs(sod_tree):
+    root, _ = sod_tree
+    # The shipped 131-class table is the default: the tiny tree lacks most of its breeds.
+    with raises_naming(root / "stanford_dogs" / "Images" / "n02085782-Japanese_spaniel", "missing"):
+        get_dataset("sod", root, "train")
+
+
+def test_sod_data_errors(sod_tree, tmp_path: Path):
+    root, table = sod_tree
+    images = root / "stanford_dogs" / "Images"
+    extra = images / "n09999999-Wolf"
+    extra.mkdir()
+    with raises_naming(extra, str(table)):
+        get_dataset("sod", root, "train", classes_file=table)
+    extra.rmdir()
+
+    gone = images / "n02099601-golden_retriever"
+    gone.rename(tmp_path / "moved")
+    with raises_naming(gone, "missing"):
+        get_dataset("sod", root, "train", classes_file=table)
+    (tmp_path / "moved").rename(gone)
+
+    pet = root / "oxford-iiit-pet"
+    (pet / "images" / "pug_2.jpg").unlink()
+    with raises_naming(pet / "images" / "pug_2.jpg", pet / "annotations" / "list.txt", "line"):
+        get_dataset("sod", root, "train", classes_file=table)
+    write_image(pet / "images" / "pug_2.jpg", seed=1)
+
+    list_txt = pet / "annotations" / "list.txt"
+    good = list_txt.read_text()
+    list_txt.write_text(good + "boxer_1 4 2 3\n")
+    write_image(pet / "images" / "boxer_1.jpg", seed=2)
+    n = len(good.splitlines()) + 1
+    with raises_naming(list_txt, f"line {n}", "boxer"):
+        get_dataset("sod", root, "train", classes_file=table)
+    list_txt.write_text(good + "pug_3 3 dog\n")
+    with raises_naming(list_txt, f"line {n}"):
+        get_dataset("sod", root, "train", classes_file=table)
+    list_txt.write_text(good)
+
+    (pet / "annotations" / "list.txt").unlink()
+    with raises_naming(pet / "annotations" / "list.txt", "missing"):
+        get_dataset("sod", root, "train", classes_file=table)
+    with raises_naming(tmp_path / "Images", "Stanford Dogs"):
+        get_dataset("sod", tmp_path, "train", classes_file=table)
+
+
+# -- SOD: the split rule ----------------------------------------------------------------------------------------
+def _synthetic_ids(sizes: np.ndarray) -> tuple[list[str], np.ndarray]:
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    return [f"c{c:03d}/img_{i:05d}.jpg" for i, c in enumerate(labels)], labels
+
+
+@pytest.mark.parametrize("alpha", [0.3, 1.0, 50.0])
+def test_split_rule_exact_total_and_stratified(alpha: float):
+    rng = np.random.default_rng(int(alpha * 10))
+    sizes = 1 + rng.multinomial(25558 - 131, rng.dirichlet([alpha] * 131))
+    ids, labels = _synthetic_ids(sizes)
+    is_test = sod_mod.split_rule_mask(ids, labels)
+    assert is_test.dtype == bool and is_test.sum() == 5066 and (~is_test).sum() == 20492
+    per_class = np.bincount(labels[is_test], minlength=131)
+    quota = sizes * 5066 / 25558
+    assert np.all(per_class >= np.floor(quota)) and np.all(per_class <= np.ceil(quota))
+
+
+def test_split_rule_smallest_digests_and_tie_break():
+    # Two classes of 3 over N=6: T = round(6 * 5066 / 25558) = 1, quotas 0.59 each: tie -> class 0 gets it.
+    ids = [f"x{i}" for i in range(6)]
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    is_test = sod_mod.split_rule_mask(ids, labels)
+    digest = {i: hashlib.sha256(i.encode()).hexdigest() for i in ids}
+    assert is_test.tolist().count(True) == 1
+    assert ids[int(np.flatnonzero(is_test)[0])] == min(ids[:3], key=digest.get)
+
+
+def test_split_rule_is_deterministic_and_order_free():
+    rng = np.random.default_rng(3)
+    ids, labels = _synthetic_ids(rng.integers(5, 60, size=20))
+    mask = sod_mod.split_rule_mask(ids, labels)
+    assert np.array_equal(mask, sod_mod.split_rule_mask(list(ids), labels.copy()))
+    perm = rng.permutation(len(ids))
+    shuffled = sod_mod.split_rule_mask([ids[i] for i in perm], labels[perm])
+    assert np.array_equal(shuffled, mask[perm])
+
+
+# -- SOD: split files -------------------------------------------------------------------------------------------
+def _all_sod_ids(root: Path, table: Path) -> tuple[list[str], list[str]]:
+    train = get_dataset("sod", root, "train", classes_file=table)
+    test = get_dataset("sod", root, "test", classes_file=table)
+    return train.sample_ids, test.sample_ids
+
+
+def test_sod_split_file(sod_tree, tmp_path: Path):
+    root, table = sod_tree
+    train_ids, test_ids = _all_sod_ids(root, table)
+    everything = train_ids + test_ids
+    mine_test = everything[::3]
+    split_file = tmp_path / "split.txt"
+    lines = ["# my split"] + [f"{'test' if i in mine_test else 'train'} {i}" for i in reversed(everything)]
+    split_file.write_text("\n".join(lines) + "\n\n")
+    test = get_dataset("sod", root, "test", classes_file=table, split_file=split_file)
+    train = get_dataset("sod", root, "train", classes_file=table, split_file=str(split_file))
+    assert sorted(test.sample_ids) == sorted(mine_test)
+    assert len(train) + len(test) == len(everything)
+    assert test.params == {"split": "file", "split_sha256": hashlib.sha256(split_file.read_bytes()).hexdigest()}
+    assert test.identity() != get_dataset("sod", root, "test", classes_file=table).identity()
+
+
+def test_sod_split_file_errors(sod_tree, tmp_path: Path):
+    root, table = sod_tree
+    train_ids, test_ids = _all_sod_ids(root, table)
+    good = [f"train {i}" for i in train_ids] + [f"test {i}" for i in test_ids]
+    f = tmp_path / "split.txt"
+
+    def check(lines: list[str], *fragments: str) -> None:
+        f.write_text("\n".join(lines) + "\n")
+        with raises_naming(f, *fragments):
+            get_dataset("sod", root, "train", classes_file=table, split_file=f)
+
+    check(good[:3] + ["validation " + train_ids[3]] + good[4:], "line 4")
+    check(good[:3] + ["train"] + good[4:], "line 4")
+    check(good + ["test pet/not_there_1.jpg"], f"line {len(good) + 1}", "not_there")
+    check(good + [good[0]], f"line {len(good) + 1}", "line 1")
+    check(good[1:], train_ids[0], "missing")
+    with raises_naming(tmp_path / "absent.txt"):
+        get_dataset("sod", root, "train", classes_file=table, split_file=tmp_path / "absent.txt")
+
+
+# -- folder -----------------------------------------------------------------------------------------------------
+def test_folder_tree(tmp_path: Path):
+    root = tmp_path / "train"
+    write_image(root / "zebra" / "b.JPG", 1)
+    write_image(root / "zebra" / "a.png", 2)
+    write_image(root / "ant" / "sub" / "c.jpeg", 3)
+    write_image(root / "ant" / "x.bmp", 4)
+    (root / "ant" / "notes.txt").write_text("not an image")
+    (root / "README").write_text("ignored")
+    (root / ".hidden").mkdir()
+    ds = get_dataset("folder", root, "test")
+    assert ds.classes == ["ant", "zebra"] and ds.split == "test"
+    assert ds.sample_ids == ["ant/sub/c.jpeg", "ant/x.bmp", "zebra/a.png", "zebra/b.JPG"]
+    assert ds.targets.tolist() == [0, 0, 1, 1]
+    check_items(ds, n=4)
+
+
+def test_folder_errors(tmp_path: Path):
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with raises_naming(tmp_path / "empty", "no images"):
+        get_dataset("folder", tmp_path / "empty", "train")
+    write_image(tmp_path / "flat" / "a.png", 0)
+    with raises_naming(tmp_path / "flat", "class"):
+        get_dataset("folder", tmp_path / "flat", "train")
+
+
+# -- synthetic ------------------------------------------------------------------------------------------------------
+SMALL = {"num_train": 60, "num_test": 20}
+
+
+def test_synthetic_determinism_and_ids():
+    a = get_dataset("synthetic", split="train", **SMALL)
+    b = get_dataset("synthetic", split="train", **SMALL)
+    c = get_dataset("synthetic", split="train", seed=1, **SMALL)
+    t = get_dataset("synthetic", split="test", **SMALL)
+    assert len(a) == 60 and len(t) == 20 and a.num_classes == 10
+    assert a.sample_ids[7] == "synthetic/train/000007" and t.sample_ids[0] == "synthetic/test/000000"
+    check_items(a)
+    assert a[0][0].shape == (3, 32, 32)
+    late = b[41][0]  # independent of what was read before
+    for i in (41, 3, 59):
+        assert torch.equal(a[i][0], b[i][0])
+    assert torch.equal(late, a[41][0])
+    assert not torch.equal(a[3][0], c[3][0]) and not torch.equal(a[0][0], t[0][0])
+    assert a.params == {"seed": 0, "image_size": 32, "num_classes": 10, **SMALL}
+    assert a.identity() != c.identity()
+    big = get_dataset("synthetic", split="train", image_size=48, num_classes=12, **SMALL)
+    assert big[11][0].shape == (3, 48, 48) and big.targets[11] == 11
+
+
+def test_synthetic_balance_and_options():
+    ds = get_dataset("synthetic", split="train", num_train=2000)
+    assert np.bincount(ds.targets).tolist() == [200] * 10
+    for bad in ({"num_classes": 99}, {"image_size": "big"}, {"num_train": -1}):
+        with raises_naming("synthetic", next(iter(bad))):
+            get_dataset("synthetic", split="train", **bad)
+
+
+@pytest.fixture(scope="module")
+def synthetic_arrays() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    train = get_dataset("synthetic", split="train")
+    test = get_dataset("synthetic", split="test", num_test=300)
+    x = torch.stack([train.read_image(i) for i in range(len(train))]).float() / 255
+    xt = torch.stack([test.read_image(i) for i in range(len(test))]).float() / 255
+    return x, torch.from_numpy(train.targets), xt, torch.from_numpy(test.targets)
+
+
+def _nearest_centroid(f: torch.Tensor, y: torch.Tensor, ft: torch.Tensor, yt: torch.Tensor) -> float:
+    centroids = torch.stack([f[y == k].mean(0) for k in range(int(y.max()) + 1)])
+    return (torch.cdist(ft, centroids).argmin(1) == yt).float().mean().item()
+
+
+def test_synthetic_colour_does_not_reveal_the_class(synthetic_arrays):
+    x, y, xt, yt = synthetic_arrays
+    assert _nearest_centroid(x.mean((2, 3)), y, xt.mean((2, 3)), yt) < 0.4
+
+
+def test_synthetic_is_learnable_by_a_tiny_cnn(synthetic_arrays):
+    """A 3-layer CNN on per-image normalised pixels beats chance (10%) clearly within a few CPU seconds."""
+    from torch import nn
+
+    x, y, xt, yt = synthetic_arrays
+    norm = lambda t: (t - t.mean((2, 3), keepdim=True)) / (t.std((2, 3), keepdim=True) + 1e-3)  # noqa: E731
+    x, xt = norm(x), norm(xt)
+    torch.manual_seed(0)
+    w = 8
+    net = nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(w, 2 * w, 3, padding=1), nn.BatchNorm2d(2 * w), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.BatchNorm2d(4 * w), nn.ReLU(),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * w, 10),
+    )  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(5):
+        net.train()
+        for idx in torch.randperm(len(x)).split(32):
+            loss = nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        acc = (net(xt).argmax(1) == yt).float().mean().item()
+    assert acc > 0.25, acc
