@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -24,24 +25,36 @@ from featcache.hashing import sha256_lines
 SPLITS = ("train", "test")
 
 
+# torchvision's libjpeg-turbo/libpng decoders are several times faster than PIL for this job. torchvision 0.29
+# deprecates them in favour of TorchCodec (warning on import/use); PIL remains the fallback if they disappear.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+try:
+    from torchvision.io import ImageReadMode as _ImageReadMode
+    from torchvision.io import decode_image as _decode_image
+
+    _RGB = _ImageReadMode.RGB
+except ImportError:  # pragma: no cover - a future torchvision without decoders
+    _decode_image = None
+    _RGB = None
+
+
 def read_image_file(path: Path) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor [3, H, W].
 
     torchvision's decoder handles JPEG/PNG/GIF/WebP quickly; PIL is the fallback for anything it refuses
     (CMYK JPEGs and BMPs exist in the wild, e.g. in Oxford-IIIT Pet).
     """
-    from torchvision.io import ImageReadMode, decode_image
-
     try:
         data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
     except FileNotFoundError:
         raise DatasetError(f"image file {path} is missing; re-extract the dataset archive") from None
     except OSError as exc:
         raise DatasetError(f"image file {path} cannot be read ({exc.strerror or exc})") from None
-    try:
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError):
-        pass
+    if _decode_image is not None:
+        try:
+            return _decode_image(data, mode=_RGB)
+        except (RuntimeError, ValueError):
+            pass
     try:
         from PIL import Image
 

@@ -100,18 +100,22 @@ class CifarArrayDataset(ImageDataset):
 
 class Cifar10Array(CifarArrayDataset):
     name = "cifar10"
+    native_size = 32
 
 
 class Cifar100Array(CifarArrayDataset):
     name = "cifar100"
+    native_size = 32
 
 
 class Cifar10Folder(FileListDataset):
     name = "cifar10"
+    native_size = 32
 
 
 class Cifar100Folder(FileListDataset):
     name = "cifar100"
+    native_size = 32
 
 
 # -- pickle layout -----------------------------------------------------------------------------------------------

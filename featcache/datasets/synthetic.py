@@ -177,6 +177,7 @@ class SyntheticShapes(ImageDataset):
         super().__init__(**kwargs)
         self.seed = seed
         self.image_size = image_size
+        self.native_size = image_size  # small centred images: resize whole, never crop
         self.split_code = split_code
 
     def read_image(self, index: int) -> torch.Tensor:
