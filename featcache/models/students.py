@@ -1,0 +1,482 @@
+"""Students: a convolutional body, a stack of fully-connected layers [l_T, ..., l_1] and a classifier l_0.
+
+    >>> from featcache.models.students import create_student
+    >>> student = create_student("mobilenetv3", num_classes=10, feature_dim=2048, image_size=32)
+    >>> g = student.forward_features(images)          # [B, 2048]: the TS-Learning "modified layer"
+    >>> logits = student.forward_head(g)               # [B, 10]
+
+The layout serves the three ways the Landro et al. papers transfer features:
+
+* **TS-Learning** matches the teacher feature f(x) (width D) with the output g(x) of the student's *feature
+  layer* l_1, the layer just before the classifier, whose width is adapted to D (``feature_dim=D``).
+* **Translators** (multi-teacher paper, Eq. 3) keep the native width; a translator maps f_t to it and the
+  translated feature is classified by l_0 (``head_from(1, t)``).
+* **Multi-teacher** (Eq. 5 / Algorithm 1) matches teacher i at the output of layer l_i and classifies the
+  translated feature through the remaining layers, l_0∘l_1∘…∘l_{i−1} (``head_from(i, t_i)``); ``levels=T``
+  guarantees T layers.
+
+Layer indexing: ``layers`` holds [l_T, ..., l_1] in forward order, so l_i is ``layers[T - i]``; "level i" means
+the output of l_i, level 1 is the feature layer. A student without FC layers (resnet18, mobilenetv2,
+inceptionv3 at native width) has T = 0 and level 1 is then the body output.
+
+The students (``--student``):
+
+* ``mobilenetv3`` (alias ``mobilenetv3_large``): torchvision mobilenet_v3_large features + pool, body 960;
+  native layers [Linear(960, 1280) + Hardswish]; dropout 0.2 before l_0 (as torchvision).
+* ``mobilenetv3_small``: mobilenet_v3_small, body 576; [Linear(576, 1024) + Hardswish]; dropout 0.2 before l_0.
+* ``mobilenetv2``: mobilenet_v2 features + pool, body 1280; no FC layers; dropout 0.2 before l_0.
+* ``lenet5``: conv(3,6,5)-ReLU-maxpool2-conv(6,16,5)-ReLU-maxpool2, body 16·5·5 = 400;
+  [Linear(400, 120) + ReLU, Linear(120, 84) + ReLU]; no dropout.
+* ``alexnet``: torchvision alexnet features + avgpool + flatten, body 9216 (small-input: 4096, below);
+  [Linear(body, 4096) + ReLU, Linear(4096, 4096) + ReLU] with dropout 0.5 on the input of each (torchvision's
+  placement: before l_2 and before l_1); none before l_0.
+* ``resnet18``: torchvision resnet18 up to avgpool, body 512; no FC layers; no dropout.
+* ``inceptionv3`` (alias ``inception_v3``): torchvision inception_v3 (aux_logits=False, init_weights=False) up to
+  avgpool + flatten, body 2048; no FC layers; dropout 0.5 before l_0 (as torchvision).
+
+Small-input (CIFAR-style, 32×32) variants, ``small_input=None`` meaning "image_size <= 64":
+
+* resnet18: conv1 becomes 3×3 stride 1 padding 1 and the max-pool is removed (the standard CIFAR ResNet-18):
+  total stride 8, a 4×4 map at 32 px.
+* mobilenetv2 / mobilenetv3 / mobilenetv3_small: the stem conv (``features.0.0``) gets stride 1, everything else
+  as torchvision builds it: total stride 16, a 2×2 map at 32 px (1×1 without the change).
+* alexnet: a small AlexNet: conv3×3 64 - pool - conv3×3 192 - pool - conv3×3 384 - conv3×3 256 - conv3×3 256 -
+  pool (ReLU after each conv, 2×2 max-pools), then an adaptive average pool to 4×4 (identity at 32 px):
+  body 256·4·4 = 4096, followed by the original head's two 4096-wide FC layers with their dropout.
+  The full variant (>= 63 px) is torchvision's.
+* lenet5 is natively 32×32; an adaptive average pool to 5×5 before the FC layers makes other sizes work (it is
+  the identity at 32 px), so it has no separate small variant.
+* inceptionv3 needs >= 75 px: ``forward_body`` upsamples smaller inputs (bilinear, align_corners=False) so that
+  each side is at least 75 px. This happens whatever ``small_input`` says; there is no other change.
+
+Options:
+
+* ``feature_dim=D``: the TS-Learning "modified layer". The last FC layer l_1 gets output width D (its activation
+  and dropout stay; the classifier's input follows). An architecture without FC layers gets one,
+  l_1 = Linear(body_dim, D) + activation. D equal to the native feature width changes nothing.
+* ``levels=T``: at least T FC layers for T teachers. When the stack has fewer, Linear(w, w) + activation layers
+  with w = body_dim are inserted at the front (the l_T side); native layers are never removed.
+* ``dropout=p``: every dropout of the FC stack gets probability p: the one before l_0 (always present when p is
+  given) and those inside native layers (alexnet). ``None`` keeps the architecture's defaults above.
+
+Activations of added layers: ReLU, Hardswish for the MobileNetV3s (as their native layer). ``head_from`` never
+applies dropout (it classifies translated teacher features, which are not the student's own activations).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featcache.errors import ModelError
+from featcache.models.registry import get_entry, list_models, register_model, unknown_model_error
+
+KIND = "student"
+SMALL_INPUT_MAX = 64  # small_input=None means image_size <= SMALL_INPUT_MAX
+INCEPTION_MIN = 75
+
+
+class FCLayer(nn.Module):
+    """One student layer l_i: optional dropout on its input, then Linear and an activation.
+
+    Parameters are ``fc.weight`` / ``fc.bias``; ``dropout`` is Identity when the layer has none.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, act: Callable[[], nn.Module], dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_dim, out_dim)
+        self.act = act()
+
+    @property
+    def in_features(self) -> int:
+        return self.fc.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.fc.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(self.dropout(x)))
+
+    def forward_no_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+@dataclass
+class Arch:
+    """What a registered builder returns: the body and the native FC stack, before the options apply."""
+
+    body: nn.Module
+    body_dim: int
+    native_layers: list[tuple[int, float]]  # (output width, dropout before the layer) for [l_T, ..., l_1]
+    act: Callable[[], nn.Module]
+    head_dropout: float  # before l_0
+    upsample_to: int | None = None  # forward_body upsamples inputs with a side below this
+    variant: str = ""  # tag for describe(), e.g. "small-input"
+
+
+class Student(nn.Module):
+    """body -> [l_T, ..., l_1] -> (dropout) -> l_0. See the module docstring for the indexing conventions.
+
+    Attributes:
+        name: registry name (``--student``).
+        body_dim: width of the body's pooled output.
+        layer_dims: output widths of [l_T, ..., l_1].
+        num_features: width of the feature layer l_1 (of the body when there are no layers).
+        num_classes: number of logits.
+        small_input: whether the CIFAR-style variant was built.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        body: nn.Module,
+        body_dim: int,
+        layers: list[FCLayer],
+        num_classes: int,
+        head_dropout: float = 0.0,
+        *,
+        small_input: bool = False,
+        upsample_to: int | None = None,
+        variant: str = "",
+        default_image_size: int = 224,
+        min_image_size: int = 32,
+    ):
+        super().__init__()
+        self.name = name
+        self.body = body
+        self.layers = nn.ModuleList(layers)
+        self.head_drop = nn.Dropout(head_dropout) if head_dropout > 0 else nn.Identity()
+        self.body_dim = body_dim
+        self.layer_dims = [layer.out_features for layer in layers]
+        self.num_features = self.layer_dims[-1] if layers else body_dim
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes)
+        self.small_input = small_input
+        self.upsample_to = upsample_to
+        self.variant = variant
+        self.default_image_size = default_image_size
+        self.min_image_size = min_image_size
+        prev = body_dim
+        for layer in layers:
+            if layer.in_features != prev:
+                raise ValueError(f"layer widths do not chain: {layer.in_features} after {prev}")
+            prev = layer.out_features
+
+    # -- levels --------------------------------------------------------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        """T, the number of FC layers before the classifier."""
+        return len(self.layers)
+
+    def _check_level(self, level: int) -> None:
+        top = max(self.num_levels, 1)
+        if not 1 <= level <= top:
+            raise ValueError(f"{self.name} has levels 1..{top}, got {level}")
+
+    def level_dim(self, level: int) -> int:
+        """Output width of l_level (level 1: the feature layer; the body output when there are no layers)."""
+        self._check_level(level)
+        if self.num_levels == 0:
+            return self.body_dim
+        return self.layer_dims[self.num_levels - level]
+
+    # -- forward pieces ------------------------------------------------------------------------------------------
+    def forward_body(self, x: torch.Tensor) -> torch.Tensor:
+        """Images [B, 3, H, W] -> pooled body output [B, body_dim]."""
+        if self.upsample_to is not None:
+            h, w = x.shape[-2:]
+            if h < self.upsample_to or w < self.upsample_to:
+                size = (max(h, self.upsample_to), max(w, self.upsample_to))
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return torch.flatten(self.body(x), 1)
+
+    def _run_layers(self, h: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for layer in self.layers:
+            h = layer(h)
+            outs.append(h)
+        return outs
+
+    def forward_layers(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images -> outputs of [l_T, ..., l_1] (empty when the student has no FC layers)."""
+        return self._run_layers(self.forward_body(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> output of the feature layer l_1 (of the body when there are no layers), [B, num_features]."""
+        h = self.forward_body(x)
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+    def forward_head(self, f: torch.Tensor) -> torch.Tensor:
+        """Feature-layer output [B, num_features] -> logits: l_0, after the head dropout in train mode."""
+        return self.classifier(self.head_drop(f))
+
+    def head_from(self, level: int, f: torch.Tensor) -> torch.Tensor:
+        """l_0∘l_1∘…∘l_{level−1}(f), for f of width ``level_dim(level)`` (l_level's output width); no dropout.
+
+        ``head_from(1, f)`` is l_0(f); ``head_from(2, f)`` is l_0(l_1(f)); multi-teacher classifies teacher i's
+        translated feature with ``head_from(i, t_i(f_ti))``.
+        """
+        self._check_level(level)
+        for layer in self.layers[self.num_levels - level + 1 :]:
+            f = layer.forward_no_dropout(f)
+        return self.classifier(f)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Images -> ([f_lT, ..., f_l1], logits) from one pass."""
+        h = self.forward_body(x)
+        outs = self._run_layers(h)
+        return outs, self.forward_head(outs[-1] if outs else h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images -> logits."""
+        return self.forward_head(self.forward_features(x))
+
+    # -- reporting -----------------------------------------------------------------------------------------------
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def describe(self) -> str:
+        """One line, e.g. ``mobilenetv3 (small-input) body 960 → layers [1280] → 10 classes, 3.0M params``."""
+        tag = f" ({self.variant})" if self.variant else ""
+        dims = ", ".join(str(d) for d in self.layer_dims)
+        return (
+            f"{self.name}{tag} body {self.body_dim} → layers [{dims}] → {self.num_classes} classes, "
+            f"{_human(self.num_params())} params"
+        )
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, body_dim={self.body_dim}, layer_dims={self.layer_dims}"
+
+
+def _human(n: int) -> str:
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}k"
+    return str(n)
+
+
+# -- factory -----------------------------------------------------------------------------------------------------
+
+
+def create_student(
+    name: str,
+    num_classes: int,
+    *,
+    feature_dim: int | None = None,
+    levels: int | None = None,
+    small_input: bool | None = None,
+    image_size: int = 224,
+    dropout: float | None = None,
+) -> Student:
+    """Build student ``name`` (random init, train mode). Options as in the module docstring."""
+    entry = get_entry(KIND, name)
+    if entry is None:
+        raise unknown_model_error(KIND, name)
+    if num_classes < 1:
+        raise ModelError(f"student {name}: num_classes must be >= 1, got {num_classes}")
+    if feature_dim is not None and feature_dim < 1:
+        raise ModelError(f"--feature-dim must be >= 1, got {feature_dim}")
+    if levels is not None and levels < 0:
+        raise ModelError(f"student {name}: levels must be >= 0, got {levels}")
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise ModelError(f"student {name}: dropout must be in [0, 1), got {dropout}")
+    small = image_size <= SMALL_INPUT_MAX if small_input is None else bool(small_input)
+    arch: Arch = entry.builder(small=small, image_size=image_size)
+
+    # native stack -> (in, out, dropout) triples
+    specs: list[list[Any]] = []
+    prev = arch.body_dim
+    for out, p in arch.native_layers:
+        specs.append([prev, out, p if dropout is None else dropout])
+        prev = out
+    native_width = prev
+    if feature_dim is not None and feature_dim != native_width:
+        if specs:
+            specs[-1][1] = feature_dim  # the "modified layer": l_1 widened/narrowed to D
+        else:
+            specs.append([arch.body_dim, feature_dim, 0.0])
+    if levels is not None and levels > len(specs):
+        w = arch.body_dim
+        specs = [[w, w, 0.0] for _ in range(levels - len(specs))] + specs
+    layers = [FCLayer(i, o, arch.act, p) for i, o, p in specs]
+    head_dropout = arch.head_dropout if dropout is None else dropout
+    return Student(
+        entry.name,
+        arch.body,
+        arch.body_dim,
+        layers,
+        num_classes,
+        head_dropout,
+        small_input=small,
+        upsample_to=arch.upsample_to,
+        variant=arch.variant,
+        default_image_size=entry.default_image_size,
+        min_image_size=entry.min_image_size,
+    )
+
+
+def list_students() -> list[str]:
+    return list_models(KIND)
+
+
+# -- the students ------------------------------------------------------------------------------------------------
+
+
+def _check_size(name: str, image_size: int, min_size: int, small: bool) -> None:
+    """Refuse, before building, an input size the chosen variant cannot take."""
+    if image_size < min_size:
+        hint = "" if small else " (without the small-input variant, which takes inputs down to 32 px)"
+        raise ModelError(f"--image-size {image_size} is below the {min_size} px that student {name}{hint} accepts")
+
+
+def _strip(net: nn.Module, *attrs: str) -> nn.Module:
+    for attr in attrs:
+        setattr(net, attr, nn.Identity())
+    return net
+
+
+def _stem_stride_1(net: nn.Module) -> None:
+    """MobileNets' small-input change: the first conv (features.0.0) gets stride 1."""
+    conv = net.features[0][0]
+    assert isinstance(conv, nn.Conv2d)
+    conv.stride = (1, 1)
+
+
+@register_model(
+    KIND,
+    "mobilenetv3",
+    default_image_size=224,
+    description="MobileNetV3-Large: body 960 → [1280] hardswish → classifier (dropout 0.2)",
+    aliases=("mobilenetv3_large",),
+)
+def _mobilenetv3(small: bool, image_size: int) -> Arch:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_large(weights=None)
+    if small:
+        _stem_stride_1(net)
+    variant = "small-input" if small else ""
+    return Arch(_strip(net, "classifier"), 960, [(1280, 0.0)], nn.Hardswish, 0.2, variant=variant)
+
+
+@register_model(
+    KIND,
+    "mobilenetv3_small",
+    default_image_size=224,
+    description="MobileNetV3-Small: body 576 → [1024] hardswish → classifier (dropout 0.2)",
+)
+def _mobilenetv3_small(small: bool, image_size: int) -> Arch:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v3_small(weights=None)
+    if small:
+        _stem_stride_1(net)
+    variant = "small-input" if small else ""
+    return Arch(_strip(net, "classifier"), 576, [(1024, 0.0)], nn.Hardswish, 0.2, variant=variant)
+
+
+@register_model(
+    KIND, "mobilenetv2", default_image_size=224, description="MobileNetV2: body 1280 → classifier (dropout 0.2)"
+)
+def _mobilenetv2(small: bool, image_size: int) -> Arch:
+    import torchvision
+
+    net = torchvision.models.mobilenet_v2(weights=None)
+    if small:
+        _stem_stride_1(net)
+    return Arch(_strip(net, "classifier"), 1280, [], nn.ReLU, 0.2, variant="small-input" if small else "")
+
+
+@register_model(
+    KIND,
+    "lenet5",
+    default_image_size=32,
+    min_image_size=16,
+    description="LeNet-5 (CIFAR): body 400 → [120, 84] relu → classifier",
+)
+def _lenet5(small: bool, image_size: int) -> Arch:
+    _check_size("lenet5", image_size, 16, small=True)
+    body = nn.Sequential(
+        OrderedDict(
+            conv1=nn.Conv2d(3, 6, 5),
+            relu1=nn.ReLU(inplace=True),
+            pool1=nn.MaxPool2d(2),
+            conv2=nn.Conv2d(6, 16, 5),
+            relu2=nn.ReLU(inplace=True),
+            pool2=nn.MaxPool2d(2),
+            avgpool=nn.AdaptiveAvgPool2d(5),  # identity at 32 px
+            flatten=nn.Flatten(1),
+        )
+    )
+    return Arch(body, 400, [(120, 0.0), (84, 0.0)], nn.ReLU, 0.0)
+
+
+def _small_alexnet() -> nn.Module:
+    def conv(cin: int, cout: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True)]
+
+    features = nn.Sequential(
+        *conv(3, 64), nn.MaxPool2d(2),
+        *conv(64, 192), nn.MaxPool2d(2),
+        *conv(192, 384), *conv(384, 256), *conv(256, 256), nn.MaxPool2d(2),
+    )  # fmt: skip
+    return nn.Sequential(OrderedDict(features=features, avgpool=nn.AdaptiveAvgPool2d(4), flatten=nn.Flatten(1)))
+
+
+@register_model(
+    KIND,
+    "alexnet",
+    default_image_size=224,
+    min_image_size=32,
+    description="AlexNet: body 9216 (small-input: 4096) → [4096, 4096] relu, dropout 0.5 before each → classifier",
+)
+def _alexnet(small: bool, image_size: int) -> Arch:
+    if small:
+        _check_size("alexnet", image_size, 8, small=True)
+        return Arch(_small_alexnet(), 4096, [(4096, 0.5), (4096, 0.5)], nn.ReLU, 0.0, variant="small-input")
+    _check_size("alexnet", image_size, 63, small=False)  # conv 11x11/4 and three 3x3/2 max-pools
+    import torchvision
+
+    net = _strip(torchvision.models.alexnet(weights=None), "classifier")
+    return Arch(net, 9216, [(4096, 0.5), (4096, 0.5)], nn.ReLU, 0.0)
+
+
+@register_model(
+    KIND, "resnet18", default_image_size=224, description="ResNet-18: body 512 → classifier (small-input: CIFAR stem)"
+)
+def _resnet18(small: bool, image_size: int) -> Arch:
+    import torchvision
+
+    net = _strip(torchvision.models.resnet18(weights=None), "fc")
+    if small:
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's init
+        net.maxpool = nn.Identity()
+    return Arch(net, 512, [], nn.ReLU, 0.0, variant="small-input" if small else "")
+
+
+@register_model(
+    KIND,
+    "inceptionv3",
+    default_image_size=299,
+    description="Inception-v3 (no aux head): body 2048 → classifier (dropout 0.5); inputs < 75 px upsampled",
+    aliases=("inception_v3",),
+)
+def _inceptionv3(small: bool, image_size: int) -> Arch:
+    import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)
+    net = _strip(net, "fc", "dropout")
+    upsampled = image_size < INCEPTION_MIN
+    variant = f"upsampled to {INCEPTION_MIN} px" if upsampled else ""
+    return Arch(net, 2048, [], nn.ReLU, 0.5, upsample_to=INCEPTION_MIN, variant=variant)
