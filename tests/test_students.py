@@ -29,6 +29,16 @@ NATIVE = {
 FULL_SIZE = {"inceptionv3": 75}  # others: 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: these tensors are tiny, and with 2 cores shared with other processes OpenMP's
+    spin-waiting made this file ~10x slower (134 s vs 14 s) on the dev machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _x(size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
