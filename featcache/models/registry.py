@@ -61,4 +61,4 @@ def unknown_model_error(kind: str, name: str, extra: str = "") -> ModelError:
 
 
 def _import_all() -> None:
-    from featcache.models import teachers  # noqa: F401  (registers on import)
+    from featcache.models import students, teachers  # noqa: F401  (registers on import)
