@@ -142,6 +142,99 @@ def extract(
     )
 
 
+# -- distill -------------------------------------------------------------------------------------------------------
+
+
+@app.command()
+@user_errors
+def distill(
+    student: str = typer.Option("mobilenetv3", "--student", "-s", help="mobilenetv3, mobilenetv3_small, mobilenetv2, lenet5, alexnet, resnet18, inceptionv3."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="sod: your own train/test split."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o", help="Dataset option key=value (repeatable)."),
+    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="A cached teacher: NAME (looked up for this dataset), KEY (or unique prefix) or NAME:KEY. Repeat for several."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="ce, kd, fitnets, ts, ts-translator, multi (default: ts with a teacher, ce without)."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    translator_lr: Optional[float] = typer.Option(None, "--translator-lr", help="Learning rate of the translator optimizer (default: --lr)."),
+    optimizer: str = typer.Option("adam", "--optimizer", help="adam, adamw or sgd."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    schedule: str = typer.Option("cosine", "--schedule", help="cosine, step or none."),
+    step_size: int = typer.Option(50, "--step-size", help="step schedule: epochs between decays."),
+    gamma: float = typer.Option(0.1, "--gamma", help="step schedule: decay factor."),
+    lambda_xent: float = typer.Option(1.0, "--lambda-xent"),
+    lambda_mse: float = typer.Option(1.0, "--lambda-mse"),
+    lambda_kd: float = typer.Option(1.0, "--lambda-kd"),
+    temperature: float = typer.Option(4.0, "--temperature", help="kd: softmax temperature."),
+    translator: str = typer.Option("linear", "--translator", help="ts-translator/multi: linear or upsample."),
+    hint_epochs: Optional[int] = typer.Option(None, "--hint-epochs", help="fitnets: epochs of the hint stage (default: --epochs)."),
+    feature_dim: Optional[int] = typer.Option(None, "--feature-dim", help="Width of the student's feature layer (ts sets it to the teacher's)."),
+    small_input: Optional[bool] = typer.Option(None, "--small-input/--no-small-input", help="CIFAR-style stems (default: when images are <= 64 px)."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Without a teacher: input size (default: the dataset's native size or 224)."),
+    augment: str = typer.Option("none", "--augment", help="none, flip, pad-crop-flip (with teachers only with --allow-inconsistent)."),
+    allow_inconsistent: bool = typer.Option(False, "--allow-inconsistent", help="Allow augmentation/views the cached rows do not describe (the fixed-teacher setting)."),
+    noise_per_batch: int = typer.Option(0, "--noise-per-batch", help="Add N cached random images per batch (TS-Learning augmentation)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    cache_ram: str = typer.Option("auto", "--cache-ram", help="RAM budget for teacher tables, e.g. 8G (auto: half of available)."),
+    cache_mode: str = typer.Option("auto", "--cache-mode", help="auto, ram or disk (out of core)."),
+    shuffle: str = typer.Option("auto", "--shuffle", help="auto, full, block or none."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where metrics and checkpoints go (default runs/<dataset>-<student>-<method>-s<seed>-<time>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
+) -> None:
+    """Train a student from cached teacher rows (no teacher network is loaded)."""
+    from featcache.distill.trainer import DistillConfig
+    from featcache.distill.trainer import distill as run_distill
+    from featcache.progress import RichReporter
+
+    options = parse_options(dataset_opt, "--dataset-opt")
+    if split_file is not None:
+        options["split_file"] = split_file
+    config = DistillConfig(
+        student=student, dataset=dataset, data_root=data_root, dataset_options=options, teachers=list(teacher or []),
+        method=method, epochs=epochs, batch_size=batch_size, lr=lr, translator_lr=translator_lr, optimizer=optimizer,
+        momentum=momentum, weight_decay=weight_decay, schedule=schedule, step_size=step_size, gamma=gamma,
+        lambda_xent=lambda_xent, lambda_mse=lambda_mse, lambda_kd=lambda_kd, temperature=temperature,
+        translator=translator, hint_epochs=hint_epochs, feature_dim=feature_dim, small_input=small_input,
+        image_size=image_size, augment=augment, allow_inconsistent=allow_inconsistent,
+        noise_per_batch=noise_per_batch, seed=seed, device=device, precision=precision, workers=workers,
+        cache_dir=cache_dir, cache_ram=cache_ram, cache_mode=cache_mode, shuffle=shuffle, run_dir=run_dir,
+        resume=resume,
+    )
+    summary = run_distill(config, reporter=RichReporter(err, transient=True))
+    out.print(summary.line(), highlight=False)
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run_dir: Path = typer.Argument(..., help="A distill run directory."),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override the dataset location recorded in the run."),
+    device: str = typer.Option("auto", "--device"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Test accuracy (correct / total, Eq. 6 of the multi-teacher paper) of a run's checkpoint."""
+    from featcache.distill.trainer import evaluate_run
+
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint {checkpoint!r}: choose best or last")
+    r = evaluate_run(run_dir, checkpoint=checkpoint, device=device, batch_size=batch_size, workers=workers, data_root=data_root)
+    if as_json:
+        out.print_json(json.dumps(r))
+    else:
+        out.print(f"{run_dir} ({checkpoint}, epoch {r['epoch']}): test accuracy {r['acc']:.2%} on {r['n']:,} images "
+                  f"· test loss {r['loss']:.4f}", highlight=False)
+
+
 # -- cache ---------------------------------------------------------------------------------------------------------
 
 
@@ -348,6 +441,22 @@ def teachers(all_models: bool = typer.Option(False, "--all", help="Also list eve
         out.print("any torchvision classifier: " + ", ".join(torchvision_classifiers()))
     else:
         out.print("…and any torchvision classifier by name (--all lists them)")
+
+
+@app.command()
+@user_errors
+def students() -> None:
+    """List the students `distill --student` accepts."""
+    from featcache.models.students import list_students
+    from featcache.models.registry import get_entry
+
+    table = Table(title="students")
+    for col in ("name", "description"):
+        table.add_column(col)
+    for name in list_students():
+        e = get_entry("student", name)
+        table.add_row(name, e.description if e else "")
+    out.print(table)
 
 
 @app.command()

@@ -15,7 +15,8 @@ class MultiTeacher(Method):
     architecture has fewer than T); teacher i (in --teacher order) is matched at the output f_li of layer l_i
     through its own translator t_i, and its translated feature is also classified through the remaining student
     layers (Algorithm 1, line 7). Student, layers and translators are updated together from the summed loss, with
-    one optimizer for the student and one for the translators (§3.4). With T = 1 this is exactly Eq. 3.
+    one optimizer for the student and one for the translators (§3.4). λ_mse weighs every MSE term and λ_xent every
+    cross-entropy (both 1 in the paper), so with T = 1 this is exactly Eq. 3 (``ts-translator``).
     """
 
     name = "multi"
@@ -36,8 +37,9 @@ class MultiTeacher(Method):
         T = len(self.teacher_dims)
         p = self.params
         parts: dict[str, torch.Tensor] = {}
-        loss = xent(logits, y)
-        parts["xent"] = loss.detach()
+        l_xent = xent(logits, y)
+        parts["xent"] = l_xent.detach()
+        loss = p.lambda_xent * l_xent
         for i in range(1, T + 1):
             f_li = layer_outputs[len(layer_outputs) - i]
             t_i = self.translators[i - 1](rows.features[i - 1])
