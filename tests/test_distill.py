@@ -1,0 +1,243 @@
+"""Stage 2 end to end: cached rows are lossless, no teacher is built, runs train, resume and evaluate."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featcache.cache import FeatureCache
+from featcache.cli import app
+from featcache.datasets import get_dataset
+from featcache.distill.loader import JoinedLoader
+from featcache.distill.methods import MethodParams, TeacherRows, get_method
+from featcache.distill.trainer import CONFIG, LAST, METRICS, SUMMARY, DistillConfig, distill, evaluate_run, setup
+from featcache.errors import CacheError, ConfigError
+from featcache.extract import ExtractConfig, extract
+from featcache.models import create_teacher
+from featcache.models.students import create_student
+from featcache.progress import Reporter
+from featcache.transforms import TransformSpec
+
+SYN = {"num_train": 64, "num_test": 32}
+
+
+def extract_cfg(store, teacher="resnet18", **kw):
+    base = dict(
+        teacher=teacher, weights="random", dataset="synthetic", dataset_options=dict(SYN), image_size=32,
+        batch_size=32, workers=0, cache_dir=store, noise=8,
+    )
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    extract(extract_cfg(root))
+    extract(extract_cfg(root, teacher="mobilenet_v3_small"))
+    return root
+
+
+def run_cfg(store, tmp_path, **kw):
+    base = dict(
+        student="lenet5", dataset="synthetic", dataset_options=dict(SYN), teachers=["resnet18"], method="ts",
+        epochs=1, batch_size=16, workers=0, cache_dir=store, run_dir=tmp_path / "run",
+    )
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+# -- the cache is lossless ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["ts", "ts-translator", "kd", "fitnets"])
+def test_loss_from_cached_rows_equals_loss_with_the_live_teacher(store, method):
+    """Issue part 6: the same batch, the same student; rows from the cache vs the teacher run now."""
+    cfg = extract_cfg(store)
+    cache = FeatureCache(extract(cfg).directory)  # reused, not re-extracted
+    spec = TransformSpec.from_dict(cache.manifest.transform)
+    ds = get_dataset("synthetic", split="train", **SYN).with_transform(spec.geometry())
+    loader = JoinedLoader(ds, [cache], batch_size=32, workers=0, seed=1, transform=spec)
+    batch = next(iter(loader))
+    loader.close()
+    x = spec.normalizer()(batch.images, channels_last=False)
+
+    teacher = create_teacher(cfg.teacher, weights=cfg.weights, num_classes=ds.num_classes, seed=cfg.seed)
+    with torch.inference_mode():
+        live_features, live_logits = teacher.model.eval()(x)
+
+    torch.manual_seed(0)
+    cls = get_method(method)
+    params = MethodParams()
+    student = create_student("lenet5", num_classes=10, image_size=32, **cls.student_options([512], params))
+    m = cls(student, [512], 10, params)
+    m.total_epochs(2)
+    student.eval()  # no dropout: the two losses see the same function
+    cached, _, _ = m.loss(student, x, batch.labels, TeacherRows(batch.features, batch.logits), 0)
+    online, _, _ = m.loss(student, x, batch.labels, TeacherRows([live_features.clone()], [live_logits.clone()]), 0)
+    # Features are stored as float16: agreement to fp16 precision.
+    assert torch.allclose(cached, online, rtol=2e-3, atol=1e-4), (cached.item(), online.item())
+
+
+# -- no teacher in the distill process ---------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def no_teachers(monkeypatch):
+    """Make building any teacher network an error for the duration of a test."""
+    from featcache.models import ntsnet, teachers
+
+    def forbidden(*a, **k):
+        raise AssertionError("a teacher network was constructed during distill")
+
+    monkeypatch.setattr(teachers, "create_teacher", forbidden)
+    monkeypatch.setattr(teachers.TorchvisionFeatureModel, "__init__", forbidden)
+    monkeypatch.setattr(ntsnet.NTSNet, "__init__", forbidden)
+    monkeypatch.setattr(ntsnet, "build_ntsnet", forbidden)
+
+
+@pytest.mark.parametrize(
+    "method,teachers,extra",
+    [
+        ("ts", ["resnet18"], {}),
+        ("kd", ["resnet18"], {}),
+        ("fitnets", ["resnet18"], {"hint_epochs": 1}),
+        ("ts-translator", ["resnet18"], {}),
+        ("multi", ["resnet18", "mobilenet_v3_small"], {}),
+        ("ts", ["resnet18"], {"noise_per_batch": 4}),
+        ("ts", ["resnet18"], {"cache_mode": "disk"}),
+        ("ce", [], {}),
+    ],
+)
+def test_every_method_trains_without_building_a_teacher(store, tmp_path, no_teachers, method, teachers, extra):
+    summary = distill(run_cfg(store, tmp_path, method=method, teachers=teachers, **extra))
+    assert 0.0 <= summary.best_acc <= 1.0 and summary.images_per_s > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
+    assert len(records) == summary.epochs and all(r["train_loss"] == r["train_loss"] for r in records)
+    info = json.loads((tmp_path / "run" / CONFIG).read_text())
+    assert [t["key"] for t in info["teachers"]] == summary.teachers
+    if extra.get("noise_per_batch"):
+        assert records[0]["noise_images"] == 4 * -(-SYN["num_train"] // 16)
+    if method == "fitnets":
+        assert [r["stage"] for r in records] == ["hint", "xent"]
+
+
+# -- learning, resume, eval ----------------------------------------------------------------------------------------
+
+
+def test_extract_then_distill_beats_chance(tmp_path, monkeypatch):
+    """A tiny real run through the CLI: 10 synthetic classes, so chance is 10%."""
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    data = ["--dataset", "synthetic", "-o", "num_train=2000", "-o", "num_test=200", "--workers", "0"]
+    r = runner.invoke(app, ["extract", "--teacher", "resnet18", "--weights", "random", *data, "--image-size", "32"])
+    assert r.exit_code == 0, r.output
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["distill", "--student", "lenet5", "--teacher", "resnet18", "--method", "ts", *data,
+                            "--epochs", "8", "--batch-size", "32", "--lr", "2e-3", "--run-dir", str(run)])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((run / SUMMARY).read_text())
+    assert summary["best_acc"] >= 0.2, summary
+    assert "best test acc" in r.output and "img/s" in r.output
+    ev = runner.invoke(app, ["eval", str(run), "--json", "--workers", "0"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.output)["acc"] == pytest.approx(summary["best_acc"])
+
+
+class StopAfterFirstEpoch(Reporter):
+    def message(self, text: str) -> None:
+        if text.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_to_the_same_result(store, tmp_path):
+    full = distill(run_cfg(store, tmp_path / "a", epochs=2, run_dir=tmp_path / "a"))
+    cfg = run_cfg(store, tmp_path, epochs=2, run_dir=tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, reporter=StopAfterFirstEpoch())
+    assert len((tmp_path / "b" / METRICS).read_text().splitlines()) == 1
+    resumed = distill(run_cfg(store, tmp_path, epochs=2, run_dir=tmp_path / "b", resume=True))
+    assert resumed.last_acc == full.last_acc
+    a = torch.load(tmp_path / "a" / LAST, weights_only=False)["student"]
+    b = torch.load(tmp_path / "b" / LAST, weights_only=False)["student"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    lines = (tmp_path / "b" / METRICS).read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
+
+
+def test_run_dir_rules(store, tmp_path):
+    distill(run_cfg(store, tmp_path))
+    with pytest.raises(ConfigError, match="--resume"):
+        distill(run_cfg(store, tmp_path))
+    with pytest.raises(ConfigError, match="--resume"):
+        distill(run_cfg(store, tmp_path, run_dir=tmp_path / "empty", resume=True))
+    r = evaluate_run(tmp_path / "run", checkpoint="last", workers=0)
+    assert r["n"] == SYN["num_test"] and r["epoch"] == 1
+    with pytest.raises(ConfigError, match="not a featcache distill run"):
+        evaluate_run(tmp_path, workers=0)
+
+
+# -- refusals -------------------------------------------------------------------------------------------------------
+
+
+def test_augmentation_needs_the_fixed_teacher_flag(store, tmp_path):
+    with pytest.raises(ConfigError, match="--allow-inconsistent"):
+        setup(run_cfg(store, tmp_path, augment="pad-crop-flip"))
+    summary = distill(run_cfg(store, tmp_path, augment="pad-crop-flip", allow_inconsistent=True))
+    assert summary.epochs == 1
+    # Without a teacher there is nothing to be inconsistent with.
+    setup(run_cfg(store, tmp_path, teachers=[], method="ce", augment="flip"))
+
+
+def test_missing_and_ambiguous_teacher_caches(store, tmp_path):
+    with pytest.raises(CacheError, match="featcache extract --teacher alexnet --dataset synthetic"):
+        setup(run_cfg(store, tmp_path, teachers=["alexnet"]))
+    other = run_cfg(store, tmp_path, dataset_options={"num_train": 65, "num_test": 32})
+    with pytest.raises(CacheError, match="exist for other data"):
+        setup(other)
+    extract(extract_cfg(store, image_size=36))
+    try:
+        with pytest.raises(CacheError, match="ambiguous"):
+            setup(run_cfg(store, tmp_path))
+        key = next(e.key for e in __import__("featcache").cache.CacheStore(store).entries()
+                   if e.manifest.transform["image_size"] == 36)
+        s = setup(run_cfg(store, tmp_path, teachers=[f"resnet18:{key}"]))
+        assert s.transform.image_size == 36
+        with pytest.raises(CacheError, match="not 'alexnet'"):
+            setup(run_cfg(store, tmp_path, teachers=[f"alexnet:{key}"]))
+        # Teachers that saw different views cannot share one student input.
+        mixed = run_cfg(store, tmp_path, method="multi", teachers=[f"resnet18:{key}", "mobilenet_v3_small"])
+        with pytest.raises(ConfigError, match="different transforms"):
+            setup(mixed)
+    finally:
+        from featcache.cache import CacheStore
+
+        CacheStore(store).remove(key)
+
+
+def test_kd_needs_logits_over_the_dataset_classes(tmp_path):
+    extract(extract_cfg(tmp_path, num_classes=7))
+    with pytest.raises(ConfigError, match="--method kd needs teacher logits"):
+        setup(run_cfg(tmp_path, tmp_path, method="kd"))
+
+
+def test_flag_errors(store, tmp_path):
+    with pytest.raises(ConfigError, match="--optimizer"):
+        distill(run_cfg(store, tmp_path, optimizer="lion"))
+    with pytest.raises(ConfigError, match="--epochs"):
+        distill(run_cfg(store, tmp_path, epochs=0))
+    with pytest.raises(ConfigError, match="drop --teacher"):
+        setup(run_cfg(store, tmp_path, method="ce"))
+    with pytest.raises(ConfigError, match="--image-size 40 differs"):
+        setup(run_cfg(store, tmp_path, image_size=40))
+    with pytest.raises(ConfigError, match="--feature-dim"):
+        setup(run_cfg(store, tmp_path, feature_dim=64))
+
+
+def test_cli_distill_errors_are_one_line(store, tmp_path):
+    r = CliRunner().invoke(app, ["distill", "--teacher", "alexnet", "--dataset", "synthetic", "-o", "num_train=64",
+                                 "-o", "num_test=32", "--cache-dir", str(store), "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1, r.output

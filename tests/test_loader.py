@@ -1,0 +1,181 @@
+"""The joined loader: rows joined by index, RAM and out-of-core modes agree, noise rows, refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+from featcache.cache import FeatureCache
+from featcache.cache.format import FEATURES, LOGITS, PART_NOISE
+from featcache.datasets import get_dataset
+from featcache.distill.loader import JoinedLoader, epoch_plan, parse_bytes
+from featcache.errors import CacheMismatchError, ConfigError
+from featcache.extract import ExtractConfig, extract
+from featcache.transforms import TransformSpec
+
+SYN = {"num_train": 90, "num_test": 20}
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    """Two teachers of different widths over the same synthetic train split, with noise rows."""
+    store = tmp_path_factory.mktemp("store")
+    out = []
+    for teacher in ("resnet18", "mobilenet_v3_small"):
+        cfg = ExtractConfig(
+            teacher=teacher, weights="random", dataset="synthetic", dataset_options=dict(SYN), image_size=32,
+            batch_size=32, workers=0, cache_dir=store, shard_rows=25, noise=16, noise_seed=3,
+        )
+        out.append(extract(cfg).directory)
+    return out
+
+
+def train_split():
+    return get_dataset("synthetic", split="train", **SYN)
+
+
+def loader_for(dirs, **kw):
+    caches = [FeatureCache(d) for d in dirs]
+    ds = train_split()
+    spec = TransformSpec.from_dict(caches[0].manifest.transform)
+    ds.with_transform(spec.geometry())
+    args = dict(batch_size=16, workers=0, seed=7, block_rows=10, window_blocks=2, transform=spec)
+    args.update(kw)
+    return JoinedLoader(ds, caches, **args)
+
+
+def collect(loader, epochs=2):
+    out = []
+    for e in range(epochs):
+        loader.set_epoch(e)
+        out.extend(loader)
+    loader.close()
+    return out
+
+
+def test_rows_are_the_cached_rows_of_each_sample(caches):
+    loader = loader_for(caches, mode="ram", shuffle="full")
+    full = [FeatureCache(d).read_all() for d in caches]
+    seen = []
+    for batch in collect(loader, epochs=1):
+        idx = batch.index.numpy()
+        seen.append(idx)
+        for k, table in enumerate(full):
+            assert torch.equal(batch.features[k], torch.from_numpy(table[FEATURES][idx]))
+            assert torch.equal(batch.logits[k], torch.from_numpy(table[LOGITS][idx]))
+        ds = train_split()
+        assert batch.labels.tolist() == ds.targets[idx].tolist()
+    order = np.concatenate(seen)
+    assert sorted(order.tolist()) == list(range(SYN["num_train"]))  # every sample once per epoch
+    assert order.tolist() != list(range(SYN["num_train"]))  # and shuffled
+
+
+def test_ram_and_out_of_core_modes_yield_identical_batches(caches):
+    ram = collect(loader_for(caches, mode="ram", shuffle="block"))
+    disk_loader = loader_for(caches, mode="disk", shuffle="block")
+    assert disk_loader.modes == ["disk", "disk"]
+    disk = collect(disk_loader)
+    assert len(ram) == len(disk) == 2 * len(disk_loader)
+    for a, b in zip(ram, disk):
+        assert torch.equal(a.index, b.index) and torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+        for fa, fb in zip(a.features + a.logits, b.features + b.logits):
+            assert torch.equal(fa, fb)
+    # Epochs differ from each other.
+    n = len(disk_loader)
+    assert not all(torch.equal(ram[i].index, ram[n + i].index) for i in range(n))
+
+
+def test_auto_mode_goes_out_of_core_when_the_budget_is_small(caches):
+    loader = loader_for(caches, ram_budget=1024)
+    assert loader.modes == ["disk", "disk"] and loader.shuffle == "block"
+    big = loader_for(caches, ram_budget=2**30)
+    assert big.modes == ["ram", "ram"] and big.shuffle == "full"
+
+
+def test_full_shuffle_needs_ram(caches):
+    with pytest.raises(ConfigError, match="--cache-ram"):
+        loader_for(caches, ram_budget=1024, shuffle="full")
+
+
+def test_block_plan_is_blockwise_and_a_permutation():
+    plan = epoch_plan(95, seed=1, epoch=0, shuffle="block", block_rows=10, window_blocks=2)
+    assert sorted(plan.order.tolist()) == list(range(95))
+    # Each window of two blocks covers exactly the rows of its blocks.
+    start = 0
+    for w in range(0, len(plan.blocks), 2):
+        rows = set()
+        for b in plan.blocks[w : w + 2]:
+            rows |= set(range(b * 10, min(b * 10 + 10, 95)))
+        assert set(plan.order[start : start + len(rows)].tolist()) == rows
+        start += len(rows)
+
+
+def test_noise_rows_are_labelled_by_the_first_teachers_argmax(caches):
+    loader = loader_for(caches, mode="ram", noise_per_batch=4)
+    noise = [FeatureCache(d).read_all(PART_NOISE) for d in caches]
+    batches = collect(loader, epochs=1)
+    for batch in batches:
+        assert batch.num_noise == 4
+        idx = batch.index[-4:].numpy()
+        for k in range(2):
+            assert torch.equal(batch.features[k][-4:], torch.from_numpy(noise[k][FEATURES][idx]))
+        expected = torch.from_numpy(noise[0][LOGITS][idx]).float().argmax(1)
+        assert torch.equal(batch.labels[-4:], expected)
+    # The noise images are the cache's own, regenerated from its seed.
+    from featcache.transforms import noise_image
+
+    m = FeatureCache(caches[0]).manifest.noise
+    b = batches[0]
+    assert torch.equal(b.images[-1], noise_image(m["seed"], int(b.index[-1]), m["image_size"]))
+
+
+def test_noise_needs_noise_rows(tmp_path):
+    cfg = ExtractConfig(
+        teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN), image_size=32,
+        batch_size=32, workers=0, cache_dir=tmp_path, noise=0,
+    )
+    d = extract(cfg).directory
+    with pytest.raises(ConfigError, match="--noise"):
+        loader_for([d], noise_per_batch=2)
+
+
+def test_mismatched_cache_is_refused_naming_the_field(caches):
+    cache = FeatureCache(caches[0])
+    other = get_dataset("synthetic", split="train", num_train=91, num_test=20)
+    with pytest.raises(CacheMismatchError, match="dataset"):
+        JoinedLoader(other, [cache], workers=0)
+    spec = TransformSpec.from_dict(cache.manifest.transform)
+    ds = train_split()
+    wrong = TransformSpec.from_dict({**spec.to_dict(), "interpolation": "bicubic"})
+    with pytest.raises(CacheMismatchError, match="transform.interpolation"):
+        JoinedLoader(ds, [cache], workers=0, transform=wrong)
+    test = get_dataset("synthetic", split="test", **SYN)
+    with pytest.raises(CacheMismatchError, match="split"):
+        JoinedLoader(test, [cache], workers=0)
+
+
+def test_workers_and_drop_last(caches):
+    loader = loader_for(caches, mode="ram", workers=2, drop_last=True)
+    batches = collect(loader, epochs=1)
+    assert len(batches) == SYN["num_train"] // 16 and all(len(b) == 16 for b in batches)
+
+
+@pytest.mark.parametrize(
+    "text,expected", [("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5GB", int(1.5 * 2**30)), ("100", 100),
+                      ("2GiB", 2 * 2**30), ("auto", None), (None, None), (5, 5)],
+)
+def test_parse_bytes(text, expected):
+    assert parse_bytes(text) == expected
+
+
+def test_parse_bytes_rejects_nonsense():
+    with pytest.raises(ConfigError, match="--cache-ram"):
+        parse_bytes("lots")
+
+
+def test_bad_flags(caches):
+    with pytest.raises(ConfigError, match="--shuffle"):
+        loader_for(caches, shuffle="random")
+    with pytest.raises(ConfigError, match="--cache-mode"):
+        loader_for(caches, mode="gpu")
+    with pytest.raises(ConfigError, match="--batch-size"):
+        loader_for(caches, batch_size=0)
