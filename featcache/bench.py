@@ -3,6 +3,11 @@
 extract: images/s of a full `featcache extract` (decode + resize in workers, copy, teacher, background writes)
 next to the bare forward pass of the same teacher at the same batch size and precision on device-resident input
 (the limit extraction can approach). The ratio is the headline.
+
+distill: the training step of one student, fed by the same joined loader, in three settings measured back to back:
+(a) the student alone (``ce``), (b) the student with cached teacher rows (the product), (c) the same method with
+the teacher run online on every batch (teacher in the loop; for comparison only, it exists in no other place).
+Images/s and peak device memory of each, and the ratios of (b) and (c) to (a).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from typing import Any
 
 import torch
 
+from featcache.distill.methods import TeacherRows
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models.teachers import create_teacher
+from featcache.errors import ConfigError
 from featcache.progress import Reporter
 from featcache.runtime import autocast, device_name
 
@@ -65,13 +72,11 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, re
     limit = forward_rate(config, iters=iters, warmup=warmup)
     with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
         result = extract(replace(config, cache_dir=Path(scratch), force=True), reporter=reporter)
-    import torchvision
-
     return {
         "benchmark": "extract",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(plan.device),
-        "versions": {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()},
+        "versions": _versions(),
         "teacher": plan.identity["teacher"]["name"],
         "dataset": f"{plan.dataset.name}/{plan.dataset.split}",
         "images": len(plan.dataset),
@@ -84,4 +89,123 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, re
         "extract_seconds": result.seconds,
         "ratio": result.images_per_s / limit["images_per_s"] if limit["images_per_s"] else None,
         "cache_bytes": result.bytes,
+    }
+
+
+# -- distill ---------------------------------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
+
+
+def _timed_steps(parts, steps: int, warmup: int, teacher=None) -> dict[str, Any]:
+    """Run ``warmup`` then ``steps`` training steps from the loader (epochs wrap around); images/s and peak memory."""
+    device = parts.step.device
+    done, timed_images, start = 0, 0, None
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    epoch = 0
+    while done < warmup + steps:
+        parts.loader.set_epoch(epoch)
+        for batch in parts.loader:
+            if done == warmup:
+                _sync(device)
+                start = time.perf_counter()
+            rows, x = None, None
+            if teacher is not None:  # (c): the teacher's forward pass is part of every step
+                x = parts.step.images(batch)
+                with torch.inference_mode(), autocast(device, parts.step.precision):
+                    f, lg = teacher(x)
+                rows = TeacherRows([f.clone()], [lg.clone()])
+            parts.step(batch, 0, rows=rows, x=x)
+            done += 1
+            if done > warmup:
+                timed_images += len(batch)
+            if done == warmup + steps:
+                break
+        epoch += 1
+    _sync(device)
+    seconds = time.perf_counter() - start
+    parts.loader.close()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"images_per_s": timed_images / seconds, "seconds": seconds, "images": timed_images, "peak_memory_bytes": peak}
+
+
+def bench_distill(
+    config: "DistillConfig", *, teacher: str = "resnet50", weights: str = "random", steps: int = 50, warmup: int = 10,
+    reporter: Reporter | None = None,
+) -> dict[str, Any]:
+    """(a) student alone, (b) student + cached ``teacher`` rows, (c) student + the same teacher online, one process.
+
+    ``config`` describes the student run (student, dataset, batch size, precision, method for (b)/(c)); the teacher
+    cache is extracted first into a scratch store (not timed).
+    """
+    from featcache.distill.trainer import DistillConfig, setup, training_parts
+
+    reporter = reporter or Reporter()
+    if steps < 1 or warmup < 0:
+        raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
+    method = config.method or "ts"
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
+        ext = ExtractConfig(
+            teacher=teacher, weights=weights, dataset=config.dataset, data_root=config.data_root,
+            dataset_options=dict(config.dataset_options), image_size=config.image_size, batch_size=config.batch_size,
+            workers=config.workers, device=config.device, precision=config.precision, cache_dir=Path(scratch),
+        )
+        reporter.message(f"extracting {teacher} into a scratch store (not timed)")
+        cache = extract(ext, reporter=reporter)
+        base = replace(config, cache_dir=Path(scratch), image_size=None, augment="none", noise_per_batch=0)
+        scenarios = [
+            ("student", replace(base, teachers=[], method="ce", image_size=cache.manifest.transform["image_size"])),
+            ("cached", replace(base, teachers=[cache.key], method=method)),
+            ("online", replace(base, teachers=[cache.key], method=method)),
+        ]
+        for name, cfg in scenarios:
+            torch.manual_seed(cfg.seed)
+            s = setup(cfg)
+            live = None
+            if name == "online":
+                plan = plan_extract(ext)
+                t = create_teacher(teacher, plan.weights, num_classes=plan.num_classes, seed=ext.seed,
+                                   image_size=plan.transform.image_size)
+                live = t.model.to(s.device).eval()
+                if cfg.channels_last:
+                    live = live.to(memory_format=torch.channels_last)
+            if s.device.type == "cuda":
+                torch.backends.cudnn.benchmark = True
+            parts = training_parts(s, caches=[] if name == "online" else None)
+            reporter.message(f"timing {name}: {steps} steps of batch {cfg.batch_size} after {warmup} warm-up steps")
+            results[name] = _timed_steps(parts, steps, warmup, teacher=live)
+            device, precision = s.device, s.precision
+            del parts, live, s
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    a = results["student"]
+
+    def ratio(k: str, field: str):
+        return results[k][field] / a[field] if a[field] else None
+
+    return {
+        "benchmark": "distill",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_name(device),
+        "versions": _versions(),
+        "student": config.student,
+        "teacher": teacher,
+        "method": method,
+        "dataset": config.dataset,
+        "image_size": cache.manifest.transform["image_size"],
+        "batch_size": config.batch_size,
+        "precision": precision,
+        "steps": steps,
+        "results": results,
+        "cached_vs_student_speed": ratio("cached", "images_per_s"),
+        "online_vs_student_speed": ratio("online", "images_per_s"),
+        "cached_vs_student_memory": ratio("cached", "peak_memory_bytes") if a["peak_memory_bytes"] else None,
+        "online_vs_student_memory": ratio("online", "peak_memory_bytes") if a["peak_memory_bytes"] else None,
     }

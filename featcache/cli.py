@@ -418,6 +418,55 @@ def bench_extract_cmd(
         json_out.write_text(json.dumps(r, indent=2) + "\n")
 
 
+@bench_app.command("distill")
+@user_errors
+def bench_distill_cmd(
+    student: str = typer.Option("mobilenetv3", "--student", "-s"),
+    teacher: str = typer.Option("resnet50", "--teacher", "-t", help="Extracted into a scratch store first (not timed)."),
+    method: str = typer.Option("ts", "--method", "-m", help="The method of (b) and (c)."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    weights: str = typer.Option("random", "--weights", "-w", help="Teacher weights; they do not change the speed."),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    steps: int = typer.Option(50, "--steps", help="Timed training steps per setting."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
+) -> None:
+    """Student training images/s and peak memory: alone vs with cached teacher rows vs with the teacher online."""
+    from featcache.bench import bench_distill
+    from featcache.distill.trainer import DistillConfig
+    from featcache.progress import RichReporter
+
+    config = DistillConfig(
+        student=student, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "--dataset-opt"),
+        method=method, image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
+    )
+    r = bench_distill(config, teacher=teacher, weights=weights, steps=steps, warmup=warmup,
+                      reporter=RichReporter(err, transient=True))
+    table = Table(title=f"distill: {r['student']} ({r['method']}) with {r['teacher']}@{r['image_size']} on {r['dataset']}, "
+                        f"{r['device']}, batch {r['batch_size']}, {r['precision']}", title_justify="left")
+    for col in ("setting", "images/s", "speed vs (a)", "peak memory", "memory vs (a)"):
+        table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
+    base = r["results"]["student"]
+    labels = {"student": "(a) student alone", "cached": "(b) + cached teacher rows", "online": "(c) + teacher online"}
+    for key, label in labels.items():
+        x = r["results"][key]
+        mem = x["peak_memory_bytes"]
+        table.add_row(
+            label, f"{x['images_per_s']:,.0f}", f"{x['images_per_s'] / base['images_per_s']:.3f}",
+            f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a (CPU)",
+            f"{mem / base['peak_memory_bytes']:.3f}" if mem is not None and base["peak_memory_bytes"] else "n/a",
+        )
+    out.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(r, indent=2) + "\n")
+
+
 # -- listings ------------------------------------------------------------------------------------------------------
 
 

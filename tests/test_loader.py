@@ -179,3 +179,23 @@ def test_bad_flags(caches):
         loader_for(caches, mode="gpu")
     with pytest.raises(ConfigError, match="--batch-size"):
         loader_for(caches, batch_size=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned staging is the CUDA path")
+def test_pinned_staging_copies_rows_exactly_and_reuses_slots():
+    from featcache.distill.loader import PinnedStaging
+
+    staging = PinnedStaging(torch.device("cuda"), slots=2)
+    for step in range(5):
+        rows = [torch.randn(7 + step, 16).half(), torch.randn(7 + step, 10)]
+        out = staging.to_device(rows)
+        for a, b in zip(rows, out):
+            assert b.is_cuda and torch.equal(a, b.cpu())
+    assert len(staging._bufs) == 4  # two slots × two tensors
+
+
+def test_staging_on_cpu_passes_tensors_through():
+    from featcache.distill.loader import PinnedStaging
+
+    rows = [torch.arange(6).view(2, 3)]
+    assert torch.equal(PinnedStaging(torch.device("cpu")).to_device(rows)[0], rows[0])

@@ -5,8 +5,8 @@ index. In the main process, each teacher's rows for the batch are fetched with *
 copied to the device next to the images. No teacher network exists anywhere in this path.
 
 Two storage modes per teacher table:
-  * ``ram``: the whole table (features + logits) is read once into (pinned) memory; a batch is one
-    ``index_select``. Used when all tables fit the ``--cache-ram`` budget.
+  * ``ram``: the whole table (features + logits) is read once into memory; a batch is one ``index_select``
+    into a pinned staging slot. Used when all tables fit the ``--cache-ram`` budget.
   * ``disk`` (out of core): the table stays in the HDF5 shards. Each epoch's order is built from contiguous blocks
     of rows (block-level shuffle) and a shuffle window of several blocks, so every read is a large contiguous
     hyperslab done ahead of time by a prefetch thread; random single-row reads (~5k rows/s) never happen.
@@ -105,17 +105,18 @@ def epoch_plan(n: int, *, seed: int, epoch: int, shuffle: str, block_rows: int, 
 
 
 class InMemoryTable:
-    """A teacher's features and logits for one part, in (pinned) RAM; gather = one index_select per field."""
+    """A teacher's features and logits for one part, in RAM; gather = one index_select per field.
+
+    The table itself is not pinned (pinning gigabytes is slow and scarce); each batch's gathered rows go through a
+    small ring of pinned slots instead (PinnedStaging), which is what makes the host→device copy asynchronous.
+    """
 
     mode = "ram"
 
-    def __init__(self, cache: FeatureCache, part: str, pin: bool = False) -> None:
+    def __init__(self, cache: FeatureCache, part: str) -> None:
         arrays = cache.read_all(part, fields=(FEATURES, LOGITS))
         self.features = torch.from_numpy(arrays[FEATURES])
         self.logits = torch.from_numpy(arrays[LOGITS])
-        if pin:
-            self.features = self.features.pin_memory()
-            self.logits = self.logits.pin_memory()
 
     def start_epoch(self, plan: EpochPlan) -> None:
         pass
@@ -234,6 +235,53 @@ class OutOfCoreTable:
 # -- the loader ----------------------------------------------------------------------------------------------------
 
 
+class PinnedStaging:
+    """Pinned host slots through which each batch's gathered rows go to the device.
+
+    A host→device copy from pageable memory first waits for the device stream to drain (a GPU stall every step); from
+    pinned memory it is truly asynchronous. A slot is reused only after the event recorded behind its copies has
+    completed, so a batch in flight is never overwritten.
+    """
+
+    def __init__(self, device: torch.device, slots: int = 4) -> None:
+        self.device = device
+        self.slots = slots
+        self._bufs: dict[tuple[int, int], torch.Tensor] = {}
+        self._events: list = [None] * slots
+        self._next = 0
+
+    def to_device(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        if self.device.type != "cuda":
+            return [t.to(self.device) for t in tensors]
+        k = self._next % self.slots
+        self._next += 1
+        if self._events[k] is not None:
+            self._events[k].synchronize()
+        out = []
+        for j, t in enumerate(tensors):
+            buf = self._bufs.get((k, j))
+            if buf is None or buf.dtype != t.dtype or buf.numel() < t.numel():
+                buf = torch.empty(max(t.numel(), 1), dtype=t.dtype).pin_memory()
+                self._bufs[(k, j)] = buf
+            staged = buf[: t.numel()].view(t.shape)
+            staged.copy_(t)
+            out.append(staged.to(self.device, non_blocking=True))
+        event = torch.cuda.Event()
+        event.record()
+        self._events[k] = event
+        return out
+
+
+def shutdown_workers(loader: DataLoader) -> None:
+    """Stop a DataLoader's persistent workers now. Left to the garbage collector, the iterator can be inherited by
+    the workers of a loader forked later and its finaliser then fails inside them."""
+    it = getattr(loader, "_iterator", None)
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    loader._iterator = None
+
+
+
 @dataclass
 class Batch:
     """One training batch on the device. Real samples come first, then ``num_noise`` random images."""
@@ -346,11 +394,11 @@ class JoinedLoader:
         self.window_blocks = window_blocks
         pin = self.device.type == "cuda"
         self.tables = [
-            (InMemoryTable(c, PART_DATA, pin) if m == "ram" else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks))
+            (InMemoryTable(c, PART_DATA) if m == "ram" else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks))
             for c, m in zip(self.caches, modes)
         ]
         self.noise_tables = (
-            [InMemoryTable(c, PART_NOISE, pin) for c in self.caches] if self.noise_per_batch else []
+            [InMemoryTable(c, PART_NOISE) for c in self.caches] if self.noise_per_batch else []
         )
         noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
         self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None)
@@ -364,6 +412,7 @@ class JoinedLoader:
             prefetch_factor=4 if self.workers > 0 else None,
         )
         self._plan: EpochPlan | None = None
+        self._staging = PinnedStaging(self.device)
 
     def _check_noise(self) -> None:
         if not self.noise_per_batch:
@@ -429,20 +478,20 @@ class JoinedLoader:
 
     def _join(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Batch:
         idx = index.numpy()
-        labels = labels.clone()
         num_noise = int((labels < 0).sum())  # noise items come last in every batch and carry label -1
         real = idx[: len(idx) - num_noise]
         noise = idx[len(idx) - num_noise :]
         dev = self.device
-        nb = dev.type == "cuda"
-        features, logits = [], []
+        nb = dev.type == "cuda"  # images, labels and index arrive pinned from the DataLoader
+        rows = []
         for k, table in enumerate(self.tables):
             f, lg = table.gather(real)
             if num_noise:
                 nf, nl = self.noise_tables[k].gather(noise)
                 f, lg = torch.cat([f, nf]), torch.cat([lg, nl])
-            features.append(f.to(dev, non_blocking=nb))
-            logits.append(lg.to(dev, non_blocking=nb))
+            rows += [f, lg]
+        rows = self._staging.to_device(rows)
+        features, logits = rows[0::2], rows[1::2]
         labels = labels.to(dev, non_blocking=nb)
         if num_noise:
             # TS-Learning: a random image is labelled by the teacher's prediction.
@@ -452,6 +501,7 @@ class JoinedLoader:
     def close(self) -> None:
         for t in self.tables:
             t.close()
+        shutdown_workers(self._loader)
 
     def describe(self) -> str:
         parts = [f"{c.key}: {m}" for c, m in zip(self.caches, self.modes)]
@@ -464,6 +514,7 @@ __all__ = [
     "InMemoryTable",
     "JoinedLoader",
     "OutOfCoreTable",
+    "PinnedStaging",
     "epoch_plan",
     "parse_bytes",
 ]

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
-from featcache.distill.loader import JoinedLoader, parse_bytes
+from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.errors import ConfigError, FeatcacheError
@@ -298,6 +298,71 @@ def evaluate(student, loader, transform: TransformSpec, device, precision: str, 
 # -- the run ---------------------------------------------------------------------------------------------------------
 
 
+class TrainStep:
+    """One optimisation step: normalise on the device → the method's loss under autocast → backward → the student's
+    optimizer and the translators' (multi-teacher paper §3.4). Shared by `distill` and `featcache bench distill`."""
+
+    def __init__(self, student, method: Method, opt, topt, scaler, normalize, device, precision: str, channels_last: bool):
+        self.student, self.method, self.opt, self.topt, self.scaler = student, method, opt, topt, scaler
+        self.normalize, self.device, self.precision, self.channels_last = normalize, device, precision, channels_last
+
+    def images(self, batch) -> torch.Tensor:
+        return self.normalize(batch.images, channels_last=self.channels_last)
+
+    def __call__(self, batch, epoch: int, rows: TeacherRows | None = None, x: torch.Tensor | None = None):
+        """``rows`` default to the batch's cached rows (the benchmark passes a live teacher's instead)."""
+        x = self.images(batch) if x is None else x
+        rows = TeacherRows(batch.features, batch.logits) if rows is None else rows
+        with autocast(self.device, self.precision):
+            loss, parts, logits = self.method.loss(self.student, x, batch.labels, rows, epoch)
+        self.opt.zero_grad(set_to_none=True)
+        if self.topt is not None:
+            self.topt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        if self.topt is not None:
+            self.scaler.step(self.topt)
+        self.scaler.update()
+        return loss, parts, logits
+
+
+@dataclass
+class TrainingParts:
+    student: torch.nn.Module
+    method: Method
+    loader: JoinedLoader
+    step: TrainStep
+    sched: Any
+    tsched: Any
+    total_epochs: int
+    workers: int
+
+
+def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
+    """Student and method on the device, the joined loader over ``caches`` (default: the run's), the step with its
+    optimizers, and the schedules."""
+    config, device, precision = s.config, s.device, s.precision
+    student, method = s.student.to(device), s.method.to(device)
+    if config.channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    workers = config.workers if config.workers is not None else default_workers()
+    s.train.with_transform(Augment(config.augment, s.transform.geometry()))
+    loader = JoinedLoader(
+        s.train, s.caches if caches is None else caches, batch_size=config.batch_size, shuffle=config.shuffle,
+        seed=config.seed, workers=workers, device=device, mode=config.cache_mode,
+        ram_budget=parse_bytes(config.cache_ram), noise_per_batch=config.noise_per_batch, transform=s.transform,
+    )
+    total_epochs = method.total_epochs(config.epochs)
+    opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)
+    translator_params = list(method.translators.parameters())
+    topt = _make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config) if translator_params else None
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = TrainStep(student, method, opt, topt, scaler, s.transform.normalizer(device), device, precision, config.channels_last)
+    sched = _make_schedule(opt, config, total_epochs)
+    tsched = _make_schedule(topt, config, total_epochs) if topt else None
+    return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers)
+
+
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json."""
     reporter = reporter or Reporter()
@@ -311,27 +376,10 @@ def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillS
     _seed_everything(config.seed)
     s = setup(config)
     device, precision = s.device, s.precision
-    student, method = s.student.to(device), s.method.to(device)
-    if config.channels_last:
-        student = student.to(memory_format=torch.channels_last)
-    workers = config.workers if config.workers is not None else default_workers()
-    augment = Augment(config.augment, s.transform.geometry())
-    s.train.with_transform(augment)
-    loader = JoinedLoader(
-        s.train, s.caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
-        device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
-        noise_per_batch=config.noise_per_batch, transform=s.transform,
-    )
-    tests = test_loader(s.test, s.transform, config.batch_size * 2, workers, device)
-    normalize = s.transform.normalizer(device)
-
-    total_epochs = method.total_epochs(config.epochs)
-    opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)
-    translator_params = list(method.translators.parameters())
-    topt = _make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config) if translator_params else None
-    sched = _make_schedule(opt, config, total_epochs)
-    tsched = _make_schedule(topt, config, total_epochs) if topt else None
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    t = training_parts(s)
+    student, method, loader, step, sched, tsched = t.student, t.method, t.loader, t.step, t.sched, t.tsched
+    opt, topt, scaler, total_epochs = step.opt, step.topt, step.scaler, t.total_epochs
+    tests = test_loader(s.test, s.transform, config.batch_size * 2, t.workers, device)
 
     start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -366,18 +414,7 @@ def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillS
             reporter.start(len(s.train), f"epoch {epoch + 1}/{total_epochs} {method.stage(epoch) if total_epochs != config.epochs else ''}".rstrip(), unit="img")
             t0 = time.perf_counter()
             for batch in loader:
-                x = normalize(batch.images, channels_last=config.channels_last)
-                rows = TeacherRows(batch.features, batch.logits)
-                with autocast(device, precision):
-                    loss, parts, logits = method.loss(student, x, batch.labels, rows, epoch)
-                opt.zero_grad(set_to_none=True)
-                if topt is not None:
-                    topt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                if topt is not None:
-                    scaler.step(topt)
-                scaler.update()
+                loss, parts, logits = step(batch, epoch)
                 real = len(batch) - batch.num_noise
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
                 for k, v in parts.items():
@@ -450,6 +487,7 @@ def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillS
             )
     finally:
         loader.close()
+        shutdown_workers(tests)
     summary = DistillSummary(
         run_dir=run_dir, best_acc=best_acc, best_epoch=best_epoch, last_acc=last_acc, epochs=total_epochs,
         seconds=elapsed, images_per_s=train_images_total / train_seconds_total if train_seconds_total else 0.0,
@@ -527,5 +565,8 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     student = student.to(dev)
     w = default_workers() if workers is None else workers
     loader = test_loader(test, transform, batch_size, w, dev)
-    ev = evaluate(student, loader, transform, dev, precision, config.channels_last)
+    try:
+        ev = evaluate(student, loader, transform, dev, precision, config.channels_last)
+    finally:
+        shutdown_workers(loader)
     return {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch", -1) + 1, **ev}
