@@ -223,3 +223,15 @@ def test_teacher_counts_are_checked():
     with pytest.raises(ConfigError, match="unknown --method"):
         get_method("magic")
     assert set(METHODS) == {"ce", "kd", "fitnets", "ts", "ts-translator", "multi"}
+
+
+def test_methods_doc_covers_every_method_and_equation():
+    from pathlib import Path
+
+    from featcache.distill.methods import METHODS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    for name in METHODS:
+        assert f"`{name}`" in doc, name
+    for cite in ("MT Eq. 1", "TS Eq. 5", "MT Eq. 3", "MT Eq. 5", "TS Eq. 6", "--noise-per-batch", "fixed teacher"):
+        assert cite in doc, cite
