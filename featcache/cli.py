@@ -267,7 +267,7 @@ def cache_ls(
         return
     table = Table(title=f"caches in {store.root}", title_justify="left")
     for col in ("key", "teacher", "dataset", "split", "rows", "dim", "size", "image", "status"):
-        table.add_column(col, justify="right" if col in ("rows", "dim", "size") else "left")
+        table.add_column(col, justify="right" if col in ("rows", "dim", "size") else "left", overflow="fold" if col == "key" else "ellipsis")
     for e in entries:
         m = e.manifest
         if m is None:
