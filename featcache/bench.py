@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from featcache.models.teachers import create_teacher
 from featcache.errors import ConfigError
 from featcache.progress import Reporter
 from featcache.runtime import autocast, device_name
+
+if TYPE_CHECKING:
+    from featcache.distill.trainer import DistillConfig
 
 
 def _sync(device: torch.device) -> None:
@@ -144,7 +147,7 @@ def bench_distill(
     ``config`` describes the student run (student, dataset, batch size, precision, method for (b)/(c)); the teacher
     cache is extracted first into a scratch store (not timed).
     """
-    from featcache.distill.trainer import DistillConfig, setup, training_parts
+    from featcache.distill.trainer import setup, training_parts
 
     reporter = reporter or Reporter()
     if steps < 1 or warmup < 0:

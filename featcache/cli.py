@@ -271,7 +271,7 @@ def cache_ls(
     for e in entries:
         m = e.manifest
         if m is None:
-            table.add_row(e.key, "-", "-", "-", "-", "-", "-", "-", f"[red]broken[/]")
+            table.add_row(e.key, "-", "-", "-", "-", "-", "-", "-", "[red]broken[/]")
             continue
         rows = f"{m.rows.get('data', 0):,}" + (f" +{m.rows['noise']:,}n" if m.rows.get("noise") else "")
         status = "[green]complete[/]" if m.complete else f"[yellow]{e.status}[/]"

@@ -36,3 +36,15 @@ class CacheMismatchError(CacheError):
 
 class CacheLockedError(CacheError):
     """Another process holds the cache's write lock."""
+
+
+def check_choice(flag: str, value: object, choices: "tuple[str, ...] | list[str]") -> None:
+    """Refuse a value outside ``choices``: ``--flag 'x': choose one of a, b, c``."""
+    if value not in choices:
+        raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+
+
+def check_at_least(flag: str, value: float, low: float) -> None:
+    """Refuse a number below ``low``: ``--flag must be >= low, got value``."""
+    if value < low:
+        raise ConfigError(f"{flag} must be >= {low}, got {value}")

@@ -46,7 +46,7 @@ from featcache.cache.format import (
 from featcache.cache.store import CacheLock, CacheStore
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset, get_dataset
-from featcache.errors import CacheError, ConfigError
+from featcache.errors import CacheError, ConfigError, check_at_least, check_choice
 from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
@@ -158,14 +158,10 @@ class ExtractResult:
 
 def plan_extract(config: ExtractConfig) -> ExtractPlan:
     """Resolve dataset, transform, weights and the cache key; cheap (no model is built)."""
-    if config.dtype not in FEATURE_DTYPES:
-        raise ConfigError(f"--dtype {config.dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}")
-    if config.logits_dtype not in FEATURE_DTYPES:
-        raise ConfigError(f"--logits-dtype {config.logits_dtype!r}: choose one of {', '.join(FEATURE_DTYPES)}")
-    if config.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {config.batch_size}")
-    if config.shard_rows < 1:
-        raise ConfigError(f"--shard-rows must be >= 1, got {config.shard_rows}")
+    check_choice("--dtype", config.dtype, FEATURE_DTYPES)
+    check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
+    check_at_least("--batch-size", config.batch_size, 1)
+    check_at_least("--shard-rows", config.shard_rows, 1)
     if config.noise < 0:
         raise ConfigError(f"--noise must be >= 0, got {config.noise}")
     entry = teacher_entry(config.teacher)

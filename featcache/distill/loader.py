@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
-from featcache.errors import CacheMismatchError, ConfigError
+from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
 from featcache.runtime import default_workers
 from featcache.transforms import TransformSpec, noise_image
 
@@ -348,12 +348,9 @@ class JoinedLoader:
         transform: TransformSpec | None = None,
         check: bool = True,
     ) -> None:
-        if shuffle not in SHUFFLES:
-            raise ConfigError(f"--shuffle {shuffle!r}: choose one of {', '.join(SHUFFLES)}")
-        if mode not in MODES:
-            raise ConfigError(f"--cache-mode {mode!r}: choose one of {', '.join(MODES)}")
-        if batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+        check_choice("--shuffle", shuffle, SHUFFLES)
+        check_choice("--cache-mode", mode, MODES)
+        check_at_least("--batch-size", batch_size, 1)
         self.dataset = dataset
         self.caches = list(caches)
         self.batch_size = batch_size

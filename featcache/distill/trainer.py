@@ -29,7 +29,7 @@ from featcache.datasets import ImageDataset, get_dataset
 from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
 from featcache.distill.resolve import resolve_teachers
-from featcache.errors import ConfigError, FeatcacheError
+from featcache.errors import ConfigError, FeatcacheError, check_at_least, check_choice
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
 from featcache.transforms import Augment, TransformSpec, default_transform
@@ -247,12 +247,9 @@ def _make_schedule(opt, config: DistillConfig, total_epochs: int):
 
 
 def _validate(config: DistillConfig) -> None:
-    if config.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"--optimizer {config.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-    if config.schedule not in SCHEDULES:
-        raise ConfigError(f"--schedule {config.schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if config.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {config.epochs}")
+    check_choice("--optimizer", config.optimizer, OPTIMIZERS)
+    check_choice("--schedule", config.schedule, SCHEDULES)
+    check_at_least("--epochs", config.epochs, 1)
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     Augment(config.augment)  # validates the name
