@@ -211,6 +211,47 @@ def distill(
     out.print(summary.line(), highlight=False)
 
 
+@app.command("train-teacher")
+@user_errors
+def train_teacher_cmd(
+    teacher: str = typer.Option(..., "--teacher", "-t", help="A registered teacher or torchvision classifier."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    split_file: Optional[Path] = typer.Option(None, "--split-file", help="sod: your own train/test split."),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o", help="Dataset option key=value (repeatable)."),
+    init: str = typer.Option("auto", "--init", help="auto (ImageNet weights if in the torch hub cache, else random), imagenet, random, or a checkpoint path."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Default: the view `extract` uses for this teacher and dataset."),
+    epochs: int = typer.Option(30, "--epochs"),
+    batch_size: int = typer.Option(64, "--batch-size", "-b"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 1e-4 from ImageNet weights, 1e-3 from scratch."),
+    optimizer: str = typer.Option("adam", "--optimizer"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    schedule: str = typer.Option("cosine", "--schedule"),
+    augment: str = typer.Option("flip", "--augment", help="none, flip or pad-crop-flip (teachers train on augmented views)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default runs/teacher-<dataset>-<teacher>-s<seed>-<time>."),
+    resume: bool = typer.Option(False, "--resume"),
+) -> None:
+    """Fine-tune a teacher on a dataset; writes RUN_DIR/teacher.pt for `extract --weights`."""
+    from featcache.progress import RichReporter
+    from featcache.teach import TeacherConfig, train_teacher
+
+    options = parse_options(dataset_opt, "--dataset-opt")
+    if split_file is not None:
+        options["split_file"] = split_file
+    tc = TeacherConfig(
+        teacher=teacher, dataset=dataset, data_root=data_root, dataset_options=options, init=init, image_size=image_size,
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
+        augment=augment, seed=seed, device=device, precision=precision, workers=workers, run_dir=run_dir, resume=resume,
+    )
+    summary, path = train_teacher(tc, reporter=RichReporter(err, transient=True))
+    out.print(summary.line(), highlight=False)
+    out.print(f"teacher weights: {path}  (featcache extract --teacher {teacher} --weights {path} ...)", highlight=False)
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(

@@ -149,7 +149,8 @@ class Setup:
     method: Method
     device: torch.device
     precision: str
-    student_kwargs: dict[str, Any]
+    student_kwargs: dict[str, Any]  # how load_run rebuilds the model: create_student(**kw) or, for kind "teacher",
+    kind: str = "student"  # create_teacher(**kw) (featcache train-teacher)
 
 
 def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, student_entry) -> TransformSpec:
@@ -362,7 +363,12 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
 
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json."""
-    reporter = reporter or Reporter()
+    prepare_run(config)
+    return train(setup(config), reporter)
+
+
+def prepare_run(config: DistillConfig) -> Path:
+    """Validate flags, settle the run directory (refusing to overwrite a run unless resuming) and seed everything."""
     _validate(config)
     run_dir = Path(config.run_dir) if config.run_dir is not None else default_run_dir(config)
     config.run_dir = run_dir
@@ -371,7 +377,14 @@ def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillS
     if config.resume and not (run_dir / LAST).is_file():
         raise ConfigError(f"--resume: {run_dir / LAST} not found; start the run without --resume")
     _seed_everything(config.seed)
-    s = setup(config)
+    return run_dir
+
+
+def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
+    """The training loop of a prepared run (a distilled student, or a teacher being fine-tuned)."""
+    reporter = reporter or Reporter()
+    config = s.config
+    run_dir = Path(config.run_dir)
     device, precision = s.device, s.precision
     t = training_parts(s)
     student, method, loader, step, sched, tsched = t.student, t.method, t.loader, t.step, t.sched, t.tsched
@@ -518,6 +531,7 @@ def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
         "transform": s.transform.to_dict(),
         "student": s.student.describe() if hasattr(s.student, "describe") else s.config.student,
         "student_kwargs": s.student_kwargs,
+        "kind": s.kind,
         "dataset": {"train": s.train.identity(), "test": s.test.identity()},
         "device": device_name(s.device),
         "precision": s.precision,
@@ -548,7 +562,12 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
             f"the test split at --data-root {config.data_root} differs from the one the run was trained with "
             "(sample ids, labels or classes changed)"
         )
-    student = create_student(**info["student_kwargs"])
+    if info.get("kind", "student") == "teacher":
+        from featcache.teach import build_classifier
+
+        student = build_classifier(**info["student_kwargs"])
+    else:
+        student = create_student(**info["student_kwargs"])
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     student.load_state_dict(state["student"])
     dev = resolve_device(device)

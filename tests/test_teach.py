@@ -1,0 +1,104 @@
+"""train-teacher: a fine-tuned teacher that `extract --weights` takes, NTS-Net's losses, --init."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featcache.cache import FeatureCache
+from featcache.cli import app
+from featcache.distill.trainer import evaluate_run
+from featcache.errors import ConfigError
+from featcache.extract import ExtractConfig, extract
+from featcache.teach import TeacherConfig, TeacherLoss, build_classifier, ranking_loss, resolve_init, train_teacher
+
+SYN = {"num_train": 96, "num_test": 32}
+
+
+def test_train_teacher_then_extract_with_its_weights(tmp_path):
+    tc = TeacherConfig(teacher="resnet18", dataset_options=dict(SYN), init="random", image_size=32, epochs=2,
+                       batch_size=32, workers=0, run_dir=tmp_path / "t")
+    summary, path = train_teacher(tc)
+    assert path.is_file() and summary.epochs == 2
+    record = torch.load(path, weights_only=True)["featcache"]
+    assert record["num_classes"] == 10 and record["init"] == "random" and record["test_acc"] == summary.best_acc
+    # The run is evaluable like a distill run, and agrees with its best epoch.
+    assert evaluate_run(tmp_path / "t", workers=0)["acc"] == pytest.approx(summary.best_acc)
+    # extract takes the file; logits range over the dataset's classes, so kd can use them.
+    result = extract(ExtractConfig(teacher="resnet18", weights=str(path), dataset="synthetic",
+                                   dataset_options=dict(SYN), split="test", image_size=32, workers=0,
+                                   cache_dir=tmp_path / "store"))
+    m = result.manifest
+    assert m.teacher.classes_source == "dataset" and m.teacher.num_classes == 10
+    rows = FeatureCache(result.directory).read_all()
+    from featcache.datasets import get_dataset
+
+    targets = get_dataset("synthetic", split="test", **SYN).targets
+    acc = (rows["logits"].argmax(1) == targets).mean()
+    assert acc == pytest.approx(summary.best_acc)  # the cached logits reproduce the teacher's test accuracy
+
+
+def test_train_teacher_cli_and_resume(tmp_path):
+    runner = CliRunner()
+    args = ["train-teacher", "--teacher", "mobilenet_v3_small", "-o", "num_train=64", "-o", "num_test=16",
+            "--init", "random", "--image-size", "32", "--epochs", "1", "--batch-size", "32", "--workers", "0",
+            "--run-dir", str(tmp_path / "r")]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "teacher weights:" in r.output and (tmp_path / "r" / "teacher.pt").is_file()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "--resume" in again.output
+    bad = runner.invoke(app, ["train-teacher", "--teacher", "resnet18", "--init", "nowhere.pt"])
+    assert bad.exit_code == 2 and "--init" in bad.output
+
+
+def test_init_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty hub cache
+    assert resolve_init("resnet18", "auto") == "random"
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(b"")
+    assert resolve_init("resnet18", "auto") == "imagenet"
+    with pytest.raises(ConfigError, match="--init"):
+        resolve_init("resnet18", "best")
+
+
+def test_classifier_from_a_checkpoint_with_another_head(tmp_path):
+    model = build_classifier("resnet18", num_classes=7, image_size=32)
+    ckpt = tmp_path / "w.pt"
+    torch.save(model.weights_state_dict(), ckpt)
+    again = build_classifier("resnet18", num_classes=7, init=str(ckpt))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k])
+    swapped = build_classifier("resnet18", num_classes=3, init=str(ckpt))
+    assert swapped.num_classes == 3 and swapped(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_ranking_loss_matches_the_pairwise_definition():
+    torch.manual_seed(0)
+    scores, part_loss = torch.randn(3, 4), torch.rand(3, 4)
+    expected = 0.0
+    for b in range(3):
+        for i in range(4):
+            for j in range(4):
+                if part_loss[b, i] > part_loss[b, j]:  # j is the more informative part: it should score higher
+                    expected += max(0.0, 1 - scores[b, j].item() + scores[b, i].item())
+    assert ranking_loss(scores, part_loss).item() == pytest.approx(expected / 3, rel=1e-5)
+
+
+def test_nts_net_trains_with_its_four_losses():
+    from featcache.models.ntsnet import NTSNet
+    from featcache.distill.methods.base import MethodParams
+    from featcache.teach import Classifier
+
+    torch.manual_seed(0)
+    net = NTSNet(num_classes=5, top_n=3, cat_num=2, image_size=64, part_size=16)
+    clf = Classifier(net).train()
+    method = TeacherLoss(clf, [], 5, MethodParams())
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 4])
+    loss, parts, logits = method.loss(clf, x, y, None, 0)
+    assert set(parts) == {"raw", "concat", "parts", "rank"} and logits.shape == (2, 5)
+    assert loss.item() == pytest.approx(sum(v.item() for v in parts.values()), rel=1e-5)
+    loss.backward()
+    assert net.proposal_net.tidy1.weight.grad is not None and net.concat_net.weight.grad.abs().sum() > 0
