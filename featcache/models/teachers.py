@@ -303,6 +303,10 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
     """Interpret ``--weights`` for teacher ``name`` without building the model (files are hashed)."""
     entry = teacher_entry(name)
     if weights is None:
+        if entry.name == "convnet":
+            raise WeightsError(
+                "convnet has no published weights: pass --weights PATH (from featcache train-teacher) or --weights random"
+            )
         if entry.name == "nts-net":
             raise WeightsError(
                 "nts-net needs --weights PATH (a checkpoint of the original NTS-Net release or of "
@@ -318,8 +322,8 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
             raise WeightsError(f"--weights {weights}: file not found")
         return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path))
     tv_name = ALIASES.get(entry.name, entry.name)
-    if entry.name == "nts-net":
-        raise WeightsError(f"--weights {weights!r}: nts-net takes a checkpoint path or random")
+    if entry.name in ("nts-net", "convnet"):
+        raise WeightsError(f"--weights {weights!r}: {entry.name} takes a checkpoint path or random")
     member = _tv_weights_enum(tv_name, weights)
     categories = member.meta.get("categories")
     return WeightsInfo(
@@ -357,3 +361,52 @@ def list_teachers(include_torchvision: bool = False) -> list[str]:
     if include_torchvision:
         names = sorted(set(names) | set(torchvision_classifiers()))
     return names
+
+
+class ConvNet(FeatureModel):
+    """A small VGG-style CNN for small images: three stages of two 3×3 conv-BN-ReLU layers (width w, 2w, 4w), max
+    pooling between stages, global average pooling → 4w-d features → linear classifier.
+
+    Not from the papers: a teacher that trains in seconds on a CPU at 32 px (the demo's, and a quick baseline for
+    CIFAR-sized data), where ImageNet architectures downsample 32 px inputs to almost nothing.
+    """
+
+    default_image_size = 32
+    min_image_size = 8
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c_in = 3
+        for stage, c in enumerate((width, 2 * width, 4 * width)):
+            if stage:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(2):
+                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+                c_in = c
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, num_classes)
+        self.num_features = c_in
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean(dim=(2, 3))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+
+@register_model(
+    "teacher", "convnet", default_image_size=32, min_image_size=8, resize_mode="square",
+    description="small VGG-style CNN for small images (128-d features); no published weights: train-teacher",
+)
+def _convnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
+    state = load_checkpoint(weights.ref) if weights.source == "file" else None
+    if state is not None and num_classes is None and "head.weight" in state:
+        num_classes = int(state["head.weight"].shape[0])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConvNet(num_classes=num_classes or 10)
+    if state is not None:
+        load_into(model, state, source=f"--weights {weights.ref}")
+    return model

@@ -1,0 +1,324 @@
+"""`featcache run RECIPE.toml`: teachers → extracts → distill runs → report, reusing whatever is already done.
+
+A recipe (TOML, read with the standard library's tomllib) names a dataset, its teachers (each trained with
+`train-teacher` or loaded from weights), the distill runs (students × methods × seeds) and the report. `run` first
+prints the plan — every stage with its state: ``done`` (outputs exist: teacher.pt, a complete cache, a finished
+run's summary.json), ``resume`` (an interrupted run with a last checkpoint) or ``run`` — then executes what is not
+done. Re-running a finished recipe does nothing but the report. See docs/pipelines.md for the format.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from featcache.distill.trainer import LAST, SUMMARY, DistillConfig
+from featcache.errors import ConfigError
+from featcache.progress import Reporter
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+_DISTILL_FIELDS = {f.name for f in fields(DistillConfig)} - {
+    "student", "dataset", "data_root", "dataset_options", "teachers", "method", "seed", "run_dir", "resume", "cache_dir",
+}
+# dataset_options: the teacher may be trained on a larger set of the same classes (e.g. more synthetic samples).
+_TRAIN_FIELDS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "augment", "init", "image_size",
+                 "dataset_options"}
+
+
+@dataclass
+class TeacherSpec:
+    name: str  # the name distill runs refer to it by (default: the teacher)
+    teacher: str
+    weights: str | None = None  # extract --weights, when not trained here
+    train: dict[str, Any] | None = None  # train-teacher options, when trained here
+    extract: dict[str, Any] = field(default_factory=dict)  # extract options (image_size, noise, batch_size, ...)
+
+
+@dataclass
+class DistillSpec:
+    students: list[str]
+    methods: list[str]
+    teachers: list[str]
+    seeds: list[int]
+    options: dict[str, Any]
+
+
+@dataclass
+class Pipeline:
+    name: str
+    path: Path | None
+    runs_dir: Path
+    dataset: str
+    data_root: Path | None
+    dataset_options: dict[str, Any]
+    teachers: list[TeacherSpec]
+    distill: list[DistillSpec]
+    report: dict[str, Any]
+    description: str = ""
+
+
+def _expand(value: str) -> str:
+    return os.path.expandvars(os.path.expanduser(value))
+
+
+def _table(d: dict, key: str, where: str, kind=dict, default: Any = None) -> Any:
+    value = d.get(key, default)
+    if value is not None and not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__ if isinstance(kind, type) else 'a value'}, got {value!r}")
+    return value
+
+
+def _unknown(d: dict, allowed: set[str], where: str) -> None:
+    extra = sorted(set(d) - allowed)
+    if extra:
+        raise ConfigError(f"{where}: unknown field {extra[0]!r}; allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root: Path | None = None,
+                   runs_dir: Path | None = None) -> Pipeline:
+    """Validate a recipe's tables; names of students, teachers and methods are checked against the registries."""
+    from featcache.datasets import list_datasets as dataset_names
+    from featcache.distill.methods import METHODS
+    from featcache.models.registry import get_entry, list_models
+    from featcache.models.teachers import torchvision_classifiers
+
+    where = str(path) if path else "recipe"
+    _unknown(data, {"pipeline", "dataset", "teachers", "distill", "report"}, where)
+    meta = _table(data, "pipeline", where, default={})
+    _unknown(meta, {"name", "description", "runs_dir"}, f"{where}: [pipeline]")
+    ds = _table(data, "dataset", where)
+    if not ds or "name" not in ds:
+        raise ConfigError(f"{where}: [dataset] with a name is required (e.g. name = \"cifar10\")")
+    _unknown(ds, {"name", "data_root", "options"}, f"{where}: [dataset]")
+    if ds["name"] not in dataset_names():
+        raise ConfigError(f"{where}: [dataset] name {ds['name']!r}: choose one of {', '.join(dataset_names())}")
+    root = data_root if data_root is not None else (Path(_expand(ds["data_root"])) if ds.get("data_root") else None)
+    if root is not None and "$" in str(root):
+        raise ConfigError(f"{where}: [dataset] data_root {ds['data_root']!r} uses an unset variable; pass --data-root DIR")
+
+    teachers: list[TeacherSpec] = []
+    for i, t in enumerate(_table(data, "teachers", where, kind=list, default=[])):
+        w = f"{where}: [[teachers]] #{i + 1}"
+        _unknown(t, {"name", "teacher", "weights", "train", "extract"}, w)
+        if "teacher" not in t:
+            raise ConfigError(f"{w}: 'teacher' (a registered teacher or torchvision classifier) is required")
+        if get_entry("teacher", t["teacher"]) is None and t["teacher"] not in torchvision_classifiers():
+            raise ConfigError(f"{w}: unknown teacher {t['teacher']!r}; see `featcache teachers --all`")
+        if t.get("train") is not None and t.get("weights") is not None:
+            raise ConfigError(f"{w}: give either 'train' (fine-tune here) or 'weights' (load), not both")
+        train = _table(t, "train", w)
+        if train is not None:
+            _unknown(train, _TRAIN_FIELDS, f"{w}.train")
+        extract = _table(t, "extract", w, default={})
+        _unknown(extract, {"image_size", "resize", "resize_mode", "batch_size", "noise", "noise_seed", "dtype", "precision"}, f"{w}.extract")
+        weights = _expand(t["weights"]) if isinstance(t.get("weights"), str) else t.get("weights")
+        teachers.append(TeacherSpec(t.get("name", t["teacher"]), t["teacher"], weights, train, dict(extract)))
+    names = [t.name for t in teachers]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: two [[teachers]] share the name {next(n for n in names if names.count(n) > 1)!r}; set 'name'")
+
+    runs: list[DistillSpec] = []
+    for i, d in enumerate(_table(data, "distill", where, kind=list, default=[])):
+        w = f"{where}: [[distill]] #{i + 1}"
+        _unknown(d, {"students", "methods", "teachers", "seeds", "options"}, w)
+        students, methods = d.get("students", []), d.get("methods", [])
+        if not students or not methods:
+            raise ConfigError(f"{w}: 'students' and 'methods' must list at least one each")
+        for s in students:
+            if get_entry("student", s) is None:
+                raise ConfigError(f"{w}: unknown student {s!r}; choose one of {', '.join(list_models('student'))}")
+        for m in methods:
+            if m not in METHODS:
+                raise ConfigError(f"{w}: unknown method {m!r}; choose one of {', '.join(METHODS)}")
+        for t in d.get("teachers", []):
+            if t not in names:
+                raise ConfigError(f"{w}: teacher {t!r} is not one of the recipe's [[teachers]] ({', '.join(names) or 'none'})")
+        options = _table(d, "options", w, default={})
+        _unknown(options, _DISTILL_FIELDS, f"{w}.options")
+        seeds = d.get("seeds", [0])
+        runs.append(DistillSpec(list(students), list(methods), list(d.get("teachers", [])), [int(s) for s in seeds], dict(options)))
+
+    report = _table(data, "report", where, default={})
+    _unknown(report, {"title", "markdown", "plot"}, f"{where}: [report]")
+    name = meta.get("name") or (path.stem if path else "pipeline")
+    out_dir = runs_dir or Path(_expand(meta.get("runs_dir", f"runs/{name}")))
+    return Pipeline(name, path, out_dir, ds["name"], root, dict(ds.get("options", {})), teachers, runs, dict(report),
+                    meta.get("description", ""))
+
+
+def load_pipeline(path: str | Path, *, data_root: Path | None = None, runs_dir: Path | None = None) -> Pipeline:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe {path}: invalid TOML ({exc})") from None
+    return parse_pipeline(data, path=path, data_root=data_root, runs_dir=runs_dir)
+
+
+# -- the plan --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    kind: str  # teacher | extract | distill | report
+    name: str
+    state: str  # done | resume | run | waits
+    run_dir: Path | None = None
+    detail: str = ""
+    payload: Any = None
+
+
+def _run_state(run_dir: Path, final_file: str = SUMMARY) -> str:
+    if (run_dir / final_file).is_file():
+        return "done"
+    return "resume" if (run_dir / LAST).is_file() else "run"
+
+
+def _teacher_dir(p: Pipeline, t: TeacherSpec) -> Path:
+    return p.runs_dir / "teachers" / t.name
+
+
+def _teacher_weights(p: Pipeline, t: TeacherSpec) -> str | None:
+    from featcache.teach import TEACHER_FILE
+
+    return str(_teacher_dir(p, t) / TEACHER_FILE) if t.train is not None else t.weights
+
+
+def _needs_noise(p: Pipeline, t: TeacherSpec) -> bool:
+    return any(t.name in d.teachers and d.options.get("noise_per_batch") for d in p.distill)
+
+
+def extract_config(p: Pipeline, t: TeacherSpec, cache_dir: Path | None, device: str, workers: int | None):
+    from featcache.extract import ExtractConfig
+
+    opts = dict(t.extract)
+    if _needs_noise(p, t) and not opts.get("noise"):
+        raise ConfigError(f"recipe {p.path}: a distill run uses noise_per_batch with teacher {t.name!r}; set its extract.noise")
+    return ExtractConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root, dataset_options=dict(p.dataset_options),
+                         weights=_teacher_weights(p, t), cache_dir=cache_dir, device=device, workers=workers, **opts)
+
+
+def distill_dir(p: Pipeline, student: str, method: str, teachers: list[str], seed: int) -> Path:
+    who = "+".join(teachers) if teachers else "alone"
+    return p.runs_dir / f"{student}-{method}-{who}-s{seed}"
+
+
+def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None) -> list[Stage]:
+    from featcache.extract import plan_extract
+    from featcache.teach import TEACHER_FILE
+
+    stages: list[Stage] = []
+    for t in p.teachers:
+        if t.train is not None:
+            d = _teacher_dir(p, t)
+            stages.append(Stage("teacher", t.name, _run_state(d, TEACHER_FILE), d, f"train-teacher {t.teacher}", t))
+    for t in p.teachers:
+        cfg = extract_config(p, t, cache_dir, device, workers)
+        if cfg.weights and not Path(cfg.weights).is_file() and t.train is not None:
+            stages.append(Stage("extract", t.name, "waits", None, "after its teacher is trained", t))
+            continue
+        ep = plan_extract(cfg)
+        from featcache.cache import CacheStore
+
+        entry = next((e for e in CacheStore(cache_dir).entries() if e.key == ep.key), None)
+        done = entry is not None and entry.manifest is not None and entry.manifest.complete
+        stages.append(Stage("extract", t.name, "done" if done else "run", ep.directory, ep.key, t))
+    for d in p.distill:
+        for student in d.students:
+            for method in d.methods:
+                teachers = [] if method == "ce" else d.teachers
+                for seed in d.seeds:
+                    rd = distill_dir(p, student, method, teachers, seed)
+                    stages.append(Stage("distill", rd.name, _run_state(rd), rd, "", (student, method, teachers, seed, d)))
+    stages.append(Stage("report", p.name, "run", p.runs_dir, ", ".join(f"{k}={v}" for k, v in p.report.items())))
+    return stages
+
+
+def describe_plan(stages: list[Stage]) -> list[str]:
+    return [f"{s.state:>6}  {s.kind:<8} {s.name}" + (f"  ({s.detail})" if s.detail else "") for s in stages]
+
+
+# -- execution -------------------------------------------------------------------------------------------------------
+
+
+def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None,
+                 reporter: Reporter | None = None, log=print) -> dict[str, Any]:
+    """Execute every stage that is not done, in order; returns the report paths and the distill run directories."""
+    from featcache.extract import extract
+    from featcache.teach import TeacherConfig, train_teacher
+    from featcache.distill.trainer import distill
+
+    reporter = reporter or Reporter()
+    keys: dict[str, str] = {}
+    for stage in plan(p, cache_dir=cache_dir, device=device, workers=workers):
+        if stage.kind == "teacher" and stage.state != "done":
+            t: TeacherSpec = stage.payload
+            log(f"[teacher] {t.name}: {'resuming' if stage.state == 'resume' else 'training'} {t.teacher}")
+            train = dict(t.train)
+            options = {**p.dataset_options, **train.pop("dataset_options", {})}
+            tc = TeacherConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root, dataset_options=options,
+                               device=device, workers=workers, run_dir=stage.run_dir, resume=stage.state == "resume",
+                               **train)
+            train_teacher(tc, reporter)
+        elif stage.kind == "extract":
+            t = stage.payload
+            cfg = extract_config(p, t, cache_dir, device, workers)
+            result = extract(cfg, reporter)
+            keys[t.name] = result.key
+            log(f"[extract] {t.name}: {'cache ' + result.key + ' reused' if result.reused else 'wrote ' + result.key}")
+        elif stage.kind == "distill":
+            student, method, teachers, seed, spec = stage.payload
+            if stage.state == "done":
+                continue
+            log(f"[distill] {stage.name}: {'resuming' if stage.state == 'resume' else 'starting'}")
+            config = DistillConfig(student=student, dataset=p.dataset, data_root=p.data_root,
+                                   dataset_options=dict(p.dataset_options), teachers=[keys[t] for t in teachers],
+                                   method=method, seed=seed, run_dir=stage.run_dir, resume=stage.state == "resume",
+                                   cache_dir=cache_dir, device=device, workers=workers, **spec.options)
+            summary = distill(config, reporter)
+            log(f"[distill] {stage.name}: {summary.line()}")
+    return write_report(p)
+
+
+def distill_runs(p: Pipeline) -> list[Path]:
+    out = []
+    for stage in plan_runs(p):
+        if (stage / SUMMARY).is_file() or (stage / "metrics.jsonl").is_file():
+            out.append(stage)
+    return out
+
+
+def plan_runs(p: Pipeline) -> list[Path]:
+    dirs = []
+    for d in p.distill:
+        for student in d.students:
+            for method in d.methods:
+                for seed in d.seeds:
+                    dirs.append(distill_dir(p, student, method, [] if method == "ce" else d.teachers, seed))
+    return dirs
+
+
+def write_report(p: Pipeline) -> dict[str, Any]:
+    from featcache.report import build_rows, load_record, markdown_table, plot_curves
+
+    records = [load_record(d) for d in distill_runs(p)]
+    out: dict[str, Any] = {"runs": [str(r.run_dir) for r in records], "rows": build_rows(records)}
+    if not records:
+        return out
+    md = p.runs_dir / p.report.get("markdown", "report.md")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    title = p.report.get("title", p.name)
+    md.write_text(f"# {title}\n\n{markdown_table(out['rows'])}")
+    out["markdown"] = md
+    if p.report.get("plot"):
+        out["plot"] = plot_curves(records, p.runs_dir / p.report["plot"], title)
+    return out

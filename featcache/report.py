@@ -1,0 +1,169 @@
+"""`featcache report`: compare finished runs — a table of test accuracies and a PNG of the accuracy curves.
+
+A run directory (from `distill` or `train-teacher`) holds config.json, metrics.jsonl and, once finished,
+summary.json. Runs that differ only in --seed are grouped into one row (mean ± std over seeds), the way the papers
+report repeated runs. Plots need matplotlib (``pip install -e ".[plot]"``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from featcache.errors import ConfigError
+from featcache.distill.trainer import CONFIG, METRICS, SUMMARY
+
+
+@dataclass
+class RunRecord:
+    """What a report needs from one run directory."""
+
+    run_dir: Path
+    kind: str  # "student" or "teacher"
+    model: str
+    method: str
+    teachers: list[str]
+    dataset: str
+    seed: int
+    epochs_planned: int
+    curve: list[float]  # test accuracy per finished epoch
+    best_acc: float
+    best_epoch: int
+    final_acc: float
+    finished: bool
+    images_per_s: float | None = None
+    label: str = ""
+
+    def group(self) -> tuple:
+        return (self.kind, self.model, self.method, tuple(self.teachers), self.dataset)
+
+
+def load_record(run_dir: str | Path) -> RunRecord:
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.is_file():
+        raise ConfigError(f"{cfg_path} not found: {run_dir} is not a featcache run directory")
+    info = json.loads(cfg_path.read_text())
+    config = info["config"]
+    metrics_path = run_dir / METRICS
+    records = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
+    if not records:
+        raise ConfigError(f"{metrics_path}: no finished epoch yet; wait for the run or drop {run_dir} from the report")
+    curve = [float(r["test_acc"]) for r in records]
+    best = max(range(len(curve)), key=lambda i: curve[i])
+    summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else None
+    kind = info.get("kind", "student")
+    teachers = [t.get("teacher", t["key"]) for t in info.get("teachers", [])]
+    rate = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    return RunRecord(
+        run_dir=run_dir, kind=kind, model=config["student"], method=info.get("method", config.get("method") or "?"),
+        teachers=teachers, dataset=config["dataset"], seed=int(config.get("seed", 0)),
+        epochs_planned=summary["epochs"] if summary else len(curve), curve=curve, best_acc=curve[best],
+        best_epoch=best + 1, final_acc=curve[-1], finished=summary is not None,
+        images_per_s=statistics.mean(rate) if rate else None,
+    )
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[Path]:
+    """Run directories named directly, or found one level below a directory of runs (e.g. ``runs/``)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if (p / CONFIG).is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(d for d in p.iterdir() if (d / CONFIG).is_file())
+            if not found:
+                raise ConfigError(f"{p}: neither a run directory nor a directory of runs (no {CONFIG} found)")
+            out.extend(found)
+        else:
+            raise ConfigError(f"{p}: no such run directory")
+    return out
+
+
+@dataclass
+class Row:
+    """One line of the table: a run, or the runs that differ only in their seed."""
+
+    runs: list[RunRecord] = field(default_factory=list)
+
+    @property
+    def first(self) -> RunRecord:
+        return self.runs[0]
+
+    def stat(self, attr: str) -> tuple[float, float | None]:
+        values = [getattr(r, attr) for r in self.runs]
+        return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+    def cells(self) -> dict[str, str]:
+        r = self.first
+        best, best_sd = self.stat("best_acc")
+        final, final_sd = self.stat("final_acc")
+
+        def pct(v: float, sd: float | None) -> str:
+            return f"{100 * v:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
+
+        epochs = {len(x.curve) for x in self.runs}
+        planned = {x.epochs_planned for x in self.runs}
+        ep = "/".join(map(str, sorted(epochs))) + ("" if epochs == planned else f" of {max(planned)}")
+        return {
+            "model": r.model + (" (teacher)" if r.kind == "teacher" else ""),
+            "method": r.method if r.kind == "student" else "fine-tune",
+            "teachers": ", ".join(r.teachers) or "—",
+            "dataset": r.dataset,
+            "seeds": str(len(self.runs)),
+            "epochs": ep,
+            "best acc %": pct(best, best_sd),
+            "final acc %": pct(final, final_sd),
+        }
+
+
+COLUMNS = ("model", "method", "teachers", "dataset", "seeds", "epochs", "best acc %", "final acc %")
+
+
+def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:
+    rows: dict[Any, Row] = {}
+    for i, r in enumerate(records):
+        key = r.group() if group_seeds else i
+        rows.setdefault(key, Row()).runs.append(r)
+    return list(rows.values())
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---:" if c.endswith("%") else "---" for c in COLUMNS) + " |"]
+    for row in rows:
+        cells = row.cells()
+        lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = None) -> Path:
+    """Test accuracy per epoch of every run (like Figure 6 of the multi-teacher paper), one line per run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError(
+            "plots need matplotlib: pip install -e \".[plot]\" (or pip install matplotlib), or drop --plot"
+        ) from None
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for r in records:
+        who = f"{r.model} {r.method if r.kind == 'student' else 'teacher'}"
+        if r.teachers:
+            who += " ← " + "+".join(r.teachers)
+        ax.plot(range(1, len(r.curve) + 1), [100 * a for a in r.curve], label=f"{who} (seed {r.seed})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "test accuracy per epoch")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,174 @@
+"""Recipes: parsing and validation, the plan, skipping what is done, resuming, the report."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from featcache.cli import app
+from featcache.errors import ConfigError
+from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
+from featcache.report import build_rows, load_record, markdown_table, plot_curves
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "pipeline": {"name": "tiny"},
+    "dataset": {"name": "synthetic", "options": {"num_train": 64, "num_test": 32, "num_classes": 4}},
+    "teachers": [
+        {"teacher": "convnet", "train": {"epochs": 1, "init": "random", "batch_size": 32}, "extract": {"image_size": 32}},
+        {"name": "r18", "teacher": "resnet18", "weights": "random", "extract": {"image_size": 32, "noise": 8}},
+    ],
+    "distill": [
+        {"students": ["lenet5"], "methods": ["ce", "kd"], "teachers": ["convnet"], "seeds": [0, 1],
+         "options": {"epochs": 2, "batch_size": 32}},
+        {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"], "options": {"epochs": 1, "batch_size": 32, "noise_per_batch": 4}},
+    ],
+    "report": {"title": "tiny", "plot": "curves.png"},
+}
+
+
+def tiny(tmp_path, **changes):
+    data = json.loads(json.dumps(TINY))
+    data.update(changes)
+    return parse_pipeline(data, runs_dir=tmp_path / "runs")
+
+
+def test_recipe_runs_then_skips_everything_it_has_done(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    p = tiny(tmp_path)
+    first = plan(p, workers=0)
+    assert [(s.kind, s.state) for s in first] == [
+        ("teacher", "run"), ("extract", "waits"), ("extract", "run"),
+        ("distill", "run"), ("distill", "run"), ("distill", "run"), ("distill", "run"), ("distill", "run"), ("report", "run"),
+    ]
+    logs = []
+    result = run_pipeline(p, workers=0, log=logs.append)
+    assert (tmp_path / "runs" / "teachers" / "convnet" / "teacher.pt").is_file()
+    assert len(result["runs"]) == 5 and result["markdown"].is_file() and result["plot"].is_file()
+    md = result["markdown"].read_text()
+    assert "| lenet5 | kd | convnet | synthetic | 2 | 2 |" in md and "| lenet5 | ce | — |" in md
+    # ce runs do not depend on teachers, so they are named "alone".
+    assert (tmp_path / "runs" / "lenet5-ce-alone-s1" / "summary.json").is_file()
+    # Everything is done now: a second run only reports.
+    second = plan(p, workers=0)
+    assert all(s.state == "done" for s in second if s.kind != "report")
+    logs.clear()
+    run_pipeline(p, workers=0, log=logs.append)
+    assert all(" reused" in m for m in logs if m.startswith("[extract]")) and not any(m.startswith("[distill]") for m in logs)
+
+
+def test_interrupted_runs_resume(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"] = data["teachers"][1:]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["ce"], "options": {"epochs": 2, "batch_size": 32}}]
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    run_pipeline(p, workers=0, log=lambda m: None)
+    run_dir = tmp_path / "runs" / "lenet5-ce-alone-s0"
+    (run_dir / "summary.json").unlink()  # as if it had been killed after its last checkpoint
+    assert [s.state for s in plan(p, workers=0) if s.kind == "distill"] == ["resume"]
+    logs = []
+    run_pipeline(p, workers=0, log=logs.append)
+    assert any("resuming" in m for m in logs) and (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"dataset": {"name": "imagenet"}}, "[dataset] name 'imagenet'"),
+        ({"teachers": [{"teacher": "resnet1000"}]}, "unknown teacher 'resnet1000'"),
+        ({"distill": [{"students": ["lenet6"], "methods": ["ce"]}]}, "unknown student 'lenet6'"),
+        ({"distill": [{"students": ["lenet5"], "methods": ["magic"]}]}, "unknown method 'magic'"),
+        ({"distill": [{"students": ["lenet5"], "methods": ["ts"], "teachers": ["nobody"]}]}, "teacher 'nobody'"),
+        ({"distill": [{"students": ["lenet5"], "methods": ["ce"], "options": {"epoch": 3}}]}, "unknown field 'epoch'"),
+        ({"extras": 1}, "unknown field 'extras'"),
+        ({"teachers": [{"teacher": "resnet18", "weights": "random", "train": {"epochs": 1}}]}, "not both"),
+    ],
+)
+def test_recipe_errors_name_the_field(tmp_path, change, needle):
+    with pytest.raises(ConfigError) as err:
+        tiny(tmp_path, **change)
+    assert needle in str(err.value)
+
+
+def test_shipped_recipes_parse():
+    recipes = sorted((ROOT / "pipelines").glob("*.toml"))
+    assert len(recipes) >= 8
+    for path in recipes:
+        p = load_pipeline(path, data_root=Path("/data"))
+        assert p.distill and p.teachers, path
+        for d in p.distill:
+            assert len({frozenset(s.options.items()) for s in [d]}) == 1
+
+
+def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[pipeline]\nname = "r"\n[dataset]\nname = "synthetic"\noptions = {num_train = 32, num_test = 16}\n'
+        '[[teachers]]\nteacher = "resnet18"\nweights = "random"\nextract = {image_size = 32}\n'
+        '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ce", "ts"]\nteachers = ["resnet18"]\nseeds = [0, 1]\n'
+    )
+    r = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    assert "plan for r (6 stages" in r.output and "lenet5-ts-resnet18-s1" in r.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "home").exists()
+    bad = CliRunner().invoke(app, ["run", str(tmp_path / "missing.toml")])
+    assert bad.exit_code == 2 and "not found" in bad.output
+    recipe.write_text("[dataset\n")
+    bad = CliRunner().invoke(app, ["run", str(recipe)])
+    assert bad.exit_code == 2 and "invalid TOML" in bad.output
+
+
+def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True):
+    d = root / name
+    d.mkdir(parents=True)
+    cfg = {"config": {"student": "lenet5", "dataset": "synthetic", "seed": seed, "method": method},
+           "method": method, "teachers": [{"key": f"{t}-k", "teacher": t} for t in teachers]}
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n" for i, a in enumerate(accs)))
+    if finished:
+        (d / "summary.json").write_text(json.dumps({"epochs": len(accs)}))
+    return d
+
+
+def test_report_groups_seeds_and_writes_markdown_and_png(tmp_path):
+    _fake_run(tmp_path, "a0", [0.1, 0.5, 0.4], seed=0)
+    _fake_run(tmp_path, "a1", [0.2, 0.3, 0.7], seed=1)
+    _fake_run(tmp_path, "b0", [0.6, 0.8], method="ts", teachers=["resnet50"])
+    records = [load_record(tmp_path / n) for n in ("a0", "a1", "b0")]
+    rows = build_rows(records)
+    assert len(rows) == 2
+    cells = rows[0].cells()
+    assert cells["seeds"] == "2" and cells["best acc %"] == "60.00 ± 14.14" and cells["final acc %"] == "55.00 ± 21.21"
+    assert rows[1].cells()["teachers"] == "resnet50" and rows[1].cells()["best acc %"] == "80.00"
+    md = markdown_table(rows)
+    assert md.count("\n") == 4 and "| lenet5 | ts | resnet50 |" in md
+    png = plot_curves(records, tmp_path / "out" / "c.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    r = CliRunner().invoke(app, ["report", str(tmp_path), "--markdown", str(tmp_path / "r.md"), "--per-seed"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r.md").read_text().count("| lenet5 |") == 3
+
+
+def test_report_errors(tmp_path, monkeypatch):
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
+    assert r.exit_code == 2 and "no such run directory" in r.output
+    (tmp_path / "empty").mkdir()
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "empty")])
+    assert r.exit_code == 2 and "neither a run directory" in r.output
+    d = _fake_run(tmp_path, "x", [0.5])
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *a, **k):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    r = CliRunner().invoke(app, ["report", str(d), "--plot", str(tmp_path / "p.png")])
+    assert r.exit_code == 2 and 'pip install -e ".[plot]"' in r.output
