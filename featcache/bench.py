@@ -212,3 +212,124 @@ def bench_distill(
         "cached_vs_student_memory": ratio("cached", "peak_memory_bytes") if a["peak_memory_bytes"] else None,
         "online_vs_student_memory": ratio("online", "peak_memory_bytes") if a["peak_memory_bytes"] else None,
     }
+
+
+# -- join ------------------------------------------------------------------------------------------------------------
+
+
+def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard_rows: int = 4096, seed: int = 0):
+    """A complete cache of random fp16 features / fp32 logits written by the real writer (benchmarks, tests)."""
+    import numpy as np
+
+    from featcache.cache.format import PART_DATA, Manifest, TeacherInfo
+    from featcache.cache.writer import PartWriter
+
+    rng = np.random.default_rng(seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = directory.name
+    m = Manifest(
+        key=key, identity={"bench": key}, teacher=TeacherInfo("random", {"source": "random"}, "random", dim, classes,
+                                                               None, "unknown"),
+        dataset={"name": "bench", "split": "train"}, classes=[str(c) for c in range(classes)],
+        transform={"image_size": 0}, dtype="float16", logits_dtype="float32", precision="fp32",
+        shard_rows=shard_rows, rows={PART_DATA: rows}, noise=None,
+    )
+    m.save(directory)
+    writer = PartWriter(directory, m, PART_DATA, m.shards.append)
+    for a in range(0, rows, shard_rows):
+        b = min(a + shard_rows, rows)
+        idx = np.arange(a, b)
+        writer.write(idx, rng.standard_normal((b - a, dim), dtype=np.float32).astype(np.float16),
+                     rng.standard_normal((b - a, classes), dtype=np.float32), idx)
+    m.complete = True
+    m.save(directory)
+    return m
+
+
+def _rate(fn, batches, limit_s: float) -> dict[str, Any]:
+    """Rows/s of ``fn(batch)`` over ``batches``, stopping after ``limit_s`` seconds (slow anchors)."""
+    rows, start = 0, time.perf_counter()
+    for b in batches:
+        fn(b)
+        rows += len(b)
+        if time.perf_counter() - start > limit_s:
+            break
+    seconds = time.perf_counter() - start
+    return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds if seconds else 0.0}
+
+
+def bench_join(*, rows: int = 100_000, dim: int = 2048, classes: int = 10, batch_size: int = 128,
+               pt_files: int = 5000, limit_s: float = 20.0, directory: Path | None = None, seed: int = 0,
+               reporter: Reporter | None = None) -> dict[str, Any]:
+    """Rows/s of the joined loader's two table modes vs naive h5py fancy indexing and one .pt file per sample.
+
+    Every method serves shuffled batches of ``batch_size`` rows of the same cache (2048-d fp16 features + logits by
+    default). Files are freshly written, so reads come from the OS page cache where it holds them (warm cache).
+    """
+    import numpy as np
+
+    from featcache.cache.reader import FeatureCache
+    from featcache.distill.loader import InMemoryTable, OutOfCoreTable, epoch_plan
+
+    reporter = reporter or Reporter()
+    if rows < batch_size or batch_size < 1:
+        raise ConfigError(f"--rows must be >= --batch-size >= 1, got {rows} and {batch_size}")
+    with tempfile.TemporaryDirectory(prefix="featcache-bench-join-", dir=directory) as scratch:
+        root = Path(scratch)
+        reporter.message(f"writing {rows:,} random rows of {dim}-d fp16 features (not timed)")
+        write_random_cache(root / "cache", rows, dim, classes, seed=seed)
+        cache = FeatureCache(root / "cache")
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(rows)
+        shuffled = [perm[i : i + batch_size] for i in range(0, rows - batch_size + 1, batch_size)]
+        results: dict[str, Any] = {}
+
+        reporter.message("timing naive h5py fancy indexing (one sorted read per batch and shard)")
+        results["h5py_fancy"] = _rate(lambda b: cache.gather(b), shuffled, limit_s)
+
+        n_pt = min(pt_files, rows)
+        reporter.message(f"writing {n_pt:,} per-sample .pt files (not timed)")
+        pt_dir = root / "pt"
+        pt_dir.mkdir()
+        table = cache.read_range(0, n_pt)
+        for i in range(n_pt):
+            torch.save({"features": torch.from_numpy(table["features"][i]), "logits": torch.from_numpy(table["logits"][i])},
+                       pt_dir / f"{i}.pt")
+        pt_perm = rng.permutation(n_pt)
+        pt_batches = [pt_perm[i : i + batch_size] for i in range(0, n_pt - batch_size + 1, batch_size)]
+
+        def load_pt(b):
+            items = [torch.load(pt_dir / f"{i}.pt", weights_only=True) for i in b]
+            return torch.stack([x["features"] for x in items]), torch.stack([x["logits"] for x in items])
+
+        reporter.message("timing one .pt file per sample (torchdistill's cache layout)")
+        results["pt_per_sample"] = _rate(load_pt, pt_batches, limit_s)
+
+        reporter.message("timing the in-RAM table (one index_select per batch)")
+        t0 = time.perf_counter()
+        ram = InMemoryTable(cache, "data")
+        load_s = time.perf_counter() - t0
+        results["ram"] = _rate(ram.gather, shuffled, limit_s)
+        results["ram"]["load_seconds"] = load_s
+
+        reporter.message("timing the out-of-core table (block shuffle, prefetch thread)")
+        plan = epoch_plan(rows, seed=seed, epoch=0, shuffle="block", block_rows=1024, window_blocks=8)
+        disk = OutOfCoreTable(cache, "data", 1024, 8)
+        block_batches = [plan.order[i : i + batch_size] for i in range(0, rows - batch_size + 1, batch_size)]
+        disk.start_epoch(plan)
+        try:
+            results["disk"] = _rate(disk.gather, block_batches, limit_s)
+        finally:
+            disk.close()
+            cache.close()
+    anchor = results["h5py_fancy"]["rows_per_s"]
+    for r in results.values():
+        r["vs_h5py_fancy"] = r["rows_per_s"] / anchor if anchor else None
+    return {
+        "benchmark": "join",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": platform.processor() or platform.machine(),
+        "versions": _versions(),
+        "rows": rows, "dim": dim, "classes": classes, "batch_size": batch_size, "pt_files": n_pt,
+        "results": results,
+    }

@@ -604,6 +604,38 @@ def bench_distill_cmd(
         json_out.write_text(json.dumps(r, indent=2) + "\n")
 
 
+@bench_app.command("join")
+@user_errors
+def bench_join_cmd(
+    rows: int = typer.Option(100_000, "--rows", help="Rows in the scratch cache."),
+    dim: int = typer.Option(2048, "--dim", help="Feature width (fp16)."),
+    classes: int = typer.Option(10, "--classes"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    pt_files: int = typer.Option(5000, "--pt-files", help="Per-sample .pt files written for that anchor."),
+    limit: float = typer.Option(20.0, "--limit", help="Seconds at most per method."),
+    scratch: Optional[Path] = typer.Option(None, "--scratch", help="Where to write the scratch files (default: the temp dir)."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out"),
+) -> None:
+    """Rows/s of the feature join (in RAM, out of core) vs naive h5py fancy indexing and one .pt file per sample."""
+    from featcache.bench import bench_join
+    from featcache.progress import RichReporter
+
+    r = bench_join(rows=rows, dim=dim, classes=classes, batch_size=batch_size, pt_files=pt_files, limit_s=limit,
+                   directory=scratch, reporter=RichReporter(err, transient=True))
+    table = Table(title=f"join: {r['rows']:,} rows of {r['dim']}-d fp16 + {r['classes']} fp32 logits, shuffled batches "
+                        f"of {r['batch_size']}", title_justify="left")
+    for col in ("method", "rows/s", "ratio to h5py fancy"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+    labels = {"ram": "featcache in-RAM table", "disk": "featcache out-of-core table",
+              "h5py_fancy": "naive h5py fancy indexing", "pt_per_sample": "one .pt file per sample"}
+    for key, label in labels.items():
+        x = r["results"][key]
+        table.add_row(label, f"{x['rows_per_s']:,.0f}", f"{x['vs_h5py_fancy']:.2f}")
+    out.print(table)
+    if json_out is not None:
+        json_out.write_text(json.dumps(r, indent=2) + "\n")
+
+
 # -- listings ------------------------------------------------------------------------------------------------------
 
 

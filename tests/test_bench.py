@@ -55,3 +55,36 @@ def test_bench_distill_cli(tmp_path):
     assert json.loads(out.read_text())["benchmark"] == "distill"
     bad = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--steps", "0", "-o", "num_train=8"])
     assert bad.exit_code == 2 and "--steps" in bad.output
+
+
+def test_bench_join_reports_every_method(tmp_path):
+    from featcache.bench import bench_join
+
+    r = bench_join(rows=600, dim=16, classes=3, batch_size=32, pt_files=64, limit_s=5, directory=tmp_path)
+    assert set(r["results"]) == {"h5py_fancy", "pt_per_sample", "ram", "disk"}
+    for name, x in r["results"].items():
+        assert x["rows"] > 0 and x["rows_per_s"] > 0, name
+    assert r["results"]["h5py_fancy"]["vs_h5py_fancy"] == 1.0
+    assert r["results"]["disk"]["rows"] == 600 // 32 * 32  # a whole epoch of full batches
+    assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+def test_random_cache_is_a_valid_cache(tmp_path):
+    from featcache.bench import write_random_cache
+    from featcache.cache import FeatureCache
+    from featcache.cache.store import verify_directory
+
+    write_random_cache(tmp_path / "c", rows=50, dim=4, classes=2, shard_rows=16)
+    with FeatureCache(tmp_path / "c") as cache:
+        assert cache.num_rows() == 50 and cache.read_all()["features"].shape == (50, 4)
+    assert verify_directory(tmp_path / "c").ok
+
+
+def test_bench_join_cli(tmp_path):
+    out = tmp_path / "j.json"
+    r = CliRunner().invoke(app, ["bench", "join", "--rows", "256", "--dim", "8", "--pt-files", "64", "--batch-size", "32",
+                                 "--scratch", str(tmp_path), "--json-out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "one .pt file per sample" in r.output and json.loads(out.read_text())["benchmark"] == "join"
+    bad = CliRunner().invoke(app, ["bench", "join", "--rows", "10", "--batch-size", "32"])
+    assert bad.exit_code == 2 and "--rows" in bad.output
