@@ -188,6 +188,8 @@ def distill(
     shuffle: str = typer.Option("auto", "--shuffle", help="auto, full, block or none."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where metrics and checkpoints go (default runs/<dataset>-<student>-<method>-s<seed>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
+    resident: bool = typer.Option(False, "--resident", help="Hold images, labels and teacher rows on the device (datasets that fit, e.g. CIFAR); augmentation runs there too."),
+    compile_mode: str = typer.Option("none", "--compile", help="torch.compile the training step: none, default, reduce-overhead (CUDA graphs), max-autotune."),
 ) -> None:
     """Train a student from cached teacher rows (no teacher network is loaded)."""
     from featcache.distill.trainer import DistillConfig
@@ -206,7 +208,7 @@ def distill(
         image_size=image_size, augment=augment, allow_inconsistent=allow_inconsistent,
         noise_per_batch=noise_per_batch, seed=seed, device=device, precision=precision, workers=workers,
         cache_dir=cache_dir, cache_ram=cache_ram, cache_mode=cache_mode, shuffle=shuffle, run_dir=run_dir,
-        resume=resume,
+        resume=resume, resident=resident, compile=compile_mode,
     )
     summary = run_distill(config, reporter=RichReporter(err, transient=True))
     out.print(summary.line(), highlight=False)

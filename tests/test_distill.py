@@ -241,3 +241,19 @@ def test_cli_distill_errors_are_one_line(store, tmp_path):
     r = CliRunner().invoke(app, ["distill", "--teacher", "alexnet", "--dataset", "synthetic", "-o", "num_train=64",
                                  "-o", "num_test=32", "--cache-dir", str(store), "--run-dir", str(tmp_path / "r")])
     assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1, r.output
+
+
+def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
+    """--resident trains from device-resident tensors; --compile wraps the loss in torch.compile (eager backend here:
+    the compiler itself is torch's, exercised on GPUs)."""
+    monkeypatch.setenv("FEATCACHE_COMPILE_BACKEND", "eager")
+    host = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "host", shuffle="full", epochs=2))
+    resident = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "res", resident=True, epochs=2))
+    assert resident.last_acc == host.last_acc  # same batches, same student: the same run
+    compiled = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "c", compile="default", method="multi",
+                               teachers=["resnet18", "mobilenet_v3_small"]))
+    assert compiled.epochs == 1
+    info = json.loads((tmp_path / "res" / CONFIG).read_text())
+    assert info["config"]["resident"] is True and [t["mode"] for t in info["teachers"]] == ["resident"]
+    with pytest.raises(ConfigError, match="--compile"):
+        distill(run_cfg(store, tmp_path, run_dir=tmp_path / "x", compile="fast"))

@@ -199,3 +199,47 @@ def test_staging_on_cpu_passes_tensors_through():
 
     rows = [torch.arange(6).view(2, 3)]
     assert torch.equal(PinnedStaging(torch.device("cpu")).to_device(rows)[0], rows[0])
+
+
+def test_resident_loader_yields_the_host_loaders_batches(caches):
+    from featcache.distill.resident import ResidentLoader
+
+    spec = TransformSpec.from_dict(FeatureCache(caches[0]).manifest.transform)
+    host = collect(loader_for(caches, mode="ram", shuffle="full", noise_per_batch=3))
+    ds = train_split().with_transform(spec.geometry())
+    resident = ResidentLoader(ds, [FeatureCache(d) for d in caches], batch_size=16, seed=7, transform=spec,
+                              noise_per_batch=3)
+    assert resident.modes == ["resident", "resident"] and len(resident) == len(host) // 2
+    dev = collect(resident)
+    for a, b in zip(host, dev):
+        assert a.num_noise == b.num_noise == 3
+        for x, y in [(a.images, b.images), (a.labels, b.labels), (a.index, b.index), *zip(a.features, b.features),
+                     *zip(a.logits, b.logits)]:
+            assert torch.equal(x, y)
+
+
+def test_resident_loader_refuses_what_does_not_fit(caches):
+    from featcache.distill.resident import ResidentLoader
+
+    spec = TransformSpec.from_dict(FeatureCache(caches[0]).manifest.transform)
+    ds = train_split().with_transform(spec.geometry())
+    with pytest.raises(ConfigError, match="drop --resident"):
+        ResidentLoader(ds, [FeatureCache(caches[0])], transform=spec, max_bytes=1000)
+
+
+def test_device_augmentation_flips_and_crops_per_sample():
+    from featcache.distill.resident import device_augment
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).view(2, 3, 8, 8).to(torch.uint8)
+    assert torch.equal(device_augment(x, "none", g), x)
+    flipped = device_augment(x.repeat(16, 1, 1, 1), "flip", g)
+    assert {bool(torch.equal(f, x[i % 2])) for i, f in enumerate(flipped)} == {True, False}  # some flipped, some not
+    for i, f in enumerate(flipped):
+        assert torch.equal(f, x[i % 2]) or torch.equal(f, x[i % 2].flip(2))
+    crops = device_augment(x, "pad-crop-flip", g)
+    assert crops.shape == x.shape and crops.dtype == torch.uint8
+    # Every crop is a window of the zero-padded (possibly flipped) image.
+    for i in range(2):
+        padded = [torch.nn.functional.pad(v, (4, 4, 4, 4)) for v in (x[i], x[i].flip(2))]
+        assert any(torch.equal(crops[i], p[:, dy : dy + 8, dx : dx + 8]) for p in padded for dy in range(9) for dx in range(9))

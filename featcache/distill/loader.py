@@ -235,6 +235,33 @@ class OutOfCoreTable:
 # -- the loader ----------------------------------------------------------------------------------------------------
 
 
+def check_noise_rows(caches: Sequence[FeatureCache], noise_per_batch: int) -> None:
+    """Refuse --noise-per-batch unless every teacher cached noise rows of the same images (seed, size)."""
+    if not noise_per_batch:
+        return
+    if noise_per_batch < 0:
+        raise ConfigError(f"--noise-per-batch must be >= 0, got {noise_per_batch}")
+    if not caches:
+        raise ConfigError("--noise-per-batch needs a teacher: noise images are labelled by the teacher's argmax")
+    first = None
+    for cache in caches:
+        noise = cache.manifest.noise
+        if not noise or not noise.get("count"):
+            raise ConfigError(
+                f"--noise-per-batch needs noise rows, but cache {cache.key} has none; re-extract it with "
+                "--noise N (e.g. --noise 10000)"
+            )
+        spec = (noise["seed"], noise["image_size"])
+        if first is not None and spec != first:
+            raise CacheMismatchError(
+                f"caches disagree on the noise images (seed, size) {first} vs {spec} in {cache.key}; extract "
+                "every teacher with the same --noise-seed and --image-size"
+            )
+        first = spec
+
+
+
+
 class PinnedStaging:
     """Pinned host slots through which each batch's gathered rows go to the device.
 
@@ -363,7 +390,7 @@ class JoinedLoader:
         if check:
             for cache in self.caches:
                 cache.check_dataset(dataset, transform)
-        self._check_noise()
+        check_noise_rows(self.caches, noise_per_batch)
 
         # Storage mode per teacher: RAM while the budget lasts, then out of core.
         budget = default_ram_budget() if ram_budget is None else ram_budget
@@ -410,29 +437,6 @@ class JoinedLoader:
         )
         self._plan: EpochPlan | None = None
         self._staging = PinnedStaging(self.device)
-
-    def _check_noise(self) -> None:
-        if not self.noise_per_batch:
-            return
-        if self.noise_per_batch < 0:
-            raise ConfigError(f"--noise-per-batch must be >= 0, got {self.noise_per_batch}")
-        if not self.caches:
-            raise ConfigError("--noise-per-batch needs a teacher: noise images are labelled by the teacher's argmax")
-        first = None
-        for cache in self.caches:
-            noise = cache.manifest.noise
-            if not noise or not noise.get("count"):
-                raise ConfigError(
-                    f"--noise-per-batch needs noise rows, but cache {cache.key} has none; re-extract it with "
-                    "--noise N (e.g. --noise 10000)"
-                )
-            spec = (noise["seed"], noise["image_size"])
-            if first is not None and spec != first:
-                raise CacheMismatchError(
-                    f"caches disagree on the noise images (seed, size) {first} vs {spec} in {cache.key}; extract "
-                    "every teacher with the same --noise-seed and --image-size"
-                )
-            first = spec
 
     # -- ordering -----------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:

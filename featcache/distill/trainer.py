@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -40,6 +41,7 @@ SUMMARY = "summary.json"
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
 OPTIMIZERS = ("adam", "adamw", "sgd")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("cosine", "step", "none")
 
 
@@ -86,6 +88,8 @@ class DistillConfig:
     run_dir: Path | None = None
     resume: bool = False
     channels_last: bool = True
+    resident: bool = False  # images, labels and rows held on the device (datasets that fit: CIFAR)
+    compile: str = "none"  # torch.compile mode of the training step: none, default, reduce-overhead, max-autotune
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -251,6 +255,7 @@ def _validate(config: DistillConfig) -> None:
     check_choice("--optimizer", config.optimizer, OPTIMIZERS)
     check_choice("--schedule", config.schedule, SCHEDULES)
     check_at_least("--epochs", config.epochs, 1)
+    check_choice("--compile", config.compile, COMPILE_MODES)
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     Augment(config.augment)  # validates the name
@@ -300,9 +305,17 @@ class TrainStep:
     """One optimisation step: normalise on the device → the method's loss under autocast → backward → the student's
     optimizer and the translators' (multi-teacher paper §3.4). Shared by `distill` and `featcache bench distill`."""
 
-    def __init__(self, student, method: Method, opt, topt, scaler, normalize, device, precision: str, channels_last: bool):
+    def __init__(self, student, method: Method, opt, topt, scaler, normalize, device, precision: str, channels_last: bool,
+                 compile_mode: str = "none"):
         self.student, self.method, self.opt, self.topt, self.scaler = student, method, opt, topt, scaler
         self.normalize, self.device, self.precision, self.channels_last = normalize, device, precision, channels_last
+        self._loss = method.loss
+        if compile_mode != "none":
+            # Small students at small inputs are launch-bound on a GPU; compiling the whole loss (student forward,
+            # translators, loss terms) fuses kernels, and "reduce-overhead" replays it as a CUDA graph.
+            backend = os.environ.get("FEATCACHE_COMPILE_BACKEND", "inductor")
+            self._loss = torch.compile(method.loss, mode=None if compile_mode == "default" else compile_mode,
+                                       backend=backend)
 
     def images(self, batch) -> torch.Tensor:
         return self.normalize(batch.images, channels_last=self.channels_last)
@@ -312,7 +325,7 @@ class TrainStep:
         x = self.images(batch) if x is None else x
         rows = TeacherRows(batch.features, batch.logits) if rows is None else rows
         with autocast(self.device, self.precision):
-            loss, parts, logits = self.method.loss(self.student, x, batch.labels, rows, epoch)
+            loss, parts, logits = self._loss(self.student, x, batch.labels, rows, epoch)
         self.opt.zero_grad(set_to_none=True)
         if self.topt is not None:
             self.topt.zero_grad(set_to_none=True)
@@ -344,18 +357,33 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     workers = config.workers if config.workers is not None else default_workers()
-    s.train.with_transform(Augment(config.augment, s.transform.geometry()))
-    loader = JoinedLoader(
-        s.train, s.caches if caches is None else caches, batch_size=config.batch_size, shuffle=config.shuffle,
-        seed=config.seed, workers=workers, device=device, mode=config.cache_mode,
-        ram_budget=parse_bytes(config.cache_ram), noise_per_batch=config.noise_per_batch, transform=s.transform,
-    )
+    caches = s.caches if caches is None else caches
+    if config.resident:
+        from featcache.distill.resident import ResidentLoader
+
+        s.train.with_transform(s.transform.geometry())  # decoded once; augmentation happens on the device
+        budget = None
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            budget = free // 2  # leave the other half to the student's activations
+        loader = ResidentLoader(
+            s.train, caches, batch_size=config.batch_size, seed=config.seed, workers=workers, device=device,
+            noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment, max_bytes=budget,
+        )
+    else:
+        s.train.with_transform(Augment(config.augment, s.transform.geometry()))
+        loader = JoinedLoader(
+            s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
+            device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
+            noise_per_batch=config.noise_per_batch, transform=s.transform,
+        )
     total_epochs = method.total_epochs(config.epochs)
     opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)
     translator_params = list(method.translators.parameters())
     topt = _make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config) if translator_params else None
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step = TrainStep(student, method, opt, topt, scaler, s.transform.normalizer(device), device, precision, config.channels_last)
+    step = TrainStep(student, method, opt, topt, scaler, s.transform.normalizer(device), device, precision,
+                     config.channels_last, config.compile)
     sched = _make_schedule(opt, config, total_epochs)
     tsched = _make_schedule(topt, config, total_epochs) if topt else None
     return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers)
