@@ -4,10 +4,12 @@ extract: images/s of a full `featcache extract` (decode + resize in workers, cop
 next to the bare forward pass of the same teacher at the same batch size and precision on device-resident input
 (the limit extraction can approach). The ratio is the headline.
 
-distill: the training step of one student, fed by the same joined loader, in three settings measured back to back:
-(a) the student alone (``ce``), (b) the student with cached teacher rows (the product), (c) the same method with
-the teacher run online on every batch (teacher in the loop; for comparison only, it exists in no other place).
-Images/s and peak device memory of each, and the ratios of (b) and (c) to (a).
+distill: the training step of one student, fed by the same loader, measured back to back: the student alone
+(``ce``); with the first k cached teachers (the product); with the same k teachers run online on every batch
+(teachers in the loop; for comparison only, it exists in no other place). Images/s and peak device memory of each,
+and their ratios to the student alone.
+
+join: rows/s of the loader's row tables against naive h5py fancy indexing and one .pt file per sample.
 """
 
 from __future__ import annotations
@@ -69,10 +71,34 @@ def forward_rate(
     return {"images": iters * config.batch_size, "seconds": seconds, "images_per_s": iters * config.batch_size / seconds}
 
 
+def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict[str, Any]:
+    """Images/s of the input pipeline alone: DataLoader workers decoding and resizing ``config``'s dataset into uint8
+    batches, nothing else (the rate extraction can reach when the teacher is free)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from featcache.runtime import default_workers
+
+    plan = plan_extract(config)
+    ds = plan.dataset.with_transform(plan.transform.geometry())
+    n = len(ds) if max_images is None else min(len(ds), max_images)
+    workers = config.workers if config.workers is not None else default_workers()
+    loader = DataLoader(Subset(ds, range(n)), batch_size=config.batch_size, num_workers=workers,
+                        prefetch_factor=4 if workers > 0 else None)
+    images, start = 0, time.perf_counter()
+    for batch, _, _ in loader:
+        images += len(batch)
+    seconds = time.perf_counter() - start
+    return {"images": images, "seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
+
+
 def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run the forward limit and a forced extract of ``config`` into a scratch store; report both and the ratio."""
+    """The teacher's forward limit, the input pipeline's decode rate, and a forced extract of ``config`` into a
+    scratch store; the extract's ratios to both."""
     plan = plan_extract(config)
     limit = forward_rate(config, iters=iters, warmup=warmup)
+    reporter = reporter or Reporter()
+    reporter.message("timing the input pipeline alone (decode + resize)")
+    decode = decode_rate(config)
     with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
         result = extract(replace(config, cache_dir=Path(scratch), force=True), reporter=reporter)
     return {
@@ -91,6 +117,8 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, re
         "extract_images_per_s": result.images_per_s,
         "extract_seconds": result.seconds,
         "ratio": result.images_per_s / limit["images_per_s"] if limit["images_per_s"] else None,
+        "decode_images_per_s": decode["images_per_s"],
+        "ratio_to_decode": result.images_per_s / decode["images_per_s"] if decode["images_per_s"] else None,
         "cache_bytes": result.bytes,
     }
 
@@ -104,7 +132,7 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
-def _timed_steps(parts, steps: int, warmup: int, teacher=None) -> dict[str, Any]:
+def _timed_steps(parts, steps: int, warmup: int, teachers=None) -> dict[str, Any]:
     """Run ``warmup`` then ``steps`` training steps from the loader (epochs wrap around); images/s and peak memory."""
     device = parts.step.device
     done, timed_images, start = 0, 0, None
@@ -119,11 +147,12 @@ def _timed_steps(parts, steps: int, warmup: int, teacher=None) -> dict[str, Any]
                 _sync(device)
                 start = time.perf_counter()
             rows, x = None, None
-            if teacher is not None:  # (c): the teacher's forward pass is part of every step
+            if teachers is not None:  # online: the teachers' forward passes are part of every step
                 x = parts.step.images(batch)
                 with torch.inference_mode(), autocast(device, parts.step.precision):
-                    f, lg = teacher(x)
-                rows = TeacherRows([f.clone()], [lg.clone()])
+                    outs = [teacher(x) for teacher in teachers]
+                # Clones outside inference mode: the loss may save them for backward (the translators' inputs).
+                rows = TeacherRows([f.clone() for f, _ in outs], [lg.clone() for _, lg in outs])
             parts.step(batch, 0, rows=rows, x=x)
             done += 1
             if done > warmup:
@@ -139,78 +168,89 @@ def _timed_steps(parts, steps: int, warmup: int, teacher=None) -> dict[str, Any]
 
 
 def bench_distill(
-    config: "DistillConfig", *, teacher: str = "resnet50", weights: str = "random", steps: int = 50, warmup: int = 10,
-    reporter: Reporter | None = None,
+    config: "DistillConfig", *, teachers: list[str] | tuple[str, ...] = ("resnet50",), weights: str = "random",
+    steps: int = 50, warmup: int = 10, reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """(a) student alone, (b) student + cached ``teacher`` rows, (c) student + the same teacher online, one process.
+    """The student alone, then with the first k cached teachers and with the same k teachers online, k = 1..T.
 
-    ``config`` describes the student run (student, dataset, batch size, precision, method for (b)/(c)); the teacher
-    cache is extracted first into a scratch store (not timed).
+    ``config`` describes the student run (student, dataset, batch size, precision, --resident, --compile); with one
+    teacher the method is ``config.method`` (default ``ts``), with several ``multi``. The teacher caches are
+    extracted first into a scratch store at one image size (not timed).
     """
     from featcache.distill.trainer import setup, training_parts
 
     reporter = reporter or Reporter()
     if steps < 1 or warmup < 0:
         raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
-    method = config.method or "ts"
+    if not teachers:
+        raise ConfigError("bench distill needs at least one --teacher")
     results: dict[str, Any] = {}
+    methods: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
-        ext = ExtractConfig(
-            teacher=teacher, weights=weights, dataset=config.dataset, data_root=config.data_root,
-            dataset_options=dict(config.dataset_options), image_size=config.image_size, batch_size=config.batch_size,
-            workers=config.workers, device=config.device, precision=config.precision, cache_dir=Path(scratch),
-        )
-        reporter.message(f"extracting {teacher} into a scratch store (not timed)")
-        cache = extract(ext, reporter=reporter)
+        exts, keys = [], []
+        for i, name in enumerate(teachers):
+            ext = ExtractConfig(
+                teacher=name, weights=weights, dataset=config.dataset, data_root=config.data_root,
+                dataset_options=dict(config.dataset_options),
+                image_size=config.image_size or (None if i == 0 else exts[0].image_size),
+                batch_size=config.batch_size, workers=config.workers, device=config.device,
+                precision=config.precision, cache_dir=Path(scratch),
+            )
+            reporter.message(f"extracting {name} into a scratch store (not timed)")
+            result = extract(ext, reporter=reporter)
+            ext.image_size = result.manifest.transform["image_size"]
+            exts.append(ext)
+            keys.append(result.key)
+        size = exts[0].image_size
         base = replace(config, cache_dir=Path(scratch), image_size=None, augment="none", noise_per_batch=0)
-        scenarios = [
-            ("student", replace(base, teachers=[], method="ce", image_size=cache.manifest.transform["image_size"])),
-            ("cached", replace(base, teachers=[cache.key], method=method)),
-            ("online", replace(base, teachers=[cache.key], method=method)),
-        ]
-        for name, cfg in scenarios:
+        scenarios = [("student", replace(base, teachers=[], method="ce", image_size=size), 0)]
+        for k in range(1, len(teachers) + 1):
+            method = (config.method or "ts") if k == 1 else "multi"
+            for kind in ("cached", "online"):
+                scenarios.append((f"{kind}-{k}", replace(base, teachers=keys[:k], method=method), k))
+                methods[f"{kind}-{k}"] = method
+        for name, cfg, k in scenarios:
             torch.manual_seed(cfg.seed)
             s = setup(cfg)
             live = None
-            if name == "online":
-                plan = plan_extract(ext)
-                t = create_teacher(teacher, plan.weights, num_classes=plan.num_classes, seed=ext.seed,
-                                   image_size=plan.transform.image_size)
-                live = t.model.to(s.device).eval()
-                if cfg.channels_last:
-                    live = live.to(memory_format=torch.channels_last)
+            if name.startswith("online"):
+                live = []
+                for ext in exts[:k]:
+                    plan = plan_extract(ext)
+                    t = create_teacher(ext.teacher, plan.weights, num_classes=plan.num_classes, seed=ext.seed,
+                                       image_size=plan.transform.image_size)
+                    model = t.model.to(s.device).eval()
+                    live.append(model.to(memory_format=torch.channels_last) if cfg.channels_last else model)
             if s.device.type == "cuda":
                 torch.backends.cudnn.benchmark = True
-            parts = training_parts(s, caches=[] if name == "online" else None)
+            parts = training_parts(s, caches=[] if live is not None else None)
             reporter.message(f"timing {name}: {steps} steps of batch {cfg.batch_size} after {warmup} warm-up steps")
-            results[name] = _timed_steps(parts, steps, warmup, teacher=live)
+            results[name] = _timed_steps(parts, steps, warmup, teachers=live)
             device, precision = s.device, s.precision
             del parts, live, s
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     a = results["student"]
-
-    def ratio(k: str, field: str):
-        return results[k][field] / a[field] if a[field] else None
-
+    for r in results.values():
+        r["speed_vs_student"] = r["images_per_s"] / a["images_per_s"] if a["images_per_s"] else None
+        r["memory_vs_student"] = (r["peak_memory_bytes"] / a["peak_memory_bytes"]
+                                  if r["peak_memory_bytes"] and a["peak_memory_bytes"] else None)
     return {
         "benchmark": "distill",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "device": device_name(device),
         "versions": _versions(),
         "student": config.student,
-        "teacher": teacher,
-        "method": method,
+        "teachers": list(teachers),
+        "methods": methods,
         "dataset": config.dataset,
-        "image_size": cache.manifest.transform["image_size"],
+        "image_size": size,
         "batch_size": config.batch_size,
         "precision": precision,
+        "resident": config.resident,
+        "compile": config.compile,
         "steps": steps,
         "results": results,
-        "cached_vs_student_speed": ratio("cached", "images_per_s"),
-        "online_vs_student_speed": ratio("online", "images_per_s"),
-        "cached_vs_student_memory": ratio("cached", "peak_memory_bytes") if a["peak_memory_bytes"] else None,
-        "online_vs_student_memory": ratio("online", "peak_memory_bytes") if a["peak_memory_bytes"] else None,
     }
 
 

@@ -519,7 +519,7 @@ def cache_rm(
 @bench_app.command("extract")
 @user_errors
 def bench_extract_cmd(
-    teacher: str = typer.Option("resnet50", "--teacher", "-t"),
+    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50); one row each."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     split: str = typer.Option("train", "--split"),
@@ -538,31 +538,34 @@ def bench_extract_cmd(
     from featcache.extract import ExtractConfig
     from featcache.progress import RichReporter
 
-    config = ExtractConfig(
-        teacher=teacher, dataset=dataset, data_root=data_root, split=split,
-        dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
-        batch_size=batch_size, workers=workers, device=device, precision=precision,
-    )
-    r = bench_extract(config, iters=iters, reporter=RichReporter(err, transient=True))
-    table = Table(title=f"extract: {r['teacher']}@{r['image_size']} on {r['dataset']} ({r['images']:,} images), "
-                        f"{r['device']}, batch {r['batch_size']}, {r['precision']}, {r['workers']} workers",
-                  title_justify="left")
-    table.add_column("measure")
-    table.add_column("images/s", justify="right")
-    table.add_column("ratio to forward", justify="right")
-    table.add_row("teacher forward (device-resident input)", f"{r['forward_images_per_s']:,.0f}", "1.00")
-    table.add_row("featcache extract (end to end)", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}")
+    results = []
+    for name in teacher or ["resnet50"]:
+        config = ExtractConfig(
+            teacher=name, dataset=dataset, data_root=data_root, split=split,
+            dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
+            batch_size=batch_size, workers=workers, device=device, precision=precision,
+        )
+        results.append(bench_extract(config, iters=iters, reporter=RichReporter(err, transient=True)))
+    r0 = results[0]
+    table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, batch {r0['batch_size']}, "
+                        f"{r0['precision']}, {r0['workers']} workers", title_justify="left")
+    for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode"):
+        table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
+    for r in results:
+        table.add_row(f"{r['teacher']}@{r['image_size']}", f"{r['forward_images_per_s']:,.0f}",
+                      f"{r['decode_images_per_s']:,.0f}", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}",
+                      f"{r['ratio_to_decode']:.2f}")
     out.print(table)
     if json_out is not None:
-        json_out.write_text(json.dumps(r, indent=2) + "\n")
+        json_out.write_text(json.dumps(results if len(results) > 1 else r0, indent=2) + "\n")
 
 
 @bench_app.command("distill")
 @user_errors
 def bench_distill_cmd(
     student: str = typer.Option("mobilenetv3", "--student", "-s"),
-    teacher: str = typer.Option("resnet50", "--teacher", "-t", help="Extracted into a scratch store first (not timed)."),
-    method: str = typer.Option("ts", "--method", "-m", help="The method of (b) and (c)."),
+    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50); extracted into a scratch store first (not timed)."),
+    method: str = typer.Option("ts", "--method", "-m", help="The method with one teacher (several: multi)."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
@@ -574,9 +577,11 @@ def bench_distill_cmd(
     precision: str = typer.Option("auto", "--precision"),
     steps: int = typer.Option(50, "--steps", help="Timed training steps per setting."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
+    resident: bool = typer.Option(False, "--resident", help="Device-resident images and rows (distill --resident)."),
+    compile_mode: str = typer.Option("none", "--compile", help="torch.compile mode of the training step."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
 ) -> None:
-    """Student training images/s and peak memory: alone vs with cached teacher rows vs with the teacher online."""
+    """Student training images/s and peak memory: alone vs with cached teacher rows vs with the teachers online."""
     from featcache.bench import bench_distill
     from featcache.distill.trainer import DistillConfig
     from featcache.progress import RichReporter
@@ -584,22 +589,29 @@ def bench_distill_cmd(
     config = DistillConfig(
         student=student, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "--dataset-opt"),
         method=method, image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
+        resident=resident, compile=compile_mode,
     )
-    r = bench_distill(config, teacher=teacher, weights=weights, steps=steps, warmup=warmup,
+    names = list(teacher or ["resnet50"])
+    r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup,
                       reporter=RichReporter(err, transient=True))
-    table = Table(title=f"distill: {r['student']} ({r['method']}) with {r['teacher']}@{r['image_size']} on {r['dataset']}, "
-                        f"{r['device']}, batch {r['batch_size']}, {r['precision']}", title_justify="left")
-    for col in ("setting", "images/s", "speed vs (a)", "peak memory", "memory vs (a)"):
+    table = Table(title=f"distill: {r['student']} with {' + '.join(names)} @ {r['image_size']} px on {r['dataset']}, "
+                        f"{r['device']}, batch {r['batch_size']}, {r['precision']}"
+                        f"{', resident' if r['resident'] else ''}{', compile ' + r['compile'] if r['compile'] != 'none' else ''}",
+                  title_justify="left")
+    for col in ("setting", "images/s", "speed vs alone", "peak memory", "memory vs alone"):
         table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
-    base = r["results"]["student"]
-    labels = {"student": "(a) student alone", "cached": "(b) + cached teacher rows", "online": "(c) + teacher online"}
-    for key, label in labels.items():
-        x = r["results"][key]
+    for key, x in r["results"].items():
+        if key == "student":
+            label = "student alone (ce)"
+        else:
+            kind, k = key.split("-")
+            who = " + ".join(names[: int(k)])
+            label = f"+ {who} {'cached' if kind == 'cached' else 'online'} ({r['methods'][key]})"
         mem = x["peak_memory_bytes"]
         table.add_row(
-            label, f"{x['images_per_s']:,.0f}", f"{x['images_per_s'] / base['images_per_s']:.3f}",
+            label, f"{x['images_per_s']:,.0f}", f"{x['speed_vs_student']:.3f}",
             f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a (CPU)",
-            f"{mem / base['peak_memory_bytes']:.3f}" if mem is not None and base["peak_memory_bytes"] else "n/a",
+            f"{x['memory_vs_student']:.3f}" if x["memory_vs_student"] is not None else "n/a",
         )
     out.print(table)
     if json_out is not None:

@@ -17,6 +17,7 @@ def test_bench_extract_reports_both_rates_and_their_ratio(tmp_path):
     assert r["forward_images_per_s"] > 0 and r["extract_images_per_s"] > 0
     assert r["ratio"] == r["extract_images_per_s"] / r["forward_images_per_s"]
     assert r["images"] == 64 and r["device"] == "cpu" and r["precision"] == "fp32" and r["cache_bytes"] > 0
+    assert r["decode_images_per_s"] > 0 and r["ratio_to_decode"] == r["extract_images_per_s"] / r["decode_images_per_s"]
     assert not (tmp_path / "untouched").exists()  # benches write to a scratch store
 
 
@@ -26,32 +27,35 @@ def test_bench_extract_cli_writes_json(tmp_path):
                                       "--image-size", "32", "--batch-size", "16", "--workers", "0", "--iters", "1",
                                       "--json-out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "ratio to forward" in result.output
+    assert "resnet18@32" in result.output and "decode" in result.output
     assert json.loads(out.read_text())["benchmark"] == "extract"
 
 
-def test_bench_distill_times_three_settings(tmp_path):
+def test_bench_distill_times_every_setting(tmp_path):
     from featcache.bench import bench_distill
     from featcache.distill.trainer import DistillConfig
 
     cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options={"num_train": 48, "num_test": 8},
                         image_size=32, batch_size=16, workers=0, cache_dir=tmp_path / "untouched")
-    r = bench_distill(cfg, teacher="resnet18", steps=4, warmup=1)
-    assert set(r["results"]) == {"student", "cached", "online"}
+    r = bench_distill(cfg, teachers=["resnet18", "mobilenet_v3_small"], steps=4, warmup=1)
+    assert list(r["results"]) == ["student", "cached-1", "online-1", "cached-2", "online-2"]
+    assert r["methods"] == {"cached-1": "ts", "online-1": "ts", "cached-2": "multi", "online-2": "multi"}
     for x in r["results"].values():
         assert x["images"] == 4 * 16 and x["images_per_s"] > 0 and x["peak_memory_bytes"] is None  # CPU
-    assert r["cached_vs_student_speed"] == r["results"]["cached"]["images_per_s"] / r["results"]["student"]["images_per_s"]
-    assert r["method"] == "ts" and r["image_size"] == 32
-    assert not (tmp_path / "untouched").exists()
+        assert x["memory_vs_student"] is None
+    c = r["results"]["cached-1"]
+    assert c["speed_vs_student"] == c["images_per_s"] / r["results"]["student"]["images_per_s"]
+    assert r["image_size"] == 32 and not (tmp_path / "untouched").exists()
 
 
 def test_bench_distill_cli(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--teacher", "resnet18",
                                       "-o", "num_train=32", "--image-size", "32", "--batch-size", "16",
-                                      "--workers", "0", "--steps", "2", "--warmup", "0", "--json-out", str(out)])
+                                      "--workers", "0", "--steps", "2", "--warmup", "0", "--resident",
+                                      "--json-out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "(b) + cached teacher rows" in result.output
+    assert "+ resnet18 cached (ts)" in result.output and "resident" in result.output
     assert json.loads(out.read_text())["benchmark"] == "distill"
     bad = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--steps", "0", "-o", "num_train=8"])
     assert bad.exit_code == 2 and "--steps" in bad.output
