@@ -155,7 +155,7 @@ def distill(
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="sod: your own train/test split."),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o", help="Dataset option key=value (repeatable)."),
     teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="A cached teacher: NAME (looked up for this dataset), KEY (or unique prefix) or NAME:KEY. Repeat for several."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="ce, kd, fitnets, ts, ts-translator, multi (default: ts with a teacher, ce without)."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce without)."),
     epochs: int = typer.Option(30, "--epochs"),
     batch_size: int = typer.Option(128, "--batch-size", "-b"),
     lr: float = typer.Option(1e-3, "--lr"),
@@ -190,6 +190,8 @@ def distill(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
     resident: bool = typer.Option(False, "--resident", help="Hold images, labels and teacher rows on the device (datasets that fit, e.g. CIFAR); augmentation runs there too."),
     compile_mode: str = typer.Option("none", "--compile", help="torch.compile the training step: none, default, reduce-overhead (CUDA graphs), max-autotune."),
+    unlabeled: bool = typer.Option(False, "--unlabeled", help="Never read the training labels (aka; implied by it)."),
+    aka_dim: Optional[int] = typer.Option(None, "--aka-dim", help="aka: width of the aligned features (default: the student's)."),
 ) -> None:
     """Train a student from cached teacher rows (no teacher network is loaded)."""
     from featcache.distill.trainer import DistillConfig
@@ -208,7 +210,7 @@ def distill(
         image_size=image_size, augment=augment, allow_inconsistent=allow_inconsistent,
         noise_per_batch=noise_per_batch, seed=seed, device=device, precision=precision, workers=workers,
         cache_dir=cache_dir, cache_ram=cache_ram, cache_mode=cache_mode, shuffle=shuffle, run_dir=run_dir,
-        resume=resume, resident=resident, compile=compile_mode,
+        resume=resume, resident=resident, compile=compile_mode, unlabeled=unlabeled, aka_dim=aka_dim,
     )
     summary = run_distill(config, reporter=RichReporter(err, transient=True))
     out.print(summary.line(), highlight=False)
@@ -237,6 +239,7 @@ def train_teacher_cmd(
     workers: Optional[int] = typer.Option(None, "--workers"),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default runs/teacher-<dataset>-<teacher>-s<seed>-<time>."),
     resume: bool = typer.Option(False, "--resume"),
+    classes: Optional[Path] = typer.Option(None, "--classes", help="Train on these classes only: a file of class names (featcache split-classes)."),
 ) -> None:
     """Fine-tune a teacher on a dataset; writes RUN_DIR/teacher.pt for `extract --weights`."""
     from featcache.progress import RichReporter
@@ -249,10 +252,33 @@ def train_teacher_cmd(
         teacher=teacher, dataset=dataset, data_root=data_root, dataset_options=options, init=init, image_size=image_size,
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay, schedule=schedule,
         augment=augment, seed=seed, device=device, precision=precision, workers=workers, run_dir=run_dir, resume=resume,
+        classes=classes,
     )
     summary, path = train_teacher(tc, reporter=RichReporter(err, transient=True))
     out.print(summary.line(), highlight=False)
     out.print(f"teacher weights: {path}  (featcache extract --teacher {teacher} --weights {path} ...)", highlight=False)
+
+
+@app.command("split-classes")
+@user_errors
+def split_classes_cmd(
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    parts: int = typer.Option(2, "--parts", help="How many disjoint class parts."),
+    seed: int = typer.Option(0, "--seed"),
+    out_dir: Path = typer.Option(Path("."), "--out", help="Where part1.txt … partN.txt go."),
+) -> None:
+    """Split a dataset's classes into disjoint parts (one file of class names each), for teachers of class subsets."""
+    from featcache.datasets import get_dataset
+    from featcache.datasets.base import split_classes
+
+    ds = get_dataset(dataset, data_root, "train", **parse_options(dataset_opt, "--dataset-opt"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for k, names in enumerate(split_classes(ds.classes, parts, seed), start=1):
+        path = out_dir / f"part{k}.txt"
+        path.write_text(f"# {dataset} classes, part {k} of {parts} (seed {seed})\n" + "".join(n + "\n" for n in names))
+        out.print(f"{path}: {len(names)} classes", highlight=False)
 
 
 @app.command("eval")

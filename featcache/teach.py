@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.datasets import get_dataset
+from featcache.datasets.base import ClassSubset, read_class_list
 from featcache.distill.methods.base import Method, MethodParams, xent
 from featcache.distill.trainer import (
     BEST,
@@ -186,6 +187,7 @@ class TeacherConfig:
     workers: int | None = None
     run_dir: Path | None = None
     resume: bool = False
+    classes: Path | list[str] | None = None  # train on these classes only (a class-subset file or names)
 
 
 def _run_config(tc: TeacherConfig, lr: float) -> DistillConfig:
@@ -219,6 +221,9 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
     test_ds = get_dataset(tc.dataset, tc.data_root, "test", **tc.dataset_options)
     if train_ds.classes != test_ds.classes:
         raise ConfigError(f"dataset {tc.dataset}: train and test splits list different classes")
+    if tc.classes is not None:
+        names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)
+        train_ds, test_ds = ClassSubset(train_ds, names), ClassSubset(test_ds, names)
     kwargs = {"teacher": tc.teacher, "num_classes": train_ds.num_classes, "image_size": transform.image_size}
     model = build_classifier(**kwargs, seed=tc.seed, init=init)
     method = TeacherLoss(model, [], train_ds.num_classes, MethodParams())

@@ -164,3 +164,51 @@ def check_split(split: str) -> str:
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r} (--split): choose one of {', '.join(SPLITS)}")
     return split
+
+
+class ClassSubset(ImageDataset):
+    """The samples of ``base`` whose class is in ``classes``, labelled by position in ``classes`` (a teacher trained
+    on one part of the classes, as the source nets of adaptive knowledge amalgamation are)."""
+
+    def __init__(self, base: ImageDataset, classes: Sequence[str]) -> None:
+        unknown = [c for c in classes if c not in base.classes]
+        if unknown:
+            raise DatasetError(f"{base.name}: class {unknown[0]!r} of the class list is not in the dataset")
+        if len(set(classes)) != len(classes):
+            raise DatasetError(f"{base.name}: the class list names a class twice")
+        position = {base.classes.index(c): k for k, c in enumerate(classes)}
+        keep = np.flatnonzero(np.isin(base.targets, list(position)))
+        super().__init__(
+            split=base.split, root=base.root, classes=list(classes),
+            sample_ids=[base.sample_ids[i] for i in keep],
+            targets=np.array([position[int(t)] for t in base.targets[keep]], dtype=np.int64),
+            params={**base.params, "class_subset": list(classes)},
+        )
+        self.name = base.name
+        self.native_size = base.native_size
+        self.base = base
+        self.rows = keep
+
+    def read_image(self, index: int) -> torch.Tensor:
+        return self.base.read_image(int(self.rows[index]))
+
+
+def split_classes(classes: Sequence[str], parts: int, seed: int = 0) -> list[list[str]]:
+    """Split a class list into ``parts`` disjoint parts of (nearly) equal size, by a seeded permutation; each part
+    keeps the dataset's class order."""
+    if not 2 <= parts <= len(classes):
+        raise DatasetError(f"--parts {parts}: choose between 2 and the number of classes ({len(classes)})")
+    perm = np.random.default_rng(seed).permutation(len(classes))
+    return [[classes[i] for i in sorted(chunk)] for chunk in np.array_split(perm, parts)]
+
+
+def read_class_list(path: Path) -> list[str]:
+    """A class-subset file: one class name per line (blank lines and # comments ignored)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"--classes {path}: file not found (write one with `featcache split-classes`)")
+    names = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise DatasetError(f"--classes {path}: no class names in the file")
+    return names

@@ -90,6 +90,8 @@ class DistillConfig:
     channels_last: bool = True
     resident: bool = False  # images, labels and rows held on the device (datasets that fit: CIFAR)
     compile: str = "none"  # torch.compile mode of the training step: none, default, reduce-overhead, max-autotune
+    unlabeled: bool = False  # train without reading the training labels (aka always does)
+    aka_dim: int | None = None
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -206,9 +208,25 @@ def setup(config: DistillConfig) -> Setup:
     entry = get_entry("student", config.student)
     transform = _transform_for(config, caches, train, entry)
     dims = [c.num_features for c in caches]
+    if config.unlabeled and method_cls.uses_labels:
+        raise ConfigError(f"--unlabeled: --method {method_cls.name} needs labels; use --method aka")
+    columns = None
+    if method_cls.name == "aka":
+        columns = []
+        for c in caches:
+            names = c.manifest.teacher.classes
+            missing = [n for n in (names or []) if n not in train.classes]
+            if not names or missing:
+                raise ConfigError(
+                    f"--method aka: cache {c.key} does not say which of the dataset's classes its logits cover"
+                    + (f" ({missing[0]!r} is not a class of {train.name})" if missing else "")
+                    + "; extract a teacher trained by `featcache train-teacher [--classes FILE]`"
+                )
+            columns.append([train.classes.index(n) for n in names])
     params = MethodParams(
         lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
         temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
+        teacher_columns=columns, aka_dim=config.aka_dim,
     )
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
@@ -420,6 +438,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
     tests = test_loader(s.test, s.transform, config.batch_size * 2, t.workers, device)
 
     start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
+    unlabeled = config.unlabeled or not method.uses_labels
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.resume:
         state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
@@ -452,12 +471,16 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             reporter.start(len(s.train), f"epoch {epoch + 1}/{total_epochs} {method.stage(epoch) if total_epochs != config.epochs else ''}".rstrip(), unit="img")
             t0 = time.perf_counter()
             for batch in loader:
+                if unlabeled:
+                    # Nothing downstream may read the training labels: hand the method a tensor of -1s.
+                    batch.labels = torch.full_like(batch.labels, -1)
                 loss, parts, logits = step(batch, epoch)
                 real = len(batch) - batch.num_noise
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0) + v.float() * len(batch)
-                correct += (logits[:real].argmax(1) == batch.labels[:real]).sum()
+                if not unlabeled:
+                    correct += (logits[:real].argmax(1) == batch.labels[:real]).sum()
                 seen += real
                 noise_seen += batch.num_noise
                 batches += 1
@@ -488,7 +511,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "stage": method.stage(epoch),
                 "train_loss": (sums["loss"] / denom).item() if "loss" in sums else None,
                 **{f"train_{k}": (v / denom).item() for k, v in sums.items() if k != "loss"},
-                "train_acc": correct.item() / max(seen, 1),
+                "train_acc": None if unlabeled else correct.item() / max(seen, 1),
                 "test_acc": ev["acc"],
                 "test_loss": ev["loss"],
                 "lr": opt.param_groups[0]["lr"],
@@ -520,7 +543,8 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             if improved:
                 _atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]}, run_dir / BEST)
             reporter.message(
-                f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · train acc {record['train_acc']:.2%} · "
+                f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · "
+                f"{'' if unlabeled else f'train acc {correct.item() / max(seen, 1):.2%} · '}"
                 f"test acc {ev['acc']:.2%}{' (best)' if improved else ''} · {record['images_per_s'] or 0:,.0f} img/s"
             )
     finally:
@@ -585,6 +609,11 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt} not found; the run has not finished an epoch yet")
     test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
+    subset = info["dataset"]["test"].get("params", {}).get("class_subset")
+    if subset:  # a teacher trained on part of the classes (train-teacher --classes)
+        from featcache.datasets.base import ClassSubset
+
+        test = ClassSubset(test, subset)
     if test.identity() != info["dataset"]["test"]:
         raise ConfigError(
             f"the test split at --data-root {config.data_root} differs from the one the run was trained with "

@@ -299,6 +299,17 @@ def _tv_min_size(name: str) -> int:
     return 32
 
 
+def _recorded_classes(path: Path) -> tuple[str, ...] | None:
+    """The class names a featcache checkpoint (train-teacher's teacher.pt) says its logits cover, if any."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - foreign or pickled checkpoints: load_checkpoint reports those
+        return None
+    record = obj.get("featcache") if isinstance(obj, dict) else None
+    classes = record.get("classes") if isinstance(record, dict) else None
+    return tuple(str(c) for c in classes) if isinstance(classes, list) and classes else None
+
+
 def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInfo:
     """Interpret ``--weights`` for teacher ``name`` without building the model (files are hashed)."""
     entry = teacher_entry(name)
@@ -320,7 +331,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
     if looks_like_path:
         if not path.is_file():
             raise WeightsError(f"--weights {weights}: file not found")
-        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path))
+        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path), classes=_recorded_classes(path))
     tv_name = ALIASES.get(entry.name, entry.name)
     if entry.name in ("nts-net", "convnet"):
         raise WeightsError(f"--weights {weights!r}: {entry.name} takes a checkpoint path or random")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from featcache.distill.methods.aka import AdaptiveAmalgamation
 from featcache.distill.methods.base import Method, MethodParams, TeacherRows
 from featcache.distill.methods.ce import CrossEntropy
 from featcache.distill.methods.fitnets import FitNets
@@ -12,7 +13,8 @@ from featcache.distill.methods.ts import TSLearning
 from featcache.errors import ConfigError
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (CrossEntropy, KnowledgeDistillation, FitNets, TSLearning, TSTranslator, MultiTeacher)
+    m.name: m
+    for m in (CrossEntropy, KnowledgeDistillation, FitNets, TSLearning, TSTranslator, MultiTeacher, AdaptiveAmalgamation)
 }
 
 

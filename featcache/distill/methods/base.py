@@ -31,6 +31,8 @@ class MethodParams:
     temperature: float = 4.0
     translator: str = "linear"
     hint_epochs: int | None = None  # fitnets: epochs of the hint stage (default: as many as --epochs)
+    teacher_columns: list[list[int]] | None = None  # aka: dataset class index of each teacher's logit columns
+    aka_dim: int | None = None  # aka: width of the aligned features (default: the student's feature width)
 
 
 @dataclass
@@ -48,6 +50,7 @@ class Method(nn.Module):
     min_teachers: ClassVar[int] = 1
     max_teachers: ClassVar[int | None] = 1
     needs_teacher_classes: ClassVar[bool] = False  # uses teacher logits over the dataset's classes
+    uses_labels: ClassVar[bool] = True  # False: trains from teacher rows alone (--unlabeled is implied)
 
     def __init__(self, student: nn.Module, teacher_dims: list[int], num_classes: int, params: MethodParams) -> None:
         super().__init__()

@@ -1,0 +1,105 @@
+"""``aka``: Adaptive Knowledge Amalgamation (Shen et al., CVPR 2019) from cached teacher rows, without labels.
+
+A pool of teachers, each covering a set of classes (a *task*; several teachers may cover the same task), trains one
+student whose head covers the dataset's classes. For every unlabelled sample and task, the student learns from one
+teacher only: the covering teacher with the least prediction entropy (Eqs. 5–6). It imitates that teacher's
+features through a transfer bridge — 1×1-convolution feature alignment (FA, Eq. 1) on both sides, transfer loss
+(Eq. 2), weight regularisation against the all-zero solution (Eq. 4) — and its logits through a soft-target loss
+with a learnable per-teacher scale λ_t (Eq. 7); the total is Eq. 8.
+
+From the cache, the bridge works on the teachers' cached feature vectors (the final block, pooled to 1×1), so
+the FA 1×1 convolutions are linear maps; the paper's intermediate blocks l < L−1 are not cached by featcache
+(see docs/methods.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featcache.distill.methods.base import Method
+from featcache.errors import ConfigError
+
+
+def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """I(p) = −Σ_i p_i log p_i of softmax(logits), per sample (Eq. 5)."""
+    logp = F.log_softmax(logits.float(), dim=1)
+    return -(logp.exp() * logp).sum(dim=1)
+
+
+def select_teachers(logits: list[torch.Tensor]) -> torch.Tensor:
+    """Per sample, the index of the teacher with the least prediction entropy (Eq. 6): int64 [B]."""
+    return torch.stack([prediction_entropy(lg) for lg in logits], dim=1).argmin(dim=1)
+
+
+def fa_regulariser(weight: torch.Tensor) -> torch.Tensor:
+    """Eq. 4: 1/C_out Σ_j (Σ_i w_ij² − 1)² for a 1×1 conv / linear weight [C_out, C_in] (row j = output j)."""
+    return ((weight.float().pow(2).sum(dim=1) - 1) ** 2).mean()
+
+
+class _Scales(nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.value = nn.Parameter(torch.ones(n))
+
+
+class AdaptiveAmalgamation(Method):
+    """L = Σ_tasks [ L_a(FA_s(f_s), FA_t(f_t)) + L_reg(FA_s) + L_reg(FA_t) + L_soft ]  with t the selected teacher —
+    Eq. 8 (one cached block), averaged over the batch. No labels are used."""
+
+    name = "aka"
+    min_teachers = 1
+    max_teachers = None
+    uses_labels = False
+
+    def __init__(self, student, teacher_dims, num_classes, params):
+        super().__init__(student, teacher_dims, num_classes, params)
+        columns = params.teacher_columns
+        if columns is None or len(columns) != len(teacher_dims):
+            raise ConfigError("--method aka needs to know which dataset classes each teacher's logits cover")
+        self.columns = [list(c) for c in columns]
+        aligned = params.aka_dim or student.num_features
+        self.fa_student = nn.ModuleList(nn.Linear(student.num_features, aligned, bias=False) for _ in teacher_dims)
+        self.fa_teacher = nn.ModuleList(nn.Linear(d, aligned, bias=False) for d in teacher_dims)
+        for fa in (*self.fa_student, *self.fa_teacher):  # start on the constraint of Eq. 3: unit-norm rows
+            with torch.no_grad():
+                fa.weight.copy_(F.normalize(torch.randn_like(fa.weight), dim=1))
+        self.scale_holder = _Scales(len(teacher_dims))  # λ_t of Eq. 7
+        # FA modules and scales are trained by the second optimizer (the method's own parameters).
+        self.translators.extend([*self.fa_student, *self.fa_teacher, self.scale_holder])
+        # Tasks: teachers that cover the same classes compete through selective learning.
+        tasks: dict[tuple[int, ...], list[int]] = {}
+        for t, cols in enumerate(self.columns):
+            tasks.setdefault(tuple(cols), []).append(t)
+        self.tasks = list(tasks.values())
+        for t, cols in enumerate(self.columns):
+            self.register_buffer(f"cols_{t}", torch.tensor(cols, dtype=torch.int64), persistent=False)
+
+    def loss(self, student, x, y, rows, epoch):
+        f_s = student.forward_features(x)
+        logits = student.forward_head(f_s)
+        b = len(x)
+        total = logits.new_zeros((), dtype=torch.float32)
+        parts = {"transfer": 0.0, "reg": 0.0, "soft": 0.0}
+        for members in self.tasks:
+            per_teacher = []  # [B] loss of each covering teacher, and its regulariser
+            for t in members:
+                a_s = self.fa_student[t](f_s).float()
+                a_t = self.fa_teacher[t](rows.features[t].to(f_s.dtype)).float()
+                transfer = (a_s - a_t).pow(2).mean(dim=1)  # Eq. 2 per sample
+                reg = fa_regulariser(self.fa_student[t].weight) + fa_regulariser(self.fa_teacher[t].weight)
+                cols = getattr(self, f"cols_{t}")
+                s_scores = logits.float().index_select(1, cols)
+                soft = (s_scores - self.scale_holder.value[t] * rows.logits[t].float()).pow(2).mean(dim=1)  # Eq. 7
+                per_teacher.append((transfer, reg.expand(b), soft))
+            if len(members) > 1:
+                chosen = select_teachers([rows.logits[t] for t in members])
+            else:
+                chosen = torch.zeros(b, dtype=torch.int64, device=x.device)
+            for name, k in (("transfer", 0), ("reg", 1), ("soft", 2)):
+                stacked = torch.stack([p[k] for p in per_teacher], dim=1)  # [B, members]
+                term = stacked.gather(1, chosen[:, None]).mean()
+                total = total + term
+                parts[name] = parts[name] + term.detach()
+        return total, {k: torch.as_tensor(v) for k, v in parts.items()}, logits

@@ -1,0 +1,147 @@
+"""Adaptive knowledge amalgamation: class-subset teachers, selective learning, the FA regulariser, no labels."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featcache.cache import FeatureCache
+from featcache.cli import app
+from featcache.datasets import get_dataset
+from featcache.datasets.base import ClassSubset, split_classes
+from featcache.distill.methods import MethodParams, TeacherRows
+from featcache.distill.methods.aka import AdaptiveAmalgamation, fa_regulariser, prediction_entropy, select_teachers
+from featcache.distill.trainer import DistillConfig, distill, setup
+from featcache.errors import ConfigError, DatasetError
+from featcache.extract import ExtractConfig, extract
+from featcache.models.students import create_student
+from featcache.teach import TeacherConfig, train_teacher
+
+SYN = {"num_train": 64, "num_test": 32, "num_classes": 4}
+
+
+def test_entropy_selection_picks_the_most_confident_teacher_per_sample():
+    confident = torch.tensor([[9.0, 0.0, 0.0], [0.0, 0.0, 0.0], [5.0, 5.0, 0.0]])
+    unsure = torch.tensor([[1.0, 1.0, 1.0], [0.0, 8.0, 0.0], [0.0, 0.0, 9.0]])
+    assert select_teachers([confident, unsure]).tolist() == [0, 1, 1]
+    assert prediction_entropy(torch.zeros(1, 4)).item() == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+def test_selection_routes_each_samples_loss_to_its_selected_teacher():
+    torch.manual_seed(0)
+    student = create_student("lenet5", num_classes=3, image_size=32).eval()
+    params = MethodParams(teacher_columns=[[0, 1, 2], [0, 1, 2]])
+    m = AdaptiveAmalgamation(student, [8, 8], 3, params)
+    x = torch.randn(2, 3, 32, 32)
+    feats = [torch.randn(2, 8), torch.randn(2, 8)]
+    sharp, flat = torch.tensor([[20.0, 0, 0], [0.0, 0, 0]]), torch.tensor([[0.0, 0, 0], [0.0, 20, 0]])
+    loss, parts, _ = m.loss(student, x, None, TeacherRows(feats, [sharp, flat]), 0)
+    # By hand: sample 0 follows teacher 0, sample 1 teacher 1.
+    f_s = student.forward_features(x)
+    logits = student.forward_head(f_s)
+    expected = 0.0
+    for n, t in ((0, 0), (1, 1)):
+        a_s, a_t = m.fa_student[t](f_s[n]), m.fa_teacher[t](feats[t][n])
+        expected += (a_s - a_t).pow(2).mean() + fa_regulariser(m.fa_student[t].weight) + fa_regulariser(m.fa_teacher[t].weight)
+        expected += (logits[n] - [sharp, flat][t][n]).pow(2).mean()
+    assert loss.item() == pytest.approx(expected.item() / 2, rel=1e-5)
+    assert set(parts) == {"transfer", "reg", "soft"}
+
+
+def test_regulariser_keeps_alignment_weights_off_the_zero_solution():
+    torch.manual_seed(0)
+    f_s, f_t = torch.randn(256, 16), torch.randn(256, 32)
+
+    def fit(with_reg: bool) -> float:
+        fa_s, fa_t = torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(32, 8, bias=False)
+        opt = torch.optim.Adam([*fa_s.parameters(), *fa_t.parameters()], lr=0.05)
+        for _ in range(300):
+            loss = (fa_s(f_s) - fa_t(f_t)).pow(2).mean()
+            if with_reg:
+                loss = loss + fa_regulariser(fa_s.weight) + fa_regulariser(fa_t.weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return fa_s.weight.pow(2).sum(1).mean().item()
+
+    assert fit(False) < 0.05  # the transfer loss alone collapses the aligned features to zero (the trivial solution)
+    assert fit(True) > 0.5  # Eq. 4 holds the rows near unit norm against the pull of the transfer loss
+
+
+def test_class_subsets_and_split():
+    ds = get_dataset("synthetic", split="train", **SYN)
+    parts = split_classes(ds.classes, 2, seed=0)
+    assert sorted(parts[0] + parts[1]) == sorted(ds.classes) and len(parts[0]) == 2
+    sub = ClassSubset(ds, parts[1])
+    assert len(sub) == 32 and set(sub.targets.tolist()) == {0, 1} and sub.classes == parts[1]
+    assert torch.equal(sub[0][0], ds[int(sub.rows[0])][0])
+    assert sub.identity()["params"]["class_subset"] == parts[1]
+    with pytest.raises(DatasetError, match="not in the dataset"):
+        ClassSubset(ds, ["unicorn"])
+    with pytest.raises(DatasetError, match="--parts"):
+        split_classes(ds.classes, 9)
+
+
+@pytest.fixture(scope="module")
+def part_teachers(tmp_path_factory):
+    """Two convnet teachers, one per half of the classes, extracted on the whole (unlabelled) training split."""
+    root = tmp_path_factory.mktemp("aka")
+    r = CliRunner().invoke(app, ["split-classes", "-o", "num_train=64", "-o", "num_test=32", "-o", "num_classes=4",
+                                 "--parts", "2", "--out", str(root)])
+    assert r.exit_code == 0, r.output
+    keys = []
+    for k in (1, 2):
+        _, path = train_teacher(TeacherConfig(teacher="convnet", dataset_options=dict(SYN), init="random",
+                                              image_size=32, epochs=1, batch_size=32, workers=0,
+                                              run_dir=root / f"t{k}", classes=root / f"part{k}.txt"))
+        result = extract(ExtractConfig(teacher="convnet", weights=str(path), dataset_options=dict(SYN), image_size=32,
+                                       workers=0, cache_dir=root / "store"))
+        assert result.manifest.teacher.classes_source == "weights" and result.manifest.teacher.num_classes == 2
+        keys.append(result.key)
+    return root, keys
+
+
+def test_aka_trains_a_student_without_reading_labels(part_teachers, tmp_path, monkeypatch):
+    root, keys = part_teachers
+
+    def cfg(run):
+        return DistillConfig(student="lenet5", dataset_options=dict(SYN), teachers=keys, method="aka", epochs=2,
+                             batch_size=16, workers=0, cache_dir=root / "store", run_dir=tmp_path / run)
+
+    a = distill(cfg("a"))
+    # Scramble every training label the dataset hands out: the run must not change at all.
+    from featcache.datasets.base import ImageDataset
+
+    real = ImageDataset.__getitem__
+
+    def scrambled(self, i):
+        image, label, index = real(self, i)
+        return image, (label * 7 + 3) % 4 if self.split == "train" else label, index
+
+    monkeypatch.setattr(ImageDataset, "__getitem__", scrambled)
+    b = distill(cfg("b"))
+    assert a.last_acc == b.last_acc
+    sa = torch.load(tmp_path / "a" / "checkpoint-last.pt", weights_only=False)
+    sb = torch.load(tmp_path / "b" / "checkpoint-last.pt", weights_only=False)
+    for k in sa["student"]:
+        torch.testing.assert_close(sa["student"][k], sb["student"][k])
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["train_acc"] is None and {"train_transfer", "train_reg", "train_soft"} <= set(records[0])
+    # The teacher run of a class subset evaluates on its own classes.
+    from featcache.distill.trainer import evaluate_run
+
+    assert evaluate_run(root / "t1", workers=0)["n"] == 16
+
+
+def test_aka_and_unlabeled_refusals(part_teachers, tmp_path):
+    root, keys = part_teachers
+    base = dict(student="lenet5", dataset_options=dict(SYN), batch_size=16, workers=0, cache_dir=root / "store",
+                run_dir=tmp_path / "r")
+    with pytest.raises(ConfigError, match="--unlabeled"):
+        setup(DistillConfig(teachers=keys[:1], method="ts", unlabeled=True, **base))
+    store = tmp_path / "s"
+    extract(ExtractConfig(teacher="resnet18", weights="random", num_classes=3, dataset_options=dict(SYN),
+                          image_size=32, workers=0, cache_dir=store))
+    with pytest.raises(ConfigError, match="does not say which"):
+        setup(DistillConfig(teachers=["resnet18"], method="aka", **{**base, "cache_dir": store}))
