@@ -26,6 +26,7 @@ else:  # pragma: no cover - Python 3.10
 
 _DISTILL_FIELDS = {f.name for f in fields(DistillConfig)} - {
     "student", "dataset", "data_root", "dataset_options", "teachers", "method", "seed", "run_dir", "resume", "cache_dir",
+    "tag",
 }
 # dataset_options: the teacher may be trained on a larger set of the same classes (e.g. more synthetic samples).
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "augment", "init", "image_size",
@@ -48,6 +49,7 @@ class DistillSpec:
     teachers: list[str]
     seeds: list[int]
     options: dict[str, Any]
+    tag: str = ""  # tells apart blocks with the same students/methods/teachers but other options
 
 
 @dataclass
@@ -127,7 +129,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     runs: list[DistillSpec] = []
     for i, d in enumerate(_table(data, "distill", where, kind=list, default=[])):
         w = f"{where}: [[distill]] #{i + 1}"
-        _unknown(d, {"students", "methods", "teachers", "seeds", "options"}, w)
+        _unknown(d, {"students", "methods", "teachers", "seeds", "options", "tag"}, w)
         students, methods = d.get("students", []), d.get("methods", [])
         if not students or not methods:
             raise ConfigError(f"{w}: 'students' and 'methods' must list at least one each")
@@ -143,7 +145,17 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         options = _table(d, "options", w, default={})
         _unknown(options, _DISTILL_FIELDS, f"{w}.options")
         seeds = d.get("seeds", [0])
-        runs.append(DistillSpec(list(students), list(methods), list(d.get("teachers", [])), [int(s) for s in seeds], dict(options)))
+        tag = str(d.get("tag", ""))
+        if tag and not tag.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"{w}: tag {tag!r} may hold only letters, digits, - and _ (it names run directories)")
+        runs.append(DistillSpec(list(students), list(methods), list(d.get("teachers", [])), [int(s) for s in seeds],
+                                dict(options), tag))
+    dirs = [distill_dir_name(st, m, [] if m == "ce" else r.teachers, sd, r.tag)
+            for r in runs for st in r.students for m in r.methods for sd in r.seeds]
+    if len(set(dirs)) != len(dirs):
+        clash = next(x for x in dirs if dirs.count(x) > 1)
+        raise ConfigError(f"{where}: two [[distill]] runs would share the run directory {clash!r}; give the blocks "
+                          "different 'tag's")
 
     report = _table(data, "report", where, default={})
     _unknown(report, {"title", "markdown", "plot"}, f"{where}: [report]")
@@ -207,9 +219,13 @@ def extract_config(p: Pipeline, t: TeacherSpec, cache_dir: Path | None, device: 
                          weights=_teacher_weights(p, t), cache_dir=cache_dir, device=device, workers=workers, **opts)
 
 
-def distill_dir(p: Pipeline, student: str, method: str, teachers: list[str], seed: int) -> Path:
+def distill_dir_name(student: str, method: str, teachers: list[str], seed: int, tag: str = "") -> str:
     who = "+".join(teachers) if teachers else "alone"
-    return p.runs_dir / f"{student}-{method}-{who}-s{seed}"
+    return f"{student}-{method}-{who}{'-' + tag if tag else ''}-s{seed}"
+
+
+def distill_dir(p: Pipeline, student: str, method: str, teachers: list[str], seed: int, tag: str = "") -> Path:
+    return p.runs_dir / distill_dir_name(student, method, teachers, seed, tag)
 
 
 def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None) -> list[Stage]:
@@ -237,7 +253,7 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", wo
             for method in d.methods:
                 teachers = [] if method == "ce" else d.teachers
                 for seed in d.seeds:
-                    rd = distill_dir(p, student, method, teachers, seed)
+                    rd = distill_dir(p, student, method, teachers, seed, d.tag)
                     stages.append(Stage("distill", rd.name, _run_state(rd), rd, "", (student, method, teachers, seed, d)))
     stages.append(Stage("report", p.name, "run", p.runs_dir, ", ".join(f"{k}={v}" for k, v in p.report.items())))
     return stages
@@ -283,7 +299,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             config = DistillConfig(student=student, dataset=p.dataset, data_root=p.data_root,
                                    dataset_options=dict(p.dataset_options), teachers=[keys[t] for t in teachers],
                                    method=method, seed=seed, run_dir=stage.run_dir, resume=stage.state == "resume",
-                                   cache_dir=cache_dir, device=device, workers=workers, **spec.options)
+                                   cache_dir=cache_dir, device=device, workers=workers, tag=spec.tag, **spec.options)
             summary = distill(config, reporter)
             log(f"[distill] {stage.name}: {summary.line()}")
     return write_report(p)
@@ -303,7 +319,7 @@ def plan_runs(p: Pipeline) -> list[Path]:
         for student in d.students:
             for method in d.methods:
                 for seed in d.seeds:
-                    dirs.append(distill_dir(p, student, method, [] if method == "ce" else d.teachers, seed))
+                    dirs.append(distill_dir(p, student, method, [] if method == "ce" else d.teachers, seed, d.tag))
     return dirs
 
 

@@ -35,10 +35,11 @@ class RunRecord:
     final_acc: float
     finished: bool
     images_per_s: float | None = None
-    label: str = ""
+    label: str = ""  # the method column: method, plus tag / noise images where set
+    signature: str = ""  # the run's whole configuration except its seed and where it ran
 
     def group(self) -> tuple:
-        return (self.kind, self.model, self.method, tuple(self.teachers), self.dataset)
+        return (self.kind, self.signature)
 
 
 def load_record(run_dir: str | Path) -> RunRecord:
@@ -58,12 +59,21 @@ def load_record(run_dir: str | Path) -> RunRecord:
     kind = info.get("kind", "student")
     teachers = [t.get("teacher", t["key"]) for t in info.get("teachers", [])]
     rate = [r["images_per_s"] for r in records if r.get("images_per_s")]
+    method = info.get("method", config.get("method") or "?")
+    label = method
+    if config.get("noise_per_batch"):
+        label += f" +{config['noise_per_batch']} noise/batch"
+    if config.get("tag"):
+        label += f" [{config['tag']}]"
+    ignore = {"seed", "run_dir", "resume", "workers", "device", "cache_dir", "data_root"}
+    signature = json.dumps({**{k: v for k, v in config.items() if k not in ignore},
+                            "teacher_keys": [t["key"] for t in info.get("teachers", [])]}, sort_keys=True, default=str)
     return RunRecord(
         run_dir=run_dir, kind=kind, model=config["student"], method=info.get("method", config.get("method") or "?"),
         teachers=teachers, dataset=config["dataset"], seed=int(config.get("seed", 0)),
         epochs_planned=summary["epochs"] if summary else len(curve), curve=curve, best_acc=curve[best],
         best_epoch=best + 1, final_acc=curve[-1], finished=summary is not None,
-        images_per_s=statistics.mean(rate) if rate else None,
+        images_per_s=statistics.mean(rate) if rate else None, label=label, signature=signature,
     )
 
 
@@ -110,7 +120,7 @@ class Row:
         ep = "/".join(map(str, sorted(epochs))) + ("" if epochs == planned else f" of {max(planned)}")
         return {
             "model": r.model + (" (teacher)" if r.kind == "teacher" else ""),
-            "method": r.method if r.kind == "student" else "fine-tune",
+            "method": (r.label or r.method) if r.kind == "student" else "fine-tune",
             "teachers": ", ".join(r.teachers) or "—",
             "dataset": r.dataset,
             "seeds": str(len(self.runs)),

@@ -222,7 +222,7 @@ def test_teacher_counts_are_checked():
     get_method("multi").check_teachers(3)
     with pytest.raises(ConfigError, match="unknown --method"):
         get_method("magic")
-    assert set(METHODS) == {"ce", "kd", "fitnets", "ts", "ts-translator", "multi"}
+    assert set(METHODS) == {"ce", "kd", "fitnets", "ts", "ts-translator", "multi", "aka"}
 
 
 def test_methods_doc_covers_every_method_and_equation():

@@ -172,3 +172,28 @@ def test_report_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     r = CliRunner().invoke(app, ["report", str(d), "--plot", str(tmp_path / "p.png")])
     assert r.exit_code == 2 and 'pip install -e ".[plot]"' in r.output
+
+
+def test_tags_keep_runs_with_other_options_apart(tmp_path):
+    block = {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"], "options": {"epochs": 1}}
+    data = json.loads(json.dumps(TINY))
+    data["distill"] = [block, {**block, "options": {"epochs": 1, "noise_per_batch": 4}}]
+    with pytest.raises(ConfigError, match="different 'tag'"):
+        parse_pipeline(data, runs_dir=tmp_path)
+    data["distill"][1]["tag"] = "noise"
+    p = parse_pipeline(data, runs_dir=tmp_path)
+    names = [s.name for s in plan(p, workers=0) if s.kind == "distill"]
+    assert names == ["lenet5-ts-r18-s0", "lenet5-ts-r18-noise-s0"]
+    data["distill"][1]["tag"] = "a b"
+    with pytest.raises(ConfigError, match="tag"):
+        parse_pipeline(data, runs_dir=tmp_path)
+
+
+def test_report_keeps_runs_that_differ_beyond_the_seed_apart(tmp_path):
+    a = _fake_run(tmp_path, "a", [0.5], method="ts", teachers=["r50"])
+    b = _fake_run(tmp_path, "b", [0.6], method="ts", teachers=["r50"])
+    cfg = json.loads((b / "config.json").read_text())
+    cfg["config"].update(noise_per_batch=8, tag="noise")
+    (b / "config.json").write_text(json.dumps(cfg))
+    rows = build_rows([load_record(a), load_record(b)])
+    assert [r.cells()["method"] for r in rows] == ["ts", "ts +8 noise/batch [noise]"]

@@ -92,6 +92,7 @@ class DistillConfig:
     compile: str = "none"  # torch.compile mode of the training step: none, default, reduce-overhead, max-autotune
     unlabeled: bool = False  # train without reading the training labels (aka always does)
     aka_dim: int | None = None
+    tag: str = ""  # a label for reports, e.g. "noise" (pipelines name run directories with it)
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -177,7 +178,9 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
             )
         return spec
     size = config.image_size or train.native_size or (student_entry.default_image_size if student_entry else 224)
-    return default_transform(size, native_size=train.native_size if size == train.native_size else None)
+    # The same rule as extract: small pre-centred images (CIFAR) are resized whole at any size, never cropped, so a
+    # run without a teacher sees the view a teacher's cache at that size would describe.
+    return default_transform(size, native_size=train.native_size)
 
 
 def setup(config: DistillConfig) -> Setup:
