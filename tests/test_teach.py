@@ -30,7 +30,10 @@ def test_train_teacher_then_extract_with_its_weights(tmp_path):
                                    dataset_options=dict(SYN), split="test", image_size=32, workers=0,
                                    cache_dir=tmp_path / "store"))
     m = result.manifest
-    assert m.teacher.classes_source == "dataset" and m.teacher.num_classes == 10
+    assert m.teacher.classes_source == "weights" and m.teacher.num_classes == 10  # teacher.pt names its classes
+    from featcache.datasets import get_dataset as _get
+
+    assert m.teacher.classes == _get("synthetic", split="test", **SYN).classes
     rows = FeatureCache(result.directory).read_all()
     from featcache.datasets import get_dataset
 
