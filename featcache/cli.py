@@ -291,18 +291,25 @@ def eval_cmd(
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     as_json: bool = typer.Option(False, "--json"),
+    classes: Optional[List[Path]] = typer.Option(None, "--classes", help="Also report accuracy per class part (a file of class names; repeatable)."),
 ) -> None:
     """Test accuracy (correct / total, Eq. 6 of the multi-teacher paper) of a run's checkpoint."""
+    from featcache.datasets.base import read_class_list
     from featcache.distill.trainer import evaluate_run
 
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint {checkpoint!r}: choose best or last")
-    r = evaluate_run(run_dir, checkpoint=checkpoint, device=device, batch_size=batch_size, workers=workers, data_root=data_root)
+    parts = {p.stem: read_class_list(p) for p in classes or []}
+    r = evaluate_run(run_dir, checkpoint=checkpoint, device=device, batch_size=batch_size, workers=workers,
+                     data_root=data_root, parts=parts)
     if as_json:
         out.print_json(json.dumps(r))
     else:
         out.print(f"{run_dir} ({checkpoint}, epoch {r['epoch']}): test accuracy {r['acc']:.2%} on {r['n']:,} images "
                   f"· test loss {r['loss']:.4f}", highlight=False)
+        for name, ev in r.get("parts", {}).items():
+            out.print(f"  {name}: {ev['acc']:.2%} on {ev['n']:,} images (predicted among its {len(parts[name])} classes)",
+                      highlight=False)
 
 
 def _print_rows(rows, title: str) -> None:

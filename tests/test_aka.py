@@ -145,3 +145,21 @@ def test_aka_and_unlabeled_refusals(part_teachers, tmp_path):
                           image_size=32, workers=0, cache_dir=store))
     with pytest.raises(ConfigError, match="does not say which"):
         setup(DistillConfig(teachers=["resnet18"], method="aka", **{**base, "cache_dir": store}))
+
+
+def test_per_part_accuracy_of_teachers_and_student(part_teachers, tmp_path):
+    root, keys = part_teachers
+    distill(DistillConfig(student="lenet5", dataset_options=dict(SYN), teachers=keys, method="aka", epochs=1,
+                          batch_size=16, workers=0, cache_dir=root / "store", run_dir=tmp_path / "s"))
+    files = [root / "part1.txt", root / "part2.txt"]
+    r = CliRunner().invoke(app, ["eval", str(tmp_path / "s"), "--workers", "0", "--json",
+                                 "--classes", str(files[0]), "--classes", str(files[1])])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert set(res["parts"]) == {"part1", "part2"} and all(v["n"] == 16 for v in res["parts"].values())
+    # A teacher of part 1: its per-part accuracy on part 1 is its plain accuracy (its head is that part).
+    t1 = CliRunner().invoke(app, ["eval", str(root / "t1"), "--workers", "0", "--json", "--classes", str(files[0])])
+    t1 = json.loads(t1.output)
+    assert t1["parts"]["part1"]["acc"] == t1["acc"]
+    bad = CliRunner().invoke(app, ["eval", str(root / "t1"), "--workers", "0", "--classes", str(files[1])])
+    assert bad.exit_code == 2 and "not covered" in bad.output

@@ -635,14 +635,47 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", batch_size: int = 256,
-                 workers: int | None = None, data_root: Path | None = None) -> dict[str, Any]:
-    """Test accuracy (Eq. 6) of a run's checkpoint on the dataset's test split."""
+                 workers: int | None = None, data_root: Path | None = None,
+                 parts: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """Test accuracy (Eq. 6) of a run's checkpoint on the dataset's test split; with ``parts`` (name -> class
+    names) also the accuracy on each part: its test images, predicted among that part's classes only (a task, as in
+    the per-task tables of adaptive knowledge amalgamation)."""
+    from featcache.datasets.base import ClassSubset
+
     student, test, transform, dev, precision, state, config = load_run(run_dir, checkpoint, device, data_root)
     student = student.to(dev)
     w = default_workers() if workers is None else workers
-    loader = test_loader(test, transform, batch_size, w, dev)
-    try:
-        ev = evaluate(student, loader, transform, dev, precision, config.channels_last)
-    finally:
-        shutdown_workers(loader)
-    return {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch", -1) + 1, **ev}
+    out: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch", -1) + 1}
+    head = list(test.classes)  # what the checkpoint's logits cover
+    base = test.base if isinstance(test, ClassSubset) else test
+    jobs = [("all", test, None)]
+    for name, classes in (parts or {}).items():
+        outside = [c for c in classes if c not in head]
+        if outside:
+            raise ConfigError(f"--classes {name}: class {outside[0]!r} is not covered by the run's head ({len(head)} classes)")
+        jobs.append((name, ClassSubset(base, classes), [head.index(c) for c in classes]))
+    for name, ds, cols in jobs:
+        loader = test_loader(ds, transform, batch_size, w, dev)
+        try:
+            model = student if cols is None else _Columns(student, cols)
+            ev = evaluate(model, loader, transform, dev, precision, config.channels_last)
+        finally:
+            shutdown_workers(loader)
+        if cols is None:
+            out.update(ev)
+        else:
+            out.setdefault("parts", {})[name] = ev
+    return out
+
+
+class _Columns(torch.nn.Module):
+    """A model's logits restricted to some columns (prediction among one task's classes)."""
+
+    def __init__(self, model: torch.nn.Module, cols: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("cols", torch.tensor(cols, dtype=torch.int64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        return logits.index_select(1, self.cols.to(logits.device))
