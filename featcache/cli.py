@@ -281,6 +281,47 @@ def split_classes_cmd(
         out.print(f"{path}: {len(names)} classes", highlight=False)
 
 
+@app.command()
+@user_errors
+def amalgamate(
+    teacher: List[str] = typer.Option(..., "--teacher", "-t", help="Source teacher caches (NAME, KEY or NAME:KEY), repeatable."),
+    classes: List[Path] = typer.Option(..., "--classes", help="One file of class names per task (featcache split-classes), repeatable."),
+    student: str = typer.Option("resnet18", "--student", "-s", help="Architecture of the component nets and the target."),
+    component_student: Optional[str] = typer.Option(None, "--component-student", help="Component architecture (default --student)."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    epochs: int = typer.Option(30, "--epochs", help="Target-net epochs."),
+    component_epochs: Optional[int] = typer.Option(None, "--component-epochs", help="Component-net epochs (default --epochs)."),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    lr: float = typer.Option(1e-3, "--lr"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    run_dir: Path = typer.Option(Path("runs/amalgamate"), "--run-dir"),
+    device: str = typer.Option("auto", "--device"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+) -> None:
+    """Dual-stage adaptive knowledge amalgamation without labels: source teachers → component nets → target net."""
+    from featcache.amalgamate import AmalgamateConfig
+    from featcache.amalgamate import amalgamate as run_amalgamate
+    from featcache.datasets.base import read_class_list
+    from featcache.progress import RichReporter
+
+    cfg = AmalgamateConfig(
+        teachers=list(teacher), parts={p.stem: read_class_list(p) for p in classes}, student=student,
+        component_student=component_student, dataset=dataset, data_root=data_root,
+        dataset_options=parse_options(dataset_opt, "--dataset-opt"), epochs=epochs, component_epochs=component_epochs,
+        options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, run_dir=run_dir, device=device, workers=workers,
+    )
+    r = run_amalgamate(cfg, reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False))
+    table = Table(title=f"per-task test accuracy (%) — {run_dir}", title_justify="left")
+    for col in ("task", "classes", "source teacher(s)", "component", "target"):
+        table.add_column(col, justify="left" if col in ("task", "source teacher(s)") else "right")
+    for row in r["table"]:
+        src = ", ".join(f"{100 * a:.2f}" for a in row["sources"].values()) or "—"
+        table.add_row(row["task"], str(row["classes"]), src, f"{100 * row['component']:.2f}", f"{100 * row['target']:.2f}")
+    out.print(table)
+
+
 @app.command("eval")
 @user_errors
 def eval_cmd(

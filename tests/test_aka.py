@@ -31,7 +31,7 @@ def test_entropy_selection_picks_the_most_confident_teacher_per_sample():
 def test_selection_routes_each_samples_loss_to_its_selected_teacher():
     torch.manual_seed(0)
     student = create_student("lenet5", num_classes=3, image_size=32).eval()
-    params = MethodParams(teacher_columns=[[0, 1, 2], [0, 1, 2]])
+    params = MethodParams(teacher_columns=[([0, 1, 2], [0, 1, 2]), ([0, 1, 2], [0, 1, 2])])
     m = AdaptiveAmalgamation(student, [8, 8], 3, params)
     x = torch.randn(2, 3, 32, 32)
     feats = [torch.randn(2, 8), torch.randn(2, 8)]
@@ -163,3 +163,72 @@ def test_per_part_accuracy_of_teachers_and_student(part_teachers, tmp_path):
     assert t1["parts"]["part1"]["acc"] == t1["acc"]
     bad = CliRunner().invoke(app, ["eval", str(root / "t1"), "--workers", "0", "--classes", str(files[1])])
     assert bad.exit_code == 2 and "not covered" in bad.output
+
+
+def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_path, monkeypatch):
+    """Source teachers (one per class part) → one component net per part → a target net over all classes."""
+    from featcache.amalgamate import AmalgamateConfig, amalgamate
+    from featcache.datasets.base import ImageDataset, read_class_list
+
+    root, keys = part_teachers
+    parts = {f"part{k}": read_class_list(root / f"part{k}.txt") for k in (1, 2)}
+
+    def run(out, scramble=False):
+        if scramble:
+            real = ImageDataset.__getitem__
+
+            def scrambled(self, i):
+                image, label, index = real(self, i)
+                return image, (label + 1) % 2 if self.split == "train" else label, index
+
+            monkeypatch.setattr(ImageDataset, "__getitem__", scrambled)
+        cfg = AmalgamateConfig(teachers=keys, parts=parts, student="lenet5", dataset_options=dict(SYN), epochs=1,
+                               options={"batch_size": 16}, cache_dir=tmp_path / f"store-{out}", run_dir=tmp_path / out,
+                               workers=0)
+        # The source caches live in the fixture's store; copy their keys' directories into this run's store.
+        import shutil
+
+        for k in keys:
+            shutil.copytree(root / "store" / k, tmp_path / f"store-{out}" / k)
+        return amalgamate(cfg, log=lambda m: None)
+
+    a = run("a")
+    assert set(a["components"]) == {"part1", "part2"} and (a["target"] / "summary.json").is_file()
+    rows = {r["task"]: r for r in a["table"]}
+    assert set(rows) == {"part1", "part2"}
+    for task, row in rows.items():
+        assert len(row["sources"]) == 1  # the teacher trained on that part, found through its teacher.pt
+        assert 0 <= row["component"] <= 1 and 0 <= row["target"] <= 1
+    # The component caches record the component's classes, so the target maps them onto its head.
+    store = FeatureCache(tmp_path / "store-a" / a["component_keys"]["part1"])
+    assert store.manifest.teacher.classes == parts["part1"] and store.manifest.teacher.name == "run"
+    # Scrambled training labels change nothing: no stage read them.
+    b = run("b", scramble=True)
+    sa = torch.load(a["target"] / "checkpoint-last.pt", weights_only=False)["student"]
+    sb = torch.load(b["target"] / "checkpoint-last.pt", weights_only=False)["student"]
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k])
+    # Re-running skips every stage.
+    logs = []
+    from featcache.amalgamate import amalgamate as again
+
+    again(AmalgamateConfig(teachers=keys, parts=parts, student="lenet5", dataset_options=dict(SYN), epochs=1,
+                           options={"batch_size": 16}, cache_dir=tmp_path / "store-a", run_dir=tmp_path / "a",
+                           workers=0), log=logs.append)
+    assert all(m.endswith("done") or "reused" in m for m in logs), logs
+
+
+def test_amalgamate_cli_prints_the_per_task_table(part_teachers, tmp_path):
+    root, keys = part_teachers
+    args = ["amalgamate", "--student", "lenet5", "-o", "num_train=64", "-o", "num_test=32", "-o", "num_classes=4",
+            "--epochs", "1", "--batch-size", "16", "--workers", "0", "--cache-dir", str(root / "store"),
+            "--run-dir", str(tmp_path / "am")]
+    for k in keys:
+        args += ["--teacher", k]
+    for k in (1, 2):
+        args += ["--classes", str(root / f"part{k}.txt")]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "per-task test accuracy" in r.output and "part2" in r.output
+    bad = CliRunner().invoke(app, ["amalgamate", "--teacher", keys[0], "--classes", str(tmp_path / "none.txt")])
+    assert bad.exit_code == 2 and "not found" in bad.output

@@ -93,6 +93,7 @@ class DistillConfig:
     unlabeled: bool = False  # train without reading the training labels (aka always does)
     aka_dim: int | None = None
     tag: str = ""  # a label for reports, e.g. "noise" (pipelines name run directories with it)
+    classes: list[str] | None = None  # the student's head covers these classes only (an aka component net)
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -194,6 +195,14 @@ def setup(config: DistillConfig) -> Setup:
     if train.classes != test.classes:
         raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
     caches = resolve_teachers(config.teachers, train, CacheStore(config.cache_dir)) if config.teachers else []
+    head = list(train.classes)
+    if config.classes is not None:
+        if method_cls.uses_labels:
+            raise ConfigError(f"--classes: a head over part of the classes trains without labels; use --method aka")
+        from featcache.datasets.base import ClassSubset
+
+        test = ClassSubset(test, config.classes)  # evaluated on its own task
+        head = list(config.classes)
     if method_cls.needs_teacher_classes:
         for c in caches:
             if c.manifest.teacher.classes != list(train.classes):
@@ -225,7 +234,10 @@ def setup(config: DistillConfig) -> Setup:
                     + (f" ({missing[0]!r} is not a class of {train.name})" if missing else "")
                     + "; extract a teacher trained by `featcache train-teacher [--classes FILE]`"
                 )
-            columns.append([train.classes.index(n) for n in names])
+            shared = [k for k, n in enumerate(names) if n in head]  # teacher columns inside the student's head
+            if not shared:
+                raise ConfigError(f"--method aka: cache {c.key} covers none of the head's classes; drop that --teacher")
+            columns.append(([head.index(names[k]) for k in shared], shared))
     params = MethodParams(
         lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
         temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
@@ -240,11 +252,11 @@ def setup(config: DistillConfig) -> Setup:
             )
         options["feature_dim"] = config.feature_dim
     student_kwargs = {
-        "name": config.student, "num_classes": train.num_classes, "small_input": config.small_input,
+        "name": config.student, "num_classes": len(head), "small_input": config.small_input,
         "image_size": transform.image_size, **options,
     }
     student = create_student(**student_kwargs)
-    method = method_cls(student, dims, train.num_classes, params)
+    method = method_cls(student, dims, len(head), params)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
@@ -584,6 +596,7 @@ def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
             for c, m in zip(s.caches, loader.modes)
         ],
         "transform": s.transform.to_dict(),
+        "head_classes": list(s.test.classes),  # what the student's logits cover, in order
         "student": s.student.describe() if hasattr(s.student, "describe") else s.config.student,
         "student_kwargs": s.student_kwargs,
         "kind": s.kind,

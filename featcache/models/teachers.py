@@ -324,6 +324,12 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
                 "featcache train-teacher), or --weights random for a smoke test"
             )
         weights = "DEFAULT"
+    if entry.name == "run":
+        path = Path(weights or "").expanduser()
+        info = _run_info(path)  # errors name the missing file
+        classes = info.get("head_classes")
+        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path / "checkpoint-best.pt"),
+                           classes=tuple(classes) if classes else None)
     if weights == RANDOM:
         return WeightsInfo(source="random", ref=f"seed={seed}")
     path = Path(weights).expanduser()
@@ -421,3 +427,47 @@ def _convnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: Mo
     if state is not None:
         load_into(model, state, source=f"--weights {weights.ref}")
     return model
+
+
+class RunFeatureModel(FeatureModel):
+    """A trained featcache run (a distilled student, e.g. an amalgamation component net) used as a teacher:
+    its feature layer and head, exactly as it was evaluated."""
+
+    def __init__(self, model: nn.Module, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features = int(model.num_features)
+        self.num_classes = num_classes
+        self.default_image_size = image_size
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(features)
+
+
+def _run_info(path: Path) -> dict[str, Any]:
+    import json
+
+    cfg = path / "config.json"
+    if not (cfg.is_file() and (path / "checkpoint-best.pt").is_file()):
+        raise WeightsError(f"--weights {path}: not a finished featcache run (config.json and checkpoint-best.pt needed)")
+    return json.loads(cfg.read_text())
+
+
+@register_model(
+    "teacher", "run", default_image_size=224, min_image_size=8,
+    description="a featcache distill run used as a teacher: --weights RUN_DIR (e.g. an aka component net)",
+)
+def _run_teacher(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
+    from featcache.models.students import create_student
+
+    if weights.source != "file":
+        raise WeightsError("--teacher run needs --weights RUN_DIR (a finished featcache distill run)")
+    path = Path(weights.ref)
+    info = _run_info(path)
+    student = create_student(**info["student_kwargs"])
+    state = torch.load(path / "checkpoint-best.pt", map_location="cpu", weights_only=False)
+    load_into(student, state["student"], source=f"--weights {path}")
+    return RunFeatureModel(student, info["student_kwargs"]["num_classes"], info["transform"]["image_size"])

@@ -58,7 +58,7 @@ class AdaptiveAmalgamation(Method):
         columns = params.teacher_columns
         if columns is None or len(columns) != len(teacher_dims):
             raise ConfigError("--method aka needs to know which dataset classes each teacher's logits cover")
-        self.columns = [list(c) for c in columns]
+        self.columns = [list(c[0]) for c in columns]
         aligned = params.aka_dim or student.num_features
         self.fa_student = nn.ModuleList(nn.Linear(student.num_features, aligned, bias=False) for _ in teacher_dims)
         self.fa_teacher = nn.ModuleList(nn.Linear(d, aligned, bias=False) for d in teacher_dims)
@@ -73,8 +73,13 @@ class AdaptiveAmalgamation(Method):
         for t, cols in enumerate(self.columns):
             tasks.setdefault(tuple(cols), []).append(t)
         self.tasks = list(tasks.values())
-        for t, cols in enumerate(self.columns):
+        for t, (cols, tcols) in enumerate(columns):
             self.register_buffer(f"cols_{t}", torch.tensor(cols, dtype=torch.int64), persistent=False)
+            self.register_buffer(f"tcols_{t}", torch.tensor(tcols, dtype=torch.int64), persistent=False)
+
+    def teacher_logits(self, rows, t: int) -> torch.Tensor:
+        """Teacher t's logits over the classes it shares with the student's head."""
+        return rows.logits[t].float().index_select(1, getattr(self, f"tcols_{t}"))
 
     def loss(self, student, x, y, rows, epoch):
         f_s = student.forward_features(x)
@@ -91,10 +96,10 @@ class AdaptiveAmalgamation(Method):
                 reg = fa_regulariser(self.fa_student[t].weight) + fa_regulariser(self.fa_teacher[t].weight)
                 cols = getattr(self, f"cols_{t}")
                 s_scores = logits.float().index_select(1, cols)
-                soft = (s_scores - self.scale_holder.value[t] * rows.logits[t].float()).pow(2).mean(dim=1)  # Eq. 7
+                soft = (s_scores - self.scale_holder.value[t] * self.teacher_logits(rows, t)).pow(2).mean(dim=1)  # Eq. 7
                 per_teacher.append((transfer, reg.expand(b), soft))
             if len(members) > 1:
-                chosen = select_teachers([rows.logits[t] for t in members])
+                chosen = select_teachers([self.teacher_logits(rows, t) for t in members])
             else:
                 chosen = torch.zeros(b, dtype=torch.int64, device=x.device)
             for name, k in (("transfer", 0), ("reg", 1), ("soft", 2)):

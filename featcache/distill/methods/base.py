@@ -31,7 +31,8 @@ class MethodParams:
     temperature: float = 4.0
     translator: str = "linear"
     hint_epochs: int | None = None  # fitnets: epochs of the hint stage (default: as many as --epochs)
-    teacher_columns: list[list[int]] | None = None  # aka: dataset class index of each teacher's logit columns
+    # aka, per teacher: (student head columns, the teacher's logit columns for the same classes)
+    teacher_columns: list[tuple[list[int], list[int]]] | None = None
     aka_dim: int | None = None  # aka: width of the aligned features (default: the student's feature width)
 
 

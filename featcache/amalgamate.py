@@ -1,0 +1,121 @@
+"""`featcache amalgamate`: the dual-stage knowledge amalgamation of Shen et al. (CVPR 2019, §3.1), from the cache.
+
+Stage 1: for every task (a part of the classes), the source teachers that cover it are amalgamated (``--method
+aka``, no labels) into a *component net* whose head covers that task only. Stage 2: each component net is
+extracted like any other teacher (``--teacher run --weights RUN_DIR``), and the components are amalgamated into the
+*target net*, whose head covers every task. Component nets, their caches and the target are all kept; a table
+reports, per task, the accuracy of each source teacher, component and the target (as in the paper's Tables 3–4).
+Every stage skips what already exists, so an interrupted amalgamation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from featcache.cache.store import CacheStore
+from featcache.datasets import get_dataset
+from featcache.distill.resolve import resolve_teachers
+from featcache.distill.trainer import LAST, SUMMARY, DistillConfig, distill, evaluate_run
+from featcache.errors import ConfigError
+from featcache.extract import ExtractConfig, extract
+from featcache.progress import Reporter
+
+
+@dataclass
+class AmalgamateConfig:
+    teachers: list[str]  # source teacher caches (NAME, KEY or NAME:KEY), each covering some classes
+    parts: dict[str, list[str]]  # task name -> class names (e.g. from split-classes files)
+    student: str = "resnet18"  # component and target architecture
+    component_student: str | None = None  # default: ``student``
+    dataset: str = "synthetic"
+    data_root: Path | None = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 30
+    component_epochs: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # further DistillConfig fields (lr, batch_size, ...)
+    cache_dir: Path | None = None
+    run_dir: Path = Path("runs/amalgamate")
+    device: str = "auto"
+    workers: int | None = None
+    source_runs: dict[str, Path] = field(default_factory=dict)  # source cache key -> its train-teacher run (for the table)
+
+
+def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:
+    base = DistillConfig(
+        dataset=cfg.dataset, data_root=cfg.data_root, dataset_options=dict(cfg.dataset_options), method="aka",
+        cache_dir=cfg.cache_dir, device=cfg.device, workers=cfg.workers, **cfg.options,
+    )
+    return replace(base, **kw)
+
+
+def _train(config: DistillConfig, log) -> None:
+    run = Path(config.run_dir)
+    if (run / SUMMARY).is_file():
+        log(f"[amalgamate] {run.name}: done")
+        return
+    config.resume = (run / LAST).is_file()
+    log(f"[amalgamate] {run.name}: {'resuming' if config.resume else 'training'}")
+    distill(config)
+
+
+def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=print) -> dict[str, Any]:
+    """Run both stages; returns the run directories, the component cache keys and the per-task table."""
+    if len(cfg.parts) < 1:
+        raise ConfigError("amalgamate needs at least one task (--classes FILE, repeatable)")
+    train = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
+    sources = resolve_teachers(cfg.teachers, train, CacheStore(cfg.cache_dir))
+    for name, classes in cfg.parts.items():
+        outside = [c for c in classes if c not in train.classes]
+        if outside:
+            raise ConfigError(f"--classes {name}: {outside[0]!r} is not a class of {cfg.dataset}")
+    transform = sources[0].manifest.transform
+    size = transform["image_size"]
+    components: dict[str, Path] = {}
+    component_keys: dict[str, str] = {}
+    for task, classes in cfg.parts.items():
+        covering = [c.key for c in sources if set(c.manifest.teacher.classes or []) & set(classes)]
+        if not covering:
+            raise ConfigError(f"task {task}: none of the source teachers covers any of its classes")
+        run = cfg.run_dir / f"component-{task}"
+        _train(_distill_config(cfg, student=cfg.component_student or cfg.student, teachers=covering,
+                               epochs=cfg.component_epochs or cfg.epochs, classes=list(classes), run_dir=run), log)
+        components[task] = run
+        result = extract(ExtractConfig(
+            teacher="run", weights=str(run), dataset=cfg.dataset, data_root=cfg.data_root,
+            dataset_options=dict(cfg.dataset_options), image_size=size, cache_dir=cfg.cache_dir, device=cfg.device,
+            workers=cfg.workers,
+        ), reporter)
+        component_keys[task] = result.key
+        log(f"[amalgamate] component {task}: cache {result.key}{' reused' if result.reused else ''}")
+    target = cfg.run_dir / "target"
+    _train(_distill_config(cfg, student=cfg.student, teachers=list(component_keys.values()), epochs=cfg.epochs,
+                           run_dir=target), log)
+    table = task_table(cfg, sources, components, target)
+    return {"components": components, "component_keys": component_keys, "target": target, "table": table}
+
+
+def task_table(cfg: AmalgamateConfig, sources, components: dict[str, Path], target: Path) -> list[dict[str, Any]]:
+    """Per task: accuracy of each source teacher that has a run directory, of the component and of the target."""
+    rows = []
+    common = {"workers": cfg.workers, "device": cfg.device, "data_root": cfg.data_root}
+    for task, classes in cfg.parts.items():
+        row: dict[str, Any] = {"task": task, "classes": len(classes), "sources": {}}
+        for c in sources:
+            run = cfg.source_runs.get(c.key) or _teacher_run(c)
+            if run is not None and set(classes) <= set(c.manifest.teacher.classes or []):
+                row["sources"][c.key] = evaluate_run(run, parts={task: classes}, **common)["parts"][task]["acc"]
+        row["component"] = evaluate_run(components[task], **common)["acc"]
+        row["target"] = evaluate_run(target, parts={task: classes}, **common)["parts"][task]["acc"]
+        rows.append(row)
+    return rows
+
+
+def _teacher_run(cache) -> Path | None:
+    """The train-teacher run a cache's weights came from (its teacher.pt sits in the run directory), if it exists."""
+    ref = (cache.manifest.teacher.weights or {}).get("ref")
+    if not ref:
+        return None
+    run = Path(ref).parent
+    return run if (run / "config.json").is_file() and (run / "checkpoint-best.pt").is_file() else None
