@@ -109,6 +109,8 @@ def extract(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache store (default $FEATCACHE_HOME or ~/.cache/featcache)."),
     force: bool = typer.Option(False, "--force", help="Redo the extract even if the cache exists."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="If another process is writing the same cache: wait (default) or exit."),
+    blocks: Optional[str] = typer.Option(None, "--blocks", help="Also cache these intermediate blocks, e.g. layer1,layer2,layer3 (for --method aka)."),
+    pool: int = typer.Option(4, "--pool", help="Block outputs are average-pooled to POOL x POOL."),
 ) -> None:
     """Run a teacher once over a dataset split and cache its features and logits."""
     from featcache.extract import ExtractConfig
@@ -126,6 +128,7 @@ def extract(
         batch_size=batch_size, workers=workers, device=device, precision=precision, dtype=dtype,
         logits_dtype=logits_dtype, shard_rows=shard_rows, noise=noise, noise_seed=noise_seed, seed=seed,
         cache_dir=cache_dir, force=force, wait=wait,
+        blocks=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else [], pool=pool,
     )
     result = run_extract(config, reporter=RichReporter(err))
     m = result.manifest
@@ -138,7 +141,10 @@ def extract(
     out.print(
         f"cache [bold]{result.key}[/]: {result.rows:,} rows{noise_part} · {m.teacher.num_features}-d {m.dtype} · "
         f"{human_bytes(result.bytes)} · {result.images_per_s:,.0f} img/s over {result.seconds:.1f} s "
-        f"on {m.timing.get('device')}{acc}",
+        f"on {m.timing.get('device')}{acc}"
+        + (f" · blocks {', '.join(b['name'] for b in m.blocks)}: "
+           f"+{human_bytes(sum(b['dim'] for b in m.blocks) * (2 if m.dtype == 'float16' else 4))} per sample"
+           if m.blocks else ""),
         highlight=False,
     )
 

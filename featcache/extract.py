@@ -26,10 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from featcache import __version__
 from featcache.cache.format import (
+    block_field,
     DEFAULT_SHARD_ROWS,
     FEATURE_DTYPES,
     FORMAT_VERSION,
@@ -77,6 +79,8 @@ class ExtractConfig:
     noise: int = 0
     noise_seed: int = 0
     seed: int = 0
+    blocks: list[str] = field(default_factory=list)  # intermediate modules whose pooled outputs are cached too
+    pool: int = 4  # block outputs are average-pooled to pool × pool
     cache_dir: Path | None = None
     force: bool = False
     wait: bool = True
@@ -108,6 +112,8 @@ class ExtractConfig:
             value = getattr(self, name)
             if value is not None and value != getattr(defaults, name):
                 args += [flag, str(value)]
+        if self.blocks:
+            args += ["--blocks", ",".join(self.blocks), "--pool", str(self.pool)]
         for k, v in sorted(self.dataset_options.items()):
             args += ["--dataset-opt", f"{k}={v}"]
         return shlex.join(args)
@@ -203,6 +209,11 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         "precision": precision,
         "noise": noise.to_dict() if noise else None,
     }
+    if config.blocks:  # only then: the keys of caches without blocks stay what they were
+        check_at_least("--pool", config.pool, 1)
+        if len(set(config.blocks)) != len(config.blocks):
+            raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice")
+        identity["blocks"] = {"names": list(config.blocks), "pool": config.pool}
     key = make_key(identity, entry.name, dataset.name, dataset.split)
     directory = CacheStore(config.cache_dir).path(key)
     return ExtractPlan(
@@ -407,6 +418,42 @@ def _teacher_accuracy(manifest: Manifest, directory: Path, dataset: ImageDataset
     return float((logits.argmax(1) == dataset.targets).mean())
 
 
+def block_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """The submodule ``name`` of a teacher (torchvision teachers also answer to their own names, e.g. layer3)."""
+    for path in (name, f"net.{name}", f"model.{name}"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    inner = getattr(model, "net", model)
+    names = ", ".join(n for n, _ in inner.named_children())
+    raise ConfigError(f"--blocks {name}: the teacher has no such module; its top-level modules are: {names}")
+
+
+def _attach_block_hooks(model: torch.nn.Module, names: list[str]):
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        def hook(_module, _inputs, output, name=name):
+            if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+                raise ConfigError(f"--blocks {name}: its output is not a [B, C, H, W] feature map")
+            captured[name] = output
+        hooks.append(block_module(model, name).register_forward_hook(hook))
+    return hooks, captured
+
+
+def _describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, device) -> list[dict[str, Any]]:
+    """Channels of each block, from one forward pass on a blank image (the manifest needs them before any write)."""
+    size = plan.transform.image_size
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, size, size, device=device))
+    return [
+        {"name": n, "channels": int(captured[n].shape[1]), "pool": cfg.pool,
+         "dim": int(captured[n].shape[1]) * cfg.pool * cfg.pool}
+        for n in cfg.blocks
+    ]
+
+
 def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter) -> tuple[int, float]:
     """Extract every pending row of every part. Returns (images, seconds)."""
     cfg = plan.config
@@ -421,6 +468,10 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
     feat_dtype = getattr(torch, cfg.dtype)
     logit_dtype = getattr(torch, cfg.logits_dtype)
 
+    hooks, captured = _attach_block_hooks(model, cfg.blocks)
+    if cfg.blocks and not manifest.blocks:
+        manifest.blocks = _describe_blocks(model, captured, cfg, plan, device)
+        manifest.save(plan.directory)
     writers: dict[str, PartWriter] = {}
 
     def on_done(info: ShardInfo) -> None:
@@ -467,6 +518,13 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
                     features = features.to(feat_dtype)
                     logits = logits.to(logit_dtype)
                     idx = index.numpy()
+                    blocks = None
+                    if cfg.blocks:  # pooled on the device, copied synchronously (they are small)
+                        blocks = {
+                            block_field(name): F.adaptive_avg_pool2d(captured[name].float(), cfg.pool)
+                            .flatten(1).to(feat_dtype).cpu().numpy()
+                            for name in cfg.blocks
+                        }
                     if pool is not None:
                         fbuf, lbuf = pool.get()
                         n = len(idx)
@@ -476,10 +534,10 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
                         event.record()
                         writer.submit(
                             part, idx, fbuf[:n].numpy(), lbuf[:n].numpy(), idx,
-                            ready=event.synchronize, release=lambda b=(fbuf, lbuf): pool.put(b),
+                            ready=event.synchronize, release=lambda b=(fbuf, lbuf): pool.put(b), blocks=blocks,
                         )
                     else:
-                        writer.submit(part, idx, features.numpy(), logits.numpy(), idx)
+                        writer.submit(part, idx, features.numpy(), logits.numpy(), idx, blocks=blocks)
                     images += len(idx)
                     reporter.advance(len(idx))
         writer.close()
@@ -493,6 +551,8 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
         raise
     finally:
         reporter.stop()
+        for h in hooks:
+            h.remove()
     seconds = time.perf_counter() - started
     missing = [f"{p}-{n}" for p, n in manifest.expected_shards() if n not in {s.number for s in manifest.shards_of(p)}]
     if missing:

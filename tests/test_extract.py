@@ -17,7 +17,7 @@ from featcache.cache import CacheLock, CacheStore, FeatureCache, Manifest
 from featcache.cache.format import FEATURES, LOGITS, PART_NOISE
 from featcache.cache.writer import PartWriter
 from featcache.datasets import get_dataset
-from featcache.errors import CacheError, CacheLockedError, CacheMismatchError
+from featcache.errors import CacheError, CacheLockedError, CacheMismatchError, ConfigError
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models import create_teacher
 from featcache.transforms import TransformSpec, noise_batch
@@ -243,3 +243,37 @@ def test_float32_features(tmp_path):
     with FeatureCache(result.directory) as cache:
         rows = cache.gather([0, 95])
         assert rows[FEATURES].dtype == np.float32 and rows[LOGITS].dtype == np.float16
+
+
+def test_block_features_are_cached_pooled_and_exact(tmp_path):
+    import torch.nn.functional as F
+
+    from featcache.cache.format import block_field
+
+    cfg = config(tmp_path, blocks=["layer2", "layer4"], pool=2)
+    result = extract(cfg)
+    m = result.manifest
+    assert [(b["name"], b["channels"], b["dim"]) for b in m.blocks] == [("layer2", 128, 512), ("layer4", 512, 2048)]
+    assert result.key != extract(config(tmp_path)).key  # blocks are part of the key
+    ds = get_dataset("synthetic", split="train", **SYN)
+    spec = TransformSpec.from_dict(m.transform)
+    images = torch.stack([spec.geometry()(ds.read_image(i)) for i in range(8)])
+    plan = plan_extract(cfg)
+    teacher = create_teacher(cfg.teacher, weights=cfg.weights, num_classes=plan.num_classes, seed=cfg.seed)
+    net = teacher.model.eval()
+    seen = {}
+    net.net.layer2.register_forward_hook(lambda mod, i, o: seen.__setitem__("layer2", o))
+    with torch.inference_mode():
+        net(spec.normalizer()(images, channels_last=False))
+    expected = F.adaptive_avg_pool2d(seen["layer2"], 2).flatten(1)
+    with FeatureCache(result.directory) as cache:
+        rows = cache.gather(np.arange(8), fields=(block_field("layer2"),))[block_field("layer2")]
+        assert cache.row_bytes((block_field("layer4"),)) == 2048 * 2
+    np.testing.assert_allclose(rows.astype(np.float32), expected.numpy(), rtol=2e-3, atol=2e-3)
+
+
+def test_block_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such module"):
+        extract(config(tmp_path, blocks=["layer9"]))
+    with pytest.raises(ConfigError, match="named twice"):
+        plan_extract(config(tmp_path, blocks=["layer1", "layer1"]))

@@ -35,6 +35,12 @@ FEATURES = "features"
 LOGITS = "logits"
 INDEX = "index"
 FIELDS = (FEATURES, LOGITS, INDEX)
+BLOCK_PREFIX = "blocks/"  # block features: one dataset per cached block, "blocks/<name>" [n, C·P·P] (extract --blocks)
+
+
+def block_field(name: str) -> str:
+    """The dataset (and field) name of a cached intermediate block."""
+    return BLOCK_PREFIX + name
 
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_SHARD_ROWS = 4096
@@ -103,6 +109,9 @@ class Manifest:
     rows: dict[str, int]  # part -> number of rows
     noise: dict[str, Any] | None  # NoiseSpec.to_dict() or None
     shards: list[ShardInfo] = field(default_factory=list)
+    # Cached intermediate blocks, in order: {"name", "channels", "pool", "dim"}; each row stores the block's output
+    # average-pooled to pool × pool, flattened channel-major (C, P, P), in ``dtype``.
+    blocks: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = False
     format_version: int = FORMAT_VERSION
     created: str = ""

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Sequence
 import h5py
 import numpy as np
 
-from featcache.cache.format import FEATURES, INDEX, LOGITS, PART_DATA, Manifest, ShardInfo
+from featcache.cache.format import FEATURES, INDEX, LOGITS, PART_DATA, Manifest, ShardInfo, block_field
 from featcache.errors import CacheError, CacheMismatchError
 
 DEFAULT_FIELDS = (FEATURES, LOGITS)
@@ -75,8 +75,14 @@ class FeatureCache:
             FEATURES: np.dtype(m.dtype).itemsize * m.teacher.num_features,
             LOGITS: np.dtype(m.logits_dtype).itemsize * m.teacher.num_classes,
             INDEX: 8,
+            **{block_field(b["name"]): np.dtype(m.dtype).itemsize * b["dim"] for b in m.blocks},
         }
         return sum(sizes[f] for f in fields)
+
+    @property
+    def block_fields(self) -> list[str]:
+        """Field names of the cached intermediate blocks (empty unless extracted with --blocks)."""
+        return [block_field(b["name"]) for b in self.manifest.blocks]
 
     # -- file handles -----------------------------------------------------------------------------------------
     def _file(self, shard: ShardInfo) -> h5py.File:
@@ -124,7 +130,12 @@ class FeatureCache:
             FEATURES: ((n, m.teacher.num_features), m.dtype),
             LOGITS: ((n, m.teacher.num_classes), m.logits_dtype),
             INDEX: ((n,), "int64"),
+            **{block_field(b["name"]): ((n, b["dim"]), m.dtype) for b in m.blocks},
         }
+        unknown = [f for f in fields if f not in shapes]
+        if unknown:
+            raise CacheError(f"cache {self.key} has no field {unknown[0]!r} (blocks cached: "
+                             f"{', '.join(b['name'] for b in m.blocks) or 'none'})")
         return {f: np.empty(*shapes[f]) for f in fields}
 
     def gather(

@@ -25,6 +25,7 @@ from featcache.cache.format import (
     TMP_SUFFIX,
     Manifest,
     ShardInfo,
+    block_field,
     fsync_dir,
     shard_name,
 )
@@ -62,6 +63,8 @@ class PartWriter:
         f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
         f.create_dataset(LOGITS, shape=(n, t.num_classes), dtype=self.manifest.logits_dtype)
         f.create_dataset(INDEX, shape=(n,), dtype="int64")
+        for b in self.manifest.blocks:
+            f.create_dataset(block_field(b["name"]), shape=(n, b["dim"]), dtype=self.manifest.dtype)
         f.attrs["part"] = self.part
         f.attrs["start"] = start
         f.attrs["stop"] = stop
@@ -70,7 +73,13 @@ class PartWriter:
         self._open[number] = entry
         return entry
 
-    def write(self, rows: np.ndarray, features: np.ndarray, logits: np.ndarray, index: np.ndarray) -> None:
+    def write(self, rows: np.ndarray, features: np.ndarray, logits: np.ndarray, index: np.ndarray,
+              blocks: dict[str, np.ndarray] | None = None) -> None:
+        """Rows ``rows`` of every field; ``blocks`` maps each manifest block's field name to its [n, dim] rows."""
+        blocks = blocks or {}
+        missing = [block_field(b["name"]) for b in self.manifest.blocks if block_field(b["name"]) not in blocks]
+        if missing:
+            raise ValueError(f"write() lacks the block rows {missing}")
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return
@@ -83,14 +92,10 @@ class PartWriter:
             start, stop = self.manifest.shard_range(self.part, number)
             local = rows[seg] - start
             lo, hi = int(local[0]), int(local[-1]) + 1
-            if hi - lo == len(seg):  # contiguous slab: one hyperslab write per dataset
-                f[FEATURES][lo:hi] = features[seg]
-                f[LOGITS][lo:hi] = logits[seg]
-                f[INDEX][lo:hi] = index[seg]
-            else:
-                f[FEATURES][local] = features[seg]
-                f[LOGITS][local] = logits[seg]
-                f[INDEX][local] = index[seg]
+            arrays = {FEATURES: features, LOGITS: logits, INDEX: index, **blocks}
+            where = np.s_[lo:hi] if hi - lo == len(seg) else local  # contiguous slab: one hyperslab write each
+            for name, array in arrays.items():
+                f[name][where] = array[seg]
             written += len(seg)
             self._open[number] = (f, tmp, written)
             if written == stop - start:
@@ -148,12 +153,12 @@ class BackgroundWriter:
             item = self._queue.get()
             if item is self._STOP:
                 return
-            part, rows, features, logits, index, ready, release = item
+            part, rows, features, logits, index, ready, release, blocks = item
             try:
                 if not self._failed:
                     if ready is not None:
                         ready()  # e.g. a CUDA event's synchronize(): the device->host copy has landed
-                    self.writers[part].write(rows, features, logits, index)
+                    self.writers[part].write(rows, features, logits, index, blocks)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the producer thread
                 self._error = exc
                 self._failed = True
@@ -168,9 +173,9 @@ class BackgroundWriter:
                 raise CacheError(f"writing the cache failed: {err}") from err
             raise err
 
-    def submit(self, part, rows, features, logits, index, ready=None, release=None) -> None:
+    def submit(self, part, rows, features, logits, index, ready=None, release=None, blocks=None) -> None:
         self._check()
-        self._queue.put((part, rows, features, logits, index, ready, release))
+        self._queue.put((part, rows, features, logits, index, ready, release, blocks))
 
     def close(self) -> None:
         """Drain the queue, stop the thread and raise any error the thread hit."""
