@@ -232,3 +232,43 @@ def test_amalgamate_cli_prints_the_per_task_table(part_teachers, tmp_path):
     assert "per-task test accuracy" in r.output and "part2" in r.output
     bad = CliRunner().invoke(app, ["amalgamate", "--teacher", keys[0], "--classes", str(tmp_path / "none.txt")])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_aka_with_block_features(tmp_path):
+    """Teachers cached with intermediate blocks; the student's body modules are bridged to them block by block."""
+    store = tmp_path / "store"
+    keys = []
+    for k, classes in enumerate((["circle", "square"], ["triangle", "cross"])):
+        _, path = train_teacher(TeacherConfig(teacher="convnet", dataset_options=dict(SYN), init="random",
+                                              image_size=32, epochs=1, batch_size=32, workers=0,
+                                              run_dir=tmp_path / f"t{k}", classes=classes))
+        r = extract(ExtractConfig(teacher="convnet", weights=str(path), dataset_options=dict(SYN), image_size=32,
+                                  workers=0, cache_dir=store, blocks=["body.5", "body.12"], pool=2))
+        assert [b["channels"] for b in r.manifest.blocks] == [32, 64]
+        keys.append(r.key)
+    cfg = DistillConfig(student="lenet5", dataset_options=dict(SYN), teachers=keys, method="aka", epochs=1,
+                        batch_size=16, workers=0, cache_dir=store, run_dir=tmp_path / "s",
+                        student_blocks=["conv1", "conv2"])
+    s = setup(cfg)
+    assert s.method.params.student_block_channels == [6, 16] and len(s.method.fa_teacher_blocks) == 2
+    # One batch by hand: the loss holds the block terms.
+    from featcache.distill.loader import JoinedLoader
+
+    s.train.with_transform(s.transform.geometry())
+    loader = JoinedLoader(s.train, s.caches, batch_size=8, workers=0, transform=s.transform, blocks=True)
+    batch = next(iter(loader))
+    loader.close()
+    assert [t.shape for t in batch.blocks[0]] == [(8, 32 * 4), (8, 64 * 4)]
+    x = s.transform.normalizer()(batch.images, channels_last=False)
+    with_blocks, parts, _ = s.method.loss(s.student, x, None, TeacherRows(batch.features, batch.logits, batch.blocks), 0)
+    with_blocks.backward()
+    assert s.method.fa_student_blocks[0][0].weight.grad is not None
+    assert s.student.body.conv1.weight.grad.abs().sum() > 0
+    summary = distill(cfg)  # and a whole run, out of core as well
+    assert summary.epochs == 1
+    distill(DistillConfig(**{**cfg.__dict__, "run_dir": tmp_path / "d", "cache_mode": "disk"}))
+    bad = DistillConfig(**{**cfg.__dict__, "student_blocks": ["conv1"], "run_dir": tmp_path / "x"})
+    with pytest.raises(ConfigError, match="--student-blocks names 1 blocks"):
+        setup(bad)
+    with pytest.raises(ConfigError, match="no such module"):
+        setup(DistillConfig(**{**cfg.__dict__, "student_blocks": ["conv1", "conv9"]}))

@@ -113,17 +113,18 @@ class InMemoryTable:
 
     mode = "ram"
 
-    def __init__(self, cache: FeatureCache, part: str) -> None:
-        arrays = cache.read_all(part, fields=(FEATURES, LOGITS))
-        self.features = torch.from_numpy(arrays[FEATURES])
-        self.logits = torch.from_numpy(arrays[LOGITS])
+    def __init__(self, cache: FeatureCache, part: str, fields: Sequence[str] = (FEATURES, LOGITS)) -> None:
+        arrays = cache.read_all(part, fields=tuple(fields))
+        self.fields = tuple(fields)
+        self.tensors = [torch.from_numpy(arrays[f]) for f in self.fields]
 
     def start_epoch(self, plan: EpochPlan) -> None:
         pass
 
-    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The rows ``idx`` of every field, in field order (features, logits, then any blocks)."""
         index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
-        return self.features.index_select(0, index), self.logits.index_select(0, index)
+        return tuple(t.index_select(0, index) for t in self.tensors)
 
     def close(self) -> None:
         pass
@@ -139,7 +140,8 @@ class OutOfCoreTable:
 
     mode = "disk"
 
-    def __init__(self, cache: FeatureCache, part: str, block_rows: int, window_blocks: int) -> None:
+    def __init__(self, cache: FeatureCache, part: str, block_rows: int, window_blocks: int,
+                 fields: Sequence[str] = (FEATURES, LOGITS)) -> None:
         self.cache = cache
         self.part = part
         self.block_rows = block_rows
@@ -147,11 +149,8 @@ class OutOfCoreTable:
         self.n = cache.num_rows(part)
         self.n_blocks = -(-self.n // block_rows)
         self.capacity = 4 * window_blocks  # current, boundary, and two windows of read-ahead
-        m = cache.manifest
-        self._buf = {
-            FEATURES: np.empty((self.capacity * block_rows, m.teacher.num_features), dtype=m.dtype),
-            LOGITS: np.empty((self.capacity * block_rows, m.teacher.num_classes), dtype=m.logits_dtype),
-        }
+        self.fields = tuple(fields)
+        self._buf = cache._empty(self.capacity * block_rows, self.fields)
         self._slot = np.full(self.n_blocks, -1, dtype=np.int64)
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -203,7 +202,7 @@ class OutOfCoreTable:
     def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
-            return (torch.from_numpy(self._buf[FEATURES][:0].copy()), torch.from_numpy(self._buf[LOGITS][:0].copy()))
+            return tuple(torch.from_numpy(self._buf[f][:0].copy()) for f in self.fields)
         blocks = idx // self.block_rows
         windows = self._window_of[blocks]
         lo, hi = int(windows.min()), int(windows.max())
@@ -221,7 +220,7 @@ class OutOfCoreTable:
             if self._error is not None:
                 raise self._error
             rows = self._slot[blocks] * self.block_rows + idx % self.block_rows
-        return torch.from_numpy(self._buf[FEATURES][rows]), torch.from_numpy(self._buf[LOGITS][rows])
+        return tuple(torch.from_numpy(self._buf[f][rows]) for f in self.fields)
 
     def close(self) -> None:
         if self._thread is not None:
@@ -319,6 +318,7 @@ class Batch:
     num_noise: int
     features: list[torch.Tensor] = field(default_factory=list)  # per teacher [B, D_i], cache dtype
     logits: list[torch.Tensor] = field(default_factory=list)  # per teacher [B, C_i]
+    blocks: list[list[torch.Tensor]] = field(default_factory=list)  # per teacher, per cached block [B, C·P·P]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -374,6 +374,7 @@ class JoinedLoader:
         drop_last: bool = False,
         transform: TransformSpec | None = None,
         check: bool = True,
+        blocks: bool = False,
     ) -> None:
         check_choice("--shuffle", shuffle, SHUFFLES)
         check_choice("--cache-mode", mode, MODES)
@@ -394,7 +395,9 @@ class JoinedLoader:
 
         # Storage mode per teacher: RAM while the budget lasts, then out of core.
         budget = default_ram_budget() if ram_budget is None else ram_budget
-        need = [c.num_rows(PART_DATA) * c.row_bytes((FEATURES, LOGITS)) for c in self.caches]
+        # Fields joined per teacher: features, logits and, for methods that use them, the cached blocks.
+        self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else [])) for c in self.caches]
+        need = [c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
         modes, used = [], 0
         for n in need:
             fits = mode == "ram" or (mode == "auto" and used + n <= budget)
@@ -418,11 +421,11 @@ class JoinedLoader:
         self.window_blocks = window_blocks
         pin = self.device.type == "cuda"
         self.tables = [
-            (InMemoryTable(c, PART_DATA) if m == "ram" else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks))
-            for c, m in zip(self.caches, modes)
+            (InMemoryTable(c, PART_DATA, f) if m == "ram" else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks, f))
+            for c, m, f in zip(self.caches, modes, self.fields)
         ]
         self.noise_tables = (
-            [InMemoryTable(c, PART_NOISE) for c in self.caches] if self.noise_per_batch else []
+            [InMemoryTable(c, PART_NOISE, f) for c, f in zip(self.caches, self.fields)] if self.noise_per_batch else []
         )
         noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
         self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None)
@@ -484,20 +487,26 @@ class JoinedLoader:
         noise = idx[len(idx) - num_noise :]
         dev = self.device
         nb = dev.type == "cuda"  # images, labels and index arrive pinned from the DataLoader
-        rows = []
+        rows, counts = [], []
         for k, table in enumerate(self.tables):
-            f, lg = table.gather(real)
+            got = table.gather(real)
             if num_noise:
-                nf, nl = self.noise_tables[k].gather(noise)
-                f, lg = torch.cat([f, nf]), torch.cat([lg, nl])
-            rows += [f, lg]
+                got = tuple(torch.cat([a, b]) for a, b in zip(got, self.noise_tables[k].gather(noise)))
+            rows += got
+            counts.append(len(got))
         rows = self._staging.to_device(rows)
-        features, logits = rows[0::2], rows[1::2]
+        features, logits, blocks, at = [], [], [], 0
+        for n in counts:  # per teacher: features, logits, blocks...
+            features.append(rows[at])
+            logits.append(rows[at + 1])
+            blocks.append(list(rows[at + 2 : at + n]))
+            at += n
         labels = labels.to(dev, non_blocking=nb)
         if num_noise:
             # TS-Learning: a random image is labelled by the teacher's prediction.
             labels[len(labels) - num_noise :] = logits[0][len(labels) - num_noise :].float().argmax(1)
-        return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features, logits)
+        return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features, logits,
+                     blocks)
 
     def close(self) -> None:
         for t in self.tables:

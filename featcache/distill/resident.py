@@ -64,6 +64,7 @@ class ResidentLoader:
         augment: str = "none",
         max_bytes: int | None = None,
         check: bool = True,
+        blocks: bool = False,
     ) -> None:
         self.device = torch.device(device)
         if augment not in ("none", "flip", "pad-crop-flip"):
@@ -80,7 +81,8 @@ class ResidentLoader:
         check_noise_rows(self.caches, noise_per_batch)
         size = transform.image_size if transform is not None else None
         n = len(dataset)
-        need = n * 3 * (size or 0) ** 2 + sum(n * c.row_bytes((FEATURES, LOGITS)) for c in self.caches)
+        self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else [])) for c in self.caches]
+        need = n * 3 * (size or 0) ** 2 + sum(n * c.row_bytes(f) for c, f in zip(self.caches, self.fields))
         if max_bytes is not None and need > max_bytes:
             raise ConfigError(
                 f"--resident needs {need / 2**30:.2f} GiB on {self.device} for images and teacher rows but "
@@ -88,20 +90,19 @@ class ResidentLoader:
             )
         self.images = self._decode_all(dataset, workers).to(self.device)
         self.labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64, device=self.device)
-        self.features, self.logits = [], []
-        for c in self.caches:
-            rows = c.read_all(PART_DATA, fields=(FEATURES, LOGITS))
-            self.features.append(torch.from_numpy(rows[FEATURES]).to(self.device))
-            self.logits.append(torch.from_numpy(rows[LOGITS]).to(self.device))
+        self.tables = []  # per teacher: [features, logits, *blocks] on the device
+        for c, f in zip(self.caches, self.fields):
+            rows = c.read_all(PART_DATA, fields=f)
+            self.tables.append([torch.from_numpy(rows[name]).to(self.device) for name in f])
         self.noise = None
         if noise_per_batch:
             m = self.caches[0].manifest.noise
             count = min(c.num_rows(PART_NOISE) for c in self.caches)
-            rows = [c.read_all(PART_NOISE, fields=(FEATURES, LOGITS)) for c in self.caches]
+            rows = [c.read_all(PART_NOISE, fields=f) for c, f in zip(self.caches, self.fields)]
             self.noise = {
                 "images": noise_batch(m["seed"], np.arange(count), m["image_size"]).to(self.device),
-                "features": [torch.from_numpy(r[FEATURES][:count]).to(self.device) for r in rows],
-                "logits": [torch.from_numpy(r[LOGITS][:count]).to(self.device) for r in rows],
+                "tables": [[torch.from_numpy(r[name][:count]).to(self.device) for name in f]
+                           for r, f in zip(rows, self.fields)],
                 "count": count,
             }
         self._gen = torch.Generator(device=self.device)
@@ -139,19 +140,19 @@ class ResidentLoader:
             idx = order[s - bs : min(s, n)]
             images = device_augment(self.images.index_select(0, idx), self.augment, self._gen)
             labels = self.labels.index_select(0, idx)
-            feats = [f.index_select(0, idx) for f in self.features]
-            logits = [lg.index_select(0, idx) for lg in self.logits]
+            tables = [[t.index_select(0, idx) for t in table] for table in self.tables]
             index, num_noise = idx, 0
             if noise_order is not None:
                 nidx = noise_order[k * self.noise_per_batch : (k + 1) * self.noise_per_batch]
                 num_noise = len(nidx)
                 images = torch.cat([images, self.noise["images"].index_select(0, nidx)])
-                feats = [torch.cat([f, nf.index_select(0, nidx)]) for f, nf in zip(feats, self.noise["features"])]
-                logits = [torch.cat([lg, nl.index_select(0, nidx)]) for lg, nl in zip(logits, self.noise["logits"])]
+                tables = [[torch.cat([a, b.index_select(0, nidx)]) for a, b in zip(table, noise_table)]
+                          for table, noise_table in zip(tables, self.noise["tables"])]
                 # TS-Learning: a random image is labelled by the (first) teacher's prediction.
-                labels = torch.cat([labels, logits[0][-num_noise:].float().argmax(1)])
+                labels = torch.cat([labels, tables[0][1][-num_noise:].float().argmax(1)])
                 index = torch.cat([idx, nidx])
-            yield Batch(images, labels, index, num_noise, feats, logits)
+            yield Batch(images, labels, index, num_noise, [t[0] for t in tables], [t[1] for t in tables],
+                        [t[2:] for t in tables])
 
     def close(self) -> None:
         pass

@@ -94,6 +94,7 @@ class DistillConfig:
     aka_dim: int | None = None
     tag: str = ""  # a label for reports, e.g. "noise" (pipelines name run directories with it)
     classes: list[str] | None = None  # the student's head covers these classes only (an aka component net)
+    student_blocks: list[str] = field(default_factory=list)  # aka: student body modules matched to cached blocks
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -198,7 +199,7 @@ def setup(config: DistillConfig) -> Setup:
     head = list(train.classes)
     if config.classes is not None:
         if method_cls.uses_labels:
-            raise ConfigError(f"--classes: a head over part of the classes trains without labels; use --method aka")
+            raise ConfigError("--classes: a head over part of the classes trains without labels; use --method aka")
         from featcache.datasets.base import ClassSubset
 
         test = ClassSubset(test, config.classes)  # evaluated on its own task
@@ -238,10 +239,23 @@ def setup(config: DistillConfig) -> Setup:
             if not shared:
                 raise ConfigError(f"--method aka: cache {c.key} covers none of the head's classes; drop that --teacher")
             columns.append(([head.index(names[k]) for k in shared], shared))
+    teacher_blocks = None
+    if config.student_blocks:
+        if method_cls.name != "aka":
+            raise ConfigError("--student-blocks: only --method aka uses block features")
+        for c in caches:
+            if len(c.manifest.blocks) != len(config.student_blocks):
+                raise ConfigError(
+                    f"--student-blocks names {len(config.student_blocks)} blocks but cache {c.key} holds "
+                    f"{len(c.manifest.blocks)} ({', '.join(b['name'] for b in c.manifest.blocks) or 'none'}); extract "
+                    "every teacher with as many --blocks"
+                )
+        teacher_blocks = [list(c.manifest.blocks) for c in caches]
     params = MethodParams(
         lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
         temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
-        teacher_columns=columns, aka_dim=config.aka_dim,
+        teacher_columns=columns, aka_dim=config.aka_dim, student_blocks=list(config.student_blocks) or None,
+        teacher_blocks=teacher_blocks,
     )
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
@@ -256,10 +270,41 @@ def setup(config: DistillConfig) -> Setup:
         "image_size": transform.image_size, **options,
     }
     student = create_student(**student_kwargs)
+    if config.student_blocks:
+        params.student_block_channels = student_block_channels(student, config.student_blocks, transform.image_size)
     method = method_cls(student, dims, len(head), params)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
+
+
+def student_block_module(student: torch.nn.Module, name: str) -> torch.nn.Module:
+    body = getattr(student, "body", student)
+    try:
+        return body.get_submodule(name)
+    except AttributeError:
+        names = ", ".join(n for n, _ in body.named_children())
+        raise ConfigError(f"--student-blocks {name}: the student's body has no such module; it has: {names}") from None
+
+
+def student_block_channels(student: torch.nn.Module, names: list[str], image_size: int) -> list[int]:
+    """Channels of the student's named body modules, from one forward pass on a blank image."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [student_block_module(student, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+             for n in names]
+    try:
+        was = student.training
+        student.eval()
+        with torch.no_grad():
+            student(torch.zeros(1, 3, image_size, image_size))
+        student.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    for n in names:
+        if seen[n].dim() != 4:
+            raise ConfigError(f"--student-blocks {n}: its output is not a [B, C, H, W] feature map")
+    return [int(seen[n].shape[1]) for n in names]
 
 
 def _seed_everything(seed: int) -> None:
@@ -356,7 +401,7 @@ class TrainStep:
     def __call__(self, batch, epoch: int, rows: TeacherRows | None = None, x: torch.Tensor | None = None):
         """``rows`` default to the batch's cached rows (the benchmark passes a live teacher's instead)."""
         x = self.images(batch) if x is None else x
-        rows = TeacherRows(batch.features, batch.logits) if rows is None else rows
+        rows = TeacherRows(batch.features, batch.logits, batch.blocks) if rows is None else rows
         with autocast(self.device, self.precision):
             loss, parts, logits = self._loss(self.student, x, batch.labels, rows, epoch)
         self.opt.zero_grad(set_to_none=True)
@@ -402,13 +447,14 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
         loader = ResidentLoader(
             s.train, caches, batch_size=config.batch_size, seed=config.seed, workers=workers, device=device,
             noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment, max_bytes=budget,
+            blocks=bool(config.student_blocks),
         )
     else:
         s.train.with_transform(Augment(config.augment, s.transform.geometry()))
         loader = JoinedLoader(
             s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
             device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
-            noise_per_batch=config.noise_per_batch, transform=s.transform,
+            noise_per_batch=config.noise_per_batch, transform=s.transform, blocks=bool(config.student_blocks),
         )
     total_epochs = method.total_epochs(config.epochs)
     opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)

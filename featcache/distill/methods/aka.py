@@ -7,9 +7,10 @@ features through a transfer bridge — 1×1-convolution feature alignment (FA, E
 (Eq. 2), weight regularisation against the all-zero solution (Eq. 4) — and its logits through a soft-target loss
 with a learnable per-teacher scale λ_t (Eq. 7); the total is Eq. 8.
 
-From the cache, the bridge works on the teachers' cached feature vectors (the final block, pooled to 1×1), so
-the FA 1×1 convolutions are linear maps; the paper's intermediate blocks l < L−1 are not cached by featcache
-(see docs/methods.md).
+From the cache, the bridge always works on the teachers' cached feature vectors (the final block, pooled to 1×1:
+the FA 1×1 convolutions are linear maps there) and, when the caches hold intermediate blocks (``extract --blocks
+... --pool P``) and ``--student-blocks`` names the student's matching body modules, on every such block as P×P
+maps with 1×1-convolution FA on both sides.
 """
 
 from __future__ import annotations
@@ -73,6 +74,31 @@ class AdaptiveAmalgamation(Method):
         for t, cols in enumerate(self.columns):
             tasks.setdefault(tuple(cols), []).append(t)
         self.tasks = list(tasks.values())
+        # Block-wise transfer bridges (Eq. 8's Σ_l) when the caches hold intermediate blocks (extract --blocks):
+        # student body module l is matched to each teacher's l-th cached block, both aligned by 1×1 convolutions.
+        self.block_names = list(params.student_blocks or [])
+        self.fa_student_blocks = nn.ModuleList()
+        self.fa_teacher_blocks = nn.ModuleList()
+        self._captured: dict[str, torch.Tensor] = {}
+        if self.block_names:
+            from featcache.distill.trainer import student_block_module
+
+            s_channels = params.student_block_channels
+            for t, blocks in enumerate(params.teacher_blocks or []):
+                self.fa_student_blocks.append(nn.ModuleList(
+                    nn.Conv2d(cs, cs, 1, bias=False) for cs in s_channels))
+                self.fa_teacher_blocks.append(nn.ModuleList(
+                    nn.Conv2d(b["channels"], cs, 1, bias=False) for b, cs in zip(blocks, s_channels)))
+            for fa in (*self.fa_student_blocks, *self.fa_teacher_blocks):
+                for conv in fa:
+                    with torch.no_grad():
+                        w = conv.weight
+                        w.copy_(F.normalize(torch.randn(w.shape[0], w.shape[1]), dim=1).view_as(w))
+            self.translators.extend([*self.fa_student_blocks, *self.fa_teacher_blocks])
+            self.teacher_blocks = params.teacher_blocks
+            for name in self.block_names:
+                student_block_module(student, name).register_forward_hook(
+                    lambda m, i, o, name=name: self._captured.__setitem__(name, o))
         for t, (cols, tcols) in enumerate(columns):
             self.register_buffer(f"cols_{t}", torch.tensor(cols, dtype=torch.int64), persistent=False)
             self.register_buffer(f"tcols_{t}", torch.tensor(tcols, dtype=torch.int64), persistent=False)
@@ -94,6 +120,14 @@ class AdaptiveAmalgamation(Method):
                 a_t = self.fa_teacher[t](rows.features[t].to(f_s.dtype)).float()
                 transfer = (a_s - a_t).pow(2).mean(dim=1)  # Eq. 2 per sample
                 reg = fa_regulariser(self.fa_student[t].weight) + fa_regulariser(self.fa_teacher[t].weight)
+                for l, name in enumerate(self.block_names):
+                    block = self.teacher_blocks[t][l]
+                    p = block["pool"]
+                    s_map = F.adaptive_avg_pool2d(self._captured[name].float(), p)
+                    t_map = rows.blocks[t][l].float().view(b, block["channels"], p, p)
+                    fa_s, fa_t = self.fa_student_blocks[t][l], self.fa_teacher_blocks[t][l]
+                    transfer = transfer + (fa_s(s_map) - fa_t(t_map)).pow(2).mean(dim=(1, 2, 3))
+                    reg = reg + fa_regulariser(fa_s.weight.flatten(1)) + fa_regulariser(fa_t.weight.flatten(1))
                 cols = getattr(self, f"cols_{t}")
                 s_scores = logits.float().index_select(1, cols)
                 soft = (s_scores - self.scale_holder.value[t] * self.teacher_logits(rows, t)).pow(2).mean(dim=1)  # Eq. 7

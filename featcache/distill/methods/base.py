@@ -34,6 +34,10 @@ class MethodParams:
     # aka, per teacher: (student head columns, the teacher's logit columns for the same classes)
     teacher_columns: list[tuple[list[int], list[int]]] | None = None
     aka_dim: int | None = None  # aka: width of the aligned features (default: the student's feature width)
+    # aka with block features: the student's body modules matched, in order, to each teacher's cached blocks
+    student_blocks: list[str] | None = None
+    student_block_channels: list[int] | None = None
+    teacher_blocks: list[list[dict]] | None = None  # per teacher: the manifest's block records
 
 
 @dataclass
@@ -42,6 +46,7 @@ class TeacherRows:
 
     features: list[torch.Tensor]  # [B, D_i]
     logits: list[torch.Tensor]  # [B, C_i]
+    blocks: list[list[torch.Tensor]] | None = None  # per teacher, per cached block [B, C·P·P] (extract --blocks)
 
 
 class Method(nn.Module):
