@@ -82,10 +82,13 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
         _train(_distill_config(cfg, student=cfg.component_student or cfg.student, teachers=covering,
                                epochs=cfg.component_epochs or cfg.epochs, classes=list(classes), run_dir=run), log)
         components[task] = run
+        # With block bridges, the components are cached with the blocks the target will be bridged to.
+        blocks = list(cfg.options.get("student_blocks") or [])
+        pool = sources[0].manifest.blocks[0]["pool"] if blocks and sources[0].manifest.blocks else 4
         result = extract(ExtractConfig(
             teacher="run", weights=str(run), dataset=cfg.dataset, data_root=cfg.data_root,
             dataset_options=dict(cfg.dataset_options), image_size=size, cache_dir=cfg.cache_dir, device=cfg.device,
-            workers=cfg.workers,
+            workers=cfg.workers, blocks=blocks, pool=pool,
         ), reporter)
         component_keys[task] = result.key
         log(f"[amalgamate] component {task}: cache {result.key}{' reused' if result.reused else ''}")

@@ -321,10 +321,14 @@ def amalgamate(
         options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, run_dir=run_dir, device=device, workers=workers,
     )
     r = run_amalgamate(cfg, reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False))
-    table = Table(title=f"per-task test accuracy (%) — {run_dir}", title_justify="left")
+    _print_task_table(r["table"], f"per-task test accuracy (%) — {run_dir}")
+
+
+def _print_task_table(rows: list[dict], title: str) -> None:
+    table = Table(title=title, title_justify="left")
     for col in ("task", "classes", "source teacher(s)", "component", "target"):
         table.add_column(col, justify="left" if col in ("task", "source teacher(s)") else "right")
-    for row in r["table"]:
+    for row in rows:
         src = ", ".join(f"{100 * a:.2f}" for a in row["sources"].values()) or "—"
         table.add_row(row["task"], str(row["classes"]), src, f"{100 * row['component']:.2f}", f"{100 * row['target']:.2f}")
     out.print(table)
@@ -450,6 +454,8 @@ def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run) -> dict:
                           reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False, markup=False))
     if result.get("rows"):
         _print_rows(result["rows"], pipeline.report.get("title", pipeline.name))
+    if result.get("amalgamate"):
+        _print_task_table(result["amalgamate"], f"amalgamation: per-task test accuracy (%) — {pipeline.runs_dir / 'amalgamate'}")
     for k in ("markdown", "plot"):
         if result.get(k):
             out.print(f"{k}: {result[k]}", highlight=False)

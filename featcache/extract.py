@@ -420,7 +420,7 @@ def _teacher_accuracy(manifest: Manifest, directory: Path, dataset: ImageDataset
 
 def block_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """The submodule ``name`` of a teacher (torchvision teachers also answer to their own names, e.g. layer3)."""
-    for path in (name, f"net.{name}", f"model.{name}"):
+    for path in (name, f"net.{name}", f"model.{name}", f"model.body.{name}"):  # run teachers: a student's body
         try:
             return model.get_submodule(path)
         except AttributeError:

@@ -30,7 +30,7 @@ _DISTILL_FIELDS = {f.name for f in fields(DistillConfig)} - {
 }
 # dataset_options: the teacher may be trained on a larger set of the same classes (e.g. more synthetic samples).
 _TRAIN_FIELDS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "augment", "init", "image_size",
-                 "dataset_options"}
+                 "dataset_options", "classes"}
 
 
 @dataclass
@@ -64,6 +64,30 @@ class Pipeline:
     distill: list[DistillSpec]
     report: dict[str, Any]
     description: str = ""
+    class_parts: dict[str, Any] | None = None  # [classes]: {parts, seed} — named parts part1..partN
+    amalgamate: dict[str, Any] | None = None  # [amalgamate]: dual-stage aka over some of the teachers
+
+    def parts(self) -> dict[str, list[str]]:
+        """The named class parts of [classes], split from the dataset's classes (needs the data)."""
+        if not self.class_parts:
+            return {}
+        from featcache.datasets import get_dataset
+        from featcache.datasets.base import split_classes
+
+        ds = get_dataset(self.dataset, self.data_root, "train", **self.dataset_options)
+        split = split_classes(ds.classes, int(self.class_parts["parts"]), int(self.class_parts.get("seed", 0)))
+        return {f"part{k}": names for k, names in enumerate(split, start=1)}
+
+    def resolve_classes(self, value: Any) -> list[str]:
+        """A teacher's ``train.classes`` / a task: a part name of [classes], a list of names, or a file of names."""
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        parts = self.parts()
+        if value in parts:
+            return parts[value]
+        from featcache.datasets.base import read_class_list
+
+        return read_class_list(Path(_expand(str(value))))
 
 
 def _expand(value: str) -> str:
@@ -92,7 +116,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     from featcache.models.teachers import torchvision_classifiers
 
     where = str(path) if path else "recipe"
-    _unknown(data, {"pipeline", "dataset", "teachers", "distill", "report"}, where)
+    _unknown(data, {"pipeline", "dataset", "teachers", "distill", "report", "classes", "amalgamate"}, where)
     meta = _table(data, "pipeline", where, default={})
     _unknown(meta, {"name", "description", "runs_dir"}, f"{where}: [pipeline]")
     ds = _table(data, "dataset", where)
@@ -119,7 +143,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         if train is not None:
             _unknown(train, _TRAIN_FIELDS, f"{w}.train")
         extract = _table(t, "extract", w, default={})
-        _unknown(extract, {"image_size", "resize", "resize_mode", "batch_size", "noise", "noise_seed", "dtype", "precision"}, f"{w}.extract")
+        _unknown(extract, {"image_size", "resize", "resize_mode", "batch_size", "noise", "noise_seed", "dtype", "precision", "blocks", "pool"}, f"{w}.extract")
         weights = _expand(t["weights"]) if isinstance(t.get("weights"), str) else t.get("weights")
         teachers.append(TeacherSpec(t.get("name", t["teacher"]), t["teacher"], weights, train, dict(extract)))
     names = [t.name for t in teachers]
@@ -159,10 +183,30 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
 
     report = _table(data, "report", where, default={})
     _unknown(report, {"title", "markdown", "plot"}, f"{where}: [report]")
+    class_parts = _table(data, "classes", where)
+    if class_parts is not None:
+        _unknown(class_parts, {"parts", "seed"}, f"{where}: [classes]")
+        if not isinstance(class_parts.get("parts"), int) or class_parts["parts"] < 2:
+            raise ConfigError(f"{where}: [classes] parts must be an integer >= 2 (named part1, part2, ...)")
+    amalgamate = _table(data, "amalgamate", where)
+    if amalgamate is not None:
+        w = f"{where}: [amalgamate]"
+        _unknown(amalgamate, {"teachers", "tasks", "student", "component_student", "epochs", "component_epochs",
+                              "options"}, w)
+        for t in amalgamate.get("teachers", []):
+            if t not in names:
+                raise ConfigError(f"{w}: teacher {t!r} is not one of the recipe's [[teachers]] ({', '.join(names)})")
+        if not amalgamate.get("teachers"):
+            raise ConfigError(f"{w}: 'teachers' must list the source teachers")
+        if not amalgamate.get("tasks") and class_parts is None:
+            raise ConfigError(f"{w}: give 'tasks' (name -> classes) or a [classes] table to split")
+        if get_entry("student", amalgamate.get("student", "resnet18")) is None:
+            raise ConfigError(f"{w}: unknown student {amalgamate.get('student')!r}")
+        _unknown(amalgamate.get("options", {}), _DISTILL_FIELDS, f"{w}.options")
     name = meta.get("name") or (path.stem if path else "pipeline")
     out_dir = runs_dir or Path(_expand(meta.get("runs_dir", f"runs/{name}")))
     return Pipeline(name, path, out_dir, ds["name"], root, dict(ds.get("options", {})), teachers, runs, dict(report),
-                    meta.get("description", ""))
+                    meta.get("description", ""), class_parts, amalgamate)
 
 
 def load_pipeline(path: str | Path, *, data_root: Path | None = None, runs_dir: Path | None = None) -> Pipeline:
@@ -255,12 +299,16 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", wo
                 for seed in d.seeds:
                     rd = distill_dir(p, student, method, teachers, seed, d.tag)
                     stages.append(Stage("distill", rd.name, _run_state(rd), rd, "", (student, method, teachers, seed, d)))
+    if p.amalgamate is not None:
+        target = p.runs_dir / "amalgamate" / "target"
+        stages.append(Stage("amalgamate", "components → target", _run_state(target), target,
+                            f"aka over {', '.join(p.amalgamate['teachers'])}"))
     stages.append(Stage("report", p.name, "run", p.runs_dir, ", ".join(f"{k}={v}" for k, v in p.report.items())))
     return stages
 
 
 def describe_plan(stages: list[Stage]) -> list[str]:
-    return [f"{s.state:>6}  {s.kind:<8} {s.name}" + (f"  ({s.detail})" if s.detail else "") for s in stages]
+    return [f"{s.state:>6}  {s.kind:<10} {s.name}" + (f"  ({s.detail})" if s.detail else "") for s in stages]
 
 
 # -- execution -------------------------------------------------------------------------------------------------------
@@ -281,6 +329,8 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             log(f"[teacher] {t.name}: {'resuming' if stage.state == 'resume' else 'training'} {t.teacher}")
             train = dict(t.train)
             options = {**p.dataset_options, **train.pop("dataset_options", {})}
+            if "classes" in train:
+                train["classes"] = p.resolve_classes(train["classes"])
             tc = TeacherConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root, dataset_options=options,
                                device=device, workers=workers, run_dir=stage.run_dir, resume=stage.state == "resume",
                                **train)
@@ -302,7 +352,27 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
                                    cache_dir=cache_dir, device=device, workers=workers, tag=spec.tag, **spec.options)
             summary = distill(config, reporter)
             log(f"[distill] {stage.name}: {summary.line()}")
-    return write_report(p)
+        elif stage.kind == "amalgamate":
+            result = _amalgamate(p, keys, cache_dir, device, workers, reporter, log)
+    report = write_report(p)
+    if p.amalgamate is not None:
+        report["amalgamate"] = result["table"]
+    return report
+
+
+def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, reporter, log) -> dict[str, Any]:
+    from featcache.amalgamate import AmalgamateConfig, amalgamate
+
+    a = p.amalgamate
+    tasks = {k: p.resolve_classes(v) for k, v in a["tasks"].items()} if a.get("tasks") else p.parts()
+    cfg = AmalgamateConfig(
+        teachers=[keys[t] for t in a["teachers"]], parts=tasks, student=a.get("student", "resnet18"),
+        component_student=a.get("component_student"), dataset=p.dataset, data_root=p.data_root,
+        dataset_options=dict(p.dataset_options), epochs=a.get("epochs", 30), component_epochs=a.get("component_epochs"),
+        options=dict(a.get("options", {})), cache_dir=cache_dir, run_dir=p.runs_dir / "amalgamate", device=device,
+        workers=workers,
+    )
+    return amalgamate(cfg, reporter, log=log)
 
 
 def distill_runs(p: Pipeline) -> list[Path]:

@@ -98,9 +98,8 @@ def test_shipped_recipes_parse():
     assert len(recipes) >= 8
     for path in recipes:
         p = load_pipeline(path, data_root=Path("/data"))
-        assert p.distill and p.teachers, path
-        for d in p.distill:
-            assert len({frozenset(s.options.items()) for s in [d]}) == 1
+        assert (p.distill or p.amalgamate) and p.teachers, path
+        assert p.report.get("title"), path  # every shipped recipe titles its report
 
 
 def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
@@ -197,3 +196,69 @@ def test_report_keeps_runs_that_differ_beyond_the_seed_apart(tmp_path):
     (b / "config.json").write_text(json.dumps(cfg))
     rows = build_rows([load_record(a), load_record(b)])
     assert [r.cells()["method"] for r in rows] == ["ts", "ts +8 noise/batch [noise]"]
+
+
+AKA_RECIPE = """
+[pipeline]
+name = "aka"
+[dataset]
+name = "synthetic"
+options = {num_train = 64, num_test = 32, num_classes = 4}
+[classes]
+parts = 2
+seed = 0
+[[teachers]]
+name = "c1"
+teacher = "convnet"
+train = {epochs = 1, init = "random", batch_size = 32, classes = "part1"}
+extract = {image_size = 32}
+[[teachers]]
+name = "c2"
+teacher = "convnet"
+train = {epochs = 1, init = "random", batch_size = 32, classes = "part2"}
+extract = {image_size = 32}
+[amalgamate]
+teachers = ["c1", "c2"]
+student = "lenet5"
+epochs = 1
+options = {batch_size = 16}
+"""
+
+
+def test_recipe_with_class_parts_and_amalgamation(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    recipe = tmp_path / "aka.toml"
+    recipe.write_text(AKA_RECIPE)
+    p = load_pipeline(recipe, runs_dir=tmp_path / "runs")
+    assert [s.kind for s in plan(p, workers=0)][-2:] == ["amalgamate", "report"]
+    r = CliRunner().invoke(app, ["run", str(recipe), "--runs-dir", str(tmp_path / "runs"), "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    assert "per-task test accuracy" in r.output
+    assert (tmp_path / "runs" / "amalgamate" / "target" / "summary.json").is_file()
+    import torch
+
+    parts = p.parts()
+    for k, name in ((1, "c1"), (2, "c2")):
+        record = torch.load(tmp_path / "runs" / "teachers" / name / "teacher.pt", weights_only=True)["featcache"]
+        assert record["classes"] == parts[f"part{k}"]
+    again = plan(p, workers=0)
+    assert all(s.state == "done" for s in again if s.kind not in ("report",))
+    bad = AKA_RECIPE.replace('teachers = ["c1", "c2"]', 'teachers = ["c3"]')
+    recipe.write_text(bad)
+    with pytest.raises(ConfigError, match="teacher 'c3'"):
+        load_pipeline(recipe)
+
+
+def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    text = AKA_RECIPE.replace('extract = {image_size = 32}', 'extract = {image_size = 32, blocks = ["body.5", "body.12"], pool = 2}')
+    text = text.replace('options = {batch_size = 16}', 'options = {batch_size = 16, student_blocks = ["conv1", "conv2"]}')
+    recipe = tmp_path / "aka.toml"
+    recipe.write_text(text)
+    p = load_pipeline(recipe, runs_dir=tmp_path / "runs")
+    result = run_pipeline(p, workers=0, log=lambda m: None)
+    assert len(result["amalgamate"]) == 2
+    from featcache.cache import CacheStore
+
+    components = [e for e in CacheStore(tmp_path / "home").entries() if e.manifest.teacher.name == "run"]
+    assert len(components) == 2 and all([b["name"] for b in e.manifest.blocks] == ["conv1", "conv2"] for e in components)
