@@ -56,6 +56,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _main_rank() -> bool:
+    """False on ranks other than 0 of a torchrun job (they stay quiet)."""
+    from featcache import distributed
+
+    return distributed.context().is_main
+
+
 def parse_options(items: list[str] | None, flag: str) -> dict[str, Any]:
     """``key=value`` pairs; values parsed as JSON when they look like it (numbers, true/false), else strings."""
     options: dict[str, Any] = {}
@@ -130,7 +137,10 @@ def extract(
         cache_dir=cache_dir, force=force, wait=wait,
         blocks=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else [], pool=pool,
     )
-    result = run_extract(config, reporter=RichReporter(err))
+    main = _main_rank()
+    result = run_extract(config, reporter=RichReporter(err) if main else None)
+    if not main:
+        return
     m = result.manifest
     noise_part = f" + {result.noise_rows:,} noise" if result.noise_rows else ""
     if result.reused:
@@ -220,8 +230,10 @@ def distill(
         resume=resume, resident=resident, compile=compile_mode, unlabeled=unlabeled, aka_dim=aka_dim,
         student_blocks=[b.strip() for b in student_blocks.split(",") if b.strip()] if student_blocks else [],
     )
-    summary = run_distill(config, reporter=RichReporter(err, transient=True))
-    out.print(summary.line(), highlight=False)
+    main = _main_rank()
+    summary = run_distill(config, reporter=RichReporter(err, transient=True) if main else None)
+    if main:
+        out.print(summary.line(), highlight=False)
 
 
 @app.command("train-teacher")

@@ -20,7 +20,7 @@ import platform
 import queue
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
-from featcache import __version__
+from featcache import __version__, distributed
 from featcache.cache.format import (
     block_field,
     DEFAULT_SHARD_ROWS,
     FEATURE_DTYPES,
     FORMAT_VERSION,
     MANIFEST,
+    RANK_SHARDS_PREFIX,
     PART_DATA,
     PART_NOISE,
     TMP_SUFFIX,
     Manifest,
     ShardInfo,
     TeacherInfo,
+    atomic_write_text,
     make_key,
     parse_shard_name,
 )
@@ -190,7 +192,7 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
     num_classes = config.num_classes
     if num_classes is None and weights.source == "random":
         num_classes = dataset.num_classes  # a random teacher gets a head for this dataset
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     noise = NoiseSpec(config.noise, config.noise_seed, image_size) if config.noise else None
     identity = {
@@ -240,6 +242,9 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
     if existing is not None and existing.complete and not config.force:
         return ExtractResult(plan.key, directory, existing, reused=True)
 
+    ctx = distributed.context()
+    if ctx.active:
+        return _extract_distributed(plan, config, reporter, ctx)
     lock = CacheLock(directory).acquire(
         wait=config.wait,
         on_wait=lambda pid: reporter.message(
@@ -259,23 +264,101 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
         _fill_teacher_info(manifest, teacher, plan.dataset)
         manifest.save(directory)
         images, seconds = _run(plan, teacher, manifest, reporter)
-        manifest.complete = True
-        manifest.finished = _now()
-        total = manifest.timing.get("seconds", 0.0) + seconds
-        manifest.timing.update(
-            {
-                "seconds": round(total, 3),
-                "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
-                "device": device_name(plan.device),
-                "batch_size": config.batch_size,
-                "workers": config.workers if config.workers is not None else default_workers(),
-            }
-        )
-        manifest.teacher_accuracy = _teacher_accuracy(manifest, directory, plan.dataset)
-        manifest.save(directory)
+        _finish(plan, manifest, images, seconds)
         return ExtractResult(plan.key, directory, manifest, reused=False, seconds=seconds, images=images)
     finally:
         lock.release()
+
+
+def _finish(plan: ExtractPlan, manifest: Manifest, images: int, seconds: float, ranks: int = 1) -> None:
+    """Check every shard is recorded, then mark the manifest complete with its timing and teacher accuracy."""
+    missing = [f"{p}-{n}" for p, n in manifest.expected_shards() if n not in {s.number for s in manifest.shards_of(p)}]
+    if missing:
+        raise CacheError(f"extract finished but shards {', '.join(missing[:5])} were not written; re-run to resume")
+    config = plan.config
+    manifest.complete = True
+    manifest.finished = _now()
+    total = manifest.timing.get("seconds", 0.0) + seconds
+    manifest.timing.update(
+        {
+            "seconds": round(total, 3),
+            "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
+            "device": device_name(plan.device),
+            "batch_size": config.batch_size,
+            "workers": config.workers if config.workers is not None else default_workers(),
+            "ranks": ranks,
+        }
+    )
+    manifest.save(plan.directory)  # the accuracy below reads the shards through this manifest
+    manifest.teacher_accuracy = _teacher_accuracy(manifest, plan.directory, plan.dataset)
+    manifest.save(plan.directory)
+
+
+def _rank_file(directory: Path, rank: int) -> Path:
+    return directory / f"{RANK_SHARDS_PREFIX}{rank}.json"
+
+
+def _merge_rank_shards(directory: Path, manifest: Manifest) -> None:
+    """Fold the shards recorded by torchrun ranks (their sidecars) into the manifest, then drop the sidecars."""
+    import json
+
+    known = {(s.part, s.number) for s in manifest.shards}
+    for side in sorted(directory.glob(f"{RANK_SHARDS_PREFIX}*.json")):
+        try:
+            infos = [ShardInfo(**d) for d in json.loads(side.read_text())]
+        except (ValueError, TypeError):
+            infos = []
+        for info in infos:
+            if (info.part, info.number) not in known and _shard_intact(directory, info):
+                manifest.shards.append(info)
+                known.add((info.part, info.number))
+        side.unlink()
+
+
+def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Reporter, ctx) -> ExtractResult:
+    """One rank of a torchrun extract: rank 0 prepares and finishes the manifest, every rank writes its shards."""
+    import json
+
+    directory = plan.directory
+    lock = None
+    try:
+        if ctx.is_main:
+            lock = CacheLock(directory).acquire(wait=config.wait)
+            existing = _load_manifest(directory)
+            if existing is not None and not config.force:
+                _merge_rank_shards(directory, existing)  # shards a crashed distributed run finished
+            manifest = _prepare_directory(plan, None if config.force else existing, reporter)
+        teacher = create_teacher(
+            plan.config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
+            image_size=plan.transform.image_size,
+        )
+        if ctx.is_main:
+            _fill_teacher_info(manifest, teacher, plan.dataset)
+            manifest.save(directory)
+        distributed.barrier()
+        if not ctx.is_main:
+            manifest = Manifest.load(directory)
+        side = _rank_file(directory, ctx.rank)
+        mine: list[ShardInfo] = []
+
+        def record(info: ShardInfo) -> None:
+            mine.append(info)
+            atomic_write_text(side, json.dumps([asdict(i) for i in mine]))
+
+        images, seconds = _run(plan, teacher, manifest, reporter, shard_filter=lambda n: n % ctx.world == ctx.rank,
+                               on_shard=record, save_manifest=ctx.is_main)
+        counts = [None] * ctx.world  # also keeps the ranks in step: every rank has finished its shards
+        torch.distributed.all_gather_object(counts, (images, seconds))
+        if ctx.is_main:
+            manifest = Manifest.load(directory)
+            _merge_rank_shards(directory, manifest)
+            _finish(plan, manifest, sum(c[0] for c in counts), max(c[1] for c in counts), ranks=ctx.world)
+        distributed.barrier()
+        manifest = Manifest.load(directory)
+        return ExtractResult(plan.key, directory, manifest, reused=False, seconds=seconds, images=images)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 # -- internals -------------------------------------------------------------------------------------------------
@@ -377,9 +460,10 @@ def _fill_teacher_info(manifest: Manifest, teacher: Teacher, dataset: ImageDatas
         t.classes, t.classes_source = None, "unknown"
 
 
-def _pending_rows(manifest: Manifest, part: str) -> np.ndarray:
+def _pending_rows(manifest: Manifest, part: str, shard_filter=None) -> np.ndarray:
     done = {s.number for s in manifest.shards_of(part)}
-    ranges = [manifest.shard_range(part, n) for n in range(manifest.num_shards(part)) if n not in done]
+    ranges = [manifest.shard_range(part, n) for n in range(manifest.num_shards(part))
+              if n not in done and (shard_filter is None or shard_filter(n))]
     if not ranges:
         return np.empty(0, dtype=np.int64)
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
@@ -454,8 +538,10 @@ def _describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, dev
     ]
 
 
-def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter) -> tuple[int, float]:
-    """Extract every pending row of every part. Returns (images, seconds)."""
+def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter, *, shard_filter=None,
+         on_shard=None, save_manifest: bool = True) -> tuple[int, float]:
+    """Extract every pending row of every part (of the shards ``shard_filter`` accepts: a torchrun rank's share).
+    Returns (images, seconds)."""
     cfg = plan.config
     device = plan.device
     model = teacher.model.to(device)
@@ -471,10 +557,14 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
     hooks, captured = _attach_block_hooks(model, cfg.blocks)
     if cfg.blocks and not manifest.blocks:
         manifest.blocks = _describe_blocks(model, captured, cfg, plan, device)
-        manifest.save(plan.directory)
+        if save_manifest:
+            manifest.save(plan.directory)
     writers: dict[str, PartWriter] = {}
 
     def on_done(info: ShardInfo) -> None:
+        if on_shard is not None:
+            on_shard(info)
+            return
         manifest.shards.append(info)
         manifest.save(plan.directory)
 
@@ -486,11 +576,11 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
         pool = _HostBuffers(4, cfg.batch_size, teacher.num_features, teacher.num_classes, feat_dtype, logit_dtype)
 
     sources: list[tuple[str, Any, np.ndarray]] = []
-    data_rows = _pending_rows(manifest, PART_DATA)
+    data_rows = _pending_rows(manifest, PART_DATA, shard_filter)
     if len(data_rows):
         sources.append((PART_DATA, plan.dataset.with_transform(plan.transform.geometry()), data_rows))
     if plan.noise is not None:
-        noise_rows = _pending_rows(manifest, PART_NOISE)
+        noise_rows = _pending_rows(manifest, PART_NOISE, shard_filter)
         if len(noise_rows):
             sources.append((PART_NOISE, NoiseDataset(plan.noise), noise_rows))
 
@@ -554,9 +644,6 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
         for h in hooks:
             h.remove()
     seconds = time.perf_counter() - started
-    missing = [f"{p}-{n}" for p, n in manifest.expected_shards() if n not in {s.number for s in manifest.shards_of(p)}]
-    if missing:
-        raise CacheError(f"extract finished but shards {', '.join(missing[:5])} were not written; re-run to resume")
     return images, seconds
 
 

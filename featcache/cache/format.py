@@ -26,6 +26,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
+RANK_SHARDS_PREFIX = "shards-rank"  # shards-rank<R>.json: shards a torchrun rank finished, until rank 0 merges them
 
 PART_DATA = "data"
 PART_NOISE = "noise"

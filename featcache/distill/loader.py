@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from featcache import distributed
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
@@ -446,7 +447,8 @@ class JoinedLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        ctx = distributed.context()
+        n = -(-len(self.dataset) // ctx.world)  # this rank's share (the whole epoch outside torchrun)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _batches(self) -> list[list[int]]:
@@ -455,12 +457,14 @@ class JoinedLoader:
             block_rows=self.block_rows, window_blocks=self.window_blocks,
         )
         self._plan = plan
-        n, bs = len(self.dataset), self.batch_size
+        ctx = distributed.context()
+        order = distributed.shard_order(plan.order, ctx)  # under torchrun: this rank's share of the epoch
+        n, bs = len(order), self.batch_size
         stops = range(bs, n + (0 if self.drop_last else bs), bs)
-        batches = [plan.order[s - bs : min(s, n)].tolist() for s in stops]
+        batches = [order[s - bs : min(s, n)].tolist() for s in stops]
         if self.noise_per_batch:
             count = min(c.num_rows(PART_NOISE) for c in self.caches)
-            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            rng = np.random.default_rng([self.seed, self.epoch, 1] + ([ctx.rank] if ctx.active else []))
             need = self.noise_per_batch * len(batches)
             perm = np.concatenate([rng.permutation(count) for _ in range(-(-need // count))])[:need]
             for k, b in enumerate(batches):

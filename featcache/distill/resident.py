@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from featcache import distributed
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
@@ -120,19 +121,22 @@ class ResidentLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.dataset)
+        n = -(-len(self.dataset) // distributed.context().world)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        n, bs = len(self.dataset), self.batch_size
-        plan = epoch_plan(n, seed=self.seed, epoch=self.epoch, shuffle="full", block_rows=1, window_blocks=1)
-        order = torch.from_numpy(plan.order).to(self.device)
+        ctx = distributed.context()
+        plan = epoch_plan(len(self.dataset), seed=self.seed, epoch=self.epoch, shuffle="full", block_rows=1,
+                          window_blocks=1)
+        mine = distributed.shard_order(plan.order, ctx)  # under torchrun: this rank's share
+        n, bs = len(mine), self.batch_size
+        order = torch.from_numpy(np.ascontiguousarray(mine)).to(self.device)
         self._gen.manual_seed(int(np.random.default_rng([self.seed, self.epoch, 2]).integers(2**62)))
         stops = range(bs, n + (0 if self.drop_last else bs), bs)
         noise_order = None
         if self.noise is not None:
             # The host loader's draw, so both loaders pick the same noise rows for a seed.
-            rng = np.random.default_rng([self.seed, self.epoch, 1])
+            rng = np.random.default_rng([self.seed, self.epoch, 1] + ([ctx.rank] if ctx.active else []))
             count, need = self.noise["count"], self.noise_per_batch * len(stops)
             perm = np.concatenate([rng.permutation(count) for _ in range(-(-need // count))])[:need]
             noise_order = torch.from_numpy(perm).to(self.device)

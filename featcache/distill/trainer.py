@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from featcache import distributed
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
@@ -273,7 +274,7 @@ def setup(config: DistillConfig) -> Setup:
     if config.student_blocks:
         params.student_block_channels = student_block_channels(student, config.student_blocks, transform.image_size)
     method = method_cls(student, dims, len(head), params)
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
 
@@ -379,6 +380,15 @@ def evaluate(student, loader, transform: TransformSpec, device, precision: str, 
 # -- the run ---------------------------------------------------------------------------------------------------------
 
 
+class _LossModule(torch.nn.Module):
+    def __init__(self, student: torch.nn.Module, method: Method) -> None:
+        super().__init__()
+        self.student, self.method = student, method
+
+    def forward(self, x, y, rows, epoch):
+        return self.method.loss(self.student, x, y, rows, epoch)
+
+
 class TrainStep:
     """One optimisation step: normalise on the device → the method's loss under autocast → backward → the student's
     optimizer and the translators' (multi-teacher paper §3.4). Shared by `distill` and `featcache bench distill`."""
@@ -388,11 +398,16 @@ class TrainStep:
         self.student, self.method, self.opt, self.topt, self.scaler = student, method, opt, topt, scaler
         self.normalize, self.device, self.precision, self.channels_last = normalize, device, precision, channels_last
         self._loss = method.loss
+        if distributed.context().active:
+            # DistributedDataParallel over student + method (translators, FA modules): one module whose forward is
+            # the method's loss, so every trainable parameter's gradient is averaged across ranks.
+            ddp = torch.nn.parallel.DistributedDataParallel(_LossModule(student, method), find_unused_parameters=True)
+            self._loss = lambda _student, x, y, rows, epoch: ddp(x, y, rows, epoch)
         if compile_mode != "none":
             # Small students at small inputs are launch-bound on a GPU; compiling the whole loss (student forward,
             # translators, loss terms) fuses kernels, and "reduce-overhead" replays it as a CUDA graph.
             backend = os.environ.get("FEATCACHE_COMPILE_BACKEND", "inductor")
-            self._loss = torch.compile(method.loss, mode=None if compile_mode == "default" else compile_mode,
+            self._loss = torch.compile(self._loss, mode=None if compile_mode == "default" else compile_mode,
                                        backend=backend)
 
     def images(self, batch) -> torch.Tensor:
@@ -489,7 +504,9 @@ def prepare_run(config: DistillConfig) -> Path:
 
 def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
     """The training loop of a prepared run (a distilled student, or a teacher being fine-tuned)."""
-    reporter = reporter or Reporter()
+    ctx = distributed.context()
+    main = ctx.is_main  # under torchrun only rank 0 evaluates, prints and writes files
+    reporter = reporter if (reporter is not None and main) else Reporter()
     config = s.config
     run_dir = Path(config.run_dir)
     device, precision = s.device, s.precision
@@ -500,7 +517,8 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
 
     start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
     unlabeled = config.unlabeled or not method.uses_labels
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if config.resume:
         state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
         student.load_state_dict(state["student"])
@@ -513,11 +531,13 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, best_acc, best_epoch, elapsed = state["epoch"] + 1, state["best_acc"], state["best_epoch"], state["elapsed"]
-        _truncate_metrics(run_dir / METRICS, start_epoch)
+        if main:
+            _truncate_metrics(run_dir / METRICS, start_epoch)
         reporter.message(f"resuming {run_dir} at epoch {start_epoch + 1}/{total_epochs}")
-    else:
+    elif main:
         (run_dir / METRICS).unlink(missing_ok=True)
-    _write_config(run_dir, s, loader)
+    if main:
+        _write_config(run_dir, s, loader)
 
     train_images_total, train_seconds_total = 0, 0.0
     last_acc = 0.0
@@ -561,7 +581,9 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             sched.step()
             if tsched is not None:
                 tsched.step()
-            ev = evaluate(student, tests, s.transform, device, precision, config.channels_last)
+            # Rank 0 evaluates on the whole test split; the others get its numbers.
+            ev = evaluate(student, tests, s.transform, device, precision, config.channels_last) if main else None
+            ev = distributed.broadcast(ev)
             last_acc = ev["acc"]
             elapsed += time.perf_counter() - t0
             train_images_total += seen
@@ -580,8 +602,12 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "noise_images": noise_seen,
                 "epoch_seconds": round(time.perf_counter() - t0, 3),
             }
-            with open(run_dir / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            if ctx.active:
+                record["ranks"] = ctx.world
+                record["images_per_s"] = record["images_per_s"] and record["images_per_s"] * ctx.world
+            if main:
+                with open(run_dir / METRICS, "a") as f:
+                    f.write(json.dumps(record) + "\n")
             improved = ev["acc"] > best_acc
             if improved:
                 best_acc, best_epoch = ev["acc"], epoch + 1
@@ -600,9 +626,10 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "elapsed": elapsed,
                 "test_acc": ev["acc"],
             }
-            _atomic_save(state, run_dir / LAST)
-            if improved:
-                _atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]}, run_dir / BEST)
+            if main:
+                _atomic_save(state, run_dir / LAST)
+                if improved:
+                    _atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]}, run_dir / BEST)
             reporter.message(
                 f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · "
                 f"{'' if unlabeled else f'train acc {correct.item() / max(seen, 1):.2%} · '}"
@@ -613,10 +640,13 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         shutdown_workers(tests)
     summary = DistillSummary(
         run_dir=run_dir, best_acc=best_acc, best_epoch=best_epoch, last_acc=last_acc, epochs=total_epochs,
-        seconds=elapsed, images_per_s=train_images_total / train_seconds_total if train_seconds_total else 0.0,
+        seconds=elapsed,
+        images_per_s=ctx.world * train_images_total / train_seconds_total if train_seconds_total else 0.0,
         teachers=[c.key for c in s.caches], method=method.name, student=config.student,
     )
-    (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
+    if main:
+        (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
+    distributed.barrier()  # no rank leaves before the run's files are complete
     return summary
 
 
