@@ -118,6 +118,9 @@ def extract(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="If another process is writing the same cache: wait (default) or exit."),
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Also cache these intermediate blocks, e.g. layer1,layer2,layer3 (for --method aka)."),
     pool: int = typer.Option(4, "--pool", help="Block outputs are average-pooled to POOL x POOL."),
+    views: int = typer.Option(1, "--views", help="K > 1: also cache K-1 augmented views per sample, replayed exactly by distill."),
+    view_policy: Optional[str] = typer.Option(None, "--view-policy", help="rrc-flip (photos) or pad-crop-flip (default for CIFAR-sized images)."),
+    view_seed: int = typer.Option(0, "--view-seed", help="Seed of the views' augmentation parameters."),
 ) -> None:
     """Run a teacher once over a dataset split and cache its features and logits."""
     from featcache.extract import ExtractConfig
@@ -136,6 +139,7 @@ def extract(
         logits_dtype=logits_dtype, shard_rows=shard_rows, noise=noise, noise_seed=noise_seed, seed=seed,
         cache_dir=cache_dir, force=force, wait=wait,
         blocks=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else [], pool=pool,
+        views=views, view_policy=view_policy, view_seed=view_seed,
     )
     main = _main_rank()
     result = run_extract(config, reporter=RichReporter(err) if main else None)
@@ -154,7 +158,9 @@ def extract(
         f"on {m.timing.get('device')}{acc}"
         + (f" · blocks {', '.join(b['name'] for b in m.blocks)}: "
            f"+{human_bytes(sum(b['dim'] for b in m.blocks) * (2 if m.dtype == 'float16' else 4))} per sample"
-           if m.blocks else ""),
+           if m.blocks else "")
+        + (f" · {m.views['count']} views ({m.views['policy']}): "
+           f"{human_bytes(sum(sh.bytes for sh in m.shards if sh.part == 'view1'))} per extra view" if m.views else ""),
         highlight=False,
     )
 

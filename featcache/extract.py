@@ -55,6 +55,7 @@ from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, reso
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
 from featcache.transforms import NoiseDataset, NoiseSpec, TransformSpec, default_transform
+from featcache.views import AUG_FIELD, ViewDataset, ViewSpec, view_part
 
 
 @dataclass
@@ -81,6 +82,9 @@ class ExtractConfig:
     noise: int = 0
     noise_seed: int = 0
     seed: int = 0
+    views: int = 1  # K > 1: also cache K-1 augmented views per sample (featcache.views)
+    view_policy: str | None = None  # rrc-flip, or pad-crop-flip (default for small pre-centred images: CIFAR)
+    view_seed: int = 0
     blocks: list[str] = field(default_factory=list)  # intermediate modules whose pooled outputs are cached too
     pool: int = 4  # block outputs are average-pooled to pool × pool
     cache_dir: Path | None = None
@@ -116,6 +120,10 @@ class ExtractConfig:
                 args += [flag, str(value)]
         if self.blocks:
             args += ["--blocks", ",".join(self.blocks), "--pool", str(self.pool)]
+        if self.views != 1:
+            args += ["--views", str(self.views), "--view-seed", str(self.view_seed)]
+            if self.view_policy:
+                args += ["--view-policy", self.view_policy]
         for k, v in sorted(self.dataset_options.items()):
             args += ["--dataset-opt", f"{k}={v}"]
         return shlex.join(args)
@@ -135,6 +143,7 @@ class ExtractPlan:
     noise: NoiseSpec | None
     identity: dict[str, Any]
     key: str
+    views: ViewSpec | None
     directory: Path
 
 
@@ -211,6 +220,11 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         "precision": precision,
         "noise": noise.to_dict() if noise else None,
     }
+    views = None
+    if config.views != 1:
+        policy = config.view_policy or ("pad-crop-flip" if dataset.native_size else "rrc-flip")
+        views = ViewSpec(config.views, policy, config.view_seed)
+        identity["views"] = views.to_dict()  # only then: the keys of caches without views stay what they were
     if config.blocks:  # only then: the keys of caches without blocks stay what they were
         check_at_least("--pool", config.pool, 1)
         if len(set(config.blocks)) != len(config.blocks):
@@ -230,6 +244,7 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         identity=identity,
         key=key,
         directory=directory,
+        views=views,
     )
 
 
@@ -413,6 +428,8 @@ def _new_manifest(plan: ExtractPlan) -> Manifest:
     rows = {PART_DATA: len(plan.dataset)}
     if plan.noise is not None:
         rows[PART_NOISE] = plan.noise.count
+    if plan.views is not None:
+        rows.update({view_part(v): len(plan.dataset) for v in range(1, plan.views.count)})
     return Manifest(
         key=plan.key,
         identity=plan.identity,
@@ -434,6 +451,7 @@ def _new_manifest(plan: ExtractPlan) -> Manifest:
         shard_rows=cfg.shard_rows,
         rows=rows,
         noise=plan.noise.to_dict() if plan.noise else None,
+        views=plan.views.to_dict() if plan.views else None,
         created=_now(),
         versions={
             "featcache": __version__,
@@ -583,6 +601,10 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
         noise_rows = _pending_rows(manifest, PART_NOISE, shard_filter)
         if len(noise_rows):
             sources.append((PART_NOISE, NoiseDataset(plan.noise), noise_rows))
+    for v in range(1, plan.views.count if plan.views else 1):
+        view_rows = _pending_rows(manifest, view_part(v), shard_filter)
+        if len(view_rows):
+            sources.append((view_part(v), ViewDataset(plan.dataset, plan.views, v, plan.transform), view_rows))
 
     total = sum(len(r) for _, _, r in sources)
     workers = cfg.workers if cfg.workers is not None else default_workers()
@@ -601,20 +623,20 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
                     prefetch_factor=4 if workers > 0 else None,
                     persistent_workers=False,
                 )
-                for batch, _labels, index in loader:
+                for batch, _labels, index, *aug in loader:  # view parts add their augmentation parameters
                     x = normalize(batch, channels_last=cfg.channels_last)
                     with autocast(device, plan.precision):
                         features, logits = model(x)
                     features = features.to(feat_dtype)
                     logits = logits.to(logit_dtype)
                     idx = index.numpy()
-                    blocks = None
+                    blocks = {AUG_FIELD: aug[0].numpy()} if aug else {}
                     if cfg.blocks:  # pooled on the device, copied synchronously (they are small)
-                        blocks = {
+                        blocks.update({
                             block_field(name): F.adaptive_avg_pool2d(captured[name].float(), cfg.pool)
                             .flatten(1).to(feat_dtype).cpu().numpy()
                             for name in cfg.blocks
-                        }
+                        })
                     if pool is not None:
                         fbuf, lbuf = pool.get()
                         n = len(idx)

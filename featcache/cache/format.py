@@ -46,7 +46,7 @@ def block_field(name: str) -> str:
 FEATURE_DTYPES = ("float16", "float32")
 DEFAULT_SHARD_ROWS = 4096
 
-_SHARD_RE = re.compile(r"^(data|noise)-(\d{5})\.h5$")
+_SHARD_RE = re.compile(r"^(data|noise|view\d+)-(\d{5})\.h5$")  # viewK: augmented view K (extract --views)
 
 
 def shard_name(part: str, number: int) -> str:
@@ -113,6 +113,9 @@ class Manifest:
     # Cached intermediate blocks, in order: {"name", "channels", "pool", "dim"}; each row stores the block's output
     # average-pooled to pool × pool, flattened channel-major (C, P, P), in ``dtype``.
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    # Augmented views (extract --views K): {"count", "policy", "seed"}; parts view1..view{K-1} hold them, with the
+    # per-row augmentation parameters in an extra "aug" dataset [n, 5] float32.
+    views: dict[str, Any] | None = None
     complete: bool = False
     format_version: int = FORMAT_VERSION
     created: str = ""
@@ -135,7 +138,7 @@ class Manifest:
         return sorted((s for s in self.shards if s.part == part), key=lambda s: s.number)
 
     def expected_shards(self) -> list[tuple[str, int]]:
-        return [(p, i) for p in PARTS for i in range(self.num_shards(p))]
+        return [(p, i) for p in self.rows for i in range(self.num_shards(p))]
 
     def total_bytes(self) -> int:
         return sum(s.bytes for s in self.shards)

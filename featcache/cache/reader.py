@@ -131,6 +131,7 @@ class FeatureCache:
             LOGITS: ((n, m.teacher.num_classes), m.logits_dtype),
             INDEX: ((n,), "int64"),
             **{block_field(b["name"]): ((n, b["dim"]), m.dtype) for b in m.blocks},
+            "aug": ((n, 5), "float32"),  # view parts only: the view's augmentation parameters
         }
         unknown = [f for f in fields if f not in shapes]
         if unknown:

@@ -63,8 +63,8 @@ class PartWriter:
         f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
         f.create_dataset(LOGITS, shape=(n, t.num_classes), dtype=self.manifest.logits_dtype)
         f.create_dataset(INDEX, shape=(n,), dtype="int64")
-        for b in self.manifest.blocks:
-            f.create_dataset(block_field(b["name"]), shape=(n, b["dim"]), dtype=self.manifest.dtype)
+        for name, (dim, dtype) in self.extra_fields().items():
+            f.create_dataset(name, shape=(n, dim), dtype=dtype)
         f.attrs["part"] = self.part
         f.attrs["start"] = start
         f.attrs["stop"] = stop
@@ -77,9 +77,9 @@ class PartWriter:
               blocks: dict[str, np.ndarray] | None = None) -> None:
         """Rows ``rows`` of every field; ``blocks`` maps each manifest block's field name to its [n, dim] rows."""
         blocks = blocks or {}
-        missing = [block_field(b["name"]) for b in self.manifest.blocks if block_field(b["name"]) not in blocks]
+        missing = [name for name in self.extra_fields() if name not in blocks]
         if missing:
-            raise ValueError(f"write() lacks the block rows {missing}")
+            raise ValueError(f"write() lacks the rows of {missing}")
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return
@@ -120,6 +120,13 @@ class PartWriter:
             sha256=file_sha256(final),
         )
         self.on_shard_done(info)
+
+    def extra_fields(self) -> dict[str, tuple[int, str]]:
+        """Datasets besides features/logits/index: cached blocks, and the augmentation parameters of a view part."""
+        out = {block_field(b["name"]): (b["dim"], self.manifest.dtype) for b in self.manifest.blocks}
+        if self.part.startswith("view"):
+            out["aug"] = (5, "float32")
+        return out
 
     @property
     def unfinished(self) -> list[int]:
