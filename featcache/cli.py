@@ -214,6 +214,7 @@ def distill(
     compile_mode: str = typer.Option("none", "--compile", help="torch.compile the training step: none, default, reduce-overhead (CUDA graphs), max-autotune."),
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Never read the training labels (aka; implied by it)."),
     aka_dim: Optional[int] = typer.Option(None, "--aka-dim", help="aka: width of the aligned features (default: the student's)."),
+    views: bool = typer.Option(True, "--views/--no-views", help="Replay the caches' augmented views (extract --views), one per sample per epoch."),
     student_blocks: Optional[str] = typer.Option(None, "--student-blocks", help="aka: student body modules matched, in order, to the teachers' cached --blocks (e.g. layer2,layer3)."),
 ) -> None:
     """Train a student from cached teacher rows (no teacher network is loaded)."""
@@ -235,6 +236,7 @@ def distill(
         cache_dir=cache_dir, cache_ram=cache_ram, cache_mode=cache_mode, shuffle=shuffle, run_dir=run_dir,
         resume=resume, resident=resident, compile=compile_mode, unlabeled=unlabeled, aka_dim=aka_dim,
         student_blocks=[b.strip() for b in student_blocks.split(",") if b.strip()] if student_blocks else [],
+        views=views,
     )
     main = _main_rank()
     summary = run_distill(config, reporter=RichReporter(err, transient=True) if main else None)

@@ -75,3 +75,53 @@ def test_rrc_policy_and_errors(tmp_path):
     with pytest.raises(ConfigError, match="--view-policy"):
         ViewSpec(2, "mixup")
     assert plan_extract(cfg(tmp_path)).key != plan_extract(cfg(tmp_path, views=1)).key
+
+
+def test_distill_replays_one_cached_view_per_sample_per_epoch(view_cache):
+    from featcache.distill.loader import JoinedLoader
+
+    c, result = view_cache
+    m = result.manifest
+    spec, transform = ViewSpec.from_dict(m.views), TransformSpec.from_dict(m.transform)
+    ds = get_dataset("synthetic", split="train", **SYN).with_transform(transform.geometry())
+    cache = FeatureCache(result.directory)
+    tables = {p: cache.read_all(p, fields=("features", "logits", AUG_FIELD) if p != "data" else ("features", "logits"))
+              for p in ("data", "view1", "view2")}
+    loader = JoinedLoader(ds, [cache], batch_size=16, workers=0, seed=1, transform=transform, views=True)
+    seen_views = set()
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        choice = np.random.default_rng([1, epoch, 3]).integers(0, 3, size=48)
+        for batch in loader:
+            for j, i in enumerate(batch.index.tolist()):
+                v = int(choice[i])
+                seen_views.add(v)
+                part = "data" if v == 0 else f"view{v}"
+                assert torch.equal(batch.features[0][j], torch.from_numpy(tables[part]["features"][i]))
+                raw = ds.read_image(i)
+                expected = transform.geometry()(raw) if v == 0 else apply_view(raw, tables[part][AUG_FIELD][i], spec, transform)
+                assert torch.equal(batch.images[j], expected)  # the student sees the teacher's pixels
+    loader.close()
+    assert seen_views == {0, 1, 2}
+    # --no-views: the evaluation view only
+    plain = JoinedLoader(ds, [cache], batch_size=16, workers=0, seed=1, transform=transform, views=False)
+    b = next(iter(plain))
+    assert torch.equal(b.features[0], torch.from_numpy(tables["data"]["features"][b.index.numpy()]))
+    plain.close()
+
+
+def test_distill_run_with_views(view_cache, tmp_path):
+    from featcache.distill.trainer import DistillConfig, distill
+
+    c, result = view_cache
+    base = dict(student="lenet5", dataset_options=dict(SYN), teachers=[result.key], method="ts", epochs=1,
+                batch_size=16, workers=0, cache_dir=c.cache_dir)
+    s = distill(DistillConfig(**base, run_dir=tmp_path / "v"))
+    assert s.epochs == 1
+    import json
+
+    assert json.loads((tmp_path / "v" / "config.json").read_text())["views"]["count"] == 3
+    with pytest.raises(ConfigError, match="in RAM"):
+        distill(DistillConfig(**base, run_dir=tmp_path / "d", cache_mode="disk"))
+    with pytest.raises(ConfigError, match="--no-views"):
+        distill(DistillConfig(**base, run_dir=tmp_path / "r", resident=True))

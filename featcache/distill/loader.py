@@ -33,6 +33,7 @@ from featcache.datasets.base import ImageDataset
 from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
 from featcache.runtime import default_workers
 from featcache.transforms import TransformSpec, noise_image
+from featcache.views import ViewSpec, apply_view, view_params, view_part
 
 SHUFFLES = ("auto", "full", "block", "none")
 MODES = ("auto", "ram", "disk")
@@ -299,6 +300,19 @@ class PinnedStaging:
         return out
 
 
+def check_views(caches: Sequence[FeatureCache]) -> ViewSpec | None:
+    """The views every teacher cached (all must agree), or None when none did."""
+    specs = [c.manifest.views for c in caches]
+    if not any(specs):
+        return None
+    if any(sp != specs[0] for sp in specs):
+        raise CacheMismatchError(
+            "the teachers' caches hold different views (" + "; ".join(f"{c.key}: {c.manifest.views}" for c in caches)
+            + "); extract every teacher with the same --views/--view-policy/--view-seed, or pass --no-views"
+        )
+    return ViewSpec.from_dict(specs[0])
+
+
 def shutdown_workers(loader: DataLoader) -> None:
     """Stop a DataLoader's persistent workers now. Left to the garbage collector, the iterator can be inherited by
     the workers of a loader forked later and its finaliser then fails inside them."""
@@ -326,21 +340,32 @@ class Batch:
 
 
 class _Items(Dataset):
-    """Dataset samples and noise images in one index space: i < n is sample i, i >= n is noise image i - n."""
+    """Samples, their cached views and noise images in one code space: code v·n + i is view v of sample i
+    (v = 0: the dataset's own view), codes from K·n on are noise images. Items return the code as their index."""
 
-    def __init__(self, dataset: ImageDataset, noise_seed: int | None, noise_size: int | None) -> None:
+    def __init__(self, dataset: ImageDataset, noise_seed: int | None, noise_size: int | None,
+                 views: ViewSpec | None = None, transform: TransformSpec | None = None) -> None:
         self.dataset = dataset
         self.n = len(dataset)
         self.noise_seed = noise_seed
         self.noise_size = noise_size
+        self.views = views
+        self.k = views.count if views else 1
+        self.transform = transform
 
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int):
-        if i < self.n:
-            return self.dataset[i]
-        return noise_image(self.noise_seed, i - self.n, self.noise_size), -1, i - self.n
+    def __getitem__(self, code: int):
+        if code < self.n:
+            image, label, _ = self.dataset[code]
+            return image, label, code
+        if code < self.k * self.n:  # replay the augmentation the teacher saw for this view
+            v, i = divmod(code, self.n)
+            raw = self.dataset.read_image(i)
+            params = view_params(self.views, v, i, raw.shape[-2], raw.shape[-1], self.transform.image_size)
+            return apply_view(raw, params, self.views, self.transform), int(self.dataset.targets[i]), code
+        return noise_image(self.noise_seed, code - self.k * self.n, self.noise_size), -1, code
 
 
 class _BatchSampler(Sampler):
@@ -376,6 +401,7 @@ class JoinedLoader:
         transform: TransformSpec | None = None,
         check: bool = True,
         blocks: bool = False,
+        views: bool = False,
     ) -> None:
         check_choice("--shuffle", shuffle, SHUFFLES)
         check_choice("--cache-mode", mode, MODES)
@@ -393,18 +419,27 @@ class JoinedLoader:
             for cache in self.caches:
                 cache.check_dataset(dataset, transform)
         check_noise_rows(self.caches, noise_per_batch)
+        self.views = check_views(self.caches) if views else None
+        self.k = self.views.count if self.views else 1
+        if self.views is not None and transform is None:
+            raise ConfigError("cached views need the cache's transform to be replayed")
 
         # Storage mode per teacher: RAM while the budget lasts, then out of core.
         budget = default_ram_budget() if ram_budget is None else ram_budget
         # Fields joined per teacher: features, logits and, for methods that use them, the cached blocks.
         self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else [])) for c in self.caches]
-        need = [c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
+        need = [self.k * c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
         modes, used = [], 0
         for n in need:
             fits = mode == "ram" or (mode == "auto" and used + n <= budget)
             modes.append("ram" if fits else "disk")
             used += n if fits else 0
         self.modes = modes
+        if self.views is not None and "disk" in modes:
+            raise ConfigError(
+                f"cached views need the teacher tables in RAM ({sum(need) / 2**30:.1f} GiB for {self.k} views); raise "
+                "--cache-ram, or pass --no-views to train on the evaluation view only"
+            )
         if shuffle == "auto":
             shuffle = "block" if "disk" in modes else "full"
         if shuffle == "full" and "disk" in modes:
@@ -428,8 +463,12 @@ class JoinedLoader:
         self.noise_tables = (
             [InMemoryTable(c, PART_NOISE, f) for c, f in zip(self.caches, self.fields)] if self.noise_per_batch else []
         )
+        # Views 1..K-1 of every teacher (view 0 is the table above).
+        self.view_tables = [[InMemoryTable(c, view_part(v), f) for v in range(1, self.k)]
+                            for c, f in zip(self.caches, self.fields)]
         noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
-        self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None)
+        self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None,
+                             self.views, transform)
         self.workers = default_workers() if workers is None else workers
         self._loader = DataLoader(
             self._items,
@@ -461,14 +500,19 @@ class JoinedLoader:
         order = distributed.shard_order(plan.order, ctx)  # under torchrun: this rank's share of the epoch
         n, bs = len(order), self.batch_size
         stops = range(bs, n + (0 if self.drop_last else bs), bs)
+        if self.views is not None:
+            # One cached view per sample per epoch, uniformly (view 0 included), the same on every rank.
+            choice = np.random.default_rng([self.seed, self.epoch, 3]).integers(0, self.k, size=len(self.dataset))
+            order = order + choice[order] * len(self.dataset)
         batches = [order[s - bs : min(s, n)].tolist() for s in stops]
         if self.noise_per_batch:
             count = min(c.num_rows(PART_NOISE) for c in self.caches)
             rng = np.random.default_rng([self.seed, self.epoch, 1] + ([ctx.rank] if ctx.active else []))
             need = self.noise_per_batch * len(batches)
             perm = np.concatenate([rng.permutation(count) for _ in range(-(-need // count))])[:need]
+            offset = self.k * len(self.dataset)  # noise codes come after every sample's views
             for k, b in enumerate(batches):
-                b.extend((n + perm[k * self.noise_per_batch : (k + 1) * self.noise_per_batch]).tolist())
+                b.extend((offset + perm[k * self.noise_per_batch : (k + 1) * self.noise_per_batch]).tolist())
         return batches
 
     # -- iteration ----------------------------------------------------------------------------------------------
@@ -485,15 +529,17 @@ class JoinedLoader:
                     t.close()
 
     def _join(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Batch:
-        idx = index.numpy()
+        codes = index.numpy()
         num_noise = int((labels < 0).sum())  # noise items come last in every batch and carry label -1
-        real = idx[: len(idx) - num_noise]
-        noise = idx[len(idx) - num_noise :]
+        n_data = len(self.dataset)
+        view_of, real = np.divmod(codes[: len(codes) - num_noise], n_data)  # which cached view, which sample
+        noise = codes[len(codes) - num_noise :] - self.k * n_data
+        index = torch.from_numpy(np.concatenate([real, noise]))
         dev = self.device
         nb = dev.type == "cuda"  # images, labels and index arrive pinned from the DataLoader
         rows, counts = [], []
         for k, table in enumerate(self.tables):
-            got = table.gather(real)
+            got = table.gather(real) if self.views is None else self._gather_views(k, real, view_of)
             if num_noise:
                 got = tuple(torch.cat([a, b]) for a, b in zip(got, self.noise_tables[k].gather(noise)))
             rows += got
@@ -511,6 +557,18 @@ class JoinedLoader:
             labels[len(labels) - num_noise :] = logits[0][len(labels) - num_noise :].float().argmax(1)
         return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features, logits,
                      blocks)
+
+    def _gather_views(self, k: int, rows: np.ndarray, view_of: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """Teacher k's rows of each sample's chosen view: one gather per view present, scattered into place."""
+        out = self.tables[k].gather(rows)  # view 0 for all, then overwrite the others
+        for v in range(1, self.k):
+            sel = np.flatnonzero(view_of == v)
+            if len(sel):
+                got = self.view_tables[k][v - 1].gather(rows[sel])
+                where = torch.from_numpy(sel)
+                for o, g in zip(out, got):
+                    o.index_copy_(0, where, g)
+        return out
 
     def close(self) -> None:
         for t in self.tables:

@@ -96,6 +96,7 @@ class DistillConfig:
     tag: str = ""  # a label for reports, e.g. "noise" (pipelines name run directories with it)
     classes: list[str] | None = None  # the student's head covers these classes only (an aka component net)
     student_blocks: list[str] = field(default_factory=list)  # aka: student body modules matched to cached blocks
+    views: bool = True  # replay the caches' augmented views when they have them (extract --views)
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -454,6 +455,9 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     if config.resident:
         from featcache.distill.resident import ResidentLoader
 
+        if config.views and any(c.manifest.views for c in caches):
+            raise ConfigError("--resident does not replay cached views; pass --no-views or drop --resident")
+
         s.train.with_transform(s.transform.geometry())  # decoded once; augmentation happens on the device
         budget = None
         if device.type == "cuda":
@@ -470,6 +474,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
             s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
             device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
             noise_per_batch=config.noise_per_batch, transform=s.transform, blocks=bool(config.student_blocks),
+            views=config.views,
         )
     total_epochs = method.total_epochs(config.epochs)
     opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)
@@ -680,6 +685,7 @@ def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
         "device": device_name(s.device),
         "precision": s.precision,
         "shuffle": loader.shuffle,
+        "views": loader.views.to_dict() if getattr(loader, "views", None) else None,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     (run_dir / CONFIG).write_text(json.dumps(info, indent=2) + "\n")
