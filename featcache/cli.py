@@ -118,6 +118,7 @@ def extract(
     wait: bool = typer.Option(True, "--wait/--no-wait", help="If another process is writing the same cache: wait (default) or exit."),
     blocks: Optional[str] = typer.Option(None, "--blocks", help="Also cache these intermediate blocks, e.g. layer1,layer2,layer3 (for --method aka)."),
     pool: int = typer.Option(4, "--pool", help="Block outputs are average-pooled to POOL x POOL."),
+    topk_logits: Optional[int] = typer.Option(None, "--topk-logits", help="Store only each row's k largest logits and their classes (many-class datasets)."),
     views: int = typer.Option(1, "--views", help="K > 1: also cache K-1 augmented views per sample, replayed exactly by distill."),
     view_policy: Optional[str] = typer.Option(None, "--view-policy", help="rrc-flip (photos) or pad-crop-flip (default for CIFAR-sized images)."),
     view_seed: int = typer.Option(0, "--view-seed", help="Seed of the views' augmentation parameters."),
@@ -139,7 +140,7 @@ def extract(
         logits_dtype=logits_dtype, shard_rows=shard_rows, noise=noise, noise_seed=noise_seed, seed=seed,
         cache_dir=cache_dir, force=force, wait=wait,
         blocks=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else [], pool=pool,
-        views=views, view_policy=view_policy, view_seed=view_seed,
+        views=views, view_policy=view_policy, view_seed=view_seed, topk_logits=topk_logits,
     )
     main = _main_rank()
     result = run_extract(config, reporter=RichReporter(err) if main else None)

@@ -35,6 +35,7 @@ from featcache.cache.format import (
     DEFAULT_SHARD_ROWS,
     FEATURE_DTYPES,
     FORMAT_VERSION,
+    LOGITS_INDEX,
     MANIFEST,
     RANK_SHARDS_PREFIX,
     PART_DATA,
@@ -82,6 +83,7 @@ class ExtractConfig:
     noise: int = 0
     noise_seed: int = 0
     seed: int = 0
+    topk_logits: int | None = None  # store only each row's k largest logits and their classes
     views: int = 1  # K > 1: also cache K-1 augmented views per sample (featcache.views)
     view_policy: str | None = None  # rrc-flip, or pad-crop-flip (default for small pre-centred images: CIFAR)
     view_seed: int = 0
@@ -120,6 +122,8 @@ class ExtractConfig:
                 args += [flag, str(value)]
         if self.blocks:
             args += ["--blocks", ",".join(self.blocks), "--pool", str(self.pool)]
+        if self.topk_logits:
+            args += ["--topk-logits", str(self.topk_logits)]
         if self.views != 1:
             args += ["--views", str(self.views), "--view-seed", str(self.view_seed)]
             if self.view_policy:
@@ -220,6 +224,9 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         "precision": precision,
         "noise": noise.to_dict() if noise else None,
     }
+    if config.topk_logits is not None:
+        check_at_least("--topk-logits", config.topk_logits, 1)
+        identity["topk_logits"] = config.topk_logits
     views = None
     if config.views != 1:
         policy = config.view_policy or ("pad-crop-flip" if dataset.native_size else "rrc-flip")
@@ -452,6 +459,7 @@ def _new_manifest(plan: ExtractPlan) -> Manifest:
         rows=rows,
         noise=plan.noise.to_dict() if plan.noise else None,
         views=plan.views.to_dict() if plan.views else None,
+        topk_logits=cfg.topk_logits,
         created=_now(),
         versions={
             "featcache": __version__,
@@ -516,6 +524,9 @@ def _teacher_accuracy(manifest: Manifest, directory: Path, dataset: ImageDataset
     from featcache.cache.reader import FeatureCache
 
     with FeatureCache(directory, allow_incomplete=True) as cache:  # all shards are written by now
+        if manifest.topk_logits:  # the first kept class is the argmax
+            top = cache.read_all(PART_DATA, fields=(LOGITS_INDEX,))[LOGITS_INDEX][:, 0]
+            return float((top == dataset.targets).mean())
         logits = cache.read_all(PART_DATA, fields=(LOGITS,))[LOGITS]
     return float((logits.argmax(1) == dataset.targets).mean())
 
@@ -591,7 +602,8 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
     writer = BackgroundWriter(writers, max_pending=4)
     pool = None
     if device.type == "cuda":
-        pool = _HostBuffers(4, cfg.batch_size, teacher.num_features, teacher.num_classes, feat_dtype, logit_dtype)
+        pool = _HostBuffers(4, cfg.batch_size, teacher.num_features, cfg.topk_logits or teacher.num_classes, feat_dtype,
+                            logit_dtype)
 
     sources: list[tuple[str, Any, np.ndarray]] = []
     data_rows = _pending_rows(manifest, PART_DATA, shard_filter)
@@ -627,10 +639,15 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
                     x = normalize(batch, channels_last=cfg.channels_last)
                     with autocast(device, plan.precision):
                         features, logits = model(x)
+                    blocks = {AUG_FIELD: aug[0].numpy()} if aug else {}
+                    if cfg.topk_logits:
+                        if cfg.topk_logits > logits.shape[1]:
+                            raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's {logits.shape[1]} classes")
+                        logits, top = logits.float().topk(cfg.topk_logits, dim=1)
+                        blocks[LOGITS_INDEX] = top.to(torch.int32).cpu().numpy()
                     features = features.to(feat_dtype)
                     logits = logits.to(logit_dtype)
                     idx = index.numpy()
-                    blocks = {AUG_FIELD: aug[0].numpy()} if aug else {}
                     if cfg.blocks:  # pooled on the device, copied synchronously (they are small)
                         blocks.update({
                             block_field(name): F.adaptive_avg_pool2d(captured[name].float(), cfg.pool)

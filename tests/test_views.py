@@ -125,3 +125,33 @@ def test_distill_run_with_views(view_cache, tmp_path):
         distill(DistillConfig(**base, run_dir=tmp_path / "d", cache_mode="disk"))
     with pytest.raises(ConfigError, match="--no-views"):
         distill(DistillConfig(**base, run_dir=tmp_path / "r", resident=True))
+
+
+def test_topk_logits_are_stored_compactly_and_joined_densely(tmp_path):
+    from featcache.cache.format import LOGITS_INDEX, dense_logits
+    from featcache.distill.loader import JoinedLoader
+
+    full = extract(cfg(tmp_path, views=1))
+    top = extract(cfg(tmp_path, views=1, topk_logits=3))
+    assert top.key != full.key and top.manifest.topk_logits == 3
+    assert top.manifest.teacher_accuracy == full.manifest.teacher_accuracy
+    with FeatureCache(full.directory) as a, FeatureCache(top.directory) as b:
+        dense = a.read_all(fields=("logits",))["logits"]
+        kept = b.read_all(fields=("logits", LOGITS_INDEX))
+        assert kept["logits"].shape == (48, 3) and kept[LOGITS_INDEX].dtype == np.int32
+        np.testing.assert_array_equal(kept[LOGITS_INDEX][:, 0], dense.argmax(1))
+        rebuilt = dense_logits(torch.from_numpy(kept["logits"]), torch.from_numpy(kept[LOGITS_INDEX]), 10)
+        order = np.argsort(-dense, axis=1)[:, :3]
+        np.testing.assert_allclose(np.take_along_axis(rebuilt.numpy(), order, 1), np.take_along_axis(dense, order, 1))
+        assert (rebuilt.numpy() >= kept["logits"].min(1, keepdims=True) - 1e-6).all()
+        assert b.row_bytes(("logits",)) == 12
+        ds = get_dataset("synthetic", split="train", **SYN)
+        spec = TransformSpec.from_dict(b.manifest.transform)
+        ds.with_transform(spec.geometry())
+        loader = JoinedLoader(ds, [b], batch_size=16, workers=0, transform=spec)
+        batch = next(iter(loader))
+        loader.close()
+        assert batch.logits[0].shape == (16, 10)
+        assert torch.equal(batch.logits[0].argmax(1), torch.from_numpy(kept[LOGITS_INDEX][batch.index.numpy(), 0]).long())
+    with pytest.raises(ConfigError, match="--topk-logits"):
+        extract(cfg(tmp_path, views=1, topk_logits=11))

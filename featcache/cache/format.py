@@ -35,8 +35,20 @@ PARTS = (PART_DATA, PART_NOISE)
 FEATURES = "features"
 LOGITS = "logits"
 INDEX = "index"
+LOGITS_INDEX = "logits_index"  # with extract --topk-logits k: class index of each kept logit [n, k] int32
 FIELDS = (FEATURES, LOGITS, INDEX)
 BLOCK_PREFIX = "blocks/"  # block features: one dataset per cached block, "blocks/<name>" [n, C·P·P] (extract --blocks)
+
+
+def dense_logits(values, index, num_classes: int):
+    """[B, k] top-k logits + [B, k] class indices -> dense [B, C] torch logits; the classes not kept get the row's
+    smallest kept logit (so softmax keeps their mass small but finite, and MSE-based losses stay defined)."""
+    import torch
+
+    values = torch.as_tensor(values)
+    fill = values.min(dim=1, keepdim=True).values
+    dense = fill.expand(values.shape[0], num_classes).clone()
+    return dense.scatter_(1, torch.as_tensor(index).long(), values)
 
 
 def block_field(name: str) -> str:
@@ -116,6 +128,9 @@ class Manifest:
     # Augmented views (extract --views K): {"count", "policy", "seed"}; parts view1..view{K-1} hold them, with the
     # per-row augmentation parameters in an extra "aug" dataset [n, 5] float32.
     views: dict[str, Any] | None = None
+    # extract --topk-logits k: "logits" holds each row's k largest logits (descending) and "logits_index" their
+    # classes; readers that need dense logits rebuild them (featcache.cache.format.dense_logits).
+    topk_logits: int | None = None
     complete: bool = False
     format_version: int = FORMAT_VERSION
     created: str = ""

@@ -73,11 +73,17 @@ class FeatureCache:
         m = self.manifest
         sizes = {
             FEATURES: np.dtype(m.dtype).itemsize * m.teacher.num_features,
-            LOGITS: np.dtype(m.logits_dtype).itemsize * m.teacher.num_classes,
+            LOGITS: np.dtype(m.logits_dtype).itemsize * (m.topk_logits or m.teacher.num_classes),
             INDEX: 8,
+            "logits_index": 4 * (m.topk_logits or 0),
             **{block_field(b["name"]): np.dtype(m.dtype).itemsize * b["dim"] for b in m.blocks},
         }
         return sum(sizes[f] for f in fields)
+
+    @property
+    def join_fields(self) -> tuple[str, ...]:
+        """What the loader joins besides features/logits/blocks to rebuild dense logits (top-k caches)."""
+        return ("logits_index",) if self.manifest.topk_logits else ()
 
     @property
     def block_fields(self) -> list[str]:
@@ -128,10 +134,11 @@ class FeatureCache:
         m = self.manifest
         shapes = {
             FEATURES: ((n, m.teacher.num_features), m.dtype),
-            LOGITS: ((n, m.teacher.num_classes), m.logits_dtype),
+            LOGITS: ((n, m.topk_logits or m.teacher.num_classes), m.logits_dtype),
             INDEX: ((n,), "int64"),
             **{block_field(b["name"]): ((n, b["dim"]), m.dtype) for b in m.blocks},
             "aug": ((n, 5), "float32"),  # view parts only: the view's augmentation parameters
+            **({"logits_index": ((n, m.topk_logits), "int32")} if m.topk_logits else {}),
         }
         unknown = [f for f in fields if f not in shapes]
         if unknown:

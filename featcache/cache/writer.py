@@ -61,7 +61,7 @@ class PartWriter:
         t = self.manifest.teacher
         # Contiguous, unchunked, unfiltered: the fastest layout for the sorted fancy reads of the joined loader.
         f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
-        f.create_dataset(LOGITS, shape=(n, t.num_classes), dtype=self.manifest.logits_dtype)
+        f.create_dataset(LOGITS, shape=(n, self.manifest.topk_logits or t.num_classes), dtype=self.manifest.logits_dtype)
         f.create_dataset(INDEX, shape=(n,), dtype="int64")
         for name, (dim, dtype) in self.extra_fields().items():
             f.create_dataset(name, shape=(n, dim), dtype=dtype)
@@ -126,6 +126,8 @@ class PartWriter:
         out = {block_field(b["name"]): (b["dim"], self.manifest.dtype) for b in self.manifest.blocks}
         if self.part.startswith("view"):
             out["aug"] = (5, "float32")
+        if self.manifest.topk_logits:
+            out["logits_index"] = (self.manifest.topk_logits, "int32")
         return out
 
     @property

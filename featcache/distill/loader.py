@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from featcache import distributed
-from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
+from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE, dense_logits
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
 from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
@@ -300,6 +300,19 @@ class PinnedStaging:
         return out
 
 
+def split_rows(rows: list[torch.Tensor], caches: Sequence[FeatureCache], counts: list[int]):
+    """Per teacher: (features, logits, [blocks...], [logits_index]) tensors -> features, dense logits, blocks."""
+    features, logits, blocks, at = [], [], [], 0
+    for cache, n in zip(caches, counts):
+        part = rows[at : at + n]
+        at += n
+        top = cache.manifest.topk_logits
+        features.append(part[0])
+        logits.append(dense_logits(part[1], part[-1], cache.num_classes) if top else part[1])
+        blocks.append(list(part[2 : n - (1 if top else 0)]))
+    return features, logits, blocks
+
+
 def check_views(caches: Sequence[FeatureCache]) -> ViewSpec | None:
     """The views every teacher cached (all must agree), or None when none did."""
     specs = [c.manifest.views for c in caches]
@@ -427,7 +440,8 @@ class JoinedLoader:
         # Storage mode per teacher: RAM while the budget lasts, then out of core.
         budget = default_ram_budget() if ram_budget is None else ram_budget
         # Fields joined per teacher: features, logits and, for methods that use them, the cached blocks.
-        self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else [])) for c in self.caches]
+        # (top-k caches add the logits' class indices, last, to rebuild dense logits on the device)
+        self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else []), *c.join_fields) for c in self.caches]
         need = [self.k * c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
         modes, used = [], 0
         for n in need:
@@ -545,12 +559,7 @@ class JoinedLoader:
             rows += got
             counts.append(len(got))
         rows = self._staging.to_device(rows)
-        features, logits, blocks, at = [], [], [], 0
-        for n in counts:  # per teacher: features, logits, blocks...
-            features.append(rows[at])
-            logits.append(rows[at + 1])
-            blocks.append(list(rows[at + 2 : at + n]))
-            at += n
+        features, logits, blocks = split_rows(rows, self.caches, counts)
         labels = labels.to(dev, non_blocking=nb)
         if num_noise:
             # TS-Learning: a random image is labelled by the teacher's prediction.

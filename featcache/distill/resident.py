@@ -19,7 +19,7 @@ from featcache import distributed
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
-from featcache.distill.loader import Batch, check_noise_rows, epoch_plan, shutdown_workers
+from featcache.distill.loader import Batch, check_noise_rows, epoch_plan, shutdown_workers, split_rows
 from featcache.errors import ConfigError
 from featcache.transforms import TransformSpec, noise_batch
 
@@ -82,7 +82,7 @@ class ResidentLoader:
         check_noise_rows(self.caches, noise_per_batch)
         size = transform.image_size if transform is not None else None
         n = len(dataset)
-        self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else [])) for c in self.caches]
+        self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else []), *c.join_fields) for c in self.caches]
         need = n * 3 * (size or 0) ** 2 + sum(n * c.row_bytes(f) for c, f in zip(self.caches, self.fields))
         if max_bytes is not None and need > max_bytes:
             raise ConfigError(
@@ -152,11 +152,11 @@ class ResidentLoader:
                 images = torch.cat([images, self.noise["images"].index_select(0, nidx)])
                 tables = [[torch.cat([a, b.index_select(0, nidx)]) for a, b in zip(table, noise_table)]
                           for table, noise_table in zip(tables, self.noise["tables"])]
-                # TS-Learning: a random image is labelled by the (first) teacher's prediction.
-                labels = torch.cat([labels, tables[0][1][-num_noise:].float().argmax(1)])
                 index = torch.cat([idx, nidx])
-            yield Batch(images, labels, index, num_noise, [t[0] for t in tables], [t[1] for t in tables],
-                        [t[2:] for t in tables])
+            features, logits, blocks = split_rows([x for t in tables for x in t], self.caches, [len(t) for t in tables])
+            if num_noise:  # TS-Learning: a random image is labelled by the (first) teacher's prediction
+                labels = torch.cat([labels, logits[0][-num_noise:].float().argmax(1)])
+            yield Batch(images, labels, index, num_noise, features, logits, blocks)
 
     def close(self) -> None:
         pass
