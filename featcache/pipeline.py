@@ -143,8 +143,14 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         if train is not None:
             _unknown(train, _TRAIN_FIELDS, f"{w}.train")
         extract = _table(t, "extract", w, default={})
-        _unknown(extract, {"image_size", "resize", "resize_mode", "batch_size", "noise", "noise_seed", "dtype", "precision", "blocks", "pool"}, f"{w}.extract")
+        _unknown(extract, {"image_size", "resize", "resize_mode", "batch_size", "noise", "noise_seed", "dtype",
+                           "precision", "blocks", "pool", "views", "view_policy", "view_seed", "topk_logits"},
+                 f"{w}.extract")
         weights = _expand(t["weights"]) if isinstance(t.get("weights"), str) else t.get("weights")
+        if isinstance(weights, str) and weights.startswith("teacher:"):
+            ref = weights.split(":", 1)[1]
+            if not any(x.get("name", x.get("teacher")) == ref and x.get("train") for x in data.get("teachers", [])):
+                raise ConfigError(f"{w}: weights {weights!r} must name a [[teachers]] entry that is trained here")
         teachers.append(TeacherSpec(t.get("name", t["teacher"]), t["teacher"], weights, train, dict(extract)))
     names = [t.name for t in teachers]
     if len(set(names)) != len(names):
@@ -246,7 +252,16 @@ def _teacher_dir(p: Pipeline, t: TeacherSpec) -> Path:
 def _teacher_weights(p: Pipeline, t: TeacherSpec) -> str | None:
     from featcache.teach import TEACHER_FILE
 
-    return str(_teacher_dir(p, t) / TEACHER_FILE) if t.train is not None else t.weights
+    if t.train is not None:
+        return str(_teacher_dir(p, t) / TEACHER_FILE)
+    if isinstance(t.weights, str) and t.weights.startswith("teacher:"):  # the weights another [[teachers]] trains
+        other = next(x for x in p.teachers if x.name == t.weights.split(":", 1)[1])
+        return str(_teacher_dir(p, other) / TEACHER_FILE)
+    return t.weights
+
+
+def _trained_here(p: Pipeline, t: TeacherSpec) -> bool:
+    return t.train is not None or (isinstance(t.weights, str) and t.weights.startswith("teacher:"))
 
 
 def _needs_noise(p: Pipeline, t: TeacherSpec) -> bool:
@@ -283,7 +298,7 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", wo
             stages.append(Stage("teacher", t.name, _run_state(d, TEACHER_FILE), d, f"train-teacher {t.teacher}", t))
     for t in p.teachers:
         cfg = extract_config(p, t, cache_dir, device, workers)
-        if cfg.weights and not Path(cfg.weights).is_file() and t.train is not None:
+        if cfg.weights and not Path(cfg.weights).is_file() and _trained_here(p, t):
             stages.append(Stage("extract", t.name, "waits", None, "after its teacher is trained", t))
             continue
         ep = plan_extract(cfg)

@@ -262,3 +262,24 @@ def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
 
     components = [e for e in CacheStore(tmp_path / "home").entries() if e.manifest.teacher.name == "run"]
     assert len(components) == 2 and all([b["name"] for b in e.manifest.blocks] == ["conv1", "conv2"] for e in components)
+
+
+def test_recipe_teacher_reusing_trained_weights_with_views(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"] = [
+        {"name": "c", "teacher": "convnet", "train": {"epochs": 1, "init": "random", "batch_size": 32},
+         "extract": {"image_size": 32}},
+        {"name": "c-views", "teacher": "convnet", "weights": "teacher:c", "extract": {"image_size": 32, "views": 2}},
+    ]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["ts"], "teachers": ["c-views"], "options": {"epochs": 1, "batch_size": 32}}]
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    assert [s.state for s in plan(p, workers=0) if s.kind == "extract"] == ["waits", "waits"]
+    run_pipeline(p, workers=0, log=lambda m: None)
+    import json as _json
+
+    cfg = _json.loads((tmp_path / "runs" / "lenet5-ts-c-views-s0" / "config.json").read_text())
+    assert cfg["views"]["count"] == 2
+    data["teachers"][1]["weights"] = "teacher:nobody"
+    with pytest.raises(ConfigError, match="trained here"):
+        parse_pipeline(data, runs_dir=tmp_path / "runs")
