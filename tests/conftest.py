@@ -20,6 +20,30 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
+# -- offline by construction ---------------------------------------------------------------------------------------
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs as CI does: no network and an empty torch hub cache. A test that tried to fetch weights or
+    data would fail here with an error naming the address, instead of passing only where the network happens to be
+    up. Loopback stays open (torchrun's gloo rendezvous in test_distributed)."""
+    import socket
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home-empty"))
+    monkeypatch.setenv("FEATCACHE_OFFLINE", "1")
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host not in _LOCAL_HOSTS:
+            raise OSError(f"tests run offline: a connection to {address} was attempted")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
+
+
 def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> np.ndarray:
     """A small random RGB image (PNG, or JPEG by suffix) at ``path``; returns its pixels [H, W, 3]."""
     path.parent.mkdir(parents=True, exist_ok=True)

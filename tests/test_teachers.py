@@ -128,3 +128,14 @@ def test_state_dict_round_trip_in_torchvision_layout():
     teacher = create_teacher("resnet18", weights="random", num_classes=3)
     assert isinstance(teacher.model, TorchvisionFeatureModel)
     assert "fc.weight" in teacher.model.torchvision_state_dict()
+
+
+def test_the_suite_is_offline():
+    """The autouse guard in conftest.py: no weights can be fetched (empty hub cache, FEATCACHE_OFFLINE) and no socket
+    leaves the machine."""
+    import socket
+
+    with pytest.raises(WeightsError, match="FEATCACHE_OFFLINE"):
+        create_teacher("resnet18", weights="DEFAULT")
+    with pytest.raises(OSError, match="offline"):
+        socket.create_connection(("203.0.113.1", 443), timeout=1)
