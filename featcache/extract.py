@@ -532,15 +532,13 @@ def _teacher_accuracy(manifest: Manifest, directory: Path, dataset: ImageDataset
 
 
 def block_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
-    """The submodule ``name`` of a teacher (torchvision teachers also answer to their own names, e.g. layer3)."""
-    for path in (name, f"net.{name}", f"model.{name}", f"model.body.{name}"):  # run teachers: a student's body
-        try:
-            return model.get_submodule(path)
-        except AttributeError:
-            continue
-    inner = getattr(model, "net", model)
-    names = ", ".join(n for n, _ in inner.named_children())
-    raise ConfigError(f"--blocks {name}: the teacher has no such module; its top-level modules are: {names}")
+    """The submodule ``name`` of a teacher, named as in its ``block_root()`` (e.g. layer3 of a torchvision ResNet)."""
+    root = model.block_root() if hasattr(model, "block_root") else model
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        names = ", ".join(n for n, _ in root.named_children())
+        raise ConfigError(f"--blocks {name}: the teacher has no such module; its top-level modules are: {names}") from None
 
 
 def _attach_block_hooks(model: torch.nn.Module, names: list[str]):

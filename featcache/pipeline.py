@@ -180,8 +180,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
             raise ConfigError(f"{w}: tag {tag!r} may hold only letters, digits, - and _ (it names run directories)")
         runs.append(DistillSpec(list(students), list(methods), list(d.get("teachers", [])), [int(s) for s in seeds],
                                 dict(options), tag))
-    dirs = [distill_dir_name(st, m, [] if m == "ce" else r.teachers, sd, r.tag)
-            for r in runs for st in r.students for m in r.methods for sd in r.seeds]
+    dirs = [job.name for job in distill_jobs(runs)]
     if len(set(dirs)) != len(dirs):
         clash = next(x for x in dirs if dirs.count(x) > 1)
         raise ConfigError(f"{where}: two [[distill]] runs would share the run directory {clash!r}; give the blocks "
@@ -278,13 +277,31 @@ def extract_config(p: Pipeline, t: TeacherSpec, cache_dir: Path | None, device: 
                          weights=_teacher_weights(p, t), cache_dir=cache_dir, device=device, workers=workers, **opts)
 
 
-def distill_dir_name(student: str, method: str, teachers: list[str], seed: int, tag: str = "") -> str:
-    who = "+".join(teachers) if teachers else "alone"
-    return f"{student}-{method}-{who}{'-' + tag if tag else ''}-s{seed}"
+@dataclass(frozen=True)
+class DistillJob:
+    """One distill run of a recipe: a student × method × seed of a [[distill]] block."""
+
+    student: str
+    method: str
+    teachers: tuple[str, ...]  # empty for ce, which ignores the block's teachers
+    seed: int
+    spec: DistillSpec
+
+    @property
+    def name(self) -> str:
+        """The run directory's name: <student>-<method>-<teachers or alone>[-<tag>]-s<seed>."""
+        who = "+".join(self.teachers) if self.teachers else "alone"
+        return f"{self.student}-{self.method}-{who}{'-' + self.spec.tag if self.spec.tag else ''}-s{self.seed}"
 
 
-def distill_dir(p: Pipeline, student: str, method: str, teachers: list[str], seed: int, tag: str = "") -> Path:
-    return p.runs_dir / distill_dir_name(student, method, teachers, seed, tag)
+def distill_jobs(blocks: list[DistillSpec]):
+    """Every run of the recipe's [[distill]] blocks, in recipe order."""
+    for d in blocks:
+        for student in d.students:
+            for method in d.methods:
+                teachers = () if method == "ce" else tuple(d.teachers)
+                for seed in d.seeds:
+                    yield DistillJob(student, method, teachers, seed, d)
 
 
 def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None) -> list[Stage]:
@@ -307,13 +324,9 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", wo
         entry = next((e for e in CacheStore(cache_dir).entries() if e.key == ep.key), None)
         done = entry is not None and entry.manifest is not None and entry.manifest.complete
         stages.append(Stage("extract", t.name, "done" if done else "run", ep.directory, ep.key, t))
-    for d in p.distill:
-        for student in d.students:
-            for method in d.methods:
-                teachers = [] if method == "ce" else d.teachers
-                for seed in d.seeds:
-                    rd = distill_dir(p, student, method, teachers, seed, d.tag)
-                    stages.append(Stage("distill", rd.name, _run_state(rd), rd, "", (student, method, teachers, seed, d)))
+    for job in distill_jobs(p.distill):
+        rd = p.runs_dir / job.name
+        stages.append(Stage("distill", job.name, _run_state(rd), rd, "", job))
     if p.amalgamate is not None:
         target = p.runs_dir / "amalgamate" / "target"
         stages.append(Stage("amalgamate", "components → target", _run_state(target), target,
@@ -357,7 +370,8 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             keys[t.name] = result.key
             log(f"[extract] {t.name}: {'cache ' + result.key + ' reused' if result.reused else 'wrote ' + result.key}")
         elif stage.kind == "distill":
-            student, method, teachers, seed, spec = stage.payload
+            job = stage.payload
+            student, method, teachers, seed, spec = job.student, job.method, job.teachers, job.seed, job.spec
             if stage.state == "done":
                 continue
             log(f"[distill] {stage.name}: {'resuming' if stage.state == 'resume' else 'starting'}")
@@ -391,21 +405,9 @@ def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, r
 
 
 def distill_runs(p: Pipeline) -> list[Path]:
-    out = []
-    for stage in plan_runs(p):
-        if (stage / SUMMARY).is_file() or (stage / "metrics.jsonl").is_file():
-            out.append(stage)
-    return out
-
-
-def plan_runs(p: Pipeline) -> list[Path]:
-    dirs = []
-    for d in p.distill:
-        for student in d.students:
-            for method in d.methods:
-                for seed in d.seeds:
-                    dirs.append(distill_dir(p, student, method, [] if method == "ce" else d.teachers, seed, d.tag))
-    return dirs
+    """The recipe's distill run directories that have finished at least one epoch."""
+    dirs = [p.runs_dir / job.name for job in distill_jobs(p.distill)]
+    return [d for d in dirs if (d / SUMMARY).is_file() or (d / "metrics.jsonl").is_file()]
 
 
 def write_report(p: Pipeline) -> dict[str, Any]:

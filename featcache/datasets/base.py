@@ -202,13 +202,22 @@ def split_classes(classes: Sequence[str], parts: int, seed: int = 0) -> list[lis
     return [[classes[i] for i in sorted(chunk)] for chunk in np.array_split(perm, parts)]
 
 
+def table_lines(path: Path):
+    """(line number, stripped line) of a text table, skipping blank lines and # comments (the official metadata
+    files and featcache's own split / class files)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip()
+            if line and not line.startswith("#"):
+                yield lineno, line
+
+
 def read_class_list(path: Path) -> list[str]:
     """A class-subset file: one class name per line (blank lines and # comments ignored)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"--classes {path}: file not found (write one with `featcache split-classes`)")
-    names = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
-    names = [n for n in names if n]
+    names = [line.split("#", 1)[0].strip() for _, line in table_lines(path)]
     if not names:
         raise DatasetError(f"--classes {path}: no class names in the file")
     return names

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from featcache.datasets import register_dataset
-from featcache.datasets.base import ImageDataset, check_split, read_image_file
+from featcache.datasets.base import ImageDataset, check_split, read_image_file, table_lines
 from featcache.datasets.folder import list_images
 from featcache.errors import DatasetError, FeatcacheError
 
@@ -180,29 +180,25 @@ def read_split_file(path: Path, ids: Sequence[str]) -> np.ndarray:
     is_test = np.zeros(len(ids), dtype=bool)
     seen = np.zeros(len(ids), dtype=bool)
     first_line: dict[int, int] = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 2 or parts[0] not in ("train", "test"):
-                raise DatasetError(
-                    f"SOD: split file {path} line {lineno} is malformed ({line!r}); expected '<train|test> <id>'"
-                )
-            i = position.get(parts[1])
-            if i is None:
-                raise DatasetError(
-                    f"SOD: split file {path} line {lineno}: unknown sample id {parts[1]!r}; ids look like "
-                    "stanford/<dir>/<file>.jpg or pet/<file>.jpg"
-                )
-            if seen[i]:
-                raise DatasetError(
-                    f"SOD: split file {path} line {lineno}: sample {parts[1]!r} already listed on line {first_line[i]}"
-                )
-            seen[i] = True
-            first_line[i] = lineno
-            is_test[i] = parts[0] == "test"
+    for lineno, line in table_lines(path):
+        parts = line.split()
+        if len(parts) != 2 or parts[0] not in ("train", "test"):
+            raise DatasetError(
+                f"SOD: split file {path} line {lineno} is malformed ({line!r}); expected '<train|test> <id>'"
+            )
+        i = position.get(parts[1])
+        if i is None:
+            raise DatasetError(
+                f"SOD: split file {path} line {lineno}: unknown sample id {parts[1]!r}; ids look like "
+                "stanford/<dir>/<file>.jpg or pet/<file>.jpg"
+            )
+        if seen[i]:
+            raise DatasetError(
+                f"SOD: split file {path} line {lineno}: sample {parts[1]!r} already listed on line {first_line[i]}"
+            )
+        seen[i] = True
+        first_line[i] = lineno
+        is_test[i] = parts[0] == "test"
     if not seen.all():
         missing = np.flatnonzero(~seen)
         raise DatasetError(
@@ -261,34 +257,30 @@ def _pet_samples(images: Path, list_txt: Path, rows: Sequence[ClassRow], table: 
     wanted = {r.pet_breed: r.index for r in rows if r.pet_breed}
     on_disk = set(os.listdir(images))
     found: dict[str, int] = {}
-    with open(list_txt, encoding="utf-8", errors="replace") as f:
-        for lineno, raw in enumerate(f, 1):
-            line = raw.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = line.split()
-            if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]) or parts[2] not in ("1", "2"):
-                raise DatasetError(
-                    f"SOD: {list_txt} line {lineno} is malformed ({line!r}); expected 'Image CLASS-ID SPECIES "
-                    f"BREED-ID' with SPECIES 1 or 2; {PET_HINT}"
-                )
-            if parts[2] != "2":
-                continue
-            name = parts[0]
-            breed, _, number = name.rpartition("_")
-            if not breed or not number.isdigit():
-                raise DatasetError(f"SOD: {list_txt} line {lineno}: image name {name!r} is not <breed>_<number>")
-            if breed not in wanted:
-                raise DatasetError(
-                    f"SOD: {list_txt} line {lineno}: dog breed {breed!r} is not in the class table {table}"
-                )
-            if f"{name}.jpg" not in on_disk:
-                raise DatasetError(
-                    f"SOD: {images / (name + '.jpg')} (listed in {list_txt} line {lineno}) is missing; {PET_HINT}"
-                )
-            if f"pet/{name}.jpg" in found:
-                raise DatasetError(f"SOD: {list_txt} line {lineno}: image {name!r} is listed twice")
-            found[f"pet/{name}.jpg"] = wanted[breed]
+    for lineno, line in table_lines(list_txt):
+        parts = line.split()
+        if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]) or parts[2] not in ("1", "2"):
+            raise DatasetError(
+                f"SOD: {list_txt} line {lineno} is malformed ({line!r}); expected 'Image CLASS-ID SPECIES "
+                f"BREED-ID' with SPECIES 1 or 2; {PET_HINT}"
+            )
+        if parts[2] != "2":
+            continue
+        name = parts[0]
+        breed, _, number = name.rpartition("_")
+        if not breed or not number.isdigit():
+            raise DatasetError(f"SOD: {list_txt} line {lineno}: image name {name!r} is not <breed>_<number>")
+        if breed not in wanted:
+            raise DatasetError(
+                f"SOD: {list_txt} line {lineno}: dog breed {breed!r} is not in the class table {table}"
+            )
+        if f"{name}.jpg" not in on_disk:
+            raise DatasetError(
+                f"SOD: {images / (name + '.jpg')} (listed in {list_txt} line {lineno}) is missing; {PET_HINT}"
+            )
+        if f"pet/{name}.jpg" in found:
+            raise DatasetError(f"SOD: {list_txt} line {lineno}: image {name!r} is listed twice")
+        found[f"pet/{name}.jpg"] = wanted[breed]
     present = set(found.values())
     missing = sorted(b for b, i in wanted.items() if i not in present)
     if missing:

@@ -189,7 +189,7 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
 
 def setup(config: DistillConfig) -> Setup:
     from featcache.models.registry import get_entry
-    from featcache.models.students import create_student
+    from featcache.models.students import create_student, student_block_channels
 
     method_cls = get_method(config.resolved_method())
     method_cls.check_teachers(len(config.teachers))
@@ -278,35 +278,6 @@ def setup(config: DistillConfig) -> Setup:
     device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
-
-
-def student_block_module(student: torch.nn.Module, name: str) -> torch.nn.Module:
-    body = getattr(student, "body", student)
-    try:
-        return body.get_submodule(name)
-    except AttributeError:
-        names = ", ".join(n for n, _ in body.named_children())
-        raise ConfigError(f"--student-blocks {name}: the student's body has no such module; it has: {names}") from None
-
-
-def student_block_channels(student: torch.nn.Module, names: list[str], image_size: int) -> list[int]:
-    """Channels of the student's named body modules, from one forward pass on a blank image."""
-    seen: dict[str, torch.Tensor] = {}
-    hooks = [student_block_module(student, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
-             for n in names]
-    try:
-        was = student.training
-        student.eval()
-        with torch.no_grad():
-            student(torch.zeros(1, 3, image_size, image_size))
-        student.train(was)
-    finally:
-        for h in hooks:
-            h.remove()
-    for n in names:
-        if seen[n].dim() != 4:
-            raise ConfigError(f"--student-blocks {n}: its output is not a [B, C, H, W] feature map")
-    return [int(seen[n].shape[1]) for n in names]
 
 
 def _seed_everything(seed: int) -> None:

@@ -33,6 +33,11 @@ class FeatureModel(nn.Module):
         """Features [B, D] -> logits [B, C]."""
         raise NotImplementedError
 
+    def block_root(self) -> nn.Module:
+        """The module whose submodule names ``extract --blocks`` uses (torchvision teachers: the wrapped network, so
+        ``layer3`` means what it means in torchvision)."""
+        return self
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.forward_features(x)
         return features, self.forward_head(features)

@@ -73,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featcache.errors import ModelError
+from featcache.errors import ConfigError, ModelError
 from featcache.models.registry import get_entry, list_models, register_model, unknown_model_error
 
 KIND = "student"
@@ -480,3 +480,33 @@ def _inceptionv3(small: bool, image_size: int) -> Arch:
     upsampled = image_size < INCEPTION_MIN
     variant = f"upsampled to {INCEPTION_MIN} px" if upsampled else ""
     return Arch(net, 2048, [], nn.ReLU, 0.5, upsample_to=INCEPTION_MIN, variant=variant)
+
+
+def student_block_module(student: nn.Module, name: str) -> nn.Module:
+    """A named module of the student's body (e.g. layer2 of resnet18, conv2 of lenet5): a block AKA bridges."""
+    body = getattr(student, "body", student)
+    try:
+        return body.get_submodule(name)
+    except AttributeError:
+        names = ", ".join(n for n, _ in body.named_children())
+        raise ConfigError(f"--student-blocks {name}: the student's body has no such module; it has: {names}") from None
+
+
+def student_block_channels(student: nn.Module, names: list[str], image_size: int) -> list[int]:
+    """Channels of the student's named body modules, from one forward pass on a blank image."""
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [student_block_module(student, n).register_forward_hook(lambda m, i, o, n=n: seen.__setitem__(n, o))
+             for n in names]
+    try:
+        was = student.training
+        student.eval()
+        with torch.no_grad():
+            student(torch.zeros(1, 3, image_size, image_size))
+        student.train(was)
+    finally:
+        for h in hooks:
+            h.remove()
+    for n in names:
+        if seen[n].dim() != 4:
+            raise ConfigError(f"--student-blocks {n}: its output is not a [B, C, H, W] feature map")
+    return [int(seen[n].shape[1]) for n in names]

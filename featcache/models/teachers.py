@@ -120,6 +120,9 @@ class TorchvisionFeatureModel(FeatureModel):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.head(features)
 
+    def block_root(self) -> nn.Module:
+        return self.net
+
     def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
         """State dict in the wrapped torchvision model's own key layout (``fc.weight``, not ``head.weight``)."""
         state = {k[len("net.") :]: v for k, v in self.state_dict().items() if k.startswith("net.")}
@@ -302,7 +305,9 @@ def _tv_min_size(name: str) -> int:
 def _recorded_classes(path: Path) -> tuple[str, ...] | None:
     """The class names a featcache checkpoint (train-teacher's teacher.pt) says its logits cover, if any."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the tensors are mapped, not read, so this costs little even for large checkpoints (it runs at every
+        # plan_extract); legacy (non-zip) files fail here and are never featcache's own.
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - foreign or pickled checkpoints: load_checkpoint reports those
         return None
     record = obj.get("featcache") if isinstance(obj, dict) else None
@@ -445,6 +450,9 @@ class RunFeatureModel(FeatureModel):
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.forward_head(features)
+
+    def block_root(self) -> nn.Module:
+        return self.model.body  # the student's own block names (as --student-blocks uses them)
 
 
 def _run_info(path: Path) -> dict[str, Any]:

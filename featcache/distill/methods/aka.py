@@ -21,6 +21,7 @@ from torch import nn
 
 from featcache.distill.methods.base import Method
 from featcache.errors import ConfigError
+from featcache.models.students import student_block_module
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -81,8 +82,6 @@ class AdaptiveAmalgamation(Method):
         self.fa_teacher_blocks = nn.ModuleList()
         self._captured: dict[str, torch.Tensor] = {}
         if self.block_names:
-            from featcache.distill.trainer import student_block_module
-
             s_channels = params.student_block_channels
             for t, blocks in enumerate(params.teacher_blocks or []):
                 self.fa_student_blocks.append(nn.ModuleList(
