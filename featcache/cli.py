@@ -449,7 +449,7 @@ def demo(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
 ) -> None:
     """Offline, CPU, minutes: train a small teacher, cache it, distill a student with and without it, compare."""
-    from featcache.demo import demo_recipe
+    from featcache.demo import demo_recipe, seed_gains
 
     try:
         seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
@@ -459,6 +459,10 @@ def demo(
         raise ConfigError("--seeds: give at least one seed")
     pipeline = demo_recipe(runs_dir, seeds=seed_list)
     _run_pipeline(pipeline, cache_dir=runs_dir / "cache", device=device, workers=workers, dry_run=dry_run)
+    if not dry_run:
+        for seed, alone, helped in seed_gains(pipeline):
+            out.print(f"seed {seed}: alone {alone:.2%} · with the cached teacher {helped:.2%} · "
+                      f"{(helped - alone) * 100:+.2f} points", highlight=False)
 
 
 def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run) -> dict:

@@ -13,12 +13,13 @@ from featcache.errors import ConfigError, ModelError
 from featcache.models.students import FCLayer, Student, create_student, list_students
 from featcache.models.translators import LinearTranslator, UpsampleTranslator, make_translator
 
-STUDENTS = ["alexnet", "inceptionv3", "lenet5", "mobilenetv2", "mobilenetv3", "mobilenetv3_small", "resnet18"]
+STUDENTS = ["alexnet", "convnet_small", "inceptionv3", "lenet5", "mobilenetv2", "mobilenetv3", "mobilenetv3_small", "resnet18"]
 C = 10
 
 # name -> (body_dim, native layer widths) of the small-input variant (32 px) and of the full one (at FULL_SIZE).
 NATIVE = {
     "alexnet": ((4096, [4096, 4096]), (9216, [4096, 4096])),
+    "convnet_small": ((64, []), (64, [])),
     "inceptionv3": ((2048, []), (2048, [])),
     "lenet5": ((400, [120, 84]), (400, [120, 84])),
     "mobilenetv2": ((1280, []), (1280, [])),
@@ -162,6 +163,20 @@ def test_inception_upsamples_small_inputs():
         assert s(_x(32)).shape == (2, C)
         s(_x(75))
     assert seen == [(75, 75), (75, 75)]
+
+
+def test_convnet_small_is_the_convnet_teacher_body_at_half_width():
+    from featcache.models.teachers import ConvNet
+
+    s = create_student("convnet_small", C, image_size=32)
+    convs = [m for m in s.body.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [16, 16, 32, 32, 64, 64]
+    teacher = ConvNet(C, width=16)  # same layout, so the same parameter shapes, in the same order
+    assert [p.shape for p in s.body.parameters()] == [p.shape for p in teacher.body.parameters()]
+    with torch.no_grad():
+        assert s.eval().forward_body(_x(16)).shape == (2, 64)  # global pooling: any side >= 8 px works
+    with pytest.raises(ModelError, match="--image-size 4"):
+        create_student("convnet_small", C, image_size=4)
 
 
 def test_lenet5_other_sizes_pool_to_5x5():

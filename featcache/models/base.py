@@ -41,3 +41,18 @@ class FeatureModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.forward_features(x)
         return features, self.forward_head(features)
+
+
+def small_vgg_body(width: int) -> nn.Sequential:
+    """Three stages of two 3×3 conv-BN-ReLU layers (widths w, 2w, 4w) with 2×2 max-pooling between stages; the
+    output has 4w channels at 1/4 of the input side. Shared by the ``convnet`` teacher and the ``convnet_small``
+    student, so the two differ only in width."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for stage, c in enumerate((width, 2 * width, 4 * width)):
+        if stage:
+            layers.append(nn.MaxPool2d(2))
+        for _ in range(2):
+            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
+            c_in = c
+    return nn.Sequential(*layers)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from featcache.errors import ModelError, WeightsError
-from featcache.models.base import FeatureModel
+from featcache.models.base import FeatureModel, small_vgg_body
 from featcache.models.registry import ModelEntry, get_entry, register_model, unknown_model_error
 from featcache.models.weights import file_sha256, load_checkpoint, load_into
 
@@ -398,15 +398,8 @@ class ConvNet(FeatureModel):
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = 3
-        for stage, c in enumerate((width, 2 * width, 4 * width)):
-            if stage:
-                layers.append(nn.MaxPool2d(2))
-            for _ in range(2):
-                layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
-                c_in = c
-        self.body = nn.Sequential(*layers)
+        self.body = small_vgg_body(width)
+        c_in = 4 * width
         self.head = nn.Linear(c_in, num_classes)
         self.num_features = c_in
         self.num_classes = num_classes
