@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -389,12 +390,17 @@ def eval_cmd(
 def _print_rows(rows, title: str) -> None:
     from featcache.report import COLUMNS
 
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)  # no side borders: fits 80 columns
+    cells = [row.cells() for row in rows]
     for col in COLUMNS:
-        table.add_column(col, justify="right" if col.endswith("%") or col in ("seeds", "epochs") else "left")
-    for row in rows:
-        cells = row.cells()
-        table.add_row(*(cells[c] for c in COLUMNS))
+        numeric = col.endswith("%") or col in ("seeds", "epochs")
+        # On a narrow terminal the numbers wrap at their spaces ("59.17 ±" / "23.72") and the names stay whole:
+        # a truncated "convnet…" could be any of several models.
+        words = col.split() + [w for c in cells for w in (c[col].split() if numeric else [c[col]])]
+        width = max(len(w) for w in words)  # no word is ever cut
+        table.add_column(col, justify="right" if numeric else "left", min_width=width, no_wrap=not numeric)
+    for c in cells:
+        table.add_row(*(c[col] for col in COLUMNS))
     out.print(table)
 
 

@@ -121,10 +121,10 @@ def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "invalid TOML" in bad.output
 
 
-def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True):
+def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True, student="lenet5"):
     d = root / name
     d.mkdir(parents=True)
-    cfg = {"config": {"student": "lenet5", "dataset": "synthetic", "seed": seed, "method": method},
+    cfg = {"config": {"student": student, "dataset": "synthetic", "seed": seed, "method": method},
            "method": method, "teachers": [{"key": f"{t}-k", "teacher": t} for t in teachers]}
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n" for i, a in enumerate(accs)))
@@ -150,6 +150,25 @@ def test_report_groups_seeds_and_writes_markdown_and_png(tmp_path):
     r = CliRunner().invoke(app, ["report", str(tmp_path), "--markdown", str(tmp_path / "r.md"), "--per-seed"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r.md").read_text().count("| lenet5 |") == 3
+
+
+def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path):
+    from featcache import cli
+
+    for seed, acc in enumerate((0.5917, 0.3200, 0.6975)):
+        _fake_run(tmp_path, f"s{seed}", [0.25, acc], seed=seed, method="ts-translator",
+                  teachers=["inceptionv3", "resnet50"], student="mobilenetv3_small")
+    with cli.out.capture() as cap:
+        width = cli.out.width
+        cli.out.width = 80
+        try:
+            cli._print_rows(build_rows([load_record(tmp_path / f"s{i}") for i in range(3)]), "narrow")
+        finally:
+            cli.out.width = width
+    text = cap.get()
+    assert "…" not in text and "mobilenetv3_small" in text and "ts-translator" in text
+    assert "inceptionv3+resnet50" in text or "inceptionv3, resnet50" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
 
 
 def test_report_errors(tmp_path, monkeypatch):
