@@ -15,12 +15,10 @@ teacher's 128-d features (λ_mse = 10) gives it the teacher's shape representati
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from featcache.distill.trainer import SUMMARY
-from featcache.pipeline import Pipeline, distill_jobs, parse_pipeline
+from featcache.pipeline import Pipeline, distill_runs, parse_pipeline
 
 DEMO_SEEDS = (0, 1, 2)
 ALONE, WITH_TEACHER = "ce", "ts"
@@ -56,10 +54,9 @@ def demo_recipe(runs_dir: Path, *, scale: float = 1.0, seeds: tuple[int, ...] = 
 
 def seed_gains(p: Pipeline) -> list[tuple[int, float, float]]:
     """(seed, best test accuracy alone, best with the teacher) for every seed whose two runs have finished."""
-    best: dict[tuple[str, int], float] = {}
-    for job in distill_jobs(p.distill):
-        summary = p.runs_dir / job.name / SUMMARY
-        if summary.is_file():
-            best[job.method, job.seed] = float(json.loads(summary.read_text())["best_acc"])
+    from featcache.report import load_record
+
+    records = [load_record(d) for d in distill_runs(p)]
+    best = {(r.method, r.seed): r.best_acc for r in records if r.finished}
     seeds = sorted({seed for _, seed in best})
     return [(s, best[ALONE, s], best[WITH_TEACHER, s]) for s in seeds if (ALONE, s) in best and (WITH_TEACHER, s) in best]

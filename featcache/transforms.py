@@ -203,6 +203,18 @@ class NoiseDataset(torch.utils.data.Dataset):
 AUGMENTS = ("none", "flip", "pad-crop-flip")
 
 
+def check_augment(policy: str) -> str:
+    if policy not in AUGMENTS:
+        raise ConfigError(f"--augment {policy!r}: choose one of {', '.join(AUGMENTS)}")
+    return policy
+
+
+def crop_pad(size: int) -> int:
+    """Zero padding of ``pad-crop-flip`` for S×S views: S/8, the CIFAR recipe's 4 px at 32 px. One rule for the host
+    loader, the device-resident loader and the cached views, so all three draw from the same crops."""
+    return max(1, size // 8)
+
+
 class Augment:
     """Random augmentation of a uint8 [3, S, S] view, run in DataLoader workers (seeded per worker by torch).
 
@@ -212,9 +224,7 @@ class Augment:
     """
 
     def __init__(self, policy: str, geometry: Geometry | None = None) -> None:
-        if policy not in AUGMENTS:
-            raise ConfigError(f"--augment {policy!r}: choose one of {', '.join(AUGMENTS)}")
-        self.policy = policy
+        self.policy = check_augment(policy)
         self.geometry = geometry
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -224,7 +234,7 @@ class Augment:
             return image
         if self.policy == "pad-crop-flip":
             s = image.shape[-1]
-            pad = max(1, s // 8)
+            pad = crop_pad(s)
             padded = torch.nn.functional.pad(image, (pad, pad, pad, pad))
             top, left = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,)))
             image = padded[:, top : top + image.shape[-2], left : left + s]

@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from featcache.errors import ConfigError
-from featcache.transforms import TransformSpec
+from featcache.transforms import TransformSpec, crop_pad
 
 VIEW_POLICIES = ("rrc-flip", "pad-crop-flip")
 AUG_FIELD = "aug"
@@ -61,7 +61,7 @@ def view_params(spec: ViewSpec, view: int, index: int, height: int, width: int, 
     """The augmentation of view ``view`` (>= 1) of sample ``index``, from its seed and the decoded image size."""
     rng = np.random.default_rng([spec.seed, view, index])
     if spec.policy == "pad-crop-flip":
-        pad = max(1, size // 8)
+        pad = crop_pad(size)
         top, left = rng.integers(0, 2 * pad + 1, size=2)
         return np.array([top, left, size, size, rng.random() < 0.5], dtype=np.float32)
     area = height * width
@@ -97,7 +97,7 @@ def apply_view(image: torch.Tensor, params: np.ndarray, spec: ViewSpec, transfor
     s = transform.image_size
     if spec.policy == "pad-crop-flip":
         view = transform.geometry()(image)
-        pad = max(1, s // 8)
+        pad = crop_pad(s)
         view = torch.nn.functional.pad(view, (pad, pad, pad, pad))[:, top : top + s, left : left + s]
     else:
         view = F.resized_crop(image, top, left, h, w, [s, s], interpolation=InterpolationMode(transform.interpolation),

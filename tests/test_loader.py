@@ -243,3 +243,22 @@ def test_device_augmentation_flips_and_crops_per_sample():
     for i in range(2):
         padded = [torch.nn.functional.pad(v, (4, 4, 4, 4)) for v in (x[i], x[i].flip(2))]
         assert any(torch.equal(crops[i], p[:, dy : dy + 8, dx : dx + 8]) for p in padded for dy in range(9) for dx in range(9))
+
+
+def test_host_and_device_pad_crop_use_the_same_padding_at_any_size():
+    """pad-crop-flip pads by S/8 on the host (Augment), on the device (--resident) and in cached views alike."""
+    from featcache.distill.resident import device_augment
+    from featcache.transforms import Augment, crop_pad
+
+    assert (crop_pad(32), crop_pad(64), crop_pad(8)) == (4, 8, 1)
+    white = torch.full((64, 3, 64, 64), 255, dtype=torch.uint8)
+
+    def border(img):  # rows of zero padding above or below the crop
+        rows = (img == 0).all(dim=(0, 2))
+        return int(max(rows.cumsum(0).max() if rows[0] else 0, rows.flip(0).cumsum(0).max() if rows[-1] else 0))
+
+    torch.manual_seed(0)
+    host = [border(Augment("pad-crop-flip")(im)) for im in white]
+    device = [border(im) for im in device_augment(white, "pad-crop-flip", torch.Generator().manual_seed(0))]
+    for widths in (host, device):
+        assert max(widths) == 8 and min(widths) == 0

@@ -21,12 +21,12 @@ from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
 from featcache.distill.loader import Batch, check_noise_rows, epoch_plan, shutdown_workers, split_rows
 from featcache.errors import ConfigError
-from featcache.transforms import TransformSpec, noise_batch
+from featcache.transforms import TransformSpec, check_augment, crop_pad, noise_batch
 
 
 def device_augment(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """``flip`` / ``pad-crop-flip`` on a uint8 batch on its device: the CIFAR recipe (4 px zero padding, random
-    crop, horizontal flip), with per-sample randomness drawn from ``generator`` (on the batch's device)."""
+    """``flip`` / ``pad-crop-flip`` on a uint8 batch on its device: the CIFAR recipe (zero padding by S/8, 4 px at
+    32 px; random crop; horizontal flip), with per-sample randomness drawn from ``generator`` (on the batch's device)."""
     if kind == "none":
         return images
     b, _, h, w = images.shape
@@ -35,7 +35,7 @@ def device_augment(images: torch.Tensor, kind: str, generator: torch.Generator) 
     out = torch.where(flip[:, None, None, None], images.flip(3), images)
     if kind == "flip":
         return out
-    pad = 4
+    pad = crop_pad(h)
     padded = torch.nn.functional.pad(out, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (b,), device=dev, generator=generator)
@@ -68,8 +68,7 @@ class ResidentLoader:
         blocks: bool = False,
     ) -> None:
         self.device = torch.device(device)
-        if augment not in ("none", "flip", "pad-crop-flip"):
-            raise ConfigError(f"--augment {augment!r}: choose one of none, flip, pad-crop-flip")
+        check_augment(augment)
         self.dataset, self.caches = dataset, list(caches)
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
         self.noise_per_batch, self.augment = noise_per_batch, augment
