@@ -27,10 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from featcache import __version__, distributed
 from featcache.cache.format import (
+    AUG,
+    CONTENT,
+    CONTENT_DIGEST,
     block_field,
     DEFAULT_SHARD_ROWS,
     FEATURE_DTYPES,
@@ -52,11 +55,12 @@ from featcache.cache.store import CacheLock, CacheStore
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.errors import CacheError, ConfigError, check_at_least, check_choice
+from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
 from featcache.transforms import NoiseDataset, NoiseSpec, TransformSpec, default_transform
-from featcache.views import AUG_FIELD, ViewDataset, ViewSpec, view_part
+from featcache.views import ViewDataset, ViewSpec, view_part
 
 
 @dataclass
@@ -261,7 +265,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
     plan = plan_extract(config)
     directory = plan.directory
     existing = _load_manifest(directory)
-    if existing is not None and existing.complete and not config.force:
+    if existing is not None and existing.complete and not config.force and _reusable(plan, existing, reporter):
         return ExtractResult(plan.key, directory, existing, reused=True)
 
     ctx = distributed.context()
@@ -276,7 +280,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
     try:
         # Re-read under the lock: the other writer may have finished the same cache meanwhile.
         existing = _load_manifest(directory)
-        if existing is not None and existing.complete and not config.force:
+        if existing is not None and existing.complete and not config.force and _reusable(plan, existing, None):
             return ExtractResult(plan.key, directory, existing, reused=True)
         manifest = _prepare_directory(plan, None if config.force else existing, reporter)
         teacher = create_teacher(
@@ -423,8 +427,29 @@ def _prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: R
 
 
 def _shard_intact(directory: Path, shard: ShardInfo) -> bool:
+    """The shard's file exists with the recorded size and sha256 (a flipped byte, a truncation, a lost file: no)."""
     path = directory / shard.file
-    return path.is_file() and path.stat().st_size == shard.bytes
+    try:
+        return path.stat().st_size == shard.bytes and file_sha256(path) == shard.sha256
+    except OSError:
+        return False
+
+
+def _reusable(plan: ExtractPlan, manifest: Manifest, reporter: Reporter | None) -> bool:
+    """Whether a complete cache can be returned as it is: every shard intact (else False: the caller redoes the
+    damaged ones), and a sample of the images still hashing to the recorded digests (else an error: content that
+    changed behind an unchanged size and mtime needs --force)."""
+    damaged = [s.file for s in manifest.shards if not _shard_intact(plan.directory, s)]
+    if damaged:
+        if reporter is not None:
+            reporter.message(f"cache {plan.key}: {len(damaged)} shard(s) damaged ({', '.join(damaged[:3])}); "
+                             "redoing them")
+        return False
+    from featcache.cache.reader import FeatureCache
+
+    with FeatureCache(plan.directory) as cache:
+        cache.check_content(plan.dataset, "sample")
+    return True
 
 
 def _new_manifest(plan: ExtractPlan) -> Manifest:
@@ -460,6 +485,7 @@ def _new_manifest(plan: ExtractPlan) -> Manifest:
         noise=plan.noise.to_dict() if plan.noise else None,
         views=plan.views.to_dict() if plan.views else None,
         topk_logits=cfg.topk_logits,
+        content=CONTENT_DIGEST,
         created=_now(),
         versions={
             "featcache": __version__,
@@ -493,6 +519,21 @@ def _pending_rows(manifest: Manifest, part: str, shard_filter=None) -> np.ndarra
     if not ranges:
         return np.empty(0, dtype=np.int64)
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+
+
+class _DigestedSamples(Dataset):
+    """The split's samples, each with the content digest of the bytes it was decoded from (read once)."""
+
+    def __init__(self, dataset: ImageDataset, geometry) -> None:
+        self.dataset = dataset
+        self.geometry = geometry
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, digest = self.dataset.read_with_digest(index)
+        return self.geometry(image), int(self.dataset.targets[index]), index, digest
 
 
 class _HostBuffers:
@@ -606,7 +647,7 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
     sources: list[tuple[str, Any, np.ndarray]] = []
     data_rows = _pending_rows(manifest, PART_DATA, shard_filter)
     if len(data_rows):
-        sources.append((PART_DATA, plan.dataset.with_transform(plan.transform.geometry()), data_rows))
+        sources.append((PART_DATA, _DigestedSamples(plan.dataset, plan.transform.geometry()), data_rows))
     if plan.noise is not None:
         noise_rows = _pending_rows(manifest, PART_NOISE, shard_filter)
         if len(noise_rows):
@@ -633,11 +674,11 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
                     prefetch_factor=4 if workers > 0 else None,
                     persistent_workers=False,
                 )
-                for batch, _labels, index, *aug in loader:  # view parts add their augmentation parameters
+                for batch, _labels, index, *extra in loader:  # data: content digests; views: augmentation
                     x = normalize(batch, channels_last=cfg.channels_last)
                     with autocast(device, plan.precision):
                         features, logits = model(x)
-                    blocks = {AUG_FIELD: aug[0].numpy()} if aug else {}
+                    blocks = {(CONTENT if part == PART_DATA else AUG): extra[0].numpy()} if extra else {}
                     if cfg.topk_logits:
                         if cfg.topk_logits > logits.shape[1]:
                             raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's {logits.shape[1]} classes")

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featcache.datasets import get_dataset
-from featcache.datasets.base import ClassSubset, read_class_list
+from featcache.datasets.base import ClassSubset, check_disjoint, read_class_list
 from featcache.distill.methods.base import Method, MethodParams, xent
 from featcache.distill.trainer import (
     BEST,
@@ -221,6 +221,7 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
     test_ds = get_dataset(tc.dataset, tc.data_root, "test", **tc.dataset_options)
     if train_ds.classes != test_ds.classes:
         raise ConfigError(f"dataset {tc.dataset}: train and test splits list different classes")
+    check_disjoint(train_ds, test_ds)
     if tc.classes is not None:
         names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)
         train_ds, test_ds = ClassSubset(train_ds, names), ClassSubset(test_ds, names)

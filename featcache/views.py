@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from featcache.cache.format import AUG
 from featcache.errors import ConfigError
 from featcache.transforms import TransformSpec, crop_pad
 
 VIEW_POLICIES = ("rrc-flip", "pad-crop-flip")
-AUG_FIELD = "aug"
-AUG_DIM = 5
+AUG_FIELD = AUG  # the per-row augmentation parameters of a view part (named in the cache format)
 
 
 def view_part(view: int) -> str:

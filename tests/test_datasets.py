@@ -474,8 +474,8 @@ def test_folder_tree(tmp_path: Path):
     (root / "ant" / "notes.txt").write_text("not an image")
     (root / "README").write_text("ignored")
     (root / ".hidden").mkdir()
-    ds = get_dataset("folder", root, "test")
-    assert ds.classes == ["ant", "zebra"] and ds.split == "test"
+    ds = get_dataset("folder", root, "train")
+    assert ds.classes == ["ant", "zebra"] and ds.split == "train"
     assert ds.sample_ids == ["ant/sub/c.jpeg", "ant/x.bmp", "zebra/a.png", "zebra/b.JPG"]
     assert ds.targets.tolist() == [0, 0, 1, 1]
     check_items(ds, n=4)
@@ -488,6 +488,55 @@ def test_folder_errors(tmp_path: Path):
     write_image(tmp_path / "flat" / "a.png", 0)
     with raises_naming(tmp_path / "flat", "class"):
         get_dataset("folder", tmp_path / "flat", "train")
+
+
+def _tree(root: Path, classes=("cat", "dog"), per_class=4, seed=0) -> None:
+    for c, name in enumerate(classes):
+        for k in range(per_class):
+            write_image(root / name / f"{k:03d}.png", seed + 10 * c + k)
+
+
+def test_folder_test_split_is_never_the_training_images(tmp_path: Path):
+    """Issue 12.1: a class tree alone has no test split; the ways to give one are each honoured."""
+    _tree(tmp_path / "only" / "imgs")
+    with raises_naming("test_root", "holdout"):
+        get_dataset("folder", tmp_path / "only" / "imgs", "test")
+    # A root holding train/ and test/: --split picks the folder.
+    _tree(tmp_path / "both" / "train", seed=0)
+    _tree(tmp_path / "both" / "test", per_class=2, seed=50)
+    tr, te = get_dataset("folder", tmp_path / "both", "train"), get_dataset("folder", tmp_path / "both", "test")
+    assert (len(tr), len(te)) == (8, 4) and tr.root.name == "train" and te.root.name == "test"
+    # --data-root DIR/train finds the test/ sibling; val/ counts as test.
+    assert len(get_dataset("folder", tmp_path / "both" / "train", "test")) == 4
+    _tree(tmp_path / "inet" / "train")
+    _tree(tmp_path / "inet" / "val", per_class=1, seed=70)
+    assert len(get_dataset("folder", tmp_path / "inet", "test")) == 2
+    # An explicit test root.
+    assert len(get_dataset("folder", tmp_path / "only" / "imgs", "test", test_root=str(tmp_path / "both" / "test"))) == 4
+    # A held-out fraction: disjoint, complementary, deterministic, recorded in params (so in the key).
+    a = get_dataset("folder", tmp_path / "only" / "imgs", "train", holdout=0.25)
+    b = get_dataset("folder", tmp_path / "only" / "imgs", "test", holdout=0.25)
+    assert len(a) == 6 and len(b) == 2 and not set(a.sample_ids) & set(b.sample_ids)
+    assert a.params["holdout"] == 0.25 and b.targets.tolist() == [0, 1]
+    assert get_dataset("folder", tmp_path / "only" / "imgs", "test", holdout=0.25).sample_ids == b.sample_ids
+    with raises_naming("holdout"):
+        get_dataset("folder", tmp_path / "only" / "imgs", "test", holdout=1.5)
+    with raises_naming("training folder"):
+        get_dataset("folder", tmp_path / "only" / "imgs", "test", test_root=str(tmp_path / "only" / "imgs"))
+
+
+def test_distill_refuses_a_test_split_made_of_training_images(tmp_path: Path):
+    from featcache.datasets.base import check_disjoint
+    from featcache.errors import DatasetError
+
+    _tree(tmp_path / "d" / "train")
+    (tmp_path / "d" / "alias").mkdir()
+    for name in ("cat", "dog"):  # the same images behind other folder names
+        os.symlink(tmp_path / "d" / "train" / name, tmp_path / "d" / "alias" / name)
+    train = get_dataset("folder", tmp_path / "d" / "train", "train")
+    test = get_dataset("folder", tmp_path / "d" / "train", "test", test_root=str(tmp_path / "d" / "alias"))
+    with pytest.raises(DatasetError, match="8 of the training split's images"):
+        check_disjoint(train, test)
 
 
 # -- synthetic ------------------------------------------------------------------------------------------------------

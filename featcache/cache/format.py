@@ -36,6 +36,9 @@ FEATURES = "features"
 LOGITS = "logits"
 INDEX = "index"
 LOGITS_INDEX = "logits_index"  # with extract --topk-logits k: class index of each kept logit [n, k] int32
+CONTENT = "content"  # data part: [n] int64 digest of each sample's bytes (its file, else its pixels)
+CONTENT_DIGEST = "blake2b-64"  # the manifest's ``content``: how CONTENT was computed (datasets.base.content_digest)
+AUG = "aug"  # view parts: [n, 5] float32 augmentation parameters of each row (featcache.views)
 FIELDS = (FEATURES, LOGITS, INDEX)
 BLOCK_PREFIX = "blocks/"  # block features: one dataset per cached block, "blocks/<name>" [n, C·P·P] (extract --blocks)
 
@@ -131,6 +134,9 @@ class Manifest:
     # extract --topk-logits k: "logits" holds each row's k largest logits (descending) and "logits_index" their
     # classes; readers that need dense logits rebuild them (featcache.cache.format.dense_logits).
     topk_logits: int | None = None
+    # How the data part's per-row "content" digests were computed (CONTENT_DIGEST); None in caches written before
+    # featcache recorded them (they cannot be re-checked against the images and are refused).
+    content: str | None = None
     complete: bool = False
     format_version: int = FORMAT_VERSION
     created: str = ""

@@ -14,15 +14,28 @@ handle shared across fork() corrupts reads.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import h5py
 import numpy as np
 
-from featcache.cache.format import FEATURES, INDEX, LOGITS, PART_DATA, Manifest, ShardInfo, block_field
-from featcache.errors import CacheError, CacheMismatchError
+from featcache.cache.format import (
+    AUG,
+    CONTENT,
+    FEATURES,
+    INDEX,
+    LOGITS,
+    LOGITS_INDEX,
+    PART_DATA,
+    Manifest,
+    ShardInfo,
+    block_field,
+)
+from featcache.errors import CacheError, CacheMismatchError, check_choice
 
 DEFAULT_FIELDS = (FEATURES, LOGITS)
+CONTENT_CHECKS = ("sample", "full", "off")  # distill --content-check
+CONTENT_SAMPLE = 256  # rows re-hashed by the default check: a change to 1% of the images is caught 92% of the time
 
 # Fields compared by check_dataset, with the words used in the error message.
 _DATASET_FIELDS = (
@@ -34,6 +47,7 @@ _DATASET_FIELDS = (
     ("num_classes", "number of classes"),
     ("classes_sha256", "class list"),
     ("params", "dataset parameters"),
+    ("fingerprint", "image files (their sizes or modification times changed since the extract)"),
 )
 
 
@@ -75,7 +89,7 @@ class FeatureCache:
             FEATURES: np.dtype(m.dtype).itemsize * m.teacher.num_features,
             LOGITS: np.dtype(m.logits_dtype).itemsize * (m.topk_logits or m.teacher.num_classes),
             INDEX: 8,
-            "logits_index": 4 * (m.topk_logits or 0),
+            LOGITS_INDEX: 4 * (m.topk_logits or 0),
             **{block_field(b["name"]): np.dtype(m.dtype).itemsize * b["dim"] for b in m.blocks},
         }
         return sum(sizes[f] for f in fields)
@@ -83,7 +97,7 @@ class FeatureCache:
     @property
     def join_fields(self) -> tuple[str, ...]:
         """What the loader joins besides features/logits/blocks to rebuild dense logits (top-k caches)."""
-        return ("logits_index",) if self.manifest.topk_logits else ()
+        return (LOGITS_INDEX,) if self.manifest.topk_logits else ()
 
     @property
     def block_fields(self) -> list[str]:
@@ -137,8 +151,9 @@ class FeatureCache:
             LOGITS: ((n, m.topk_logits or m.teacher.num_classes), m.logits_dtype),
             INDEX: ((n,), "int64"),
             **{block_field(b["name"]): ((n, b["dim"]), m.dtype) for b in m.blocks},
-            "aug": ((n, 5), "float32"),  # view parts only: the view's augmentation parameters
-            **({"logits_index": ((n, m.topk_logits), "int32")} if m.topk_logits else {}),
+            AUG: ((n, 5), "float32"),  # view parts only: the view's augmentation parameters
+            **({LOGITS_INDEX: ((n, m.topk_logits), "int32")} if m.topk_logits else {}),
+            **({CONTENT: ((n,), "int64")} if m.content else {}),  # data part: per-row content digests
         }
         unknown = [f for f in fields if f not in shapes]
         if unknown:
@@ -217,6 +232,11 @@ class FeatureCache:
         """
         mine = self.manifest.dataset
         theirs = dataset.identity()
+        if "fingerprint" not in mine:
+            raise CacheMismatchError(
+                f"cache {self.key} was written before featcache fingerprinted image content, so it cannot be checked "
+                f"against the images; re-extract it: {self.manifest.command or 'featcache extract ...'}"
+            )
         for field, words in _DATASET_FIELDS:
             if mine.get(field) != theirs.get(field):
                 a, b = _short(mine.get(field)), _short(theirs.get(field))
@@ -234,6 +254,56 @@ class FeatureCache:
                         f"{_short(self.manifest.transform.get(field))} in the cache and {_short(spec.get(field))} "
                         "here; use the cache's transform or extract a new cache"
                     )
+
+
+    def check_content(self, dataset: Any, mode: str = "sample", sample: int = CONTENT_SAMPLE, seed: int = 0,
+                      progress: Callable[[int], None] | None = None) -> int:
+        """Re-hash samples' bytes and compare them with the digests recorded at extract time; returns how many rows
+        were checked. ``mode``: ``sample`` (``sample`` rows drawn with ``seed``: a change to a fraction f of the
+        images is caught with probability 1 - (1 - f)^sample), ``full`` (every row) or ``off``.
+
+        The fingerprint in check_dataset catches rewritten files (their size or mtime changes); this catches content
+        changed behind an unchanged size and mtime, and pixels of datasets that have no files."""
+        check_choice("--content-check", mode, CONTENT_CHECKS)
+        n = self.num_rows(PART_DATA)
+        if mode == "off" or n == 0:
+            return 0
+        if not self.manifest.content:
+            raise CacheMismatchError(
+                f"cache {self.key} holds no content digests (written by an older featcache); re-extract it: "
+                f"{self.manifest.command or 'featcache extract ...'}"
+            )
+        if mode == "full" or sample >= n:
+            rows = np.arange(n, dtype=np.int64)
+        else:
+            rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        recorded = self.gather(rows, fields=(CONTENT,))[CONTENT]
+        actual = np.empty(len(rows), dtype=np.int64)
+
+        def digest(chunk: np.ndarray) -> None:
+            for j in chunk:
+                actual[j] = dataset.sample_digest(int(rows[j]))
+            if progress is not None:
+                progress(len(chunk))
+
+        chunks = np.array_split(np.arange(len(rows)), max(1, len(rows) // 512))
+        if len(chunks) == 1:
+            digest(chunks[0])
+        else:  # file reads and BLAKE2b release the GIL
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                for fut in [pool.submit(digest, c) for c in chunks]:
+                    fut.result()
+        bad = np.flatnonzero(actual != recorded)
+        if len(bad):
+            row = int(rows[bad[0]])
+            raise CacheMismatchError(
+                f"cache {self.key} does not match the images: {len(bad)} of {len(rows)} checked samples changed "
+                f"since the extract (first: {dataset.sample_ids[row]!r}, row {row}, content hash differs); "
+                f"re-extract with `{self.manifest.command or 'featcache extract ...'} --force`"
+            )
+        return len(rows)
 
 
 def _short(value: Any) -> str:

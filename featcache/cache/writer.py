@@ -19,9 +19,13 @@ import h5py
 import numpy as np
 
 from featcache.cache.format import (
+    AUG,
+    CONTENT,
     FEATURES,
     INDEX,
     LOGITS,
+    LOGITS_INDEX,
+    PART_DATA,
     TMP_SUFFIX,
     Manifest,
     ShardInfo,
@@ -64,7 +68,7 @@ class PartWriter:
         f.create_dataset(LOGITS, shape=(n, self.manifest.topk_logits or t.num_classes), dtype=self.manifest.logits_dtype)
         f.create_dataset(INDEX, shape=(n,), dtype="int64")
         for name, (dim, dtype) in self.extra_fields().items():
-            f.create_dataset(name, shape=(n, dim), dtype=dtype)
+            f.create_dataset(name, shape=(n,) if dim is None else (n, dim), dtype=dtype)
         f.attrs["part"] = self.part
         f.attrs["start"] = start
         f.attrs["stop"] = stop
@@ -121,13 +125,18 @@ class PartWriter:
         )
         self.on_shard_done(info)
 
-    def extra_fields(self) -> dict[str, tuple[int, str]]:
-        """Datasets besides features/logits/index: cached blocks, and the augmentation parameters of a view part."""
-        out = {block_field(b["name"]): (b["dim"], self.manifest.dtype) for b in self.manifest.blocks}
+    def extra_fields(self) -> dict[str, tuple[int | None, str]]:
+        """Datasets besides features/logits/index (name -> (row width or None for one value per row, dtype)):
+        cached blocks, the augmentation parameters of a view part, top-k classes, the data part's content digests."""
+        out: dict[str, tuple[int | None, str]] = {
+            block_field(b["name"]): (b["dim"], self.manifest.dtype) for b in self.manifest.blocks
+        }
         if self.part.startswith("view"):
-            out["aug"] = (5, "float32")
+            out[AUG] = (5, "float32")
         if self.manifest.topk_logits:
-            out["logits_index"] = (self.manifest.topk_logits, "int32")
+            out[LOGITS_INDEX] = (self.manifest.topk_logits, "int32")
+        if self.part == PART_DATA and self.manifest.content:
+            out[CONTENT] = (None, "int64")
         return out
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,31 +39,115 @@ except ImportError:  # pragma: no cover - a future torchvision without decoders
     _RGB = None
 
 
-def read_image_file(path: Path) -> torch.Tensor:
-    """Decode an image file to a uint8 RGB tensor [3, H, W].
-
-    torchvision's decoder handles JPEG/PNG/GIF/WebP quickly; PIL is the fallback for anything it refuses
-    (CMYK JPEGs and BMPs exist in the wild, e.g. in Oxford-IIIT Pet).
-    """
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file; a missing or unreadable file is a one-line DatasetError naming it."""
     try:
-        data = torch.frombuffer(bytearray(Path(path).read_bytes()), dtype=torch.uint8)
+        with open(path, "rb") as f:
+            return f.read()
     except FileNotFoundError:
         raise DatasetError(f"image file {path} is missing; re-extract the dataset archive") from None
+    except IsADirectoryError:
+        raise DatasetError(f"image file {path} is a directory; remove it from the dataset") from None
     except OSError as exc:
         raise DatasetError(f"image file {path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """16-bit (or wider) decoded pixels scaled to 8 bits with rounding: 65535 -> 255, as an 8-bit export would."""
+    if image.dtype == torch.uint8:
+        return image
+    if image.dtype == torch.uint16:
+        wide = image.to(torch.int32)
+        return ((wide * 255 + 32767) // 65535).to(torch.uint8)
+    raise ValueError(f"unsupported pixel type {image.dtype}")
+
+
+def _pil_rgb(data: bytes) -> np.ndarray:
+    """PIL's decode as uint8 [H, W, 3]; 16-bit modes are scaled (PIL's own convert("RGB") clips them at 255)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.int64)
+            maxval = 65535 if arr.max(initial=0) > 255 or im.mode.startswith("I;16") else 255
+            gray = ((np.clip(arr, 0, maxval) * 255 + maxval // 2) // maxval).astype(np.uint8)
+            return np.repeat(gray[..., None], 3, axis=2)
+        return np.asarray(im.convert("RGB"))
+
+
+def decode_image_bytes(data: bytes, path: str | Path) -> torch.Tensor:
+    """Decode an image file's bytes to a uint8 RGB tensor [3, H, W].
+
+    torchvision's decoder handles JPEG/PNG/GIF/WebP quickly; PIL is the fallback for anything it refuses (CMYK
+    JPEGs and BMPs exist in the wild, e.g. in Oxford-IIIT Pet). 16-bit PNGs are scaled to 8 bits, so a folder that
+    mixes them with 8-bit JPEGs yields one pixel type.
+    """
+    if not data:
+        raise DatasetError(f"image file {path} is empty (0 bytes); replace or remove it")
     if _decode_image is not None:
         try:
-            return _decode_image(data, mode=_RGB)
+            image = _decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_RGB)
+            return _to_uint8(image)
         except (RuntimeError, ValueError):
             pass
     try:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = _pil_rgb(data)
         return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
     except Exception as exc:  # noqa: BLE001 - any decoder failure means the file is corrupt
-        raise DatasetError(f"image file {path} is not a readable image ({exc}); replace or remove it") from None
+        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
+        raise DatasetError(f"image file {path} is not a readable image ({reason}); replace or remove it") from None
+
+
+def read_image_file(path: str | Path) -> torch.Tensor:
+    """Decode an image file to a uint8 RGB tensor [3, H, W] (see decode_image_bytes)."""
+    return decode_image_bytes(read_file_bytes(path), path)
+
+
+def content_digest(data: bytes | memoryview | np.ndarray) -> int:
+    """64-bit BLAKE2b of a sample's bytes (its file, or its pixels when it has no file), as a signed int64: the
+    per-row content hash that extract records and distill re-checks."""
+    if isinstance(data, np.ndarray):
+        data = np.ascontiguousarray(data).data
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+def stat_files(paths: Sequence[str]) -> np.ndarray:
+    """[n, 2] int64 (size, mtime_ns) of every file: the cheap fingerprint of a file dataset's content.
+
+    Serial while stats are fast (local, cached: ~5 µs each, where threads only add GIL traffic); threads once the
+    first chunk shows slow calls (network file systems, cold disks: os.stat releases the GIL while it waits)."""
+    out = np.empty((len(paths), 2), dtype=np.int64)
+
+    def fill(lo: int, hi: int) -> None:
+        for i in range(lo, hi):
+            try:
+                st = os.stat(paths[i])
+            except FileNotFoundError:
+                raise DatasetError(f"image file {paths[i]} is missing; re-extract the dataset archive") from None
+            except OSError as exc:
+                raise DatasetError(f"image file {paths[i]} cannot be read ({exc.strerror or exc})") from None
+            out[i, 0], out[i, 1] = st.st_size, st.st_mtime_ns
+
+    import time
+
+    step = 4096
+    chunks = [(lo, min(lo + step, len(paths))) for lo in range(0, len(paths), step)]
+    if not chunks:
+        return out
+    start = time.perf_counter()
+    fill(*chunks[0])
+    if len(chunks) == 1 or (time.perf_counter() - start) / (chunks[0][1] - chunks[0][0]) < 50e-6:
+        for lo, hi in chunks[1:]:
+            fill(lo, hi)
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for fut in [pool.submit(fill, lo, hi) for lo, hi in chunks[1:]]:
+            fut.result()
+    return out
 
 
 class ImageDataset(Dataset):
@@ -105,9 +190,54 @@ class ImageDataset(Dataset):
             )
 
     # -- what subclasses implement -------------------------------------------------------------------------
+    def image_path(self, index: int) -> str | None:
+        """The file sample ``index`` is decoded from, for datasets of image files (None otherwise)."""
+        return None
+
     def read_image(self, index: int) -> torch.Tensor:
-        """The image at ``index`` as a uint8 RGB tensor [3, H, W]."""
-        raise NotImplementedError
+        """The image at ``index`` as a uint8 RGB tensor [3, H, W] (file datasets: the decoded file)."""
+        path = self.image_path(index)
+        if path is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither read_image nor image_path")
+        return read_image_file(path)
+
+    # -- content --------------------------------------------------------------------------------------------
+    def image_paths(self) -> list[str] | None:
+        """Every sample's file in index order, or None for datasets not made of files."""
+        if len(self) == 0 or self.image_path(0) is None:
+            return None
+        return [str(self.image_path(i)) for i in range(len(self))]
+
+    def read_with_digest(self, index: int) -> tuple[torch.Tensor, int]:
+        """The image at ``index`` and the content digest of what it was decoded from (its file's bytes, else its
+        pixels), from one read: extract records the digest next to the sample's row."""
+        path = self.image_path(index)
+        if path is not None:
+            data = read_file_bytes(path)
+            return decode_image_bytes(data, path), content_digest(data)
+        image = self.read_image(index)
+        return image, content_digest(image.numpy())
+
+    def sample_digest(self, index: int) -> int:
+        """The content digest of sample ``index`` (a file is hashed, not decoded): distill's content re-check."""
+        path = self.image_path(index)
+        if path is not None:
+            return content_digest(read_file_bytes(path))
+        return content_digest(self.read_image(index).numpy())
+
+    def compute_fingerprint(self) -> str | None:
+        """sha256 over every sample file's (size, mtime_ns), in id order; None for datasets not made of files
+        (subclasses whose pixels live elsewhere override it)."""
+        paths = self.image_paths()
+        if paths is None:
+            return None
+        return hashlib.sha256(stat_files(paths).astype("<i8").tobytes()).hexdigest()
+
+    def fingerprint(self) -> str | None:
+        """The content fingerprint in this split's identity (computed once per object; files are stat'ed)."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = self.compute_fingerprint()
+        return self._fingerprint
 
     # -- the common API --------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -140,6 +270,8 @@ class ImageDataset(Dataset):
             "labels_sha256": hashlib.sha256(self.targets.astype("<i8").tobytes()).hexdigest(),
             "classes_sha256": sha256_lines(self.classes),
             "params": json.loads(json.dumps(self.params, sort_keys=True)),
+            # The content: a changed image changes the key, and an old cache is refused (docs/cache-format.md).
+            "fingerprint": self.fingerprint(),
         }
 
     def __repr__(self) -> str:
@@ -147,17 +279,33 @@ class ImageDataset(Dataset):
         return f"{type(self).__name__}(split={self.split!r}, samples={len(self)}, classes={self.num_classes}{root})"
 
 
-def require_dir(path: Path, what: str, hint: str) -> Path:
-    """Return ``path`` if it is a directory, else raise a one-line DatasetError naming it."""
-    if not path.is_dir():
-        raise DatasetError(f"{what} not found: {path} is missing; {hint}")
-    return path
+def _real_paths(paths: Sequence[str]) -> list[str]:
+    """Paths with their directories resolved (symlinks, ``..``): a few realpath calls per folder, not per file."""
+    dirs: dict[str, str] = {}
+    out = []
+    for p in paths:
+        head, tail = os.path.split(p)
+        real = dirs.get(head)
+        if real is None:
+            real = dirs[head] = os.path.realpath(head)
+        out.append(os.path.join(real, tail))
+    return out
 
 
-def require_file(path: Path, what: str, hint: str) -> Path:
-    if not path.is_file():
-        raise DatasetError(f"{what} not found: {path} is missing; {hint}")
-    return path
+def check_disjoint(train: ImageDataset, test: ImageDataset) -> None:
+    """Refuse a test split that shares image files with the training split: its "test accuracy" would be measured
+    on training images."""
+    a, b = train.image_paths(), test.image_paths()
+    if a is None or b is None:
+        return
+    shared = set(_real_paths(a)).intersection(_real_paths(b))
+    if shared:
+        example = min(shared)
+        raise DatasetError(
+            f"{test.name}: the test split holds {len(shared):,} of the training split's images (e.g. {example}), so "
+            "its accuracy would be measured on training images; give the dataset a separate test split "
+            "(for folder: a test/ folder, -o test_root=DIR or -o holdout=0.1)"
+        )
 
 
 def check_split(split: str) -> str:
@@ -189,8 +337,23 @@ class ClassSubset(ImageDataset):
         self.base = base
         self.rows = keep
 
+    def image_path(self, index: int) -> str | None:
+        return self.base.image_path(int(self.rows[index]))
+
     def read_image(self, index: int) -> torch.Tensor:
         return self.base.read_image(int(self.rows[index]))
+
+    def image_paths(self) -> list[str] | None:
+        paths = self.base.image_paths()
+        return None if paths is None else [paths[i] for i in self.rows]
+
+    def compute_fingerprint(self) -> str | None:
+        if self.base.image_paths() is not None:
+            return super().compute_fingerprint()
+        base = self.base.fingerprint()  # pixels held elsewhere (CIFAR pickles): the base's content + the selection
+        if base is None:
+            return None
+        return hashlib.sha256(base.encode() + np.asarray(self.rows, dtype="<i8").tobytes()).hexdigest()
 
 
 def split_classes(classes: Sequence[str], parts: int, seed: int = 0) -> list[list[str]]:

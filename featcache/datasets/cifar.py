@@ -17,6 +17,7 @@ up with caches of the original pickles.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,10 @@ class CifarArrayDataset(ImageDataset):
 
     def read_image(self, index: int) -> torch.Tensor:
         return torch.from_numpy(self.images[index])
+
+    def compute_fingerprint(self) -> str:
+        """The pixels themselves (150 MB for CIFAR-10 train: about 0.1 s of sha256)."""
+        return hashlib.sha256(np.ascontiguousarray(self.images).data).hexdigest()
 
 
 class Cifar10Array(CifarArrayDataset):

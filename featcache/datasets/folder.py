@@ -1,20 +1,29 @@
-"""Any ImageFolder tree: ``--data-root DIR`` points at the folder whose subfolders are the classes.
+"""Any ImageFolder tree: class subfolders of images, with a test split that is never the training images.
 
-The user picks the split by pointing the root at it (``DIR/train`` or ``DIR/test``); ``--split`` is only recorded.
+``--data-root`` is one of (checked in this order; docs/datasets in README):
+
+* a folder holding ``train/`` and ``test/`` (or ``val/``), each a class tree: ``--split`` picks the subfolder;
+* a class tree itself (``DIR/train``): it is the train split; the test split is ``-o test_root=DIR`` when given, else
+  a held-out fraction of it with ``-o holdout=0.1`` (deterministic, recorded in the split's params), else a
+  ``test/`` (or ``val/``) sibling class tree. Without any of these the test split is an error, never the training
+  images again.
+
 The directory helpers here (``IMAGE_EXTENSIONS``, ``list_images``, ``scan_class_tree``) are shared with the
 CIFAR folder layout, so both formats agree on what counts as an image and on sample order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
 
-import torch
+import numpy as np
+
 
 from featcache.datasets import register_dataset
-from featcache.datasets.base import ImageDataset, check_split, read_image_file
+from featcache.datasets.base import ImageDataset, check_split
 from featcache.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})
@@ -65,44 +74,120 @@ class FileListDataset(ImageDataset):
         super().__init__(**kwargs)
         self.image_root = Path(image_root)
 
-    def read_image(self, index: int) -> torch.Tensor:
-        return read_image_file(self.image_root / self.sample_ids[index])
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.image_root, self.sample_ids[index])
+
+    def image_paths(self) -> list[str]:
+        root = str(self.image_root)
+        return [os.path.join(root, i) for i in self.sample_ids]
 
 
 class FolderDataset(FileListDataset):
     name = "folder"
 
 
-@register_dataset("folder")
-def build_folder(root: Path | None, split: str) -> FolderDataset:
-    """Classes = sorted subfolder names of ``root``; images of any common extension, recursively, sorted."""
-    check_split(split)
-    if root is None or not root.is_dir():
-        raise DatasetError(f"folder: --data-root {root} is not a directory; point it at the folder of class folders")
+TEST_DIRS = ("test", "val")  # names a test split's folder goes by (ImageNet-style trees call it val)
+
+
+def _split_folders(root: Path) -> dict[str, Path] | None:
+    """``{"train": ROOT/train, "test": ROOT/test}`` when ROOT's visible subfolders are exactly a train folder and
+    one test folder (a tree whose classes happen to be called train and test would have more)."""
+    subdirs = set(class_dirs(root))
+    for test in TEST_DIRS:
+        if subdirs == {"train", test}:
+            return {"train": root / "train", "test": root / test}
+    return None
+
+
+def holdout_mask(ids: Sequence[str], labels: Sequence[int], fraction: float) -> np.ndarray:
+    """is_test per sample: in each class, round(fraction · n) of its images (at least 1 and at most n − 1 when the
+    class has two or more) whose sha256(id) digests are smallest. Depends on the ids only, not on listing order."""
+    labels = np.asarray(labels, dtype=np.int64)
+    digests = np.array([hashlib.sha256(i.encode("utf-8")).hexdigest() for i in ids])
+    is_test = np.zeros(len(ids), dtype=bool)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        k = int(np.floor(fraction * len(members) + 0.5))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        else:
+            k = 0
+        is_test[members[np.argsort(digests[members], kind="stable")[:k]]] = True
+    return is_test
+
+
+def _class_tree(root: Path, flag: str) -> tuple[list[str], list[str], list[int]]:
+    """(classes, ids, labels) of a class tree, or a DatasetError that says what ``flag`` should point at."""
+    if not root.is_dir():
+        raise DatasetError(f"folder: {flag} {root} is not a directory; point it at the folder of class folders")
     classes = class_dirs(root)
     if not classes:
         loose = list_images(root, recursive=False)
-        hint = (
-            f"it holds {len(loose)} images but no class subfolders"
-            if loose
-            else "it has no class subfolders"
-        )
+        hint = f"it holds {len(loose)} images but no class subfolders" if loose else "it has no class subfolders"
         raise DatasetError(
-            f"folder: {root} is not an ImageFolder tree ({hint}); point --data-root at a folder whose "
-            "subfolders are the classes, e.g. DIR/train"
+            f"folder: {root} is not an ImageFolder tree ({hint}); point {flag} at a folder whose subfolders are "
+            "the classes, e.g. DIR/train"
         )
     ids, labels = scan_class_tree(root, classes)
     if not ids:
         raise DatasetError(
             f"folder: no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) under the {len(classes)} class folders "
-            f"of {root}; check --data-root"
+            f"of {root}; check {flag}"
         )
+    return classes, ids, labels
+
+
+@register_dataset("folder")
+def build_folder(root: Path | None, split: str, test_root: str | Path | None = None,
+                 holdout: float | None = None) -> FolderDataset:
+    """Classes = sorted subfolder names; images of any common extension, recursively, sorted (module docstring for
+    where the test split comes from)."""
+    check_split(split)
+    if root is None or not root.is_dir():
+        raise DatasetError(f"folder: --data-root {root} is not a directory; point it at the folder of class folders")
+    if holdout is not None:
+        if isinstance(holdout, bool) or not isinstance(holdout, (int, float)) or not 0 < holdout < 1:
+            raise DatasetError(f"folder: option holdout={holdout!r} must be a fraction between 0 and 1, e.g. 0.1")
+        if test_root is not None:
+            raise DatasetError("folder: give either -o test_root=DIR or -o holdout=FRACTION, not both")
+    params: dict = {"layout": "folder"}
+    folders = _split_folders(root)
+    if folders is not None:
+        if test_root is not None or holdout is not None:
+            raise DatasetError(
+                f"folder: --data-root {root} already holds {folders['train'].name}/ and {folders['test'].name}/; "
+                "drop -o test_root / -o holdout, or point --data-root at the train folder"
+            )
+        tree, flag = folders[split], f"--data-root {root} ({folders[split].name}/)"
+    elif split == "train" or holdout is not None:
+        tree, flag = root, "--data-root"
+    elif test_root is not None:
+        tree, flag = Path(test_root).expanduser(), "-o test_root"
+    else:
+        sibling = next((root.parent / t for t in TEST_DIRS if root.name == "train" and (root.parent / t).is_dir()), None)
+        if sibling is None:
+            raise DatasetError(
+                f"folder: --data-root {root} is one class tree with no test split; point --data-root at a folder "
+                "holding train/ and test/, pass -o test_root=DIR, or -o holdout=0.1 to hold out 10% of its images "
+                "(the same fraction for every split of the run)"
+            )
+        tree, flag = sibling, f"the test folder next to --data-root ({sibling})"
+    if tree.resolve() == root.resolve() and split == "test" and holdout is None and folders is None:
+        raise DatasetError(f"folder: the test split {tree} is the training folder; give another -o test_root")
+    classes, ids, labels = _class_tree(tree, flag)
+    if holdout is not None:
+        is_test = holdout_mask(ids, labels, float(holdout))
+        keep = np.flatnonzero(is_test if split == "test" else ~is_test)
+        if len(keep) == 0:
+            raise DatasetError(f"folder: holdout={holdout} leaves no {split} images in {root}")
+        ids, labels = [ids[i] for i in keep], [labels[i] for i in keep]
+        params["holdout"] = float(holdout)
     return FolderDataset(
-        image_root=root,
+        image_root=tree,
         split=split,
-        root=root,
+        root=tree,
         classes=classes,
         sample_ids=ids,
         targets=labels,
-        params={"layout": "folder"},
+        params=params,
     )

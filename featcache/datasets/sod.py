@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
-import torch
 
 from featcache.datasets import register_dataset
-from featcache.datasets.base import ImageDataset, check_split, read_image_file, table_lines
+from featcache.datasets.base import ImageDataset, check_split, table_lines
 from featcache.datasets.folder import list_images
 from featcache.errors import DatasetError, FeatcacheError
 
@@ -298,9 +297,9 @@ class SodDataset(ImageDataset):
         super().__init__(**kwargs)
         self._roots = {"stanford": stanford_images, "pet": pet_images}
 
-    def read_image(self, index: int) -> torch.Tensor:
+    def image_path(self, index: int) -> str:
         source, rel = self.sample_ids[index].split("/", 1)
-        return read_image_file(self._roots[source] / rel)
+        return os.path.join(self._roots[source], rel)
 
 
 @register_dataset("sod")

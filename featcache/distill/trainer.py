@@ -26,8 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from featcache import distributed
+from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
+from featcache.datasets.base import check_disjoint
 from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
 from featcache.distill.resolve import resolve_teachers
@@ -97,6 +99,7 @@ class DistillConfig:
     classes: list[str] | None = None  # the student's head covers these classes only (an aka component net)
     student_blocks: list[str] = field(default_factory=list)  # aka: student body modules matched to cached blocks
     views: bool = True  # replay the caches' augmented views when they have them (extract --views)
+    content_check: str = "sample"  # re-hash a sample (or all, "full"; or "off") of the images against the caches
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -197,7 +200,11 @@ def setup(config: DistillConfig) -> Setup:
     test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
     if train.classes != test.classes:
         raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
+    check_disjoint(train, test)
     caches = resolve_teachers(config.teachers, train, CacheStore(config.cache_dir)) if config.teachers else []
+    for c in caches:  # before anything is built: a stale cache is the first thing to hear about
+        c.check_dataset(train)
+        c.check_content(train, config.content_check, seed=config.seed)
     head = list(train.classes)
     if config.classes is not None:
         if method_cls.uses_labels:
@@ -307,6 +314,7 @@ def _validate(config: DistillConfig) -> None:
     check_choice("--schedule", config.schedule, SCHEDULES)
     check_at_least("--epochs", config.epochs, 1)
     check_choice("--compile", config.compile, COMPILE_MODES)
+    check_choice("--content-check", config.content_check, CONTENT_CHECKS)
     if config.lr <= 0:
         raise ConfigError(f"--lr must be positive, got {config.lr}")
     Augment(config.augment)  # validates the name
