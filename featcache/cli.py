@@ -156,8 +156,9 @@ def extract(
     acc = f" · teacher top-1 {m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else ""
     out.print(
         f"cache [bold]{result.key}[/]: {result.rows:,} rows{noise_part} · {m.teacher.num_features}-d {m.dtype} · "
-        f"{human_bytes(result.bytes)} · {result.images_per_s:,.0f} img/s over {result.seconds:.1f} s "
-        f"on {m.timing.get('device')}{acc}"
+        f"{human_bytes(result.bytes)} · {m.timing.get('images_per_s') or 0:,.0f} img/s over "
+        f"{m.timing.get('seconds', 0):.1f} s on {m.timing.get('device')}"
+        f"{f' (this run finished {result.images:,} of them)' if result.images < result.rows else ''}{acc}"
         + (f" · blocks {', '.join(b['name'] for b in m.blocks)}: "
            f"+{human_bytes(sum(b['dim'] for b in m.blocks) * (2 if m.dtype == 'float16' else 4))} per sample"
            if m.blocks else "")

@@ -34,8 +34,31 @@ class CacheMismatchError(CacheError):
     """A cache does not describe the dataset/transform it is being joined with."""
 
 
-class CacheLockedError(CacheError):
+class StorageError(FeatcacheError):
+    """A directory featcache must write is read-only, not permitted, or on a full disk."""
+
+
+class LockedError(FeatcacheError):
+    """Another process holds a directory's lock. Carries ``what``, ``directory`` and ``holder`` (a pid) so that each
+    caller can say what to do in its own terms (``hint``)."""
+
+    def __init__(self, what: str, directory: object, holder: str, hint: str = "") -> None:
+        self.what, self.directory, self.holder, self.hint = what, directory, holder, hint
+        name = getattr(directory, "name", directory) if what == "cache" else directory
+        verb = "is being written by" if what == "cache" else "is in use by"
+        super().__init__(f"{what} {name} {verb} another featcache process (pid {holder})"
+                         + (f"; {hint}" if hint else ""))
+
+    def with_hint(self, hint: str) -> "LockedError":
+        return type(self)(self.what, self.directory, self.holder, hint)
+
+
+class CacheLockedError(LockedError, CacheError):
     """Another process holds the cache's write lock."""
+
+
+class RunLockedError(LockedError):
+    """Another process is training in the run directory."""
 
 
 def check_choice(flag: str, value: object, choices: "tuple[str, ...] | list[str]") -> None:

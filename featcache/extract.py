@@ -54,7 +54,7 @@ from featcache.cache.format import (
 from featcache.cache.store import CacheLock, CacheStore
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset, get_dataset
-from featcache.errors import CacheError, ConfigError, check_at_least, check_choice
+from featcache.errors import CacheError, CacheLockedError, ConfigError, check_at_least, check_choice
 from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
 from featcache.progress import Reporter
@@ -193,7 +193,13 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
     dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
     if len(dataset) == 0:
         raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
-    image_size = config.image_size or entry.default_image_size
+    for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
+        if value is not None:
+            check_at_least(flag, value, 1)
+    check_at_least("--views", config.views, 1)
+    if config.workers is not None:
+        check_at_least("--workers", config.workers, 0)
+    image_size = config.image_size if config.image_size is not None else entry.default_image_size
     if image_size < entry.min_image_size:
         raise ConfigError(
             f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
@@ -271,12 +277,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
     ctx = distributed.context()
     if ctx.active:
         return _extract_distributed(plan, config, reporter, ctx)
-    lock = CacheLock(directory).acquire(
-        wait=config.wait,
-        on_wait=lambda pid: reporter.message(
-            f"cache {plan.key} is being written by another process (pid {pid}); waiting for it to finish..."
-        ),
-    )
+    lock = _lock(plan, reporter)
     try:
         # Re-read under the lock: the other writer may have finished the same cache meanwhile.
         existing = _load_manifest(directory)
@@ -296,6 +297,19 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
         lock.release()
 
 
+def _lock(plan: ExtractPlan, reporter: Reporter) -> CacheLock:
+    """The cache's write lock: wait for another writer (and say so), or with --no-wait refuse at once."""
+    try:
+        return CacheLock(plan.directory).acquire(
+            wait=plan.config.wait,
+            on_wait=lambda pid: reporter.message(
+                f"cache {plan.key} is being written by another process (pid {pid}); waiting for it to finish..."
+            ),
+        )
+    except CacheLockedError as exc:
+        raise exc.with_hint("wait for it to finish, or re-run without --no-wait to queue behind it") from None
+
+
 def _finish(plan: ExtractPlan, manifest: Manifest, images: int, seconds: float, ranks: int = 1) -> None:
     """Check every shard is recorded, then mark the manifest complete with its timing and teacher accuracy."""
     missing = [f"{p}-{n}" for p, n in manifest.expected_shards() if n not in {s.number for s in manifest.shards_of(p)}]
@@ -304,11 +318,13 @@ def _finish(plan: ExtractPlan, manifest: Manifest, images: int, seconds: float, 
     config = plan.config
     manifest.complete = True
     manifest.finished = _now()
-    total = manifest.timing.get("seconds", 0.0) + seconds
+    if ranks > 1:  # the ranks recorded their shards in sidecars; their time and rows are summed here
+        manifest.timing["seconds"] = round(manifest.timing.get("seconds", 0.0) + seconds, 3)
+        manifest.timing["images"] = manifest.timing.get("images", 0) + images
+    total, done = manifest.timing.get("seconds", 0.0), manifest.timing.get("images", 0)
     manifest.timing.update(
         {
-            "seconds": round(total, 3),
-            "images_per_s": round(images / seconds, 1) if seconds > 0 else None,
+            "images_per_s": round(done / total, 1) if total > 0 else None,
             "device": device_name(plan.device),
             "batch_size": config.batch_size,
             "workers": config.workers if config.workers is not None else default_workers(),
@@ -349,7 +365,7 @@ def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Rep
     lock = None
     try:
         if ctx.is_main:
-            lock = CacheLock(directory).acquire(wait=config.wait)
+            lock = _lock(plan, reporter)
             existing = _load_manifest(directory)
             if existing is not None and not config.force:
                 _merge_rank_shards(directory, existing)  # shards a crashed distributed run finished
@@ -412,6 +428,7 @@ def _prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: R
         if len(kept) != len(existing.shards):
             reporter.message(f"{len(existing.shards) - len(kept)} recorded shard(s) are damaged and will be redone")
         existing.shards = kept
+        existing.complete = len(kept) == len(existing.expected_shards())  # readers wait for the redone shards
         manifest = existing
         if kept:
             total = len(manifest.expected_shards())
@@ -629,10 +646,18 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
             manifest.save(plan.directory)
     writers: dict[str, PartWriter] = {}
 
+    # The manifest's timing covers every attempt: each recorded shard brings the wall time up to it and its rows,
+    # so a killed extract's finished shards keep their share and the resumed one adds to it.
+    base_seconds, base_rows, done_rows = manifest.timing.get("seconds", 0.0), manifest.timing.get("images", 0), 0
+
     def on_done(info: ShardInfo) -> None:
+        nonlocal done_rows
         if on_shard is not None:
             on_shard(info)
             return
+        done_rows += info.rows
+        manifest.timing.update(seconds=round(base_seconds + time.perf_counter() - started, 3),
+                               images=base_rows + done_rows)
         manifest.shards.append(info)
         manifest.save(plan.directory)
 

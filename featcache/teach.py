@@ -34,7 +34,7 @@ from featcache.distill.trainer import (
     DistillConfig,
     DistillSummary,
     Setup,
-    prepare_run,
+    claim_run_dir,
     train,
 )
 from featcache.errors import ConfigError, WeightsError
@@ -211,36 +211,37 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
     init = resolve_init(tc.teacher, tc.init)
     lr = tc.lr if tc.lr is not None else (1e-4 if init == "imagenet" else 1e-3)
     config = _run_config(tc, lr)
-    prepare_run(config)
-    # The teacher's evaluation view: the one `featcache extract` would use for this teacher and dataset.
-    transform = plan_extract(ExtractConfig(
-        teacher=tc.teacher, dataset=tc.dataset, data_root=tc.data_root, dataset_options=dict(tc.dataset_options),
-        weights="random", image_size=tc.image_size,
-    )).transform
-    train_ds = get_dataset(tc.dataset, tc.data_root, "train", **tc.dataset_options)
-    test_ds = get_dataset(tc.dataset, tc.data_root, "test", **tc.dataset_options)
-    if train_ds.classes != test_ds.classes:
-        raise ConfigError(f"dataset {tc.dataset}: train and test splits list different classes")
-    check_disjoint(train_ds, test_ds)
-    if tc.classes is not None:
-        names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)
-        train_ds, test_ds = ClassSubset(train_ds, names), ClassSubset(test_ds, names)
-    kwargs = {"teacher": tc.teacher, "num_classes": train_ds.num_classes, "image_size": transform.image_size}
-    model = build_classifier(**kwargs, seed=tc.seed, init=init)
-    method = TeacherLoss(model, [], train_ds.num_classes, MethodParams())
-    device = resolve_device(tc.device)
-    s = Setup(config, train_ds, test_ds, [], transform, model, method, device, resolve_precision(tc.precision, device),
-              kwargs, kind="teacher")
-    summary = train(s, reporter)
-    best = torch.load(Path(config.run_dir) / BEST, map_location="cpu", weights_only=False)
-    model.load_state_dict(best["student"])
-    path = Path(config.run_dir) / TEACHER_FILE
-    torch.save({
-        "state_dict": model.weights_state_dict(),
-        "featcache": {
-            "teacher": tc.teacher, "init": init, "num_classes": train_ds.num_classes, "classes": list(train_ds.classes),
-            "dataset": train_ds.identity(), "transform": transform.to_dict(), "epoch": best["epoch"] + 1,
-            "test_acc": best["test_acc"],
-        },
-    }, path)
+    with claim_run_dir(config):
+        # The teacher's evaluation view: the one `featcache extract` would use for this teacher and dataset.
+        transform = plan_extract(ExtractConfig(
+            teacher=tc.teacher, dataset=tc.dataset, data_root=tc.data_root, dataset_options=dict(tc.dataset_options),
+            weights="random", image_size=tc.image_size,
+        )).transform
+        train_ds = get_dataset(tc.dataset, tc.data_root, "train", **tc.dataset_options)
+        test_ds = get_dataset(tc.dataset, tc.data_root, "test", **tc.dataset_options)
+        if train_ds.classes != test_ds.classes:
+            raise ConfigError(f"dataset {tc.dataset}: train and test splits list different classes")
+        check_disjoint(train_ds, test_ds)
+        if tc.classes is not None:
+            names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)
+            train_ds, test_ds = ClassSubset(train_ds, names), ClassSubset(test_ds, names)
+        kwargs = {"teacher": tc.teacher, "num_classes": train_ds.num_classes, "image_size": transform.image_size}
+        model = build_classifier(**kwargs, seed=tc.seed, init=init)
+        method = TeacherLoss(model, [], train_ds.num_classes, MethodParams())
+        device = resolve_device(tc.device)
+        s = Setup(config, train_ds, test_ds, [], transform, model, method, device, resolve_precision(tc.precision, device),
+                  kwargs, kind="teacher")
+        summary = train(s, reporter)
+        best = torch.load(Path(config.run_dir) / BEST, map_location="cpu", weights_only=False)
+        model.load_state_dict(best["student"])
+        path = Path(config.run_dir) / TEACHER_FILE
+        torch.save({
+            "state_dict": model.weights_state_dict(),
+            "featcache": {
+                "teacher": tc.teacher, "init": init, "num_classes": train_ds.num_classes, "classes": list(train_ds.classes),
+                "dataset": train_ds.identity(), "transform": transform.to_dict(), "epoch": best["epoch"] + 1,
+                "test_acc": best["test_acc"],
+            },
+        }, path.with_name(path.name + ".tmp"))
+        path.with_name(path.name + ".tmp").replace(path)  # atomically: a recipe treats teacher.pt as "done"
     return summary, path

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache.locks import LOCK_FILE
+
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-LOCK = ".lock"
+LOCK = LOCK_FILE  # advisory write lock (featcache.locks)
 SHARD_SUFFIX = ".h5"
 TMP_SUFFIX = ".tmp"
 RANK_SHARDS_PREFIX = "shards-rank"  # shards-rank<R>.json: shards a torchrun rank finished, until rank 0 merges them

@@ -13,6 +13,8 @@ handle shared across fork() corrupts reads.
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -32,6 +34,7 @@ from featcache.cache.format import (
     block_field,
 )
 from featcache.errors import CacheError, CacheMismatchError, check_choice
+from featcache.hashing import file_sha256
 
 DEFAULT_FIELDS = (FEATURES, LOGITS)
 CONTENT_CHECKS = ("sample", "full", "off")  # distill --content-check
@@ -105,16 +108,20 @@ class FeatureCache:
         return [block_field(b["name"]) for b in self.manifest.blocks]
 
     # -- file handles -----------------------------------------------------------------------------------------
+    def _repair_hint(self) -> str:
+        cmd = self.manifest.command or "the featcache extract command that made it"
+        return f"re-run `{cmd}` (it redoes damaged shards; `featcache cache verify {self.key}` lists them all)"
+
     def _file(self, shard: ShardInfo) -> h5py.File:
         f = self._files.get(shard.file)
         if f is None:
             path = self.directory / shard.file
+            check_shard(path, shard, self.key, self._repair_hint)
             try:
                 f = h5py.File(path, "r")
-            except FileNotFoundError:
-                raise CacheError(f"{path} is missing; run `featcache cache verify {self.key}`") from None
             except OSError as exc:
-                raise CacheError(f"{path} is unreadable ({exc}); run `featcache cache verify {self.key}`") from None
+                raise CacheError(f"cache {self.key}: shard {shard.file} is unreadable ({_one_line(exc)}); "
+                                 f"{self._repair_hint()}") from None
             self._files[shard.file] = f
         return f
 
@@ -223,6 +230,18 @@ class FeatureCache:
         """The whole table of ``part`` in RAM, read shard by shard straight into one array per field."""
         return self.read_range(0, self.num_rows(part), part=part, fields=fields)
 
+    def first_nonfinite(self, part: str = PART_DATA, chunk: int = 65536) -> tuple[str, int] | None:
+        """(field, row) of the first NaN or inf among the features and logits of ``part``, else None (a diagnosis
+        after a run diverged: it reads the whole part)."""
+        n = self.num_rows(part)
+        for start in range(0, n, chunk):
+            rows = self.read_range(start, min(start + chunk, n), part=part)
+            for name in DEFAULT_FIELDS:
+                bad = np.flatnonzero(~np.isfinite(rows[name]).all(axis=1))
+                if len(bad):
+                    return name, start + int(bad[0])
+        return None
+
     # -- validation -------------------------------------------------------------------------------------------
     def check_dataset(self, dataset: Any, transform: Any | None = None) -> None:
         """Refuse to join this cache with a dataset (and transform) it was not extracted from.
@@ -304,6 +323,42 @@ class FeatureCache:
                 f"re-extract with `{self.manifest.command or 'featcache extract ...'} --force`"
             )
         return len(rows)
+
+
+# Shards whose sha256 this process has checked, by (path, inode, size, mtime_ns): each is hashed once per process,
+# however many readers open it (a shard rewritten since gets a new inode or mtime and is hashed again).
+_VERIFIED: set[tuple[str, int, int, int]] = set()
+_VERIFIED_LOCK = threading.Lock()
+
+
+def check_shard(path: Path, shard: ShardInfo, key: str, hint: Callable[[], str]) -> None:
+    """Refuse a shard whose size differs from the manifest (always) or whose sha256 does (the first time this
+    process reads it): a cached row is what the extract wrote, or an error naming the key and the repair."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CacheError(f"cache {key}: shard {shard.file} is missing; {hint()}") from None
+    except OSError as exc:
+        raise CacheError(f"cache {key}: shard {shard.file} cannot be read ({_one_line(exc)}); {hint()}") from None
+    if st.st_size != shard.bytes:
+        raise CacheError(f"cache {key}: shard {shard.file} is truncated or overwritten ({st.st_size:,} bytes on disk, "
+                         f"the manifest says {shard.bytes:,}); {hint()}")
+    stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if stamp in _VERIFIED:
+        return
+    try:
+        digest = file_sha256(path)
+    except OSError as exc:
+        raise CacheError(f"cache {key}: shard {shard.file} cannot be read ({_one_line(exc)}); {hint()}") from None
+    if digest != shard.sha256:
+        raise CacheError(f"cache {key}: shard {shard.file} is corrupt (its sha256 differs from the manifest's); "
+                         f"{hint()}")
+    with _VERIFIED_LOCK:
+        _VERIFIED.add(stamp)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _short(value: Any) -> str:

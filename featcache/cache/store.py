@@ -27,13 +27,8 @@ from featcache.cache.format import (
 )
 from featcache.cache.reader import FeatureCache
 from featcache.errors import CacheError, CacheLockedError
+from featcache.locks import DirLock, unwritable
 from featcache.hashing import file_sha256
-
-try:  # POSIX advisory locks; on other platforms locking is a no-op (documented)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
-
 
 def default_cache_dir() -> Path:
     env = os.environ.get("FEATCACHE_HOME")
@@ -79,54 +74,13 @@ class VerifyReport:
         return not self.bad
 
 
-class CacheLock:
+class CacheLock(DirLock):
     """Exclusive advisory lock on ``<cache dir>/.lock``; one writer (extract, rm) per cache at a time."""
 
+    error = CacheLockedError
+
     def __init__(self, directory: Path) -> None:
-        self.path = Path(directory) / LOCK
-        self._fd: int | None = None
-
-    def acquire(self, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> "CacheLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_pid(self.path)
-                if not wait:
-                    os.close(fd)
-                    raise CacheLockedError(
-                        f"cache {self.path.parent.name} is being written by another process (pid {holder}); "
-                        "wait for it to finish or re-run without --no-wait to queue behind it"
-                    ) from None
-                if on_wait is not None:
-                    on_wait(holder)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            if fcntl is not None:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "CacheLock":
-        return self if self._fd is not None else self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _read_pid(path: Path) -> str:
-    try:
-        return path.read_text().strip() or "unknown"
-    except OSError:
-        return "unknown"
+        super().__init__(directory, what="cache")
 
 
 class CacheStore:
@@ -202,12 +156,17 @@ class CacheStore:
         """Delete a cache (after taking its lock, so a running extract is never pulled from under); returns bytes."""
         full = self.resolve(key)
         directory = self.path(full)
-        lock = CacheLock(directory).acquire(wait=False)
+        try:
+            lock = CacheLock(directory).acquire(wait=False)
+        except CacheLockedError as exc:
+            raise exc.with_hint("let its extract finish (or stop it), then remove the cache") from None
         try:
             size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
             # Drop the manifest first: a crash mid-removal leaves a directory nobody mistakes for a cache.
             (directory / MANIFEST).unlink(missing_ok=True)
             shutil.rmtree(directory)
+        except OSError as exc:
+            raise unwritable(directory, exc, "cache") from None
         finally:
             lock.release()
         return size

@@ -11,15 +11,17 @@ default, the papers' setting (SGD and step schedules are flags). No teacher netw
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
 import os
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,7 +35,8 @@ from featcache.datasets.base import check_disjoint
 from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
 from featcache.distill.resolve import resolve_teachers
-from featcache.errors import ConfigError, FeatcacheError, check_at_least, check_choice
+from featcache.errors import ConfigError, FeatcacheError, RunLockedError, check_at_least, check_choice
+from featcache.locks import LOCK_FILE, DirLock
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
 from featcache.transforms import Augment, TransformSpec, default_transform
@@ -260,12 +263,7 @@ def setup(config: DistillConfig) -> Setup:
                     "every teacher with as many --blocks"
                 )
         teacher_blocks = [list(c.manifest.blocks) for c in caches]
-    params = MethodParams(
-        lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
-        temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
-        teacher_columns=columns, aka_dim=config.aka_dim, student_blocks=list(config.student_blocks) or None,
-        teacher_blocks=teacher_blocks,
-    )
+    params = method_params(config, teacher_columns=columns, teacher_blocks=teacher_blocks)
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
         if "feature_dim" in options and options["feature_dim"] != config.feature_dim:
@@ -309,15 +307,43 @@ def _make_schedule(opt, config: DistillConfig, total_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def _positive(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} must be a finite number > 0, got {value}")
+
+
 def _validate(config: DistillConfig) -> None:
     check_choice("--optimizer", config.optimizer, OPTIMIZERS)
     check_choice("--schedule", config.schedule, SCHEDULES)
     check_at_least("--epochs", config.epochs, 1)
+    check_at_least("--batch-size", config.batch_size, 1)
+    check_at_least("--step-size", config.step_size, 1)
+    check_at_least("--noise-per-batch", config.noise_per_batch, 0)
     check_choice("--compile", config.compile, COMPILE_MODES)
     check_choice("--content-check", config.content_check, CONTENT_CHECKS)
-    if config.lr <= 0:
-        raise ConfigError(f"--lr must be positive, got {config.lr}")
+    _positive("--lr", config.lr)
+    _positive("--translator-lr", config.translator_lr)
+    _positive("--gamma", config.gamma)
+    if not (math.isfinite(config.momentum) and 0 <= config.momentum < 1):
+        raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay}")
+    for flag, value in (("--image-size", config.image_size), ("--feature-dim", config.feature_dim)):
+        if value is not None:
+            check_at_least(flag, value, 1)
+    if config.workers is not None:
+        check_at_least("--workers", config.workers, 0)
+    method_params(config).check()
     Augment(config.augment)  # validates the name
+
+
+def method_params(config: DistillConfig, **resolved: Any) -> MethodParams:
+    """The method's parameters from the flags (``resolved``: what setup derives from the caches and the student)."""
+    return MethodParams(
+        lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
+        temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
+        aka_dim=config.aka_dim, student_blocks=list(config.student_blocks) or None, **resolved,
+    )
 
 
 def default_run_dir(config: DistillConfig) -> Path:
@@ -469,21 +495,42 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
 
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json."""
-    prepare_run(config)
-    return train(setup(config), reporter)
+    with claim_run_dir(config):
+        return train(setup(config), reporter)
 
 
-def prepare_run(config: DistillConfig) -> Path:
-    """Validate flags, settle the run directory (refusing to overwrite a run unless resuming) and seed everything."""
+@contextlib.contextmanager
+def claim_run_dir(config: DistillConfig) -> Iterator[Path]:
+    """Validate flags, lock the run directory for this process (a second distill into it is refused, not
+    interleaved), refuse to overwrite a run unless resuming, and seed everything. A directory this call created and
+    left without a file of the run is removed again on failure."""
     _validate(config)
     run_dir = Path(config.run_dir) if config.run_dir is not None else default_run_dir(config)
     config.run_dir = run_dir
-    if (run_dir / LAST).is_file() and not config.resume:
-        raise ConfigError(f"--run-dir {run_dir} already holds a run; pass --resume to continue it or pick another --run-dir")
-    if config.resume and not (run_dir / LAST).is_file():
-        raise ConfigError(f"--resume: {run_dir / LAST} not found; start the run without --resume")
-    _seed_everything(config.seed)
-    return run_dir
+    lock = None
+    created = not run_dir.exists()
+    if distributed.context().is_main:  # torchrun: rank 0 owns the directory for all ranks
+        try:
+            lock = DirLock(run_dir, "run directory")
+            lock.error = RunLockedError
+            lock.acquire(wait=False)
+        except RunLockedError as exc:
+            raise exc.with_hint("wait for that run to end or pick another --run-dir") from None
+    try:
+        if (run_dir / LAST).is_file() and not config.resume:
+            raise ConfigError(f"--run-dir {run_dir} already holds a run; pass --resume to continue it or pick another "
+                              "--run-dir")
+        if config.resume and not (run_dir / LAST).is_file():
+            raise ConfigError(f"--resume: {run_dir / LAST} not found; start the run without --resume")
+        _seed_everything(config.seed)
+        yield run_dir
+    except BaseException:
+        if created and lock is not None and all(p.name == LOCK_FILE for p in run_dir.iterdir()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
@@ -533,6 +580,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             sums: dict[str, torch.Tensor] = {}
             correct = torch.zeros((), dtype=torch.int64, device=device)
             seen = noise_seen = batches = 0
+            finite = torch.ones((), dtype=torch.bool, device=device)  # every loss of the epoch finite, kept on the device
             reporter.start(len(s.train), f"epoch {epoch + 1}/{total_epochs} {method.stage(epoch) if total_epochs != config.epochs else ''}".rstrip(), unit="img")
             t0 = time.perf_counter()
             for batch in loader:
@@ -540,6 +588,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                     # Nothing downstream may read the training labels: hand the method a tensor of -1s.
                     batch.labels = torch.full_like(batch.labels, -1)
                 loss, parts, logits = step(batch, epoch)
+                finite &= torch.isfinite(loss.detach()).all()  # no host sync: read where the loop syncs anyway
                 real = len(batch) - batch.num_noise
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
                 for k, v in parts.items():
@@ -550,14 +599,11 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 noise_seen += batch.num_noise
                 batches += 1
                 if batches % 25 == 0:  # a host sync only every 25 steps: progress display and divergence check
-                    value = loss.item()
-                    if not math.isfinite(value):
-                        raise FeatcacheError(
-                            f"the loss became {value} at epoch {epoch + 1}; lower --lr or the --lambda-* weights"
-                        )
+                    _check_finite(finite, epoch, batches, s.caches)
                     reporter.advance(real, loss=f"{(sums['loss'] / (seen + noise_seen)).item():.4f}")
                 else:
                     reporter.advance(real)
+            _check_finite(finite, epoch, batches, s.caches)  # before anything of this epoch is evaluated or saved
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_seconds = time.perf_counter() - t0
@@ -632,6 +678,22 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
     distributed.barrier()  # no rank leaves before the run's files are complete
     return summary
+
+
+def _check_finite(finite: torch.Tensor, epoch: int, step: int, caches: list) -> None:
+    """Stop the run when a loss of this epoch was NaN or inf (one host read of a flag kept on the device), naming
+    a cached row that is not finite when there is one."""
+    if bool(finite.item()):
+        return
+    where = f"the loss became NaN or inf in epoch {epoch + 1} (by step {step}); no checkpoint of this epoch was saved"
+    for cache in caches:
+        bad = cache.first_nonfinite()
+        if bad is not None:
+            field, row = bad
+            raise FeatcacheError(f"{where}: cache {cache.key} holds a non-finite {field} value in row {row}; "
+                                 f"re-extract it with `{cache.manifest.command} --force` (--dtype float32 if fp16 "
+                                 "overflowed)")
+    raise FeatcacheError(f"{where}; lower --lr or the --lambda-* weights, or check the method's parameters")
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

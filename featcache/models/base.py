@@ -18,12 +18,14 @@ class FeatureModel(nn.Module):
         num_classes: width C of the logits.
         default_image_size: input side the weights were trained at (the transform default).
         min_image_size: smallest input side the architecture accepts.
+        feature_layer: where ``features`` are taken, in words (recorded in cache manifests).
     """
 
     num_features: int
     num_classes: int
     default_image_size: int = 224
     min_image_size: int = 32
+    feature_layer: str = "input of the classifier head"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images [B, 3, H, W] (normalised float) -> features [B, D]."""

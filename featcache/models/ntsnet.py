@@ -267,6 +267,8 @@ class NTSNet(FeatureModel):
     See the module docstring for how outputs differ from the original release.
     """
 
+    feature_layer = "concat(parts, whole): input of concat_net"
+
     default_image_size = 448
     min_image_size = 32
 

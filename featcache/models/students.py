@@ -137,6 +137,8 @@ class Student(nn.Module):
         small_input: whether the CIFAR-style variant was built.
     """
 
+    feature_layer = "l_1, the input of the classifier l_0"
+
     def __init__(
         self,
         name: str,

@@ -106,6 +106,7 @@ class TorchvisionFeatureModel(FeatureModel):
         self.net = net
         self.head = head
         self.head_path = head_path
+        self.feature_layer = f"input of {head_path}"
         self.num_features = head.in_features
         self.num_classes = head.out_features
         self.default_image_size = default_image_size
@@ -369,11 +370,9 @@ def create_teacher(
     extra = {"image_size": image_size} if image_size is not None else {}
     model = entry.builder(weights=info, num_classes=num_classes, seed=seed, entry=entry, **extra)
     model.eval()
-    feature_layer = (
-        f"input of {model.head_path}" if isinstance(model, TorchvisionFeatureModel) else "concat(parts, whole)"
-    )
     classes = info.classes if info.classes and len(info.classes) == model.num_classes else None
-    return Teacher(name=entry.name, model=model, weights=info, entry=entry, feature_layer=feature_layer, classes=classes)
+    return Teacher(name=entry.name, model=model, weights=info, entry=entry, feature_layer=model.feature_layer,
+                   classes=classes)
 
 
 def list_teachers(include_torchvision: bool = False) -> list[str]:
@@ -395,6 +394,7 @@ class ConvNet(FeatureModel):
 
     default_image_size = 32
     min_image_size = 8
+    feature_layer = "global average pool of the body (input of head)"
 
     def __init__(self, num_classes: int = 10, width: int = 32) -> None:
         super().__init__()
@@ -437,6 +437,7 @@ class RunFeatureModel(FeatureModel):
         self.num_features = int(model.num_features)
         self.num_classes = num_classes
         self.default_image_size = image_size
+        self.feature_layer = f"the run's student feature layer ({getattr(model, 'feature_layer', 'input of head')})"
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(x)

@@ -11,6 +11,7 @@ absorbs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -38,6 +39,20 @@ class MethodParams:
     student_blocks: list[str] | None = None
     student_block_channels: list[int] | None = None
     teacher_blocks: list[list[dict]] | None = None  # per teacher: the manifest's block records
+
+    def check(self) -> None:
+        """Refuse values no loss is defined for (a zero temperature divides by zero; a negative weight ascends)."""
+        for flag, value in (("--lambda-xent", self.lambda_xent), ("--lambda-mse", self.lambda_mse),
+                            ("--lambda-kd", self.lambda_kd)):
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ConfigError(f"--temperature must be a finite number > 0 (the softmax divides by it), got "
+                              f"{self.temperature}")
+        if self.hint_epochs is not None and self.hint_epochs < 0:
+            raise ConfigError(f"--hint-epochs must be >= 0, got {self.hint_epochs}")
+        if self.aka_dim is not None and self.aka_dim < 1:
+            raise ConfigError(f"--aka-dim must be >= 1, got {self.aka_dim}")
 
 
 @dataclass
