@@ -121,4 +121,6 @@ def _teacher_run(cache) -> Path | None:
     if not ref:
         return None
     run = Path(ref).parent
-    return run if (run / "config.json").is_file() and (run / "checkpoint-best.pt").is_file() else None
+    from featcache.rundir import BEST, CONFIG
+
+    return run if (run / CONFIG).is_file() and (run / BEST).is_file() else None

@@ -9,6 +9,15 @@ to see one). Anything else reaching the CLI is a bug and keeps its traceback.
 class FeatcacheError(Exception):
     """Base class of errors caused by user input or the environment, with an actionable one-line message."""
 
+    def __init__(self, *args: object) -> None:
+        # A DataLoader worker's exception is re-raised in the main process as ``type(exc)(text)``, where ``text``
+        # is the worker's whole traceback; keep only the original one-line message.
+        if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            head, sep, message = last.partition(": ")
+            args = (message if sep and head.startswith("featcache.") else last,)
+        super().__init__(*args)
+
 
 class ConfigError(FeatcacheError):
     """A flag or config value is invalid or inconsistent with another."""

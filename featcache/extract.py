@@ -19,6 +19,7 @@ import datetime as _dt
 import platform
 import queue
 import shlex
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,7 +55,8 @@ from featcache.cache.format import (
 from featcache.cache.store import CacheLock, CacheStore
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset, get_dataset
-from featcache.errors import CacheError, CacheLockedError, ConfigError, check_at_least, check_choice
+from featcache.errors import CacheError, CacheLockedError, ConfigError, StorageError, check_at_least, check_choice
+from featcache.locks import unwritable
 from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
 from featcache.progress import Reporter
@@ -422,7 +424,10 @@ def _load_manifest(directory: Path) -> Manifest | None:
 def _prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: Reporter) -> Manifest:
     """Start a fresh manifest, or resume ``existing``: keep recorded shards whose files are intact, drop the rest."""
     directory = plan.directory
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise unwritable(directory, exc, "cache directory") from None
     if existing is not None and existing.identity == plan.identity:
         kept = [s for s in existing.shards if _shard_intact(directory, s)]
         if len(kept) != len(existing.shards):
@@ -536,6 +541,23 @@ def _pending_rows(manifest: Manifest, part: str, shard_filter=None) -> np.ndarra
     if not ranges:
         return np.empty(0, dtype=np.int64)
     return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+
+
+SHARD_OVERHEAD = 16 * 1024  # HDF5 superblock, object headers and attributes of one shard (measured: ~6 KB)
+
+
+def _check_space(directory: Path, pending: dict[str, np.ndarray], writers: dict[str, PartWriter],
+                 shard_rows: int) -> None:
+    """Refuse to start when the pending shards cannot fit on the disk (their size is known before any write), so a
+    full disk is a one-line message up front instead of a half-written shard."""
+    need = sum(len(rows) * writers[part].row_bytes() + (-(-len(rows) // shard_rows) + 1) * SHARD_OVERHEAD
+               for part, rows in pending.items())
+    free = shutil.disk_usage(directory).free
+    if need > free:
+        raise StorageError(
+            f"extract needs about {need / 2**20:,.1f} MiB in {directory} but only {free / 2**20:,.1f} MiB are free; "
+            "free space or pass --cache-dir on a larger disk"
+        )
 
 
 class _DigestedSamples(Dataset):
@@ -683,6 +705,7 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
             sources.append((view_part(v), ViewDataset(plan.dataset, plan.views, v, plan.transform), view_rows))
 
     total = sum(len(r) for _, _, r in sources)
+    _check_space(plan.directory, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
     workers = cfg.workers if cfg.workers is not None else default_workers()
     images = 0
     reporter.start(total, f"extract {teacher.name}", unit="img")

@@ -81,12 +81,26 @@ def read_pid(path: Path) -> str:
         return "unknown"
 
 
+_REASONS = {
+    errno.EROFS: "is on a read-only file system",
+    errno.EACCES: "is not writable (permission denied)",
+    errno.EPERM: "is not writable (operation not permitted)",
+    errno.ENOSPC: "ran out of disk space",
+    errno.EDQUOT: "ran out of disk quota",
+}
+
+
 def unwritable(directory: Path, exc: OSError, what: str = "directory") -> FeatcacheError:
-    """The one-line error for a directory featcache cannot write: read-only, no permission, full."""
-    reason = {errno.EROFS: "is on a read-only file system", errno.EACCES: "is not writable (permission denied)",
-              errno.EPERM: "is not writable (operation not permitted)",
-              errno.ENOSPC: "is on a full disk"}.get(exc.errno, f"cannot be written ({exc.strerror or exc})")
+    """The one-line error for a directory featcache cannot write: read-only, no permission, full. h5py words its
+    errors in its own message, so the errno is also looked for there."""
+    code = exc.errno
+    if code is None:
+        text = str(exc)
+        code = next((c for c, name in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system"),
+                                       (errno.EACCES, "Permission denied")) if name in text), None)
+    reason = _REASONS.get(code, f"cannot be written ({' '.join(str(exc.strerror or exc).split())[:160]})")
     from featcache.errors import StorageError
 
-    return StorageError(f"the {what} {directory} {reason}; choose a writable location (--cache-dir for caches, "
-                        "--run-dir for runs) or free space")
+    fix = ("free space, then re-run the same command: it keeps what was finished" if code in (errno.ENOSPC, errno.EDQUOT)
+           else "choose a writable location (--cache-dir for caches, --run-dir for runs)")
+    return StorageError(f"the {what} {directory} {reason}; {fix}")

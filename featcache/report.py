@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from featcache.errors import ConfigError
-from featcache.distill.trainer import CONFIG, METRICS, SUMMARY
+from featcache import rundir
+from featcache.rundir import CONFIG, METRICS, SUMMARY
 
 
 @dataclass
@@ -44,18 +45,15 @@ class RunRecord:
 
 def load_record(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
-    cfg_path = run_dir / CONFIG
-    if not cfg_path.is_file():
-        raise ConfigError(f"{cfg_path} not found: {run_dir} is not a featcache run directory")
-    info = json.loads(cfg_path.read_text())
+    info = rundir.read_config(run_dir)
     config = info["config"]
-    metrics_path = run_dir / METRICS
-    records = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()] if metrics_path.is_file() else []
+    records = [r for r in rundir.read_metrics(run_dir) if isinstance(r.get("test_acc"), (int, float))]
     if not records:
-        raise ConfigError(f"{metrics_path}: no finished epoch yet; wait for the run or drop {run_dir} from the report")
+        raise ConfigError(f"{run_dir / METRICS}: no finished epoch yet; wait for the run or drop {run_dir} from the "
+                          "report")
     curve = [float(r["test_acc"]) for r in records]
     best = max(range(len(curve)), key=lambda i: curve[i])
-    summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else None
+    summary = rundir.read_json(run_dir / SUMMARY, "run summary") if (run_dir / SUMMARY).is_file() else None
     kind = info.get("kind", "student")
     teachers = [t.get("teacher", t["key"]) for t in info.get("teachers", [])]
     rate = [r["images_per_s"] for r in records if r.get("images_per_s")]

@@ -41,9 +41,10 @@ from featcache.errors import ConfigError, WeightsError
 from featcache.extract import ExtractConfig, plan_extract
 from featcache.models.base import FeatureModel
 from featcache.progress import Reporter
+from featcache import rundir
+from featcache.rundir import TEACHER_FILE
 from featcache.runtime import resolve_device, resolve_precision
 
-TEACHER_FILE = "teacher.pt"
 INITS = ("auto", "imagenet", "random")
 
 
@@ -232,7 +233,7 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
         s = Setup(config, train_ds, test_ds, [], transform, model, method, device, resolve_precision(tc.precision, device),
                   kwargs, kind="teacher")
         summary = train(s, reporter)
-        best = torch.load(Path(config.run_dir) / BEST, map_location="cpu", weights_only=False)
+        best = rundir.load_checkpoint(Path(config.run_dir) / BEST)
         model.load_state_dict(best["student"])
         path = Path(config.run_dir) / TEACHER_FILE
         torch.save({

@@ -34,6 +34,7 @@ from featcache.cache.format import (
     shard_name,
 )
 from featcache.errors import CacheError
+from featcache.locks import unwritable
 from featcache.hashing import file_sha256
 
 
@@ -75,7 +76,11 @@ class PartWriter:
         start, stop = self.manifest.shard_range(self.part, number)
         tmp = self.directory / (shard_name(self.part, number) + TMP_SUFFIX)
         n = stop - start
-        f = h5py.File(tmp, "w")
+        try:
+            f = h5py.File(tmp, "w")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise unwritable(self.directory, exc, "cache directory") from None
         t = self.manifest.teacher
         # Contiguous, unchunked, unfiltered: the fastest layout for the sorted fancy reads of the joined loader.
         f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
@@ -121,8 +126,11 @@ class PartWriter:
             lo, hi = int(local[0]), int(local[-1]) + 1
             arrays = {FEATURES: features, LOGITS: logits, INDEX: index, **blocks}
             where = np.s_[lo:hi] if hi - lo == len(seg) else local  # contiguous slab: one hyperslab write each
-            for name, array in arrays.items():
-                f[name][where] = array[seg]
+            try:
+                for name, array in arrays.items():
+                    f[name][where] = array[seg]
+            except OSError as exc:
+                raise unwritable(self.directory, exc, "cache directory") from None
             written += len(seg)
             self._open[number] = (f, tmp, written)
             if written == stop - start:
@@ -130,11 +138,16 @@ class PartWriter:
 
     def _finish(self, number: int) -> None:
         f, tmp, _ = self._open.pop(number)
-        f.close()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
         final = self.directory / shard_name(self.part, number)
-        os.replace(tmp, final)
+        try:
+            f.close()  # HDF5 flushes here: a full disk surfaces now
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        except OSError as exc:
+            _close_quietly(f)
+            tmp.unlink(missing_ok=True)
+            raise unwritable(self.directory, exc, "cache directory") from None
         fsync_dir(self.directory)
         start, stop = self.manifest.shard_range(self.part, number)
         info = ShardInfo(
@@ -147,6 +160,15 @@ class PartWriter:
             sha256=file_sha256(final),
         )
         self.on_shard_done(info)
+
+    def row_bytes(self) -> int:
+        """Bytes one row of this part takes on disk (features, logits, index and the extra fields)."""
+        t, m = self.manifest.teacher, self.manifest
+        size = t.num_features * np.dtype(m.dtype).itemsize + (m.topk_logits or t.num_classes) * np.dtype(
+            m.logits_dtype).itemsize + 8
+        for dim, dtype in self.extra_fields().values():
+            size += (dim or 1) * np.dtype(dtype).itemsize
+        return size
 
     def extra_fields(self) -> dict[str, tuple[int | None, str]]:
         """Datasets besides features/logits/index (name -> (row width or None for one value per row, dtype)):
@@ -170,10 +192,20 @@ class PartWriter:
         """Close and delete partially written shards (used on errors; a crash leaves .tmp files that resume deletes)."""
         for number in list(self._open):
             f, tmp, _ = self._open.pop(number)
-            try:
-                f.close()
-            finally:
-                tmp.unlink(missing_ok=True)
+            _close_quietly(f)
+            tmp.unlink(missing_ok=True)
+
+
+def _close_quietly(f: h5py.File) -> None:
+    """Close an HDF5 file whose flush may fail (full disk): the error that stopped the extract is the one reported,
+    and a file left open would be flushed again, noisily, when the garbage collector finds it."""
+    try:
+        f.close()
+    except Exception:  # noqa: BLE001
+        try:
+            f.id.close()  # the handle itself, even when flushing its objects failed
+        except Exception:  # noqa: BLE001
+            pass
 
 
 class BackgroundWriter:
@@ -211,7 +243,7 @@ class BackgroundWriter:
         if self._error is not None:
             err, self._error = self._error, None
             if isinstance(err, OSError):
-                raise CacheError(f"writing the cache failed: {err}") from err
+                raise CacheError(f"writing the cache failed: {' '.join(str(err).split())}") from None
             raise err
 
     def submit(self, part, rows, features, logits, index, ready=None, release=None, blocks=None) -> None:

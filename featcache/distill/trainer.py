@@ -38,14 +38,11 @@ from featcache.distill.resolve import resolve_teachers
 from featcache.errors import ConfigError, FeatcacheError, RunLockedError, check_at_least, check_choice
 from featcache.locks import LOCK_FILE, DirLock
 from featcache.progress import Reporter
+from featcache import rundir
+from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # the run's files (re-exported)
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
 from featcache.transforms import Augment, TransformSpec, default_transform
 
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-SUMMARY = "summary.json"
-LAST = "checkpoint-last.pt"
-BEST = "checkpoint-best.pt"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("cosine", "step", "none")
@@ -551,7 +548,8 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if config.resume:
-        state = torch.load(run_dir / LAST, map_location=device, weights_only=False)
+        state = rundir.load_checkpoint(run_dir / LAST, map_location=device,
+                                       hint="start the run again into a fresh --run-dir (or delete the file)")
         student.load_state_dict(state["student"])
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["optimizer"])
@@ -563,7 +561,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         torch.set_rng_state(state["rng"]["torch"])
         start_epoch, best_acc, best_epoch, elapsed = state["epoch"] + 1, state["best_acc"], state["best_epoch"], state["elapsed"]
         if main:
-            _truncate_metrics(run_dir / METRICS, start_epoch)
+            rundir.truncate_metrics(run_dir, start_epoch)
         reporter.message(f"resuming {run_dir} at epoch {start_epoch + 1}/{total_epochs}")
     elif main:
         (run_dir / METRICS).unlink(missing_ok=True)
@@ -636,8 +634,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 record["ranks"] = ctx.world
                 record["images_per_s"] = record["images_per_s"] and record["images_per_s"] * ctx.world
             if main:
-                with open(run_dir / METRICS, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                rundir.append_metrics(run_dir, record)
             improved = ev["acc"] > best_acc
             if improved:
                 best_acc, best_epoch = ev["acc"], epoch + 1
@@ -657,9 +654,10 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "test_acc": ev["acc"],
             }
             if main:
-                _atomic_save(state, run_dir / LAST)
+                rundir.atomic_save(state, run_dir / LAST)
                 if improved:
-                    _atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]}, run_dir / BEST)
+                    rundir.atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]},
+                                      run_dir / BEST)
             reporter.message(
                 f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · "
                 f"{'' if unlabeled else f'train acc {correct.item() / max(seen, 1):.2%} · '}"
@@ -696,19 +694,6 @@ def _check_finite(finite: torch.Tensor, epoch: int, step: int, caches: list) -> 
     raise FeatcacheError(f"{where}; lower --lr or the --lambda-* weights, or check the method's parameters")
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def _truncate_metrics(path: Path, keep_epochs: int) -> None:
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= keep_epochs]
-    path.write_text("".join(ln + "\n" for ln in lines))
-
-
 def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
     info = {
         "config": s.config.to_dict(),
@@ -737,10 +722,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
     from featcache.models.students import create_student
 
     run_dir = Path(run_dir)
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: {run_dir} is not a featcache distill run directory")
-    info = json.loads(path.read_text())
+    info = rundir.read_config(run_dir)
     config = DistillConfig.from_dict(info["config"])
     if data_root is not None:
         config.data_root = data_root
@@ -753,7 +735,10 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
         from featcache.datasets.base import ClassSubset
 
         test = ClassSubset(test, subset)
-    if test.identity() != info["dataset"]["test"]:
+    recorded = info["dataset"]["test"]
+    ours = test.identity()
+    # The file fingerprint is left out: a copied dataset (new mtimes) is the same test set; evaluate_run says so.
+    if {k: v for k, v in ours.items() if k != "fingerprint"} != {k: v for k, v in recorded.items() if k != "fingerprint"}:
         raise ConfigError(
             f"the test split at --data-root {config.data_root} differs from the one the run was trained with "
             "(sample ids, labels or classes changed)"
@@ -764,7 +749,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
         student = build_classifier(**info["student_kwargs"])
     else:
         student = create_student(**info["student_kwargs"])
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    state = rundir.load_checkpoint(ckpt, hint="evaluate --checkpoint last, or re-run the training")
     student.load_state_dict(state["student"])
     dev = resolve_device(device)
     return student, test, TransformSpec.from_dict(info["transform"]), dev, resolve_precision(config.precision, dev), state, config

@@ -334,7 +334,9 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
         path = Path(weights or "").expanduser()
         info = _run_info(path)  # errors name the missing file
         classes = info.get("head_classes")
-        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path / "checkpoint-best.pt"),
+        from featcache.rundir import BEST
+
+        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path / BEST),
                            classes=tuple(classes) if classes else None)
     if weights == RANDOM:
         return WeightsInfo(source="random", ref=f"seed={seed}")
@@ -450,12 +452,11 @@ class RunFeatureModel(FeatureModel):
 
 
 def _run_info(path: Path) -> dict[str, Any]:
-    import json
+    from featcache import rundir
 
-    cfg = path / "config.json"
-    if not (cfg.is_file() and (path / "checkpoint-best.pt").is_file()):
-        raise WeightsError(f"--weights {path}: not a finished featcache run (config.json and checkpoint-best.pt needed)")
-    return json.loads(cfg.read_text())
+    if not ((path / rundir.CONFIG).is_file() and (path / rundir.BEST).is_file()):
+        raise WeightsError(f"--weights {path}: not a finished featcache run ({rundir.CONFIG} and {rundir.BEST} needed)")
+    return rundir.read_config(path)
 
 
 @register_model(
@@ -470,6 +471,8 @@ def _run_teacher(weights: WeightsInfo, num_classes: int | None, seed: int, entry
     path = Path(weights.ref)
     info = _run_info(path)
     student = create_student(**info["student_kwargs"])
-    state = torch.load(path / "checkpoint-best.pt", map_location="cpu", weights_only=False)
+    from featcache import rundir
+
+    state = rundir.load_checkpoint(path / rundir.BEST, hint=f"--weights {path}: re-run that training")
     load_into(student, state["student"], source=f"--weights {path}")
     return RunFeatureModel(student, info["student_kwargs"]["num_classes"], info["transform"]["image_size"])
