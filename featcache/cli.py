@@ -531,7 +531,7 @@ def cache_ls(
     for e in entries:
         m = e.manifest
         if m is None:
-            table.add_row(e.key, "-", "-", "-", "-", "-", "-", "-", "[red]broken[/]")
+            table.add_row(e.key, "-", "-", "-", "-", "-", "-", "-", f"[red]{e.status}[/]")
             continue
         rows = f"{m.rows.get('data', 0):,}" + (f" +{m.rows['noise']:,}n" if m.rows.get("noise") else "")
         status = "[green]complete[/]" if m.complete else f"[yellow]{e.status}[/]"
@@ -602,7 +602,12 @@ def cache_verify(
         out.print(f"no caches in {store.root}")
         return
     failed = False
+    orphans = {e.key: e for e in store.entries() if e.manifest is None}
     for k in keys:
+        if k in orphans:
+            failed = True
+            out.print(f"[red]FAILED[/] {k}: {escape(orphans[k].error or 'unreadable manifest')}", highlight=False)
+            continue
         report = store.verify(k)
         for c in report.checks:
             if c.status != "ok":

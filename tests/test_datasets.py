@@ -464,6 +464,34 @@ def test_sod_split_file_errors(sod_tree, tmp_path: Path):
         get_dataset("sod", root, "train", classes_file=table, split_file=tmp_path / "absent.txt")
 
 
+def test_sod_sources_named_explicitly_and_a_subset_of_breeds(sod_tree, tmp_path: Path):
+    """Issue 12: the two roots by option, whatever their parents are called; classes=present for the breeds on
+    disk; the table tool writes only the Pet breeds present with --pet."""
+    import shutil
+
+    root, table = sod_tree
+    odd = tmp_path / "elsewhere"
+    shutil.move(str(root / "stanford_dogs"), str(odd / "dogs_a"))
+    shutil.move(str(root / "oxford-iiit-pet"), str(odd / "pets_b"))
+    opts = {"stanford_root": str(odd / "dogs_a" / "Images"), "pet_root": str(odd / "pets_b"), "classes_file": table}
+    full = get_dataset("sod", None, "train", **opts)
+    assert full.num_classes == 4
+    assert len(get_dataset("sod", tmp_path, "train", **{**opts, "stanford_root": str(odd / "dogs_a")})) == len(full)
+    with raises_naming("stanford_root"):
+        get_dataset("sod", None, "train", **{**opts, "stanford_root": str(tmp_path)})
+    # A subset: drop one Stanford breed and every pug image; classes=present follows what is on disk.
+    shutil.rmtree(odd / "dogs_a" / "Images" / "n02099601-golden_retriever")
+    for f in (odd / "pets_b" / "images").glob("pug_*"):
+        f.unlink()
+    sub = get_dataset("sod", None, "train", stanford_root=opts["stanford_root"], pet_root=opts["pet_root"],
+                      classes="present")
+    assert sub.classes == ["Chihuahua", "beagle"] and sub.params["classes"] == "present"
+    out = tmp_path / "table.tsv"
+    assert sod_mod.main([opts["stanford_root"], str(out), "--pet", opts["pet_root"]]) == 0
+    rows = sod_mod.read_class_table(out)
+    assert [r.class_name for r in rows] == ["Chihuahua", "beagle"] and rows[1].pet_breed == "beagle"
+
+
 # -- folder -----------------------------------------------------------------------------------------------------
 def test_folder_tree(tmp_path: Path):
     root = tmp_path / "train"

@@ -42,8 +42,12 @@ class CacheEntry:
     manifest: Manifest | None
     error: str | None = None
 
+    orphaned: bool = False  # shards or temp files without a manifest (the manifest was lost)
+
     @property
     def status(self) -> str:
+        if self.orphaned:
+            return "orphaned"
         if self.manifest is None:
             return "broken"
         if self.manifest.complete:
@@ -97,6 +101,9 @@ class CacheStore:
         out = []
         for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
             if not (d / MANIFEST).is_file():
+                if _holds_cache_files(d):
+                    out.append(CacheEntry(d.name, d, None, "no manifest.json: its shards cannot be read; remove "
+                                          f"them with `featcache cache rm {d.name}`", orphaned=True))
                 continue
             try:
                 out.append(CacheEntry(d.name, d, Manifest.load(d)))
@@ -105,8 +112,8 @@ class CacheStore:
         return out
 
     def resolve(self, key: str) -> str:
-        """Full key for ``key`` or a unique prefix of one."""
-        if (self.root / key / MANIFEST).is_file():
+        """Full key for ``key`` or a unique prefix of one (orphaned directories included, so `rm` can find them)."""
+        if (self.root / key / MANIFEST).is_file() or (key and _holds_cache_files(self.root / key)):
             return key
         keys = [e.key for e in self.entries()]
         matches = [k for k in keys if k.startswith(key)]
@@ -120,7 +127,11 @@ class CacheStore:
         raise CacheError(f"cache key prefix {key!r} is ambiguous ({', '.join(matches[:4])}); give more characters")
 
     def open(self, key: str) -> FeatureCache:
-        return FeatureCache(self.path(self.resolve(key)))
+        full = self.resolve(key)
+        if not (self.path(full) / MANIFEST).is_file():
+            raise CacheError(f"cache {full} has lost its manifest.json, so its shards cannot be trusted; remove it with "
+                             f"`featcache cache rm {full}` and extract again")
+        return FeatureCache(self.path(full))
 
     def find(
         self,
@@ -177,7 +188,21 @@ class CacheStore:
         return verify_directory(self.path(full), progress=progress)
 
 
+def _holds_cache_files(directory: Path) -> bool:
+    """Whether a directory without a manifest holds what an extract leaves: shards, temp files, a lock."""
+    try:
+        return directory.is_dir() and any(
+            parse_shard_name(p.name.removesuffix(TMP_SUFFIX)) is not None or p.name in (LOCK, MANIFEST + TMP_SUFFIX)
+            for p in directory.iterdir()
+        )
+    except OSError:
+        return False
+
+
 def verify_directory(directory: Path, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    if not (directory / MANIFEST).is_file():
+        raise CacheError(f"cache {directory.name} has no manifest.json (orphaned shards); remove it with "
+                         f"`featcache cache rm {directory.name}` and extract again")
     m = Manifest.load(directory)
     report = VerifyReport(key=m.key, complete=m.complete)
     recorded = {s.file for s in m.shards}
