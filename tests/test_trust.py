@@ -36,13 +36,20 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def flat(result) -> str:
+    """The output with rich's line wrapping undone."""
+    return " ".join(result.output.split())
+
+
 def one_line_error(result, *needles: str) -> str:
+    """Exit status 2 and one ``error:`` line, the last thing printed (a progress bar may precede it)."""
     assert result.exit_code == 2, result.output
-    text = result.output.strip()
-    assert "Traceback" not in text and text.startswith("error:") and len(text.splitlines()) == 1, text
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
+    assert sum(ln.startswith("error:") for ln in lines) == 1, result.output
     for n in needles:
-        assert n in text, text
-    return text
+        assert n in lines[-1], lines[-1]
+    return lines[-1]
 
 
 @pytest.fixture()
@@ -96,10 +103,10 @@ def test_folder_distill_without_a_test_split_is_an_error_not_train_accuracy(home
 def test_images_overwritten_in_place_are_re_extracted_and_the_old_cache_refused(home, tree, tmp_path):
     key = extract_key(home, "--data-root", tree / "train")
     again = invoke("extract", *EXTRACT, "--data-root", tree / "train")
-    assert "nothing to do" in again.output
+    assert "nothing to do" in flat(again)
     make_tree(tree / "train", seed=777)  # every image rewritten, same names
     r = invoke("extract", *EXTRACT, "--data-root", tree / "train")
-    assert r.exit_code == 0 and "nothing to do" not in r.output, r.output
+    assert r.exit_code == 0 and "nothing to do" not in flat(r), r.output
     assert key not in r.output  # a new key: the dataset identity covers the content
     # The old cache, named by key, is refused by distill.
     r = invoke("distill", *DISTILL, "--data-root", tree, "--teacher", key, "--run-dir", tmp_path / "run")
@@ -140,3 +147,409 @@ def test_pixel_datasets_are_fingerprinted_by_content(tmp_path):
         ds.read_image = lambda i, _r=ds.read_image: _r(i).flip(-1)  # a renderer that changed under the cache
         with pytest.raises(CacheMismatchError, match="16 of 16 checked samples changed"):
             cache.check_content(ds, "full")
+
+
+# -- 3 and 7. a damaged shard is never read, and a re-extract repairs it --------------------------------------------
+def _flip_byte(path: Path, where: float = 0.7) -> None:
+    data = bytearray(path.read_bytes())
+    i = int(len(data) * where)
+    data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_shard_is_refused_by_distill_and_redone_by_extract(home, tree, tmp_path, damage):
+    key = extract_key(home, "--data-root", tree / "train")
+    shard = sorted((home / key).glob("data-*.h5"))[1]
+    if damage == "flip":
+        _flip_byte(shard)
+    else:
+        shard.write_bytes(shard.read_bytes()[:-100])
+    r = invoke("cache", "verify", key)
+    assert r.exit_code == 1 and ("corrupt" if damage == "flip" else "truncated") in r.output
+    r = invoke("distill", *DISTILL, "--data-root", tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    one_line_error(r, key, shard.name, "featcache extract")
+    assert not (tmp_path / "run" / "checkpoint-last.pt").exists()
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train")  # not "nothing to do": the shard is redone
+    assert r.exit_code == 0 and "nothing to do" not in flat(r) and key in r.output, r.output
+    assert invoke("cache", "verify", key).exit_code == 0
+    r = invoke("distill", *DISTILL, "--data-root", tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_shard_is_hashed_once_per_process(home, tree, monkeypatch):
+    from featcache.cache import reader
+
+    key = extract_key(home, "--data-root", tree / "train")
+    calls = []
+    monkeypatch.setattr(reader, "file_sha256", lambda p: calls.append(p) or __import__("featcache.hashing").hashing.file_sha256(p))
+    reader._VERIFIED.clear()
+    for _ in range(2):
+        with CacheStore(home).open(key) as cache:
+            cache.read_all()
+    assert len(calls) == len(list((home / key).glob("data-*.h5")))
+
+
+# -- 4. NaN never ends with exit 0 -----------------------------------------------------------------------------------
+def _poison_row(directory: Path, row: int) -> None:
+    """Write NaN into one cached feature row and re-record the shard's checksum, as a bug or a hand edit would."""
+    import h5py
+
+    from featcache.hashing import file_sha256
+
+    m = Manifest.load(directory)
+    shard = next(s for s in m.shards if s.part == "data" and s.start <= row < s.stop)
+    with h5py.File(directory / shard.file, "r+") as f:
+        f["features"][row - shard.start, 3] = np.nan
+    shard.bytes, shard.sha256 = (directory / shard.file).stat().st_size, file_sha256(directory / shard.file)
+    m.save(directory)
+
+
+def test_nan_in_a_cached_row_stops_the_run(home, tree, tmp_path):
+    key = extract_key(home, "--data-root", tree / "train")
+    _poison_row(home / key, 9)
+    r = invoke("distill", *DISTILL, "--data-root", tree, "--teacher", key, "--method", "ts",
+               "--run-dir", tmp_path / "run")
+    one_line_error(r, "NaN or inf", key, "row 9")
+    assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "checkpoint-last.pt").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (("--temperature", "0"), "--temperature"),
+    (("--temperature", "nan"), "--temperature"),
+    (("--lambda-mse", "-1"), "--lambda-mse"),
+    (("--lr", "0"), "--lr"),
+    (("--momentum", "1.5"), "--momentum"),
+    (("--image-size", "0"), "--image-size"),
+    (("--content-check", "some"), "--content-check"),
+])
+def test_method_and_optimiser_flags_are_validated(home, tree, tmp_path, flags, needle):
+    r = invoke("distill", *DISTILL, "--data-root", tree, "--method", "ce", *flags, "--run-dir", tmp_path / "run")
+    one_line_error(r, needle)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no directory behind
+
+
+def test_diverging_loss_is_an_error_not_a_summary(home, tree, tmp_path):
+    key = extract_key(home, "--data-root", tree / "train")
+    r = invoke("distill", *DISTILL, "--data-root", tree, "--teacher", key, "--method", "ts", "--lr", "1e30",
+               "--lambda-mse", "1e30", "--run-dir", tmp_path / "run")
+    one_line_error(r, "NaN or inf")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_extract_refuses_non_finite_teacher_rows(home, tmp_path, monkeypatch):
+    """float16 overflows at 65504: a teacher whose features exceed it is refused, not cached as inf."""
+    from featcache.models import teachers
+
+    real = teachers.ConvNet.forward_features
+    monkeypatch.setattr(teachers.ConvNet, "forward_features", lambda self, x: real(self, x) * 1e9)
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=8",
+               "--image-size", "32", "--workers", "0")
+    one_line_error(r, "NaN or inf", "--dtype float32")
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=8",
+               "--image-size", "32", "--workers", "0", "--dtype", "float32")
+    assert r.exit_code == 0, r.output
+
+
+# -- 5. one process per run directory --------------------------------------------------------------------------------
+def test_two_distills_in_one_run_dir(home, tree, tmp_path):
+    from featcache.locks import DirLock
+
+    run = tmp_path / "run"
+    held = DirLock(run, "run directory").acquire()
+    try:
+        r = invoke("distill", *DISTILL, "--data-root", tree, "--method", "ce", "--run-dir", run)
+        one_line_error(r, str(run), f"pid {os.getpid()}", "--run-dir")
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        held.release()
+    # A second process, for real: the first trains, the second is refused while it does.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEATCACHE_HOME": str(home)}
+    args = [sys.executable, "-m", "featcache", "distill", *DISTILL, "--data-root", str(tree), "--method", "ce",
+            "--run-dir", str(run)]
+    first = subprocess.Popen([*args[:-4], "--epochs", "100000", *args[-4:]], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = __import__("time").time() + 60
+        while not (run / "config.json").exists():
+            assert first.poll() is None and __import__("time").time() < deadline, first.stdout.read().decode()
+            __import__("time").sleep(0.05)
+        second = subprocess.run(args, env=env, capture_output=True, text=True)
+        assert second.returncode == 2 and "in use by another featcache process" in second.stderr, second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+# -- 6. the manifest says what the features are ----------------------------------------------------------------------
+def test_feature_layer_is_the_models_own(home, tmp_path):
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=8",
+               "--image-size", "32", "--workers", "0")
+    key = r.output.split("cache ")[1].split(":")[0].strip()
+    assert "global average pool" in Manifest.load(home / key).teacher.feature_layer
+    one_line_error(invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic",
+                          "--image-size", "0"), "--image-size")
+
+
+# -- full and read-only disks ----------------------------------------------------------------------------------------
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    """A real small file system where the test may make one (root with mount rights), else False."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+SYN_EXTRACT = ("--teacher", "resnet18", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=2000",
+               "--image-size", "32", "--workers", "0")
+
+
+def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    import featcache.extract as ex
+
+    disk = tmp_path / "disk"
+    real = _mount_tmpfs(disk, "1m")
+    try:
+        # Up front: the pending shards' size is known, so a disk too small is refused before any write.
+        if real:
+            r = invoke("extract", *SYN_EXTRACT, "--cache-dir", disk)
+            one_line_error(r, "MiB", "free")
+        # While writing (another process fills the disk after the check): the writer's error, one line.
+        monkeypatch.setattr(ex, "_check_space", lambda *a, **k: None)
+        if not real:  # simulate ENOSPC from HDF5 on the second shard
+            import h5py
+
+            calls = {"n": 0}
+            real_close = h5py.File.close
+
+            def failing_close(self):
+                calls["n"] += 1
+                if calls["n"] == 2 and self.mode == "r+":
+                    real_close(self)
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real_close(self)
+
+            monkeypatch.setattr(h5py.File, "close", failing_close)
+        r = invoke("extract", *SYN_EXTRACT, "--cache-dir", disk, "--shard-rows", "1024")
+        one_line_error(r, "disk space", "re-run")
+        leftovers = [p.name for p in disk.rglob("*") if p.name.endswith(".tmp")]
+        assert leftovers == [], leftovers
+    finally:
+        if real:
+            _umount(disk)
+
+
+def test_read_only_store_is_one_line(tmp_path, monkeypatch):
+    store = tmp_path / "ro"
+    real = _mount_tmpfs(store, "8m")
+    try:
+        r = invoke("extract", *SYN_EXTRACT[:-4], "-o", "num_train=16", "--image-size", "32", "--workers", "0",
+                   "--cache-dir", store)
+        assert r.exit_code == 0, r.output
+        key = r.output.split("cache ")[1].split(":")[0].strip()
+        if real:
+            subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        elif os.geteuid() != 0:
+            for p in [store, *store.rglob("*")]:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+        else:  # root without mount rights: simulate the read-only file system
+            import errno
+
+            import featcache.locks as locks
+
+            def ro_open(*a, **k):
+                raise OSError(errno.EROFS, "Read-only file system")
+
+            monkeypatch.setattr(locks.os, "open", ro_open)
+            monkeypatch.setattr("featcache.cache.store.shutil.rmtree", ro_open)
+        # Reading works: an existing cache is found, listed, verified, distilled from.
+        r = invoke("extract", *SYN_EXTRACT[:-4], "-o", "num_train=16", "--image-size", "32", "--workers", "0",
+                   "--cache-dir", store)
+        assert r.exit_code == 0 and "nothing to do" in flat(r), r.output
+        assert invoke("cache", "verify", "--cache-dir", store).exit_code == 0
+        # Writing is refused in one line: a new key, rm, a run directory inside it.
+        one_line_error(invoke("extract", *SYN_EXTRACT[:-4], "-o", "num_train=17", "--image-size", "32", "--workers",
+                              "0", "--cache-dir", store), "read-only" if real else "")
+        one_line_error(invoke("cache", "rm", key, "--cache-dir", store), key)
+        assert (store / key / "manifest.json").is_file()
+    finally:
+        if real:
+            _umount(store)
+
+
+# -- bad images --------------------------------------------------------------------------------------------------
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit RGB PNG (PIL cannot write one): IHDR bit depth 16, colour type 2, rows filtered with type 0."""
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16_bit_pngs_decode_to_8_bits_alone_or_mixed(home, tree, tmp_path):
+    from featcache.datasets.base import read_image_file
+
+    px = np.random.default_rng(0).integers(0, 65536, size=(32, 32, 3), dtype=np.uint16)
+    write_png16(tmp_path / "a.png", px)
+    img = read_image_file(tmp_path / "a.png")
+    assert img.dtype == torch_uint8() and img.shape == (3, 32, 32)
+    expected = (px.astype(np.int64) * 255 + 32767) // 65535
+    assert np.array_equal(img.permute(1, 2, 0).numpy(), expected.astype(np.uint8))
+    for k in range(3):  # a folder that mixes 16-bit PNGs with the 8-bit images
+        write_png16(tree / "train" / "cat" / f"deep{k}.png", px)
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train", "--workers", "2")
+    assert r.exit_code == 0, r.output
+
+
+def torch_uint8():
+    import torch
+
+    return torch.uint8
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_an_empty_image_is_named_in_one_line(home, tree, workers):
+    (tree / "train" / "dog" / "zero.jpg").write_bytes(b"")
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train", "--workers", workers)
+    one_line_error(r, "zero.jpg", "empty")
+    (tree / "train" / "dog" / "zero.jpg").write_bytes(b"not an image at all")
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train", "--workers", workers)
+    one_line_error(r, "zero.jpg", "not a readable image")
+
+
+# -- run directories: damaged checkpoints and metrics, kill -9 ---------------------------------------------------
+def _syn_run(tmp_path: Path, run: Path, *extra: str):
+    return invoke("distill", "--student", "convnet_small", "--dataset", "synthetic", "-o", "num_train=64",
+                  "-o", "num_test=16", "--image-size", "32", "--workers", "0", "--batch-size", "16", "--device", "cpu",
+                  "--method", "ce", "--run-dir", run, *extra)
+
+
+def test_truncated_checkpoints_and_torn_metrics(home, tmp_path):
+    run = tmp_path / "run"
+    assert _syn_run(tmp_path, run, "--epochs", "3").exit_code == 0
+    best = run / "checkpoint-best.pt"
+    best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
+    one_line_error(invoke("eval", run), "checkpoint-best.pt", "damaged")
+    assert invoke("eval", run, "--checkpoint", "last").exit_code == 0
+    # A kill while appending leaves a torn last line: --resume skips it and rewrites it.
+    last = run / "checkpoint-last.pt"
+    metrics = run / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"epoch": 4, "test_a')
+    r = _syn_run(tmp_path, run, "--epochs", "5", "--resume")
+    assert r.exit_code == 0, r.output
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
+    last.write_bytes(last.read_bytes()[:100])
+    one_line_error(_syn_run(tmp_path, run, "--epochs", "6", "--resume"), "checkpoint-last.pt", "damaged")
+    (run / "config.json").write_text("{not json")
+    one_line_error(invoke("eval", run), "config.json")
+    one_line_error(invoke("report", run), "config.json")
+
+
+KILL_DISTILL = """
+import os, sys
+from featcache.cli import app
+sys.exit(app(["distill", "--student", "convnet_small", "--dataset", "synthetic", "-o", "num_train=256",
+              "-o", "num_test=16", "--image-size", "32", "--workers", "0", "--batch-size", "16", "--device", "cpu",
+              "--method", "ce", "--epochs", "4", "--run-dir", sys.argv[1]] + sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    """The run the killed-and-resumed runs must reproduce bit for bit."""
+    full = tmp_path_factory.mktemp("uninterrupted") / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    assert subprocess.run([sys.executable, "-c", KILL_DISTILL, str(full)], env=env, capture_output=True).returncode == 0
+    return full
+
+
+@pytest.mark.parametrize("when", ["mid-epoch", "after-checkpoint"])
+def test_kill_9_during_distill_resumes_bit_exact(home, tmp_path, when, uninterrupted):
+    import signal
+    import time
+
+    import torch
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FEATCACHE_HOME": str(home)}
+    full = uninterrupted
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_DISTILL, str(run)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            lines = (run / "metrics.jsonl").read_text().count("\n") if (run / "metrics.jsonl").is_file() else 0
+            if lines >= 2 or (when == "mid-epoch" and lines >= 1):
+                if when == "mid-epoch":
+                    time.sleep(0.3)  # into the next epoch, between checkpoints
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    r = subprocess.run([sys.executable, "-c", KILL_DISTILL, str(run), "--resume"], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(full / "checkpoint-last.pt", weights_only=False)
+    b = torch.load(run / "checkpoint-last.pt", weights_only=False)
+    for k in a["student"]:
+        assert torch.equal(a["student"][k], b["student"][k]), k
+    assert [json.loads(x)["test_acc"] for x in (full / "metrics.jsonl").read_text().splitlines()] == \
+        [json.loads(x)["test_acc"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# -- the store: orphans, rm during an extract, timing of resumed extracts ------------------------------------------
+def test_orphaned_shards_are_listed_and_removable(home, tree):
+    key = extract_key(home, "--data-root", tree / "train")
+    (home / key / "manifest.json").unlink()
+    r = invoke("cache", "ls")
+    assert r.exit_code == 0 and "orphaned" in r.output
+    assert invoke("cache", "verify").exit_code == 1
+    one_line_error(invoke("distill", *DISTILL, "--data-root", tree, "--teacher", key), "cache rm")
+    r = invoke("cache", "rm", key)
+    assert r.exit_code == 0 and not (home / key).exists()
+
+
+def test_rm_of_a_cache_being_written_says_what_to_do(home, tree):
+    from featcache.cache import CacheLock
+
+    key = extract_key(home, "--data-root", tree / "train")
+    lock = CacheLock(home / key).acquire()
+    try:
+        text = one_line_error(invoke("cache", "rm", key), key, "let its extract finish")
+        assert "--no-wait" not in text
+    finally:
+        lock.release()
+
+
+def test_resumed_extract_timing_covers_every_attempt(home, tree, monkeypatch):
+    """A kill after the last shard, before the final write, used to leave "0 img/s over 0.0 s"."""
+    import featcache.extract as ex
+
+    real = ex._finish
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # as if the process died after every shard was recorded
+
+    monkeypatch.setattr(ex, "_finish", killed)
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train")
+    assert r.exit_code == 130
+    monkeypatch.setattr(ex, "_finish", real)
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train")
+    assert r.exit_code == 0 and "0 img/s" not in r.output, r.output
+    key = r.output.split("cache ")[1].split(":")[0].strip()
+    timing = Manifest.load(home / key).timing
+    assert timing["images"] == 18 and timing["seconds"] > 0 and timing["images_per_s"] > 0
