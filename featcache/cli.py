@@ -682,8 +682,7 @@ def bench_extract_cmd(
                       f"{r['decode_images_per_s']:,.0f}", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}",
                       f"{r['ratio_to_decode']:.2f}")
     out.print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps(results if len(results) > 1 else r0, indent=2) + "\n")
+    _write_json(json_out, results if len(results) > 1 else r0)
 
 
 @bench_app.command("distill")
@@ -740,8 +739,7 @@ def bench_distill_cmd(
             f"{x['memory_vs_student']:.3f}" if x["memory_vs_student"] is not None else "n/a",
         )
     out.print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps(r, indent=2) + "\n")
+    _write_json(json_out, r)
 
 
 @bench_app.command("join")
@@ -772,8 +770,59 @@ def bench_join_cmd(
         x = r["results"][key]
         table.add_row(label, f"{x['rows_per_s']:,.0f}", f"{x['vs_h5py_fancy']:.2f}")
     out.print(table)
-    if json_out is not None:
-        json_out.write_text(json.dumps(r, indent=2) + "\n")
+    _write_json(json_out, r)
+
+
+@bench_app.command("trust")
+@user_errors
+def bench_trust_cmd(
+    teacher: str = typer.Option("resnet18", "--teacher", "-t"),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    split: str = typer.Option("train", "--split"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    repeats: int = typer.Option(3, "--repeats", help="Timings per check (the median is shown)."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out"),
+) -> None:
+    """Cost of the trust checks (fingerprint, content re-check, shard hashes) as a fraction of the extract's time."""
+    from featcache.bench import bench_trust
+    from featcache.extract import ExtractConfig
+    from featcache.progress import RichReporter
+
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    config = ExtractConfig(
+        teacher=teacher, dataset=dataset, data_root=data_root, split=split, weights="random",
+        dataset_options=parse_options(dataset_opt, "--dataset-opt"), image_size=image_size, batch_size=batch_size,
+        workers=workers, device=device,
+    )
+    r = bench_trust(config, repeats=repeats, reporter=RichReporter(err, transient=True))
+    table = Table(title=f"trust checks on {r['dataset']} ({r['images']:,} images): extract of {r['teacher']}@"
+                        f"{r['image_size']} took {r['extract_seconds']:.1f} s on {r['device']}; median of "
+                        f"{r['repeats']}, load {r['load_1min']}", title_justify="left")
+    for col in ("check", "when", "seconds", "of the extract"):
+        table.add_column(col, justify="left" if col in ("check", "when") else "right")
+    when = {"fingerprint": "every extract/distill (stat of every file)",
+            "content_sample": f"every distill and reuse ({r['content_sample_rows']} files)",
+            "content_full": "distill --content-check full",
+            "shard_sha256": "first read of each shard per process"}
+    for key, x in r["results"].items():
+        table.add_row(key, when[key], f"{x['seconds']:.3f}", f"{x['fraction_of_extract']:.2%}")
+    out.print(table)
+    _write_json(json_out, r)
+
+
+def _write_json(path: Path | None, obj: Any) -> None:
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(obj, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--json-out {path}: cannot write it ({exc.strerror or exc})") from None
 
 
 # -- listings ------------------------------------------------------------------------------------------------------

@@ -92,3 +92,15 @@ def test_bench_join_cli(tmp_path):
     assert "one .pt file per sample" in r.output and json.loads(out.read_text())["benchmark"] == "join"
     bad = CliRunner().invoke(app, ["bench", "join", "--rows", "10", "--batch-size", "32"])
     assert bad.exit_code == 2 and "--rows" in bad.output
+
+
+def test_bench_trust_reports_every_check_against_the_extract(tmp_path):
+    out = tmp_path / "deep" / "trust.json"  # a missing directory is created, not a traceback after the run
+    result = CliRunner().invoke(app, ["bench", "trust", "-o", "num_train=40", "--image-size", "32", "--workers", "0",
+                                      "--repeats", "1", "--json-out", str(out)])
+    assert result.exit_code == 0, result.output
+    r = json.loads(out.read_text())
+    assert set(r["results"]) == {"fingerprint", "content_sample", "content_full", "shard_sha256"}
+    for x in r["results"].values():
+        assert x["seconds"] >= 0 and x["fraction_of_extract"] == x["seconds"] / r["extract_seconds"]
+    assert r["images"] == 40 and r["content_sample_rows"] == 40
