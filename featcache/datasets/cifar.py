@@ -185,7 +185,18 @@ def _read_class_names(path: Path, v: _Variant) -> list[str]:
     return out
 
 
-def _build_pickle(pdir: Path, split: str, v: _Variant, cls: type[CifarArrayDataset]) -> CifarArrayDataset:
+def first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of the first ``n`` samples of every class, in sample order (a deterministic smaller training set)."""
+    labels = np.asarray(labels)
+    order = np.argsort(labels, kind="stable")
+    starts = np.searchsorted(labels[order], np.arange(labels.max() + 1 if len(labels) else 0))
+    rank = np.empty(len(labels), dtype=np.int64)
+    rank[order] = np.arange(len(labels)) - np.repeat(starts, np.bincount(labels, minlength=len(starts)))
+    return np.flatnonzero(rank < n)
+
+
+def _build_pickle(pdir: Path, split: str, v: _Variant, cls: type[CifarArrayDataset],
+                  per_class: int | None = None) -> CifarArrayDataset:
     classes = _read_class_names(pdir / v.meta_file, v)
     batches = [_read_batch(pdir / name, v) for name in v.files[split]]
     data = np.concatenate([b[0] for b in batches]) if len(batches) > 1 else batches[0][0]
@@ -196,15 +207,19 @@ def _build_pickle(pdir: Path, split: str, v: _Variant, cls: type[CifarArrayDatas
             f"classes; re-extract {v.archive}"
         )
     images = np.ascontiguousarray(data).reshape(-1, 3, 32, 32)  # planar RGB -> CHW, a view
-    ids = [f"{split}/{i:05d}" for i in range(len(images))]
+    ids = np.array([f"{split}/{i:05d}" for i in range(len(images))])
+    params: dict[str, Any] = {"layout": "pickle"}
+    if per_class is not None:
+        keep = first_per_class(labels, per_class)
+        images, ids, labels, params["per_class"] = np.ascontiguousarray(images[keep]), ids[keep], labels[keep], per_class
     return cls(
         images=images,
         split=split,
         root=pdir,
         classes=classes,
-        sample_ids=ids,
+        sample_ids=ids.tolist(),
         targets=labels,
-        params={"layout": "pickle"},
+        params=params,
     )
 
 
@@ -216,7 +231,8 @@ def _find_folder_root(root: Path, split: str, v: _Variant) -> Path | None:
     return None
 
 
-def _build_folder(base: Path, split: str, v: _Variant, cls: type[FileListDataset]) -> FileListDataset:
+def _build_folder(base: Path, split: str, v: _Variant, cls: type[FileListDataset],
+                  per_class: int | None = None) -> FileListDataset:
     split_dir = base / split
     found = class_dirs(split_dir)
     official = set(v.classes)
@@ -232,6 +248,10 @@ def _build_folder(base: Path, split: str, v: _Variant, cls: type[FileListDataset
     ids, labels = scan_class_tree(split_dir, v.classes)
     if not ids:
         raise DatasetError(f"{v.title}: no images under {split_dir}/<class>/; re-extract the dataset")
+    params: dict[str, Any] = {"layout": "folder"}
+    if per_class is not None:
+        keep = first_per_class(np.asarray(labels), per_class)
+        ids, labels, params["per_class"] = [ids[i] for i in keep], [labels[i] for i in keep], per_class
     return cls(
         image_root=split_dir,
         split=split,
@@ -239,7 +259,7 @@ def _build_folder(base: Path, split: str, v: _Variant, cls: type[FileListDataset
         classes=v.classes,
         sample_ids=ids,
         targets=labels,
-        params={"layout": "folder"},
+        params=params,
     )
 
 
@@ -259,10 +279,16 @@ def _download(root: Path, v: _Variant) -> None:
         ) from None
 
 
-def _build(root: Path | None, split: str, download: bool, v: _Variant, array_cls: type, folder_cls: type):
+def _build(root: Path | None, split: str, download: bool, v: _Variant, array_cls: type, folder_cls: type,
+           train_per_class: int | None = None):
     check_split(split)
     if not isinstance(download, bool):
         raise DatasetError(f"{v.title}: option download={download!r} must be true or false")
+    if train_per_class is not None and (isinstance(train_per_class, bool) or not isinstance(train_per_class, int)
+                                        or train_per_class < 1):
+        raise DatasetError(f"{v.title}: option train_per_class={train_per_class!r} must be a whole number >= 1")
+    # A smaller training set (the first N images of every class); the test split stays whole.
+    per_class = train_per_class if split == "train" else None
     if root is None:
         raise DatasetError(f"{v.title}: needs --data-root DIR")
     pdir = _find_pickle_dir(root, v)
@@ -270,10 +296,10 @@ def _build(root: Path | None, split: str, download: bool, v: _Variant, array_cls
         _download(root, v)
         pdir = _find_pickle_dir(root, v)
     if pdir is not None:
-        return _build_pickle(pdir, split, v, array_cls)
+        return _build_pickle(pdir, split, v, array_cls, per_class)
     base = _find_folder_root(root, split, v)
     if base is not None:
-        return _build_folder(base, split, v, folder_cls)
+        return _build_folder(base, split, v, folder_cls, per_class)
     raise DatasetError(
         f"{v.title}: no dataset under {root}: looked for {root / v.pickle_dir}/ (official python pickles), "
         f"{root / split}/<class>/ and {root / v.folder_dir / split}/<class>/ (image folders); extract "
@@ -282,12 +308,16 @@ def _build(root: Path | None, split: str, download: bool, v: _Variant, array_cls
 
 
 @register_dataset("cifar10")
-def build_cifar10(root: Path | None, split: str, download: bool = False) -> ImageDataset:
-    """CIFAR-10 from ``cifar-10-batches-py`` or an image-folder copy (see the module docstring)."""
-    return _build(root, split, download, CIFAR10, Cifar10Array, Cifar10Folder)
+def build_cifar10(root: Path | None, split: str, download: bool = False,
+                  train_per_class: int | None = None) -> ImageDataset:
+    """CIFAR-10 from ``cifar-10-batches-py`` or an image-folder copy (see the module docstring);
+    ``train_per_class=N`` keeps the first N training images of each class."""
+    return _build(root, split, download, CIFAR10, Cifar10Array, Cifar10Folder, train_per_class)
 
 
 @register_dataset("cifar100")
-def build_cifar100(root: Path | None, split: str, download: bool = False) -> ImageDataset:
-    """CIFAR-100 (fine labels) from ``cifar-100-python`` or an image-folder copy (see the module docstring)."""
-    return _build(root, split, download, CIFAR100, Cifar100Array, Cifar100Folder)
+def build_cifar100(root: Path | None, split: str, download: bool = False,
+                   train_per_class: int | None = None) -> ImageDataset:
+    """CIFAR-100 (fine labels) from ``cifar-100-python`` or an image-folder copy (see the module docstring);
+    ``train_per_class=N`` keeps the first N training images of each class."""
+    return _build(root, split, download, CIFAR100, Cifar100Array, Cifar100Folder, train_per_class)
