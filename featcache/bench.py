@@ -81,7 +81,7 @@ def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict
     plan = plan_extract(config)
     ds = plan.dataset.with_transform(plan.transform.geometry())
     n = len(ds) if max_images is None else min(len(ds), max_images)
-    workers = config.workers if config.workers is not None else default_workers()
+    workers = config.workers if config.workers is not None else default_workers(plan.device)
     loader = DataLoader(Subset(ds, range(n)), batch_size=config.batch_size, num_workers=workers,
                         prefetch_factor=4 if workers > 0 else None)
     images, start = 0, time.perf_counter()

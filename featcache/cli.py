@@ -213,7 +213,7 @@ def distill(
     shuffle: str = typer.Option("auto", "--shuffle", help="auto, full, block or none."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Where metrics and checkpoints go (default runs/<dataset>-<student>-<method>-s<seed>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --run-dir from its last checkpoint."),
-    resident: bool = typer.Option(False, "--resident", help="Hold images, labels and teacher rows on the device (datasets that fit, e.g. CIFAR); augmentation runs there too."),
+    resident: Optional[bool] = typer.Option(None, "--resident/--no-resident", help="Hold images, labels and teacher rows on the device, augmentation there too (default: on the CPU when the split fits in RAM; never on a GPU unless asked)."),
     compile_mode: str = typer.Option("none", "--compile", help="torch.compile the training step: none, default, reduce-overhead (CUDA graphs), max-autotune."),
     unlabeled: bool = typer.Option(False, "--unlabeled", help="Never read the training labels (aka; implied by it)."),
     aka_dim: Optional[int] = typer.Option(None, "--aka-dim", help="aka: width of the aligned features (default: the student's)."),
@@ -702,7 +702,7 @@ def bench_distill_cmd(
     precision: str = typer.Option("auto", "--precision"),
     steps: int = typer.Option(50, "--steps", help="Timed training steps per setting."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
-    resident: bool = typer.Option(False, "--resident", help="Device-resident images and rows (distill --resident)."),
+    resident: Optional[bool] = typer.Option(None, "--resident/--no-resident", help="Device-resident images and rows (distill --resident; default as distill's)."),
     compile_mode: str = typer.Option("none", "--compile", help="torch.compile mode of the training step."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
 ) -> None:

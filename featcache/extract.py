@@ -60,7 +60,7 @@ from featcache.locks import unwritable
 from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
 from featcache.progress import Reporter
-from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision
+from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision, use_cpu_threads
 from featcache.transforms import NoiseDataset, NoiseSpec, TransformSpec, default_transform
 from featcache.views import ViewDataset, ViewSpec, view_part
 
@@ -329,7 +329,7 @@ def _finish(plan: ExtractPlan, manifest: Manifest, images: int, seconds: float, 
             "images_per_s": round(done / total, 1) if total > 0 else None,
             "device": device_name(plan.device),
             "batch_size": config.batch_size,
-            "workers": config.workers if config.workers is not None else default_workers(),
+            "workers": config.workers if config.workers is not None else default_workers(plan.device),
             "ranks": ranks,
         }
     )
@@ -706,7 +706,8 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
 
     total = sum(len(r) for _, _, r in sources)
     _check_space(plan.directory, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
-    workers = cfg.workers if cfg.workers is not None else default_workers()
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
+    use_cpu_threads(device, workers)
     images = 0
     reporter.start(total, f"extract {teacher.name}", unit="img")
     started = time.perf_counter()

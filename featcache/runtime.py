@@ -48,9 +48,33 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
-def default_workers() -> int:
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(device: torch.device | str | None = None) -> int:
+    """DataLoader worker processes when --workers is not given.
+
+    On a GPU the host decodes while the device computes: min(8, cores). On the CPU the workers take their cores
+    from the training threads: on 2 cores, 2 workers + 2 torch threads trained at 0.68 of a bare loop and 0 workers
+    at 0.89 (docs/benchmarks.md), so none below 4 cores, then a quarter of the cores (at most 8).
+    """
+    n = cpu_cores()
+    if device is not None and torch.device(device).type == "cpu":
+        return 0 if n < 4 else min(8, n // 4)
     return max(0, min(8, n))
+
+
+def use_cpu_threads(device: torch.device, workers: int) -> int:
+    """On the CPU, give torch the cores the DataLoader workers leave, so the two never oversubscribe; an explicit
+    OMP_NUM_THREADS (or FEATCACHE_THREADS) wins. Returns the thread count in use."""
+    if device.type == "cpu":
+        explicit = os.environ.get("FEATCACHE_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        threads = int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0 else max(1, cpu_cores() - workers)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def device_name(device: torch.device) -> str:

@@ -247,9 +247,16 @@ def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
     """--resident trains from device-resident tensors; --compile wraps the loss in torch.compile (eager backend here:
     the compiler itself is torch's, exercised on GPUs)."""
     monkeypatch.setenv("FEATCACHE_COMPILE_BACKEND", "eager")
-    host = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "host", shuffle="full", epochs=2))
+    host = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "host", shuffle="full", epochs=2, resident=False))
     resident = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "res", resident=True, epochs=2))
     assert resident.last_acc == host.last_acc  # same batches, same student: the same run
+    # Unset, --resident is chosen on the CPU (the split fits) and the choice is recorded; streaming flags keep streaming.
+    auto = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "auto", epochs=2))
+    assert auto.last_acc == host.last_acc
+    assert json.loads((tmp_path / "auto" / CONFIG).read_text())["loader"].startswith("resident")
+    streamed = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "w1", epochs=1, workers=1))
+    assert json.loads((tmp_path / "w1" / CONFIG).read_text())["loader"].startswith("shuffle")
+    assert streamed.epochs == 1
     compiled = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "c", compile="default", method="multi",
                                teachers=["resnet18", "mobilenet_v3_small"]))
     assert compiled.epochs == 1

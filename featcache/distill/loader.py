@@ -483,7 +483,7 @@ class JoinedLoader:
         noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
         self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None,
                              self.views, transform)
-        self.workers = default_workers() if workers is None else workers
+        self.workers = default_workers(self.device) if workers is None else workers
         self._loader = DataLoader(
             self._items,
             batch_sampler=_BatchSampler(self),

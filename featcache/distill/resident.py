@@ -163,3 +163,22 @@ class ResidentLoader:
     def describe(self) -> str:
         return f"resident on {self.device}: {len(self.dataset):,} images" + (
             f" + {len(self.caches)} teacher table(s)" if self.caches else "")
+
+
+class ResidentSplit:
+    """A split decoded once into a uint8 tensor on ``device`` and served in order, as ``(images, labels, index)``
+    batches like a DataLoader's: evaluation of a resident run decodes its test images once, not once per epoch."""
+
+    def __init__(self, dataset: ImageDataset, batch_size: int, workers: int, device: torch.device) -> None:
+        self.batch_size = batch_size
+        self.images = ResidentLoader._decode_all(dataset, workers).to(device)
+        self.labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64, device=device)
+        self.index = torch.arange(len(self.labels), device=device)
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        for a in range(0, len(self.labels), self.batch_size):
+            b = a + self.batch_size
+            yield self.images[a:b], self.labels[a:b], self.index[a:b]
