@@ -15,6 +15,7 @@ join: rows/s of the loader's row tables against naive h5py fancy indexing and on
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import tempfile
 import time
@@ -132,6 +133,49 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
 
 
+class _PeakRSS:
+    """Peak resident set size of this process while the block runs, sampled every 5 ms from /proc (CPU runs have
+    no allocator statistics; ru_maxrss never goes down, so it cannot tell settings of one process apart)."""
+
+    def __init__(self) -> None:
+        self.peak: int | None = None
+        self._stop = None
+
+    @staticmethod
+    def now() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> "_PeakRSS":
+        import threading
+
+        self.peak = self.now()
+        if self.peak is None:
+            return self
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.005):
+                self.peak = max(self.peak or 0, self.now() or 0)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak or 0, self.now() or 0)
+
+
+def _load() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def _timed_steps(parts, steps: int, warmup: int, teachers=None) -> dict[str, Any]:
     """Run ``warmup`` then ``steps`` training steps from the loader (epochs wrap around); images/s and peak memory."""
     device = parts.step.device
@@ -167,24 +211,64 @@ def _timed_steps(parts, steps: int, warmup: int, teachers=None) -> dict[str, Any
     return {"images_per_s": timed_images / seconds, "seconds": seconds, "images": timed_images, "peak_memory_bytes": peak}
 
 
+def _bare_steps(s, steps: int, warmup: int) -> dict[str, Any]:
+    """The limit: the same registry student and optimizer in a plain PyTorch loop (forward, cross-entropy, backward,
+    step) on normalised images already in a tensor on the device; no loader, no method, no bookkeeping."""
+    import copy
+
+    from featcache.distill.trainer import _make_optimizer
+
+    config, device = s.config, s.device
+    model = copy.deepcopy(s.student).to(device).train()
+    size = s.transform.image_size
+    x = torch.randn(config.batch_size, 3, size, size, device=device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, s.train.num_classes, (config.batch_size,), device=device)
+    opt = _make_optimizer(config.optimizer, model.parameters(), config.lr, config)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            start = time.perf_counter()
+        with autocast(device, s.precision):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"images_per_s": steps * config.batch_size / seconds, "seconds": seconds, "images": steps * config.batch_size,
+            "peak_memory_bytes": peak}
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
+
+
 def bench_distill(
     config: "DistillConfig", *, teachers: list[str] | tuple[str, ...] = ("resnet50",), weights: str = "random",
-    steps: int = 50, warmup: int = 10, reporter: Reporter | None = None,
+    steps: int = 50, warmup: int = 10, rounds: int = 3, bare: bool = True, reporter: Reporter | None = None,
 ) -> dict[str, Any]:
-    """The student alone, then with the first k cached teachers and with the same k teachers online, k = 1..T.
+    """The bare loop, the student alone, then with the first k cached teachers and with the same k teachers online,
+    k = 1..T, in ``rounds`` interleaved rounds (every setting once per round, so a load change hits them all).
 
     ``config`` describes the student run (student, dataset, batch size, precision, --resident, --compile); with one
     teacher the method is ``config.method`` (default ``ts``), with several ``multi``. The teacher caches are
-    extracted first into a scratch store at one image size (not timed).
+    extracted first into a scratch store at one image size (not timed). Each setting reports the median images/s of
+    its rounds, its median per-round ratio to the bare loop and to the student alone, and peak memory (the device's
+    allocator on a GPU, sampled RSS on the CPU).
     """
     from featcache.distill.trainer import setup, training_parts
 
     reporter = reporter or Reporter()
-    if steps < 1 or warmup < 0:
-        raise ConfigError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
-    if not teachers:
-        raise ConfigError("bench distill needs at least one --teacher")
-    results: dict[str, Any] = {}
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise ConfigError(f"--steps and --rounds must be >= 1 and --warmup >= 0, got {steps}, {rounds} and {warmup}")
     methods: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
         exts, keys = [], []
@@ -201,40 +285,85 @@ def bench_distill(
             ext.image_size = result.manifest.transform["image_size"]
             exts.append(ext)
             keys.append(result.key)
-        size = exts[0].image_size
+        size = exts[0].image_size if exts else config.image_size
         base = replace(config, cache_dir=Path(scratch), image_size=None, augment="none", noise_per_batch=0)
-        scenarios = [("student", replace(base, teachers=[], method="ce", image_size=size), 0)]
+        alone = replace(base, teachers=[], method="ce", image_size=size)
+        scenarios = [("student", alone, 0)]
         for k in range(1, len(teachers) + 1):
             method = (config.method or "ts") if k == 1 else "multi"
             for kind in ("cached", "online"):
                 scenarios.append((f"{kind}-{k}", replace(base, teachers=keys[:k], method=method), k))
                 methods[f"{kind}-{k}"] = method
-        for name, cfg, k in scenarios:
-            torch.manual_seed(cfg.seed)
-            s = setup(cfg)
-            live = None
+        # The limit of each setting: its own student (a method may widen the feature layer) in a bare loop, timed
+        # right before it; online settings share the limit of the cached setting with the same student.
+        limit_of = {name: (None if name.startswith("online") else f"bare-{name}") for name, _, _ in scenarios}
+        for name in list(limit_of):
             if name.startswith("online"):
-                live = []
-                for ext in exts[:k]:
-                    plan = plan_extract(ext)
-                    t = create_teacher(ext.teacher, plan.weights, num_classes=plan.num_classes, seed=ext.seed,
-                                       image_size=plan.transform.image_size)
-                    model = t.model.to(s.device).eval()
-                    live.append(model.to(memory_format=torch.channels_last) if cfg.channels_last else model)
-            if s.device.type == "cuda":
-                torch.backends.cudnn.benchmark = True
-            parts = training_parts(s, caches=[] if live is not None else None)
-            reporter.message(f"timing {name}: {steps} steps of batch {cfg.batch_size} after {warmup} warm-up steps")
-            results[name] = _timed_steps(parts, steps, warmup, teachers=live)
-            device, precision = s.device, s.precision
-            del parts, live, s
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+                limit_of[name] = "bare-cached-" + name.split("-")[1]
+        if not bare:
+            limit_of = {}
+        runs: dict[str, list[dict[str, Any]]] = {}
+        loads = [_load()]
+        for r in range(rounds):
+            for name, cfg, k in scenarios:
+                torch.manual_seed(cfg.seed)
+                s = setup(cfg)
+                device, precision, size = s.device, s.precision, s.transform.image_size
+                if s.device.type == "cuda":
+                    torch.backends.cudnn.benchmark = True
+                todo = ([f"bare-{name}"] if bare and not name.startswith("online") else []) + [name]
+                for what in todo:
+                    reporter.message(f"round {r + 1}/{rounds}, {what}: {steps} steps of batch {cfg.batch_size} after "
+                                     f"{warmup} warm-up steps")
+                    with _PeakRSS() as rss:
+                        if what.startswith("bare"):
+                            from featcache.runtime import use_cpu_threads
+
+                            use_cpu_threads(device, 0)
+                            got = _bare_steps(s, steps, warmup)
+                            resident = None
+                        else:
+                            live = None
+                            if name.startswith("online"):
+                                live = []
+                                for ext in exts[:k]:
+                                    plan = plan_extract(ext)
+                                    t = create_teacher(ext.teacher, plan.weights, num_classes=plan.num_classes,
+                                                       seed=ext.seed, image_size=plan.transform.image_size)
+                                    model = t.model.to(s.device).eval()
+                                    live.append(model.to(memory_format=torch.channels_last) if cfg.channels_last
+                                                else model)
+                            parts = training_parts(s, caches=[] if live is not None else None)
+                            resident = parts.resident
+                            got = _timed_steps(parts, steps, warmup, teachers=live)
+                            del parts, live
+                    got["peak_rss_bytes"] = rss.peak
+                    got["resident"] = resident
+                    got["threads"] = torch.get_num_threads()
+                    runs.setdefault(what, []).append(got)
+                del s
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            loads.append(_load())
+    results: dict[str, Any] = {}
+    for name, rs in runs.items():
+        rate = [x["images_per_s"] for x in rs]
+        res = {"images_per_s": _median(rate), "rounds_images_per_s": rate,
+               "peak_memory_bytes": max((x["peak_memory_bytes"] for x in rs if x["peak_memory_bytes"]), default=None),
+               "peak_rss_bytes": max((x["peak_rss_bytes"] for x in rs if x["peak_rss_bytes"]), default=None),
+               "resident": rs[0]["resident"], "threads": rs[0]["threads"]}
+        ref = limit_of.get(name)
+        if ref in runs:
+            res["limit"] = ref
+            res["speed_vs_bare"] = _median([x["images_per_s"] / y["images_per_s"] for x, y in zip(rs, runs[ref])])
+        res["speed_vs_student"] = _median([x["images_per_s"] / y["images_per_s"] for x, y in zip(rs, runs["student"])])
+        results[name] = res
     a = results["student"]
     for r in results.values():
-        r["speed_vs_student"] = r["images_per_s"] / a["images_per_s"] if a["images_per_s"] else None
         r["memory_vs_student"] = (r["peak_memory_bytes"] / a["peak_memory_bytes"]
                                   if r["peak_memory_bytes"] and a["peak_memory_bytes"] else None)
+        r["rss_vs_student"] = (r["peak_rss_bytes"] / a["peak_rss_bytes"]
+                               if r["peak_rss_bytes"] and a["peak_rss_bytes"] else None)
     return {
         "benchmark": "distill",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -250,6 +379,8 @@ def bench_distill(
         "resident": config.resident,
         "compile": config.compile,
         "steps": steps,
+        "rounds": rounds,
+        "load_1min": loads,
         "results": results,
     }
 

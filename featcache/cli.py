@@ -689,7 +689,7 @@ def bench_extract_cmd(
 @user_errors
 def bench_distill_cmd(
     student: str = typer.Option("mobilenetv3", "--student", "-s"),
-    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50); extracted into a scratch store first (not timed)."),
+    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50; none: the student alone); extracted into a scratch store first (not timed)."),
     method: str = typer.Option("ts", "--method", "-m", help="The method with one teacher (several: multi)."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
@@ -700,13 +700,15 @@ def bench_distill_cmd(
     workers: Optional[int] = typer.Option(None, "--workers"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
-    steps: int = typer.Option(50, "--steps", help="Timed training steps per setting."),
+    steps: int = typer.Option(50, "--steps", help="Timed training steps per setting and round."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
-    resident: Optional[bool] = typer.Option(None, "--resident/--no-resident", help="Device-resident images and rows (distill --resident; default as distill's)."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (every setting once per round); medians are shown."),
+    resident: Optional[bool] = typer.Option(None, "--resident/--no-resident", help="Device-resident images and rows (default as distill's)."),
     compile_mode: str = typer.Option("none", "--compile", help="torch.compile mode of the training step."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
 ) -> None:
-    """Student training images/s and peak memory: alone vs with cached teacher rows vs with the teachers online."""
+    """Student training images/s and peak memory: a bare PyTorch loop (the limit) vs the student alone vs with
+    cached teacher rows vs with the teachers online, interleaved in one process."""
     from featcache.bench import bench_distill
     from featcache.distill.trainer import DistillConfig
     from featcache.progress import RichReporter
@@ -716,27 +718,38 @@ def bench_distill_cmd(
         method=method, image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
         resident=resident, compile=compile_mode,
     )
-    names = list(teacher or ["resnet50"])
-    r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup,
+    names = [] if teacher == ["none"] else list(teacher or ["resnet50"])
+    r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup, rounds=rounds,
                       reporter=RichReporter(err, transient=True))
-    table = Table(title=f"distill: {r['student']} with {' + '.join(names)} @ {r['image_size']} px on {r['dataset']}, "
-                        f"{r['device']}, batch {r['batch_size']}, {r['precision']}"
-                        f"{', resident' if r['resident'] else ''}{', compile ' + r['compile'] if r['compile'] != 'none' else ''}",
+    table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} @ {r['image_size']} px "
+                        f"on {r['dataset']}, {r['device']}, batch {r['batch_size']}, {r['precision']}"
+                        f"{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; median of {r['rounds']} "
+                        f"rounds, load {' → '.join(str(x) for x in r['load_1min'])}",
                   title_justify="left")
-    for col in ("setting", "images/s", "speed vs alone", "peak memory", "memory vs alone"):
+    cpu = r["device"] == "cpu"
+    bare_rate = r["results"].get("bare-student", {}).get("images_per_s")
+    if bare_rate:
+        table.caption = (f"vs bare loop: each setting / a plain PyTorch loop of its own student timed next to it in the "
+                         f"same round (the student alone's: {bare_rate:,.0f} img/s); online settings / the cached one's")
+    for col in ("setting", "images/s", "vs bare loop", "vs alone", "peak RSS" if cpu else "peak memory", "vs alone "):
         table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
     for key, x in r["results"].items():
+        if key.startswith("bare"):
+            continue  # each setting's limit: its ratio is in "vs bare loop"; the bare rates are in the JSON
         if key == "student":
             label = "student alone (ce)"
         else:
             kind, k = key.split("-")
             who = " + ".join(names[: int(k)])
             label = f"+ {who} {'cached' if kind == 'cached' else 'online'} ({r['methods'][key]})"
-        mem = x["peak_memory_bytes"]
+        if key != "bare" and x["resident"]:
+            label += ", resident"
+        mem, ratio = (x["peak_rss_bytes"], x["rss_vs_student"]) if cpu else (x["peak_memory_bytes"], x["memory_vs_student"])
         table.add_row(
-            label, f"{x['images_per_s']:,.0f}", f"{x['speed_vs_student']:.3f}",
-            f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a (CPU)",
-            f"{x['memory_vs_student']:.3f}" if x["memory_vs_student"] is not None else "n/a",
+            label, f"{x['images_per_s']:,.0f}", f"{x['speed_vs_bare']:.3f}" if "speed_vs_bare" in x else "–",
+            f"{x['speed_vs_student']:.3f}",
+            f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a",
+            f"{ratio:.3f}" if ratio is not None else "n/a",
         )
     out.print(table)
     _write_json(json_out, r)
