@@ -42,11 +42,15 @@ def _sync(device: torch.device) -> None:
 
 
 def forward_rate(
-    config: ExtractConfig, *, iters: int = 20, warmup: int = 5
+    config: ExtractConfig, *, iters: int = 20, warmup: int = 5, min_seconds: float = 3.0
 ) -> dict[str, Any]:
-    """Images/s of the teacher alone on a pre-made, normalised, device-resident batch."""
+    """Images/s of the teacher alone on a pre-made, normalised, device-resident batch, with the thread count the
+    extract uses; at least ``iters`` batches and ``min_seconds`` of timing, so the limit is not a few-ms blip."""
+    from featcache.runtime import default_workers, use_cpu_threads
+
     plan = plan_extract(config)
     device = plan.device
+    use_cpu_threads(device, config.workers if config.workers is not None else default_workers(device))
     teacher = create_teacher(
         config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed, image_size=plan.transform.image_size
     )
@@ -63,45 +67,61 @@ def forward_rate(
             with autocast(device, plan.precision):
                 model(x)
         _sync(device)
-        start = time.perf_counter()
-        for _ in range(iters):
+        start, done = time.perf_counter(), 0
+        while done < iters or time.perf_counter() - start < min_seconds:
             with autocast(device, plan.precision):
                 model(x)
+            done += 1
+            if done >= iters:
+                _sync(device)
         _sync(device)
         seconds = time.perf_counter() - start
-    return {"images": iters * config.batch_size, "seconds": seconds, "images_per_s": iters * config.batch_size / seconds}
+    return {"images": done * config.batch_size, "seconds": seconds, "images_per_s": done * config.batch_size / seconds}
 
 
 def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict[str, Any]:
-    """Images/s of the input pipeline alone: DataLoader workers decoding and resizing ``config``'s dataset into uint8
-    batches, nothing else (the rate extraction can reach when the teacher is free)."""
-    from torch.utils.data import DataLoader, Subset
+    """Images/s of the input pipeline alone: extract's own batches (read, decode, resize, content digest) in its
+    DataLoader workers, nothing else (the rate extraction can reach when the teacher is free)."""
+    import numpy as np
+    from torch.utils.data import DataLoader
 
+    from featcache.extract import _Batches, _DigestedSamples
     from featcache.runtime import default_workers
 
     plan = plan_extract(config)
-    ds = plan.dataset.with_transform(plan.transform.geometry())
-    n = len(ds) if max_images is None else min(len(ds), max_images)
+    n = len(plan.dataset) if max_images is None else min(len(plan.dataset), max_images)
     workers = config.workers if config.workers is not None else default_workers(plan.device)
-    loader = DataLoader(Subset(ds, range(n)), batch_size=config.batch_size, num_workers=workers,
-                        prefetch_factor=4 if workers > 0 else None)
+    source = _Batches(_DigestedSamples(plan.dataset, plan.transform.geometry()), np.arange(n), config.batch_size)
+    loader = DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=4 if workers > 0 else None)
     images, start = 0, time.perf_counter()
-    for batch, _, _ in loader:
+    for batch, *_ in loader:
         images += len(batch)
     seconds = time.perf_counter() - start
     return {"images": images, "seconds": seconds, "images_per_s": images / seconds if seconds else 0.0}
 
 
-def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, reporter: Reporter | None = None) -> dict[str, Any]:
-    """The teacher's forward limit, the input pipeline's decode rate, and a forced extract of ``config`` into a
-    scratch store; the extract's ratios to both."""
+def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, rounds: int = 3,
+                  min_seconds: float = 3.0, reporter: Reporter | None = None) -> dict[str, Any]:
+    """The teacher's forward limit and a forced extract of ``config`` into a scratch store, in ``rounds``
+    interleaved rounds (the ratio is the median of the per-round ratios); the input pipeline's decode rate once."""
     plan = plan_extract(config)
-    limit = forward_rate(config, iters=iters, warmup=warmup)
     reporter = reporter or Reporter()
-    reporter.message("timing the input pipeline alone (decode + resize)")
+    if rounds < 1:
+        raise ConfigError(f"--rounds must be >= 1, got {rounds}")
+    loads, forwards, extracts, ratios = [_load()], [], [], []
+    result = None
+    for r in range(rounds):
+        reporter.message(f"round {r + 1}/{rounds}: the teacher's bare forward")
+        limit = forward_rate(config, iters=iters, warmup=warmup, min_seconds=min_seconds)
+        with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
+            result = extract(replace(config, cache_dir=Path(scratch), force=True), reporter=reporter)
+        forwards.append(limit["images_per_s"])
+        extracts.append(result.images_per_s)
+        ratios.append(result.images_per_s / limit["images_per_s"] if limit["images_per_s"] else 0.0)
+        loads.append(_load())
+    reporter.message("timing the input pipeline alone (read, decode, resize, digest)")
     decode = decode_rate(config)
-    with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
-        result = extract(replace(config, cache_dir=Path(scratch), force=True), reporter=reporter)
+    extract_rate = _median(extracts)
     return {
         "benchmark": "extract",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -113,13 +133,19 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, re
         "image_size": plan.transform.image_size,
         "batch_size": config.batch_size,
         "workers": result.manifest.timing.get("workers"),
+        "threads": torch.get_num_threads(),
         "precision": plan.precision,
-        "forward_images_per_s": limit["images_per_s"],
-        "extract_images_per_s": result.images_per_s,
+        "rounds": rounds,
+        "load_1min": loads,
+        "forward_images_per_s": _median(forwards),
+        "extract_images_per_s": extract_rate,
+        "rounds_forward_images_per_s": forwards,
+        "rounds_extract_images_per_s": extracts,
         "extract_seconds": result.seconds,
-        "ratio": result.images_per_s / limit["images_per_s"] if limit["images_per_s"] else None,
+        "ratio": _median(ratios),
+        "rounds_ratio": ratios,
         "decode_images_per_s": decode["images_per_s"],
-        "ratio_to_decode": result.images_per_s / decode["images_per_s"] if decode["images_per_s"] else None,
+        "ratio_to_decode": extract_rate / decode["images_per_s"] if decode["images_per_s"] else None,
         "cache_bytes": result.bytes,
     }
 

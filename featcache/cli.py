@@ -656,10 +656,12 @@ def bench_extract_cmd(
     workers: Optional[int] = typer.Option(None, "--workers"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision"),
-    iters: int = typer.Option(20, "--iters", help="Timed forward iterations for the limit."),
+    iters: int = typer.Option(20, "--iters", help="Timed forward iterations for the limit (at least 3 s of them)."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds of forward + extract; medians are shown."),
+    min_seconds: float = typer.Option(3.0, "--min-seconds", help="Time the bare forward for at least this long."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
 ) -> None:
-    """Extract images/s vs the bare teacher forward pass (same batch, precision), in one run."""
+    """Extract images/s vs the bare teacher forward pass (same batch, precision, threads), in one process."""
     from featcache.bench import bench_extract
     from featcache.extract import ExtractConfig
     from featcache.progress import RichReporter
@@ -671,10 +673,11 @@ def bench_extract_cmd(
             dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision,
         )
-        results.append(bench_extract(config, iters=iters, reporter=RichReporter(err, transient=True)))
+        results.append(bench_extract(config, iters=iters, rounds=rounds, min_seconds=min_seconds, reporter=RichReporter(err, transient=True)))
     r0 = results[0]
     table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, batch {r0['batch_size']}, "
-                        f"{r0['precision']}, {r0['workers']} workers", title_justify="left")
+                        f"{r0['precision']}, {r0['workers']} workers, {r0['threads']} threads; median of {r0['rounds']} "
+                        f"rounds, load {' → '.join(str(x) for x in r0['load_1min'])}", title_justify="left")
     for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode"):
         table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
     for r in results:

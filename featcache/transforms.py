@@ -92,13 +92,16 @@ class Geometry:
         self.spec = spec
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        hw = tuple(image.shape[-2:])
+        if s.resize_mode == "square" and hw == (s.resize, s.resize) == (s.image_size, s.image_size):
+            return image  # already the model's size (CIFAR at 32 px): nothing to import or call per image
         from torchvision.transforms.v2 import InterpolationMode
         from torchvision.transforms.v2 import functional as F
 
-        s = self.spec
         mode = InterpolationMode(s.interpolation)
         size = [s.resize] if s.resize_mode == "shorter" else [s.resize, s.resize]
-        if not (s.resize_mode == "square" and tuple(image.shape[-2:]) == (s.resize, s.resize)):
+        if not (s.resize_mode == "square" and hw == (s.resize, s.resize)):
             image = F.resize(image, size, interpolation=mode, antialias=s.antialias)
         if tuple(image.shape[-2:]) != (s.image_size, s.image_size):
             image = F.center_crop(image, [s.image_size, s.image_size])

@@ -13,9 +13,11 @@ def test_bench_extract_reports_both_rates_and_their_ratio(tmp_path):
     cfg = ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic",
                         dataset_options={"num_train": 64, "num_test": 8}, image_size=32, batch_size=16, workers=0,
                         cache_dir=tmp_path / "untouched")
-    r = bench_extract(cfg, iters=2, warmup=1)
+    r = bench_extract(cfg, iters=2, warmup=1, rounds=2, min_seconds=0)
     assert r["forward_images_per_s"] > 0 and r["extract_images_per_s"] > 0
-    assert r["ratio"] == r["extract_images_per_s"] / r["forward_images_per_s"]
+    assert len(r["rounds_ratio"]) == 2 and len(r["load_1min"]) == 3
+    per_round = [e / f for e, f in zip(r["rounds_extract_images_per_s"], r["rounds_forward_images_per_s"])]
+    assert r["ratio"] == sum(per_round) / 2  # the median of two rounds
     assert r["images"] == 64 and r["device"] == "cpu" and r["precision"] == "fp32" and r["cache_bytes"] > 0
     assert r["decode_images_per_s"] > 0 and r["ratio_to_decode"] == r["extract_images_per_s"] / r["decode_images_per_s"]
     assert not (tmp_path / "untouched").exists()  # benches write to a scratch store
@@ -25,7 +27,7 @@ def test_bench_extract_cli_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "extract", "--teacher", "resnet18", "-o", "num_train=32",
                                       "--image-size", "32", "--batch-size", "16", "--workers", "0", "--iters", "1",
-                                      "--json-out", str(out)])
+                                      "--rounds", "1", "--min-seconds", "0", "--json-out", str(out)])
     assert result.exit_code == 0, result.output
     assert "resnet18@32" in result.output and "decode" in result.output
     assert json.loads(out.read_text())["benchmark"] == "extract"
@@ -37,14 +39,19 @@ def test_bench_distill_times_every_setting(tmp_path):
 
     cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options={"num_train": 48, "num_test": 8},
                         image_size=32, batch_size=16, workers=0, cache_dir=tmp_path / "untouched")
-    r = bench_distill(cfg, teachers=["resnet18", "mobilenet_v3_small"], steps=4, warmup=1)
-    assert list(r["results"]) == ["student", "cached-1", "online-1", "cached-2", "online-2"]
+    r = bench_distill(cfg, teachers=["resnet18", "mobilenet_v3_small"], steps=4, warmup=1, rounds=1)
+    assert list(r["results"]) == ["bare-student", "student", "bare-cached-1", "cached-1", "online-1", "bare-cached-2",
+                                  "cached-2", "online-2"]
     assert r["methods"] == {"cached-1": "ts", "online-1": "ts", "cached-2": "multi", "online-2": "multi"}
     for x in r["results"].values():
-        assert x["images"] == 4 * 16 and x["images_per_s"] > 0 and x["peak_memory_bytes"] is None  # CPU
-        assert x["memory_vs_student"] is None
-    c = r["results"]["cached-1"]
-    assert c["speed_vs_student"] == c["images_per_s"] / r["results"]["student"]["images_per_s"]
+        assert x["images_per_s"] > 0 and x["peak_memory_bytes"] is None  # CPU: no allocator statistics
+        assert x["memory_vs_student"] is None and x["peak_rss_bytes"] > 0
+    res = r["results"]
+    c = res["cached-1"]
+    assert c["speed_vs_student"] == c["images_per_s"] / res["student"]["images_per_s"]
+    assert c["speed_vs_bare"] == c["images_per_s"] / res["bare-cached-1"]["images_per_s"]  # its own student's limit
+    assert res["online-1"]["limit"] == "bare-cached-1" and res["student"]["limit"] == "bare-student"
+    assert res["student"]["resident"] is True  # CPU default: the split fits
     assert r["image_size"] == 32 and not (tmp_path / "untouched").exists()
 
 
@@ -53,7 +60,7 @@ def test_bench_distill_cli(tmp_path):
     result = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--teacher", "resnet18",
                                       "-o", "num_train=32", "--image-size", "32", "--batch-size", "16",
                                       "--workers", "0", "--steps", "2", "--warmup", "0", "--resident",
-                                      "--json-out", str(out)])
+                                      "--rounds", "1", "--json-out", str(out)])
     assert result.exit_code == 0, result.output
     assert "+ resnet18 cached (ts)" in result.output and "resident" in result.output
     assert json.loads(out.read_text())["benchmark"] == "distill"

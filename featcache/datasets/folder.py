@@ -76,9 +76,10 @@ class FileListDataset(ImageDataset):
     def __init__(self, *, image_root: Path, **kwargs) -> None:
         super().__init__(**kwargs)
         self.image_root = Path(image_root)
+        self._prefix = os.path.join(str(self.image_root), "")  # a string concat per sample, not a path join
 
     def image_path(self, index: int) -> str:
-        return os.path.join(self.image_root, self.sample_ids[index])
+        return self._prefix + self.sample_ids[index]
 
     def image_paths(self) -> list[str]:
         root = str(self.image_root)
