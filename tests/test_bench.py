@@ -71,11 +71,15 @@ def test_bench_distill_cli(tmp_path):
 def test_bench_join_reports_every_method(tmp_path):
     from featcache.bench import bench_join
 
-    r = bench_join(rows=600, dim=16, classes=3, batch_size=32, pt_files=64, limit_s=5, directory=tmp_path)
-    assert set(r["results"]) == {"h5py_fancy", "pt_per_sample", "ram", "disk"}
+    r = bench_join(rows=600, dim=16, classes=3, batch_size=32, pt_files=64, limit_s=5, directory=tmp_path, cold=True)
+    assert set(r["results"]) == {"h5py_fancy", "pt_per_sample", "ram", "disk", "np_take", "sequential_read"}
     for name, x in r["results"].items():
         assert x["rows"] > 0 and x["rows_per_s"] > 0, name
     assert r["results"]["h5py_fancy"]["vs_h5py_fancy"] == 1.0
+    res = r["results"]
+    assert res["ram"]["vs_limit"] == res["ram"]["rows_per_s"] / res["np_take"]["rows_per_s"]
+    assert res["disk"]["vs_limit"] == res["disk"]["rows_per_s"] / res["sequential_read"]["rows_per_s"]
+    assert r["cold"] is True and len(r["load_1min"]) == 2
     assert r["results"]["disk"]["rows"] == 600 // 32 * 32  # a whole epoch of full batches
     assert list(tmp_path.iterdir()) == []  # scratch removed
 

@@ -91,6 +91,30 @@ def test_auto_mode_goes_out_of_core_when_the_budget_is_small(caches):
     assert big.modes == ["ram", "ram"] and big.shuffle == "full"
 
 
+def test_auto_mode_streams_large_tables_unless_full_shuffle_asks_for_ram(caches, monkeypatch):
+    """Above EAGER_RAM_BYTES, auto streams (RAM would only add load time); --shuffle full still gets RAM."""
+    import featcache.distill.loader as L
+
+    monkeypatch.setattr(L, "EAGER_RAM_BYTES", 1000)
+    assert loader_for(caches).modes == ["disk", "disk"]
+    assert loader_for(caches, shuffle="full").modes == ["ram", "ram"]
+    monkeypatch.setattr(L, "EAGER_RAM_BYTES", 1 << 30)
+    assert loader_for(caches).modes == ["ram", "ram"]
+
+
+def test_in_ram_gather_returns_fresh_rows(caches):
+    """np.take into fresh arrays: a batch kept by the caller is not overwritten by the next gather."""
+    loader = loader_for(caches, mode="ram", shuffle="full")
+    table = loader.tables[0]
+    a = table.gather(np.array([3, 1, 4]))
+    keep = [t.clone() for t in a]
+    table.gather(np.array([5, 9, 2]))
+    assert all(torch.equal(x, y) for x, y in zip(a, keep))
+    full = FeatureCache(caches[0]).read_all()
+    assert np.array_equal(a[0].numpy(), full[FEATURES][[3, 1, 4]])
+    loader.close()
+
+
 def test_full_shuffle_needs_ram(caches):
     with pytest.raises(ConfigError, match="--cache-ram"):
         loader_for(caches, ram_budget=1024, shuffle="full")

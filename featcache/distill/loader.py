@@ -74,6 +74,11 @@ def default_ram_budget() -> int:
 # -- epoch order ---------------------------------------------------------------------------------------------------
 
 
+# Teacher tables up to this size are loaded into RAM by --cache-mode auto (about a second from the page cache);
+# larger ones stream out of core unless --shuffle full or cached views ask for RAM.
+EAGER_RAM_BYTES = 1 << 30
+
+
 @dataclass
 class EpochPlan:
     order: np.ndarray  # dataset indices in visiting order
@@ -118,15 +123,18 @@ class InMemoryTable:
     def __init__(self, cache: FeatureCache, part: str, fields: Sequence[str] = (FEATURES, LOGITS)) -> None:
         arrays = cache.read_all(part, fields=tuple(fields))
         self.fields = tuple(fields)
-        self.tensors = [torch.from_numpy(arrays[f]) for f in self.fields]
+        self.arrays = [arrays[f] for f in self.fields]
 
     def start_epoch(self, plan: EpochPlan) -> None:
         pass
 
     def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """The rows ``idx`` of every field, in field order (features, logits, then any blocks)."""
-        index = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
-        return tuple(t.index_select(0, index) for t in self.tensors)
+        """The rows ``idx`` of every field, in field order (features, logits, then any blocks), in fresh arrays.
+
+        ``np.take`` on one thread: torch's ``index_select`` spreads a gather this small over the intra-op threads,
+        and on a loaded 2-core box it fell from 2M to 21-81k rows/s in some runs (issue 13); np.take held 1.5-2M."""
+        index = np.ascontiguousarray(idx, dtype=np.int64)
+        return tuple(torch.from_numpy(np.take(a, index, axis=0)) for a in self.arrays)
 
     def close(self) -> None:
         pass
@@ -443,6 +451,10 @@ class JoinedLoader:
         # (top-k caches add the logits' class indices, last, to rebuild dense logits on the device)
         self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else []), *c.join_fields) for c in self.caches]
         need = [self.k * c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
+        if mode == "auto" and shuffle == "auto" and not views and sum(need) > EAGER_RAM_BYTES:
+            # Streaming serves 200k+ rows/s, 100x what any student here consumes (docs/benchmarks.md), so a large
+            # table gains nothing from RAM but its load time and footprint (1.2M rows: 14-20 s and 5.9 GB).
+            budget = min(budget, EAGER_RAM_BYTES)
         modes, used = [], 0
         for n in need:
             fits = mode == "ram" or (mode == "auto" and used + n <= budget)

@@ -498,7 +498,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
 # A split is held resident by default when its uint8 images and teacher rows take at most this share of the RAM
 # available now (and at most RESIDENT_MAX_BYTES): CIFAR-10 train at 32 px with a 2048-d teacher is 360 MB.
 RESIDENT_RAM_SHARE = 0.25
-RESIDENT_MAX_BYTES = 4 * 2**30
+RESIDENT_MAX_BYTES = 2 * 2**30
 
 
 def resident_default(config: DistillConfig, s: Setup, caches: list) -> bool:
