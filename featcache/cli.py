@@ -125,15 +125,39 @@ def extract(
     view_seed: int = typer.Option(0, "--view-seed", help="Seed of the views' augmentation parameters."),
 ) -> None:
     """Run a teacher once over a dataset split and cache its features and logits."""
-    from featcache.extract import ExtractConfig
-    from featcache.extract import extract as run_extract
-    from featcache.progress import RichReporter
+    from featcache.cache import requests
+    from featcache.cache.store import default_cache_dir
 
     options = parse_options(dataset_opt, "--dataset-opt")
     if split_file is not None:
         options["split_file"] = split_file
     if download:
         options["download"] = True
+    # What determines the cache (everything but how the work is done: workers, waiting, where the store is).
+    request = {
+        "teacher": teacher, "dataset": dataset, "data_root": str(data_root.expanduser().resolve()) if data_root else None,
+        "split": split, "dataset_options": {k: str(v) for k, v in options.items()}, "weights": weights,
+        "num_classes": num_classes, "image_size": image_size, "resize": resize, "resize_mode": resize_mode,
+        "batch_size": batch_size, "device": device, "precision": precision, "dtype": dtype,
+        "logits_dtype": logits_dtype, "shard_rows": shard_rows, "noise": noise, "noise_seed": noise_seed,
+        "seed": seed, "blocks": blocks, "pool": pool, "topk_logits": topk_logits, "views": views,
+        "view_policy": view_policy, "view_seed": view_seed,
+    }
+    store = (cache_dir or default_cache_dir()).expanduser()
+    alone = "WORLD_SIZE" not in os.environ  # under torchrun every rank takes the full path together
+    if alone and not force:
+        hit = requests.recall(store, request)
+        if hit is not None:  # answered without importing torch (see featcache/cache/requests.py)
+            noise_part = f" + {hit['noise_rows']:,} noise" if hit["noise_rows"] else ""
+            out.print(f"cache [bold]{hit['key']}[/] exists ({hit['rows']:,} rows{noise_part}, "
+                      f"{human_bytes(hit['bytes'])}); nothing to do (--force to redo)", highlight=False)
+            return
+    inputs = requests.tree_signature(requests.request_inputs(request)) if alone else None  # before anything is read
+
+    from featcache.extract import ExtractConfig
+    from featcache.extract import extract as run_extract
+    from featcache.progress import RichReporter
+
     config = ExtractConfig(
         teacher=teacher, dataset=dataset, data_root=data_root, split=split, dataset_options=options,
         weights=weights, num_classes=num_classes, image_size=image_size, resize=resize, resize_mode=resize_mode,
@@ -147,6 +171,8 @@ def extract(
     result = run_extract(config, reporter=RichReporter(err) if main else None)
     if not main:
         return
+    if inputs is not None:
+        _remember_request(store, request, result, config, inputs)
     m = result.manifest
     noise_part = f" + {result.noise_rows:,} noise" if result.noise_rows else ""
     if result.reused:
@@ -166,6 +192,27 @@ def extract(
            f"{human_bytes(sum(sh.bytes for sh in m.shards if sh.part == 'view1'))} per extra view" if m.views else ""),
         highlight=False,
     )
+
+
+def _remember_request(store: Path, request: dict, result, config, inputs: str) -> None:
+    """Let the next identical extract answer without torch (featcache/cache/requests.py): file datasets with a
+    sample of rows to re-hash, datasets with no files (synthetic) as they are; pixel-array datasets (CIFAR
+    pickles) are fingerprinted by their pixels, which only the full path computes, so they are not remembered."""
+    import numpy as np
+
+    from featcache.cache import requests
+    from featcache.cache.reader import CONTENT_SAMPLE
+    from featcache.datasets import get_dataset
+
+    ds = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
+    paths = ds.image_paths()
+    if paths is None and ds.root is not None:
+        return
+    sample = None
+    if paths is not None:
+        rows = np.random.default_rng().choice(len(paths), size=min(CONTENT_SAMPLE, len(paths)), replace=False)
+        sample = [(int(r), paths[r]) for r in np.sort(rows)]
+    requests.remember(store, request, result.key, inputs, sample)
 
 
 # -- distill -------------------------------------------------------------------------------------------------------

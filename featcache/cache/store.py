@@ -26,6 +26,7 @@ from featcache.cache.format import (
     parse_shard_name,
 )
 from featcache.cache.reader import FeatureCache
+from featcache.cache.requests import REQUESTS_DIR
 from featcache.errors import CacheError, CacheLockedError
 from featcache.locks import DirLock, unwritable
 from featcache.hashing import file_sha256
@@ -99,7 +100,7 @@ class CacheStore:
         if not self.root.is_dir():
             return []
         out = []
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != REQUESTS_DIR):
             if not (d / MANIFEST).is_file():
                 if _holds_cache_files(d):
                     out.append(CacheEntry(d.name, d, None, "no manifest.json: its shards cannot be read; remove "

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from featcache.errors import DatasetError
-from featcache.hashing import sha256_lines
+from featcache.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
 
 SPLITS = ("train", "test")
 
@@ -114,14 +114,6 @@ def decode_image_bytes(data: bytes, path: str | Path) -> torch.Tensor:
 def read_image_file(path: str | Path) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor [3, H, W] (see decode_image_bytes)."""
     return decode_image_bytes(read_file_bytes(path), path)
-
-
-def content_digest(data: bytes | memoryview | np.ndarray) -> int:
-    """64-bit BLAKE2b of a sample's bytes (its file, or its pixels when it has no file), as a signed int64: the
-    per-row content hash that extract records and distill re-checks."""
-    if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).data
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 def stat_files(paths: Sequence[str]) -> np.ndarray:
