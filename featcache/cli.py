@@ -86,6 +86,11 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+# Kept literal so that --help needs no torch import; tests/test_cli.py checks it names every registered student.
+STUDENTS_HELP = ("alexnet, convnet_small, inceptionv3, lenet5, mobilenetv2, mobilenetv3, mobilenetv3_small, resnet18 "
+                 "(`featcache students` describes them).")
+
+
 # -- extract -------------------------------------------------------------------------------------------------------
 
 
@@ -221,7 +226,7 @@ def _remember_request(store: Path, request: dict, result, config, inputs: str) -
 @app.command()
 @user_errors
 def distill(
-    student: str = typer.Option("mobilenetv3", "--student", "-s", help="mobilenetv3, mobilenetv3_small, mobilenetv2, lenet5, alexnet, resnet18, inceptionv3."),
+    student: str = typer.Option("mobilenetv3", "--student", "-s", help=STUDENTS_HELP),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     split_file: Optional[Path] = typer.Option(None, "--split-file", help="sod: your own train/test split."),

@@ -132,3 +132,11 @@ def test_python_dash_m_entry_point():
 
     r = subprocess.run([sys.executable, "-m", "featcache", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "extract" in r.stdout
+
+
+def test_distill_help_names_every_registered_student():
+    from featcache.cli import STUDENTS_HELP
+    from featcache.models.students import list_students
+
+    named = {w.strip(" ,.") for w in STUDENTS_HELP.split("(")[0].split(",")}
+    assert named == set(list_students())
