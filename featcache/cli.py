@@ -509,7 +509,7 @@ def demo(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
 ) -> None:
     """Offline, CPU, minutes: train a small teacher, cache it, distill a student with and without it, compare."""
-    from featcache.demo import demo_recipe, seed_gains
+    from featcache.demo import DEMO_THREADS, demo_recipe, seed_gains
 
     try:
         seed_list = tuple(int(x) for x in seeds.split(",") if x.strip())
@@ -518,7 +518,15 @@ def demo(
     if not seed_list:
         raise ConfigError("--seeds: give at least one seed")
     pipeline = demo_recipe(runs_dir, seeds=seed_list)
-    _run_pipeline(pipeline, cache_dir=runs_dir / "cache", device=device, workers=workers, dry_run=dry_run)
+    # Two torch threads whatever the core count: float sums split over another thread count round differently, and
+    # the demo should print the same numbers on every machine of a kind (docs/results.md says what still differs).
+    pinned = os.environ.get("FEATCACHE_THREADS")
+    os.environ["FEATCACHE_THREADS"] = pinned or str(DEMO_THREADS)
+    try:
+        _run_pipeline(pipeline, cache_dir=runs_dir / "cache", device=device, workers=workers, dry_run=dry_run)
+    finally:
+        if pinned is None:
+            os.environ.pop("FEATCACHE_THREADS", None)
     if not dry_run:
         for seed, alone, helped in seed_gains(pipeline):
             out.print(f"seed {seed}: alone {alone:.2%} · with the cached teacher {helped:.2%} · "

@@ -504,13 +504,13 @@ RESIDENT_MAX_BYTES = 2 * 2**30
 def resident_default(config: DistillConfig, s: Setup, caches: list) -> bool:
     """--resident when not given: on the CPU (where DataLoader workers compete with the training threads for the
     same cores) hold the split in RAM when it fits, the flags ask for nothing only streaming gives (cached views,
-    out-of-core tables, block shuffle, --workers above 0) and the augmentation has a batched form; never on a GPU,
+    --cache-mode disk, block shuffle, --workers above 0) and the augmentation has a batched form; never on a GPU,
     whose host path is left as it is."""
     from featcache.distill.loader import available_ram
 
     if s.device.type != "cpu" or (config.workers or 0) > 0:
         return False
-    if config.cache_mode != "auto" or config.shuffle not in ("auto", "full") or config.augment not in AUGMENTS:
+    if config.cache_mode == "disk" or config.shuffle not in ("auto", "full") or config.augment not in AUGMENTS:
         return False
     if config.views and any(c.manifest.views for c in caches):
         return False
