@@ -115,3 +115,22 @@ def test_bench_trust_reports_every_check_against_the_extract(tmp_path):
     for x in r["results"].values():
         assert x["seconds"] >= 0 and x["fraction_of_extract"] == x["seconds"] / r["extract_seconds"]
     assert r["images"] == 40 and r["content_sample_rows"] == 40
+
+
+def test_gpu_bench_script_checks_its_prerequisites(tmp_path):
+    """pipelines/gpu-bench.sh (issue 17) parses, and on a machine without CUDA stops with a one-line reason."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would measure it")
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "gpu-bench.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode != 0 and "no CUDA device" in r.stderr, r.stderr
