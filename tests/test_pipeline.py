@@ -302,3 +302,41 @@ def test_recipe_teacher_reusing_trained_weights_with_views(tmp_path, monkeypatch
     data["teachers"][1]["weights"] = "teacher:nobody"
     with pytest.raises(ConfigError, match="trained here"):
         parse_pipeline(data, runs_dir=tmp_path / "runs")
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "pipelines").glob("cpu-cifar10-*.toml")))
+def test_cpu_cifar10_recipes_plan_against_a_tiny_cifar_tree(tmp_path, recipe):
+    """The issue-14 recipes keep planning (--dry-run) against CIFAR-10's image-folder layout, so they do not rot."""
+    from conftest import CIFAR10_NAMES, write_image
+
+    root = tmp_path / "cifar10-jpg"
+    for split, n in (("train", 3), ("test", 1)):
+        for c, name in enumerate(CIFAR10_NAMES):
+            for k in range(n):
+                write_image(root / split / name / f"{k:04d}.jpg", 10 * c + k, size=(32, 32))
+    r = CliRunner().invoke(app, ["run", str(ROOT / "pipelines" / recipe), "--data-root", str(root), "--dry-run",
+                                 "--runs-dir", str(tmp_path / "runs")])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "plan for cpu-cifar10-" in out and "report" in out
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))  # planned, not run
+
+
+def test_train_per_class_keeps_the_first_images_of_each_class(tmp_path):
+    from conftest import CIFAR10_NAMES, write_image
+    from featcache.datasets import get_dataset
+    from featcache.errors import DatasetError
+
+    root = tmp_path / "c"
+    for split in ("train", "test"):
+        for c, name in enumerate(CIFAR10_NAMES):
+            for k in range(3):
+                write_image(root / split / name / f"{k:04d}.png", 10 * c + k, size=(32, 32))
+    small = get_dataset("cifar10", root, "train", train_per_class=2)
+    assert len(small) == 20 and small.params["per_class"] == 2
+    assert [i for i in small.sample_ids if i.startswith("cat/")] == ["cat/0000.png", "cat/0001.png"]
+    assert len(get_dataset("cifar10", root, "test", train_per_class=2)) == 30  # the test split stays whole
+    full = get_dataset("cifar10", root, "train")
+    assert small.identity() != full.identity()
+    with pytest.raises(DatasetError, match="train_per_class"):
+        get_dataset("cifar10", root, "train", train_per_class=0)
