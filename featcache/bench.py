@@ -30,7 +30,7 @@ from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models.teachers import create_teacher
 from featcache.errors import ConfigError
 from featcache.progress import Reporter
-from featcache.runtime import autocast, device_name
+from featcache.runtime import PeakRSS, autocast, device_name
 
 if TYPE_CHECKING:
     from featcache.distill.trainer import DistillConfig
@@ -157,45 +157,6 @@ def _versions() -> dict[str, str]:
     import torchvision
 
     return {"torch": torch.__version__, "torchvision": torchvision.__version__, "python": platform.python_version()}
-
-
-class _PeakRSS:
-    """Peak resident set size of this process while the block runs, sampled every 5 ms from /proc (CPU runs have
-    no allocator statistics; ru_maxrss never goes down, so it cannot tell settings of one process apart)."""
-
-    def __init__(self) -> None:
-        self.peak: int | None = None
-        self._stop = None
-
-    @staticmethod
-    def now() -> int | None:
-        try:
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def __enter__(self) -> "_PeakRSS":
-        import threading
-
-        self.peak = self.now()
-        if self.peak is None:
-            return self
-        self._stop = threading.Event()
-
-        def sample() -> None:
-            while not self._stop.wait(0.005):
-                self.peak = max(self.peak or 0, self.now() or 0)
-
-        self._thread = threading.Thread(target=sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._stop is not None:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak or 0, self.now() or 0)
 
 
 def _load() -> float | None:
@@ -341,7 +302,7 @@ def bench_distill(
                 for what in todo:
                     reporter.message(f"round {r + 1}/{rounds}, {what}: {steps} steps of batch {cfg.batch_size} after "
                                      f"{warmup} warm-up steps")
-                    with _PeakRSS() as rss:
+                    with PeakRSS() as rss:
                         if what.startswith("bare"):
                             from featcache.runtime import use_cpu_threads
 

@@ -272,6 +272,7 @@ def distill(
     views: bool = typer.Option(True, "--views/--no-views", help="Replay the caches' augmented views (extract --views), one per sample per epoch."),
     student_blocks: Optional[str] = typer.Option(None, "--student-blocks", help="aka: student body modules matched, in order, to the teachers' cached --blocks (e.g. layer2,layer3)."),
     content_check: str = typer.Option("sample", "--content-check", help="Re-hash images against the digests the caches recorded: sample (256 images, default), full or off."),
+    online: bool = typer.Option(False, "--online", help="Run the caches' teachers on every batch instead of reading their rows (to compare with the cache; costs what the cache saves)."),
 ) -> None:
     """Train a student from cached teacher rows (no teacher network is loaded)."""
     from featcache.distill.trainer import DistillConfig
@@ -292,7 +293,7 @@ def distill(
         cache_dir=cache_dir, cache_ram=cache_ram, cache_mode=cache_mode, shuffle=shuffle, run_dir=run_dir,
         resume=resume, resident=resident, compile=compile_mode, unlabeled=unlabeled, aka_dim=aka_dim,
         student_blocks=[b.strip() for b in student_blocks.split(",") if b.strip()] if student_blocks else [],
-        views=views, content_check=content_check,
+        views=views, content_check=content_check, online=online,
     )
     main = _main_rank()
     summary = run_distill(config, reporter=RichReporter(err, transient=True) if main else None)

@@ -84,3 +84,43 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
+
+
+class PeakRSS:
+    """Peak resident set size of this process while the block runs, sampled every 5 ms from /proc (CPU runs have
+    no allocator statistics; ru_maxrss never goes down, so it cannot tell settings of one process apart)."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self.interval = interval
+        self.peak: int | None = None
+        self._stop = None
+
+    @staticmethod
+    def now() -> int | None:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __enter__(self) -> "PeakRSS":
+        import threading
+
+        self.peak = self.now()
+        if self.peak is None:
+            return self
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak or 0, self.now() or 0)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak or 0, self.now() or 0)

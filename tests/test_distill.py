@@ -264,3 +264,20 @@ def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
     assert info["config"]["resident"] is True and [t["mode"] for t in info["teachers"]] == ["resident"]
     with pytest.raises(ConfigError, match="--compile"):
         distill(run_cfg(store, tmp_path, run_dir=tmp_path / "x", compile="fast"))
+
+
+def test_online_teacher_arm_matches_the_cached_one(tmp_path):
+    """--online runs the cache's teacher on every batch (issue 14's losslessness arm): float32 rows of the same
+    teacher on the same images, so the run ends where the cached run ends, and it records its peak memory."""
+    cache_dir = tmp_path / "store32"
+    ext = ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
+                        image_size=32, batch_size=16, workers=0, cache_dir=cache_dir, dtype="float32")
+    key = extract(ext).key
+    cached = distill(run_cfg(cache_dir, tmp_path, run_dir=tmp_path / "cached", teachers=[key], epochs=2))
+    online = distill(run_cfg(cache_dir, tmp_path, run_dir=tmp_path / "online", teachers=[key], epochs=2, online=True))
+    assert online.online and not cached.online and online.peak_rss_bytes > 0
+    assert abs(online.last_acc - cached.last_acc) <= 0.1, (online.last_acc, cached.last_acc)
+    summary = json.loads((tmp_path / "online" / "summary.json").read_text())
+    assert summary["online"] is True and summary["peak_rss_bytes"] == online.peak_rss_bytes
+    with pytest.raises(ConfigError, match="--online"):
+        distill(run_cfg(cache_dir, tmp_path, run_dir=tmp_path / "x", teachers=[key], online=True, noise_per_batch=2))

@@ -41,7 +41,7 @@ from featcache.locks import LOCK_FILE, DirLock
 from featcache.progress import Reporter
 from featcache import rundir
 from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # the run's files (re-exported)
-from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision, use_cpu_threads
+from featcache.runtime import PeakRSS, autocast, default_workers, device_name, resolve_device, resolve_precision, use_cpu_threads
 from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -102,6 +102,9 @@ class DistillConfig:
     student_blocks: list[str] = field(default_factory=list)  # aka: student body modules matched to cached blocks
     views: bool = True  # replay the caches' augmented views when they have them (extract --views)
     content_check: str = "sample"  # re-hash a sample (or all, "full"; or "off") of the images against the caches
+    # Run the caches' teachers on every batch instead of reading their rows: the losslessness comparison only (it
+    # costs what the cache saves); the caches still name the teachers and are checked against the dataset.
+    online: bool = False
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")
@@ -135,6 +138,8 @@ class DistillSummary:
     teachers: list[str]
     method: str
     student: str
+    peak_rss_bytes: int | None = None  # this process's resident memory at its highest during training (sampled)
+    online: bool = False
 
     def line(self) -> str:
         return (
@@ -350,6 +355,10 @@ def default_run_dir(config: DistillConfig) -> Path:
     return Path("runs") / f"{config.dataset}-{config.student}-{config.resolved_method()}-s{config.seed}-{stamp}"
 
 
+def _row_dtype(cache) -> torch.dtype:
+    return getattr(torch, cache.manifest.dtype)
+
+
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 
@@ -446,6 +455,7 @@ class TrainingParts:
     total_epochs: int
     workers: int
     resident: bool = False
+    online: list | None = None  # --online: the teachers' networks, run on every batch
 
 
 def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
@@ -456,6 +466,18 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     caches = s.caches if caches is None else caches
+    online = None
+    if config.online:
+        from featcache.models.teachers import teacher_from_manifest
+
+        if config.noise_per_batch or config.student_blocks or (config.views and any(c.manifest.views for c in caches)):
+            raise ConfigError("--online runs plain teachers: drop --noise-per-batch, student blocks and cached views "
+                              "(pass --no-views)")
+        online = []
+        for c in caches:
+            m = teacher_from_manifest(c.manifest).model.to(device).eval()
+            online.append(m.to(memory_format=torch.channels_last) if config.channels_last else m)
+        caches = []  # no rows are read: the teachers make them
     resident = resident_default(config, s, caches) if config.resident is None else config.resident
     workers = config.workers if config.workers is not None else default_workers(device)
     use_cpu_threads(device, 0 if resident else workers)  # resident: the workers only decode, before training
@@ -492,7 +514,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
                      config.channels_last, config.compile)
     sched = _make_schedule(opt, config, total_epochs)
     tsched = _make_schedule(topt, config, total_epochs) if topt else None
-    return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident)
+    return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online)
 
 
 # A split is held resident by default when its uint8 images and teacher rows take at most this share of the RAM
@@ -604,6 +626,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
 
     train_images_total, train_seconds_total = 0, 0.0
     last_acc = 0.0
+    rss = PeakRSS(interval=0.05).__enter__()  # what the run holds at its peak: the teachers' cost when --online
     try:
         for epoch in range(start_epoch, total_epochs):
             loader.set_epoch(epoch)
@@ -619,7 +642,15 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 if unlabeled:
                     # Nothing downstream may read the training labels: hand the method a tensor of -1s.
                     batch.labels = torch.full_like(batch.labels, -1)
-                loss, parts, logits = step(batch, epoch)
+                rows, x = None, None
+                if t.online is not None:  # --online: the teachers' rows made now, from the very input the student sees
+                    x = step.images(batch)
+                    with torch.inference_mode(), autocast(device, precision):
+                        outs = [m(x) for m in t.online]
+                    # Cast to the cache's dtype so the two arms differ only in where the rows come from.
+                    rows = TeacherRows([f.to(_row_dtype(c)).clone() for (f, _), c in zip(outs, s.caches)],
+                                       [lg.float().clone() for _, lg in outs])
+                loss, parts, logits = step(batch, epoch, rows=rows, x=x)
                 finite &= torch.isfinite(loss.detach()).all()  # no host sync: read where the loop syncs anyway
                 real = len(batch) - batch.num_noise
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
@@ -698,13 +729,15 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 f"test acc {ev['acc']:.2%}{' (best)' if improved else ''} · {record['images_per_s'] or 0:,.0f} img/s"
             )
     finally:
+        rss.__exit__(None, None, None)
         loader.close()
         shutdown_workers(tests)
     summary = DistillSummary(
         run_dir=run_dir, best_acc=best_acc, best_epoch=best_epoch, last_acc=last_acc, epochs=total_epochs,
         seconds=elapsed,
         images_per_s=ctx.world * train_images_total / train_seconds_total if train_seconds_total else 0.0,
-        teachers=[c.key for c in s.caches], method=method.name, student=config.student,
+        teachers=[c.key for c in s.caches], method=method.name, student=config.student, peak_rss_bytes=rss.peak,
+        online=config.online,
     )
     if main:
         (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")

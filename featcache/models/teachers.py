@@ -377,6 +377,28 @@ def create_teacher(
                    classes=classes)
 
 
+def teacher_from_manifest(manifest) -> Teacher:
+    """The network that produced a cache, rebuilt from its manifest (``distill --online``: the same teacher run on
+    every batch instead of read from the cache). A checkpoint must still hold the bytes the cache was made from."""
+    info = manifest.teacher
+    w = dict(info.weights)
+    seed = 0
+    if w.get("source") == "random":
+        weights, seed = RANDOM, int(str(w.get("ref", "seed=0")).split("=")[-1])
+    elif w.get("source") == "file":
+        weights = w["ref"]
+        if not Path(weights).exists():
+            raise WeightsError(f"cache {manifest.key}: its teacher's weights {weights} are gone; --online needs them")
+    else:
+        weights = str(w.get("ref", "")).split(".")[-1]
+    teacher = create_teacher(info.name, weights, num_classes=info.num_classes, seed=seed,
+                             image_size=manifest.transform.get("image_size"))
+    if teacher.weights.identity() != WeightsInfo(**{k: v for k, v in w.items() if k in WeightsInfo.__dataclass_fields__}).identity():
+        raise WeightsError(f"cache {manifest.key}: its teacher's weights {w.get('ref')} changed since the extract; "
+                           "--online would run another teacher than the one cached")
+    return teacher
+
+
 def list_teachers(include_torchvision: bool = False) -> list[str]:
     from featcache.models.registry import list_models
 
