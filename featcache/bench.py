@@ -445,7 +445,6 @@ def bench_join(*, rows: int = 100_000, dim: int = 2048, classes: int = 10, batch
     """
     import numpy as np
 
-    from featcache.cache.format import FEATURES, LOGITS
     from featcache.cache.reader import FeatureCache
     from featcache.distill.loader import InMemoryTable, OutOfCoreTable, epoch_plan
 
@@ -521,7 +520,7 @@ def bench_join(*, rows: int = 100_000, dim: int = 2048, classes: int = 10, batch
         results["np_take"] = _rate(take_reused, shuffled, limit_s)
         results["ram"] = _rate(ram.gather, shuffled, limit_s)
         results["ram"]["load_seconds"] = load_s
-        del ram, feats, logits
+        ram = feats = logits = None  # free the table before the out-of-core measurement
 
         reporter.message("timing the out-of-core table (block shuffle, prefetch thread)")
         plan = epoch_plan(rows, seed=seed, epoch=0, shuffle="block", block_rows=1024, window_blocks=8)

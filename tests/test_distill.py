@@ -1,7 +1,6 @@
 """Stage 2 end to end: cached rows are lossless, no teacher is built, runs train, resume and evaluate."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -1,6 +1,5 @@
 """train-teacher: a fine-tuned teacher that `extract --weights` takes, NTS-Net's losses, --init."""
 
-import json
 
 import pytest
 import torch

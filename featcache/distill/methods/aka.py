@@ -119,12 +119,12 @@ class AdaptiveAmalgamation(Method):
                 a_t = self.fa_teacher[t](rows.features[t].to(f_s.dtype)).float()
                 transfer = (a_s - a_t).pow(2).mean(dim=1)  # Eq. 2 per sample
                 reg = fa_regulariser(self.fa_student[t].weight) + fa_regulariser(self.fa_teacher[t].weight)
-                for l, name in enumerate(self.block_names):
-                    block = self.teacher_blocks[t][l]
+                for k, name in enumerate(self.block_names):
+                    block = self.teacher_blocks[t][k]
                     p = block["pool"]
                     s_map = F.adaptive_avg_pool2d(self._captured[name].float(), p)
-                    t_map = rows.blocks[t][l].float().view(b, block["channels"], p, p)
-                    fa_s, fa_t = self.fa_student_blocks[t][l], self.fa_teacher_blocks[t][l]
+                    t_map = rows.blocks[t][k].float().view(b, block["channels"], p, p)
+                    fa_s, fa_t = self.fa_student_blocks[t][k], self.fa_teacher_blocks[t][k]
                     transfer = transfer + (fa_s(s_map) - fa_t(t_map)).pow(2).mean(dim=(1, 2, 3))
                     reg = reg + fa_regulariser(fa_s.weight.flatten(1)) + fa_regulariser(fa_t.weight.flatten(1))
                 cols = getattr(self, f"cols_{t}")
