@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from featcache.distill.trainer import LAST, SUMMARY, DistillConfig
+from featcache.extract import ExtractConfig
+from featcache.teach import TeacherConfig
 from featcache.errors import ConfigError
 from featcache.progress import Reporter
 
@@ -28,9 +30,13 @@ _DISTILL_FIELDS = {f.name for f in fields(DistillConfig)} - {
     "student", "dataset", "data_root", "dataset_options", "teachers", "method", "seed", "run_dir", "resume", "cache_dir",
     "tag",
 }
-# dataset_options: the teacher may be trained on a larger set of the same classes (e.g. more synthetic samples).
-_TRAIN_FIELDS = {"epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "augment", "init", "image_size",
-                 "dataset_options", "classes"}
+# Recipe tables accept every field of the stage's config except those the recipe itself sets (its dataset, its
+# teacher names, the run directory) and those of the machine it runs on (featcache run's --device / --workers):
+# a field added to ExtractConfig / TeacherConfig / DistillConfig is accepted by recipes without touching this file.
+# train.dataset_options: the teacher may be trained on a larger set of the same classes (e.g. more synthetic samples).
+_RECIPE_SETS = {"teacher", "dataset", "data_root", "weights", "cache_dir", "run_dir", "resume", "device", "workers"}
+_TRAIN_FIELDS = {f.name for f in fields(TeacherConfig)} - _RECIPE_SETS
+_EXTRACT_FIELDS = {f.name for f in fields(ExtractConfig)} - _RECIPE_SETS - {"split", "dataset_options", "force", "wait"}
 
 
 @dataclass
@@ -143,9 +149,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         if train is not None:
             _unknown(train, _TRAIN_FIELDS, f"{w}.train")
         extract = _table(t, "extract", w, default={})
-        _unknown(extract, {"image_size", "resize", "resize_mode", "batch_size", "noise", "noise_seed", "dtype",
-                           "precision", "blocks", "pool", "views", "view_policy", "view_seed", "topk_logits"},
-                 f"{w}.extract")
+        _unknown(extract, _EXTRACT_FIELDS, f"{w}.extract")
         weights = _expand(t["weights"]) if isinstance(t.get("weights"), str) else t.get("weights")
         if isinstance(weights, str) and weights.startswith("teacher:"):
             ref = weights.split(":", 1)[1]

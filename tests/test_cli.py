@@ -140,3 +140,33 @@ def test_distill_help_names_every_registered_student():
 
     named = {w.strip(" ,.") for w in STUDENTS_HELP.split("(")[0].split(",")}
     assert named == set(list_students())
+
+
+def test_every_config_field_is_reachable_from_the_cli_and_from_recipes():
+    """A field of ExtractConfig / DistillConfig / TeacherConfig is a CLI parameter of the same name (or one of the
+    few named below) and is accepted by recipes (or set by the recipe itself): adding a field without its flag, or a
+    flag the recipes refuse, fails here."""
+    import inspect
+    from dataclasses import fields
+
+    from featcache import cli, pipeline
+    from featcache.distill.trainer import DistillConfig
+    from featcache.extract import ExtractConfig
+    from featcache.teach import TeacherConfig
+
+    cli_name = {"dataset_options": "dataset_opt", "compile": "compile_mode", "teachers": "teacher"}
+    library_only = {"channels_last"}  # a layout switch for experiments, not a user flag
+    set_by_recipes = {"tag", "classes"}  # a distill block's tag; amalgamate's component-net class lists
+    for command, cls, recipe_fields in (
+        (cli.extract, ExtractConfig, pipeline._EXTRACT_FIELDS),
+        (cli.distill, DistillConfig, pipeline._DISTILL_FIELDS),
+        (cli.train_teacher_cmd, TeacherConfig, pipeline._TRAIN_FIELDS),
+    ):
+        params = set(inspect.signature(command).parameters)
+        for f in fields(cls):
+            if f.name in library_only or (cls is DistillConfig and f.name in set_by_recipes):
+                continue
+            assert cli_name.get(f.name, f.name) in params, f"{cls.__name__}.{f.name} has no CLI flag"
+            assert f.name in recipe_fields or f.name in pipeline._RECIPE_SETS | {
+                "split", "dataset_options", "force", "wait", "student", "method", "seed", "teachers"}, (
+                f"{cls.__name__}.{f.name} is refused by recipes")
