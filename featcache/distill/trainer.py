@@ -362,7 +362,7 @@ def _row_dtype(cache) -> torch.dtype:
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 
-def test_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int, workers: int, device: torch.device):
+def eval_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int, workers: int, device: torch.device):
     dataset.with_transform(transform.geometry())
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
@@ -597,7 +597,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
 
         tests = ResidentSplit(s.test.with_transform(s.transform.geometry()), config.batch_size * 2, t.workers, device)
     else:
-        tests = test_loader(s.test, s.transform, config.batch_size * 2, t.workers, device)
+        tests = eval_loader(s.test, s.transform, config.batch_size * 2, t.workers, device)
 
     start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
     unlabeled = config.unlabeled or not method.uses_labels
@@ -845,7 +845,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
             raise ConfigError(f"--classes {name}: class {outside[0]!r} is not covered by the run's head ({len(head)} classes)")
         jobs.append((name, ClassSubset(base, classes), [head.index(c) for c in classes]))
     for name, ds, cols in jobs:
-        loader = test_loader(ds, transform, batch_size, w, dev)
+        loader = eval_loader(ds, transform, batch_size, w, dev)
         try:
             model = student if cols is None else _Columns(student, cols)
             ev = evaluate(model, loader, transform, dev, precision, config.channels_last)

@@ -12,7 +12,7 @@ existing cache reused without constructing the teacher at all.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -57,7 +57,6 @@ class Teacher:
     entry: ModelEntry
     feature_layer: str
     classes: tuple[str, ...] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_features(self) -> int:

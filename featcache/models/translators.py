@@ -63,10 +63,6 @@ class UpsampleTranslator(nn.Module):
 TRANSLATORS = {"linear": LinearTranslator, "upsample": UpsampleTranslator}
 
 
-def list_translators() -> list[str]:
-    return list(TRANSLATORS)
-
-
 def make_translator(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     """A translator of ``kind`` (``--translator``: linear | upsample) from in_dim to out_dim."""
     cls = TRANSLATORS.get(kind)
