@@ -73,7 +73,10 @@ def use_cpu_threads(device: torch.device, workers: int) -> int:
         # Denormal floats (|x| < 1e-38, e.g. in a stalled student's tiny gradients and Adam states) are up to 100x
         # slower on x86 CPUs; flushing them to zero changes no result that matters and keeps every step at speed.
         torch.set_flush_denormal(True)
-        explicit = os.environ.get("FEATCACHE_THREADS") or os.environ.get("OMP_NUM_THREADS")
+        explicit = os.environ.get("FEATCACHE_THREADS")
+        if explicit is not None and not (explicit.isdigit() and int(explicit) > 0):
+            raise ConfigError(f"FEATCACHE_THREADS={explicit!r}: expected a whole number of threads >= 1 (or unset it)")
+        explicit = explicit or os.environ.get("OMP_NUM_THREADS")
         threads = int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0 else max(1, cpu_cores() - workers)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)

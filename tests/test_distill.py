@@ -280,3 +280,24 @@ def test_online_teacher_arm_matches_the_cached_one(tmp_path):
     assert summary["online"] is True and summary["peak_rss_bytes"] == online.peak_rss_bytes
     with pytest.raises(ConfigError, match="--online"):
         distill(run_cfg(cache_dir, tmp_path, run_dir=tmp_path / "x", teachers=[key], online=True, noise_per_batch=2))
+
+
+def test_cpu_threads_follow_the_workers_and_the_environment(monkeypatch):
+    from featcache.runtime import cpu_cores, default_workers, use_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("FEATCACHE_THREADS", raising=False)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert use_cpu_threads(torch.device("cpu"), 0) == cpu_cores()
+        assert use_cpu_threads(torch.device("cpu"), cpu_cores()) == 1  # never zero threads
+        monkeypatch.setenv("FEATCACHE_THREADS", "1")
+        assert use_cpu_threads(torch.device("cpu"), 0) == 1
+        monkeypatch.setenv("FEATCACHE_THREADS", "two")
+        with pytest.raises(ConfigError, match="FEATCACHE_THREADS"):
+            use_cpu_threads(torch.device("cpu"), 0)
+        # Workers: none on small CPU boxes, min(8, cores) when a GPU computes.
+        assert default_workers("cpu") == (0 if cpu_cores() < 4 else min(8, cpu_cores() // 4))
+        assert default_workers() == min(8, cpu_cores())
+    finally:
+        torch.set_num_threads(before)
