@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from featcache.distill.methods import TeacherRows
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models.teachers import create_teacher
 from featcache.errors import ConfigError
@@ -163,8 +162,9 @@ def _load() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def _timed_steps(parts, steps: int, warmup: int, teachers=None) -> dict[str, Any]:
-    """Run ``warmup`` then ``steps`` training steps from the loader (epochs wrap around); images/s and peak memory."""
+def _timed_steps(parts, steps: int, warmup: int) -> dict[str, Any]:
+    """Run ``warmup`` then ``steps`` training steps from the loader (epochs wrap around); images/s and peak memory.
+    Online settings (``distill --online``) run their teachers inside each step, as a training run does."""
     device = parts.step.device
     done, timed_images, start = 0, 0, None
     if device.type == "cuda":
@@ -177,14 +177,7 @@ def _timed_steps(parts, steps: int, warmup: int, teachers=None) -> dict[str, Any
             if done == warmup:
                 _sync(device)
                 start = time.perf_counter()
-            rows, x = None, None
-            if teachers is not None:  # online: the teachers' forward passes are part of every step
-                x = parts.step.images(batch)
-                with torch.inference_mode(), autocast(device, parts.step.precision):
-                    outs = [teacher(x) for teacher in teachers]
-                # Clones outside inference mode: the loss may save them for backward (the translators' inputs).
-                rows = TeacherRows([f.clone() for f, _ in outs], [lg.clone() for _, lg in outs])
-            parts.step(batch, 0, rows=rows, x=x)
+            parts.run_step(batch, 0)
             done += 1
             if done > warmup:
                 timed_images += len(batch)
@@ -279,7 +272,8 @@ def bench_distill(
         for k in range(1, len(teachers) + 1):
             method = (config.method or "ts") if k == 1 else "multi"
             for kind in ("cached", "online"):
-                scenarios.append((f"{kind}-{k}", replace(base, teachers=keys[:k], method=method), k))
+                scenarios.append((f"{kind}-{k}", replace(base, teachers=keys[:k], method=method,
+                                                         online=kind == "online"), k))
                 methods[f"{kind}-{k}"] = method
         # The limit of each setting: its own student (a method may widen the feature layer) in a bare loop, timed
         # right before it; online settings share the limit of the cached setting with the same student.
@@ -310,20 +304,10 @@ def bench_distill(
                             got = _bare_steps(s, steps, warmup)
                             resident = None
                         else:
-                            live = None
-                            if name.startswith("online"):
-                                live = []
-                                for ext in exts[:k]:
-                                    plan = plan_extract(ext)
-                                    t = create_teacher(ext.teacher, plan.weights, num_classes=plan.num_classes,
-                                                       seed=ext.seed, image_size=plan.transform.image_size)
-                                    model = t.model.to(s.device).eval()
-                                    live.append(model.to(memory_format=torch.channels_last) if cfg.channels_last
-                                                else model)
-                            parts = training_parts(s, caches=[] if live is not None else None)
+                            parts = training_parts(s)
                             resident = parts.resident
-                            got = _timed_steps(parts, steps, warmup, teachers=live)
-                            del parts, live
+                            got = _timed_steps(parts, steps, warmup)
+                            del parts
                     got["peak_rss_bytes"] = rss.peak
                     got["resident"] = resident
                     got["threads"] = torch.get_num_threads()

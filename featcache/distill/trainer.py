@@ -355,10 +355,6 @@ def default_run_dir(config: DistillConfig) -> Path:
     return Path("runs") / f"{config.dataset}-{config.student}-{config.resolved_method()}-s{config.seed}-{stamp}"
 
 
-def _row_dtype(cache) -> torch.dtype:
-    return getattr(torch, cache.manifest.dtype)
-
-
 # -- evaluation ------------------------------------------------------------------------------------------------------
 
 
@@ -456,6 +452,20 @@ class TrainingParts:
     workers: int
     resident: bool = False
     online: list | None = None  # --online: the teachers' networks, run on every batch
+    online_dtypes: list | None = None  # the caches' feature dtypes, which the online rows are cast to
+
+    def run_step(self, batch, epoch: int):
+        """One training step; with --online the teachers' rows are made now, from the very input the student sees,
+        and cast to the caches' dtypes so the two arms differ only in where the rows come from."""
+        rows, x = None, None
+        if self.online is not None:
+            x = self.step.images(batch)
+            with torch.inference_mode(), autocast(self.step.device, self.step.precision):
+                outs = [m(x) for m in self.online]
+            # Clones outside inference mode: the loss may save them for backward (the translators' inputs).
+            rows = TeacherRows([f.to(d).clone() for (f, _), d in zip(outs, self.online_dtypes)],
+                               [lg.float().clone() for _, lg in outs])
+        return self.step(batch, epoch, rows=rows, x=x)
 
 
 def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
@@ -466,7 +476,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     caches = s.caches if caches is None else caches
-    online = None
+    online, online_dtypes = None, None
     if config.online:
         from featcache.models.teachers import teacher_from_manifest
 
@@ -477,6 +487,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
         for c in caches:
             m = teacher_from_manifest(c.manifest).model.to(device).eval()
             online.append(m.to(memory_format=torch.channels_last) if config.channels_last else m)
+        online_dtypes = [getattr(torch, c.manifest.dtype) for c in caches]
         caches = []  # no rows are read: the teachers make them
     resident = resident_default(config, s, caches) if config.resident is None else config.resident
     workers = config.workers if config.workers is not None else default_workers(device)
@@ -514,7 +525,8 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
                      config.channels_last, config.compile)
     sched = _make_schedule(opt, config, total_epochs)
     tsched = _make_schedule(topt, config, total_epochs) if topt else None
-    return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online)
+    return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online,
+                         online_dtypes)
 
 
 # A split is held resident by default when its uint8 images and teacher rows take at most this share of the RAM
@@ -642,15 +654,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 if unlabeled:
                     # Nothing downstream may read the training labels: hand the method a tensor of -1s.
                     batch.labels = torch.full_like(batch.labels, -1)
-                rows, x = None, None
-                if t.online is not None:  # --online: the teachers' rows made now, from the very input the student sees
-                    x = step.images(batch)
-                    with torch.inference_mode(), autocast(device, precision):
-                        outs = [m(x) for m in t.online]
-                    # Cast to the cache's dtype so the two arms differ only in where the rows come from.
-                    rows = TeacherRows([f.to(_row_dtype(c)).clone() for (f, _), c in zip(outs, s.caches)],
-                                       [lg.float().clone() for _, lg in outs])
-                loss, parts, logits = step(batch, epoch, rows=rows, x=x)
+                loss, parts, logits = t.run_step(batch, epoch)
                 finite &= torch.isfinite(loss.detach()).all()  # no host sync: read where the loop syncs anyway
                 real = len(batch) - batch.num_noise
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
