@@ -18,10 +18,9 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import queue
-import shlex
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,6 @@ from featcache.cache.format import (
     CONTENT,
     CONTENT_DIGEST,
     block_field,
-    DEFAULT_SHARD_ROWS,
     FEATURE_DTYPES,
     FORMAT_VERSION,
     LOGITS_INDEX,
@@ -55,6 +53,7 @@ from featcache.cache.format import (
 from featcache.cache.store import CacheLock, CacheStore
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset, get_dataset
+from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import CacheError, CacheLockedError, ConfigError, DatasetError, StorageError, check_at_least, check_choice
 from featcache.locks import unwritable
 from featcache.hashing import file_sha256
@@ -63,80 +62,6 @@ from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, device_name, resolve_device, resolve_precision, use_cpu_threads
 from featcache.transforms import NoiseDataset, NoiseSpec, TransformSpec, default_transform
 from featcache.views import ViewDataset, ViewSpec, view_part
-
-
-@dataclass
-class ExtractConfig:
-    """Everything `featcache extract` takes; fields mirror the CLI flags."""
-
-    teacher: str
-    dataset: str = "synthetic"
-    data_root: Path | None = None
-    split: str = "train"
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None
-    num_classes: int | None = None
-    image_size: int | None = None
-    resize: int | None = None
-    resize_mode: str | None = None
-    batch_size: int = 128
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    dtype: str = "float16"
-    logits_dtype: str = "float32"
-    shard_rows: int = DEFAULT_SHARD_ROWS
-    noise: int = 0
-    noise_seed: int = 0
-    seed: int = 0
-    topk_logits: int | None = None  # store only each row's k largest logits and their classes
-    views: int = 1  # K > 1: also cache K-1 augmented views per sample (featcache.views)
-    view_policy: str | None = None  # rrc-flip, or pad-crop-flip (default for small pre-centred images: CIFAR)
-    view_seed: int = 0
-    blocks: list[str] = field(default_factory=list)  # intermediate modules whose pooled outputs are cached too
-    pool: int = 4  # block outputs are average-pooled to pool × pool
-    cache_dir: Path | None = None
-    force: bool = False
-    wait: bool = True
-    channels_last: bool = True
-
-    def command(self) -> str:
-        """The CLI command that reproduces this config (recorded in the manifest, shown in hints)."""
-        defaults = ExtractConfig(teacher=self.teacher)
-        args = ["featcache", "extract", "--teacher", self.teacher]
-        flags = {
-            "dataset": "--dataset",
-            "data_root": "--data-root",
-            "split": "--split",
-            "weights": "--weights",
-            "num_classes": "--num-classes",
-            "image_size": "--image-size",
-            "resize": "--resize",
-            "resize_mode": "--resize-mode",
-            "precision": "--precision",
-            "dtype": "--dtype",
-            "logits_dtype": "--logits-dtype",
-            "shard_rows": "--shard-rows",
-            "noise": "--noise",
-            "noise_seed": "--noise-seed",
-            "seed": "--seed",
-            "cache_dir": "--cache-dir",
-        }
-        for name, flag in flags.items():
-            value = getattr(self, name)
-            if value is not None and value != getattr(defaults, name):
-                args += [flag, str(value)]
-        if self.blocks:
-            args += ["--blocks", ",".join(self.blocks), "--pool", str(self.pool)]
-        if self.topk_logits:
-            args += ["--topk-logits", str(self.topk_logits)]
-        if self.views != 1:
-            args += ["--views", str(self.views), "--view-seed", str(self.view_seed)]
-            if self.view_policy:
-                args += ["--view-policy", self.view_policy]
-        for k, v in sorted(self.dataset_options.items()):
-            args += ["--dataset-opt", f"{k}={v}"]
-        return shlex.join(args)
 
 
 @dataclass

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from featcache.distill.trainer import LAST, SUMMARY, DistillConfig
-from featcache.extract import ExtractConfig
-from featcache.teach import TeacherConfig
+from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
+from featcache.rundir import LAST, SUMMARY
 from featcache.errors import ConfigError
+from featcache.flags import recipe_fields
 from featcache.progress import Reporter
 
 if sys.version_info >= (3, 11):
@@ -26,17 +26,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-_DISTILL_FIELDS = {f.name for f in fields(DistillConfig)} - {
-    "student", "dataset", "data_root", "dataset_options", "teachers", "method", "seed", "run_dir", "resume", "cache_dir",
-    "tag",
-}
-# Recipe tables accept every field of the stage's config except those the recipe itself sets (its dataset, its
-# teacher names, the run directory) and those of the machine it runs on (featcache run's --device / --workers):
-# a field added to ExtractConfig / TeacherConfig / DistillConfig is accepted by recipes without touching this file.
-# train.dataset_options: the teacher may be trained on a larger set of the same classes (e.g. more synthetic samples).
-_RECIPE_SETS = {"teacher", "dataset", "data_root", "weights", "cache_dir", "run_dir", "resume", "device", "workers"}
-_TRAIN_FIELDS = {f.name for f in fields(TeacherConfig)} - _RECIPE_SETS
-_EXTRACT_FIELDS = {f.name for f in fields(ExtractConfig)} - _RECIPE_SETS - {"split", "dataset_options", "force", "wait"}
+# What a recipe table may set is declared by each config field's Flag (featcache.config): everything but what the
+# recipe itself sets (its dataset, teacher names, run directories) and the machine it runs on (featcache run's
+# --device / --workers). A field added to a config is accepted here without touching this file.
+_DISTILL_FIELDS = recipe_fields(DistillConfig)
+_TRAIN_FIELDS = recipe_fields(TeacherConfig)
+_EXTRACT_FIELDS = recipe_fields(ExtractConfig)
 
 
 @dataclass

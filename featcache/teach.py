@@ -17,9 +17,7 @@ already in the torch hub cache and random ones otherwise (it never downloads), a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -37,6 +35,7 @@ from featcache.distill.trainer import (
     claim_run_dir,
     train,
 )
+from featcache.config import TeacherConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import ConfigError, WeightsError
 from featcache.extract import ExtractConfig, plan_extract
 from featcache.models.base import FeatureModel
@@ -163,32 +162,6 @@ class TeacherLoss(Method):
         logits = student(x)
         loss = xent(logits, y)
         return loss, {"xent": loss.detach()}, logits
-
-
-@dataclass
-class TeacherConfig:
-    """Everything `featcache train-teacher` takes; fields mirror the CLI flags."""
-
-    teacher: str
-    dataset: str = "synthetic"
-    data_root: Path | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    init: str = "auto"
-    image_size: int | None = None
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float | None = None  # default: 1e-4 from ImageNet weights, 1e-3 from scratch
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    augment: str = "flip"
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    run_dir: Path | None = None
-    resume: bool = False
-    classes: Path | list[str] | None = None  # train on these classes only (a class-subset file or names)
 
 
 def _run_config(tc: TeacherConfig, lr: float) -> DistillConfig:

@@ -154,6 +154,7 @@ def test_report_groups_seeds_and_writes_markdown_and_png(tmp_path):
 
 def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path):
     from featcache import cli
+    from featcache.cli.tables import print_rows
 
     for seed, acc in enumerate((0.5917, 0.3200, 0.6975)):
         _fake_run(tmp_path, f"s{seed}", [0.25, acc], seed=seed, method="ts-translator",
@@ -162,7 +163,7 @@ def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path):
         width = cli.out.width
         cli.out.width = 80
         try:
-            cli._print_rows(build_rows([load_record(tmp_path / f"s{i}") for i in range(3)]), "narrow")
+            print_rows(build_rows([load_record(tmp_path / f"s{i}") for i in range(3)]), "narrow")
         finally:
             cli.out.width = width
     text = cap.get()

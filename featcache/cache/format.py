@@ -61,7 +61,7 @@ def block_field(name: str) -> str:
     return BLOCK_PREFIX + name
 
 FEATURE_DTYPES = ("float16", "float32")
-DEFAULT_SHARD_ROWS = 4096
+from featcache.config import DEFAULT_SHARD_ROWS  # noqa: E402,F401 - the default lives with extract's options
 
 _SHARD_RE = re.compile(r"^(data|noise|view\d+)-(\d{5})\.h5$")  # viewK: augmented view K (extract --views)
 

@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +36,7 @@ from featcache.datasets.base import check_disjoint
 from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
 from featcache.distill.resolve import resolve_teachers
+from featcache.config import DistillConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import ConfigError, FeatcacheError, RunLockedError, check_at_least, check_choice
 from featcache.locks import LOCK_FILE, DirLock
 from featcache.progress import Reporter
@@ -47,83 +48,6 @@ from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_trans
 OPTIMIZERS = ("adam", "adamw", "sgd")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 SCHEDULES = ("cosine", "step", "none")
-
-
-@dataclass
-class DistillConfig:
-    """Everything `featcache distill` takes; fields mirror the CLI flags."""
-
-    student: str = "mobilenetv3"
-    dataset: str = "synthetic"
-    data_root: Path | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    teachers: list[str] = field(default_factory=list)
-    method: str | None = None  # default: "ts" with a teacher, "ce" without
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    translator_lr: float | None = None
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    step_size: int = 50
-    gamma: float = 0.1
-    lambda_xent: float = 1.0
-    lambda_mse: float = 1.0
-    lambda_kd: float = 1.0
-    temperature: float = 4.0
-    translator: str = "linear"
-    hint_epochs: int | None = None
-    feature_dim: int | None = None
-    small_input: bool | None = None
-    image_size: int | None = None
-    augment: str = "none"
-    allow_inconsistent: bool = False
-    noise_per_batch: int = 0
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-    workers: int | None = None
-    cache_dir: Path | None = None
-    cache_ram: str = "auto"
-    cache_mode: str = "auto"
-    shuffle: str = "auto"
-    run_dir: Path | None = None
-    resume: bool = False
-    channels_last: bool = True
-    # Images, labels and rows held on the device; None = auto: on the CPU when the split fits (see resident_default).
-    resident: bool | None = None
-    compile: str = "none"  # torch.compile mode of the training step: none, default, reduce-overhead, max-autotune
-    unlabeled: bool = False  # train without reading the training labels (aka always does)
-    aka_dim: int | None = None
-    tag: str = ""  # a label for reports, e.g. "noise" (pipelines name run directories with it)
-    classes: list[str] | None = None  # the student's head covers these classes only (an aka component net)
-    student_blocks: list[str] = field(default_factory=list)  # aka: student body modules matched to cached blocks
-    views: bool = True  # replay the caches' augmented views when they have them (extract --views)
-    content_check: str = "sample"  # re-hash a sample (or all, "full"; or "off") of the images against the caches
-    # Run the caches' teachers on every batch instead of reading their rows: the losslessness comparison only (it
-    # costs what the cache saves); the caches still name the teachers and are checked against the dataset.
-    online: bool = False
-
-    def resolved_method(self) -> str:
-        return self.method or ("ts" if self.teachers else "ce")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
-        known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        for k in ("data_root", "cache_dir", "run_dir"):
-            if d.get(k) is not None:
-                d[k] = Path(d[k])
-        return cls(**d)
 
 
 @dataclass

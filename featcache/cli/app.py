@@ -1,0 +1,78 @@
+"""The `featcache` app, its consoles and the one error policy of every command.
+
+User mistakes (FeatcacheError) print ``error: <one line>`` and exit with status 2; set FEATCACHE_DEBUG=1 for the
+traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from featcache.errors import ConfigError, FeatcacheError
+from featcache.flags import parse_key_values as parse_options  # noqa: F401 - the commands' -o parser
+
+app = typer.Typer(
+    help="Run a teacher once, cache its features, distil many students from the cache.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+cache_app = typer.Typer(help="List, inspect, verify and remove feature caches.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+bench_app = typer.Typer(help="Measure throughput against its limit on this machine.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn FeatcacheError into one red line and exit status 2 (the huggingface_hub CLI pattern)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FeatcacheError as exc:
+            if os.environ.get("FEATCACHE_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]: re-run the same command to resume where it stopped")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def main_rank() -> bool:
+    """False on ranks other than 0 of a torchrun job (they stay quiet)."""
+    from featcache import distributed
+
+    return distributed.context().is_main
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def write_json(path: Path | None, obj: Any) -> None:
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(obj, indent=2) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"--json-out {path}: cannot write it ({exc.strerror or exc})") from None

@@ -1,0 +1,210 @@
+"""`featcache bench extract|distill|join|trust`: throughput next to its limit, as tables and JSON."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from featcache.cli.app import bench_app, err, out, parse_options, user_errors, write_json
+from featcache.errors import ConfigError
+
+
+@bench_app.command("extract")
+@user_errors
+def bench_extract_cmd(
+    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50); one row each."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    split: str = typer.Option("train", "--split"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    weights: str = typer.Option("random", "--weights", "-w", help="Weights do not change the speed; random needs no files."),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(256, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    iters: int = typer.Option(20, "--iters", help="Timed forward iterations for the limit (at least 3 s of them)."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds of forward + extract; medians are shown."),
+    min_seconds: float = typer.Option(3.0, "--min-seconds", help="Time the bare forward for at least this long."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
+) -> None:
+    """Extract images/s vs the bare teacher forward pass (same batch, precision, threads), in one process."""
+    from featcache.bench import bench_extract
+    from featcache.extract import ExtractConfig
+    from featcache.progress import RichReporter
+
+    results = []
+    for name in teacher or ["resnet50"]:
+        config = ExtractConfig(
+            teacher=name, dataset=dataset, data_root=data_root, split=split,
+            dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
+            batch_size=batch_size, workers=workers, device=device, precision=precision,
+        )
+        results.append(bench_extract(config, iters=iters, rounds=rounds, min_seconds=min_seconds, reporter=RichReporter(err, transient=True)))
+    r0 = results[0]
+    table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, batch {r0['batch_size']}, "
+                        f"{r0['precision']}, {r0['workers']} workers, {r0['threads']} threads; median of {r0['rounds']} "
+                        f"rounds, load {' → '.join(str(x) for x in r0['load_1min'])}", title_justify="left")
+    for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode"):
+        table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
+    for r in results:
+        table.add_row(f"{r['teacher']}@{r['image_size']}", f"{r['forward_images_per_s']:,.0f}",
+                      f"{r['decode_images_per_s']:,.0f}", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}",
+                      f"{r['ratio_to_decode']:.2f}")
+    out.print(table)
+    write_json(json_out, results if len(results) > 1 else r0)
+
+
+@bench_app.command("distill")
+@user_errors
+def bench_distill_cmd(
+    student: str = typer.Option("mobilenetv3", "--student", "-s"),
+    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50; none: the student alone); extracted into a scratch store first (not timed)."),
+    method: str = typer.Option("ts", "--method", "-m", help="The method with one teacher (several: multi)."),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    weights: str = typer.Option("random", "--weights", "-w", help="Teacher weights; they do not change the speed."),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision"),
+    steps: int = typer.Option(50, "--steps", help="Timed training steps per setting and round."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
+    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (every setting once per round); medians are shown."),
+    resident: Optional[bool] = typer.Option(None, "--resident/--no-resident", help="Device-resident images and rows (default as distill's)."),
+    compile_mode: str = typer.Option("none", "--compile", help="torch.compile mode of the training step."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
+) -> None:
+    """Student training images/s and peak memory: a bare PyTorch loop (the limit) vs the student alone vs with
+    cached teacher rows vs with the teachers online, interleaved in one process."""
+    from featcache.bench import bench_distill
+    from featcache.distill.trainer import DistillConfig
+    from featcache.progress import RichReporter
+
+    config = DistillConfig(
+        student=student, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "--dataset-opt"),
+        method=method, image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
+        resident=resident, compile=compile_mode,
+    )
+    names = [] if teacher == ["none"] else list(teacher or ["resnet50"])
+    r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup, rounds=rounds,
+                      reporter=RichReporter(err, transient=True))
+    table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} @ {r['image_size']} px "
+                        f"on {r['dataset']}, {r['device']}, batch {r['batch_size']}, {r['precision']}"
+                        f"{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; median of {r['rounds']} "
+                        f"rounds, load {' → '.join(str(x) for x in r['load_1min'])}",
+                  title_justify="left")
+    cpu = r["device"] == "cpu"
+    bare_rate = r["results"].get("bare-student", {}).get("images_per_s")
+    if bare_rate:
+        table.caption = (f"vs bare loop: each setting / a plain PyTorch loop of its own student timed next to it in the "
+                         f"same round (the student alone's: {bare_rate:,.0f} img/s); online settings / the cached one's")
+    for col in ("setting", "images/s", "vs bare loop", "vs alone", "peak RSS" if cpu else "peak memory", "vs alone "):
+        table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
+    for key, x in r["results"].items():
+        if key.startswith("bare"):
+            continue  # each setting's limit: its ratio is in "vs bare loop"; the bare rates are in the JSON
+        if key == "student":
+            label = "student alone (ce)"
+        else:
+            kind, k = key.split("-")
+            who = " + ".join(names[: int(k)])
+            label = f"+ {who} {'cached' if kind == 'cached' else 'online'} ({r['methods'][key]})"
+        if key != "bare" and x["resident"]:
+            label += ", resident"
+        mem, ratio = (x["peak_rss_bytes"], x["rss_vs_student"]) if cpu else (x["peak_memory_bytes"], x["memory_vs_student"])
+        table.add_row(
+            label, f"{x['images_per_s']:,.0f}", f"{x['speed_vs_bare']:.3f}" if "speed_vs_bare" in x else "–",
+            f"{x['speed_vs_student']:.3f}",
+            f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a",
+            f"{ratio:.3f}" if ratio is not None else "n/a",
+        )
+    out.print(table)
+    write_json(json_out, r)
+
+
+@bench_app.command("join")
+@user_errors
+def bench_join_cmd(
+    rows: int = typer.Option(100_000, "--rows", help="Rows in the scratch cache."),
+    dim: int = typer.Option(2048, "--dim", help="Feature width (fp16)."),
+    classes: int = typer.Option(10, "--classes"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    pt_files: int = typer.Option(5000, "--pt-files", help="Per-sample .pt files written for that anchor."),
+    limit: float = typer.Option(20.0, "--limit", help="Seconds at most per method."),
+    scratch: Optional[Path] = typer.Option(None, "--scratch", help="Where to write the scratch files (default: the temp dir)."),
+    cold: bool = typer.Option(False, "--cold", help="Drop the shards from the page cache before each disk measurement."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out"),
+) -> None:
+    """Rows/s of the feature join (in RAM, out of core), each next to its limit (np.take, a sequential read), and
+    the naive peers (h5py fancy indexing, one .pt file per sample)."""
+    from featcache.bench import bench_join
+    from featcache.progress import RichReporter
+
+    r = bench_join(rows=rows, dim=dim, classes=classes, batch_size=batch_size, pt_files=pt_files, limit_s=limit,
+                   directory=scratch, cold=cold, reporter=RichReporter(err, transient=True))
+    table = Table(title=f"join: {r['rows']:,} rows of {r['dim']}-d fp16 + {r['classes']} fp32 logits "
+                        f"({r['table_bytes'] / 2**30:.2f} GiB), shuffled batches of {r['batch_size']}, "
+                        f"{'cold' if r['cold'] else 'warm'} page cache; load "
+                        f"{' → '.join(str(x) for x in r['load_1min'])}", title_justify="left")
+    for col in ("method", "rows/s", "vs its limit", "vs h5py fancy"):
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+    labels = {"ram": "featcache in-RAM table", "np_take": "  limit: np.take into a reused buffer",
+              "disk": "featcache out-of-core table", "sequential_read": "  limit: sequential read of the shards",
+              "h5py_fancy": "naive h5py fancy indexing", "pt_per_sample": "one .pt file per sample"}
+    for key, label in labels.items():
+        x = r["results"][key]
+        table.add_row(label, f"{x['rows_per_s']:,.0f}", f"{x['vs_limit']:.2f}" if "vs_limit" in x else "",
+                      f"{x['vs_h5py_fancy']:.2f}")
+    out.print(table)
+    if r["results"]["ram"].get("load_seconds") is not None:
+        out.print(f"loading the in-RAM table took {r['results']['ram']['load_seconds']:.2f} s")
+    write_json(json_out, r)
+
+
+@bench_app.command("trust")
+@user_errors
+def bench_trust_cmd(
+    teacher: str = typer.Option("resnet18", "--teacher", "-t"),
+    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
+    data_root: Optional[Path] = typer.Option(None, "--data-root"),
+    split: str = typer.Option("train", "--split"),
+    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
+    image_size: Optional[int] = typer.Option(None, "--image-size"),
+    batch_size: int = typer.Option(128, "--batch-size", "-b"),
+    workers: Optional[int] = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+    repeats: int = typer.Option(3, "--repeats", help="Timings per check (the median is shown)."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out"),
+) -> None:
+    """Cost of the trust checks (fingerprint, content re-check, shard hashes) as a fraction of the extract's time."""
+    from featcache.bench import bench_trust
+    from featcache.extract import ExtractConfig
+    from featcache.progress import RichReporter
+
+    if repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    config = ExtractConfig(
+        teacher=teacher, dataset=dataset, data_root=data_root, split=split, weights="random",
+        dataset_options=parse_options(dataset_opt, "--dataset-opt"), image_size=image_size, batch_size=batch_size,
+        workers=workers, device=device,
+    )
+    r = bench_trust(config, repeats=repeats, reporter=RichReporter(err, transient=True))
+    table = Table(title=f"trust checks on {r['dataset']} ({r['images']:,} images): extract of {r['teacher']}@"
+                        f"{r['image_size']} took {r['extract_seconds']:.1f} s on {r['device']}; median of "
+                        f"{r['repeats']}, load {r['load_1min']}", title_justify="left")
+    for col in ("check", "when", "seconds", "of the extract"):
+        table.add_column(col, justify="left" if col in ("check", "when") else "right")
+    when = {"fingerprint": "every extract/distill (stat of every file)",
+            "content_sample": f"every distill and reuse ({r['content_sample_rows']} files)",
+            "content_full": "distill --content-check full",
+            "shard_sha256": "first read of each shard per process"}
+    for key, x in r["results"].items():
+        table.add_row(key, when[key], f"{x['seconds']:.3f}", f"{x['fraction_of_extract']:.2%}")
+    out.print(table)
+    write_json(json_out, r)

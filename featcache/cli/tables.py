@@ -1,0 +1,35 @@
+"""Rich tables shared by several commands (results of runs, amalgamation tasks)."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.table import Table
+
+from featcache.cli.app import out
+
+
+def print_task_table(rows: list[dict], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for col in ("task", "classes", "source teacher(s)", "component", "target"):
+        table.add_column(col, justify="left" if col in ("task", "source teacher(s)") else "right")
+    for row in rows:
+        src = ", ".join(f"{100 * a:.2f}" for a in row["sources"].values()) or "—"
+        table.add_row(row["task"], str(row["classes"]), src, f"{100 * row['component']:.2f}", f"{100 * row['target']:.2f}")
+    out.print(table)
+
+
+def print_rows(rows, title: str) -> None:
+    from featcache.report import COLUMNS
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)  # no side borders: fits 80 columns
+    cells = [row.cells() for row in rows]
+    for col in COLUMNS:
+        numeric = col.endswith("%") or col in ("seeds", "epochs")
+        # On a narrow terminal the numbers wrap at their spaces ("59.17 ±" / "23.72") and the names stay whole:
+        # a truncated "convnet…" could be any of several models.
+        words = col.split() + [w for c in cells for w in (c[col].split() if numeric else [c[col]])]
+        width = max(len(w) for w in words)  # no word is ever cut
+        table.add_column(col, justify="right" if numeric else "left", min_width=width, no_wrap=not numeric)
+    for c in cells:
+        table.add_row(*(c[col] for col in COLUMNS))
+    out.print(table)
