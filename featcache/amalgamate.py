@@ -39,7 +39,8 @@ class AmalgamateConfig:
     run_dir: Path = Path("runs/amalgamate")
     device: str = "auto"
     workers: int | None = None
-    source_runs: dict[str, Path] = field(default_factory=dict)  # source cache key -> its train-teacher run (for the table)
+    # source cache key -> its train-teacher run (for the table)
+    source_runs: dict[str, Path] = field(default_factory=dict)
 
 
 def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:

@@ -51,7 +51,8 @@ def forward_rate(
     device = plan.device
     use_cpu_threads(device, config.workers if config.workers is not None else default_workers(device))
     teacher = create_teacher(
-        config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed, image_size=plan.transform.image_size
+        config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
+        image_size=plan.transform.image_size
     )
     model = teacher.model.to(device).eval()
     size = plan.transform.image_size
@@ -84,13 +85,13 @@ def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict
     import numpy as np
     from torch.utils.data import DataLoader
 
-    from featcache.extract import _Batches, _DigestedSamples
+    from featcache.extract import Batches, DigestedSamples
     from featcache.runtime import default_workers
 
     plan = plan_extract(config)
     n = len(plan.dataset) if max_images is None else min(len(plan.dataset), max_images)
     workers = config.workers if config.workers is not None else default_workers(plan.device)
-    source = _Batches(_DigestedSamples(plan.dataset, plan.transform.geometry()), np.arange(n), config.batch_size)
+    source = Batches(DigestedSamples(plan.dataset, plan.transform.geometry()), np.arange(n), config.batch_size)
     loader = DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=4 if workers > 0 else None)
     images, start = 0, time.perf_counter()
     for batch, *_ in loader:
@@ -188,7 +189,8 @@ def _timed_steps(parts, steps: int, warmup: int) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     parts.loader.close()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"images_per_s": timed_images / seconds, "seconds": seconds, "images": timed_images, "peak_memory_bytes": peak}
+    return {"images_per_s": timed_images / seconds, "seconds": seconds, "images": timed_images,
+            "peak_memory_bytes": peak}
 
 
 def _bare_steps(s, steps: int, warmup: int) -> dict[str, Any]:
@@ -196,7 +198,7 @@ def _bare_steps(s, steps: int, warmup: int) -> dict[str, Any]:
     step) on normalised images already in a tensor on the device; no loader, no method, no bookkeeping."""
     import copy
 
-    from featcache.distill.trainer import _make_optimizer
+    from featcache.distill.trainer import make_optimizer
 
     config, device = s.config, s.device
     model = copy.deepcopy(s.student).to(device).train()
@@ -206,7 +208,7 @@ def _bare_steps(s, steps: int, warmup: int) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, s.train.num_classes, (config.batch_size,), device=device)
-    opt = _make_optimizer(config.optimizer, model.parameters(), config.lr, config)
+    opt = make_optimizer(config.optimizer, model.parameters(), config.lr, config)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -222,8 +224,8 @@ def _bare_steps(s, steps: int, warmup: int) -> dict[str, Any]:
     _sync(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"images_per_s": steps * config.batch_size / seconds, "seconds": seconds, "images": steps * config.batch_size,
-            "peak_memory_bytes": peak}
+    return {"images_per_s": steps * config.batch_size / seconds, "seconds": seconds,
+            "images": steps * config.batch_size, "peak_memory_bytes": peak}
 
 
 def _median(values: list[float]) -> float:
@@ -474,7 +476,8 @@ def bench_join(*, rows: int = 100_000, dim: int = 2048, classes: int = 10, batch
         pt_dir.mkdir()
         table = cache.read_range(0, n_pt)
         for i in range(n_pt):
-            torch.save({"features": torch.from_numpy(table["features"][i]), "logits": torch.from_numpy(table["logits"][i])},
+            torch.save({"features": torch.from_numpy(table["features"][i]),
+                        "logits": torch.from_numpy(table["logits"][i])},
                        pt_dir / f"{i}.pt")
         pt_perm = rng.permutation(n_pt)
         pt_batches = [pt_perm[i : i + batch_size] for i in range(0, n_pt - batch_size + 1, batch_size)]
@@ -552,7 +555,7 @@ def bench_trust(config: ExtractConfig, *, repeats: int = 3, reporter: Reporter |
     of every sampled file), and the sha256 of every shard on first read, each timed ``repeats`` times (median)."""
     import os
 
-    from featcache.cache.reader import CONTENT_SAMPLE, FeatureCache, check_shard, _VERIFIED
+    from featcache.cache.reader import CONTENT_SAMPLE, FeatureCache, check_shard, forget_verified_shards
 
     reporter = reporter or Reporter()
     plan = plan_extract(config)
@@ -570,7 +573,7 @@ def bench_trust(config: ExtractConfig, *, repeats: int = 3, reporter: Reporter |
             results["content_full"] = _median_seconds(lambda: cache.check_content(ds, "full"), repeats)
 
             def hash_shards() -> None:
-                _VERIFIED.clear()
+                forget_verified_shards()
                 for shard in cache.manifest.shards:
                     check_shard(result.directory / shard.file, shard, cache.key, lambda: "")
 

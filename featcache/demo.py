@@ -61,4 +61,5 @@ def seed_gains(p: Pipeline) -> list[tuple[int, float, float]]:
     records = [load_record(d) for d in distill_runs(p)]
     best = {(r.method, r.seed): r.best_acc for r in records if r.finished}
     seeds = sorted({seed for _, seed in best})
-    return [(s, best[ALONE, s], best[WITH_TEACHER, s]) for s in seeds if (ALONE, s) in best and (WITH_TEACHER, s) in best]
+    return [(s, best[ALONE, s], best[WITH_TEACHER, s]) for s in seeds
+            if (ALONE, s) in best and (WITH_TEACHER, s) in best]

@@ -485,7 +485,7 @@ def _check_space(directory: Path, pending: dict[str, np.ndarray], writers: dict[
         )
 
 
-class _DigestedSamples(Dataset):
+class DigestedSamples(Dataset):
     """The split's samples, each with the content digest of the bytes it was decoded from (read once)."""
 
     def __init__(self, dataset: ImageDataset, geometry) -> None:
@@ -500,7 +500,7 @@ class _DigestedSamples(Dataset):
         return self.geometry(image), int(self.dataset.targets[index]), index, digest
 
 
-class _Batches(Dataset):
+class Batches(Dataset):
     """Batch ``k`` of ``rows`` of ``source``, assembled in one call (in a worker when there are workers): the images
     copied into one uint8 [B, 3, S, S] tensor as they are decoded, with labels, indices and any per-sample extras
     (content digests, augmentation parameters). The DataLoader's per-sample fetch and collate cost about 45 µs per
@@ -651,7 +651,7 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
     sources: list[tuple[str, Any, np.ndarray]] = []
     data_rows = _pending_rows(manifest, PART_DATA, shard_filter)
     if len(data_rows):
-        sources.append((PART_DATA, _DigestedSamples(plan.dataset, plan.transform.geometry()), data_rows))
+        sources.append((PART_DATA, DigestedSamples(plan.dataset, plan.transform.geometry()), data_rows))
     if plan.noise is not None:
         noise_rows = _pending_rows(manifest, PART_NOISE, shard_filter)
         if len(noise_rows):
@@ -672,7 +672,7 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
         with torch.inference_mode():
             for part, source, rows in sources:
                 loader = DataLoader(
-                    _Batches(source, rows, cfg.batch_size),
+                    Batches(source, rows, cfg.batch_size),
                     batch_size=None,
                     shuffle=False,
                     num_workers=workers,

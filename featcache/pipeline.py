@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,8 @@ def _expand(value: str) -> str:
 def _table(d: dict, key: str, where: str, kind=dict, default: Any = None) -> Any:
     value = d.get(key, default)
     if value is not None and not isinstance(value, kind):
-        raise ConfigError(f"{where}.{key}: expected {kind.__name__ if isinstance(kind, type) else 'a value'}, got {value!r}")
+        raise ConfigError(f"{where}.{key}: expected {kind.__name__ if isinstance(kind, type) else 'a value'}, "
+                          f"got {value!r}")
     return value
 
 
@@ -128,7 +129,8 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         raise ConfigError(f"{where}: [dataset] name {ds['name']!r}: choose one of {', '.join(dataset_names())}")
     root = data_root if data_root is not None else (Path(_expand(ds["data_root"])) if ds.get("data_root") else None)
     if root is not None and "$" in str(root):
-        raise ConfigError(f"{where}: [dataset] data_root {ds['data_root']!r} uses an unset variable; pass --data-root DIR")
+        raise ConfigError(f"{where}: [dataset] data_root {ds['data_root']!r} uses an unset variable; "
+                          "pass --data-root DIR")
 
     teachers: list[TeacherSpec] = []
     for i, t in enumerate(_table(data, "teachers", where, kind=list, default=[])):
@@ -153,7 +155,8 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         teachers.append(TeacherSpec(t.get("name", t["teacher"]), t["teacher"], weights, train, dict(extract)))
     names = [t.name for t in teachers]
     if len(set(names)) != len(names):
-        raise ConfigError(f"{where}: two [[teachers]] share the name {next(n for n in names if names.count(n) > 1)!r}; set 'name'")
+        raise ConfigError(f"{where}: two [[teachers]] share the name "
+                          f"{next(n for n in names if names.count(n) > 1)!r}; set 'name'")
 
     runs: list[DistillSpec] = []
     for i, d in enumerate(_table(data, "distill", where, kind=list, default=[])):
@@ -170,7 +173,8 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
                 raise ConfigError(f"{w}: unknown method {m!r}; choose one of {', '.join(METHODS)}")
         for t in d.get("teachers", []):
             if t not in names:
-                raise ConfigError(f"{w}: teacher {t!r} is not one of the recipe's [[teachers]] ({', '.join(names) or 'none'})")
+                raise ConfigError(f"{w}: teacher {t!r} is not one of the recipe's [[teachers]] "
+                                  f"({', '.join(names) or 'none'})")
         options = _table(d, "options", w, default={})
         _unknown(options, _DISTILL_FIELDS, f"{w}.options")
         seeds = d.get("seeds", [0])
@@ -271,9 +275,11 @@ def extract_config(p: Pipeline, t: TeacherSpec, cache_dir: Path | None, device: 
 
     opts = dict(t.extract)
     if _needs_noise(p, t) and not opts.get("noise"):
-        raise ConfigError(f"recipe {p.path}: a distill run uses noise_per_batch with teacher {t.name!r}; set its extract.noise")
-    return ExtractConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root, dataset_options=dict(p.dataset_options),
-                         weights=_teacher_weights(p, t), cache_dir=cache_dir, device=device, workers=workers, **opts)
+        raise ConfigError(f"recipe {p.path}: a distill run uses noise_per_batch with teacher {t.name!r}; "
+                          "set its extract.noise")
+    return ExtractConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root,
+                         dataset_options=dict(p.dataset_options), weights=_teacher_weights(p, t), cache_dir=cache_dir,
+                         device=device, workers=workers, **opts)
 
 
 @dataclass(frozen=True)
@@ -303,7 +309,8 @@ def distill_jobs(blocks: list[DistillSpec]):
                     yield DistillJob(student, method, teachers, seed, d)
 
 
-def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None) -> list[Stage]:
+def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
+         workers: int | None = None) -> list[Stage]:
     from featcache.extract import plan_extract
     from featcache.teach import TEACHER_FILE
 

@@ -140,7 +140,8 @@ def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:
 
 
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "| " + " | ".join("---:" if c.endswith("%") else "---" for c in COLUMNS) + " |"]
+    lines = ["| " + " | ".join(COLUMNS) + " |",
+             "| " + " | ".join("---:" if c.endswith("%") else "---" for c in COLUMNS) + " |"]
     for row in rows:
         cells = row.cells()
         lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")

@@ -77,7 +77,8 @@ def use_cpu_threads(device: torch.device, workers: int) -> int:
         if explicit is not None and not (explicit.isdigit() and int(explicit) > 0):
             raise ConfigError(f"FEATCACHE_THREADS={explicit!r}: expected a whole number of threads >= 1 (or unset it)")
         explicit = explicit or os.environ.get("OMP_NUM_THREADS")
-        threads = int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0 else max(1, cpu_cores() - workers)
+        threads = (int(explicit) if explicit and explicit.isdigit() and int(explicit) > 0
+                   else max(1, cpu_cores() - workers))
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return torch.get_num_threads()

@@ -73,7 +73,8 @@ class TransformSpec:
         return cls(**d)
 
     def describe(self) -> str:
-        crop = f", centre crop {self.image_size}" if self.resize != self.image_size or self.resize_mode == "shorter" else ""
+        crop = (f", centre crop {self.image_size}" if self.resize != self.image_size or self.resize_mode == "shorter"
+                else "")
         how = f"shorter side to {self.resize}" if self.resize_mode == "shorter" else f"{self.resize}x{self.resize}"
         return f"resize {how} ({self.interpolation}){crop}"
 

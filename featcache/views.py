@@ -108,7 +108,8 @@ def apply_view(image: torch.Tensor, params: np.ndarray, spec: ViewSpec, transfor
 
 
 class ViewDataset(Dataset):
-    """Items (view image, label, index, aug params) of one view of an ImageDataset (extract's source for a view part)."""
+    """Items (view image, label, index, aug params) of one view of an ImageDataset (extract's source for a view
+    part)."""
 
     def __init__(self, dataset, spec: ViewSpec, view: int, transform: TransformSpec) -> None:
         self.dataset, self.spec, self.view, self.transform = dataset, spec, view, transform
@@ -119,4 +120,5 @@ class ViewDataset(Dataset):
     def __getitem__(self, i: int):
         raw = self.dataset.read_image(i)
         params = view_params(self.spec, self.view, i, raw.shape[-2], raw.shape[-1], self.transform.image_size)
-        return apply_view(raw, params, self.spec, self.transform), int(self.dataset.targets[i]), i, torch.from_numpy(params)
+        return (apply_view(raw, params, self.spec, self.transform), int(self.dataset.targets[i]), i,
+                torch.from_numpy(params))

@@ -43,7 +43,8 @@ def test_selection_routes_each_samples_loss_to_its_selected_teacher():
     expected = 0.0
     for n, t in ((0, 0), (1, 1)):
         a_s, a_t = m.fa_student[t](f_s[n]), m.fa_teacher[t](feats[t][n])
-        expected += (a_s - a_t).pow(2).mean() + fa_regulariser(m.fa_student[t].weight) + fa_regulariser(m.fa_teacher[t].weight)
+        expected += ((a_s - a_t).pow(2).mean() + fa_regulariser(m.fa_student[t].weight)
+                     + fa_regulariser(m.fa_teacher[t].weight))
         expected += (logits[n] - [sharp, flat][t][n]).pow(2).mean()
     assert loss.item() == pytest.approx(expected.item() / 2, rel=1e-5)
     assert set(parts) == {"transfer", "reg", "soft"}
@@ -165,6 +166,7 @@ def test_per_part_accuracy_of_teachers_and_student(part_teachers, tmp_path):
     assert bad.exit_code == 2 and "not covered" in bad.output
 
 
+@pytest.mark.slow
 def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_path, monkeypatch):
     """Source teachers (one per class part) → one component net per part → a target net over all classes."""
     from featcache.amalgamate import AmalgamateConfig, amalgamate
@@ -260,7 +262,8 @@ def test_aka_with_block_features(tmp_path):
     loader.close()
     assert [t.shape for t in batch.blocks[0]] == [(8, 32 * 4), (8, 64 * 4)]
     x = s.transform.normalizer()(batch.images, channels_last=False)
-    with_blocks, parts, _ = s.method.loss(s.student, x, None, TeacherRows(batch.features, batch.logits, batch.blocks), 0)
+    with_blocks, parts, _ = s.method.loss(s.student, x, None,
+                                          TeacherRows(batch.features, batch.logits, batch.blocks), 0)
     with_blocks.backward()
     assert s.method.fa_student_blocks[0][0].weight.grad is not None
     assert s.student.body.conv1.weight.grad.abs().sum() > 0

@@ -1,5 +1,6 @@
 """`featcache bench` runs at tiny sizes on CPU and reports sane fields (no timing assertions)."""
 
+import pytest
 import json
 
 from typer.testing import CliRunner
@@ -9,6 +10,7 @@ from featcache.cli import app
 from featcache.extract import ExtractConfig
 
 
+@pytest.mark.slow
 def test_bench_extract_reports_both_rates_and_their_ratio(tmp_path):
     cfg = ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic",
                         dataset_options={"num_train": 64, "num_test": 8}, image_size=32, batch_size=16, workers=0,
@@ -33,6 +35,7 @@ def test_bench_extract_cli_writes_json(tmp_path):
     assert json.loads(out.read_text())["benchmark"] == "extract"
 
 
+@pytest.mark.slow
 def test_bench_distill_times_every_setting(tmp_path):
     from featcache.bench import bench_distill
     from featcache.distill.trainer import DistillConfig
@@ -97,8 +100,8 @@ def test_random_cache_is_a_valid_cache(tmp_path):
 
 def test_bench_join_cli(tmp_path):
     out = tmp_path / "j.json"
-    r = CliRunner().invoke(app, ["bench", "join", "--rows", "256", "--dim", "8", "--pt-files", "64", "--batch-size", "32",
-                                 "--scratch", str(tmp_path), "--json-out", str(out)])
+    r = CliRunner().invoke(app, ["bench", "join", "--rows", "256", "--dim", "8", "--pt-files", "64",
+                                 "--batch-size", "32", "--scratch", str(tmp_path), "--json-out", str(out)])
     assert r.exit_code == 0, r.output
     assert "one .pt file per sample" in r.output and json.loads(out.read_text())["benchmark"] == "join"
     bad = CliRunner().invoke(app, ["bench", "join", "--rows", "10", "--batch-size", "32"])
@@ -117,6 +120,7 @@ def test_bench_trust_reports_every_check_against_the_extract(tmp_path):
     assert r["images"] == 40 and r["content_sample_rows"] == 40
 
 
+@pytest.mark.slow
 def test_gpu_bench_script_checks_its_prerequisites(tmp_path):
     """pipelines/gpu-bench.sh (issue 17) parses, and on a machine without CUDA stops with a one-line reason."""
     import os

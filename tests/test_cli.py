@@ -212,3 +212,11 @@ def test_extract_command_line_reproduces_its_config():
     # how and where it ran is not part of what it produced
     assert "--workers" not in line and "--cache-dir" not in line and "--no-wait" not in line
 
+
+
+def test_a_dataset_option_the_dataset_does_not_declare_is_one_line_naming_it_and_the_options():
+    r = invoke("extract", "-t", "resnet18", "-w", "random", "-o", "num_trian=50")
+    assert r.exit_code == 2, r.output
+    assert "'num_trian'" in r.output and "num_train" in r.output and "Traceback" not in r.output
+    r = invoke("datasets")
+    assert r.exit_code == 0 and "train_per_class" in r.output and "holdout" in r.output

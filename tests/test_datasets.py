@@ -158,6 +158,7 @@ def test_cifar_download_failure_is_one_line(tmp_path: Path, monkeypatch: pytest.
         get_dataset("cifar10", tmp_path, "train", download="yes")
 
 
+@pytest.mark.slow
 def test_real_cifar10_jpeg_tarball(cifar10_jpg_root: Path):
     train = get_dataset("cifar10", cifar10_jpg_root, "train")
     test = get_dataset("cifar10", cifar10_jpg_root, "test")
@@ -540,7 +541,8 @@ def test_folder_test_split_is_never_the_training_images(tmp_path: Path):
     _tree(tmp_path / "inet" / "val", per_class=1, seed=70)
     assert len(get_dataset("folder", tmp_path / "inet", "test")) == 2
     # An explicit test root.
-    assert len(get_dataset("folder", tmp_path / "only" / "imgs", "test", test_root=str(tmp_path / "both" / "test"))) == 4
+    assert len(get_dataset("folder", tmp_path / "only" / "imgs", "test",
+                           test_root=str(tmp_path / "both" / "test"))) == 4
     # A held-out fraction: disjoint, complementary, deterministic, recorded in params (so in the key).
     a = get_dataset("folder", tmp_path / "only" / "imgs", "train", holdout=0.25)
     b = get_dataset("folder", tmp_path / "only" / "imgs", "test", holdout=0.25)
@@ -618,6 +620,7 @@ def test_synthetic_colour_does_not_reveal_the_class(synthetic_arrays):
     assert _nearest_centroid(x.mean((2, 3)), y, xt.mean((2, 3)), yt) < 0.4
 
 
+@pytest.mark.slow
 def test_synthetic_is_learnable_by_a_tiny_cnn(synthetic_arrays):
     """A 3-layer CNN on per-image normalised pixels beats chance (10%) clearly within a few CPU seconds."""
     from torch import nn

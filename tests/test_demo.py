@@ -1,6 +1,7 @@
 """The demo: its wiring at a tiny scale, and — at full size — the claim it exists to show: the student with the
 cached teacher is ahead of the student alone on every seed (a few minutes on a 2-core CPU)."""
 
+import pytest
 from typer.testing import CliRunner
 
 from featcache.cli import app
@@ -12,6 +13,7 @@ from featcache.pipeline import run_pipeline
 MIN_GAIN = 0.05
 
 
+@pytest.mark.slow
 def test_demo_pipeline_runs_end_to_end_at_tiny_scale(tmp_path):
     p = demo_recipe(tmp_path / "demo", scale=0.05, seeds=(0,))
     result = run_pipeline(p, cache_dir=tmp_path / "demo" / "cache", device="cpu", workers=0, log=lambda m: None)
@@ -26,6 +28,7 @@ def test_demo_pipeline_runs_end_to_end_at_tiny_scale(tmp_path):
     assert seed == 0 and 0.0 <= alone <= 1.0 and 0.0 <= helped <= 1.0
 
 
+@pytest.mark.slow
 def test_demo_student_with_teacher_is_ahead_on_every_seed(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--runs-dir", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output

@@ -126,6 +126,7 @@ def test_every_method_trains_without_building_a_teacher(store, tmp_path, no_teac
 # -- learning, resume, eval ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_extract_then_distill_beats_chance(tmp_path, monkeypatch):
     """A tiny real run through the CLI: 10 synthetic classes, so chance is 10%."""
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
@@ -242,6 +243,7 @@ def test_cli_distill_errors_are_one_line(store, tmp_path):
     assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1, r.output
 
 
+@pytest.mark.slow
 def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
     """--resident trains from device-resident tensors; --compile wraps the loss in torch.compile (eager backend here:
     the compiler itself is torch's, exercised on GPUs)."""
@@ -249,7 +251,8 @@ def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
     host = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "host", shuffle="full", epochs=2, resident=False))
     resident = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "res", resident=True, epochs=2))
     assert resident.last_acc == host.last_acc  # same batches, same student: the same run
-    # Unset, --resident is chosen on the CPU (the split fits) and the choice is recorded; streaming flags keep streaming.
+    # Unset, --resident is chosen on the CPU (the split fits) and the choice is recorded; streaming flags keep
+    # streaming.
     auto = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "auto", epochs=2))
     assert auto.last_acc == host.last_acc
     assert json.loads((tmp_path / "auto" / CONFIG).read_text())["loader"].startswith("resident")

@@ -1,5 +1,6 @@
 """torchrun on CPU (gloo, 2 processes): extract and distill give what one process gives."""
 
+import pytest
 import json
 import os
 import subprocess
@@ -26,13 +27,15 @@ def torchrun(tmp_path, *args, port_offset=0):
     return r
 
 
+@pytest.mark.slow
 def test_torchrun_extract_equals_one_process(tmp_path):
-    args = ["extract", "--teacher", "resnet18", "--weights", "random", *DATA, "--image-size", "32", "--shard-rows", "16",
-            "--noise", "8", "--batch-size", "16"]
+    args = ["extract", "--teacher", "resnet18", "--weights", "random", *DATA, "--image-size", "32",
+            "--shard-rows", "16", "--noise", "8", "--batch-size", "16"]
     r = torchrun(tmp_path, *args)
     assert r.stdout.count("cache ") == 1  # only rank 0 speaks
     [entry] = CacheStore(tmp_path / "home").entries()
-    single = extract(ExtractConfig(teacher="resnet18", weights="random", dataset_options={"num_train": 96, "num_test": 16},
+    single = extract(ExtractConfig(teacher="resnet18", weights="random",
+                                   dataset_options={"num_train": 96, "num_test": 16},
                                    image_size=32, shard_rows=16, noise=8, batch_size=16, workers=0,
                                    cache_dir=tmp_path / "single"))
     assert entry.key == single.key and entry.manifest.complete and entry.manifest.timing["ranks"] == 2
@@ -45,6 +48,7 @@ def test_torchrun_extract_equals_one_process(tmp_path):
     assert entry.manifest.teacher_accuracy == single.manifest.teacher_accuracy
 
 
+@pytest.mark.slow
 def test_torchrun_distill_matches_one_process_with_the_global_batch(tmp_path):
     """DDP with batch B on each of 2 ranks takes the same steps as one process with batch 2B (mean losses)."""
     extract(ExtractConfig(teacher="resnet18", weights="random", dataset_options={"num_train": 96, "num_test": 16},

@@ -163,6 +163,7 @@ extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic",
 """
 
 
+@pytest.mark.slow
 def test_kill_9_mid_extract_then_resume(tmp_path):
     store = tmp_path / "store"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

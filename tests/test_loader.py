@@ -266,7 +266,8 @@ def test_device_augmentation_flips_and_crops_per_sample():
     # Every crop is a window of the zero-padded (possibly flipped) image.
     for i in range(2):
         padded = [torch.nn.functional.pad(v, (4, 4, 4, 4)) for v in (x[i], x[i].flip(2))]
-        assert any(torch.equal(crops[i], p[:, dy : dy + 8, dx : dx + 8]) for p in padded for dy in range(9) for dx in range(9))
+        assert any(torch.equal(crops[i], p[:, dy : dy + 8, dx : dx + 8])
+                   for p in padded for dy in range(9) for dx in range(9))
 
 
 def test_host_and_device_pad_crop_use_the_same_padding_at_any_size():

@@ -17,13 +17,15 @@ TINY = {
     "pipeline": {"name": "tiny"},
     "dataset": {"name": "synthetic", "options": {"num_train": 64, "num_test": 32, "num_classes": 4}},
     "teachers": [
-        {"teacher": "convnet", "train": {"epochs": 1, "init": "random", "batch_size": 32}, "extract": {"image_size": 32}},
+        {"teacher": "convnet", "train": {"epochs": 1, "init": "random", "batch_size": 32},
+         "extract": {"image_size": 32}},
         {"name": "r18", "teacher": "resnet18", "weights": "random", "extract": {"image_size": 32, "noise": 8}},
     ],
     "distill": [
         {"students": ["lenet5"], "methods": ["ce", "kd"], "teachers": ["convnet"], "seeds": [0, 1],
          "options": {"epochs": 2, "batch_size": 32}},
-        {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"], "options": {"epochs": 1, "batch_size": 32, "noise_per_batch": 4}},
+        {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"],
+         "options": {"epochs": 1, "batch_size": 32, "noise_per_batch": 4}},
     ],
     "report": {"title": "tiny", "plot": "curves.png"},
 }
@@ -35,13 +37,15 @@ def tiny(tmp_path, **changes):
     return parse_pipeline(data, runs_dir=tmp_path / "runs")
 
 
+@pytest.mark.slow
 def test_recipe_runs_then_skips_everything_it_has_done(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     p = tiny(tmp_path)
     first = plan(p, workers=0)
     assert [(s.kind, s.state) for s in first] == [
         ("teacher", "run"), ("extract", "waits"), ("extract", "run"),
-        ("distill", "run"), ("distill", "run"), ("distill", "run"), ("distill", "run"), ("distill", "run"), ("report", "run"),
+        ("distill", "run"), ("distill", "run"), ("distill", "run"), ("distill", "run"), ("distill", "run"),
+        ("report", "run"),
     ]
     logs = []
     result = run_pipeline(p, workers=0, log=logs.append)
@@ -56,7 +60,8 @@ def test_recipe_runs_then_skips_everything_it_has_done(tmp_path, monkeypatch):
     assert all(s.state == "done" for s in second if s.kind != "report")
     logs.clear()
     run_pipeline(p, workers=0, log=logs.append)
-    assert all(" reused" in m for m in logs if m.startswith("[extract]")) and not any(m.startswith("[distill]") for m in logs)
+    assert (all(" reused" in m for m in logs if m.startswith("[extract]"))
+            and not any(m.startswith("[distill]") for m in logs))
 
 
 def test_interrupted_runs_resume(tmp_path, monkeypatch):
@@ -127,7 +132,8 @@ def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), 
     cfg = {"config": {"student": student, "dataset": "synthetic", "seed": seed, "method": method},
            "method": method, "teachers": [{"key": f"{t}-k", "teacher": t} for t in teachers]}
     (d / "config.json").write_text(json.dumps(cfg))
-    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n" for i, a in enumerate(accs)))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n"
+                                             for i, a in enumerate(accs)))
     if finished:
         (d / "summary.json").write_text(json.dumps({"epochs": len(accs)}))
     return d
@@ -271,8 +277,10 @@ def test_recipe_with_class_parts_and_amalgamation(tmp_path, monkeypatch):
 
 def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
-    text = AKA_RECIPE.replace('extract = {image_size = 32}', 'extract = {image_size = 32, blocks = ["body.5", "body.12"], pool = 2}')
-    text = text.replace('options = {batch_size = 16}', 'options = {batch_size = 16, student_blocks = ["conv1", "conv2"]}')
+    text = AKA_RECIPE.replace('extract = {image_size = 32}',
+                              'extract = {image_size = 32, blocks = ["body.5", "body.12"], pool = 2}')
+    text = text.replace('options = {batch_size = 16}',
+                        'options = {batch_size = 16, student_blocks = ["conv1", "conv2"]}')
     recipe = tmp_path / "aka.toml"
     recipe.write_text(text)
     p = load_pipeline(recipe, runs_dir=tmp_path / "runs")
@@ -281,7 +289,8 @@ def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
     from featcache.cache import CacheStore
 
     components = [e for e in CacheStore(tmp_path / "home").entries() if e.manifest.teacher.name == "run"]
-    assert len(components) == 2 and all([b["name"] for b in e.manifest.blocks] == ["conv1", "conv2"] for e in components)
+    assert len(components) == 2 and all([b["name"] for b in e.manifest.blocks] == ["conv1", "conv2"]
+                                        for e in components)
 
 
 def test_recipe_teacher_reusing_trained_weights_with_views(tmp_path, monkeypatch):
@@ -292,7 +301,8 @@ def test_recipe_teacher_reusing_trained_weights_with_views(tmp_path, monkeypatch
          "extract": {"image_size": 32}},
         {"name": "c-views", "teacher": "convnet", "weights": "teacher:c", "extract": {"image_size": 32, "views": 2}},
     ]
-    data["distill"] = [{"students": ["lenet5"], "methods": ["ts"], "teachers": ["c-views"], "options": {"epochs": 1, "batch_size": 32}}]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["ts"], "teachers": ["c-views"],
+                        "options": {"epochs": 1, "batch_size": 32}}]
     p = parse_pipeline(data, runs_dir=tmp_path / "runs")
     assert [s.state for s in plan(p, workers=0) if s.kind == "extract"] == ["waits", "waits"]
     run_pipeline(p, workers=0, log=lambda m: None)

@@ -13,7 +13,8 @@ from featcache.errors import ConfigError, ModelError
 from featcache.models.students import FCLayer, Student, create_student, list_students
 from featcache.models.translators import LinearTranslator, UpsampleTranslator, make_translator
 
-STUDENTS = ["alexnet", "convnet_small", "inceptionv3", "lenet5", "mobilenetv2", "mobilenetv3", "mobilenetv3_small", "resnet18"]
+STUDENTS = ["alexnet", "convnet_small", "inceptionv3", "lenet5", "mobilenetv2", "mobilenetv3", "mobilenetv3_small",
+            "resnet18"]
 C = 10
 
 # name -> (body_dim, native layer widths) of the small-input variant (32 px) and of the full one (at FULL_SIZE).

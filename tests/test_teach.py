@@ -15,6 +15,7 @@ from featcache.teach import TeacherConfig, TeacherLoss, build_classifier, rankin
 SYN = {"num_train": 96, "num_test": 32}
 
 
+@pytest.mark.slow
 def test_train_teacher_then_extract_with_its_weights(tmp_path):
     tc = TeacherConfig(teacher="resnet18", dataset_options=dict(SYN), init="random", image_size=32, epochs=2,
                        batch_size=32, workers=0, run_dir=tmp_path / "t")

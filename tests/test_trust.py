@@ -182,7 +182,8 @@ def test_a_shard_is_hashed_once_per_process(home, tree, monkeypatch):
 
     key = extract_key(home, "--data-root", tree / "train")
     calls = []
-    monkeypatch.setattr(reader, "file_sha256", lambda p: calls.append(p) or __import__("featcache.hashing").hashing.file_sha256(p))
+    monkeypatch.setattr(reader, "file_sha256",
+                        lambda p: calls.append(p) or __import__("featcache.hashing").hashing.file_sha256(p))
     reader._VERIFIED.clear()
     for _ in range(2):
         with CacheStore(home).open(key) as cache:
@@ -252,6 +253,7 @@ def test_extract_refuses_non_finite_teacher_rows(home, tmp_path, monkeypatch):
 
 
 # -- 5. one process per run directory --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_distills_in_one_run_dir(home, tree, tmp_path):
     from featcache.locks import DirLock
 
@@ -309,6 +311,7 @@ SYN_EXTRACT = ("--teacher", "resnet18", "--weights", "random", "--dataset", "syn
                "--image-size", "32", "--workers", "0")
 
 
+@pytest.mark.slow
 def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import errno
 
@@ -436,6 +439,7 @@ def _syn_run(tmp_path: Path, run: Path, *extra: str):
                   "--method", "ce", "--run-dir", run, *extra)
 
 
+@pytest.mark.slow
 def test_truncated_checkpoints_and_torn_metrics(home, tmp_path):
     run = tmp_path / "run"
     assert _syn_run(tmp_path, run, "--epochs", "3").exit_code == 0
@@ -475,6 +479,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return full
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("when", ["mid-epoch", "after-checkpoint"])
 def test_kill_9_during_distill_resumes_bit_exact(home, tmp_path, when, uninterrupted):
     import signal

@@ -99,7 +99,8 @@ def test_distill_replays_one_cached_view_per_sample_per_epoch(view_cache):
                 part = "data" if v == 0 else f"view{v}"
                 assert torch.equal(batch.features[0][j], torch.from_numpy(tables[part]["features"][i]))
                 raw = ds.read_image(i)
-                expected = transform.geometry()(raw) if v == 0 else apply_view(raw, tables[part][AUG_FIELD][i], spec, transform)
+                expected = (transform.geometry()(raw) if v == 0
+                            else apply_view(raw, tables[part][AUG_FIELD][i], spec, transform))
                 assert torch.equal(batch.images[j], expected)  # the student sees the teacher's pixels
     loader.close()
     assert seen_views == {0, 1, 2}
@@ -152,6 +153,7 @@ def test_topk_logits_are_stored_compactly_and_joined_densely(tmp_path):
         batch = next(iter(loader))
         loader.close()
         assert batch.logits[0].shape == (16, 10)
-        assert torch.equal(batch.logits[0].argmax(1), torch.from_numpy(kept[LOGITS_INDEX][batch.index.numpy(), 0]).long())
+        assert torch.equal(batch.logits[0].argmax(1),
+                           torch.from_numpy(kept[LOGITS_INDEX][batch.index.numpy(), 0]).long())
     with pytest.raises(ConfigError, match="--topk-logits"):
         extract(cfg(tmp_path, views=1, topk_logits=11))

@@ -6,8 +6,8 @@ Public API::
 """
 
 from featcache.cache.format import FORMAT_VERSION, Manifest, ShardInfo, TeacherInfo
-from featcache.cache.reader import FeatureCache, open_cache
-from featcache.cache.store import CacheEntry, CacheLock, CacheStore, VerifyReport, default_cache_dir
+from featcache.cache.reader import FeatureCache
+from featcache.cache.store import CacheEntry, CacheLock, CacheStore, VerifyReport, default_cache_dir, open_cache
 
 __all__ = [
     "FORMAT_VERSION",

@@ -151,7 +151,8 @@ class FeatureCache:
             pass
 
     # -- reads ------------------------------------------------------------------------------------------------
-    def _empty(self, n: int, fields: Iterable[str]) -> dict[str, np.ndarray]:
+    def empty_rows(self, n: int, fields: Iterable[str]) -> dict[str, np.ndarray]:
+        """Uninitialised arrays for ``n`` rows of ``fields`` in the stored dtypes (reused as gather buffers)."""
         m = self.manifest
         shapes = {
             FEATURES: ((n, m.teacher.num_features), m.dtype),
@@ -177,7 +178,7 @@ class FeatureCache:
         if len(idx) and (idx.min() < 0 or idx.max() >= n_rows):
             raise IndexError(f"cache {self.key} part {part!r} has {n_rows} rows; asked for {idx.min()}..{idx.max()}")
         uniq, inverse = np.unique(idx, return_inverse=True)  # sorted and unique, as h5py requires
-        out = self._empty(len(uniq), fields)
+        out = self.empty_rows(len(uniq), fields)
         shards = self._shards[part]
         which = np.searchsorted(self._starts[part], uniq, side="right") - 1
         cuts = np.flatnonzero(np.diff(which)) + 1
@@ -202,7 +203,7 @@ class FeatureCache:
         self, start: int, stop: int, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS
     ) -> dict[str, np.ndarray]:
         """Rows [start, stop) as contiguous hyperslab reads."""
-        out = self._empty(stop - start, fields)
+        out = self.empty_rows(stop - start, fields)
         self.read_range_into(start, stop, out, 0, part=part)
         return out
 
@@ -331,6 +332,12 @@ _VERIFIED: set[tuple[str, int, int, int]] = set()
 _VERIFIED_LOCK = threading.Lock()
 
 
+def forget_verified_shards() -> None:
+    """Make the next read of every shard hash it again (bench trust times that first read)."""
+    with _VERIFIED_LOCK:
+        _VERIFIED.clear()
+
+
 def check_shard(path: Path, shard: ShardInfo, key: str, hint: Callable[[], str]) -> None:
     """Refuse a shard whose size differs from the manifest (always) or whose sha256 does (the first time this
     process reads it): a cached row is what the extract wrote, or an error naming the key and the repair."""
@@ -364,13 +371,3 @@ def _one_line(exc: BaseException) -> str:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 24 else text[:21] + "..."
-
-
-def open_cache(key_or_path: str | Path, cache_dir: str | Path | None = None) -> FeatureCache:
-    """Open a complete cache by key (or unique key prefix) in the store, or by directory path."""
-    path = Path(key_or_path).expanduser()
-    if (path / "manifest.json").is_file():
-        return FeatureCache(path)
-    from featcache.cache.store import CacheStore
-
-    return CacheStore(cache_dir).open(str(key_or_path))

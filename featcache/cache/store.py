@@ -130,8 +130,8 @@ class CacheStore:
     def open(self, key: str) -> FeatureCache:
         full = self.resolve(key)
         if not (self.path(full) / MANIFEST).is_file():
-            raise CacheError(f"cache {full} has lost its manifest.json, so its shards cannot be trusted; remove it with "
-                             f"`featcache cache rm {full}` and extract again")
+            raise CacheError(f"cache {full} has lost its manifest.json, so its shards cannot be trusted; remove it "
+                             f"with `featcache cache rm {full}` and extract again")
         return FeatureCache(self.path(full))
 
     def find(
@@ -242,3 +242,11 @@ def _check_shapes(path: Path, rows: int, dim: int, classes: int) -> str | None:
     except OSError as exc:
         return f"HDF5 cannot open it ({exc})"
     return None
+
+
+def open_cache(key_or_path: str | Path, cache_dir: str | Path | None = None) -> FeatureCache:
+    """Open a complete cache by key (or unique key prefix) in the store, or by directory path."""
+    path = Path(key_or_path).expanduser()
+    if (path / MANIFEST).is_file():
+        return FeatureCache(path)
+    return CacheStore(cache_dir).open(str(key_or_path))

@@ -84,7 +84,8 @@ class PartWriter:
         t = self.manifest.teacher
         # Contiguous, unchunked, unfiltered: the fastest layout for the sorted fancy reads of the joined loader.
         f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
-        f.create_dataset(LOGITS, shape=(n, self.manifest.topk_logits or t.num_classes), dtype=self.manifest.logits_dtype)
+        f.create_dataset(LOGITS, shape=(n, self.manifest.topk_logits or t.num_classes),
+                         dtype=self.manifest.logits_dtype)
         f.create_dataset(INDEX, shape=(n,), dtype="int64")
         for name, (dim, dtype) in self.extra_fields().items():
             f.create_dataset(name, shape=(n,) if dim is None else (n, dim), dtype=dtype)

@@ -15,12 +15,14 @@ from featcache.errors import ConfigError
 @bench_app.command("extract")
 @user_errors
 def bench_extract_cmd(
-    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50); one row each."),
+    teacher: Optional[List[str]] = typer.Option(
+        None, "--teacher", "-t", help="Repeat for several (default resnet50); one row each."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     split: str = typer.Option("train", "--split"),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
-    weights: str = typer.Option("random", "--weights", "-w", help="Weights do not change the speed; random needs no files."),
+    weights: str = typer.Option(
+        "random", "--weights", "-w", help="Weights do not change the speed; random needs no files."),
     image_size: Optional[int] = typer.Option(None, "--image-size"),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
     workers: Optional[int] = typer.Option(None, "--workers"),
@@ -43,11 +45,13 @@ def bench_extract_cmd(
             dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
             batch_size=batch_size, workers=workers, device=device, precision=precision,
         )
-        results.append(bench_extract(config, iters=iters, rounds=rounds, min_seconds=min_seconds, reporter=RichReporter(err, transient=True)))
+        results.append(bench_extract(config, iters=iters, rounds=rounds, min_seconds=min_seconds,
+                                     reporter=RichReporter(err, transient=True)))
     r0 = results[0]
-    table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, batch {r0['batch_size']}, "
-                        f"{r0['precision']}, {r0['workers']} workers, {r0['threads']} threads; median of {r0['rounds']} "
-                        f"rounds, load {' → '.join(str(x) for x in r0['load_1min'])}", title_justify="left")
+    table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, "
+                        f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, {r0['threads']} threads; "
+                        f"median of {r0['rounds']} rounds, load {' → '.join(str(x) for x in r0['load_1min'])}",
+                  title_justify="left")
     for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode"):
         table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
     for r in results:
@@ -62,7 +66,10 @@ def bench_extract_cmd(
 @user_errors
 def bench_distill_cmd(
     student: str = typer.Option("mobilenetv3", "--student", "-s"),
-    teacher: Optional[List[str]] = typer.Option(None, "--teacher", "-t", help="Repeat for several (default resnet50; none: the student alone); extracted into a scratch store first (not timed)."),
+    teacher: Optional[List[str]] = typer.Option(
+        None, "--teacher", "-t",
+        help="Repeat for several (default resnet50; none: the student alone); extracted into a scratch store first "
+             "(not timed)."),
     method: str = typer.Option("ts", "--method", "-m", help="The method with one teacher (several: multi)."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
@@ -75,8 +82,10 @@ def bench_distill_cmd(
     precision: str = typer.Option("auto", "--precision"),
     steps: int = typer.Option(50, "--steps", help="Timed training steps per setting and round."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
-    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds (every setting once per round); medians are shown."),
-    resident: Optional[bool] = typer.Option(None, "--resident/--no-resident", help="Device-resident images and rows (default as distill's)."),
+    rounds: int = typer.Option(
+        3, "--rounds", help="Interleaved rounds (every setting once per round); medians are shown."),
+    resident: Optional[bool] = typer.Option(
+        None, "--resident/--no-resident", help="Device-resident images and rows (default as distill's)."),
     compile_mode: str = typer.Option("none", "--compile", help="torch.compile mode of the training step."),
     json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
 ) -> None:
@@ -87,23 +96,25 @@ def bench_distill_cmd(
     from featcache.progress import RichReporter
 
     config = DistillConfig(
-        student=student, dataset=dataset, data_root=data_root, dataset_options=parse_options(dataset_opt, "--dataset-opt"),
-        method=method, image_size=image_size, batch_size=batch_size, workers=workers, device=device, precision=precision,
-        resident=resident, compile=compile_mode,
+        student=student, dataset=dataset, data_root=data_root,
+        dataset_options=parse_options(dataset_opt, "--dataset-opt"), method=method, image_size=image_size,
+        batch_size=batch_size, workers=workers, device=device, precision=precision, resident=resident,
+        compile=compile_mode,
     )
     names = [] if teacher == ["none"] else list(teacher or ["resnet50"])
     r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup, rounds=rounds,
                       reporter=RichReporter(err, transient=True))
-    table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} @ {r['image_size']} px "
-                        f"on {r['dataset']}, {r['device']}, batch {r['batch_size']}, {r['precision']}"
+    table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} "
+                        f"@ {r['image_size']} px on {r['dataset']}, {r['device']}, batch {r['batch_size']}, {r['precision']}"
                         f"{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; median of {r['rounds']} "
                         f"rounds, load {' → '.join(str(x) for x in r['load_1min'])}",
                   title_justify="left")
     cpu = r["device"] == "cpu"
     bare_rate = r["results"].get("bare-student", {}).get("images_per_s")
     if bare_rate:
-        table.caption = (f"vs bare loop: each setting / a plain PyTorch loop of its own student timed next to it in the "
-                         f"same round (the student alone's: {bare_rate:,.0f} img/s); online settings / the cached one's")
+        table.caption = (f"vs bare loop: each setting / a plain PyTorch loop of its own student timed next to it in "
+                         f"the same round (the student alone's: {bare_rate:,.0f} img/s); online settings / the "
+                         "cached one's")
     for col in ("setting", "images/s", "vs bare loop", "vs alone", "peak RSS" if cpu else "peak memory", "vs alone "):
         table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
     for key, x in r["results"].items():
@@ -117,7 +128,8 @@ def bench_distill_cmd(
             label = f"+ {who} {'cached' if kind == 'cached' else 'online'} ({r['methods'][key]})"
         if key != "bare" and x["resident"]:
             label += ", resident"
-        mem, ratio = (x["peak_rss_bytes"], x["rss_vs_student"]) if cpu else (x["peak_memory_bytes"], x["memory_vs_student"])
+        mem, ratio = ((x["peak_rss_bytes"], x["rss_vs_student"]) if cpu
+                      else (x["peak_memory_bytes"], x["memory_vs_student"]))
         table.add_row(
             label, f"{x['images_per_s']:,.0f}", f"{x['speed_vs_bare']:.3f}" if "speed_vs_bare" in x else "–",
             f"{x['speed_vs_student']:.3f}",
@@ -137,8 +149,10 @@ def bench_join_cmd(
     batch_size: int = typer.Option(128, "--batch-size", "-b"),
     pt_files: int = typer.Option(5000, "--pt-files", help="Per-sample .pt files written for that anchor."),
     limit: float = typer.Option(20.0, "--limit", help="Seconds at most per method."),
-    scratch: Optional[Path] = typer.Option(None, "--scratch", help="Where to write the scratch files (default: the temp dir)."),
-    cold: bool = typer.Option(False, "--cold", help="Drop the shards from the page cache before each disk measurement."),
+    scratch: Optional[Path] = typer.Option(
+        None, "--scratch", help="Where to write the scratch files (default: the temp dir)."),
+    cold: bool = typer.Option(
+        False, "--cold", help="Drop the shards from the page cache before each disk measurement."),
     json_out: Optional[Path] = typer.Option(None, "--json-out"),
 ) -> None:
     """Rows/s of the feature join (in RAM, out of core), each next to its limit (np.take, a sequential read), and

@@ -33,7 +33,8 @@ def cache_ls(
         for e in entries:
             m = e.manifest
             rows.append({"key": e.key, "status": e.status, "teacher": m.teacher.name if m else None,
-                         "dataset": m.dataset.get("name") if m else None, "split": m.dataset.get("split") if m else None,
+                         "dataset": m.dataset.get("name") if m else None,
+                         "split": m.dataset.get("split") if m else None,
                          "rows": m.rows if m else None, "bytes": m.total_bytes() if m else None})
         out.print_json(json.dumps(rows))
         return
@@ -42,7 +43,8 @@ def cache_ls(
         return
     table = Table(title=f"caches in {store.root}", title_justify="left")
     for col in ("key", "teacher", "dataset", "split", "rows", "dim", "size", "image", "status"):
-        table.add_column(col, justify="right" if col in ("rows", "dim", "size") else "left", overflow="fold" if col == "key" else "ellipsis")
+        table.add_column(col, justify="right" if col in ("rows", "dim", "size") else "left",
+                         overflow="fold" if col == "key" else "ellipsis")
     for e in entries:
         m = e.manifest
         if m is None:
@@ -51,7 +53,8 @@ def cache_ls(
         rows = f"{m.rows.get('data', 0):,}" + (f" +{m.rows['noise']:,}n" if m.rows.get("noise") else "")
         status = "[green]complete[/]" if m.complete else f"[yellow]{e.status}[/]"
         table.add_row(e.key, m.teacher.name, m.dataset.get("name", "?"), m.dataset.get("split", "?"), rows,
-                      str(m.teacher.num_features), human_bytes(m.total_bytes()), str(m.transform.get("image_size")), status)
+                      str(m.teacher.num_features), human_bytes(m.total_bytes()), str(m.transform.get("image_size")),
+                      status)
     out.print(table)
 
 

@@ -49,8 +49,13 @@ def students() -> None:
 @app.command()
 @user_errors
 def datasets() -> None:
-    """List the datasets `--dataset` accepts."""
-    from featcache.datasets import list_datasets
+    """List the datasets `--dataset` accepts and the options (`-o key=value`) each declares."""
+    from featcache.datasets import dataset_options, list_datasets
 
+    table = Table(title="datasets")
+    for col in ("name", "options (-o key=value; default)"):
+        table.add_column(col)
     for name in list_datasets():
-        out.print(name)
+        opts = dataset_options(name)
+        table.add_row(name, ", ".join(f"{k}={v}" for k, v in opts.items()) or "—")
+    out.print(table)

@@ -65,8 +65,8 @@ def extract(*, split_file: Path | None = None, download: bool = False, **values:
     m = result.manifest
     noise_part = f" + {result.noise_rows:,} noise" if result.noise_rows else ""
     if result.reused:
-        out.print(f"cache [bold]{result.key}[/] exists ({result.rows:,} rows{noise_part}, {human_bytes(result.bytes)}); "
-                  "nothing to do (--force to redo)", highlight=False)
+        out.print(f"cache [bold]{result.key}[/] exists ({result.rows:,} rows{noise_part}, "
+                  f"{human_bytes(result.bytes)}); nothing to do (--force to redo)", highlight=False)
         return
     acc = f" · teacher top-1 {m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else ""
     out.print(

@@ -18,7 +18,8 @@ from featcache.errors import ConfigError
 def report(
     runs: List[Path] = typer.Argument(..., help="Run directories, or directories holding runs (e.g. runs/)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Also write the table as markdown to this file."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a PNG of test accuracy per epoch (needs matplotlib)."),
+    plot: Optional[Path] = typer.Option(
+        None, "--plot", help="Write a PNG of test accuracy per epoch (needs matplotlib)."),
     title: Optional[str] = typer.Option(None, "--title"),
     per_seed: bool = typer.Option(False, "--per-seed", help="One row per run instead of mean ± std over seeds."),
 ) -> None:
@@ -57,7 +58,8 @@ def run_cmd(
 @app.command()
 @user_errors
 def demo(
-    runs_dir: Path = typer.Option(Path("runs/demo"), "--runs-dir", help="Where the demo's runs, cache, table and PNG go."),
+    runs_dir: Path = typer.Option(
+        Path("runs/demo"), "--runs-dir", help="Where the demo's runs, cache, table and PNG go."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Student seeds, comma-separated."),
     device: str = typer.Option("cpu", "--device", help="cpu by default: the demo is sized for a laptop CPU."),
     workers: Optional[int] = typer.Option(0, "--workers"),
@@ -99,11 +101,13 @@ def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run) -> dict:
     if dry_run:
         return {}
     result = run_pipeline(pipeline, cache_dir=cache_dir, device=device, workers=workers,
-                          reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False, markup=False))
+                          reporter=RichReporter(err, transient=True),
+                          log=lambda m: out.print(m, highlight=False, markup=False))
     if result.get("rows"):
         print_rows(result["rows"], pipeline.report.get("title", pipeline.name))
     if result.get("amalgamate"):
-        print_task_table(result["amalgamate"], f"amalgamation: per-task test accuracy (%) — {pipeline.runs_dir / 'amalgamate'}")
+        print_task_table(result["amalgamate"],
+                         f"amalgamation: per-task test accuracy (%) — {pipeline.runs_dir / 'amalgamate'}")
     for k in ("markdown", "plot"):
         if result.get(k):
             out.print(f"{k}: {result[k]}", highlight=False)

@@ -50,7 +50,8 @@ def train_teacher(*, split_file: Path | None = None, **values: Any) -> None:
     tc = config_from_cli(TeacherConfig, values, dataset_options=options)
     summary, path = train_teacher(tc, reporter=RichReporter(err, transient=True))
     out.print(summary.line(), highlight=False)
-    out.print(f"teacher weights: {path}  (featcache extract --teacher {tc.teacher} --weights {path} ...)", highlight=False)
+    out.print(f"teacher weights: {path}  (featcache extract --teacher {tc.teacher} --weights {path} ...)",
+              highlight=False)
 
 
 as_command(train_teacher, with_shortcuts(cli_parameters(TeacherConfig), SPLIT_FILE),
@@ -83,15 +84,20 @@ def split_classes_cmd(
 @app.command()
 @user_errors
 def amalgamate(
-    teacher: List[str] = typer.Option(..., "--teacher", "-t", help="Source teacher caches (NAME, KEY or NAME:KEY), repeatable."),
-    classes: List[Path] = typer.Option(..., "--classes", help="One file of class names per task (featcache split-classes), repeatable."),
-    student: str = typer.Option("resnet18", "--student", "-s", help="Architecture of the component nets and the target."),
-    component_student: Optional[str] = typer.Option(None, "--component-student", help="Component architecture (default --student)."),
+    teacher: List[str] = typer.Option(
+        ..., "--teacher", "-t", help="Source teacher caches (NAME, KEY or NAME:KEY), repeatable."),
+    classes: List[Path] = typer.Option(
+        ..., "--classes", help="One file of class names per task (featcache split-classes), repeatable."),
+    student: str = typer.Option(
+        "resnet18", "--student", "-s", help="Architecture of the component nets and the target."),
+    component_student: Optional[str] = typer.Option(
+        None, "--component-student", help="Component architecture (default --student)."),
     dataset: str = typer.Option("synthetic", "--dataset", "-d"),
     data_root: Optional[Path] = typer.Option(None, "--data-root"),
     dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
     epochs: int = typer.Option(30, "--epochs", help="Target-net epochs."),
-    component_epochs: Optional[int] = typer.Option(None, "--component-epochs", help="Component-net epochs (default --epochs)."),
+    component_epochs: Optional[int] = typer.Option(
+        None, "--component-epochs", help="Component-net epochs (default --epochs)."),
     batch_size: int = typer.Option(128, "--batch-size", "-b"),
     lr: float = typer.Option(1e-3, "--lr"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
@@ -109,7 +115,8 @@ def amalgamate(
         teachers=list(teacher), parts={p.stem: read_class_list(p) for p in classes}, student=student,
         component_student=component_student, dataset=dataset, data_root=data_root,
         dataset_options=parse_options(dataset_opt, "--dataset-opt"), epochs=epochs, component_epochs=component_epochs,
-        options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, run_dir=run_dir, device=device, workers=workers,
+        options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, run_dir=run_dir, device=device,
+        workers=workers,
     )
     r = run_amalgamate(cfg, reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False))
     print_task_table(r["table"], f"per-task test accuracy (%) — {run_dir}")
@@ -119,12 +126,14 @@ def amalgamate(
 def eval_cmd(
     run_dir: Path = typer.Argument(..., help="A distill run directory."),
     checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override the dataset location recorded in the run."),
+    data_root: Optional[Path] = typer.Option(
+        None, "--data-root", help="Override the dataset location recorded in the run."),
     device: str = typer.Option("auto", "--device"),
     batch_size: int = typer.Option(256, "--batch-size", "-b"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     as_json: bool = typer.Option(False, "--json"),
-    classes: Optional[List[Path]] = typer.Option(None, "--classes", help="Also report accuracy per class part (a file of class names; repeatable)."),
+    classes: Optional[List[Path]] = typer.Option(
+        None, "--classes", help="Also report accuracy per class part (a file of class names; repeatable)."),
 ) -> None:
     """Test accuracy (correct / total, Eq. 6 of the multi-teacher paper) of a run's checkpoint."""
     from featcache.datasets.base import read_class_list
@@ -141,5 +150,5 @@ def eval_cmd(
         out.print(f"{run_dir} ({checkpoint}, epoch {r['epoch']}): test accuracy {r['acc']:.2%} on {r['n']:,} images "
                   f"· test loss {r['loss']:.4f}", highlight=False)
         for name, ev in r.get("parts", {}).items():
-            out.print(f"  {name}: {ev['acc']:.2%} on {ev['n']:,} images (predicted among its {len(parts[name])} classes)",
-                      highlight=False)
+            out.print(f"  {name}: {ev['acc']:.2%} on {ev['n']:,} images "
+                      f"(predicted among its {len(parts[name])} classes)", highlight=False)

@@ -28,7 +28,8 @@ SPLITS = ("train", "test")
 
 # torchvision's libjpeg-turbo/libpng decoders are several times faster than PIL for this job. torchvision 0.29
 # deprecates them in favour of TorchCodec (warning on import/use); PIL remains the fallback if they disappear.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
+                        category=DeprecationWarning)
 try:
     from torchvision.io import ImageReadMode as _ImageReadMode
     from torchvision.io import decode_image as _decode_image

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featcache.datasets import register_dataset
+from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split
 from featcache.datasets.folder import FileListDataset, class_dirs, scan_class_tree
 from featcache.errors import DatasetError
@@ -211,7 +211,8 @@ def _build_pickle(pdir: Path, split: str, v: _Variant, cls: type[CifarArrayDatas
     params: dict[str, Any] = {"layout": "pickle"}
     if per_class is not None:
         keep = first_per_class(labels, per_class)
-        images, ids, labels, params["per_class"] = np.ascontiguousarray(images[keep]), ids[keep], labels[keep], per_class
+        images, ids, labels, params["per_class"] = (np.ascontiguousarray(images[keep]), ids[keep], labels[keep],
+                                                     per_class)
     return cls(
         images=images,
         split=split,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from featcache.datasets import register_dataset
+from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import check_split
 from featcache.datasets.folder import FileListDataset
 from featcache.errors import DatasetError

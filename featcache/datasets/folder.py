@@ -22,7 +22,7 @@ from typing import Sequence
 import numpy as np
 
 
-from featcache.datasets import register_dataset
+from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split
 from featcache.errors import DatasetError
 
@@ -168,7 +168,8 @@ def build_folder(root: Path | None, split: str, test_root: str | Path | None = N
     elif test_root is not None:
         tree, flag = Path(test_root).expanduser(), "-o test_root"
     else:
-        sibling = next((root.parent / t for t in TEST_DIRS if root.name == "train" and (root.parent / t).is_dir()), None)
+        sibling = next((root.parent / t for t in TEST_DIRS if root.name == "train" and (root.parent / t).is_dir()),
+                       None)
         if sibling is None:
             raise DatasetError(
                 f"folder: --data-root {root} is one class tree with no test split; point --data-root at a folder "

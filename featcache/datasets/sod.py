@@ -38,7 +38,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from featcache.datasets import register_dataset
+from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split, table_lines
 from featcache.datasets.folder import list_images
 from featcache.errors import DatasetError, FeatcacheError
@@ -237,7 +237,8 @@ def _looks_like_stanford(path: Path) -> bool:
 def _find_pet(root: Path | None, explicit: str | Path | None = None) -> tuple[Path, Path]:
     """(images dir, list.txt) of Oxford-IIIT Pet: ``-o pet_root=DIR`` (the folder holding images/ and
     annotations/), else looked for under --data-root."""
-    bases = [Path(explicit).expanduser()] if explicit is not None else [root / sub for sub in PET_SUBDIRS] if root else []
+    bases = ([Path(explicit).expanduser()] if explicit is not None
+             else [root / sub for sub in PET_SUBDIRS] if root else [])
     for base in bases:
         if (base / "images").is_dir() or (base / "annotations").is_dir() or explicit is not None:
             for p in (base / "images", base / "annotations" / "list.txt"):

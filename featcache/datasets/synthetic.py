@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from featcache.datasets import register_dataset
+from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split
 from featcache.errors import DatasetError
 

@@ -160,7 +160,7 @@ class OutOfCoreTable:
         self.n_blocks = -(-self.n // block_rows)
         self.capacity = 4 * window_blocks  # current, boundary, and two windows of read-ahead
         self.fields = tuple(fields)
-        self._buf = cache._empty(self.capacity * block_rows, self.fields)
+        self._buf = cache.empty_rows(self.capacity * block_rows, self.fields)
         self._slot = np.full(self.n_blocks, -1, dtype=np.int64)
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None

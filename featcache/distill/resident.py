@@ -26,7 +26,8 @@ from featcache.transforms import TransformSpec, check_augment, crop_pad, noise_b
 
 def device_augment(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
     """``flip`` / ``pad-crop-flip`` on a uint8 batch on its device: the CIFAR recipe (zero padding by S/8, 4 px at
-    32 px; random crop; horizontal flip), with per-sample randomness drawn from ``generator`` (on the batch's device)."""
+    32 px; random crop; horizontal flip), with per-sample randomness drawn from ``generator`` (on the batch's
+    device)."""
     if kind == "none":
         return images
     b, _, h, w = images.shape

@@ -47,14 +47,16 @@ def resolve_teacher(spec: str, dataset: ImageDataset, store: CacheStore) -> Feat
     matches = store.find(teacher=canonical, dataset_identity=dataset.identity())
     if not matches:
         others = store.find(teacher=canonical)
-        seen = f" (caches of {canonical} exist for other data: {', '.join(e.key for e in others[:3])})" if others else ""
+        seen = (f" (caches of {canonical} exist for other data: {', '.join(e.key for e in others[:3])})" if others
+                else "")
         raise CacheError(
             f"--teacher {spec}: no cache of {canonical} for {dataset.name}/{dataset.split} in {store.root}{seen}; "
             f"create it with `{_extract_hint(canonical, dataset)}`"
         )
     if len(matches) > 1:
         choices = ", ".join(
-            f"{e.key} ({e.manifest.transform.get('image_size')} px, weights {e.manifest.teacher.weights.get('ref', '?')})"
+            f"{e.key} ({e.manifest.transform.get('image_size')} px, "
+            f"weights {e.manifest.teacher.weights.get('ref', '?')})"
             for e in matches[:5]
         )
         raise CacheError(f"--teacher {spec} is ambiguous: {choices}; pick one with --teacher {canonical}:KEY")

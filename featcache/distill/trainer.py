@@ -42,7 +42,15 @@ from featcache.locks import LOCK_FILE, DirLock
 from featcache.progress import Reporter
 from featcache import rundir
 from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # the run's files (re-exported)
-from featcache.runtime import PeakRSS, autocast, default_workers, device_name, resolve_device, resolve_precision, use_cpu_threads
+from featcache.runtime import (
+    PeakRSS,
+    autocast,
+    default_workers,
+    device_name,
+    resolve_device,
+    resolve_precision,
+    use_cpu_threads,
+)
 from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -163,35 +171,7 @@ def setup(config: DistillConfig) -> Setup:
     dims = [c.num_features for c in caches]
     if config.unlabeled and method_cls.uses_labels:
         raise ConfigError(f"--unlabeled: --method {method_cls.name} needs labels; use --method aka")
-    columns = None
-    if method_cls.name == "aka":
-        columns = []
-        for c in caches:
-            names = c.manifest.teacher.classes
-            missing = [n for n in (names or []) if n not in train.classes]
-            if not names or missing:
-                raise ConfigError(
-                    f"--method aka: cache {c.key} does not say which of the dataset's classes its logits cover"
-                    + (f" ({missing[0]!r} is not a class of {train.name})" if missing else "")
-                    + "; extract a teacher trained by `featcache train-teacher [--classes FILE]`"
-                )
-            shared = [k for k, n in enumerate(names) if n in head]  # teacher columns inside the student's head
-            if not shared:
-                raise ConfigError(f"--method aka: cache {c.key} covers none of the head's classes; drop that --teacher")
-            columns.append(([head.index(names[k]) for k in shared], shared))
-    teacher_blocks = None
-    if config.student_blocks:
-        if method_cls.name != "aka":
-            raise ConfigError("--student-blocks: only --method aka uses block features")
-        for c in caches:
-            if len(c.manifest.blocks) != len(config.student_blocks):
-                raise ConfigError(
-                    f"--student-blocks names {len(config.student_blocks)} blocks but cache {c.key} holds "
-                    f"{len(c.manifest.blocks)} ({', '.join(b['name'] for b in c.manifest.blocks) or 'none'}); extract "
-                    "every teacher with as many --blocks"
-                )
-        teacher_blocks = [list(c.manifest.blocks) for c in caches]
-    params = method_params(config, teacher_columns=columns, teacher_blocks=teacher_blocks)
+    params = method_params(config, **method_cls.prepare(caches, train, head, config))
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
         if "feature_dim" in options and options["feature_dim"] != config.feature_dim:
@@ -219,12 +199,13 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _make_optimizer(name: str, params, lr: float, config: DistillConfig):
+def make_optimizer(name: str, params, lr: float, config: DistillConfig):
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                           nesterov=config.momentum > 0)
 
 
 def _make_schedule(opt, config: DistillConfig, total_epochs: int):
@@ -291,7 +272,8 @@ def eval_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int
 
 
 @torch.no_grad()
-def evaluate(student, loader, transform: TransformSpec, device, precision: str, channels_last: bool = True) -> dict[str, float]:
+def evaluate(student, loader, transform: TransformSpec, device, precision: str,
+             channels_last: bool = True) -> dict[str, float]:
     """Test accuracy = correct / (correct + incorrect) over the whole split (Eq. 6) and mean cross-entropy."""
     normalize = transform.normalizer(device)
     was_training = student.training
@@ -327,8 +309,8 @@ class TrainStep:
     """One optimisation step: normalise on the device → the method's loss under autocast → backward → the student's
     optimizer and the translators' (multi-teacher paper §3.4). Shared by `distill` and `featcache bench distill`."""
 
-    def __init__(self, student, method: Method, opt, topt, scaler, normalize, device, precision: str, channels_last: bool,
-                 compile_mode: str = "none"):
+    def __init__(self, student, method: Method, opt, topt, scaler, normalize, device, precision: str,
+                 channels_last: bool, compile_mode: str = "none"):
         self.student, self.method, self.opt, self.topt, self.scaler = student, method, opt, topt, scaler
         self.normalize, self.device, self.precision, self.channels_last = normalize, device, precision, channels_last
         self._loss = method.loss
@@ -441,9 +423,10 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
             views=config.views,
         )
     total_epochs = method.total_epochs(config.epochs)
-    opt = _make_optimizer(config.optimizer, student.parameters(), config.lr, config)
+    opt = make_optimizer(config.optimizer, student.parameters(), config.lr, config)
     translator_params = list(method.translators.parameters())
-    topt = _make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config) if translator_params else None
+    topt = (make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config)
+            if translator_params else None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = TrainStep(student, method, opt, topt, scaler, s.transform.normalizer(device), device, precision,
                      config.channels_last, config.compile)
@@ -551,7 +534,8 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             tsched.load_state_dict(state["translator_scheduler"])
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        start_epoch, best_acc, best_epoch, elapsed = state["epoch"] + 1, state["best_acc"], state["best_epoch"], state["elapsed"]
+        start_epoch, best_acc, best_epoch, elapsed = (state["epoch"] + 1, state["best_acc"], state["best_epoch"],
+                                                      state["elapsed"])
         if main:
             rundir.truncate_metrics(run_dir, start_epoch)
         reporter.message(f"resuming {run_dir} at epoch {start_epoch + 1}/{total_epochs}")
@@ -571,8 +555,12 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             sums: dict[str, torch.Tensor] = {}
             correct = torch.zeros((), dtype=torch.int64, device=device)
             seen = noise_seen = batches = 0
-            finite = torch.ones((), dtype=torch.bool, device=device)  # every loss of the epoch finite, kept on the device
-            reporter.start(len(s.train), f"epoch {epoch + 1}/{total_epochs} {method.stage(epoch) if total_epochs != config.epochs else ''}".rstrip(), unit="img")
+            # every loss of the epoch finite, kept on the device
+            finite = torch.ones((), dtype=torch.bool, device=device)
+            reporter.start(len(s.train),
+                           (f"epoch {epoch + 1}/{total_epochs} "
+                            f"{method.stage(epoch) if total_epochs != config.epochs else ''}").rstrip(),
+                           unit="img")
             t0 = time.perf_counter()
             for batch in loader:
                 if unlabeled:
@@ -735,13 +723,14 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
     recorded = info["dataset"]["test"]
     ours = test.identity()
     # The file fingerprint is left out: a copied dataset (new mtimes) is the same test set; evaluate_run says so.
-    if {k: v for k, v in ours.items() if k != "fingerprint"} != {k: v for k, v in recorded.items() if k != "fingerprint"}:
+    if ({k: v for k, v in ours.items() if k != "fingerprint"}
+            != {k: v for k, v in recorded.items() if k != "fingerprint"}):
         raise ConfigError(
             f"the test split at --data-root {config.data_root} differs from the one the run was trained with "
             "(sample ids, labels or classes changed)"
         )
     if info.get("kind", "student") == "teacher":
-        from featcache.teach import build_classifier
+        from featcache.models.classifier import build_classifier
 
         student = build_classifier(**info["student_kwargs"])
     else:
@@ -749,7 +738,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
     state = rundir.load_checkpoint(ckpt, hint="evaluate --checkpoint last, or re-run the training")
     student.load_state_dict(state["student"])
     dev = resolve_device(device)
-    return student, test, TransformSpec.from_dict(info["transform"]), dev, resolve_precision(config.precision, dev), state, config
+    return (student, test, TransformSpec.from_dict(info["transform"]), dev, resolve_precision(config.precision, dev),
+            state, config)
 
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", batch_size: int = 256,
@@ -770,7 +760,8 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     for name, classes in (parts or {}).items():
         outside = [c for c in classes if c not in head]
         if outside:
-            raise ConfigError(f"--classes {name}: class {outside[0]!r} is not covered by the run's head ({len(head)} classes)")
+            raise ConfigError(f"--classes {name}: class {outside[0]!r} is not covered by the run's head "
+                              f"({len(head)} classes)")
         jobs.append((name, ClassSubset(base, classes), [head.index(c) for c in classes]))
     for name, ds, cols in jobs:
         loader = eval_loader(ds, transform, batch_size, w, dev)

@@ -27,6 +27,12 @@ class ModelEntry:
     resize_mode: str = "shorter"
     description: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    # What makes an entry different, declared here rather than tested by name elsewhere:
+    needs_weights: str = ""  # non-empty: there are no default weights; this says what to pass instead
+    weights_are_run: bool = False  # --weights is a featcache run directory (the "run" teacher)
+    imagenet_backbone: str | None = None  # torchvision model whose ImageNet weights --init imagenet loads (default:
+    #                                       the entry's own torchvision model)
+    head_swappable: bool = True  # a checkpoint's classifier head may be replaced for another class count
 
 
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}
@@ -45,12 +51,10 @@ def register_model(kind: str, name: str, **meta: Any) -> Callable[[Callable[...,
 
 
 def list_models(kind: str) -> list[str]:
-    _import_all()
     return sorted({e.name for (k, _), e in _REGISTRY.items() if k == kind})
 
 
 def get_entry(kind: str, name: str) -> ModelEntry | None:
-    _import_all()
     return _REGISTRY.get((kind, name))
 
 
@@ -59,6 +63,3 @@ def unknown_model_error(kind: str, name: str, extra: str = "") -> ModelError:
     flag = "--teacher" if kind == "teacher" else "--student"
     return ModelError(f"unknown {kind} {name!r} ({flag}): choose one of {known}{extra}")
 
-
-def _import_all() -> None:
-    from featcache.models import students, teachers  # noqa: F401  (registers on import)

@@ -144,7 +144,7 @@ def _tv_kwargs(tv_name: str) -> dict[str, Any]:
     return {}
 
 
-def _tv_weights_enum(tv_name: str, ref: str):
+def tv_weights_enum(tv_name: str, ref: str):
     import torchvision
 
     try:
@@ -167,7 +167,7 @@ def _build_torchvision(tv_name: str, weights: WeightsInfo, num_classes: int | No
 
     kwargs = _tv_kwargs(tv_name)
     if weights.source == "torchvision":
-        member = _tv_weights_enum(tv_name, weights.ref)
+        member = tv_weights_enum(tv_name, weights.ref)
         if num_classes is not None and num_classes != len(member.meta.get("categories", [])):
             raise WeightsError(
                 f"--num-classes {num_classes} with --weights {weights.ref} would put a random head on pretrained "
@@ -254,6 +254,10 @@ def _inceptionv3(weights: WeightsInfo, num_classes: int | None, seed: int, entry
     resize_mode="square",
     description="NTS-Net (navigator + 4 parts), 10240-d concat features; needs --weights",
     aliases=("ntsnet",),
+    needs_weights="nts-net needs --weights PATH (a checkpoint of the original NTS-Net release or of featcache "
+                  "train-teacher), or --weights random for a smoke test",
+    imagenet_backbone="resnet50",
+    head_swappable=False,
 )
 def _ntsnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, image_size: int = 448, **_: Any):
     from featcache.models.ntsnet import build_ntsnet
@@ -287,7 +291,7 @@ def teacher_entry(name: str) -> ModelEntry:
 
 def _tv_default_size(name: str) -> int:
     try:
-        member = _tv_weights_enum(name, "DEFAULT")
+        member = tv_weights_enum(name, "DEFAULT")
         crop = getattr(member.transforms, "keywords", {}).get("crop_size")
         if crop:
             return int(crop)
@@ -319,17 +323,10 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
     """Interpret ``--weights`` for teacher ``name`` without building the model (files are hashed)."""
     entry = teacher_entry(name)
     if weights is None:
-        if entry.name == "convnet":
-            raise WeightsError(
-                "convnet has no published weights: pass --weights PATH (from featcache train-teacher) or --weights random"
-            )
-        if entry.name == "nts-net":
-            raise WeightsError(
-                "nts-net needs --weights PATH (a checkpoint of the original NTS-Net release or of "
-                "featcache train-teacher), or --weights random for a smoke test"
-            )
+        if entry.needs_weights:
+            raise WeightsError(entry.needs_weights)
         weights = "DEFAULT"
-    if entry.name == "run":
+    if entry.weights_are_run:
         path = Path(weights or "").expanduser()
         info = _run_info(path)  # errors name the missing file
         classes = info.get("head_classes")
@@ -348,7 +345,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
     tv_name = ALIASES.get(entry.name, entry.name)
     if entry.name in ("nts-net", "convnet"):
         raise WeightsError(f"--weights {weights!r}: {entry.name} takes a checkpoint path or random")
-    member = _tv_weights_enum(tv_name, weights)
+    member = tv_weights_enum(tv_name, weights)
     categories = member.meta.get("categories")
     return WeightsInfo(
         source="torchvision",
@@ -437,6 +434,8 @@ class ConvNet(FeatureModel):
 @register_model(
     "teacher", "convnet", default_image_size=32, min_image_size=8, resize_mode="square",
     description="small VGG-style CNN for small images (128-d features); no published weights: train-teacher",
+    needs_weights="convnet has no published weights: pass --weights PATH (from featcache train-teacher) or "
+                  "--weights random",
 )
 def _convnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
     state = load_checkpoint(weights.ref) if weights.source == "file" else None
@@ -483,6 +482,7 @@ def _run_info(path: Path) -> dict[str, Any]:
 @register_model(
     "teacher", "run", default_image_size=224, min_image_size=8,
     description="a featcache distill run used as a teacher: --weights RUN_DIR (e.g. an aka component net)",
+    weights_are_run=True,
 )
 def _run_teacher(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
     from featcache.models.students import create_student

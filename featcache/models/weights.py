@@ -92,7 +92,10 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
         if shapes:
             parts.append(f"shape mismatch: {'; '.join(shapes[:3])}" + (" (is --num-classes right?)" if shapes else ""))
         if missing:
-            parts.append(f"missing keys: {', '.join(missing[:4])}" + (f" (+{len(missing) - 4})" if len(missing) > 4 else ""))
+            parts.append(
+                f"missing keys: {', '.join(missing[:4])}"
+                + (f" (+{len(missing) - 4})" if len(missing) > 4 else "")
+            )
         if unexpected:
             parts.append(
                 f"unexpected keys: {', '.join(unexpected[:4])}"

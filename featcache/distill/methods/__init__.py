@@ -14,7 +14,8 @@ from featcache.errors import ConfigError
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
-    for m in (CrossEntropy, KnowledgeDistillation, FitNets, TSLearning, TSTranslator, MultiTeacher, AdaptiveAmalgamation)
+    for m in (CrossEntropy, KnowledgeDistillation, FitNets, TSLearning, TSTranslator, MultiTeacher,
+              AdaptiveAmalgamation)
 }
 
 

@@ -55,6 +55,36 @@ class AdaptiveAmalgamation(Method):
     max_teachers = None
     uses_labels = False
 
+    @classmethod
+    def prepare(cls, caches, train, head, config) -> dict:
+        """Each teacher's logit columns inside the student's head (by class name: a teacher covers part of the
+        classes) and, with --student-blocks, the cached blocks matched to them."""
+        columns = []
+        for c in caches:
+            names = c.manifest.teacher.classes
+            missing = [n for n in (names or []) if n not in train.classes]
+            if not names or missing:
+                raise ConfigError(
+                    f"--method aka: cache {c.key} does not say which of the dataset's classes its logits cover"
+                    + (f" ({missing[0]!r} is not a class of {train.name})" if missing else "")
+                    + "; extract a teacher trained by `featcache train-teacher [--classes FILE]`"
+                )
+            shared = [k for k, n in enumerate(names) if n in head]  # teacher columns inside the student's head
+            if not shared:
+                raise ConfigError(f"--method aka: cache {c.key} covers none of the head's classes; drop that --teacher")
+            columns.append(([head.index(names[k]) for k in shared], shared))
+        teacher_blocks = None
+        if config.student_blocks:
+            for c in caches:
+                if len(c.manifest.blocks) != len(config.student_blocks):
+                    raise ConfigError(
+                        f"--student-blocks names {len(config.student_blocks)} blocks but cache {c.key} holds "
+                        f"{len(c.manifest.blocks)} ({', '.join(b['name'] for b in c.manifest.blocks) or 'none'}); "
+                        "extract every teacher with as many --blocks"
+                    )
+            teacher_blocks = [list(c.manifest.blocks) for c in caches]
+        return {"teacher_columns": columns, "teacher_blocks": teacher_blocks}
+
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
         columns = params.teacher_columns
@@ -129,7 +159,8 @@ class AdaptiveAmalgamation(Method):
                     reg = reg + fa_regulariser(fa_s.weight.flatten(1)) + fa_regulariser(fa_t.weight.flatten(1))
                 cols = getattr(self, f"cols_{t}")
                 s_scores = logits.float().index_select(1, cols)
-                soft = (s_scores - self.scale_holder.value[t] * self.teacher_logits(rows, t)).pow(2).mean(dim=1)  # Eq. 7
+                # Eq. 7
+                soft = (s_scores - self.scale_holder.value[t] * self.teacher_logits(rows, t)).pow(2).mean(dim=1)
                 per_teacher.append((transfer, reg.expand(b), soft))
             if len(members) > 1:
                 chosen = select_teachers([self.teacher_logits(rows, t) for t in members])

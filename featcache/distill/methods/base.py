@@ -92,6 +92,14 @@ class Method(nn.Module):
         raise ConfigError(f"--method {cls.name} takes {want} --teacher, got {n}")
 
     @classmethod
+    def prepare(cls, caches: list, train, head: list[str], config) -> dict:
+        """Check the caches against this method and resolve what it needs from them (MethodParams fields); called
+        once per run before the student is built. Methods that read cached blocks or class columns override it."""
+        if config.student_blocks:
+            raise ConfigError(f"--student-blocks: --method {cls.name} does not use block features (aka does)")
+        return {}
+
+    @classmethod
     def student_options(cls, teacher_dims: list[int], params: MethodParams) -> dict:
         """Keyword arguments for create_student (e.g. feature_dim to adapt the feature layer)."""
         return {}
