@@ -14,9 +14,12 @@ from featcache.flags import command_line, opt
 
 DEFAULT_SHARD_ROWS = 4096  # rows per HDF5 shard (extract --shard-rows)
 
-# Kept literal so that --help needs no torch import; tests/test_cli.py checks it names every registered student.
+# Kept literal so that --help needs no torch import; tests/test_cli.py checks they name every registered student and
+# method.
 STUDENTS_HELP = ("alexnet, convnet_small, inceptionv3, lenet5, mobilenetv2, mobilenetv3, mobilenetv3_small, resnet18 "
                  "(`featcache students` describes them).")
+
+METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce without)."
 
 
 @dataclass
@@ -81,8 +84,7 @@ class DistillConfig:
     teachers: list[str] = opt(factory=list, help="A cached teacher: NAME (looked up for this dataset), KEY (or unique "
                                                  "prefix) or NAME:KEY. Repeat for several.",
                               name="--teacher", short="-t", form="repeat", recipe=False)
-    method: str | None = opt(None, "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce "
-                                   "without).", short="-m", recipe=False)
+    method: str | None = opt(None, METHODS_HELP, short="-m", recipe=False)
     epochs: int = opt(30)
     batch_size: int = opt(128, short="-b")
     lr: float = opt(1e-3)

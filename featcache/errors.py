@@ -9,7 +9,10 @@ to see one). Anything else reaching the CLI is a bug and keeps its traceback.
 class FeatcacheError(Exception):
     """Base class of errors caused by user input or the environment, with an actionable one-line message."""
 
-    def __init__(self, *args: object) -> None:
+    def __init__(self, *args: object, flag: str | None = None) -> None:
+        # ``flag``: the option at fault as the CLI spells it (--cache-ram). The message is worded for the CLI; other
+        # front ends (recipes, featcache.flags) re-word it in their own terms with ``reworded``.
+        self.flag = flag
         # A DataLoader worker's exception is re-raised in the main process as ``type(exc)(text)``, where ``text``
         # is the worker's whole traceback; keep only the original one-line message.
         if len(args) == 1 and isinstance(args[0], str) and "\nOriginal Traceback" in args[0]:
@@ -17,6 +20,16 @@ class FeatcacheError(Exception):
             head, sep, message = last.partition(": ")
             args = (message if sep and head.startswith("featcache.") else last,)
         super().__init__(*args)
+
+
+    def reworded(self, name: str) -> "FeatcacheError":
+        """The same error naming the option as ``name`` (e.g. a recipe's ``[[distill]] options.cache_ram``)."""
+        if not self.flag:
+            return self
+        new = type(self).__new__(type(self))
+        Exception.__init__(new, str(self).replace(self.flag, name))
+        new.flag = None
+        return new
 
 
 class ConfigError(FeatcacheError):
@@ -73,10 +86,10 @@ class RunLockedError(LockedError):
 def check_choice(flag: str, value: object, choices: "tuple[str, ...] | list[str]") -> None:
     """Refuse a value outside ``choices``: ``--flag 'x': choose one of a, b, c``."""
     if value not in choices:
-        raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}")
+        raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}", flag=flag)
 
 
 def check_at_least(flag: str, value: float, low: float) -> None:
     """Refuse a number below ``low``: ``--flag must be >= low, got value``."""
     if value < low:
-        raise ConfigError(f"{flag} must be >= {low}, got {value}")
+        raise ConfigError(f"{flag} must be >= {low}, got {value}", flag=flag)

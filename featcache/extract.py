@@ -54,7 +54,15 @@ from featcache.cache.store import CacheLock, CacheStore
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
-from featcache.errors import CacheError, CacheLockedError, ConfigError, DatasetError, StorageError, check_at_least, check_choice
+from featcache.errors import (
+    CacheError,
+    CacheLockedError,
+    ConfigError,
+    DatasetError,
+    StorageError,
+    check_at_least,
+    check_choice,
+)
 from featcache.locks import unwritable
 from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher, WeightsInfo, create_teacher, resolve_weights, teacher_entry
@@ -575,7 +583,8 @@ def block_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
         return root.get_submodule(name)
     except AttributeError:
         names = ", ".join(n for n, _ in root.named_children())
-        raise ConfigError(f"--blocks {name}: the teacher has no such module; its top-level modules are: {names}") from None
+        raise ConfigError(f"--blocks {name}: the teacher has no such module; its top-level modules are: "
+                          f"{names}") from None
 
 
 def _attach_block_hooks(model: torch.nn.Module, names: list[str]):
@@ -687,7 +696,8 @@ def _run(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Repo
                     blocks = {(CONTENT if part == PART_DATA else AUG): extra[0].numpy()} if extra else {}
                     if cfg.topk_logits:
                         if cfg.topk_logits > logits.shape[1]:
-                            raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's {logits.shape[1]} classes")
+                            raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's "
+                                              f"{logits.shape[1]} classes")
                         logits, top = logits.float().topk(cfg.topk_logits, dim=1)
                         blocks[LOGITS_INDEX] = top.to(torch.int32).cpu().numpy()
                     features = features.to(feat_dtype)

@@ -1,4 +1,5 @@
-"""Every option of every stage is declared once: as a field of its config dataclass, with a :class:`Flag` in its metadata.
+"""Every option of every stage is declared once: as a field of its config dataclass, with a :class:`Flag` in its
+metadata.
 
     @dataclass
     class DistillConfig:
@@ -200,6 +201,11 @@ def command_line(config: Any, command: str, *, positional_first: tuple[str, ...]
     return shlex.join(args)
 
 
+def field_of_flag(cls: type, flag: str) -> str | None:
+    """The field of ``cls`` whose CLI flag is ``flag`` (``--cache-ram`` -> ``cache_ram``), if any."""
+    return next((f.name for f in fields(cls) if flag_of(f).cli and flag_name(f) == flag), None)
+
+
 def copy_fields(source: Any, target_cls: type, *, rename: dict[str, str] | None = None, **overrides: Any):
     """``target_cls`` built from the fields of ``source`` that it shares by name (``rename`` maps source → target)."""
     rename = rename or {}
@@ -209,7 +215,9 @@ def copy_fields(source: Any, target_cls: type, *, rename: dict[str, str] | None 
         target = rename.get(f.name, f.name)
         if target in names:
             value = getattr(source, f.name)
-            kwargs[target] = dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
+            if isinstance(value, (dict, list)):
+                value = type(value)(value)  # a copy: the two configs must not share a mutable field
+            kwargs[target] = value
     kwargs.update(overrides)
     return target_cls(**kwargs)
 

@@ -9,6 +9,7 @@ done. Re-running a finished recipe does nothing but the report. See docs/pipelin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
@@ -16,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
-from featcache.rundir import LAST, SUMMARY
-from featcache.errors import ConfigError
-from featcache.flags import recipe_fields
+from featcache.rundir import LAST, METRICS, SUMMARY
+from featcache.errors import ConfigError, FeatcacheError
+from featcache.flags import field_of_flag, recipe_fields
 from featcache.progress import Reporter
 
 if sys.version_info >= (3, 11):
@@ -348,6 +349,19 @@ def describe_plan(stages: list[Stage]) -> list[str]:
 # -- execution -------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _recipe_terms(cls: type, where: str):
+    """Errors about an option name it as the recipe spells it (``[[distill]] ... options.cache_ram``), not as a flag
+    the recipe's user never typed."""
+    try:
+        yield
+    except FeatcacheError as exc:
+        name = field_of_flag(cls, exc.flag) if exc.flag else None
+        if name is None:
+            raise
+        raise exc.reworded(where + name) from None
+
+
 def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None,
                  reporter: Reporter | None = None, log=print) -> dict[str, Any]:
     """Execute every stage that is not done, in order; returns the report paths and the distill run directories."""
@@ -368,11 +382,13 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             tc = TeacherConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root, dataset_options=options,
                                device=device, workers=workers, run_dir=stage.run_dir, resume=stage.state == "resume",
                                **train)
-            train_teacher(tc, reporter)
+            with _recipe_terms(TeacherConfig, f"[[teachers]] {t.name!r} train."):
+                train_teacher(tc, reporter)
         elif stage.kind == "extract":
             t = stage.payload
             cfg = extract_config(p, t, cache_dir, device, workers)
-            result = extract(cfg, reporter)
+            with _recipe_terms(ExtractConfig, f"[[teachers]] {t.name!r} extract."):
+                result = extract(cfg, reporter)
             keys[t.name] = result.key
             log(f"[extract] {t.name}: {'cache ' + result.key + ' reused' if result.reused else 'wrote ' + result.key}")
         elif stage.kind == "distill":
@@ -385,7 +401,8 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
                                    dataset_options=dict(p.dataset_options), teachers=[keys[t] for t in teachers],
                                    method=method, seed=seed, run_dir=stage.run_dir, resume=stage.state == "resume",
                                    cache_dir=cache_dir, device=device, workers=workers, tag=spec.tag, **spec.options)
-            summary = distill(config, reporter)
+            with _recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
+                summary = distill(config, reporter)
             log(f"[distill] {stage.name}: {summary.line()}")
         elif stage.kind == "amalgamate":
             result = _amalgamate(p, keys, cache_dir, device, workers, reporter, log)
@@ -413,7 +430,7 @@ def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, r
 def distill_runs(p: Pipeline) -> list[Path]:
     """The recipe's distill run directories that have finished at least one epoch."""
     dirs = [p.runs_dir / job.name for job in distill_jobs(p.distill)]
-    return [d for d in dirs if (d / SUMMARY).is_file() or (d / "metrics.jsonl").is_file()]
+    return [d for d in dirs if (d / SUMMARY).is_file() or (d / METRICS).is_file()]
 
 
 def write_report(p: Pipeline) -> dict[str, Any]:

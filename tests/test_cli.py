@@ -143,6 +143,14 @@ def test_distill_help_names_every_registered_student():
     assert named == set(list_students())
 
 
+def test_distill_help_names_every_registered_method():
+    from featcache.config import METHODS_HELP
+    from featcache.distill.methods import METHODS
+
+    named = {w.strip(" ,.") for w in METHODS_HELP.split("(")[0].split(",")}
+    assert named == set(METHODS)
+
+
 def test_every_config_field_is_reachable_from_the_cli_and_from_recipes():
     """Every field of ExtractConfig / DistillConfig / TeacherConfig is an option of its command as the user sees it
     (the click command typer builds), under the flag its Flag declares, and is accepted by recipes unless it says the

@@ -351,3 +351,21 @@ def test_train_per_class_keeps_the_first_images_of_each_class(tmp_path):
     assert small.identity() != full.identity()
     with pytest.raises(DatasetError, match="train_per_class"):
         get_dataset("cifar10", root, "train", train_per_class=0)
+
+
+def test_a_bad_option_value_in_a_recipe_is_named_as_the_recipe_spells_it(tmp_path, monkeypatch):
+    """The library words errors for the CLI (--cache-ram); a recipe user never typed that flag, so the recipe layer
+    names the block and key instead."""
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    p = tiny(tmp_path, teachers=[TINY["teachers"][1]], distill=[
+        {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"],
+         "options": {"epochs": 1, "batch_size": 32, "cache_ram": "lots"}}])
+    with pytest.raises(ConfigError) as info:
+        run_pipeline(p, workers=0, log=lambda m: None)
+    message = str(info.value)
+    assert "options.cache_ram 'lots'" in message and "[[distill]]" in message and "--cache-ram" not in message
+    with pytest.raises(ConfigError, match="--optimizer 'adagrad'"):  # the CLI's own wording is unchanged
+        from featcache.distill.trainer import DistillConfig, distill
+
+        distill(DistillConfig(student="lenet5", optimizer="adagrad", epochs=1,
+                              dataset_options={"num_train": 16, "num_test": 8}, run_dir=tmp_path / "r"))

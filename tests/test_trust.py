@@ -517,6 +517,7 @@ def test_kill_9_during_distill_resumes_bit_exact(home, tmp_path, when, uninterru
 
 
 # -- the store: orphans, rm during an extract, timing of resumed extracts ------------------------------------------
+@pytest.mark.slow
 def test_orphaned_shards_are_listed_and_removable(home, tree):
     key = extract_key(home, "--data-root", tree / "train")
     (home / key / "manifest.json").unlink()

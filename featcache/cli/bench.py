@@ -49,9 +49,9 @@ def bench_extract_cmd(
                                      reporter=RichReporter(err, transient=True)))
     r0 = results[0]
     table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, "
-                        f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, {r0['threads']} threads; "
-                        f"median of {r0['rounds']} rounds, load {' → '.join(str(x) for x in r0['load_1min'])}",
-                  title_justify="left")
+                        f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, "
+                        f"{r0['threads']} threads; median of {r0['rounds']} rounds, load "
+                        f"{' → '.join(str(x) for x in r0['load_1min'])}", title_justify="left")
     for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode"):
         table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
     for r in results:
@@ -105,9 +105,9 @@ def bench_distill_cmd(
     r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup, rounds=rounds,
                       reporter=RichReporter(err, transient=True))
     table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} "
-                        f"@ {r['image_size']} px on {r['dataset']}, {r['device']}, batch {r['batch_size']}, {r['precision']}"
-                        f"{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; median of {r['rounds']} "
-                        f"rounds, load {' → '.join(str(x) for x in r['load_1min'])}",
+                        f"@ {r['image_size']} px on {r['dataset']}, {r['device']}, batch {r['batch_size']}, "
+                        f"{r['precision']}{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; "
+                        f"median of {r['rounds']} rounds, load {' → '.join(str(x) for x in r['load_1min'])}",
                   title_justify="left")
     cpu = r["device"] == "cpu"
     bare_rate = r["results"].get("bare-student", {}).get("images_per_s")

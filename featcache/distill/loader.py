@@ -42,7 +42,7 @@ MODES = ("auto", "ram", "disk")
 # -- sizes and budgets ---------------------------------------------------------------------------------------------
 
 
-def parse_bytes(text: str | int | None) -> int | None:
+def parse_bytes(text: str | int | None, flag: str = "--cache-ram") -> int | None:
     """'8G', '512M', '1.5GB', 1234 -> bytes; None/'auto' -> None."""
     if text is None or text == "auto":
         return None
@@ -50,7 +50,7 @@ def parse_bytes(text: str | int | None) -> int | None:
         return text
     m = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(text))
     if not m:
-        raise ConfigError(f"--cache-ram {text!r}: expected a size such as 8G, 512M or auto")
+        raise ConfigError(f"{flag} {text!r}: expected a size such as 8G, 512M or auto", flag=flag)
     scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
     return int(float(m.group(1)) * scale)
 
@@ -102,7 +102,8 @@ def epoch_plan(n: int, *, seed: int, epoch: int, shuffle: str, block_rows: int, 
     parts = []
     for w in range(0, n_blocks, window_blocks):
         rows = np.concatenate(
-            [np.arange(b * block_rows, min((b + 1) * block_rows, n), dtype=np.int64) for b in blocks[w : w + window_blocks]]
+            [np.arange(b * block_rows, min((b + 1) * block_rows, n), dtype=np.int64)
+             for b in blocks[w : w + window_blocks]]
         )
         parts.append(rng.permutation(rows))
     return EpochPlan(np.concatenate(parts) if parts else np.empty(0, dtype=np.int64), blocks, window_blocks)
@@ -483,7 +484,8 @@ class JoinedLoader:
         self.window_blocks = window_blocks
         pin = self.device.type == "cuda"
         self.tables = [
-            (InMemoryTable(c, PART_DATA, f) if m == "ram" else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks, f))
+            (InMemoryTable(c, PART_DATA, f) if m == "ram"
+             else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks, f))
             for c, m, f in zip(self.caches, modes, self.fields)
         ]
         self.noise_tables = (
@@ -576,7 +578,8 @@ class JoinedLoader:
         if num_noise:
             # TS-Learning: a random image is labelled by the teacher's prediction.
             labels[len(labels) - num_noise :] = logits[0][len(labels) - num_noise :].float().argmax(1)
-        return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features, logits,
+        return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features,
+                     logits,
                      blocks)
 
     def _gather_views(self, k: int, rows: np.ndarray, view_of: np.ndarray) -> tuple[torch.Tensor, ...]:

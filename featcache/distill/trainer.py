@@ -33,7 +33,7 @@ from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.base import check_disjoint
-from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
+from featcache.distill.loader import MODES, SHUFFLES, JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, MethodParams, TeacherRows, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig  # re-exported: the schema lives in featcache.config
@@ -218,7 +218,7 @@ def _make_schedule(opt, config: DistillConfig, total_epochs: int):
 
 def _positive(flag: str, value: float | None) -> None:
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise ConfigError(f"{flag} must be a finite number > 0, got {value}")
+        raise ConfigError(f"{flag} must be a finite number > 0, got {value}", flag=flag)
 
 
 def _validate(config: DistillConfig) -> None:
@@ -234,14 +234,19 @@ def _validate(config: DistillConfig) -> None:
     _positive("--translator-lr", config.translator_lr)
     _positive("--gamma", config.gamma)
     if not (math.isfinite(config.momentum) and 0 <= config.momentum < 1):
-        raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}")
+        raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}", flag="--momentum")
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
-        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay}")
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
+                          flag="--weight-decay")
     for flag, value in (("--image-size", config.image_size), ("--feature-dim", config.feature_dim)):
         if value is not None:
             check_at_least(flag, value, 1)
     if config.workers is not None:
         check_at_least("--workers", config.workers, 0)
+    # Checked here even when this run would not use them (resident, RAM tables): a typo fails now, not next time.
+    check_choice("--shuffle", config.shuffle, SHUFFLES)
+    check_choice("--cache-mode", config.cache_mode, MODES)
+    parse_bytes(config.cache_ram)
     method_params(config).check()
     Augment(config.augment)  # validates the name
 

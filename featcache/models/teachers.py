@@ -150,7 +150,8 @@ def tv_weights_enum(tv_name: str, ref: str):
     try:
         enum = torchvision.models.get_model_weights(tv_name)
     except (ValueError, KeyError):
-        raise WeightsError(f"torchvision has no pretrained weights for {tv_name}; pass --weights PATH or random") from None
+        raise WeightsError(f"torchvision has no pretrained weights for {tv_name}; pass --weights PATH or "
+                           "random") from None
     name = ref.split(".")[-1]
     try:
         return enum[name]
@@ -259,7 +260,8 @@ def _inceptionv3(weights: WeightsInfo, num_classes: int | None, seed: int, entry
     imagenet_backbone="resnet50",
     head_swappable=False,
 )
-def _ntsnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, image_size: int = 448, **_: Any):
+def _ntsnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, image_size: int = 448,
+            **_: Any):
     from featcache.models.ntsnet import build_ntsnet
 
     if weights.source == "torchvision":
@@ -280,7 +282,8 @@ def teacher_entry(name: str) -> ModelEntry:
     if name in torchvision_classifiers():
         return ModelEntry(
             name=name,
-            builder=lambda weights, num_classes, seed, entry, **_: _build_torchvision(name, weights, num_classes, seed, entry),
+            builder=lambda weights, num_classes, seed, entry, **_: _build_torchvision(name, weights, num_classes,
+                                                                                      seed, entry),
             kind="teacher",
             default_image_size=_tv_default_size(name),
             min_image_size=_tv_min_size(name),
@@ -341,7 +344,8 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
     if looks_like_path:
         if not path.is_file():
             raise WeightsError(f"--weights {weights}: file not found")
-        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path), classes=_recorded_classes(path))
+        return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path),
+                           classes=_recorded_classes(path))
     tv_name = ALIASES.get(entry.name, entry.name)
     if entry.name in ("nts-net", "convnet"):
         raise WeightsError(f"--weights {weights!r}: {entry.name} takes a checkpoint path or random")
@@ -389,7 +393,8 @@ def teacher_from_manifest(manifest) -> Teacher:
         weights = str(w.get("ref", "")).split(".")[-1]
     teacher = create_teacher(info.name, weights, num_classes=info.num_classes, seed=seed,
                              image_size=manifest.transform.get("image_size"))
-    if teacher.weights.identity() != WeightsInfo(**{k: v for k, v in w.items() if k in WeightsInfo.__dataclass_fields__}).identity():
+    recorded = WeightsInfo(**{k: v for k, v in w.items() if k in WeightsInfo.__dataclass_fields__})
+    if teacher.weights.identity() != recorded.identity():
         raise WeightsError(f"cache {manifest.key}: its teacher's weights {w.get('ref')} changed since the extract; "
                            "--online would run another teacher than the one cached")
     return teacher

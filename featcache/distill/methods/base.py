@@ -45,7 +45,7 @@ class MethodParams:
         for flag, value in (("--lambda-xent", self.lambda_xent), ("--lambda-mse", self.lambda_mse),
                             ("--lambda-kd", self.lambda_kd)):
             if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"{flag} must be a finite number >= 0, got {value}")
+                raise ConfigError(f"{flag} must be a finite number >= 0, got {value}", flag=flag)
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise ConfigError(f"--temperature must be a finite number > 0 (the softmax divides by it), got "
                               f"{self.temperature}")
