@@ -105,3 +105,19 @@ def test_nts_net_trains_with_its_four_losses():
     assert loss.item() == pytest.approx(sum(v.item() for v in parts.values()), rel=1e-5)
     loss.backward()
     assert net.proposal_net.tidy1.weight.grad is not None and net.concat_net.weight.grad.abs().sum() > 0
+
+
+def test_a_train_teacher_run_given_as_a_run_teacher_says_to_use_its_teacher_pt(tmp_path):
+    import json
+
+    from featcache.errors import WeightsError
+    from featcache.models.teachers import create_teacher
+
+    run = tmp_path / "teacher-run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"config": {"student": "convnet"}, "kind": "teacher",
+                                                 "student_kwargs": {"teacher": "convnet", "num_classes": 4}}))
+    (run / "checkpoint-best.pt").write_bytes(b"not read")
+    with pytest.raises(WeightsError,
+                       match=r"train-teacher run: extract it with --teacher convnet --weights .*teacher\.pt"):
+        create_teacher("run", weights=str(run))

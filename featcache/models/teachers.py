@@ -490,14 +490,18 @@ def _run_info(path: Path) -> dict[str, Any]:
     weights_are_run=True,
 )
 def _run_teacher(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
-    from featcache.models.students import create_student
+    from featcache import rundir
 
     if weights.source != "file":
         raise WeightsError("--teacher run needs --weights RUN_DIR (a finished featcache distill run)")
     path = Path(weights.ref)
     info = _run_info(path)
+    if info.get("kind", "student") == "teacher":
+        raise WeightsError(f"--weights {path} is a train-teacher run: extract it with --teacher "
+                           f"{info['config']['student']} --weights {path / rundir.TEACHER_FILE}")
+    from featcache.models.students import create_student
+
     student = create_student(**info["student_kwargs"])
-    from featcache import rundir
 
     state = rundir.load_checkpoint(path / rundir.BEST, hint=f"--weights {path}: re-run that training")
     load_into(student, state["student"], source=f"--weights {path}")

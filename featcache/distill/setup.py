@@ -1,0 +1,214 @@
+"""What a distill run is, before it trains: the checked config, datasets, caches, transform, student and method.
+
+``setup(config)`` resolves everything a run needs (and refuses what cannot work) without starting the loop;
+``featcache.distill.engine`` trains what it returns.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featcache import distributed
+from featcache.cache.format import PART_DATA
+from featcache.cache.reader import CONTENT_CHECKS
+from featcache.cache.store import CacheStore
+from featcache.datasets import ImageDataset, get_dataset
+from featcache.datasets.base import check_disjoint
+from featcache.distill.loader import MODES, SHUFFLES, parse_bytes
+from featcache.distill.methods import Method, MethodParams, get_method
+from featcache.distill.resolve import resolve_teachers
+from featcache.config import DistillConfig
+from featcache.errors import ConfigError, check_at_least, check_choice
+from featcache.runtime import (
+    resolve_device,
+    resolve_precision,
+)
+from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+SCHEDULES = ("cosine", "step", "none")
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, resolved from a DistillConfig (shared by distill and eval)."""
+
+    config: DistillConfig
+    train: ImageDataset
+    test: ImageDataset
+    caches: list
+    transform: TransformSpec
+    student: torch.nn.Module
+    method: Method
+    device: torch.device
+    precision: str
+    student_kwargs: dict[str, Any]  # how load_run rebuilds the model: create_student(**kw) or, for kind "teacher",
+    kind: str = "student"  # create_teacher(**kw) (featcache train-teacher)
+
+
+def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, student_entry) -> TransformSpec:
+    if caches:
+        specs = [c.manifest.transform for c in caches]
+        if any(s != specs[0] for s in specs[1:]) and not config.allow_inconsistent:
+            sizes = ", ".join(f"{c.key}: {c.manifest.transform.get('image_size')} px" for c in caches)
+            raise ConfigError(
+                f"the teachers' caches were extracted with different transforms ({sizes}); the student can only see "
+                "one view: extract them with the same --image-size/--resize, or pass --allow-inconsistent to train "
+                "on the first teacher's view"
+            )
+        spec = TransformSpec.from_dict(specs[0])
+        if config.image_size is not None and config.image_size != spec.image_size:
+            raise ConfigError(
+                f"--image-size {config.image_size} differs from the {spec.image_size} px the teacher saw "
+                f"(cache {caches[0].key}); drop --image-size to use the cache's view"
+            )
+        return spec
+    size = config.image_size or train.native_size or (student_entry.default_image_size if student_entry else 224)
+    # The same rule as extract: small pre-centred images (CIFAR) are resized whole at any size, never cropped, so a
+    # run without a teacher sees the view a teacher's cache at that size would describe.
+    return default_transform(size, native_size=train.native_size)
+
+
+def setup(config: DistillConfig) -> Setup:
+    from featcache.models.registry import get_entry
+    from featcache.models.students import create_student, student_block_channels
+
+    method_cls = get_method(config.resolved_method())
+    method_cls.check_teachers(len(config.teachers))
+    train = get_dataset(config.dataset, config.data_root, "train", **config.dataset_options)
+    test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
+    if train.classes != test.classes:
+        raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
+    check_disjoint(train, test)
+    caches = resolve_teachers(config.teachers, train, CacheStore(config.cache_dir)) if config.teachers else []
+    for c in caches:  # before anything is built: a stale cache is the first thing to hear about
+        c.check_dataset(train)
+        c.check_content(train, config.content_check, seed=config.seed)
+    head = list(train.classes)
+    if config.classes is not None:
+        if method_cls.uses_labels:
+            raise ConfigError("--classes: a head over part of the classes trains without labels; use --method aka")
+        from featcache.datasets.base import ClassSubset
+
+        test = ClassSubset(test, config.classes)  # evaluated on its own task
+        head = list(config.classes)
+    if method_cls.needs_teacher_classes:
+        for c in caches:
+            if c.manifest.teacher.classes != list(train.classes):
+                raise ConfigError(
+                    f"--method {method_cls.name} needs teacher logits over the dataset's {train.num_classes} classes, "
+                    f"but cache {c.key} covers {c.manifest.teacher.num_classes} "
+                    f"({c.manifest.teacher.classes_source} classes); fine-tune the teacher on {train.name} first"
+                )
+    if config.augment != "none" and caches and not config.allow_inconsistent:
+        raise ConfigError(
+            f"--augment {config.augment}: the cached teacher rows describe the un-augmented view only; augmenting the "
+            "student's input breaks the teacher/student correspondence. Pass --allow-inconsistent to train in this "
+            "'fixed teacher' setting anyway (see docs/methods.md)"
+        )
+    entry = get_entry("student", config.student)
+    transform = _transform_for(config, caches, train, entry)
+    dims = [c.num_features for c in caches]
+    if config.unlabeled and method_cls.uses_labels:
+        raise ConfigError(f"--unlabeled: --method {method_cls.name} needs labels; use --method aka")
+    params = method_params(config, **method_cls.prepare(caches, train, head, config))
+    options = method_cls.student_options(dims, params)
+    if config.feature_dim is not None:
+        if "feature_dim" in options and options["feature_dim"] != config.feature_dim:
+            raise ConfigError(
+                f"--feature-dim {config.feature_dim}: --method {method_cls.name} adapts the feature layer to the "
+                f"teacher's {options['feature_dim']} dims; drop --feature-dim or use --method ts-translator"
+            )
+        options["feature_dim"] = config.feature_dim
+    student_kwargs = {
+        "name": config.student, "num_classes": len(head), "small_input": config.small_input,
+        "image_size": transform.image_size, **options,
+    }
+    student = create_student(**student_kwargs)
+    if config.student_blocks:
+        params.student_block_channels = student_block_channels(student, config.student_blocks, transform.image_size)
+    method = method_cls(student, dims, len(head), params)
+    device = distributed.local_device(resolve_device(config.device))
+    precision = resolve_precision(config.precision, device)
+    return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
+
+
+def _positive(flag: str, value: float | None) -> None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{flag} must be a finite number > 0, got {value}", flag=flag)
+
+
+def validate(config: DistillConfig) -> None:
+    check_choice("--optimizer", config.optimizer, OPTIMIZERS)
+    check_choice("--schedule", config.schedule, SCHEDULES)
+    check_at_least("--epochs", config.epochs, 1)
+    check_at_least("--batch-size", config.batch_size, 1)
+    check_at_least("--step-size", config.step_size, 1)
+    check_at_least("--noise-per-batch", config.noise_per_batch, 0)
+    check_choice("--compile", config.compile, COMPILE_MODES)
+    check_choice("--content-check", config.content_check, CONTENT_CHECKS)
+    _positive("--lr", config.lr)
+    _positive("--translator-lr", config.translator_lr)
+    _positive("--gamma", config.gamma)
+    if not (math.isfinite(config.momentum) and 0 <= config.momentum < 1):
+        raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}", flag="--momentum")
+    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+        raise ConfigError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
+                          flag="--weight-decay")
+    for flag, value in (("--image-size", config.image_size), ("--feature-dim", config.feature_dim)):
+        if value is not None:
+            check_at_least(flag, value, 1)
+    if config.workers is not None:
+        check_at_least("--workers", config.workers, 0)
+    # Checked here even when this run would not use them (resident, RAM tables): a typo fails now, not next time.
+    check_choice("--shuffle", config.shuffle, SHUFFLES)
+    check_choice("--cache-mode", config.cache_mode, MODES)
+    parse_bytes(config.cache_ram)
+    method_params(config).check()
+    Augment(config.augment)  # validates the name
+
+
+def method_params(config: DistillConfig, **resolved: Any) -> MethodParams:
+    """The method's parameters from the flags (``resolved``: what setup derives from the caches and the student)."""
+    return MethodParams(
+        lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
+        temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
+        aka_dim=config.aka_dim, student_blocks=list(config.student_blocks) or None, **resolved,
+    )
+
+
+def default_run_dir(config: DistillConfig) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.dataset}-{config.student}-{config.resolved_method()}-s{config.seed}-{stamp}"
+
+
+# -- evaluation ------------------------------------------------------------------------------------------------------
+
+
+RESIDENT_RAM_SHARE = 0.25
+RESIDENT_MAX_BYTES = 2 * 2**30
+
+
+def resident_default(config: DistillConfig, s: Setup, caches: list) -> bool:
+    """--resident when not given: on the CPU (where DataLoader workers compete with the training threads for the
+    same cores) hold the split in RAM when it fits, the flags ask for nothing only streaming gives (cached views,
+    --cache-mode disk, block shuffle, --workers above 0) and the augmentation has a batched form; never on a GPU,
+    whose host path is left as it is."""
+    from featcache.distill.loader import available_ram
+
+    if s.device.type != "cpu" or (config.workers or 0) > 0:
+        return False
+    if config.cache_mode == "disk" or config.shuffle not in ("auto", "full") or config.augment not in AUGMENTS:
+        return False
+    if config.views and any(c.manifest.views for c in caches):
+        return False
+    size = s.transform.image_size
+    need = len(s.train) * 3 * size * size + sum(c.num_rows(PART_DATA) * c.row_bytes() for c in caches)
+    return need <= min(RESIDENT_MAX_BYTES, RESIDENT_RAM_SHARE * available_ram())
