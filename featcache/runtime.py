@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from typing import Iterator
 
 import torch
@@ -128,3 +129,35 @@ class PeakRSS:
             self._stop.set()
             self._thread.join()
             self.peak = max(self.peak or 0, self.now() or 0)
+
+
+# -- memory budgets ----------------------------------------------------------------------------------------------
+
+
+def parse_bytes(text: str | int | None, flag: str = "--cache-ram") -> int | None:
+    """'8G', '512M', '1.5GB', 1234 -> bytes; None/'auto' -> None."""
+    if text is None or text == "auto":
+        return None
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(text))
+    if not m:
+        raise ConfigError(f"{flag} {text!r}: expected a size such as 8G, 512M or auto", flag=flag)
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
+    return int(float(m.group(1)) * scale)
+
+
+def available_ram() -> int:
+    """Bytes of memory available now (Linux MemAvailable), else a conservative 4 GiB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def default_ram_budget() -> int:
+    return available_ram() // 2

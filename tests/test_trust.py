@@ -325,7 +325,7 @@ def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
             r = invoke("extract", *SYN_EXTRACT, "--cache-dir", disk)
             one_line_error(r, "MiB", "free")
         # While writing (another process fills the disk after the check): the writer's error, one line.
-        monkeypatch.setattr(ex, "_check_space", lambda *a, **k: None)
+        monkeypatch.setattr(ex.sweep, "check_space", lambda *a, **k: None)
         if not real:  # simulate ENOSPC from HDF5 on the second shard
             import h5py
 
@@ -545,15 +545,15 @@ def test_resumed_extract_timing_covers_every_attempt(home, tree, monkeypatch):
     """A kill after the last shard, before the final write, used to leave "0 img/s over 0.0 s"."""
     import featcache.extract as ex
 
-    real = ex._finish
+    real = ex.finish
 
     def killed(*a, **k):
         raise KeyboardInterrupt  # as if the process died after every shard was recorded
 
-    monkeypatch.setattr(ex, "_finish", killed)
+    monkeypatch.setattr(ex, "finish", killed)
     r = invoke("extract", *EXTRACT, "--data-root", tree / "train")
     assert r.exit_code == 130
-    monkeypatch.setattr(ex, "_finish", real)
+    monkeypatch.setattr(ex, "finish", real)
     r = invoke("extract", *EXTRACT, "--data-root", tree / "train")
     assert r.exit_code == 0 and "0 img/s" not in r.output, r.output
     key = r.output.split("cache ")[1].split(":")[0].strip()

@@ -20,7 +20,8 @@ from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.base import check_disjoint
-from featcache.distill.loader import MODES, SHUFFLES, parse_bytes
+from featcache.distill.loader import MODES, SHUFFLES
+from featcache.runtime import parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig
@@ -201,7 +202,7 @@ def resident_default(config: DistillConfig, s: Setup, caches: list) -> bool:
     same cores) hold the split in RAM when it fits, the flags ask for nothing only streaming gives (cached views,
     --cache-mode disk, block shuffle, --workers above 0) and the augmentation has a batched form; never on a GPU,
     whose host path is left as it is."""
-    from featcache.distill.loader import available_ram
+    from featcache.runtime import available_ram
 
     if s.device.type != "cpu" or (config.workers or 0) > 0:
         return False

@@ -1,24 +1,7 @@
-"""The joined loader: images, labels and every teacher's cached rows, batch by batch.
-
-Images are decoded and resized in DataLoader workers (uint8, the cache's own view); each sample carries its dataset
-index. In the main process, each teacher's rows for the batch are fetched with **one vectorised gather** and
-copied to the device next to the images. No teacher network exists anywhere in this path.
-
-Two storage modes per teacher table:
-  * ``ram``: the whole table (features + logits) is read once into memory; a batch is one ``index_select``
-    into a pinned staging slot. Used when all tables fit the ``--cache-ram`` budget.
-  * ``disk`` (out of core): the table stays in the HDF5 shards. Each epoch's order is built from contiguous blocks
-    of rows (block-level shuffle) and a shuffle window of several blocks, so every read is a large contiguous
-    hyperslab done ahead of time by a prefetch thread; random single-row reads (~5k rows/s) never happen.
-
-The order of an epoch depends only on (seed, epoch, shuffle mode, block layout), never on the storage mode, so
-the two modes yield identical batches for the same seed and shuffle mode.
-"""
+"""JoinedLoader: images from workers, each teacher's rows gathered per batch, staged to the device."""
 
 from __future__ import annotations
 
-import re
-import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -27,222 +10,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from featcache import distributed
-from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE, dense_logits
+from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
 from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
 from featcache.runtime import default_workers
 from featcache.transforms import TransformSpec, noise_image
 from featcache.views import ViewSpec, apply_view, view_params, view_part
-
-SHUFFLES = ("auto", "full", "block", "none")
-MODES = ("auto", "ram", "disk")
-
-
-# -- sizes and budgets ---------------------------------------------------------------------------------------------
-
-
-def parse_bytes(text: str | int | None, flag: str = "--cache-ram") -> int | None:
-    """'8G', '512M', '1.5GB', 1234 -> bytes; None/'auto' -> None."""
-    if text is None or text == "auto":
-        return None
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*([\d.]+)\s*([kKmMgGtT]?)[iI]?[bB]?\s*", str(text))
-    if not m:
-        raise ConfigError(f"{flag} {text!r}: expected a size such as 8G, 512M or auto", flag=flag)
-    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2).lower()]
-    return int(float(m.group(1)) * scale)
-
-
-def available_ram() -> int:
-    """Bytes of memory available now (Linux MemAvailable), else a conservative 4 GiB."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 * 2**30
-
-
-def default_ram_budget() -> int:
-    return available_ram() // 2
-
-
-# -- epoch order ---------------------------------------------------------------------------------------------------
-
+from featcache.distill.loader.order import SHUFFLES, EpochPlan, epoch_plan
+from featcache.distill.loader.staging import PinnedStaging, split_rows
+from featcache.distill.loader.tables import MODES, InMemoryTable, OutOfCoreTable
+from featcache.runtime import default_ram_budget
 
 # Teacher tables up to this size are loaded into RAM by --cache-mode auto (about a second from the page cache);
 # larger ones stream out of core unless --shuffle full or cached views ask for RAM.
 EAGER_RAM_BYTES = 1 << 30
-
-
-@dataclass
-class EpochPlan:
-    order: np.ndarray  # dataset indices in visiting order
-    blocks: np.ndarray  # block ids in the order their rows are first needed (block mode), else empty
-    window: int  # blocks per shuffle window
-
-
-def epoch_plan(n: int, *, seed: int, epoch: int, shuffle: str, block_rows: int, window_blocks: int) -> EpochPlan:
-    """The visiting order of an epoch.
-
-    ``full``: a uniform permutation. ``block``: blocks of ``block_rows`` consecutive rows in random order, rows
-    shuffled within windows of ``window_blocks`` blocks. ``none``: dataset order.
-    """
-    rng = np.random.default_rng([seed, epoch])
-    if shuffle == "none":
-        return EpochPlan(np.arange(n, dtype=np.int64), np.arange(-(-n // block_rows)), window_blocks)
-    if shuffle == "full":
-        return EpochPlan(rng.permutation(n).astype(np.int64), np.empty(0, dtype=np.int64), window_blocks)
-    n_blocks = -(-n // block_rows)
-    blocks = rng.permutation(n_blocks).astype(np.int64)
-    parts = []
-    for w in range(0, n_blocks, window_blocks):
-        rows = np.concatenate(
-            [np.arange(b * block_rows, min((b + 1) * block_rows, n), dtype=np.int64)
-             for b in blocks[w : w + window_blocks]]
-        )
-        parts.append(rng.permutation(rows))
-    return EpochPlan(np.concatenate(parts) if parts else np.empty(0, dtype=np.int64), blocks, window_blocks)
-
-
-# -- row tables ----------------------------------------------------------------------------------------------------
-
-
-class InMemoryTable:
-    """A teacher's features and logits for one part, in RAM; gather = one index_select per field.
-
-    The table itself is not pinned (pinning gigabytes is slow and scarce); each batch's gathered rows go through a
-    small ring of pinned slots instead (PinnedStaging), which is what makes the host→device copy asynchronous.
-    """
-
-    mode = "ram"
-
-    def __init__(self, cache: FeatureCache, part: str, fields: Sequence[str] = (FEATURES, LOGITS)) -> None:
-        arrays = cache.read_all(part, fields=tuple(fields))
-        self.fields = tuple(fields)
-        self.arrays = [arrays[f] for f in self.fields]
-
-    def start_epoch(self, plan: EpochPlan) -> None:
-        pass
-
-    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
-        """The rows ``idx`` of every field, in field order (features, logits, then any blocks), in fresh arrays.
-
-        ``np.take`` on one thread: torch's ``index_select`` spreads a gather this small over the intra-op threads,
-        and on a loaded 2-core box it fell from 2M to 21-81k rows/s in some runs (issue 13); np.take held 1.5-2M."""
-        index = np.ascontiguousarray(idx, dtype=np.int64)
-        return tuple(torch.from_numpy(np.take(a, index, axis=0)) for a in self.arrays)
-
-    def close(self) -> None:
-        pass
-
-
-class OutOfCoreTable:
-    """A table read from the shards in contiguous blocks by a prefetch thread, into a ring of block slots.
-
-    It serves a block-mode epoch plan: windows of ``window`` blocks are loaded in plan order, at most two windows
-    ahead of the batch being served; windows behind it are recycled. A gather maps rows to slots with one
-    vectorised index.
-    """
-
-    mode = "disk"
-
-    def __init__(self, cache: FeatureCache, part: str, block_rows: int, window_blocks: int,
-                 fields: Sequence[str] = (FEATURES, LOGITS)) -> None:
-        self.cache = cache
-        self.part = part
-        self.block_rows = block_rows
-        self.window = window_blocks
-        self.n = cache.num_rows(part)
-        self.n_blocks = -(-self.n // block_rows)
-        self.capacity = 4 * window_blocks  # current, boundary, and two windows of read-ahead
-        self.fields = tuple(fields)
-        self._buf = cache.empty_rows(self.capacity * block_rows, self.fields)
-        self._slot = np.full(self.n_blocks, -1, dtype=np.int64)
-        self._cv = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._stop = False
-        self._error: BaseException | None = None
-
-    # The prefetch thread ------------------------------------------------------------------------------------------
-    def start_epoch(self, plan: EpochPlan) -> None:
-        if len(plan.blocks) == 0:
-            raise ConfigError(
-                "out-of-core teacher tables need a block order (--shuffle block or none); "
-                "--shuffle full needs the tables in RAM (raise --cache-ram)"
-            )
-        self.close()
-        self._slot[:] = -1
-        self._windows = [plan.blocks[w : w + self.window] for w in range(0, len(plan.blocks), self.window)]
-        self._window_of = np.empty(self.n_blocks, dtype=np.int64)
-        for w, blocks in enumerate(self._windows):
-            self._window_of[blocks] = w
-        self._free = list(range(self.capacity))
-        self._loaded_upto = -1  # windows [0, _loaded_upto] are resident (or were and got recycled)
-        self._oldest = 0  # first window still resident
-        self._stop = False
-        self._error = None
-        self._thread = threading.Thread(target=self._prefetch, name=f"featcache-rows-{self.part}", daemon=True)
-        self._thread.start()
-
-    def _prefetch(self) -> None:
-        try:
-            for w, blocks in enumerate(self._windows):
-                with self._cv:
-                    while not self._stop and len(self._free) < len(blocks):
-                        self._cv.wait()
-                    if self._stop:
-                        return
-                    slots = [self._free.pop() for _ in blocks]
-                for b, s in zip(blocks, slots):
-                    start, stop = int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.n)
-                    self.cache.read_range_into(start, stop, self._buf, s * self.block_rows, part=self.part)
-                with self._cv:
-                    self._slot[blocks] = slots
-                    self._loaded_upto = w
-                    self._cv.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - surfaced by gather()
-            with self._cv:
-                self._error = exc
-                self._cv.notify_all()
-
-    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            return tuple(torch.from_numpy(self._buf[f][:0].copy()) for f in self.fields)
-        blocks = idx // self.block_rows
-        windows = self._window_of[blocks]
-        lo, hi = int(windows.min()), int(windows.max())
-        with self._cv:
-            # Recycle windows the order has moved past, then wait for the ones this batch needs.
-            while self._oldest < lo:
-                old = self._windows[self._oldest]
-                if self._oldest <= self._loaded_upto:
-                    self._free.extend(int(s) for s in self._slot[old])
-                    self._slot[old] = -1
-                self._oldest += 1
-                self._cv.notify_all()
-            while self._loaded_upto < hi and self._error is None:
-                self._cv.wait()
-            if self._error is not None:
-                raise self._error
-            rows = self._slot[blocks] * self.block_rows + idx % self.block_rows
-        return tuple(torch.from_numpy(self._buf[f][rows]) for f in self.fields)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            with self._cv:
-                self._stop = True
-                self._cv.notify_all()
-            self._thread.join()
-            self._thread = None
-
-
-# -- the loader ----------------------------------------------------------------------------------------------------
 
 
 def check_noise_rows(caches: Sequence[FeatureCache], noise_per_batch: int) -> None:
@@ -268,58 +50,6 @@ def check_noise_rows(caches: Sequence[FeatureCache], noise_per_batch: int) -> No
                 "every teacher with the same --noise-seed and --image-size"
             )
         first = spec
-
-
-
-
-class PinnedStaging:
-    """Pinned host slots through which each batch's gathered rows go to the device.
-
-    A host→device copy from pageable memory first waits for the device stream to drain (a GPU stall every step); from
-    pinned memory it is truly asynchronous. A slot is reused only after the event recorded behind its copies has
-    completed, so a batch in flight is never overwritten.
-    """
-
-    def __init__(self, device: torch.device, slots: int = 4) -> None:
-        self.device = device
-        self.slots = slots
-        self._bufs: dict[tuple[int, int], torch.Tensor] = {}
-        self._events: list = [None] * slots
-        self._next = 0
-
-    def to_device(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-        if self.device.type != "cuda":
-            return [t.to(self.device) for t in tensors]
-        k = self._next % self.slots
-        self._next += 1
-        if self._events[k] is not None:
-            self._events[k].synchronize()
-        out = []
-        for j, t in enumerate(tensors):
-            buf = self._bufs.get((k, j))
-            if buf is None or buf.dtype != t.dtype or buf.numel() < t.numel():
-                buf = torch.empty(max(t.numel(), 1), dtype=t.dtype).pin_memory()
-                self._bufs[(k, j)] = buf
-            staged = buf[: t.numel()].view(t.shape)
-            staged.copy_(t)
-            out.append(staged.to(self.device, non_blocking=True))
-        event = torch.cuda.Event()
-        event.record()
-        self._events[k] = event
-        return out
-
-
-def split_rows(rows: list[torch.Tensor], caches: Sequence[FeatureCache], counts: list[int]):
-    """Per teacher: (features, logits, [blocks...], [logits_index]) tensors -> features, dense logits, blocks."""
-    features, logits, blocks, at = [], [], [], 0
-    for cache, n in zip(caches, counts):
-        part = rows[at : at + n]
-        at += n
-        top = cache.manifest.topk_logits
-        features.append(part[0])
-        logits.append(dense_logits(part[1], part[-1], cache.num_classes) if top else part[1])
-        blocks.append(list(part[2 : n - (1 if top else 0)]))
-    return features, logits, blocks
 
 
 def check_views(caches: Sequence[FeatureCache]) -> ViewSpec | None:
@@ -602,15 +332,3 @@ class JoinedLoader:
     def describe(self) -> str:
         parts = [f"{c.key}: {m}" for c, m in zip(self.caches, self.modes)]
         return f"shuffle {self.shuffle}, " + (", ".join(parts) if parts else "no teachers")
-
-
-__all__ = [
-    "Batch",
-    "EpochPlan",
-    "InMemoryTable",
-    "JoinedLoader",
-    "OutOfCoreTable",
-    "PinnedStaging",
-    "epoch_plan",
-    "parse_bytes",
-]

@@ -1,0 +1,146 @@
+"""What an extract will do, computed without building the teacher: dataset, transform, weights, the key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from featcache import distributed
+from featcache.cache.identity import cache_identity, teacher_identity
+from featcache.cache.format import (
+    FEATURE_DTYPES,
+    PART_DATA,
+    PART_NOISE,
+    Manifest,
+    make_key,
+)
+from featcache.cache.store import CacheStore
+from featcache.datasets import ImageDataset, get_dataset
+from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
+from featcache.errors import (
+    ConfigError,
+    check_at_least,
+    check_choice,
+)
+from featcache.models.teachers import WeightsInfo, resolve_weights, teacher_entry
+from featcache.runtime import resolve_device, resolve_precision
+from featcache.transforms import NoiseSpec, TransformSpec, default_transform
+from featcache.views import ViewSpec
+
+@dataclass
+class ExtractPlan:
+    """What an extract will do, computed without building the teacher."""
+
+    config: ExtractConfig
+    dataset: ImageDataset
+    transform: TransformSpec
+    weights: WeightsInfo
+    num_classes: int | None
+    device: torch.device
+    precision: str
+    noise: NoiseSpec | None
+    identity: dict[str, Any]
+    key: str
+    views: ViewSpec | None
+    directory: Path
+
+
+@dataclass
+class ExtractResult:
+    key: str
+    directory: Path
+    manifest: Manifest
+    reused: bool
+    seconds: float = 0.0
+    images: int = 0  # images run through the teacher in this call (0 when reused)
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def rows(self) -> int:
+        return self.manifest.rows.get(PART_DATA, 0)
+
+    @property
+    def noise_rows(self) -> int:
+        return self.manifest.rows.get(PART_NOISE, 0)
+
+    @property
+    def bytes(self) -> int:
+        return self.manifest.total_bytes()
+
+
+def plan_extract(config: ExtractConfig) -> ExtractPlan:
+    """Resolve dataset, transform, weights and the cache key; cheap (no model is built)."""
+    check_choice("--dtype", config.dtype, FEATURE_DTYPES)
+    check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
+    check_at_least("--batch-size", config.batch_size, 1)
+    check_at_least("--shard-rows", config.shard_rows, 1)
+    if config.noise < 0:
+        raise ConfigError(f"--noise must be >= 0, got {config.noise}")
+    entry = teacher_entry(config.teacher)
+    dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
+    if len(dataset) == 0:
+        raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
+    for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
+        if value is not None:
+            check_at_least(flag, value, 1)
+    check_at_least("--views", config.views, 1)
+    if config.workers is not None:
+        check_at_least("--workers", config.workers, 0)
+    image_size = config.image_size if config.image_size is not None else entry.default_image_size
+    if image_size < entry.min_image_size:
+        raise ConfigError(
+            f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
+        )
+    transform = default_transform(
+        image_size,
+        crop_fraction=entry.crop_fraction,
+        resize_mode=config.resize_mode or entry.resize_mode,
+        resize=config.resize,
+        native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
+    )
+    weights = resolve_weights(entry.name, config.weights, config.seed)
+    num_classes = config.num_classes
+    if num_classes is None and weights.source == "random":
+        num_classes = dataset.num_classes  # a random teacher gets a head for this dataset
+    device = distributed.local_device(resolve_device(config.device))
+    precision = resolve_precision(config.precision, device)
+    noise = NoiseSpec(config.noise, config.noise_seed, image_size) if config.noise else None
+    if config.topk_logits is not None:
+        check_at_least("--topk-logits", config.topk_logits, 1)
+    views = None
+    if config.views != 1:
+        policy = config.view_policy or ("pad-crop-flip" if dataset.native_size else "rrc-flip")
+        views = ViewSpec(config.views, policy, config.view_seed)
+    if config.blocks:
+        check_at_least("--pool", config.pool, 1)
+        if len(set(config.blocks)) != len(config.blocks):
+            raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice")
+    identity = cache_identity(
+        teacher=teacher_identity(entry.name, weights.identity(), num_classes, "penultimate", image_size),
+        dataset=dataset.identity(), transform=transform.to_dict(), dtype=config.dtype,
+        logits_dtype=config.logits_dtype, precision=precision, noise=noise.to_dict() if noise else None,
+        topk_logits=config.topk_logits, views=views.to_dict() if views else None,
+        blocks={"names": list(config.blocks), "pool": config.pool} if config.blocks else None,
+    )
+    key = make_key(identity, entry.name, dataset.name, dataset.split)
+    directory = CacheStore(config.cache_dir).path(key)
+    return ExtractPlan(
+        config=config,
+        dataset=dataset,
+        transform=transform,
+        weights=weights,
+        num_classes=num_classes,
+        device=device,
+        precision=precision,
+        noise=noise,
+        identity=identity,
+        key=key,
+        directory=directory,
+        views=views,
+    )

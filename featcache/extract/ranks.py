@@ -1,0 +1,33 @@
+"""torchrun: each rank writes its share of the shards into its own file; rank 0 merges them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from featcache.cache.format import (
+    RANK_SHARDS_PREFIX,
+    Manifest,
+    ShardInfo,
+)
+from featcache.extract.manifest import shard_intact
+
+def rank_file(directory: Path, rank: int) -> Path:
+    return directory / f"{RANK_SHARDS_PREFIX}{rank}.json"
+
+
+def merge_rank_shards(directory: Path, manifest: Manifest) -> None:
+    """Fold the shards recorded by torchrun ranks (their sidecars) into the manifest, then drop the sidecars."""
+    import json
+
+    known = {(s.part, s.number) for s in manifest.shards}
+    for side in sorted(directory.glob(f"{RANK_SHARDS_PREFIX}*.json")):
+        try:
+            infos = [ShardInfo(**d) for d in json.loads(side.read_text())]
+        except (ValueError, TypeError):
+            infos = []
+        for info in infos:
+            if (info.part, info.number) not in known and shard_intact(directory, info):
+                manifest.shards.append(info)
+                known.add((info.part, info.number))
+        side.unlink()

@@ -1,0 +1,268 @@
+"""The device loop: batches in dataset order → teacher under autocast → pinned host buffers → the shard writers."""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from featcache.cache.format import (
+    AUG,
+    CONTENT,
+    block_field,
+    LOGITS_INDEX,
+    PART_DATA,
+    PART_NOISE,
+    Manifest,
+    ShardInfo,
+)
+from featcache.cache.writer import BackgroundWriter, PartWriter
+from featcache.datasets import ImageDataset
+from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
+from featcache.errors import (
+    ConfigError,
+    DatasetError,
+)
+from featcache.models.teachers import Teacher
+from featcache.progress import Reporter
+from featcache.runtime import autocast, default_workers, use_cpu_threads
+from featcache.transforms import NoiseDataset
+from featcache.views import ViewDataset, view_part
+from featcache.extract.manifest import check_space, pending_rows
+from featcache.extract.plan import ExtractPlan
+
+class DigestedSamples(Dataset):
+    """The split's samples, each with the content digest of the bytes it was decoded from (read once)."""
+
+    def __init__(self, dataset: ImageDataset, geometry) -> None:
+        self.dataset = dataset
+        self.geometry = geometry
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, digest = self.dataset.read_with_digest(index)
+        return self.geometry(image), int(self.dataset.targets[index]), index, digest
+
+
+class Batches(Dataset):
+    """Batch ``k`` of ``rows`` of ``source``, assembled in one call (in a worker when there are workers): the images
+    copied into one uint8 [B, 3, S, S] tensor as they are decoded, with labels, indices and any per-sample extras
+    (content digests, augmentation parameters). The DataLoader's per-sample fetch and collate cost about 45 µs per
+    image, as much as the JPEG decode itself at 32 px; on the CPU that time is taken from the teacher."""
+
+    def __init__(self, source: Dataset, rows: np.ndarray, batch_size: int) -> None:
+        self.source, self.rows, self.batch_size = source, np.asarray(rows, dtype=np.int64), batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __getitem__(self, k: int):
+        idx = self.rows[k * self.batch_size : (k + 1) * self.batch_size]
+        first = self.source[int(idx[0])]
+        images = torch.empty((len(idx), *first[0].shape), dtype=first[0].dtype)
+        labels = np.empty(len(idx), dtype=np.int64)
+        extras: list[list[Any]] = [[] for _ in first[3:]]
+        for j, i in enumerate(idx):
+            item = first if j == 0 else self.source[int(i)]
+            if item[0].shape != images.shape[1:]:
+                raise DatasetError(f"sample {int(i)} is {list(item[0].shape)} after the transform, not "
+                                   f"{list(images.shape[1:])}; a transform must give every image one size")
+            images[j] = item[0]
+            labels[j] = item[1]
+            for e, v in zip(extras, item[3:]):
+                e.append(v)
+        out = [torch.stack(e) if isinstance(e[0], torch.Tensor) else torch.as_tensor(np.asarray(e, dtype=np.int64))
+               for e in extras]
+        return (images, torch.from_numpy(labels), torch.from_numpy(idx.copy()), *out)
+
+
+class HostBuffers:
+    """A small pool of pinned host buffers: the GPU copies outputs into one while the writer drains another."""
+
+    def __init__(self, n: int, rows: int, dim: int, classes: int, dtype: torch.dtype, logits_dtype: torch.dtype):
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(n):
+            self._free.put(
+                (
+                    torch.empty((rows, dim), dtype=dtype, pin_memory=True),
+                    torch.empty((rows, classes), dtype=logits_dtype, pin_memory=True),
+                )
+            )
+
+    def get(self):
+        return self._free.get()
+
+    def put(self, buf) -> None:
+        self._free.put(buf)
+
+
+def block_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
+    """The submodule ``name`` of a teacher, named as in its ``block_root()`` (e.g. layer3 of a torchvision ResNet)."""
+    root = model.block_root() if hasattr(model, "block_root") else model
+    try:
+        return root.get_submodule(name)
+    except AttributeError:
+        names = ", ".join(n for n, _ in root.named_children())
+        raise ConfigError(f"--blocks {name}: the teacher has no such module; its top-level modules are: "
+                          f"{names}") from None
+
+
+def attach_block_hooks(model: torch.nn.Module, names: list[str]):
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name in names:
+        def hook(_module, _inputs, output, name=name):
+            if not (isinstance(output, torch.Tensor) and output.dim() == 4):
+                raise ConfigError(f"--blocks {name}: its output is not a [B, C, H, W] feature map")
+            captured[name] = output
+        hooks.append(block_module(model, name).register_forward_hook(hook))
+    return hooks, captured
+
+
+def describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, device) -> list[dict[str, Any]]:
+    """Channels of each block, from one forward pass on a blank image (the manifest needs them before any write)."""
+    size = plan.transform.image_size
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, size, size, device=device))
+    return [
+        {"name": n, "channels": int(captured[n].shape[1]), "pool": cfg.pool,
+         "dim": int(captured[n].shape[1]) * cfg.pool * cfg.pool}
+        for n in cfg.blocks
+    ]
+
+
+def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter, *, shard_filter=None,
+         on_shard=None, save_manifest: bool = True) -> tuple[int, float]:
+    """Extract every pending row of every part (of the shards ``shard_filter`` accepts: a torchrun rank's share).
+    Returns (images, seconds)."""
+    cfg = plan.config
+    device = plan.device
+    model = teacher.model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.eval()
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+    normalize = plan.transform.normalizer(device)
+    feat_dtype = getattr(torch, cfg.dtype)
+    logit_dtype = getattr(torch, cfg.logits_dtype)
+
+    hooks, captured = attach_block_hooks(model, cfg.blocks)
+    if cfg.blocks and not manifest.blocks:
+        manifest.blocks = describe_blocks(model, captured, cfg, plan, device)
+        if save_manifest:
+            manifest.save(plan.directory)
+    writers: dict[str, PartWriter] = {}
+
+    # The manifest's timing covers every attempt: each recorded shard brings the wall time up to it and its rows,
+    # so a killed extract's finished shards keep their share and the resumed one adds to it.
+    base_seconds, base_rows, done_rows = manifest.timing.get("seconds", 0.0), manifest.timing.get("images", 0), 0
+
+    def on_done(info: ShardInfo) -> None:
+        nonlocal done_rows
+        if on_shard is not None:
+            on_shard(info)
+            return
+        done_rows += info.rows
+        manifest.timing.update(seconds=round(base_seconds + time.perf_counter() - started, 3),
+                               images=base_rows + done_rows)
+        manifest.shards.append(info)
+        manifest.save(plan.directory)
+
+    for part in manifest.rows:
+        writers[part] = PartWriter(plan.directory, manifest, part, on_done)
+    writer = BackgroundWriter(writers, max_pending=4, threaded=device.type != "cpu")
+    pool = None
+    if device.type == "cuda":
+        pool = HostBuffers(4, cfg.batch_size, teacher.num_features, cfg.topk_logits or teacher.num_classes, feat_dtype,
+                            logit_dtype)
+
+    sources: list[tuple[str, Any, np.ndarray]] = []
+    data_rows = pending_rows(manifest, PART_DATA, shard_filter)
+    if len(data_rows):
+        sources.append((PART_DATA, DigestedSamples(plan.dataset, plan.transform.geometry()), data_rows))
+    if plan.noise is not None:
+        noise_rows = pending_rows(manifest, PART_NOISE, shard_filter)
+        if len(noise_rows):
+            sources.append((PART_NOISE, NoiseDataset(plan.noise), noise_rows))
+    for v in range(1, plan.views.count if plan.views else 1):
+        view_rows = pending_rows(manifest, view_part(v), shard_filter)
+        if len(view_rows):
+            sources.append((view_part(v), ViewDataset(plan.dataset, plan.views, v, plan.transform), view_rows))
+
+    total = sum(len(r) for _, _, r in sources)
+    check_space(plan.directory, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
+    use_cpu_threads(device, workers)
+    images = 0
+    reporter.start(total, f"extract {teacher.name}", unit="img")
+    started = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            for part, source, rows in sources:
+                loader = DataLoader(
+                    Batches(source, rows, cfg.batch_size),
+                    batch_size=None,
+                    shuffle=False,
+                    num_workers=workers,
+                    pin_memory=device.type == "cuda",
+                    prefetch_factor=4 if workers > 0 else None,
+                    persistent_workers=False,
+                )
+                for batch, _labels, index, *extra in loader:  # data: content digests; views: augmentation
+                    x = normalize(batch, channels_last=cfg.channels_last)
+                    with autocast(device, plan.precision):
+                        features, logits = model(x)
+                    blocks = {(CONTENT if part == PART_DATA else AUG): extra[0].numpy()} if extra else {}
+                    if cfg.topk_logits:
+                        if cfg.topk_logits > logits.shape[1]:
+                            raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's "
+                                              f"{logits.shape[1]} classes")
+                        logits, top = logits.float().topk(cfg.topk_logits, dim=1)
+                        blocks[LOGITS_INDEX] = top.to(torch.int32).cpu().numpy()
+                    features = features.to(feat_dtype)
+                    logits = logits.to(logit_dtype)
+                    idx = index.numpy()
+                    if cfg.blocks:  # pooled on the device, copied synchronously (they are small)
+                        blocks.update({
+                            block_field(name): F.adaptive_avg_pool2d(captured[name].float(), cfg.pool)
+                            .flatten(1).to(feat_dtype).cpu().numpy()
+                            for name in cfg.blocks
+                        })
+                    if pool is not None:
+                        fbuf, lbuf = pool.get()
+                        n = len(idx)
+                        fbuf[:n].copy_(features, non_blocking=True)
+                        lbuf[:n].copy_(logits, non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                        writer.submit(
+                            part, idx, fbuf[:n].numpy(), lbuf[:n].numpy(), idx,
+                            ready=event.synchronize, release=lambda b=(fbuf, lbuf): pool.put(b), blocks=blocks,
+                        )
+                    else:
+                        writer.submit(part, idx, features.numpy(), logits.numpy(), idx, blocks=blocks)
+                    images += len(idx)
+                    reporter.advance(len(idx))
+        writer.close()
+    except BaseException:
+        try:
+            writer.close()
+        except BaseException:  # noqa: BLE001 - the original error is the one to report
+            pass
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        reporter.stop()
+        for h in hooks:
+            h.remove()
+    seconds = time.perf_counter() - started
+    return images, seconds
