@@ -109,9 +109,9 @@ def task_table(cfg: AmalgamateConfig, sources, components: dict[str, Path], targ
         for c in sources:
             run = cfg.source_runs.get(c.key) or _teacher_run(c)
             if run is not None and set(classes) <= set(c.manifest.teacher.classes or []):
-                row["sources"][c.key] = evaluate_run(run, parts={task: classes}, **common)["parts"][task]["acc"]
-        row["component"] = evaluate_run(components[task], **common)["acc"]
-        row["target"] = evaluate_run(target, parts={task: classes}, **common)["parts"][task]["acc"]
+                row["sources"][c.key] = evaluate_run(run, parts={task: classes}, **common).parts[task].acc
+        row["component"] = evaluate_run(components[task], **common).acc
+        row["target"] = evaluate_run(target, parts={task: classes}, **common).parts[task].acc
         rows.append(row)
     return rows
 

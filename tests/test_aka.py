@@ -132,7 +132,7 @@ def test_aka_trains_a_student_without_reading_labels(part_teachers, tmp_path, mo
     # The teacher run of a class subset evaluates on its own classes.
     from featcache.distill.trainer import evaluate_run
 
-    assert evaluate_run(root / "t1", workers=0)["n"] == 16
+    assert evaluate_run(root / "t1", workers=0).n == 16
 
 
 def test_aka_and_unlabeled_refusals(part_teachers, tmp_path):

@@ -175,7 +175,7 @@ def test_run_dir_rules(store, tmp_path):
     with pytest.raises(ConfigError, match="--resume"):
         distill(run_cfg(store, tmp_path, run_dir=tmp_path / "empty", resume=True))
     r = evaluate_run(tmp_path / "run", checkpoint="last", workers=0)
-    assert r["n"] == SYN["num_test"] and r["epoch"] == 1
+    assert r.n == SYN["num_test"] and r.epoch == 1
     with pytest.raises(ConfigError, match="not a featcache distill run"):
         evaluate_run(tmp_path, workers=0)
 

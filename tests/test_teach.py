@@ -24,7 +24,7 @@ def test_train_teacher_then_extract_with_its_weights(tmp_path):
     record = torch.load(path, weights_only=True)["featcache"]
     assert record["num_classes"] == 10 and record["init"] == "random" and record["test_acc"] == summary.best_acc
     # The run is evaluable like a distill run, and agrees with its best epoch.
-    assert evaluate_run(tmp_path / "t", workers=0)["acc"] == pytest.approx(summary.best_acc)
+    assert evaluate_run(tmp_path / "t", workers=0).acc == pytest.approx(summary.best_acc)
     # extract takes the file; logits range over the dataset's classes, so kd can use them.
     result = extract(ExtractConfig(teacher="resnet18", weights=str(path), dataset="synthetic",
                                    dataset_options=dict(SYN), split="test", image_size=32, workers=0,

@@ -145,10 +145,10 @@ def eval_cmd(
     r = evaluate_run(run_dir, checkpoint=checkpoint, device=device, batch_size=batch_size, workers=workers,
                      data_root=data_root, parts=parts)
     if as_json:
-        out.print_json(json.dumps(r))
+        out.print_json(json.dumps(r.to_dict()))
     else:
-        out.print(f"{run_dir} ({checkpoint}, epoch {r['epoch']}): test accuracy {r['acc']:.2%} on {r['n']:,} images "
-                  f"· test loss {r['loss']:.4f}", highlight=False)
-        for name, ev in r.get("parts", {}).items():
-            out.print(f"  {name}: {ev['acc']:.2%} on {ev['n']:,} images "
+        out.print(f"{run_dir} ({checkpoint}, epoch {r.epoch}): test accuracy {r.acc:.2%} on {r.n:,} images "
+                  f"· test loss {r.loss:.4f}", highlight=False)
+        for name, ev in r.parts.items():
+            out.print(f"  {name}: {ev.acc:.2%} on {ev.n:,} images "
                       f"(predicted among its {len(parts[name])} classes)", highlight=False)

@@ -367,7 +367,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             # Rank 0 evaluates on the whole test split; the others get its numbers.
             ev = evaluate(student, tests, s.transform, device, precision, config.channels_last) if main else None
             ev = distributed.broadcast(ev)
-            last_acc = ev["acc"]
+            last_acc = ev.acc
             elapsed += time.perf_counter() - t0
             train_images_total += seen
             train_seconds_total += train_seconds
@@ -378,8 +378,8 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "train_loss": (sums["loss"] / denom).item() if "loss" in sums else None,
                 **{f"train_{k}": (v / denom).item() for k, v in sums.items() if k != "loss"},
                 "train_acc": None if unlabeled else correct.item() / max(seen, 1),
-                "test_acc": ev["acc"],
-                "test_loss": ev["loss"],
+                "test_acc": ev.acc,
+                "test_loss": ev.loss,
                 "lr": opt.param_groups[0]["lr"],
                 "images_per_s": seen / train_seconds if train_seconds > 0 else None,
                 "noise_images": noise_seen,
@@ -390,9 +390,9 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 record["images_per_s"] = record["images_per_s"] and record["images_per_s"] * ctx.world
             if main:
                 rundir.append_metrics(run_dir, record)
-            improved = ev["acc"] > best_acc
+            improved = ev.acc > best_acc
             if improved:
-                best_acc, best_epoch = ev["acc"], epoch + 1
+                best_acc, best_epoch = ev.acc, epoch + 1
             state = {
                 "student": student.state_dict(),
                 "method": method.state_dict(),
@@ -406,17 +406,17 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "best_acc": best_acc,
                 "best_epoch": best_epoch,
                 "elapsed": elapsed,
-                "test_acc": ev["acc"],
+                "test_acc": ev.acc,
             }
             if main:
                 rundir.atomic_save(state, run_dir / LAST)
                 if improved:
-                    rundir.atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev["acc"]},
+                    rundir.atomic_save({"student": state["student"], "epoch": epoch, "test_acc": ev.acc},
                                       run_dir / BEST)
             reporter.message(
                 f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · "
                 f"{'' if unlabeled else f'train acc {correct.item() / max(seen, 1):.2%} · '}"
-                f"test acc {ev['acc']:.2%}{' (best)' if improved else ''} · {record['images_per_s'] or 0:,.0f} img/s"
+                f"test acc {ev.acc:.2%}{' (best)' if improved else ''} · {record['images_per_s'] or 0:,.0f} img/s"
             )
     finally:
         rss.__exit__(None, None, None)

@@ -3,6 +3,7 @@ its directory (``featcache eval``)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,34 @@ from featcache import rundir
 from featcache.rundir import BEST, LAST
 from featcache.runtime import autocast, default_workers, resolve_device, resolve_precision
 from featcache.transforms import TransformSpec
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Correct / total (Eq. 6) and the mean cross-entropy over ``n`` test images."""
+
+    acc: float
+    loss: float
+    n: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """A run's checkpoint on its test split (``featcache eval``), and on each class part asked for."""
+
+    run_dir: str
+    checkpoint: str
+    epoch: int
+    acc: float
+    loss: float
+    n: int
+    parts: dict[str, Accuracy] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def eval_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int, workers: int, device: torch.device):
@@ -46,7 +75,7 @@ def evaluate(student, loader, transform: TransformSpec, device, precision: str,
         loss_sum += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
         n += len(y)
     student.train(was_training)
-    return {"acc": correct.item() / max(n, 1), "loss": loss_sum.item() / max(n, 1), "n": n}
+    return Accuracy(acc=correct.item() / max(n, 1), loss=loss_sum.item() / max(n, 1), n=n)
 
 
 # -- the run ---------------------------------------------------------------------------------------------------------
@@ -103,7 +132,7 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
 
 def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", batch_size: int = 256,
                  workers: int | None = None, data_root: Path | None = None,
-                 parts: dict[str, list[str]] | None = None) -> dict[str, Any]:
+                 parts: dict[str, list[str]] | None = None) -> RunEvaluation:
     """Test accuracy (Eq. 6) of a run's checkpoint on the dataset's test split; with ``parts`` (name -> class
     names) also the accuracy on each part: its test images, predicted among that part's classes only (a task, as in
     the per-task tables of adaptive knowledge amalgamation)."""
@@ -112,7 +141,6 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     student, test, transform, dev, precision, state, config = load_run(run_dir, checkpoint, device, data_root)
     student = student.to(dev)
     w = default_workers(dev) if workers is None else workers
-    out: dict[str, Any] = {"run_dir": str(run_dir), "checkpoint": checkpoint, "epoch": state.get("epoch", -1) + 1}
     head = list(test.classes)  # what the checkpoint's logits cover
     base = test.base if isinstance(test, ClassSubset) else test
     jobs = [("all", test, None)]
@@ -122,6 +150,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
             raise ConfigError(f"--classes {name}: class {outside[0]!r} is not covered by the run's head "
                               f"({len(head)} classes)")
         jobs.append((name, ClassSubset(base, classes), [head.index(c) for c in classes]))
+    overall, per_part = None, {}
     for name, ds, cols in jobs:
         loader = eval_loader(ds, transform, batch_size, w, dev)
         try:
@@ -130,10 +159,11 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
         finally:
             shutdown_workers(loader)
         if cols is None:
-            out.update(ev)
+            overall = ev
         else:
-            out.setdefault("parts", {})[name] = ev
-    return out
+            per_part[name] = ev
+    return RunEvaluation(run_dir=str(run_dir), checkpoint=checkpoint, epoch=state.get("epoch", -1) + 1,
+                         acc=overall.acc, loss=overall.loss, n=overall.n, parts=per_part)
 
 
 class _Columns(torch.nn.Module):
