@@ -5,65 +5,8 @@
     >>> g = student.forward_features(images)          # [B, 2048]: the TS-Learning "modified layer"
     >>> logits = student.forward_head(g)               # [B, 10]
 
-The layout serves the three ways the Landro et al. papers transfer features:
-
-* **TS-Learning** matches the teacher feature f(x) (width D) with the output g(x) of the student's *feature
-  layer* l_1, the layer just before the classifier, whose width is adapted to D (``feature_dim=D``).
-* **Translators** (multi-teacher paper, Eq. 3) keep the native width; a translator maps f_t to it and the
-  translated feature is classified by l_0 (``head_from(1, t)``).
-* **Multi-teacher** (Eq. 5 / Algorithm 1) matches teacher i at the output of layer l_i and classifies the
-  translated feature through the remaining layers, l_0∘l_1∘…∘l_{i−1} (``head_from(i, t_i)``); ``levels=T``
-  guarantees T layers.
-
-Layer indexing: ``layers`` holds [l_T, ..., l_1] in forward order, so l_i is ``layers[T - i]``; "level i" means
-the output of l_i, level 1 is the feature layer. A student without FC layers (resnet18, mobilenetv2,
-inceptionv3 at native width) has T = 0 and level 1 is then the body output.
-
-The students (``--student``):
-
-* ``mobilenetv3`` (alias ``mobilenetv3_large``): torchvision mobilenet_v3_large features + pool, body 960;
-  native layers [Linear(960, 1280) + Hardswish]; dropout 0.2 before l_0 (as torchvision).
-* ``mobilenetv3_small``: mobilenet_v3_small, body 576; [Linear(576, 1024) + Hardswish]; dropout 0.2 before l_0.
-* ``mobilenetv2``: mobilenet_v2 features + pool, body 1280; no FC layers; dropout 0.2 before l_0.
-* ``lenet5``: conv(3,6,5)-ReLU-maxpool2-conv(6,16,5)-ReLU-maxpool2, body 16·5·5 = 400;
-  [Linear(400, 120) + ReLU, Linear(120, 84) + ReLU]; no dropout.
-* ``alexnet``: torchvision alexnet features + avgpool + flatten, body 9216 (small-input: 4096, below);
-  [Linear(body, 4096) + ReLU, Linear(4096, 4096) + ReLU] with dropout 0.5 on the input of each (torchvision's
-  placement: before l_2 and before l_1); none before l_0.
-* ``resnet18``: torchvision resnet18 up to avgpool, body 512; no FC layers; no dropout.
-* ``convnet_small``: the ``convnet`` teacher's VGG-style body at half width (3×3 conv-BN-ReLU ×2 per stage, widths
-  16/32/64, 2×2 max-pools between stages) + global average pool, body 64; no FC layers; no dropout. Not from the
-  papers: a student that trains at hundreds of images per second on a laptop CPU at 32 px (the demo's).
-* ``inceptionv3`` (alias ``inception_v3``): torchvision inception_v3 (aux_logits=False, init_weights=False) up to
-  avgpool + flatten, body 2048; no FC layers; dropout 0.5 before l_0 (as torchvision).
-
-Small-input (CIFAR-style, 32×32) variants, ``small_input=None`` meaning "image_size <= 64":
-
-* resnet18: conv1 becomes 3×3 stride 1 padding 1 and the max-pool is removed (the standard CIFAR ResNet-18):
-  total stride 8, a 4×4 map at 32 px.
-* mobilenetv2 / mobilenetv3 / mobilenetv3_small: the stem conv (``features.0.0``) gets stride 1, everything else
-  as torchvision builds it: total stride 16, a 2×2 map at 32 px (1×1 without the change).
-* alexnet: a small AlexNet: conv3×3 64 - pool - conv3×3 192 - pool - conv3×3 384 - conv3×3 256 - conv3×3 256 -
-  pool (ReLU after each conv, 2×2 max-pools), then an adaptive average pool to 4×4 (identity at 32 px):
-  body 256·4·4 = 4096, followed by the original head's two 4096-wide FC layers with their dropout.
-  The full variant (>= 63 px) is torchvision's.
-* lenet5 is natively 32×32; an adaptive average pool to 5×5 before the FC layers makes other sizes work (it is
-  the identity at 32 px), so it has no separate small variant.
-* inceptionv3 needs >= 75 px: ``forward_body`` upsamples smaller inputs (bilinear, align_corners=False) so that
-  each side is at least 75 px. This happens whatever ``small_input`` says; there is no other change.
-
-Options:
-
-* ``feature_dim=D``: the TS-Learning "modified layer". The last FC layer l_1 gets output width D (its activation
-  and dropout stay; the classifier's input follows). An architecture without FC layers gets one,
-  l_1 = Linear(body_dim, D) + activation. D equal to the native feature width changes nothing.
-* ``levels=T``: at least T FC layers for T teachers. When the stack has fewer, Linear(w, w) + activation layers
-  with w = body_dim are inserted at the front (the l_T side); native layers are never removed.
-* ``dropout=p``: every dropout of the FC stack gets probability p: the one before l_0 (always present when p is
-  given) and those inside native layers (alexnet). ``None`` keeps the architecture's defaults above.
-
-Activations of added layers: ReLU, Hardswish for the MobileNetV3s (as their native layer). ``head_from`` never
-applies dropout (it classifies translated teacher features, which are not the student's own activations).
+docs/students.md specifies the layout (which layer each paper's method reads, widths, dropout, small-input stems)
+and the registered architectures.
 """
 
 from __future__ import annotations
