@@ -17,7 +17,7 @@ DEFAULT_SHARD_ROWS = 4096  # rows per HDF5 shard (extract --shard-rows)
 # Kept literal so that --help needs no torch import; tests/test_cli.py checks they name every registered student and
 # method.
 STUDENTS_HELP = ("alexnet, convnet_small, inceptionv3, lenet5, mobilenetv2, mobilenetv3, mobilenetv3_small, resnet18 "
-                 "(`featcache students` describes them).")
+                 "(`featcache students` describes them), or timm:NAME with featcache[timm].")
 
 METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce without)."
 
@@ -26,7 +26,8 @@ METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with
 class ExtractConfig:
     """Everything `featcache extract` takes; each field declares its CLI flag and recipe key (featcache.flags)."""
 
-    teacher: str = opt(help="Teacher name: resnet50, inceptionv3, nts-net, any torchvision classifier, or run:DIR.",
+    teacher: str = opt(help="Teacher name: resnet50, inceptionv3, nts-net, convnet, run, any torchvision classifier, "
+                            "or timm:NAME (featcache[timm]).",
                        short="-t", recipe=False)
     dataset: str = opt("synthetic", "cifar10, cifar100, cub200, sod, folder or synthetic.", short="-d", recipe=False)
     data_root: Path | None = opt(None, "Directory holding the dataset in its official layout.", recipe=False)

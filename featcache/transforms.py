@@ -138,6 +138,7 @@ def default_transform(
     native_size: int | None = None,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
+    interpolation: str = "bilinear",
 ) -> TransformSpec:
     """The evaluation view for a teacher at ``image_size``.
 
@@ -147,9 +148,11 @@ def default_transform(
     """
     if resize is None:
         if native_size is not None:
-            return TransformSpec(image_size=image_size, resize=image_size, resize_mode="square", mean=mean, std=std)
+            return TransformSpec(image_size=image_size, resize=image_size, resize_mode="square", mean=mean, std=std,
+                                 interpolation=interpolation)
         resize = int(round(image_size / crop_fraction))
-    return TransformSpec(image_size=image_size, resize=resize, resize_mode=resize_mode, mean=mean, std=std)
+    return TransformSpec(image_size=image_size, resize=resize, resize_mode=resize_mode, mean=mean, std=std,
+                         interpolation=interpolation)
 
 
 # -- random images (TS-Learning §3, multi-teacher §3.5) ---------------------------------------------------------

@@ -10,7 +10,8 @@ from featcache.cli.app import app, out, user_errors
 
 @app.command()
 @user_errors
-def teachers(all_models: bool = typer.Option(False, "--all", help="Also list every torchvision classifier.")) -> None:
+def teachers(all_models: bool = typer.Option(False, "--all",
+                                            help="Also list every torchvision classifier and timm model.")) -> None:
     """List the teachers `extract --teacher` accepts."""
     from featcache.models.registry import get_entry
     from featcache.models.teachers import list_teachers
@@ -22,12 +23,20 @@ def teachers(all_models: bool = typer.Option(False, "--all", help="Also list eve
         e = get_entry("teacher", name)
         table.add_row(name, f"{e.default_image_size} px (≥{e.min_image_size})", e.description)
     out.print(table)
+    from featcache.models.timm_models import list_timm_models
+
+    timm_names = list_timm_models()
     if all_models:
         from featcache.models.teachers import torchvision_classifiers
 
-        out.print("any torchvision classifier: " + ", ".join(torchvision_classifiers()))
+        out.print("any torchvision classifier: " + ", ".join(torchvision_classifiers()), highlight=False)
+        if timm_names:
+            out.print(f"any timm model ({len(timm_names)}): " + ", ".join(timm_names), highlight=False)
+        else:
+            out.print("timm models as timm:NAME once timm is installed: pip install 'featcache[timm]'")
     else:
-        out.print("…and any torchvision classifier by name (--all lists them)")
+        timm_part = f" and any of timm's {len(timm_names)} models as timm:NAME" if timm_names else ""
+        out.print(f"…and any torchvision classifier by name{timm_part} (--all lists them)", highlight=False)
 
 
 @app.command()
@@ -44,6 +53,11 @@ def students() -> None:
         e = get_entry("student", name)
         table.add_row(name, e.description if e else "")
     out.print(table)
+    from featcache.models.timm_models import list_timm_models
+
+    if list_timm_models():
+        out.print("…and any timm model as timm:NAME: its network is the body, featcache's feature layer and head go "
+                  "on top", highlight=False)
 
 
 @app.command()

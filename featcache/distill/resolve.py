@@ -1,8 +1,9 @@
 """From ``--teacher`` arguments to opened caches that match the training data.
 
 A teacher is named by teacher name (``resnet50``: the store is searched for a complete cache of that teacher on
-exactly this dataset split), by cache key or unique key prefix, or by both (``resnet50:KEY``, the key checked to be
-of that teacher). Zero or several matches are errors that say which command to run or which key to pick.
+exactly this dataset split), by cache key or unique key prefix, or by both (``resnet50:KEY`` or
+``timm:NAME:KEY``, the key checked to be of that teacher). Zero or several matches are errors that say which command
+to run or which key to pick.
 """
 
 from __future__ import annotations
@@ -17,7 +18,12 @@ def _is_teacher_name(spec: str) -> bool:
     from featcache.models.registry import get_entry
     from featcache.models.teachers import torchvision_classifiers
 
-    return get_entry("teacher", spec) is not None or spec in torchvision_classifiers()
+    from featcache.errors import ModelError
+
+    try:
+        return get_entry("teacher", spec) is not None or spec in torchvision_classifiers()
+    except ModelError:  # e.g. an unknown timm:NAME: then the text is NAME:KEY
+        return False
 
 
 def _extract_hint(name: str, dataset: ImageDataset) -> str:
@@ -27,11 +33,11 @@ def _extract_hint(name: str, dataset: ImageDataset) -> str:
 
 
 def resolve_teacher(spec: str, dataset: ImageDataset, store: CacheStore) -> FeatureCache:
-    name, sep, key = spec.partition(":")
-    if not sep:
-        if _is_teacher_name(spec):
-            name, key = spec, ""
-        else:
+    if _is_teacher_name(spec):  # names may hold a colon themselves (timm:NAME)
+        name, key = spec, ""
+    else:
+        name, sep, key = spec.rpartition(":")  # NAME:KEY, where NAME may be timm:NAME
+        if not sep:
             name, key = "", spec
     if key:
         cache = store.open(key)

@@ -74,6 +74,17 @@ class ExtractResult:
         return self.manifest.total_bytes()
 
 
+def entry_recipe(entry) -> dict:
+    """The input recipe an entry's weights declare (timm's pretrained_cfg); nothing for torchvision's defaults, so
+    their transforms (and cache keys) stay what they were."""
+    recipe: dict = {}
+    if entry.mean is not None and entry.std is not None:
+        recipe.update(mean=tuple(entry.mean), std=tuple(entry.std))
+    if entry.interpolation != "bilinear":
+        recipe["interpolation"] = entry.interpolation
+    return recipe
+
+
 def plan_extract(config: ExtractConfig) -> ExtractPlan:
     """Resolve dataset, transform, weights and the cache key; cheap (no model is built)."""
     check_choice("--dtype", config.dtype, FEATURE_DTYPES)
@@ -103,6 +114,7 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         resize_mode=config.resize_mode or entry.resize_mode,
         resize=config.resize,
         native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
+        **entry_recipe(entry),
     )
     weights = resolve_weights(entry.name, config.weights, config.seed)
     num_classes = config.num_classes

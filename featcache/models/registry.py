@@ -33,9 +33,23 @@ class ModelEntry:
     imagenet_backbone: str | None = None  # torchvision model whose ImageNet weights --init imagenet loads (default:
     #                                       the entry's own torchvision model)
     head_swappable: bool = True  # a checkpoint's classifier head may be replaced for another class count
+    # The input recipe of the weights (timm's pretrained_cfg); None: ImageNet's mean/std, bilinear resize.
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    interpolation: str = "bilinear"
+    torchvision_weights: bool = True  # --weights may name torchvision weights (DEFAULT, IMAGENET1K_V2, ...)
+    default_weights: Callable[[str], str] | None = None  # --weights unset: fn(name) -> a checkpoint path
+    own_stem: bool = False  # a student whose stem cannot be made CIFAR-style (--small-input is refused)
 
 
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}
+# "prefix:NAME" families resolved on demand (timm:NAME): prefix -> fn(kind, name) -> ModelEntry | None.
+_NAMESPACES: dict[str, Callable[[str, str], ModelEntry | None]] = {}
+
+
+def register_namespace(prefix: str, resolve: Callable[[str, str], ModelEntry | None]) -> None:
+    """Names ``prefix:NAME`` of both kinds are resolved by ``resolve(kind, name)`` (which may import lazily)."""
+    _NAMESPACES[prefix] = resolve
 
 
 def register_model(kind: str, name: str, **meta: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -55,6 +69,9 @@ def list_models(kind: str) -> list[str]:
 
 
 def get_entry(kind: str, name: str) -> ModelEntry | None:
+    prefix, sep, _ = name.partition(":")
+    if sep and prefix in _NAMESPACES:
+        return _NAMESPACES[prefix](kind, name)
     return _REGISTRY.get((kind, name))
 
 

@@ -239,8 +239,14 @@ def create_student(
         raise ModelError(f"student {name}: levels must be >= 0, got {levels}")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ModelError(f"student {name}: dropout must be in [0, 1), got {dropout}")
-    small = image_size <= SMALL_INPUT_MAX if small_input is None else bool(small_input)
-    arch: Arch = entry.builder(small=small, image_size=image_size)
+    if entry.own_stem:
+        if small_input:
+            raise ModelError(f"--small-input: student {name} keeps its own stem; drop --small-input, or use a "
+                             "featcache student for CIFAR-style stems")
+        small = False
+    else:
+        small = image_size <= SMALL_INPUT_MAX if small_input is None else bool(small_input)
+    arch: Arch = entry.builder(small=small, image_size=image_size, entry=entry)
 
     # native stack -> (in, out, dropout) triples
     specs: list[list[Any]] = []
@@ -308,7 +314,7 @@ def _stem_stride_1(net: nn.Module) -> None:
     description="MobileNetV3-Large: body 960 → [1280] hardswish → classifier (dropout 0.2)",
     aliases=("mobilenetv3_large",),
 )
-def _mobilenetv3(small: bool, image_size: int) -> Arch:
+def _mobilenetv3(small: bool, image_size: int, **_: Any) -> Arch:
     import torchvision
 
     net = torchvision.models.mobilenet_v3_large(weights=None)
@@ -324,7 +330,7 @@ def _mobilenetv3(small: bool, image_size: int) -> Arch:
     default_image_size=224,
     description="MobileNetV3-Small: body 576 → [1024] hardswish → classifier (dropout 0.2)",
 )
-def _mobilenetv3_small(small: bool, image_size: int) -> Arch:
+def _mobilenetv3_small(small: bool, image_size: int, **_: Any) -> Arch:
     import torchvision
 
     net = torchvision.models.mobilenet_v3_small(weights=None)
@@ -337,7 +343,7 @@ def _mobilenetv3_small(small: bool, image_size: int) -> Arch:
 @register_model(
     KIND, "mobilenetv2", default_image_size=224, description="MobileNetV2: body 1280 → classifier (dropout 0.2)"
 )
-def _mobilenetv2(small: bool, image_size: int) -> Arch:
+def _mobilenetv2(small: bool, image_size: int, **_: Any) -> Arch:
     import torchvision
 
     net = torchvision.models.mobilenet_v2(weights=None)
@@ -353,7 +359,7 @@ def _mobilenetv2(small: bool, image_size: int) -> Arch:
     min_image_size=16,
     description="LeNet-5 (CIFAR): body 400 → [120, 84] relu → classifier",
 )
-def _lenet5(small: bool, image_size: int) -> Arch:
+def _lenet5(small: bool, image_size: int, **_: Any) -> Arch:
     _check_size("lenet5", image_size, 16, small=True)
     body = nn.Sequential(
         OrderedDict(
@@ -380,7 +386,7 @@ CONVNET_SMALL_WIDTH = 16  # half the convnet teacher's width: a quarter of its c
     min_image_size=8,
     description="small VGG-style CNN, widths 16/32/64 (the convnet teacher at half width): body 64 → classifier",
 )
-def _convnet_small(small: bool, image_size: int) -> Arch:
+def _convnet_small(small: bool, image_size: int, **_: Any) -> Arch:
     _check_size("convnet_small", image_size, 8, small=True)
     body = nn.Sequential(small_vgg_body(CONVNET_SMALL_WIDTH), nn.AdaptiveAvgPool2d(1))
     return Arch(body, 4 * CONVNET_SMALL_WIDTH, [], nn.ReLU, 0.0)
@@ -405,7 +411,7 @@ def _small_alexnet() -> nn.Module:
     min_image_size=32,
     description="AlexNet: body 9216 (small-input: 4096) → [4096, 4096] relu, dropout 0.5 before each → classifier",
 )
-def _alexnet(small: bool, image_size: int) -> Arch:
+def _alexnet(small: bool, image_size: int, **_: Any) -> Arch:
     if small:
         _check_size("alexnet", image_size, 8, small=True)
         return Arch(_small_alexnet(), 4096, [(4096, 0.5), (4096, 0.5)], nn.ReLU, 0.0, variant="small-input")
@@ -419,7 +425,7 @@ def _alexnet(small: bool, image_size: int) -> Arch:
 @register_model(
     KIND, "resnet18", default_image_size=224, description="ResNet-18: body 512 → classifier (small-input: CIFAR stem)"
 )
-def _resnet18(small: bool, image_size: int) -> Arch:
+def _resnet18(small: bool, image_size: int, **_: Any) -> Arch:
     import torchvision
 
     net = _strip(torchvision.models.resnet18(weights=None), "fc")
@@ -437,7 +443,7 @@ def _resnet18(small: bool, image_size: int) -> Arch:
     description="Inception-v3 (no aux head): body 2048 → classifier (dropout 0.5); inputs < 75 px upsampled",
     aliases=("inception_v3",),
 )
-def _inceptionv3(small: bool, image_size: int) -> Arch:
+def _inceptionv3(small: bool, image_size: int, **_: Any) -> Arch:
     import torchvision
 
     net = torchvision.models.inception_v3(weights=None, aux_logits=False, init_weights=False)

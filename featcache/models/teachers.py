@@ -259,6 +259,7 @@ def _inceptionv3(weights: WeightsInfo, num_classes: int | None, seed: int, entry
                   "train-teacher), or --weights random for a smoke test",
     imagenet_backbone="resnet50",
     head_swappable=False,
+    torchvision_weights=False,
 )
 def _ntsnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, image_size: int = 448,
             **_: Any):
@@ -328,7 +329,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
     if weights is None:
         if entry.needs_weights:
             raise WeightsError(entry.needs_weights)
-        weights = "DEFAULT"
+        weights = entry.default_weights(entry.name) if entry.default_weights else "DEFAULT"
     if entry.weights_are_run:
         path = Path(weights or "").expanduser()
         info = _run_info(path)  # errors name the missing file
@@ -347,7 +348,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
         return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path),
                            classes=_recorded_classes(path))
     tv_name = ALIASES.get(entry.name, entry.name)
-    if entry.name in ("nts-net", "convnet"):
+    if not entry.torchvision_weights:
         raise WeightsError(f"--weights {weights!r}: {entry.name} takes a checkpoint path or random")
     member = tv_weights_enum(tv_name, weights)
     categories = member.meta.get("categories")
@@ -441,6 +442,7 @@ class ConvNet(FeatureModel):
     description="small VGG-style CNN for small images (128-d features); no published weights: train-teacher",
     needs_weights="convnet has no published weights: pass --weights PATH (from featcache train-teacher) or "
                   "--weights random",
+    torchvision_weights=False,
 )
 def _convnet(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
     state = load_checkpoint(weights.ref) if weights.source == "file" else None

@@ -59,6 +59,17 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise WeightsError(f"--weights {path}: file not found")
+    if path.suffix == ".safetensors":  # timm's and Hugging Face's format: tensors only, nothing to unpickle
+        try:
+            from safetensors.torch import load_file
+        except ImportError:
+            raise WeightsError(f"--weights {path}: reading .safetensors needs the safetensors package") from None
+        try:
+            return extract_state_dict(load_file(str(path)), source=f"--weights {path}")
+        except WeightsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged file
+            raise WeightsError(f"--weights {path}: not a readable safetensors file ({exc})") from None
     trusted = os.environ.get("FEATCACHE_TRUST_WEIGHTS") == "1"
     try:
         # weights_only: unpickling arbitrary objects would run code from the file.
