@@ -75,7 +75,7 @@ def test_bench_join_reports_every_method(tmp_path):
     from featcache.bench import bench_join
 
     r = bench_join(rows=600, dim=16, classes=3, batch_size=32, pt_files=64, limit_s=5, directory=tmp_path, cold=True)
-    assert set(r["results"]) == {"h5py_fancy", "pt_per_sample", "ram", "disk", "np_take", "sequential_read"}
+    assert set(r["results"]) == {"h5py_fancy", "pt_per_sample", "ram", "library", "disk", "np_take", "sequential_read"}
     for name, x in r["results"].items():
         assert x["rows"] > 0 and x["rows_per_s"] > 0, name
     assert r["results"]["h5py_fancy"]["vs_h5py_fancy"] == 1.0

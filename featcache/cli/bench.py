@@ -169,6 +169,7 @@ def bench_join_cmd(
     for col in ("method", "rows/s", "vs its limit", "vs h5py fancy"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
     labels = {"ram": "featcache in-RAM table", "np_take": "  limit: np.take into a reused buffer",
+              "library": "featcache.api.RowJoin (your loop)",
               "disk": "featcache out-of-core table", "sequential_read": "  limit: sequential read of the shards",
               "h5py_fancy": "naive h5py fancy indexing", "pt_per_sample": "one .pt file per sample"}
     for key, label in labels.items():

@@ -39,10 +39,12 @@ __all__ = ["Batches", "DigestedSamples", "ExtractConfig", "ExtractPlan", "Extrac
            "plan_extract"]
 
 
-def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractResult:
-    """Run stage 1 for ``config`` (see module docstring); returns the cache's key and manifest."""
+def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=None, teacher=None,
+            command: str | None = None) -> ExtractResult:
+    """Run stage 1 for ``config`` (see module docstring); returns the cache's key and manifest. ``dataset`` and
+    ``teacher`` replace the registry's (featcache.api.extract_from builds them from a user's Dataset and module)."""
     reporter = reporter or Reporter()
-    plan = plan_extract(config)
+    plan = plan_extract(config, dataset=dataset, teacher=teacher, command=command)
     directory = plan.directory
     existing = load_manifest(directory)
     if existing is not None and existing.complete and not config.force and reusable(plan, existing, reporter):
@@ -58,7 +60,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None) -> ExtractR
         if existing is not None and existing.complete and not config.force and reusable(plan, existing, None):
             return ExtractResult(plan.key, directory, existing, reused=True)
         manifest = prepare_directory(plan, None if config.force else existing, reporter)
-        teacher = create_teacher(
+        teacher = plan.teacher or create_teacher(
             plan.config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
             image_size=plan.transform.image_size,
         )
@@ -84,7 +86,7 @@ def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Rep
             if existing is not None and not config.force:
                 merge_rank_shards(directory, existing)  # shards a crashed distributed run finished
             manifest = prepare_directory(plan, None if config.force else existing, reporter)
-        teacher = create_teacher(
+        teacher = plan.teacher or create_teacher(
             plan.config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
             image_size=plan.transform.image_size,
         )

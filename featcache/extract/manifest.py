@@ -186,7 +186,7 @@ def new_manifest(plan: ExtractPlan) -> Manifest:
             "h5py": h5py.__version__,
             "python": platform.python_version(),
         },
-        command=cfg.command(),
+        command=plan.command or cfg.command(),
     )
 
 

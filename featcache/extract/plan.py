@@ -25,7 +25,7 @@ from featcache.errors import (
     check_at_least,
     check_choice,
 )
-from featcache.models.teachers import WeightsInfo, resolve_weights, teacher_entry
+from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
 from featcache.runtime import resolve_device, resolve_precision
 from featcache.transforms import NoiseSpec, TransformSpec, default_transform
 from featcache.views import ViewSpec
@@ -46,6 +46,8 @@ class ExtractPlan:
     key: str
     views: ViewSpec | None
     directory: Path
+    teacher: Teacher | None = None  # a teacher built by the caller (featcache.api); None: built from the registry
+    command: str | None = None  # how to reproduce the cache, when not an `featcache extract` command line
 
 
 @dataclass
@@ -85,16 +87,21 @@ def entry_recipe(entry) -> dict:
     return recipe
 
 
-def plan_extract(config: ExtractConfig) -> ExtractPlan:
-    """Resolve dataset, transform, weights and the cache key; cheap (no model is built)."""
+def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, teacher: Teacher | None = None,
+                 command: str | None = None) -> ExtractPlan:
+    """Resolve dataset, transform, weights and the cache key; cheap (no model is built).
+
+    ``dataset`` and ``teacher`` (featcache.api) replace the registry's: the key then covers the teacher's weights
+    (their hash) and feature layer and the dataset's identity exactly as for registry models and datasets."""
     check_choice("--dtype", config.dtype, FEATURE_DTYPES)
     check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
     check_at_least("--batch-size", config.batch_size, 1)
     check_at_least("--shard-rows", config.shard_rows, 1)
     if config.noise < 0:
         raise ConfigError(f"--noise must be >= 0, got {config.noise}")
-    entry = teacher_entry(config.teacher)
-    dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
+    entry = teacher.entry if teacher is not None else teacher_entry(config.teacher)
+    if dataset is None:
+        dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
     if len(dataset) == 0:
         raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
     for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
@@ -116,8 +123,8 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
         **entry_recipe(entry),
     )
-    weights = resolve_weights(entry.name, config.weights, config.seed)
-    num_classes = config.num_classes
+    weights = teacher.weights if teacher is not None else resolve_weights(entry.name, config.weights, config.seed)
+    num_classes = teacher.num_classes if teacher is not None else config.num_classes
     if num_classes is None and weights.source == "random":
         num_classes = dataset.num_classes  # a random teacher gets a head for this dataset
     device = distributed.local_device(resolve_device(config.device))
@@ -134,7 +141,8 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         if len(set(config.blocks)) != len(config.blocks):
             raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice")
     identity = cache_identity(
-        teacher=teacher_identity(entry.name, weights.identity(), num_classes, "penultimate", image_size),
+        teacher=teacher_identity(entry.name, weights.identity(), num_classes,
+                                 teacher.feature_layer if teacher is not None else "penultimate", image_size),
         dataset=dataset.identity(), transform=transform.to_dict(), dtype=config.dtype,
         logits_dtype=config.logits_dtype, precision=precision, noise=noise.to_dict() if noise else None,
         topk_logits=config.topk_logits, views=views.to_dict() if views else None,
@@ -155,4 +163,6 @@ def plan_extract(config: ExtractConfig) -> ExtractPlan:
         key=key,
         directory=directory,
         views=views,
+        teacher=teacher,
+        command=command,
     )

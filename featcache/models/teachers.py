@@ -34,7 +34,7 @@ AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
 class WeightsInfo:
     """Where a teacher's numbers come from: enough to reproduce them and to tell two caches apart."""
 
-    source: str  # "random" | "torchvision" | "file"
+    source: str  # "random" | "torchvision" | "file" | "module" (a user's nn.Module: sha256 of its state_dict)
     ref: str  # enum name, file path, or "seed=N"
     sha256: str | None = None  # file content hash (source "file")
     url: str | None = None  # download URL (source "torchvision"; the URL embeds the file hash)
@@ -46,6 +46,8 @@ class WeightsInfo:
             return {"source": "file", "sha256": self.sha256}
         if self.source == "torchvision":
             return {"source": "torchvision", "ref": self.ref, "url": self.url}
+        if self.source == "module":  # a user's nn.Module (featcache.api): the hash of its state_dict
+            return {"source": "module", "sha256": self.sha256}
         return {"source": "random", "ref": self.ref}
 
 

@@ -1,0 +1,344 @@
+"""Bring your own teacher, dataset and training loop: featcache's two stages as a library (docs/python-api.md).
+
+    >>> from featcache import api
+    >>> result = api.extract_from(my_model, my_dataset, name="my-vit", dataset_name="pets", image_size=224)
+    >>> rows = api.CachedRows(my_dataset, [result.key], dataset_name="pets")     # (image, label, rows) per sample
+    >>> join = api.RowJoin([result.key], my_dataset, dataset_name="pets")        # or: rows for a batch of indices
+
+* :func:`extract_from` runs any ``nn.Module`` (timm-style ``forward_features``/``forward_head``, a named module
+  such as torchvision's ``avgpool``, or a callable) over any map-style ``Dataset`` yielding PIL images or uint8
+  tensors, into the same cache format and store as ``featcache extract``: the key covers the weights (a hash of the
+  state_dict), the feature layer, the transform and the dataset's identity (ids, labels, classes, content), so
+  resume, locks, reuse and verify work the same.
+* :class:`CachedRows` adds the teachers' rows to each sample of the user's dataset; :class:`RowJoin` gives the rows
+  of a batch of dataset indices in one vectorised gather (what ``featcache distill``'s loader does per batch). Both
+  refuse a cache that does not describe the dataset (ids, labels, split, classes; a sample of the images re-hashed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from featcache.cache.format import FEATURES, LOGITS
+from featcache.cache.reader import FeatureCache
+from featcache.cache.store import CacheStore
+from featcache.config import ExtractConfig
+from featcache.datasets.base import ImageDataset, check_split
+from featcache.errors import CacheMismatchError, ConfigError, DatasetError
+from featcache.models.base import FeatureModel
+from featcache.models.registry import ModelEntry
+from featcache.models.teachers import Teacher, WeightsInfo
+from featcache.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec, default_transform
+
+__all__ = ["CachedRows", "RowJoin", "UserDataset", "extract_from", "state_dict_sha256", "wrap_dataset",
+           "wrap_teacher"]
+
+
+# -- datasets ----------------------------------------------------------------------------------------------------------
+
+
+def _to_uint8_chw(image: Any, where: str) -> torch.Tensor:
+    """A user's sample image as the uint8 [3, H, W] tensor featcache's transforms take."""
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image
+        array = np.array(image.convert("RGB"))  # a writable copy
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).contiguous()
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(np.ascontiguousarray(image))
+    if not isinstance(image, torch.Tensor):
+        raise DatasetError(f"{where} is a {type(image).__name__}; featcache needs PIL images or uint8 tensors/arrays")
+    if image.dtype != torch.uint8:
+        raise DatasetError(
+            f"{where} is a {image.dtype} tensor; featcache caches the teacher's view of the raw image: give a dataset "
+            "that yields PIL images or uint8 tensors (drop ToTensor/Normalize from its transform; featcache applies "
+            "the teacher's)")
+    if image.ndim == 2:
+        image = image.unsqueeze(0)
+    if image.ndim == 3 and image.shape[0] not in (1, 3) and image.shape[-1] in (1, 3):
+        image = image.permute(2, 0, 1)  # HWC -> CHW
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise DatasetError(f"{where} has shape {tuple(image.shape)}; expected [3, H, W], [H, W, 3] or [H, W]")
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return image.contiguous()
+
+
+class UserDataset(ImageDataset):
+    """A user's map-style ``Dataset`` (``ds[i] -> (image, label, ...)``) seen as one split of an ImageDataset.
+
+    Ids: ``ids`` if given, else the dataset's ``sample_ids``, else the paths of an ImageFolder-style ``samples`` list,
+    else the indices. Labels: ``labels``, else ``targets``, else read once from the samples. Content: the files'
+    (size, mtime) when the dataset lists its files (``samples``), else a sha256 over every image's pixels (one read
+    of the dataset, done once per object) — so a changed image changes the cache key and an old cache is refused.
+    """
+
+    def __init__(self, dataset: Dataset, *, name: str, split: str = "train", ids: Sequence[str] | None = None,
+                 labels: Sequence[int] | None = None, classes: Sequence[str] | None = None,
+                 native_size: int | None = None, version: str = "") -> None:
+        self.name = name
+        self.native_size = native_size
+        self.user = dataset
+        n = len(dataset)
+        files = _listed_files(dataset)
+        if ids is None:
+            ids = getattr(dataset, "sample_ids", None) or files or [str(i) for i in range(n)]
+        if labels is None:
+            targets = getattr(dataset, "targets", None)
+            labels = list(targets) if targets is not None else [int(dataset[i][1]) for i in range(n)]
+        labels = np.asarray([int(x) for x in labels], dtype=np.int64)
+        if classes is None:
+            classes = getattr(dataset, "classes", None) or [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
+        if len(ids) != n or len(labels) != n:
+            raise DatasetError(f"dataset {name!r}: {n} samples but {len(ids)} ids and {len(labels)} labels")
+        if len(set(ids)) != n:
+            raise DatasetError(f"dataset {name!r}: sample ids are not unique; pass ids=[...] that name each sample")
+        self._files = files
+        super().__init__(split=check_split(split), root=None, classes=[str(c) for c in classes],
+                         sample_ids=[str(i) for i in ids], targets=labels,
+                         params={"source": "python", "class": type(dataset).__qualname__, "version": version})
+
+    def read_image(self, index: int) -> torch.Tensor:
+        return _to_uint8_chw(self.user[index][0], f"sample {index} of dataset {self.name!r}")
+
+    def compute_fingerprint(self) -> str:
+        if self._files is not None:
+            from featcache.datasets.base import stat_files
+
+            return "files:" + hashlib.sha256(stat_files(self._files).astype("<i8").tobytes()).hexdigest()
+        h = hashlib.sha256()
+        for i in range(len(self)):
+            image = self.read_image(i)
+            h.update(np.asarray(image.shape, dtype="<i8").tobytes())
+            h.update(image.numpy().tobytes())
+        return "pixels:" + h.hexdigest()
+
+
+def _listed_files(dataset: Dataset) -> list[str] | None:
+    samples = getattr(dataset, "samples", None)
+    if isinstance(samples, list) and samples and isinstance(samples[0], tuple) and isinstance(samples[0][0], str):
+        return [s[0] for s in samples]
+    return None
+
+
+def wrap_dataset(dataset: Dataset | ImageDataset, *, name: str | None = None, split: str = "train",
+                 **kwargs: Any) -> ImageDataset:
+    """``dataset`` as an ImageDataset (featcache's own datasets pass through unchanged)."""
+    if isinstance(dataset, ImageDataset):
+        return dataset
+    if not name:
+        raise ConfigError("dataset_name: name your dataset (e.g. dataset_name='pets'); it enters the cache key")
+    return UserDataset(dataset, name=name, split=split, **kwargs)
+
+
+# -- teachers ----------------------------------------------------------------------------------------------------------
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """A hash of every parameter and buffer (names, dtypes, shapes, values): the weights' part of the cache key."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class ModuleFeatureModel(FeatureModel):
+    """A user's module as a FeatureModel: ``forward(x) -> (features, logits)``, features taken per ``feature_layer``."""
+
+    def __init__(self, model: nn.Module, feature_layer: str | Callable | None, image_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.default_image_size = image_size
+        self.min_image_size = 1
+        self._layer = feature_layer
+        self._captured: list[torch.Tensor] = []
+        if callable(feature_layer) and not isinstance(feature_layer, str):
+            self.feature_layer = f"callable {getattr(feature_layer, '__qualname__', 'fn')}"
+        elif feature_layer in (None, "timm"):
+            if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
+                raise ConfigError("feature_layer: this module has no forward_features/forward_head (timm's split); "
+                                  "name a module (e.g. feature_layer='avgpool') or pass a callable")
+            self.feature_layer = "pre-logits (forward_head(forward_features(x), pre_logits=True))"
+        else:
+            try:
+                module = model.get_submodule(feature_layer)
+            except AttributeError:
+                names = ", ".join(n for n, _ in model.named_children())
+                raise ConfigError(f"feature_layer {feature_layer!r}: the module has no such submodule; its top-level "
+                                  f"modules are: {names}") from None
+            module.register_forward_hook(lambda _m, _i, out: self._captured.append(out))
+            self.feature_layer = f"output of {feature_layer}"
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self._layer
+        if callable(layer) and not isinstance(layer, str):
+            features, logits = layer(self.model, x)
+        elif layer in (None, "timm"):
+            pre = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            features = pre
+            classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
+            logits = classifier(pre) if classifier is not None else self.model.forward_head(
+                self.model.forward_features(x))
+        else:
+            self._captured.clear()
+            logits = self.model(x)
+            features = self._captured[-1]
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        return torch.flatten(features, 1), logits
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[0]
+
+
+def wrap_teacher(model: nn.Module, *, name: str, feature_layer: str | Callable | None = None, image_size: int = 224,
+                 crop_fraction: float = 0.875, resize_mode: str = "shorter", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 interpolation: str = "bilinear", classes: Sequence[str] | None = None) -> Teacher:
+    """``model`` as a featcache teacher. ``feature_layer``: None/"timm" (timm's pre-logits), a module name whose output
+    is the feature (torchvision: ``"avgpool"``), or ``fn(model, x) -> (features, logits)``."""
+    if not name or ":" in name or "/" in name:
+        raise ConfigError(f"name {name!r}: give the teacher a short name without ':' or '/' (it starts the cache key)")
+    model = model.eval()
+    wrapped = ModuleFeatureModel(model, feature_layer, image_size).eval()
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.inference_mode():
+        features, logits = wrapped(torch.zeros(1, 3, image_size, image_size, device=device))
+    wrapped.num_features = int(features.shape[1])
+    wrapped.num_classes = int(logits.shape[1])
+    entry = ModelEntry(name=name, builder=lambda **_: wrapped, kind="teacher", default_image_size=image_size,
+                       min_image_size=1, crop_fraction=crop_fraction, resize_mode=resize_mode,
+                       description=f"python module {type(model).__qualname__}", mean=tuple(mean), std=tuple(std),
+                       interpolation=interpolation)
+    weights = WeightsInfo(source="module", ref=type(model).__qualname__, sha256=state_dict_sha256(model),
+                          classes=tuple(classes) if classes else None)
+    return Teacher(name=name, model=wrapped, weights=weights, entry=entry, feature_layer=wrapped.feature_layer,
+                   classes=tuple(classes) if classes and len(classes) == wrapped.num_classes else None)
+
+
+# -- extract -----------------------------------------------------------------------------------------------------------
+
+
+def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *, name: str | None = None,
+                 dataset_name: str | None = None, split: str = "train", ids: Sequence[str] | None = None,
+                 labels: Sequence[int] | None = None, classes: Sequence[str] | None = None,
+                 feature_layer: str | Callable | None = None, image_size: int = 224,
+                 transform: TransformSpec | None = None, cache_dir: str | Path | None = None, reporter=None,
+                 **options: Any):
+    """Run ``model`` once over ``dataset`` and cache its features and logits (the CLI's cache format and store).
+
+    ``options`` are ExtractConfig fields (dtype, batch_size, device, precision, workers, shard_rows, noise, views,
+    topk_logits, force, ...). ``transform`` defaults to the teacher's view at ``image_size`` (resize + centre crop,
+    or a whole-image resize for a ``native_size`` dataset). Returns the ExtractResult (``.key`` names the cache)."""
+    from featcache.extract import extract
+
+    data = wrap_dataset(dataset, name=dataset_name, split=split, ids=ids, labels=labels, classes=classes) \
+        if not isinstance(dataset, ImageDataset) else dataset
+    if isinstance(model, Teacher):
+        teacher = model
+    else:
+        if name is None:
+            raise ConfigError("name: name the teacher (e.g. name='my-vit'); it starts the cache key")
+        teacher = wrap_teacher(model, name=name, feature_layer=feature_layer, image_size=image_size,
+                               classes=data.classes)
+    unknown = sorted(set(options) - {f for f in ExtractConfig.__dataclass_fields__} - {"teacher", "dataset"})
+    if unknown:
+        raise ConfigError(f"extract_from: unknown option {unknown[0]!r}; the options are ExtractConfig's fields")
+    size = transform.image_size if transform is not None else image_size
+    config = ExtractConfig(teacher=teacher.name, dataset=data.name, split=data.split, image_size=size,
+                           cache_dir=Path(cache_dir) if cache_dir else None, **options)
+    if transform is not None:
+        teacher.entry = _with_transform(teacher.entry, transform)
+        config.resize, config.resize_mode = transform.resize, transform.resize_mode
+    command = (f"python: featcache.api.extract_from({type(getattr(teacher.model, 'model', teacher.model)).__qualname__}"
+               f", <{type(getattr(data, 'user', data)).__qualname__}>, name={teacher.name!r}, "
+               f"dataset_name={data.name!r}, split={data.split!r})")
+    return extract(config, reporter, dataset=data, teacher=teacher, command=command)
+
+
+def _with_transform(entry: ModelEntry, transform: TransformSpec) -> ModelEntry:
+    from dataclasses import replace
+
+    return replace(entry, mean=tuple(transform.mean), std=tuple(transform.std), interpolation=transform.interpolation)
+
+
+def teacher_transform(teacher: Teacher, dataset: ImageDataset, image_size: int | None = None) -> TransformSpec:
+    """The view ``extract_from`` gives ``teacher`` on ``dataset`` by default."""
+    e = teacher.entry
+    return default_transform(image_size or e.default_image_size, crop_fraction=e.crop_fraction,
+                             resize_mode=e.resize_mode, native_size=dataset.native_size,
+                             mean=e.mean or IMAGENET_MEAN, std=e.std or IMAGENET_STD, interpolation=e.interpolation)
+
+
+# -- rows in the user's loop -------------------------------------------------------------------------------------------
+
+
+class RowJoin:
+    """The cached rows of several teachers for batches of dataset indices: one ``np.take`` per field per batch.
+
+    The caches are checked against ``dataset`` (ids, labels, classes, split, content fingerprint, and a sample of
+    images re-hashed against the digests the extract recorded) and, when given, against ``transform`` (the view the
+    rows describe). Tables are read into RAM once (``featcache bench join`` measures the gather)."""
+
+    def __init__(self, teachers: Sequence[str | FeatureCache], dataset: Dataset | ImageDataset | None = None, *,
+                 dataset_name: str | None = None, split: str = "train", cache_dir: str | Path | None = None,
+                 transform: TransformSpec | None = None, content_check: str = "sample",
+                 fields: Sequence[str] = (FEATURES, LOGITS), **dataset_kwargs: Any) -> None:
+        if not teachers:
+            raise ConfigError("teachers: name at least one cache (key, key prefix or FeatureCache)")
+        store = CacheStore(Path(cache_dir) if cache_dir else None)
+        self.caches = [t if isinstance(t, FeatureCache) else store.open(str(t)) for t in teachers]
+        self.dataset = None
+        if dataset is not None:
+            self.dataset = wrap_dataset(dataset, name=dataset_name, split=split, **dataset_kwargs)
+            for c in self.caches:
+                c.check_dataset(self.dataset, transform)
+                if content_check != "off":
+                    c.check_content(self.dataset, content_check)
+        n = {c.num_rows() for c in self.caches}
+        if len(n) != 1:
+            raise CacheMismatchError("teachers: the caches hold different numbers of rows; they describe different "
+                                     "datasets")
+        self.num_rows = n.pop()
+        self.fields = tuple(fields)
+        from featcache.distill.loader import InMemoryTable
+
+        self.tables = [InMemoryTable(c, "data", self.fields) for c in self.caches]
+
+    def __len__(self) -> int:
+        return self.num_rows
+
+    def join(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes)."""
+        idx = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
+        idx = idx.astype(np.int64, copy=False)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
+            raise IndexError(f"indices must lie in [0, {self.num_rows}), got [{idx.min()}, {idx.max()}]")
+        return [dict(zip(self.fields, t.gather(idx))) for t in self.tables]
+
+
+class CachedRows(Dataset):
+    """``dataset[i]`` with the teachers' rows appended: ``(*dataset[i], rows)``, ``rows`` a list (one per teacher)
+    of ``{"features", "logits"}``; PyTorch's default collate batches it. Loops that already hold a batch of dataset
+    indices get the rows of the whole batch in one gather from :class:`RowJoin` instead (``cached.join``)."""
+
+    def __init__(self, dataset: Dataset, teachers: Sequence[str | FeatureCache], **kwargs: Any) -> None:
+        self.user = dataset
+        self.join = RowJoin(teachers, dataset, **kwargs)
+        if len(dataset) != self.join.num_rows:
+            raise CacheMismatchError(f"the dataset has {len(dataset)} samples but the caches {self.join.num_rows} rows")
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    def __getitem__(self, index: int):
+        sample = self.user[index]
+        sample = tuple(sample) if isinstance(sample, (tuple, list)) else (sample,)
+        rows = [{k: v[0] for k, v in r.items()} for r in self.join.join([index])]
+        return (*sample, rows)
