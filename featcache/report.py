@@ -149,7 +149,8 @@ def markdown_table(rows: list[Row]) -> str:
 
 
 def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = None) -> Path:
-    """Test accuracy per epoch of every run (like Figure 6 of the multi-teacher paper), one line per run."""
+    """Test accuracy per epoch of every run (like Figure 6 of the multi-teacher paper): one colour per arm, its seeds
+    as thin lines and their mean as a thick one."""
     try:
         import matplotlib
 
@@ -160,16 +161,26 @@ def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = 
             "plots need matplotlib: pip install -e \".[plot]\" (or pip install matplotlib), or drop --plot"
         ) from None
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for r in records:
-        who = f"{r.model} {r.method if r.kind == 'student' else 'teacher'}"
-        if r.teachers:
-            who += " ← " + "+".join(r.teachers)
-        ax.plot(range(1, len(r.curve) + 1), [100 * a for a in r.curve], label=f"{who} (seed {r.seed})")
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    # One colour per arm (runs that differ only in their seed): each seed a thin line, their mean a thick one.
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, row in enumerate(build_rows(records)):
+        colour = colours[k % len(colours)]
+        r0 = row.runs[0]
+        who = f"{r0.model} {(r0.label or r0.method) if r0.kind == 'student' else 'teacher'}"
+        if r0.teachers:
+            who += " ← " + "+".join(r0.teachers)
+        for r in row.runs:
+            ax.plot(range(1, len(r.curve) + 1), [100 * a for a in r.curve], color=colour, linewidth=0.7, alpha=0.5)
+        length = min(len(r.curve) for r in row.runs)
+        if length:
+            mean = [100 * sum(r.curve[e] for r in row.runs) / len(row.runs) for e in range(length)]
+            seeds = f"mean of {len(row.runs)} seeds" if len(row.runs) > 1 else f"seed {r0.seed}"
+            ax.plot(range(1, length + 1), mean, color=colour, linewidth=2.0, label=f"{who} ({seeds})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
-    ax.set_title(title or "test accuracy per epoch")
+    ax.set_title(title or "test accuracy per epoch", fontsize=10, wrap=True)
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
