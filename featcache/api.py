@@ -317,9 +317,10 @@ class RowJoin:
     def join(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> list[dict[str, torch.Tensor]]:
         """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes)."""
         idx = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
-        idx = idx.astype(np.int64, copy=False)
-        if idx.size and (idx.min() < 0 or idx.max() >= self.num_rows):
-            raise IndexError(f"indices must lie in [0, {self.num_rows}), got [{idx.min()}, {idx.max()}]")
+        if idx.dtype != np.int64:
+            idx = idx.astype(np.int64)
+        if idx.size and idx.min() < 0:  # np.take would wrap a negative index; one past the end it refuses itself
+            raise IndexError(f"indices must lie in [0, {self.num_rows}), got {idx.min()}")
         return [dict(zip(self.fields, t.gather(idx))) for t in self.tables]
 
 

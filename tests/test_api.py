@@ -205,3 +205,55 @@ def test_timm_names_are_a_clear_error_when_timm_is_missing(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_timm)
     with pytest.raises(ModelError, match=r"pip install 'featcache\[timm\]'"):
         get_entry("teacher", "timm:resnet18")
+
+
+def test_a_callable_feature_layer_and_a_timm_style_module(store):
+    images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
+    data = TensorDataset(images, torch.arange(12) % 3)
+    net = torchvision.models.resnet18(num_classes=3).eval()
+
+    def pooled_and_logits(model, x):
+        h = model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(
+            model.maxpool(model.relu(model.bn1(model.conv1(x)))))))))
+        h = torch.flatten(h, 1)
+        return h, model.fc(h)
+
+    by_fn = api.extract_from(net, data, name="fn", dataset_name="toy", feature_layer=pooled_and_logits,
+                             image_size=16, workers=0)
+    by_name = api.extract_from(net, data, name="fn", dataset_name="toy", feature_layer="avgpool", image_size=16,
+                               workers=0)
+    assert by_fn.key != by_name.key  # the feature layer is part of the key
+    np.testing.assert_array_equal(open_cache(by_fn.key).read_all()["features"],
+                                  open_cache(by_name.key).read_all()["features"])
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    r = api.extract_from(model, data, name="tiny-effnet", dataset_name="toy", image_size=16, workers=0)
+    m = open_cache(r.key).manifest
+    assert m.teacher.num_features == model.num_features and m.teacher.num_classes == 3
+    assert m.teacher.feature_layer.startswith("pre-logits")
+
+
+def test_timm_teacher_weights_come_from_the_local_hugging_face_cache(store, tmp_path, monkeypatch):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from featcache.cli import app
+
+    cfg = timm.models.get_pretrained_cfg("test_efficientnet")
+    hub = tmp_path / "hf"
+    snapshot = hub / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (hub / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "refs").mkdir()
+    (hub / f"models--{cfg.hf_hub_id.replace('/', '--')}" / "refs" / "main").write_text("abc123")
+    net = timm.create_model("test_efficientnet")
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(snapshot / "model.safetensors"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = CliRunner().invoke(app, ["extract", "-t", "timm:test_efficientnet", "-o", "num_train=16", "-o", "num_test=8",
+                                 "--image-size", "32", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    key = r.output.split("cache ")[1].split(":")[0].strip()
+    m = open_cache(key).manifest
+    assert m.teacher.weights["source"] == "file" and m.teacher.weights["ref"].endswith("model.safetensors")
+    assert m.teacher.num_classes == net.num_classes

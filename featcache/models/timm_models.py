@@ -16,6 +16,7 @@ timm is imported only when a ``timm:`` name is used; the core install does not n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +95,11 @@ def local_pretrained_file(name: str) -> Path | None:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
+    # The cache folder as the environment says now (huggingface_hub reads it once, when first imported).
+    hub = os.environ.get("HF_HUB_CACHE") or (os.path.join(os.environ["HF_HOME"], "hub") if os.environ.get("HF_HOME")
+                                             else None)
     for filename in WEIGHT_FILES:
-        found = try_to_load_from_cache(repo, filename)
+        found = try_to_load_from_cache(repo, filename, cache_dir=hub)
         if isinstance(found, str) and Path(found).is_file():
             return Path(found)
     return None
