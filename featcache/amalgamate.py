@@ -61,7 +61,26 @@ def _train(config: DistillConfig, log) -> None:
     distill(config)
 
 
-def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=print) -> dict[str, Any]:
+@dataclass
+class TaskAccuracy:
+    """One task (class part) of the amalgamation table: test accuracy predicted among the task's classes."""
+
+    task: str
+    classes: int
+    sources: dict[str, float]  # source cache key -> its teacher's accuracy on the task (when its run is known)
+    component: float
+    target: float
+
+
+@dataclass
+class AmalgamationResult:
+    components: dict[str, Path]  # task -> component-net run directory
+    component_keys: dict[str, str]  # task -> the component's cache key
+    target: Path  # the target net's run directory
+    table: list[TaskAccuracy]
+
+
+def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=print) -> AmalgamationResult:
     """Run both stages; returns the run directories, the component cache keys and the per-task table."""
     if len(cfg.parts) < 1:
         raise ConfigError("amalgamate needs at least one task (--classes FILE, repeatable)")
@@ -97,22 +116,24 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
     _train(_distill_config(cfg, student=cfg.student, teachers=list(component_keys.values()), epochs=cfg.epochs,
                            run_dir=target), log)
     table = task_table(cfg, sources, components, target)
-    return {"components": components, "component_keys": component_keys, "target": target, "table": table}
+    return AmalgamationResult(components, component_keys, target, table)
 
 
-def task_table(cfg: AmalgamateConfig, sources, components: dict[str, Path], target: Path) -> list[dict[str, Any]]:
+def task_table(cfg: AmalgamateConfig, sources, components: dict[str, Path], target: Path) -> list[TaskAccuracy]:
     """Per task: accuracy of each source teacher that has a run directory, of the component and of the target."""
     rows = []
     common = {"workers": cfg.workers, "device": cfg.device, "data_root": cfg.data_root}
     for task, classes in cfg.parts.items():
-        row: dict[str, Any] = {"task": task, "classes": len(classes), "sources": {}}
+        source_acc = {}
         for c in sources:
             run = cfg.source_runs.get(c.key) or _teacher_run(c)
             if run is not None and set(classes) <= set(c.manifest.teacher.classes or []):
-                row["sources"][c.key] = evaluate_run(run, parts={task: classes}, **common).parts[task].acc
-        row["component"] = evaluate_run(components[task], **common).acc
-        row["target"] = evaluate_run(target, parts={task: classes}, **common).parts[task].acc
-        rows.append(row)
+                source_acc[c.key] = evaluate_run(run, parts={task: classes}, **common).parts[task].acc
+        rows.append(TaskAccuracy(
+            task=task, classes=len(classes), sources=source_acc,
+            component=evaluate_run(components[task], **common).acc,
+            target=evaluate_run(target, parts={task: classes}, **common).parts[task].acc,
+        ))
     return rows
 
 

@@ -408,7 +408,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             result = _amalgamate(p, keys, cache_dir, device, workers, reporter, log)
     report = write_report(p)
     if p.amalgamate is not None:
-        report["amalgamate"] = result["table"]
+        report["amalgamate"] = result.table
     return report
 
 

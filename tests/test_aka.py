@@ -195,19 +195,19 @@ def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_pa
         return amalgamate(cfg, log=lambda m: None)
 
     a = run("a")
-    assert set(a["components"]) == {"part1", "part2"} and (a["target"] / "summary.json").is_file()
-    rows = {r["task"]: r for r in a["table"]}
+    assert set(a.components) == {"part1", "part2"} and (a.target / "summary.json").is_file()
+    rows = {r.task: r for r in a.table}
     assert set(rows) == {"part1", "part2"}
     for task, row in rows.items():
-        assert len(row["sources"]) == 1  # the teacher trained on that part, found through its teacher.pt
-        assert 0 <= row["component"] <= 1 and 0 <= row["target"] <= 1
+        assert len(row.sources) == 1  # the teacher trained on that part, found through its teacher.pt
+        assert 0 <= row.component <= 1 and 0 <= row.target <= 1
     # The component caches record the component's classes, so the target maps them onto its head.
-    store = FeatureCache(tmp_path / "store-a" / a["component_keys"]["part1"])
+    store = FeatureCache(tmp_path / "store-a" / a.component_keys["part1"])
     assert store.manifest.teacher.classes == parts["part1"] and store.manifest.teacher.name == "run"
     # Scrambled training labels change nothing: no stage read them.
     b = run("b", scramble=True)
-    sa = torch.load(a["target"] / "checkpoint-last.pt", weights_only=False)["student"]
-    sb = torch.load(b["target"] / "checkpoint-last.pt", weights_only=False)["student"]
+    sa = torch.load(a.target / "checkpoint-last.pt", weights_only=False)["student"]
+    sb = torch.load(b.target / "checkpoint-last.pt", weights_only=False)["student"]
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k])
     # Re-running skips every stage.

@@ -119,7 +119,7 @@ def amalgamate(
         workers=workers,
     )
     r = run_amalgamate(cfg, reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False))
-    print_task_table(r["table"], f"per-task test accuracy (%) — {run_dir}")
+    print_task_table(r.table, f"per-task test accuracy (%) — {run_dir}")
 
 @app.command("eval")
 @user_errors
