@@ -409,6 +409,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     report = write_report(p)
     if p.amalgamate is not None:
         report["amalgamate"] = result.table
+        report["amalgamate_markdown"] = _write_task_table(p, result.table)
     return report
 
 
@@ -431,6 +432,18 @@ def distill_runs(p: Pipeline) -> list[Path]:
     """The recipe's distill run directories that have finished at least one epoch."""
     dirs = [p.runs_dir / job.name for job in distill_jobs(p.distill)]
     return [d for d in dirs if (d / SUMMARY).is_file() or (d / METRICS).is_file()]
+
+
+def _write_task_table(p: Pipeline, table) -> Path:
+    """The amalgamation's per-task table as markdown next to the runs (amalgamate.md)."""
+    lines = ["| task | classes | source teacher(s) % | component % | target % |", "| --- | ---: | ---: | ---: | ---: |"]
+    for row in table:
+        src = ", ".join(f"{100 * a:.2f}" for a in row.sources.values()) or "—"
+        lines.append(f"| {row.task} | {row.classes} | {src} | {100 * row.component:.2f} | {100 * row.target:.2f} |")
+    path = p.runs_dir / "amalgamate.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {p.report.get('title', p.name)}: per-task test accuracy\n\n" + "\n".join(lines) + "\n")
+    return path
 
 
 def write_report(p: Pipeline) -> dict[str, Any]:

@@ -286,6 +286,7 @@ def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
     p = load_pipeline(recipe, runs_dir=tmp_path / "runs")
     result = run_pipeline(p, workers=0, log=lambda m: None)
     assert len(result["amalgamate"]) == 2
+    assert result["amalgamate_markdown"].read_text().count("| part") == 2
     from featcache.cache import CacheStore
 
     components = [e for e in CacheStore(tmp_path / "home").entries() if e.manifest.teacher.name == "run"]

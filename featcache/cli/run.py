@@ -108,7 +108,7 @@ def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run) -> dict:
     if result.get("amalgamate"):
         print_task_table(result["amalgamate"],
                          f"amalgamation: per-task test accuracy (%) — {pipeline.runs_dir / 'amalgamate'}")
-    for k in ("markdown", "plot"):
+    for k in ("markdown", "plot", "amalgamate_markdown"):
         if result.get(k):
             out.print(f"{k}: {result[k]}", highlight=False)
     return result
