@@ -64,8 +64,16 @@ def load_record(run_dir: str | Path) -> RunRecord:
     if config.get("tag"):
         label += f" [{config['tag']}]"
     ignore = {"seed", "run_dir", "resume", "workers", "device", "cache_dir", "data_root"}
+    # The classes the head covers are part of what a run is: two teachers of different class parts (train-teacher
+    # --classes, which subsets the dataset rather than setting config.classes) are two arms, never one mean.
+    head = info.get("head_classes")
+    test_params = ((info.get("dataset") or {}).get("test") or {}).get("params") or {}
+    part = test_params.get("class_subset") or config.get("classes")
+    if part:
+        label += f" [{len(part)} classes: {', '.join(part[:2])}{', …' if len(part) > 2 else ''}]"
     signature = json.dumps({**{k: v for k, v in config.items() if k not in ignore},
-                            "teacher_keys": [t["key"] for t in info.get("teachers", [])]}, sort_keys=True, default=str)
+                            "teacher_keys": [t["key"] for t in info.get("teachers", [])], "head_classes": head},
+                           sort_keys=True, default=str)
     return RunRecord(
         run_dir=run_dir, kind=kind, model=config["student"], method=info.get("method", config.get("method") or "?"),
         teachers=teachers, dataset=config["dataset"], seed=int(config.get("seed", 0)),
@@ -118,7 +126,7 @@ class Row:
         ep = "/".join(map(str, sorted(epochs))) + ("" if epochs == planned else f" of {max(planned)}")
         return {
             "model": r.model + (" (teacher)" if r.kind == "teacher" else ""),
-            "method": (r.label or r.method) if r.kind == "student" else "fine-tune",
+            "method": (r.label or r.method) if r.kind == "student" else "fine-tune" + r.label[len(r.method):],
             "teachers": ", ".join(r.teachers) or "—",
             "dataset": r.dataset,
             "seeds": str(len(self.runs)),
@@ -167,7 +175,7 @@ def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = 
     for k, row in enumerate(build_rows(records)):
         colour = colours[k % len(colours)]
         r0 = row.runs[0]
-        who = f"{r0.model} {(r0.label or r0.method) if r0.kind == 'student' else 'teacher'}"
+        who = f"{r0.model} {(r0.label or r0.method) if r0.kind == 'student' else 'teacher' + r0.label[len(r0.method):]}"
         if r0.teachers:
             who += " ← " + "+".join(r0.teachers)
         for r in row.runs:

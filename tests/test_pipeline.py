@@ -126,11 +126,14 @@ def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "invalid TOML" in bad.output
 
 
-def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True, student="lenet5"):
+def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True, student="lenet5",
+              head=None):
     d = root / name
     d.mkdir(parents=True)
     cfg = {"config": {"student": student, "dataset": "synthetic", "seed": seed, "method": method},
            "method": method, "teachers": [{"key": f"{t}-k", "teacher": t} for t in teachers]}
+    if head:
+        cfg.update(head_classes=head, kind="teacher", dataset={"test": {"params": {"class_subset": head}}})
     (d / "config.json").write_text(json.dumps(cfg))
     (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n"
                                              for i, a in enumerate(accs)))
@@ -370,3 +373,13 @@ def test_a_bad_option_value_in_a_recipe_is_named_as_the_recipe_spells_it(tmp_pat
 
         distill(DistillConfig(student="lenet5", optimizer="adagrad", epochs=1,
                               dataset_options={"num_train": 16, "num_test": 8}, run_dir=tmp_path / "r"))
+
+
+def test_teachers_of_different_class_parts_are_two_rows_not_one_mean(tmp_path):
+    """A train-teacher --classes run subsets the dataset (config.classes stays unset): the report must still keep
+    two teachers of two class parts apart, and say which part each covers."""
+    _fake_run(tmp_path, "t1", [0.5, 0.7], method="teacher", student="resnet18", head=["bird", "cat", "deer"])
+    _fake_run(tmp_path, "t2", [0.6, 0.8], method="teacher", student="resnet18", head=["dog", "ship", "truck"])
+    rows = build_rows([load_record(tmp_path / "t1"), load_record(tmp_path / "t2")])
+    assert len(rows) == 2
+    assert "[3 classes: bird, cat, …]" in load_record(tmp_path / "t1").label
