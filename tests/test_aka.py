@@ -103,6 +103,7 @@ def part_teachers(tmp_path_factory):
     return root, keys
 
 
+@pytest.mark.slow
 def test_aka_trains_a_student_without_reading_labels(part_teachers, tmp_path, monkeypatch):
     root, keys = part_teachers
 
@@ -220,6 +221,7 @@ def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_pa
     assert all(m.endswith("done") or "reused" in m for m in logs), logs
 
 
+@pytest.mark.slow
 def test_amalgamate_cli_prints_the_per_task_table(part_teachers, tmp_path):
     root, keys = part_teachers
     args = ["amalgamate", "--student", "lenet5", "-o", "num_train=64", "-o", "num_test=32", "-o", "num_classes=4",
@@ -236,6 +238,7 @@ def test_amalgamate_cli_prints_the_per_task_table(part_teachers, tmp_path):
     assert bad.exit_code == 2 and "not found" in bad.output
 
 
+@pytest.mark.slow
 def test_aka_with_block_features(tmp_path):
     """Teachers cached with intermediate blocks; the student's body modules are bridged to them block by block."""
     store = tmp_path / "store"

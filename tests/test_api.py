@@ -53,6 +53,7 @@ def registry_cache(store):
                                  image_size=32, workers=0, batch_size=8, cache_dir=store))
 
 
+@pytest.mark.slow
 def test_a_users_module_and_dataset_give_the_rows_of_the_registry_path(store):
     reg = registry_cache(store)
     # The same network and weights as a plain torchvision model, features read at its avgpool.
@@ -139,6 +140,7 @@ def test_the_wrappers_rows_are_the_distill_loaders_rows(store):
         join.join([len(ds)])
 
 
+@pytest.mark.slow
 def test_the_python_api_doc_example_trains(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text = (ROOT / "docs" / "python-api.md").read_text()
@@ -154,6 +156,7 @@ def test_the_python_api_doc_example_trains(store, tmp_path, monkeypatch):
 # -- timm -------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_timm_teacher_and_student_run_extract_distill_eval(store, tmp_path):
     timm = pytest.importorskip("timm")  # the [timm] extra; .ci/run installs it
     from typer.testing import CliRunner
@@ -207,6 +210,7 @@ def test_timm_names_are_a_clear_error_when_timm_is_missing(monkeypatch):
         get_entry("teacher", "timm:resnet18")
 
 
+@pytest.mark.slow
 def test_a_callable_feature_layer_and_a_timm_style_module(store):
     images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
     data = TensorDataset(images, torch.arange(12) % 3)

@@ -4,6 +4,8 @@ imports inside functions too), and no module reaching into another's private nam
 import ast
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "featcache"
 
 
@@ -72,6 +74,7 @@ def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+@pytest.mark.slow
 def test_no_import_cycles_between_featcache_modules():
     assert _cycles(_imports(_modules())) == []
 

@@ -25,6 +25,7 @@ def test_bench_extract_reports_both_rates_and_their_ratio(tmp_path):
     assert not (tmp_path / "untouched").exists()  # benches write to a scratch store
 
 
+@pytest.mark.slow
 def test_bench_extract_cli_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "extract", "--teacher", "resnet18", "-o", "num_train=32",
@@ -58,6 +59,7 @@ def test_bench_distill_times_every_setting(tmp_path):
     assert r["image_size"] == 32 and not (tmp_path / "untouched").exists()
 
 
+@pytest.mark.slow
 def test_bench_distill_cli(tmp_path):
     out = tmp_path / "bench.json"
     result = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--teacher", "resnet18",

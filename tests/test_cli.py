@@ -34,6 +34,7 @@ def one_line_error(result, *needles):
     return text
 
 
+@pytest.mark.slow
 def test_extract_then_cache_commands(store):
     r = invoke("extract", "--teacher", "resnet18", "--weights", "random", *SYN, "--noise", "8")
     assert r.exit_code == 0, r.output
@@ -83,6 +84,7 @@ def test_unreadable_checkpoint(store, tmp_path):
     one_line_error(invoke("extract", "--teacher", "resnet18", "--weights", str(bad), *SYN), str(bad), "checkpoint")
 
 
+@pytest.mark.slow
 def test_checkpoint_for_another_architecture(store, tmp_path):
     import torchvision
 

@@ -615,6 +615,7 @@ def _nearest_centroid(f: torch.Tensor, y: torch.Tensor, ft: torch.Tensor, yt: to
     return (torch.cdist(ft, centroids).argmin(1) == yt).float().mean().item()
 
 
+@pytest.mark.slow
 def test_synthetic_colour_does_not_reveal_the_class(synthetic_arrays):
     x, y, xt, yt = synthetic_arrays
     assert _nearest_centroid(x.mean((2, 3)), y, xt.mean((2, 3)), yt) < 0.4

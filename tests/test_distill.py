@@ -51,6 +51,7 @@ def run_cfg(store, tmp_path, **kw):
 # -- the cache is lossless ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ts", "ts-translator", "kd", "fitnets"])
 def test_loss_from_cached_rows_equals_loss_with_the_live_teacher(store, method):
     """Issue part 6: the same batch, the same student; rows from the cache vs the teacher run now."""
@@ -192,6 +193,7 @@ def test_augmentation_needs_the_fixed_teacher_flag(store, tmp_path):
     setup(run_cfg(store, tmp_path, teachers=[], method="ce", augment="flip"))
 
 
+@pytest.mark.slow
 def test_missing_and_ambiguous_teacher_caches(store, tmp_path):
     with pytest.raises(CacheError, match="featcache extract --teacher alexnet --dataset synthetic"):
         setup(run_cfg(store, tmp_path, teachers=["alexnet"]))
@@ -268,6 +270,7 @@ def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
         distill(run_cfg(store, tmp_path, run_dir=tmp_path / "x", compile="fast"))
 
 
+@pytest.mark.slow
 def test_online_teacher_arm_matches_the_cached_one(tmp_path):
     """--online runs the cache's teacher on every batch (issue 14's losslessness arm): float32 rows of the same
     teacher on the same images, so the run ends where the cached run ends, and it records its peak memory."""

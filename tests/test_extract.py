@@ -44,6 +44,7 @@ def teacher_outputs(cfg, images_uint8):
         return teacher.model.eval()(x)
 
 
+@pytest.mark.slow
 def test_cached_rows_equal_the_teachers_own_output(tmp_path):
     cfg = config(tmp_path, noise=10, noise_seed=5)
     result = extract(cfg)
@@ -83,6 +84,7 @@ def test_rerun_is_a_no_op_that_builds_no_teacher(tmp_path, monkeypatch):
     assert again.reused and again.key == first.key
 
 
+@pytest.mark.slow
 def test_force_redoes_the_cache(tmp_path):
     cfg = config(tmp_path)
     first = extract(cfg)
@@ -105,6 +107,7 @@ def test_key_depends_on_what_changes_the_numbers(tmp_path):
     assert base.startswith("resnet18-synthetic-train-")
 
 
+@pytest.mark.slow
 def test_interrupted_extract_resumes_only_unfinished_shards(tmp_path, monkeypatch):
     cfg = config(tmp_path)  # 96 rows, shards of 40 -> 3 shards
     real_finish = PartWriter._finish
@@ -133,6 +136,7 @@ def test_interrupted_extract_resumes_only_unfinished_shards(tmp_path, monkeypatc
         np.testing.assert_array_equal(a.read_all()[FEATURES], b.read_all()[FEATURES])
 
 
+@pytest.mark.slow
 def test_damaged_recorded_shard_is_redone(tmp_path):
     cfg = config(tmp_path)
     first = extract(cfg)
@@ -194,6 +198,7 @@ def test_kill_9_mid_extract_then_resume(tmp_path):
     assert CacheStore(store).verify(key).ok
 
 
+@pytest.mark.slow
 def test_second_writer_waits_or_exits(tmp_path):
     cfg = config(tmp_path)
     plan = plan_extract(cfg)
@@ -246,6 +251,7 @@ def test_float32_features(tmp_path):
         assert rows[FEATURES].dtype == np.float32 and rows[LOGITS].dtype == np.float16
 
 
+@pytest.mark.slow
 def test_block_features_are_cached_pooled_and_exact(tmp_path):
     import torch.nn.functional as F
 

@@ -52,6 +52,7 @@ def collect(loader, epochs=2):
     return out
 
 
+@pytest.mark.slow
 def test_rows_are_the_cached_rows_of_each_sample(caches):
     loader = loader_for(caches, mode="ram", shuffle="full")
     full = [FeatureCache(d).read_all() for d in caches]

@@ -107,6 +107,7 @@ def original_state_shapes(num_classes: int = 200, cat_num: int = 4) -> dict[str,
     return shapes
 
 
+@pytest.mark.slow
 def test_state_dict_matches_original_release():
     expected = original_state_shapes(200, 4)
     got = {k: tuple(v.shape) for k, v in NTSNet().state_dict().items()}
@@ -132,6 +133,7 @@ def _save_original_format(path, model: NTSNet, drop_num_batches_tracked: bool = 
     )
 
 
+@pytest.mark.slow
 def test_checkpoint_roundtrip_infers_num_classes(tmp_path, small):
     x = torch.randn(1, 3, 96, 96, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -153,6 +155,7 @@ def test_checkpoint_roundtrip_infers_num_classes(tmp_path, small):
         build_ntsnet(num_classes=7, weights=ckpt)  # explicit class count wins, and does not fit
 
 
+@pytest.mark.slow
 def test_checkpoint_without_num_batches_tracked(tmp_path, small):
     ckpt = tmp_path / "old.ckpt"
     _save_original_format(ckpt, small, drop_num_batches_tracked=True)
@@ -168,6 +171,7 @@ def test_not_an_nts_checkpoint(tmp_path):
         build_ntsnet(weights=path)
 
 
+@pytest.mark.slow
 def test_random_init_defaults():
     m = build_ntsnet()
     assert (m.num_classes, m.cat_num, m.top_n, m.num_features, m.default_image_size) == (200, 4, 6, 10240, 448)
@@ -176,6 +180,7 @@ def test_random_init_defaults():
 # -- shapes ------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_forward_shapes(model, images):
     with torch.no_grad():
         f, logits = model(images)
@@ -184,6 +189,7 @@ def test_forward_shapes(model, images):
     assert torch.isfinite(f).all()
 
 
+@pytest.mark.slow
 def test_forward_original_geometry():
     """448x448 input, 224x224 parts, 200 classes: the configuration of the released checkpoint."""
     torch.manual_seed(2)
@@ -235,6 +241,7 @@ def _reference_anchors(side: int) -> np.ndarray:
     return np.array(rows)
 
 
+@pytest.mark.slow
 def test_anchor_count_and_values_at_448():
     a = generate_anchors(448, 448)
     assert a.shape == (1614, 4)  # 14*14*6 + 7*7*6 + 4*4*9
@@ -296,6 +303,7 @@ def test_selection_threshold_is_inclusive_and_pads(selection):
 # -- crops -------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("side", [224, 400])  # at 400 some stride-128 anchors run past the 224 pad: clipped
 def test_crops_match_original_slice_and_interpolate(side):
     m = NTSNet(image_size=side)
@@ -340,6 +348,7 @@ def test_forward_matches_per_image_original_pipeline(model, images):
 # -- batching, modes, memory format ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_batch_consistency_and_determinism(model, images):
     with torch.no_grad():
         f, logits = model(images)
@@ -371,6 +380,7 @@ def test_channels_last_input(small):
     torch.testing.assert_close(logits_cl, logits, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_autocast_bf16(small):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -392,6 +402,7 @@ def test_dropout_only_in_train_mode(small):
     assert torch.equal(c, d)
 
 
+@pytest.mark.slow
 def test_forward_train_outputs(small, images):
     with torch.no_grad():
         out = small.forward_train(images)

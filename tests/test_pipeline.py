@@ -64,6 +64,7 @@ def test_recipe_runs_then_skips_everything_it_has_done(tmp_path, monkeypatch):
             and not any(m.startswith("[distill]") for m in logs))
 
 
+@pytest.mark.slow
 def test_interrupted_runs_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     data = json.loads(json.dumps(TINY))
@@ -254,6 +255,7 @@ options = {batch_size = 16}
 """
 
 
+@pytest.mark.slow
 def test_recipe_with_class_parts_and_amalgamation(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     recipe = tmp_path / "aka.toml"
@@ -278,6 +280,7 @@ def test_recipe_with_class_parts_and_amalgamation(tmp_path, monkeypatch):
         load_pipeline(recipe)
 
 
+@pytest.mark.slow
 def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     text = AKA_RECIPE.replace('extract = {image_size = 32}',
@@ -297,6 +300,7 @@ def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
                                         for e in components)
 
 
+@pytest.mark.slow
 def test_recipe_teacher_reusing_trained_weights_with_views(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     data = json.loads(json.dumps(TINY))

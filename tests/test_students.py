@@ -62,6 +62,7 @@ def test_registered_students_are_listed():
 # -- contract ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STUDENTS)
 def test_contract_small_input(name):
     student = create_student(name, C, image_size=32).eval()
@@ -94,6 +95,7 @@ def test_contract_small_input(name):
     assert name in line and f"{C} classes" in line and "params" in line and "\n" not in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", STUDENTS)
 def test_full_size_variant(name):
     size = FULL_SIZE.get(name, 64)
@@ -107,6 +109,7 @@ def test_full_size_variant(name):
     assert f.shape == (2, student.num_features) and logits.shape == (2, C)
 
 
+@pytest.mark.slow
 def test_small_input_auto_threshold():
     assert create_student("lenet5", C, image_size=64).small_input
     assert not create_student("resnet18", C, image_size=65).small_input
@@ -142,6 +145,7 @@ def test_small_input_final_maps_at_32px(name, path, small, full):
         assert _map_size(f, f.body.get_submodule(path)) == full
 
 
+@pytest.mark.slow
 def test_small_variant_changes():
     r = create_student("resnet18", C, image_size=32)
     assert (r.body.conv1.kernel_size, r.body.conv1.stride, r.body.conv1.padding) == ((3, 3), (1, 1), (1, 1))
@@ -187,6 +191,7 @@ def test_lenet5_other_sizes_pool_to_5x5():
         assert s.forward_body(_x(16)).shape == (2, 400)
 
 
+@pytest.mark.slow
 def test_dropout_placement_and_override():
     m = create_student("mobilenetv3", C, image_size=32)
     assert isinstance(m.head_drop, nn.Dropout) and m.head_drop.p == 0.2 and not m.head_drop.inplace

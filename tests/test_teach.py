@@ -42,6 +42,7 @@ def test_train_teacher_then_extract_with_its_weights(tmp_path):
     assert acc == pytest.approx(summary.best_acc)  # the cached logits reproduce the teacher's test accuracy
 
 
+@pytest.mark.slow
 def test_train_teacher_cli_and_resume(tmp_path):
     runner = CliRunner()
     args = ["train-teacher", "--teacher", "mobilenet_v3_small", "-o", "num_train=64", "-o", "num_test=16",
@@ -67,6 +68,7 @@ def test_init_resolution(tmp_path, monkeypatch):
         resolve_init("resnet18", "best")
 
 
+@pytest.mark.slow
 def test_classifier_from_a_checkpoint_with_another_head(tmp_path):
     model = build_classifier("resnet18", num_classes=7, image_size=32)
     ckpt = tmp_path / "w.pt"
@@ -90,6 +92,7 @@ def test_ranking_loss_matches_the_pairwise_definition():
     assert ranking_loss(scores, part_loss).item() == pytest.approx(expected / 3, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_nts_net_trains_with_its_four_losses():
     from featcache.models.ntsnet import NTSNet
     from featcache.distill.methods.base import MethodParams

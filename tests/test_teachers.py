@@ -11,6 +11,7 @@ from featcache.models.teachers import TorchvisionFeatureModel
 CONTRACT = [("resnet50", 32, 2048), ("inceptionv3", 75, 2048), ("resnet18", 32, 512), ("mobilenet_v3_small", 32, 1024)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size,dim", CONTRACT)
 def test_forward_features_width_matches_num_features(name, size, dim):
     teacher = create_teacher(name, weights="random", num_classes=7)
@@ -39,6 +40,7 @@ def test_features_are_the_classifier_input():
         torch.testing.assert_close(teacher.model.forward_features(x), torch.flatten(ref, 1))
 
 
+@pytest.mark.slow
 def test_random_init_is_seeded():
     a = create_teacher("resnet18", weights="random", num_classes=3, seed=1).model.head.weight
     b = create_teacher("resnet18", weights="random", num_classes=3, seed=1).model.head.weight
@@ -59,6 +61,7 @@ def _save_resnet18(path, num_classes=4, layout="plain"):
     return teacher
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["plain", "module", "model", "net_state_dict"])
 def test_checkpoint_layouts_load_and_infer_num_classes(tmp_path, layout):
     path = tmp_path / "ckpt.pt"
@@ -73,6 +76,7 @@ def test_checkpoint_layouts_load_and_infer_num_classes(tmp_path, layout):
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_inception_checkpoint_with_aux_head_loads(tmp_path):
     import torchvision
 
@@ -82,6 +86,7 @@ def test_inception_checkpoint_with_aux_head_loads(tmp_path):
     assert teacher.num_classes == 6 and teacher.num_features == 2048
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_names_keys(tmp_path):
     path = tmp_path / "r18.pt"
     _save_resnet18(path, num_classes=4)

@@ -157,6 +157,7 @@ def _flip_byte(path: Path, where: float = 0.7) -> None:
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
 def test_damaged_shard_is_refused_by_distill_and_redone_by_extract(home, tree, tmp_path, damage):
     key = extract_key(home, "--data-root", tree / "train")
@@ -529,6 +530,7 @@ def test_orphaned_shards_are_listed_and_removable(home, tree):
     assert r.exit_code == 0 and not (home / key).exists()
 
 
+@pytest.mark.slow
 def test_rm_of_a_cache_being_written_says_what_to_do(home, tree):
     from featcache.cache import CacheLock
 

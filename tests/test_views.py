@@ -28,6 +28,7 @@ def view_cache(tmp_path_factory):
     return c, extract(c)
 
 
+@pytest.mark.slow
 def test_extract_caches_k_views_with_their_parameters(view_cache):
     c, result = view_cache
     m = result.manifest
@@ -128,6 +129,7 @@ def test_distill_run_with_views(view_cache, tmp_path):
         distill(DistillConfig(**base, run_dir=tmp_path / "r", resident=True))
 
 
+@pytest.mark.slow
 def test_topk_logits_are_stored_compactly_and_joined_densely(tmp_path):
     from featcache.cache.format import LOGITS_INDEX, dense_logits
     from featcache.distill.loader import JoinedLoader
