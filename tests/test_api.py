@@ -178,8 +178,7 @@ def test_timm_teacher_and_student_run_extract_distill_eval(store, tmp_path):
     assert m.transform["interpolation"] == cfg.interpolation and tuple(m.transform["mean"]) == tuple(cfg.mean)
     assert m.teacher.num_features == timm.create_model("test_efficientnet").num_features
     run("distill", "-s", "timm:mobilenetv4_conv_small", "-t", "timm:test_efficientnet", *syn, "--epochs", "1",
-        "-b", "16",
-        "--workers", "0", "--run-dir", tmp_path / "run")
+        "-b", "16", "--workers", "0", "--run-dir", tmp_path / "run")
     r = run("eval", tmp_path / "run", "--workers", "0", "--json")
     assert '"n": 16' in r.output
     bad = CliRunner().invoke(app, ["distill", "-s", "timm:test_convnext", "--small-input", *syn, "--epochs", "1"])
