@@ -71,6 +71,11 @@ class TaskAccuracy:
     component: float
     target: float
 
+    def cells(self) -> list[str]:
+        """task, classes, source teacher(s) %, component %, target % (the CLI's and amalgamate.md's columns)."""
+        sources = ", ".join(f"{100 * a:.2f}" for a in self.sources.values()) or "—"
+        return [self.task, str(self.classes), sources, f"{100 * self.component:.2f}", f"{100 * self.target:.2f}"]
+
 
 @dataclass
 class AmalgamationResult:

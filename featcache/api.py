@@ -35,7 +35,7 @@ from featcache.errors import CacheMismatchError, ConfigError, DatasetError
 from featcache.models.base import FeatureModel
 from featcache.models.registry import ModelEntry
 from featcache.models.teachers import Teacher, WeightsInfo
-from featcache.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec, default_transform
+from featcache.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec
 
 __all__ = ["CachedRows", "RowJoin", "UserDataset", "extract_from", "state_dict_sha256", "wrap_dataset",
            "wrap_teacher"]
@@ -108,9 +108,9 @@ class UserDataset(ImageDataset):
 
     def compute_fingerprint(self) -> str:
         if self._files is not None:
-            from featcache.datasets.base import stat_files
+            from featcache.datasets.base import files_fingerprint
 
-            return "files:" + hashlib.sha256(stat_files(self._files).astype("<i8").tobytes()).hexdigest()
+            return "files:" + files_fingerprint(self._files)
         h = hashlib.sha256()
         for i in range(len(self)):
             image = self.read_image(i)
@@ -181,11 +181,10 @@ class ModuleFeatureModel(FeatureModel):
         if callable(layer) and not isinstance(layer, str):
             features, logits = layer(self.model, x)
         elif layer in (None, "timm"):
-            pre = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-            features = pre
+            body = self.model.forward_features(x)
+            features = self.model.forward_head(body, pre_logits=True)
             classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
-            logits = classifier(pre) if classifier is not None else self.model.forward_head(
-                self.model.forward_features(x))
+            logits = classifier(features) if classifier is not None else self.model.forward_head(body)
         else:
             self._captured.clear()
             logits = self.model(x)
@@ -238,8 +237,7 @@ def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *,
     or a whole-image resize for a ``native_size`` dataset). Returns the ExtractResult (``.key`` names the cache)."""
     from featcache.extract import extract
 
-    data = wrap_dataset(dataset, name=dataset_name, split=split, ids=ids, labels=labels, classes=classes) \
-        if not isinstance(dataset, ImageDataset) else dataset
+    data = wrap_dataset(dataset, name=dataset_name, split=split, ids=ids, labels=labels, classes=classes)
     if isinstance(model, Teacher):
         teacher = model
     else:
@@ -253,27 +251,10 @@ def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *,
     size = transform.image_size if transform is not None else image_size
     config = ExtractConfig(teacher=teacher.name, dataset=data.name, split=data.split, image_size=size,
                            cache_dir=Path(cache_dir) if cache_dir else None, **options)
-    if transform is not None:
-        teacher.entry = _with_transform(teacher.entry, transform)
-        config.resize, config.resize_mode = transform.resize, transform.resize_mode
     command = (f"python: featcache.api.extract_from({type(getattr(teacher.model, 'model', teacher.model)).__qualname__}"
                f", <{type(getattr(data, 'user', data)).__qualname__}>, name={teacher.name!r}, "
                f"dataset_name={data.name!r}, split={data.split!r})")
-    return extract(config, reporter, dataset=data, teacher=teacher, command=command)
-
-
-def _with_transform(entry: ModelEntry, transform: TransformSpec) -> ModelEntry:
-    from dataclasses import replace
-
-    return replace(entry, mean=tuple(transform.mean), std=tuple(transform.std), interpolation=transform.interpolation)
-
-
-def teacher_transform(teacher: Teacher, dataset: ImageDataset, image_size: int | None = None) -> TransformSpec:
-    """The view ``extract_from`` gives ``teacher`` on ``dataset`` by default."""
-    e = teacher.entry
-    return default_transform(image_size or e.default_image_size, crop_fraction=e.crop_fraction,
-                             resize_mode=e.resize_mode, native_size=dataset.native_size,
-                             mean=e.mean or IMAGENET_MEAN, std=e.std or IMAGENET_STD, interpolation=e.interpolation)
+    return extract(config, reporter, dataset=data, teacher=teacher, transform=transform, command=command)
 
 
 # -- rows in the user's loop -------------------------------------------------------------------------------------------
@@ -288,10 +269,14 @@ class RowJoin:
 
     def __init__(self, teachers: Sequence[str | FeatureCache], dataset: Dataset | ImageDataset | None = None, *,
                  dataset_name: str | None = None, split: str = "train", cache_dir: str | Path | None = None,
-                 transform: TransformSpec | None = None, content_check: str = "sample",
+                 transform: TransformSpec | None = None, content_check: str = "sample", check: bool = True,
                  fields: Sequence[str] = (FEATURES, LOGITS), **dataset_kwargs: Any) -> None:
         if not teachers:
             raise ConfigError("teachers: name at least one cache (key, key prefix or FeatureCache)")
+        if dataset is None and check:
+            # Rows joined to data nobody checked could be another dataset's, in another order: refuse by default.
+            raise ConfigError("dataset: pass the dataset the rows are joined to (it is checked against the caches); "
+                              "check=False joins by index unchecked")
         store = CacheStore(Path(cache_dir) if cache_dir else None)
         self.caches = [t if isinstance(t, FeatureCache) else store.open(str(t)) for t in teachers]
         self.dataset = None

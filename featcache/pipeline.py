@@ -437,9 +437,7 @@ def distill_runs(p: Pipeline) -> list[Path]:
 def _write_task_table(p: Pipeline, table) -> Path:
     """The amalgamation's per-task table as markdown next to the runs (amalgamate.md)."""
     lines = ["| task | classes | source teacher(s) % | component % | target % |", "| --- | ---: | ---: | ---: | ---: |"]
-    for row in table:
-        src = ", ".join(f"{100 * a:.2f}" for a in row.sources.values()) or "—"
-        lines.append(f"| {row.task} | {row.classes} | {src} | {100 * row.component:.2f} | {100 * row.target:.2f} |")
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in table]
     path = p.runs_dir / "amalgamate.md"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"# {p.report.get('title', p.name)}: per-task test accuracy\n\n" + "\n".join(lines) + "\n")

@@ -26,13 +26,17 @@ _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 @pytest.fixture(autouse=True)
 def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test runs as CI does: no network and an empty torch hub cache. A test that tried to fetch weights or
+    """Every test runs as CI does: no network, an empty torch hub cache and an empty Hugging Face cache (timm's
+    weights). A test that tried to fetch weights or
     data would fail here with an error naming the address, instead of passing only where the network happens to be
     up. Loopback stays open (torchrun's gloo rendezvous in test_distributed)."""
     import socket
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.getbasetemp() / "torch-home-empty"))
     monkeypatch.setenv("FEATCACHE_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "hf-cache-empty"))
+    monkeypatch.delenv("HF_HOME", raising=False)
     real_connect = socket.socket.connect
 
     def guarded(self, address):

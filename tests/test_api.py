@@ -108,6 +108,9 @@ def test_changed_images_change_the_key_and_the_join_refuses_other_data(store):
                               feature_layer="avgpool", image_size=16, workers=0)
     assert second.key != first.key
     api.RowJoin([first.key], TensorDataset(images, labels), dataset_name="toy")  # its own data: accepted
+    with pytest.raises(ConfigError, match="pass the dataset the rows are joined to"):
+        api.RowJoin([first.key])  # rows by index for data nobody checked: refused unless asked for
+    assert len(api.RowJoin([first.key], check=False)) == 20
     with pytest.raises(CacheMismatchError, match="labels"):
         api.RowJoin([first.key], TensorDataset(images, (labels + 1) % 4), dataset_name="toy")
     with pytest.raises(CacheMismatchError):

@@ -13,9 +13,7 @@ def print_task_table(rows: list, title: str) -> None:
     for col in ("task", "classes", "source teacher(s)", "component", "target"):
         table.add_column(col, justify="left" if col in ("task", "source teacher(s)") else "right")
     for row in rows:
-        src = ", ".join(f"{100 * a:.2f}" for a in row.sources.values()) or "—"
-        table.add_row(row.task, str(row.classes), src, f"{100 * row.component:.2f}",
-                      f"{100 * row.target:.2f}")
+        table.add_row(*row.cells())
     out.print(table)
 
 

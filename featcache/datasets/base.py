@@ -154,6 +154,11 @@ def stat_files(paths: Sequence[str]) -> np.ndarray:
     return out
 
 
+def files_fingerprint(paths: Sequence[str]) -> str:
+    """sha256 over the files' (size, mtime_ns), in order: a changed, replaced or reordered file changes it."""
+    return hashlib.sha256(stat_files(paths).astype("<i8").tobytes()).hexdigest()
+
+
 class ImageDataset(Dataset):
     """One split of an image classification dataset.
 
@@ -233,9 +238,7 @@ class ImageDataset(Dataset):
         """sha256 over every sample file's (size, mtime_ns), in id order; None for datasets not made of files
         (subclasses whose pixels live elsewhere override it)."""
         paths = self.image_paths()
-        if paths is None:
-            return None
-        return hashlib.sha256(stat_files(paths).astype("<i8").tobytes()).hexdigest()
+        return None if paths is None else files_fingerprint(paths)
 
     def fingerprint(self) -> str | None:
         """The content fingerprint in this split's identity (computed once per object; files are stat'ed)."""

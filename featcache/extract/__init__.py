@@ -40,11 +40,11 @@ __all__ = ["Batches", "DigestedSamples", "ExtractConfig", "ExtractPlan", "Extrac
 
 
 def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=None, teacher=None,
-            command: str | None = None) -> ExtractResult:
+            transform=None, command: str | None = None) -> ExtractResult:
     """Run stage 1 for ``config`` (see module docstring); returns the cache's key and manifest. ``dataset`` and
     ``teacher`` replace the registry's (featcache.api.extract_from builds them from a user's Dataset and module)."""
     reporter = reporter or Reporter()
-    plan = plan_extract(config, dataset=dataset, teacher=teacher, command=command)
+    plan = plan_extract(config, dataset=dataset, teacher=teacher, transform=transform, command=command)
     directory = plan.directory
     existing = load_manifest(directory)
     if existing is not None and existing.complete and not config.force and reusable(plan, existing, reporter):

@@ -88,11 +88,12 @@ def entry_recipe(entry) -> dict:
 
 
 def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, teacher: Teacher | None = None,
-                 command: str | None = None) -> ExtractPlan:
+                 transform: TransformSpec | None = None, command: str | None = None) -> ExtractPlan:
     """Resolve dataset, transform, weights and the cache key; cheap (no model is built).
 
     ``dataset`` and ``teacher`` (featcache.api) replace the registry's: the key then covers the teacher's weights
-    (their hash) and feature layer and the dataset's identity exactly as for registry models and datasets."""
+    (their hash) and feature layer and the dataset's identity exactly as for registry models and datasets;
+    ``transform`` replaces the view derived from the teacher's recipe and the flags."""
     check_choice("--dtype", config.dtype, FEATURE_DTYPES)
     check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
     check_at_least("--batch-size", config.batch_size, 1)
@@ -110,12 +111,13 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
     check_at_least("--views", config.views, 1)
     if config.workers is not None:
         check_at_least("--workers", config.workers, 0)
-    image_size = config.image_size if config.image_size is not None else entry.default_image_size
+    image_size = (transform.image_size if transform is not None else
+                  config.image_size if config.image_size is not None else entry.default_image_size)
     if image_size < entry.min_image_size:
         raise ConfigError(
             f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
         )
-    transform = default_transform(
+    transform = transform or default_transform(
         image_size,
         crop_fraction=entry.crop_fraction,
         resize_mode=config.resize_mode or entry.resize_mode,
