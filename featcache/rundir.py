@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from featcache import safeload
 from featcache.errors import ConfigError
 
 CONFIG = "config.json"
@@ -86,16 +87,18 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", hint: str = "") -> dict[str, Any]:
     """A run checkpoint (a dict written by featcache); a truncated or foreign file is a one-line ConfigError."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; the run has not finished an epoch yet")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - zip, pickle and EOF errors all mean a damaged file
-        reason = " ".join(str(exc).split())[:120] or type(exc).__name__
-        raise ConfigError(f"checkpoint {path} is damaged ({reason}){'; ' + hint if hint else ''}") from None
+        # weights-only: a run directory may come from someone else (featcache writes tensors and numbers only).
+        state = safeload.load(path, map_location)
+    except safeload.PickledObjectError as exc:
+        raise ConfigError(f"checkpoint {path} pickles Python objects besides tensors ({exc.name}); featcache never "
+                          "writes those and will not unpickle them (the file could run code): do not use this run "
+                          "directory") from None
+    except safeload.UnreadableError as exc:
+        raise ConfigError(f"checkpoint {path} is damaged ({str(exc)[:120]}){'; ' + hint if hint else ''}") from None
     if not isinstance(state, dict) or "student" not in state:
         raise ConfigError(f"checkpoint {path} was not written by featcache (no 'student' state)"
                           f"{'; ' + hint if hint else ''}")

@@ -116,9 +116,11 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
         s = Setup(config, train_ds, test_ds, [], transform, model, method, device,
                   resolve_precision(tc.precision, device), kwargs, kind="teacher")
         summary = train(s, reporter)
+        path = Path(config.run_dir) / TEACHER_FILE
+        if config.resume and path.is_file():  # a finished run resumed again: its teacher.pt stays as it is
+            return summary, path
         best = rundir.load_checkpoint(Path(config.run_dir) / BEST)
         model.load_state_dict(best["student"])
-        path = Path(config.run_dir) / TEACHER_FILE
         torch.save({
             "state_dict": model.weights_state_dict(),
             "featcache": {

@@ -136,13 +136,32 @@ def _find_pickle_dir(root: Path, v: _Variant) -> Path | None:
     return None
 
 
+# What the official CIFAR pickles hold: dicts, lists, bytes and numpy arrays (numpy 1.x and 2.x module names).
+_CIFAR_GLOBALS = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+                  for name in ("_reconstruct", "scalar")}
+_CIFAR_GLOBALS |= {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """The one unpickler in featcache (the official CIFAR release is pickles): it builds numpy arrays and plain
+    containers only, so a crafted file under --data-root cannot name a function to run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"it references {module}.{name}, which the official CIFAR pickles never do")
+        return super().find_class(module, name)
+
+
 def _load_pickle(path: Path, v: _Variant) -> dict:
     hint = f"re-extract {v.archive} into --data-root (or pass download=True)"
     if not path.is_file():
         raise DatasetError(f"{v.title}: {path} is missing; {hint}")
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f, encoding="bytes")
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        raise DatasetError(f"{v.title}: {path} is not an official CIFAR pickle ({exc}); it was not loaded. {hint}") \
+            from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a damaged file
         raise DatasetError(f"{v.title}: {path} is not a readable CIFAR pickle ({type(exc).__name__}); {hint}") from None
     if not isinstance(obj, dict):

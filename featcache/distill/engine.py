@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from featcache import distributed
+from featcache.distill import resume
 from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, TeacherRows
 from featcache.config import DistillConfig
@@ -263,6 +264,8 @@ def claim_run_dir(config: DistillConfig) -> Iterator[Path]:
                               "--run-dir")
         if config.resume and not (run_dir / LAST).is_file():
             raise ConfigError(f"--resume: {run_dir / LAST} not found; start the run without --resume")
+        if config.resume:
+            resume.check_same_flags(run_dir, config)
         _seed_everything(config.seed)
         yield run_dir
     except BaseException:
@@ -299,6 +302,12 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
     if config.resume:
         state = rundir.load_checkpoint(run_dir / LAST, map_location=device,
                                        hint="start the run again into a fresh --run-dir (or delete the file)")
+        resume.check_same_inputs(run_dir, [c.key for c in s.caches],
+                                 {"train": s.train.identity(), "test": s.test.identity()})
+        if resume.finished(state, total_epochs):
+            loader.close()
+            shutdown_workers(tests)
+            return _finished_summary(s, state, total_epochs, reporter)
         student.load_state_dict(state["student"])
         method.load_state_dict(state["method"])
         opt.load_state_dict(state["optimizer"])
@@ -432,6 +441,25 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
     if main:
         (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
     distributed.barrier()  # no rank leaves before the run's files are complete
+    return summary
+
+
+def _finished_summary(s: Setup, state: dict[str, Any], total_epochs: int, reporter: Reporter) -> DistillSummary:
+    """A resumed run that had already finished: say so and change nothing (its summary.json is written only if the
+    run was stopped between its last checkpoint and its summary)."""
+    run_dir = Path(s.config.run_dir)
+    metrics = rundir.read_metrics(run_dir)
+    summary = DistillSummary(
+        run_dir=run_dir, best_acc=float(state["best_acc"]), best_epoch=int(state["best_epoch"]),
+        last_acc=float(state["test_acc"]), epochs=total_epochs, seconds=float(state["elapsed"]),
+        images_per_s=resume.images_per_s(metrics), teachers=[c.key for c in s.caches], method=s.method.name,
+        student=s.config.student, online=s.config.online,
+    )
+    if distributed.context().is_main and not (run_dir / SUMMARY).is_file():
+        rundir.atomic_write_text(run_dir / SUMMARY,
+                                 json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
+    reporter.message(f"{run_dir} is complete ({total_epochs}/{total_epochs} epochs); nothing to resume")
+    distributed.barrier()
     return summary
 
 

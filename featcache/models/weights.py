@@ -7,14 +7,13 @@ prefixes are stripped.
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
+from featcache import safeload
 from featcache.errors import WeightsError
 from featcache.hashing import file_sha256  # noqa: F401  (re-exported)
 
@@ -70,21 +69,16 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged file
             raise WeightsError(f"--weights {path}: not a readable safetensors file ({exc})") from None
-    trusted = os.environ.get("FEATCACHE_TRUST_WEIGHTS") == "1"
     try:
-        # weights_only: unpickling arbitrary objects would run code from the file.
-        obj = torch.load(path, map_location="cpu", weights_only=not trusted)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for unreadable files
-        text = str(exc)
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if found:
-            raise WeightsError(
-                f"--weights {path} pickles Python objects besides tensors ({found.group(1)}); re-save it with "
-                "torch.save(model.state_dict(), PATH), or set FEATCACHE_TRUST_WEIGHTS=1 if you trust its source"
-            ) from None
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, re.S)
-        reason = " ".join((found.group(1) if found else text or type(exc).__name__).split())[:160]
-        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({reason})") from None
+        # weights-only: unpickling arbitrary objects would run code from the file, so featcache never does.
+        obj = safeload.load(path)
+    except safeload.PickledObjectError as exc:
+        raise WeightsError(
+            f"--weights {path} pickles Python objects besides tensors ({exc.name}); featcache reads weights only. If "
+            "you trust its source, load it yourself and save just the tensors: torch.save(model.state_dict(), NEW)"
+        ) from None
+    except safeload.UnreadableError as exc:
+        raise WeightsError(f"--weights {path}: not a readable torch checkpoint ({exc})") from None
     return extract_state_dict(obj, source=f"--weights {path}")
 
 

@@ -1,0 +1,87 @@
+"""What ``--resume`` may continue: the same run, and only while it is unfinished.
+
+A run directory records what the run is (config.json) and how far it got (checkpoint-last.pt, summary.json). Resuming
+with other flags would silently produce a run that is neither the old one nor the new one (a cosine schedule over
+other epochs, another seed, another teacher), so those are refused with what differs. A finished run is reported as
+finished and nothing in its directory is touched: resuming it again must not rewrite its summary.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from featcache import rundir
+from featcache.config import DistillConfig
+from featcache.errors import ConfigError
+from featcache.flags import flag_name, runtime_fields
+
+# Not compared from the flags: where the data lives (compared by the dataset's identity instead), the teachers as
+# typed (compared by the cache keys they resolve to) and what says where/how to run.
+_NOT_COMPARED = {"data_root", "teachers", "resume", "run_dir"}
+# The dataset identity fields a resumed run must share (the file fingerprint may differ after a copy of the data).
+_DATASET_FIELDS = ("name", "split", "num_samples", "num_classes", "ids_sha256", "labels_sha256", "classes_sha256",
+                   "params")
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _method(d: dict[str, Any]) -> str:
+    return d.get("method") or ("ts" if d.get("teachers") else "ce")
+
+
+def check_same_flags(run_dir: Path, config: DistillConfig) -> None:
+    """Refuse ``--resume`` with flags that change what the run produces (one line listing what differs)."""
+    stored = rundir.read_config(run_dir)["config"]
+    now = _plain(config.to_dict())
+    now["method"], stored = config.resolved_method(), {**stored, "method": _method(stored)}
+    skip = runtime_fields(DistillConfig) | _NOT_COMPARED
+    names = {f.name: flag_name(f) for f in fields(DistillConfig)}
+    diffs = [f"{names[k]} {_show(stored[k])} (now {_show(now[k])})" for k in now
+             if k not in skip and k in stored and _plain(stored[k]) != now[k]]
+    if diffs:
+        more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+        raise ConfigError(f"--resume: {run_dir} was started with {'; '.join(diffs[:2])}{more}; resume it with the "
+                          f"flags it started with ({rundir.CONFIG} records them), or start a fresh --run-dir")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def check_same_inputs(run_dir: Path, teacher_keys: list[str], datasets: dict[str, dict[str, Any]]) -> None:
+    """Refuse ``--resume`` when the teachers resolve to other caches, or the splits are other samples or labels."""
+    info = rundir.read_config(run_dir)
+    before = [t.get("key") for t in info.get("teachers") or [] if isinstance(t, dict)]
+    if before != list(teacher_keys):
+        raise ConfigError(f"--resume: {run_dir} was trained from the caches {', '.join(before) or '(none)'}, the "
+                          f"--teacher flags now give {', '.join(teacher_keys) or '(none)'}; name the same caches "
+                          "(by key) or start a fresh --run-dir")
+    recorded = info.get("dataset") or {}
+    for split, identity in datasets.items():
+        old = recorded.get(split)
+        if not isinstance(old, dict):
+            continue
+        changed = [k for k in _DATASET_FIELDS if k in old and _plain(old[k]) != _plain(identity.get(k))]
+        if changed:
+            raise ConfigError(f"--resume: the {split} split is not the one {run_dir} started with ({changed[0]} "
+                              "differs); resume it on the same data, or start a fresh --run-dir")
+
+
+def finished(state: dict[str, Any], total_epochs: int) -> bool:
+    """Whether the checkpoint is the run's last epoch (nothing is left to resume)."""
+    return int(state["epoch"]) + 1 >= total_epochs
+
+
+def images_per_s(metrics: list[dict[str, Any]]) -> float:
+    """The run's training throughput from its epoch records: every epoch trains on the same number of images, so
+    the run's rate is the harmonic mean of the epochs' rates."""
+    rates = [r["images_per_s"] for r in metrics if isinstance(r.get("images_per_s"), (int, float))
+             and r["images_per_s"] > 0]
+    return len(rates) / sum(1 / r for r in rates) if rates else 0.0

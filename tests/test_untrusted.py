@@ -1,0 +1,180 @@
+"""Files from someone else (issue 22): a run directory, a store and a manifest may have been written by another user.
+
+Every case here ended in code execution, a path outside the store, a rewritten result or a traceback before the fix.
+The outcome required is the right answer or one ``error:`` line with exit status 2 — and nothing executed, nothing
+read from outside the cache's directory, nothing in a finished run changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from featcache.cli import app
+
+runner = CliRunner()
+SYN = ("--dataset", "synthetic", "-o", "num_train=24", "-o", "num_test=8", "--workers", "0")
+DISTILL = ("--student", "lenet5", *SYN, "--device", "cpu", "--batch-size", "8")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
+    flat = " ".join(lines[-1].split())
+    for n in needles:
+        assert n in flat, flat
+    return flat
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def run(home, tmp_path) -> Path:
+    """A finished 2-epoch run (ce, no teacher) in tmp_path/run."""
+    r = invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+    return tmp_path / "run"
+
+
+# -- 1. a run directory's checkpoints are never unpickled -------------------------------------------------------------
+class Payload:
+    """What a crafted checkpoint carries: unpickling it makes a directory (any code could run instead)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_crafted_checkpoints_are_refused_before_any_code_runs(run, tmp_path):
+    marker = tmp_path / "pwned"
+    for name in ("checkpoint-last.pt", "checkpoint-best.pt"):
+        state = torch.load(run / name, weights_only=True)
+        state["extra"] = Payload(marker)
+        torch.save(state, run / name)
+    one_line_error(invoke("eval", run), "checkpoint-best.pt", "pickles Python objects")
+    one_line_error(invoke("eval", run, "--checkpoint", "last"), "checkpoint-last.pt", "pickles Python objects")
+    one_line_error(invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", run, "--resume"),
+                   "checkpoint-last.pt", "pickles Python objects")
+    # A distill run used as a teacher (extract --teacher run --weights RUN) reads the same file.
+    one_line_error(invoke("extract", "--teacher", "run", "--weights", run, *SYN), "checkpoint-best.pt")
+    assert not marker.exists()
+
+
+def test_no_unpickling_outside_weights_only_in_the_package():
+    """Every torch.load in featcache is weights-only; pickle itself is used only by the CIFAR reader (restricted)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "featcache"
+    loads = 0
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call):
+                continue
+            name = ast.unparse(node.func)
+            if name == "torch.load":
+                loads += 1
+                only = [k.value for k in node.keywords if k.arg == "weights_only"]
+                assert only and isinstance(only[0], ast.Constant) and only[0].value is True, f"{path}: {name}"
+            if name.startswith("pickle.") or name.endswith("Unpickler"):
+                assert path.name == "cifar.py", f"{path}: {name}"
+    assert loads >= 2
+
+
+def test_a_crafted_cifar_pickle_is_refused_before_any_code_runs(cifar10_pickle_root, tmp_path):
+    """CIFAR's official release is pickles: featcache reads them with an unpickler that builds arrays only."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    batch = cifar10_pickle_root / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "rb") as f:
+        obj = pickle.load(f)
+    obj[b"extra"] = Payload(marker)
+    batch.write_bytes(pickle.dumps(obj, protocol=2))
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "cifar10", "--data-root",
+               cifar10_pickle_root, "--workers", "0")
+    one_line_error(r, "data_batch_1", "not an official CIFAR pickle", "posix.mkdir")
+    assert not marker.exists()
+    # The untouched official layout still reads (protocol 2, as the release was written).
+    obj.pop(b"extra")
+    batch.write_bytes(pickle.dumps(obj, protocol=2))
+    from featcache.datasets import get_dataset
+
+    assert len(get_dataset("cifar10", cifar10_pickle_root, "train")) == 20
+
+
+# -- 3. a finished run stays finished ---------------------------------------------------------------------------------
+def test_resuming_a_finished_run_changes_nothing(run):
+    before = digests(run)
+    summary = json.loads((run / "summary.json").read_text())
+    r = invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", run, "--resume")
+    assert r.exit_code == 0, r.output
+    assert "is complete" in r.output and f"{summary['best_acc']:.2%}" in r.output
+    assert digests(run) == before
+
+
+def test_a_run_stopped_before_its_summary_gets_it_on_resume(run):
+    written = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").unlink()  # killed between the last checkpoint and the summary
+    before = digests(run)
+    r = invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", run, "--resume")
+    assert r.exit_code == 0 and "is complete" in r.output, r.output
+    again = json.loads((run / "summary.json").read_text())
+    for k in ("best_acc", "best_epoch", "last_acc", "epochs", "method", "student"):
+        assert again[k] == written[k], k
+    assert again["images_per_s"] == pytest.approx(written["images_per_s"], rel=0.05)
+    assert {k: v for k, v in digests(run).items() if k != "summary.json"} == before
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (("--epochs", "3"), "--epochs 2 (now 3)"),
+    (("--epochs", "2", "--lr", "0.01"), "--lr"),
+    (("--epochs", "2", "--seed", "4"), "--seed"),
+    (("--epochs", "2", "--method", "kd", "--teacher", "nope"), "--method"),
+])
+def test_resume_with_other_flags_is_refused(run, flags, needle):
+    before = digests(run)
+    r = invoke("distill", *[a for a in DISTILL], *(("--method", "ce") if "--method" not in flags else ()), *flags,
+               "--run-dir", run, "--resume")
+    one_line_error(r, "--resume", needle, "fresh --run-dir")
+    assert digests(run) == before
+
+
+def test_resume_on_other_data_is_refused(run):
+    args = [a if a != "num_train=24" else "num_train=32" for a in DISTILL]
+    one_line_error(invoke("distill", *args, "--method", "ce", "--epochs", "2", "--run-dir", run, "--resume"),
+                   "--resume")
+
+
+def test_an_interrupted_run_still_resumes(run):
+    """The checks above do not get in the way of a real resume: a run stopped after epoch 1 goes on to epoch 2."""
+    (run / "summary.json").unlink()
+    state = torch.load(run / "checkpoint-last.pt", weights_only=True)
+    state["epoch"] = 0
+    torch.save(state, run / "checkpoint-last.pt")
+    r = invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", run, "--resume")
+    assert r.exit_code == 0 and "resuming" in r.output and "is complete" not in r.output, r.output
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 2
+    assert np.isfinite(json.loads((run / "summary.json").read_text())["last_acc"])
