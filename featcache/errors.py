@@ -52,6 +52,10 @@ class CacheError(FeatcacheError):
     """A feature cache is missing, incomplete or corrupt."""
 
 
+class CacheVersionError(CacheError):
+    """A cache was written by a newer featcache (its format_version is higher than this one reads)."""
+
+
 class CacheMismatchError(CacheError):
     """A cache does not describe the dataset/transform it is being joined with."""
 

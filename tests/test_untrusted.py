@@ -178,3 +178,128 @@ def test_an_interrupted_run_still_resumes(run):
     assert r.exit_code == 0 and "resuming" in r.output and "is complete" not in r.output, r.output
     assert json.loads((run / "summary.json").read_text())["epochs"] == 2
     assert np.isfinite(json.loads((run / "summary.json").read_text())["last_acc"])
+
+
+# -- 2. a manifest never names a file outside its cache's directory ---------------------------------------------------
+EXTRACT = ("--teacher", "convnet", "--weights", "random", *SYN, "--image-size", "32", "--shard-rows", "16")
+
+
+@pytest.fixture()
+def cache(home) -> Path:
+    """A complete cache (24 rows in two shards) in the store; returns its directory."""
+    r = invoke("extract", *EXTRACT)
+    assert r.exit_code == 0, r.output
+    (key,) = [p.name for p in home.iterdir() if (p / "manifest.json").is_file()]
+    return home / key
+
+
+def edit_manifest(directory: Path, fn) -> None:
+    m = json.loads((directory / "manifest.json").read_text())
+    fn(m)
+    (directory / "manifest.json").write_text(json.dumps(m))
+
+
+def readers(cache: Path, tmp_path: Path):
+    """Every reader of a cache: distill, cache verify, cache info, the Python API."""
+    from featcache import api
+    from featcache.cache import open_cache
+    from featcache.errors import CacheError
+
+    key = cache.name
+    yield "distill", invoke("distill", *DISTILL, "--teacher", key, "--epochs", "1", "--run-dir", tmp_path / "r")
+    yield "verify", invoke("cache", "verify", key)
+    yield "info", invoke("cache", "info", key)
+    for name, fn in (("open_cache", lambda: open_cache(key).gather(np.arange(4))),
+                     ("RowJoin", lambda: api.RowJoin([key], check=False).join(np.arange(4)))):
+        try:
+            fn()
+        except CacheError as exc:
+            yield name, str(exc)
+        else:
+            yield name, None
+
+
+@pytest.mark.parametrize("where", ["relative", "absolute"])
+def test_a_shard_path_out_of_the_cache_is_refused_by_every_reader(cache, tmp_path, where):
+    shard = cache / "data-00000.h5"
+    outside = tmp_path / "elsewhere" / "x.h5"  # the same bytes, so that only the path can give it away
+    outside.parent.mkdir()
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    name = os.path.relpath(outside, cache) if where == "relative" else str(outside)
+    edit_manifest(cache, lambda m: m["shards"][0].update(file=name))
+    for reader, result in readers(cache, tmp_path):
+        if isinstance(result, str) or result is None:
+            assert result is not None and "data-00000.h5" in result, reader
+        elif reader == "verify":  # verify's own verdict: FAILED and exit 1
+            assert result.exit_code == 1 and "FAILED" in result.output and "Traceback" not in result.output
+            assert "data-00000.h5" in " ".join(result.output.split())
+        else:
+            one_line_error(result, "data-00000.h5")
+    assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_a_shard_that_is_a_link_out_of_the_cache_is_refused(cache, tmp_path):
+    shard = cache / "data-00000.h5"
+    outside = tmp_path / "x.h5"
+    outside.write_bytes(shard.read_bytes())
+    shard.unlink()
+    shard.symlink_to(outside)
+    for reader, result in readers(cache, tmp_path):
+        if reader == "verify":
+            assert result.exit_code == 1 and "symbolic link" in result.output, result.output
+        elif isinstance(result, str) or result is None:
+            assert result is not None and "symbolic link" in result, reader
+        elif reader != "info":  # info reads the manifest only, never a shard
+            one_line_error(result, "data-00000.h5", "symbolic link")
+    # The extract does not follow it: the shard is written anew in place of the link, the outside file untouched.
+    before = outside.read_bytes()
+    r = invoke("extract", *EXTRACT)
+    assert r.exit_code == 0 and "nothing to do" not in r.output, r.output
+    assert not shard.is_symlink() and outside.read_bytes() == before
+    assert invoke("cache", "verify", cache.name).exit_code == 0
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["rows"].update(data="24"), "rows"),
+    (lambda m: m.update(shard_rows=0), "shard_rows"),
+    (lambda m: m.update(dtype="object"), "dtype"),
+    (lambda m: m.update(key="../../evil"), "key"),
+    (lambda m: m["teacher"].update(num_features=True), "num_features"),
+    (lambda m: m["shards"][1].update(start=3), "rows [3"),
+    (lambda m: m["shards"][0].update(sha256="x"), "sha256"),
+    (lambda m: m.update(topk_logits=10**6), "topk_logits"),
+    (lambda m: m.update(extra_field=1), "extra_field"),
+])
+def test_manifest_values_are_checked_like_flags(cache, tmp_path, edit, needle):
+    edit_manifest(cache, edit)
+    r = invoke("distill", *DISTILL, "--teacher", cache.name, "--epochs", "1", "--run-dir", tmp_path / "r")
+    one_line_error(r, needle)
+
+
+# -- 8. a newer cache format is never overwritten; "no cache" says what was skipped ------------------------------------
+def test_a_newer_format_cache_is_left_alone_and_named(cache, tmp_path):
+    edit_manifest(cache, lambda m: m.update(format_version=99))
+    before = digests(cache)
+    one_line_error(invoke("extract", *EXTRACT), cache.name, "newer featcache", "format_version 99", "cache rm")
+    one_line_error(invoke("extract", *EXTRACT, "--force"), cache.name, "newer featcache")
+    assert digests(cache) == before
+    one_line_error(invoke("distill", *DISTILL, "--teacher", "convnet", "--epochs", "1", "--run-dir", tmp_path / "r"),
+                   "no cache of convnet", "newer featcache", cache.name)
+    one_line_error(invoke("distill", *DISTILL, "--teacher", cache.name, "--epochs", "1", "--run-dir", tmp_path / "r"),
+                   "newer featcache", "upgrade")
+    r = invoke("cache", "ls", "--json")
+    assert json.loads(r.output)[0]["status"] == "newer format"
+    # Removing it is the user's call; after that the extract writes this version's cache.
+    assert invoke("cache", "rm", cache.name).exit_code == 0
+    assert invoke("extract", *EXTRACT).exit_code == 0
+
+
+def test_a_store_that_is_a_file_is_named(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.write_text("not a directory")
+    monkeypatch.setenv("FEATCACHE_HOME", str(home))
+    for args in (("cache", "ls"), ("extract", *EXTRACT), ("distill", *DISTILL, "--teacher", "convnet", "--run-dir",
+                                                           tmp_path / "r")):
+        one_line_error(invoke(*args), "FEATCACHE_HOME", str(home), "not a directory")
+    one_line_error(invoke("cache", "ls", "--cache-dir", home), "--cache-dir", "not a directory")

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache import typecheck
 from featcache.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
@@ -172,13 +173,64 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
-        d = dict(d)
+        """A manifest from its JSON, every field checked (it may come from someone else's store): ValueError names
+        the first field that is not what featcache writes, VersionError a format this featcache does not read."""
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
         version = d.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise VersionError(version)
         if version != FORMAT_VERSION:
-            raise ValueError(f"format_version {version} (this featcache reads {FORMAT_VERSION})")
+            raise ValueError(f"format_version {version!r} (this featcache reads {FORMAT_VERSION})")
+        try:
+            typecheck.check_fields(d, cls)
+        except typecheck.TypeMismatch as exc:
+            raise ValueError(str(exc)) from None
+        d = dict(d)
         d["teacher"] = TeacherInfo(**d["teacher"])
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
-        return cls(**d)
+        m = cls(**d)
+        m.check()
+        return m
+
+    def check(self) -> None:
+        """The values a reader relies on, as strictly as the flags they come from: a shard's file is exactly the
+        name of its part and number (never a path out of the cache's directory), rows and ranges add up."""
+        if not is_cache_key(self.key):
+            raise ValueError(f"key {self.key!r} is not a cache key")
+        for name, value in (("dtype", self.dtype), ("logits_dtype", self.logits_dtype)):
+            if value not in FEATURE_DTYPES:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(FEATURE_DTYPES)}")
+        for name, value in (("shard_rows", self.shard_rows), ("teacher.num_features", self.teacher.num_features),
+                            ("teacher.num_classes", self.teacher.num_classes)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.topk_logits is not None and not 1 <= self.topk_logits <= self.teacher.num_classes:
+            raise ValueError(f"topk_logits {self.topk_logits} is not within 1..{self.teacher.num_classes}")
+        if self.content not in (None, CONTENT_DIGEST):
+            raise ValueError(f"content {self.content!r} is not {CONTENT_DIGEST!r}")
+        for part, n in self.rows.items():
+            if not _PART_RE.match(part) or n < 0:
+                raise ValueError(f"rows: part {part!r} with {n} rows")
+        for b in self.blocks:
+            if not isinstance(b.get("name"), str) or not _BLOCK_RE.match(b["name"]) or not all(
+                    isinstance(b.get(k), int) and not isinstance(b.get(k), bool) and b[k] >= 1
+                    for k in ("channels", "pool", "dim")):
+                raise ValueError(f"blocks: {b!r} is not a cached block (name, channels, pool, dim)")
+        seen = set()
+        for s in self.shards:
+            if s.part not in self.rows or not 0 <= s.number < self.num_shards(s.part):
+                raise ValueError(f"shards: {s.part} shard {s.number} is outside the cache's rows")
+            if s.file != shard_name(s.part, s.number):
+                raise ValueError(f"shards: file {s.file!r} is not {shard_name(s.part, s.number)!r} (a shard is a "
+                                 "file of its cache's own directory)")
+            if (s.start, s.stop) != self.shard_range(s.part, s.number):
+                raise ValueError(f"shards: {s.file} rows [{s.start}, {s.stop}) differ from its part's layout")
+            if s.bytes < 0 or not _SHA256_RE.match(s.sha256):
+                raise ValueError(f"shards: {s.file} has no valid size and sha256")
+            if s.file in seen:
+                raise ValueError(f"shards: {s.file} is listed twice")
+            seen.add(s.file)
 
     def save(self, directory: Path) -> None:
         """Atomically replace ``directory/manifest.json`` (write temp, fsync, rename, fsync dir)."""
@@ -186,15 +238,51 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path) -> "Manifest":
-        from featcache.errors import CacheError
+        from featcache.errors import CacheError, CacheVersionError
 
         path = Path(directory) / MANIFEST
         try:
             return cls.from_dict(json.loads(path.read_text()))
         except FileNotFoundError:
             raise CacheError(f"{path} is missing: not a featcache cache directory") from None
+        except VersionError as exc:
+            raise CacheVersionError(
+                f"cache {Path(directory).name} was written by a newer featcache (format_version {exc.version}; this "
+                f"one reads {FORMAT_VERSION}): upgrade featcache to read it (it is left as it is)") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise CacheError(f"{path} is unreadable ({exc}); remove the cache with `featcache cache rm`") from None
+
+
+class VersionError(ValueError):
+    """A manifest of a newer cache format than this featcache reads."""
+
+    def __init__(self, version: int):
+        super().__init__(f"format_version {version}")
+        self.version = version
+
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")  # a directory name of the store, never a path
+_PART_RE = re.compile(r"^(data|noise|view\d+)$")
+_BLOCK_RE = re.compile(r"^[A-Za-z0-9_.]+$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def is_cache_key(text: str) -> bool:
+    """Whether ``text`` can name a cache: a directory name of the store, never a path."""
+    return bool(_KEY_RE.match(text))
+
+
+def shard_path(directory: Path, shard: ShardInfo) -> Path:
+    """Where a shard's file is: in its cache's directory, and never a symbolic link (featcache writes none; one could
+    point anywhere on the machine)."""
+    from featcache.errors import CacheError
+
+    path = Path(directory) / shard.file
+    if path.is_symlink():
+        raise CacheError(f"cache {Path(directory).name}: shard {shard.file} is a symbolic link (to "
+                         f"{os.readlink(path)}); featcache reads only the files of a cache's own directory: remove "
+                         "the link and re-run the extract")
+    return path
 
 
 def fsync_dir(directory: Path) -> None:

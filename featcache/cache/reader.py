@@ -32,6 +32,7 @@ from featcache.cache.format import (
     Manifest,
     ShardInfo,
     block_field,
+    shard_path,
 )
 from featcache.errors import CacheError, CacheMismatchError, check_choice
 from featcache.hashing import file_sha256
@@ -115,7 +116,7 @@ class FeatureCache:
     def _file(self, shard: ShardInfo) -> h5py.File:
         f = self._files.get(shard.file)
         if f is None:
-            path = self.directory / shard.file
+            path = shard_path(self.directory, shard)
             check_shard(path, shard, self.key, self._repair_hint)
             try:
                 f = h5py.File(path, "r")

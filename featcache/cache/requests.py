@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from featcache.cache.format import FORMAT_VERSION, MANIFEST
+from featcache.cache.format import FORMAT_VERSION, MANIFEST, Manifest, is_cache_key, shard_path
 
 REQUESTS_DIR = "requests"
 
@@ -106,15 +106,16 @@ def request_inputs(request: dict[str, Any]) -> list[Path]:
     return paths
 
 
-def _shards_intact(directory: Path, manifest: dict[str, Any]) -> bool:
+def _shards_intact(directory: Path, manifest: Manifest) -> bool:
+    from featcache.errors import CacheError
     from featcache.hashing import file_sha256
 
-    for shard in manifest.get("shards", []):
-        path = directory / shard["file"]
+    for shard in manifest.shards:
         try:
-            if path.stat().st_size != shard["bytes"] or file_sha256(path) != shard["sha256"]:
+            path = shard_path(directory, shard)
+            if path.stat().st_size != shard.bytes or file_sha256(path) != shard.sha256:
                 return False
-        except OSError:
+        except (OSError, CacheError):
             return False
     return True
 
@@ -145,19 +146,22 @@ def recall(store: Path, request: dict[str, Any]) -> dict[str, Any] | None:
     """The complete, intact cache an identical earlier request produced, if nothing it read has changed since:
     ``{"key", "rows", "noise_rows", "bytes"}``; else None (take the full path)."""
     try:
+        # The memo and the manifest are files of the store (maybe written by someone else): checked as strictly as
+        # the full path checks them, and anything odd (a newer format, a foreign key) falls through to it.
         memo = json.loads((store / REQUESTS_DIR / f"{request_digest(request)}.json").read_text())
+        if not isinstance(memo, dict) or not isinstance(memo.get("key"), str) or not is_cache_key(memo["key"]):
+            return None
         directory = store / memo["key"]
-        manifest = json.loads((directory / MANIFEST).read_text())
+        manifest = Manifest.from_dict(json.loads((directory / MANIFEST).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if (memo.get("gpu") != _gpu_present() or not manifest.get("complete") or manifest.get("key") != memo["key"]
+    if (memo.get("gpu") != _gpu_present() or not manifest.complete or manifest.key != memo["key"]
             or memo.get("inputs") != tree_signature(request_inputs(request))
             or not _shards_intact(directory, manifest)
             or (memo.get("sample") and not _sample_unchanged(directory, memo["sample"]))):
         return None
-    rows = manifest.get("rows", {})
-    return {"key": memo["key"], "rows": rows.get("data", 0), "noise_rows": rows.get("noise", 0),
-            "bytes": sum(s["bytes"] for s in manifest.get("shards", []))}
+    return {"key": manifest.key, "rows": manifest.rows.get("data", 0), "noise_rows": manifest.rows.get("noise", 0),
+            "bytes": manifest.total_bytes()}
 
 
 def remember(store: Path, request: dict[str, Any], key: str, inputs: str,

@@ -24,10 +24,11 @@ from featcache.cache.format import (
     TMP_SUFFIX,
     Manifest,
     parse_shard_name,
+    shard_path,
 )
 from featcache.cache.reader import FeatureCache
 from featcache.cache.requests import REQUESTS_DIR
-from featcache.errors import CacheError, CacheLockedError
+from featcache.errors import CacheError, CacheLockedError, CacheVersionError, StorageError
 from featcache.locks import DirLock, unwritable
 from featcache.hashing import file_sha256
 
@@ -44,11 +45,14 @@ class CacheEntry:
     error: str | None = None
 
     orphaned: bool = False  # shards or temp files without a manifest (the manifest was lost)
+    newer: bool = False  # written by a newer featcache (a format this one does not read; left as it is)
 
     @property
     def status(self) -> str:
         if self.orphaned:
             return "orphaned"
+        if self.newer:
+            return "newer format"
         if self.manifest is None:
             return "broken"
         if self.manifest.complete:
@@ -91,6 +95,11 @@ class CacheLock(DirLock):
 class CacheStore:
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
+        if self.root.exists() and not self.root.is_dir():
+            source = ("--cache-dir" if root is not None else
+                      "FEATCACHE_HOME" if os.environ.get("FEATCACHE_HOME") else "the default store")
+            raise StorageError(f"{source} {self.root} is a file, not a directory: point {source} at a directory "
+                               "(the cache store)")
 
     def path(self, key: str) -> Path:
         return self.root / key
@@ -108,6 +117,8 @@ class CacheStore:
                 continue
             try:
                 out.append(CacheEntry(d.name, d, Manifest.load(d)))
+            except CacheVersionError as exc:
+                out.append(CacheEntry(d.name, d, None, str(exc), newer=True))
             except CacheError as exc:
                 out.append(CacheEntry(d.name, d, None, str(exc)))
         return out
@@ -122,10 +133,21 @@ class CacheStore:
             return matches[0]
         if not matches:
             raise CacheError(
-                f"no cache {key!r} in {self.root}; list caches with `featcache cache ls`"
+                f"no cache {key!r} in {self.root}{self.skipped_note()}; list caches with `featcache cache ls`"
                 + (" (or pass --cache-dir)" if not keys else "")
             )
         raise CacheError(f"cache key prefix {key!r} is ambiguous ({', '.join(matches[:4])}); give more characters")
+
+    def skipped_note(self) -> str:
+        """Words on the caches a lookup could not consider (a newer format, a broken manifest), for "no cache"
+        errors: '' when there are none."""
+        skipped = [e for e in self.entries() if e.manifest is None and not e.orphaned]
+        if not skipped:
+            return ""
+        newer = [e for e in skipped if e.newer]
+        what = (f"{len(newer)} written by a newer featcache, e.g. {newer[0].key}" if newer else
+                f"{len(skipped)} with an unreadable manifest, e.g. {skipped[0].key}")
+        return f" (skipped {len(skipped)} cache(s) it cannot read: {what}; see `featcache cache ls`)"
 
     def open(self, key: str) -> FeatureCache:
         full = self.resolve(key)
@@ -208,7 +230,11 @@ def verify_directory(directory: Path, progress: Callable[[int, int], None] | Non
     report = VerifyReport(key=m.key, complete=m.complete)
     recorded = {s.file for s in m.shards}
     for i, s in enumerate(m.shards):
-        path = directory / s.file
+        try:
+            path = shard_path(directory, s)
+        except CacheError as exc:
+            report.checks.append(ShardCheck(s.file, "refused", str(exc).split("; ")[0].split(": ", 1)[-1]))
+            continue
         if not path.is_file():
             report.checks.append(ShardCheck(s.file, "missing", "file not found"))
         elif path.stat().st_size != s.bytes:

@@ -56,7 +56,8 @@ def resolve_teacher(spec: str, dataset: ImageDataset, store: CacheStore) -> Feat
         seen = (f" (caches of {canonical} exist for other data: {', '.join(e.key for e in others[:3])})" if others
                 else "")
         raise CacheError(
-            f"--teacher {spec}: no cache of {canonical} for {dataset.name}/{dataset.split} in {store.root}{seen}; "
+            f"--teacher {spec}: no cache of {canonical} for {dataset.name}/{dataset.split} in {store.root}{seen}"
+            f"{store.skipped_note()}; "
             f"create it with `{_extract_hint(canonical, dataset)}`"
         )
     if len(matches) > 1:

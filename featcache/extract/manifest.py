@@ -22,6 +22,7 @@ from featcache.cache.format import (
     ShardInfo,
     TeacherInfo,
     parse_shard_name,
+    shard_path,
 )
 from featcache.cache.store import CacheLock
 from featcache.cache.writer import PartWriter
@@ -29,6 +30,7 @@ from featcache.datasets import ImageDataset
 from featcache.errors import (
     CacheError,
     CacheLockedError,
+    CacheVersionError,
     StorageError,
 )
 from featcache.locks import unwritable
@@ -83,10 +85,15 @@ def now() -> str:
 
 
 def load_manifest(directory: Path) -> Manifest | None:
+    """The directory's manifest; None when there is none or it is unreadable (the extract writes it anew). A cache
+    of a newer format is never overwritten, not even with --force: someone with a newer featcache may be using it."""
     if not (directory / MANIFEST).is_file():
         return None
     try:
         return Manifest.load(directory)
+    except CacheVersionError as exc:
+        raise CacheVersionError(f"{exc}; to extract it again with this version, remove it first with `featcache cache "
+                                f"rm {directory.name}`") from None
     except CacheError:
         return None
 
@@ -120,10 +127,10 @@ def prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: Re
 
 def shard_intact(directory: Path, shard: ShardInfo) -> bool:
     """The shard's file exists with the recorded size and sha256 (a flipped byte, a truncation, a lost file: no)."""
-    path = directory / shard.file
     try:
+        path = shard_path(directory, shard)
         return path.stat().st_size == shard.bytes and file_sha256(path) == shard.sha256
-    except OSError:
+    except (OSError, CacheError):  # a link is never intact: the extract rewrites the shard in place of it
         return False
 
 
