@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -46,29 +47,81 @@ def read_json(path: Path, what: str = "file") -> dict[str, Any]:
     return obj
 
 
+# What the readers of config.json rely on, by type (the run directory may come from someone else).
+_INFO_TYPES: dict[str, Any] = {"config": dict[str, Any], "transform": dict[str, Any], "student_kwargs": dict[str, Any],
+                               "dataset": dict[str, dict[str, Any]], "teachers": list[dict[str, Any]], "kind": str,
+                               "method": str, "head_classes": list[str]}
+
+
 def read_config(run_dir: Path) -> dict[str, Any]:
+    """The run's config.json, its fields checked by type (its ``config`` as strictly as the flags it records)."""
+    from featcache import typecheck
+    from featcache.config import DistillConfig
+
     path = Path(run_dir) / CONFIG
     info = read_json(path, "run config")
     if not isinstance(info.get("config"), dict):
         raise ConfigError(f"{path} lacks the run's 'config'; it was not written by featcache distill/train-teacher")
+    try:
+        for name, hint in _INFO_TYPES.items():
+            if name in info:
+                try:
+                    typecheck.check(info[name], hint)
+                except typecheck.TypeMismatch as exc:
+                    raise typecheck.TypeMismatch(f"{name}: {exc}") from None
+        known = {f.name for f in fields(DistillConfig)}
+        typecheck.check_fields({k: v for k, v in info["config"].items() if k in known}, DistillConfig)
+    except typecheck.TypeMismatch as exc:
+        raise ConfigError(f"run config {path} is not what featcache writes ({exc}); the run directory is damaged or "
+                          "foreign: re-run it into a fresh --run-dir") from None
     return info
 
 
+# metrics.jsonl fields that readers compute with: numbers (or null), finite; accuracies within [0, 1].
+_METRIC_NUMBERS = ("train_loss", "train_acc", "test_acc", "test_loss", "lr", "images_per_s", "epoch_seconds")
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The finished epochs' records, in order. A line that does not parse (the torn last line of a run killed while
-    appending) is skipped: the epoch it would have recorded is redone by --resume."""
+    """The finished epochs' records, in order. A last line that does not parse (the torn line of a run killed while
+    appending) is skipped: the epoch it would have recorded is redone by --resume. Any other line that is not a
+    record featcache writes is an error: a report must never be drawn from a silently edited curve."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text(errors="replace").splitlines():
+    lines = path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, start=1):
         try:
             record = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            out.append(record)
+            if number == len(lines):
+                continue
+            record = None
+        problem = _metric_problem(record, out[-1]["epoch"] if out else 0)
+        if problem:
+            raise ConfigError(f"{path} line {number}: {problem}; the run directory is damaged or foreign: re-run it "
+                              "into a fresh --run-dir")
+        out.append(record)
     return out
+
+
+def _metric_problem(record: Any, previous: int) -> str | None:
+    import math
+
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    epoch = record.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch != previous + 1:
+        return f"epoch {epoch!r} does not follow epoch {previous}"
+    for name in _METRIC_NUMBERS:
+        value = record.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{name} {value!r} is not a finite number"
+        if name.endswith("_acc") and not 0 <= value <= 1:
+            return f"{name} {value!r} is not within [0, 1]"
+    return None
 
 
 def truncate_metrics(run_dir: Path, keep_epochs: int) -> None:

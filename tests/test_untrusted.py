@@ -125,6 +125,36 @@ def test_a_crafted_cifar_pickle_is_refused_before_any_code_runs(cifar10_pickle_r
     assert len(get_dataset("cifar10", cifar10_pickle_root, "train")) == 20
 
 
+@pytest.mark.parametrize("edit, needle, report", [
+    (lambda info: info["config"].update(epochs="three"), "epochs", True),
+    (lambda info: info["student_kwargs"].update(payload=1), "student_kwargs", False),  # only eval builds the model
+    (lambda info: info.update(dataset=["train"]), "dataset", True),
+])
+def test_a_tampered_run_config_is_one_line(run, edit, needle, report):
+    info = json.loads((run / "config.json").read_text())
+    edit(info)
+    (run / "config.json").write_text(json.dumps(info))
+    one_line_error(invoke("eval", run), "config.json", needle)
+    if report:
+        one_line_error(invoke("report", run), "config.json", needle)
+
+
+@pytest.mark.parametrize("line", ['{"epoch": 2, "test_acc": "0.9"}', '{"epoch": 2, "test_acc": 7.5}',
+                                  '{"epoch": 5, "test_acc": 0.5}', '{"epoch": 2, "test_acc": NaN}', "[1, 2]"])
+def test_an_edited_metrics_line_is_refused_not_skipped(run, line):
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    one_line_error(invoke("report", run), "metrics.jsonl line 2")
+
+
+def test_a_torn_last_metrics_line_is_still_skipped(run):
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "test_a')
+    from featcache import rundir
+
+    assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
+
+
 # -- 3. a finished run stays finished ---------------------------------------------------------------------------------
 def test_resuming_a_finished_run_changes_nothing(run):
     before = digests(run)

@@ -3,6 +3,7 @@ its directory (``featcache eval``)."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,15 @@ def build_model(info: dict[str, Any]):
     if not isinstance(kwargs, dict):
         raise ConfigError("the run's config.json lacks 'student_kwargs'; it was not written by this featcache")
     if info.get("kind", "student") == "teacher":
-        from featcache.models.classifier import build_classifier
-
-        return build_classifier(**kwargs)
-    from featcache.models.students import create_student
-
-    return create_student(**kwargs)
+        from featcache.models.classifier import build_classifier as build
+    else:
+        from featcache.models.students import create_student as build
+    try:
+        inspect.signature(build).bind(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"the run's config.json has student_kwargs the model does not take ({exc}); it was not "
+                          "written by this featcache") from None
+    return build(**kwargs)
 
 
 def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data_root: Path | None = None):
