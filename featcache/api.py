@@ -37,8 +37,8 @@ from featcache.models.registry import ModelEntry
 from featcache.models.teachers import Teacher, WeightsInfo
 from featcache.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec
 
-__all__ = ["CachedRows", "RowJoin", "UserDataset", "extract_from", "state_dict_sha256", "wrap_dataset",
-           "wrap_teacher"]
+__all__ = ["CachedRows", "RowIndexError", "RowJoin", "UserDataset", "extract_from", "state_dict_sha256",
+           "wrap_dataset", "wrap_teacher"]
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------------
@@ -229,12 +229,14 @@ def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *,
                  labels: Sequence[int] | None = None, classes: Sequence[str] | None = None,
                  feature_layer: str | Callable | None = None, image_size: int = 224,
                  transform: TransformSpec | None = None, cache_dir: str | Path | None = None, reporter=None,
-                 **options: Any):
+                 logit_classes: Sequence[str] | None = None, **options: Any):
     """Run ``model`` once over ``dataset`` and cache its features and logits (the CLI's cache format and store).
 
     ``options`` are ExtractConfig fields (dtype, batch_size, device, precision, workers, shard_rows, noise, views,
     topk_logits, force, ...). ``transform`` defaults to the teacher's view at ``image_size`` (resize + centre crop,
-    or a whole-image resize for a ``native_size`` dataset). Returns the ExtractResult (``.key`` names the cache)."""
+    or a whole-image resize for a ``native_size`` dataset). ``logit_classes``: the classes the model's logits cover,
+    in order, when they are not the dataset's (a teacher of some of its classes, as in amalgamation); a model with
+    fewer logits than the dataset has classes is refused without it. Returns the ExtractResult (``.key``)."""
     from featcache.extract import extract
 
     data = wrap_dataset(dataset, name=dataset_name, split=split, ids=ids, labels=labels, classes=classes)
@@ -244,7 +246,8 @@ def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *,
         if name is None:
             raise ConfigError("name: name the teacher (e.g. name='my-vit'); it starts the cache key")
         teacher = wrap_teacher(model, name=name, feature_layer=feature_layer, image_size=image_size,
-                               classes=data.classes)
+                               classes=list(logit_classes) if logit_classes is not None else data.classes)
+    _check_logits(teacher, data, logit_classes)
     unknown = sorted(set(options) - {f for f in ExtractConfig.__dataclass_fields__} - {"teacher", "dataset"})
     if unknown:
         raise ConfigError(f"extract_from: unknown option {unknown[0]!r}; the options are ExtractConfig's fields")
@@ -255,6 +258,21 @@ def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *,
                f", <{type(getattr(data, 'user', data)).__qualname__}>, name={teacher.name!r}, "
                f"dataset_name={data.name!r}, split={data.split!r})")
     return extract(config, reporter, dataset=data, teacher=teacher, transform=transform, command=command)
+
+
+def _check_logits(teacher: Teacher, data: ImageDataset, logit_classes: Sequence[str] | None) -> None:
+    """A head narrower than the dataset cannot score its classes: refused unless the caller says which it covers."""
+    n = int(teacher.num_classes)
+    if logit_classes is not None:
+        outside = [c for c in logit_classes if c not in data.classes]
+        if len(logit_classes) != n or outside:
+            raise ConfigError(f"logit_classes: {len(logit_classes)} names for a model with {n} logits"
+                              + (f"; {outside[0]!r} is not a class of the dataset" if outside else ""))
+        return
+    if n < data.num_classes:
+        raise ConfigError(f"model: it gives {n} logits but the dataset has {data.num_classes} classes; give the "
+                          "model a head over the dataset's classes, or pass logit_classes=[...] naming the classes "
+                          "its logits cover")
 
 
 # -- rows in the user's loop -------------------------------------------------------------------------------------------
@@ -300,13 +318,34 @@ class RowJoin:
         return self.num_rows
 
     def join(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes)."""
+        """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes):
+        a 1-D sequence of integers in [0, len(self)). Anything else (floats, a boolean mask, an index past the end)
+        is a :class:`RowIndexError`, never a truncated, wrapped or reinterpreted gather."""
+        return [dict(zip(self.fields, t.gather(self.check_indices(indices)))) for t in self.tables]
+
+    def check_indices(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
+        """``indices`` as int64 row numbers, or RowIndexError saying why they are not."""
         idx = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
-        if idx.dtype != np.int64:
-            idx = idx.astype(np.int64)
-        if idx.size and idx.min() < 0:  # np.take would wrap a negative index; one past the end it refuses itself
-            raise IndexError(f"indices must lie in [0, {self.num_rows}), got {idx.min()}")
-        return [dict(zip(self.fields, t.gather(idx))) for t in self.tables]
+        if idx.size == 0:
+            return np.empty(0, dtype=np.int64)
+        if idx.dtype == np.bool_:
+            raise RowIndexError(f"indices: a boolean mask is not a list of rows; pass np.flatnonzero(mask) "
+                                f"(a mask over all {self.num_rows} rows)")
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise RowIndexError(f"indices: row numbers must be integers, got {idx.dtype} (e.g. {idx.flat[0]!r}); "
+                                "cast them yourself if that is what you mean")
+        if idx.ndim != 1:
+            raise RowIndexError(f"indices: expected a 1-D sequence of row numbers, got shape {tuple(idx.shape)}")
+        low, high = idx.min(), idx.max()
+        if low < 0 or high >= self.num_rows:  # np.take would wrap a negative index
+            raise RowIndexError(f"indices must lie in [0, {self.num_rows}) (the caches' rows), got "
+                                f"{low if low < 0 else high}")
+        return idx.astype(np.int64, copy=False)
+
+
+class RowIndexError(ConfigError, IndexError):
+    """Indices that cannot mean rows of the caches (floats, a mask, out of range): a featcache error and an
+    IndexError, so either ``except`` catches it."""
 
 
 class CachedRows(Dataset):
