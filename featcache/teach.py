@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.datasets import get_dataset
-from featcache.datasets.base import ClassSubset, check_disjoint, read_class_list
+from featcache.datasets.base import ClassSubset, check_disjoint, check_trainable, read_class_list
 from featcache.distill.methods.base import Method, MethodParams, xent
 from featcache.distill.trainer import (
     BEST,
@@ -109,6 +109,7 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
         if tc.classes is not None:
             names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)
             train_ds, test_ds = ClassSubset(train_ds, names), ClassSubset(test_ds, names)
+        check_trainable(train_ds)
         kwargs = {"teacher": tc.teacher, "num_classes": train_ds.num_classes, "image_size": transform.image_size}
         model = build_classifier(**kwargs, seed=tc.seed, init=init)
         method = TeacherLoss(model, [], train_ds.num_classes, MethodParams())

@@ -16,7 +16,7 @@ from conftest import CIFAR10_NAMES, CUB_CLASSES, SOD_PET_DOGS, SOD_STANFORD_DIRS
 from featcache.datasets import get_dataset, list_datasets
 from featcache.datasets import sod as sod_mod
 from featcache.datasets.base import ImageDataset
-from featcache.errors import DatasetError
+from featcache.errors import ConfigError, DatasetError
 from featcache.resources import data_path
 
 
@@ -567,6 +567,142 @@ def test_distill_refuses_a_test_split_made_of_training_images(tmp_path: Path):
     test = get_dataset("folder", tmp_path / "d" / "train", "test", test_root=str(tmp_path / "d" / "alias"))
     with pytest.raises(DatasetError, match="8 of the training split's images"):
         check_disjoint(train, test)
+
+
+# -- datasets that are not what they look like (issue 22, class 4) -------------------------------------------------
+def test_a_root_of_split_folders_is_never_read_as_classes(tmp_path: Path):
+    """DIR holding only train/ used to be one class called "train" (a 100 % accurate model on any split)."""
+    _tree(tmp_path / "a" / "train")
+    for split, opts in (("train", {}), ("test", {}), ("train", {"holdout": 0.25}), ("test", {"holdout": 0.25})):
+        with raises_naming(tmp_path / "a", "only split folders (train/)", "test/", "--data-root", "holdout"):
+            get_dataset("folder", tmp_path / "a", split, **opts)
+    _tree(tmp_path / "b" / "train")
+    _tree(tmp_path / "b" / "val", per_class=1, seed=70)
+    _tree(tmp_path / "b" / "test", per_class=1, seed=80)
+    with raises_naming(tmp_path / "b", "(test/, train/, val/)", "-o test_root"):
+        get_dataset("folder", tmp_path / "b", "test")
+    # The test split taken from a folder of split folders is refused too, not read as class "test".
+    with raises_naming(tmp_path / "a", "only split folders", "-o test_root"):
+        get_dataset("folder", tmp_path / "b" / "train", "test", test_root=str(tmp_path / "a"))
+    # A class tree that merely has a class called train, among others, is still a class tree.
+    _tree(tmp_path / "c", classes=("bus", "train"))
+    assert get_dataset("folder", tmp_path / "c", "train", holdout=0.25).classes == ["bus", "train"]
+
+
+def _copied(tmp_path: Path):
+    from featcache.datasets.base import check_disjoint, copied_files
+
+    train = get_dataset("folder", tmp_path / "d", "train")
+    test = get_dataset("folder", tmp_path / "d", "test")
+    return copied_files(train, test), lambda: check_disjoint(train, test)
+
+
+def test_test_images_copied_from_the_training_images_are_refused(tmp_path: Path):
+    _tree(tmp_path / "d" / "train", per_class=3, seed=0)
+    _tree(tmp_path / "d" / "test", per_class=2, seed=50)
+    sizes = {f.stat().st_size for f in (tmp_path / "d").rglob("*.png")}
+    assert len(sizes) == 1  # every file's size collides across splits: the contents must be compared
+    copies, check = _copied(tmp_path)
+    assert copies == []
+    check()
+    # One copy under another name is a leak.
+    original = tmp_path / "d" / "train" / "cat" / "001.png"
+    (tmp_path / "d" / "test" / "dog" / "zz.png").write_bytes(original.read_bytes())
+    with raises_naming("1 of the test split's 5 images", "byte-identical", tmp_path / "d" / "test" / "dog" / "zz.png",
+                       original):
+        _copied(tmp_path)[1]()
+
+
+def test_big_files_that_share_their_tail_are_compared_whole(tmp_path: Path):
+    big = bytes(np.random.default_rng(0).integers(0, 256, 40_000, dtype=np.uint8))
+    for split in ("train", "test"):
+        for name in ("cat", "dog"):
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+    (tmp_path / "d" / "train" / "cat" / "a.png").write_bytes(big)
+    (tmp_path / "d" / "train" / "dog" / "b.png").write_bytes(big[::-1])
+    (tmp_path / "d" / "test" / "cat" / "c.png").write_bytes(b"X" + big[1:])  # same size and last 16 KiB, not a copy
+    assert _copied(tmp_path)[0] == []
+    (tmp_path / "d" / "test" / "dog" / "d.png").write_bytes(big)
+    assert [(Path(c).name, Path(o).name) for c, o in _copied(tmp_path)[0]] == [("d.png", "a.png")]
+
+
+def test_fewer_than_two_classes_cannot_be_trained(tmp_path: Path):
+    from featcache.datasets.base import ClassSubset, check_trainable, split_classes
+
+    _tree(tmp_path / "one", classes=("cat",))
+    with raises_naming("folder", "train split", "1 class", "'cat'", "at least 2"):
+        check_trainable(get_dataset("folder", tmp_path / "one", "train"))
+    (tmp_path / "one" / "dog").mkdir()  # a class folder without images is no second class
+    with raises_naming("1 class (of 2 listed)", "'cat'"):
+        check_trainable(get_dataset("folder", tmp_path / "one", "train"))
+    _tree(tmp_path / "two")
+    two = get_dataset("folder", tmp_path / "two", "train")
+    check_trainable(two)
+    with raises_naming("'dog'", "--classes"):
+        check_trainable(ClassSubset(two, ["dog"]))
+    with raises_naming("--parts 2", "at least 4 classes"):  # two parts of one class each: two untrainable teachers
+        split_classes(two.classes, 2)
+    assert sorted(len(part) for part in split_classes(["a", "b", "c", "d", "e"], 2)) == [2, 3]
+    with raises_naming("--parts 3", "between 2 and 2"):
+        split_classes(["a", "b", "c", "d", "e"], 3)
+
+
+def _encoded(fmt: str, pixels: np.ndarray, **kw) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    image = Image.fromarray(pixels)
+    if kw.pop("cmyk", False):
+        image = image.convert("CMYK")
+    image.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+def test_image_sizes_are_read_from_headers_without_decoding(monkeypatch):
+    from featcache.datasets import base
+
+    px = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    cases = {"png": ("PNG", {}), "jpeg": ("JPEG", {}), "progressive": ("JPEG", {"progressive": True}),
+             "cmyk": ("JPEG", {"cmyk": True}), "gif": ("GIF", {}), "webp": ("WEBP", {}),
+             "webp-lossless": ("WEBP", {"lossless": True}), "bmp": ("BMP", {})}
+    for name, (fmt, kw) in cases.items():
+        assert base.image_header_size(_encoded(fmt, px, **kw)) == (53, 37, 1), name
+    gif = _encoded("GIF", px, save_all=True, append_images=[_pil(255 - px), _pil(px // 2)])
+    assert base.image_header_size(gif) == (53, 37, 3)  # torchvision decodes every frame
+    assert base.image_header_size(_encoded("TIFF", px)) is None  # PIL reads that header instead
+
+    # A JPEG whose frame header claims 60,000 x 50,000 pixels is refused before any decoder sees it.
+    jpeg = bytearray(_encoded("JPEG", px))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (50_000).to_bytes(2, "big") + (60_000).to_bytes(2, "big")
+
+    def decoded(*a, **k):
+        raise AssertionError("the decoder ran")
+
+    monkeypatch.setattr(base, "_decode_image", decoded)
+    monkeypatch.setattr(base, "_pil_rgb", decoded)
+    monkeypatch.delenv(base.MAX_PIXELS_ENV, raising=False)
+    with raises_naming("big.jpg", "60,000 x 50,000", "3,000,000,000 pixels", "89,478,485",
+                       "FEATCACHE_MAX_IMAGE_PIXELS=3000000000"):
+        base.decode_image_bytes(bytes(jpeg), "big.jpg")
+    monkeypatch.undo()
+    small = _encoded("PNG", np.zeros((64, 64, 3), dtype=np.uint8))
+    monkeypatch.setenv(base.MAX_PIXELS_ENV, "1000")
+    with raises_naming("small.png", "64 x 64", "4,096 pixels", "limit of 1,000"):
+        base.decode_image_bytes(small, "small.png")
+    monkeypatch.setenv(base.MAX_PIXELS_ENV, "4096")
+    assert base.decode_image_bytes(small, "small.png").shape == (3, 64, 64)
+    monkeypatch.setenv(base.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ConfigError, match="FEATCACHE_MAX_IMAGE_PIXELS='lots'"):
+        base.decode_image_bytes(small, "small.png")
+
+
+def _pil(pixels: np.ndarray):
+    from PIL import Image
+
+    return Image.fromarray(pixels)
 
 
 # -- synthetic ------------------------------------------------------------------------------------------------------

@@ -604,3 +604,80 @@ def test_remembered_request_still_checks_shards_and_content(home, tree, monkeypa
         p.write_bytes(bytes(data))
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert requests.recall(home, memo["request"]) is None
+
+
+# -- datasets that are not what they look like (issue 22, class 4) -------------------------------------------------
+TEACH = ("--teacher", "convnet", "--dataset", "folder", "--workers", "0", "--epochs", "1", "--batch-size", "8",
+         "--device", "cpu", "--init", "random")
+
+
+def test_a_root_holding_only_train_is_not_one_class_called_train(home, tmp_path):
+    """It was: extract's teacher top-1 100 % over one class "train", and distill -o holdout a 100 % test accuracy."""
+    root = make_tree(tmp_path / "d" / "train").parent
+    one_line_error(invoke("extract", *EXTRACT, "--data-root", root), "only split folders (train/)", str(root / "test"))
+    one_line_error(invoke("extract", *EXTRACT, "--data-root", root, "--split", "test"), "only split folders")
+    r = invoke("distill", *DISTILL, "--data-root", root, "-o", "holdout=0.34", "--run-dir", tmp_path / "run")
+    one_line_error(r, "only split folders", "holdout")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_test_folder_copied_from_train_is_refused(home, tree, tmp_path):
+    shutil.rmtree(tree / "test")
+    shutil.copytree(tree / "train", tree / "test")
+    r = invoke("distill", *DISTILL, "--data-root", tree, "--run-dir", tmp_path / "run")
+    one_line_error(r, "18 of the test split's 18 images are byte-identical copies", "train")
+    r = invoke("train-teacher", *TEACH, "--data-root", tree, "--run-dir", tmp_path / "teacher")
+    one_line_error(r, "byte-identical")
+    assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "teacher" / "teacher.pt").exists()
+
+
+def test_one_class_is_cached_but_never_trained_on(home, tree, tmp_path):
+    one = tmp_path / "one"
+    shutil.copytree(tree / "train" / "cat", one / "train" / "cat")
+    shutil.copytree(tree / "test" / "cat", one / "test" / "cat")
+    assert invoke("extract", *EXTRACT, "--data-root", one).exit_code == 0  # features of one class: a fine cache
+    one_line_error(invoke("distill", *DISTILL, "--data-root", one, "--run-dir", tmp_path / "run"), "1 class", "'cat'")
+    one_line_error(invoke("train-teacher", *TEACH, "--data-root", one, "--run-dir", tmp_path / "t1"), "'cat'")
+    (tmp_path / "dog.txt").write_text("dog\n")  # a class subset of one class
+    r = invoke("train-teacher", *TEACH, "--data-root", tree, "--classes", tmp_path / "dog.txt", "--run-dir",
+               tmp_path / "t2")
+    one_line_error(r, "'dog'", "--classes")
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 1-bit grey PNG of width x height zero pixels: ~0.2 MB that decodes to width*height*3 bytes of RGB."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(bytes(height * (1 + (width + 7) // 8)), 1)  # filter byte 0 + packed bits, all zero
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def test_a_decompression_bomb_is_refused_before_it_is_decoded(home, tree, monkeypatch):
+    from featcache.datasets import base
+
+    bomb = png_bomb(20_000, 20_000)  # 1.2 GB of RGB once decoded
+    assert len(bomb) < 300_000
+    (tree / "train" / "dog" / "bomb.png").write_bytes(bomb)
+    real = base._decode_image
+
+    def guarded(data, *a, **k):
+        assert len(data) != len(bomb), "the bomb was decoded"
+        return real(data, *a, **k)
+
+    monkeypatch.setattr(base, "_decode_image", guarded)
+    monkeypatch.setattr(base, "_pil_rgb", lambda data: pytest.fail("the bomb was decoded by PIL"))
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train")
+    one_line_error(r, "bomb.png", "20,000 x 20,000 = 400,000,000 pixels", "limit of 89,478,485",
+                   "FEATCACHE_MAX_IMAGE_PIXELS=400000000")
+
+
+@pytest.mark.slow  # two loader workers start twice: ~1 s
+def test_the_pixel_limit_reaches_the_loader_workers(home, tree, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_MAX_IMAGE_PIXELS", "1000")  # the tree's 32 x 32 images are 1,024 pixels
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train", "--workers", "2")
+    one_line_error(r, ".png is 32 x 32 = 1,024 pixels", "limit of 1,000", "FEATCACHE_MAX_IMAGE_PIXELS=1024")
+    monkeypatch.setenv("FEATCACHE_MAX_IMAGE_PIXELS", "1024")
+    r = invoke("extract", *EXTRACT, "--data-root", tree / "train", "--workers", "2")
+    assert r.exit_code == 0, r.output

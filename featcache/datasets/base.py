@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featcache.errors import DatasetError
+from featcache.errors import ConfigError, DatasetError
 from featcache.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
 
 SPLITS = ("train", "test")
@@ -89,15 +90,140 @@ def _pil_rgb(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
+# A small file can declare an enormous image (a decompression bomb: a few hundred KB of PNG that decodes to GBs).
+# The header's size is checked before any decoder runs. The default is PIL's own bomb threshold; an environment
+# variable (not a flag) because it must reach every DataLoader worker and library caller, and no cache key.
+MAX_PIXELS_ENV = "FEATCACHE_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: about 9,459 x 9,459 (256 MiB of RGB)
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame (not DHT, JPG, DAC)
+
+
+def max_image_pixels() -> int:
+    """The largest image (width x height, times frames for GIFs) featcache decodes: $FEATCACHE_MAX_IMAGE_PIXELS."""
+    raw = os.environ.get(MAX_PIXELS_ENV)
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"{MAX_PIXELS_ENV}={raw!r}: expected a whole number of pixels >= 1, e.g. 200000000 "
+                          f"(unset it for the default {DEFAULT_MAX_PIXELS:,})")
+    return value
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker in _SOF_MARKERS:
+            height, width = struct.unpack_from(">HH", data, i + 5)
+            return width, height
+        elif marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def _gif_frames(data: bytes) -> int:
+    """The number of images in a GIF (torchvision decodes them all), walking its blocks without decoding."""
+    flags = data[10]
+    i = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    frames, n = 0, len(data)
+    while i < n:
+        kind = data[i]
+        if kind == 0x2C:  # image descriptor, [local colour table], LZW code size, sub-blocks
+            frames += 1
+            local = data[i + 9] if i + 9 < n else 0
+            i += 10 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1
+        elif kind == 0x21:  # extension: label, sub-blocks
+            i += 2
+        else:  # trailer (0x3B) or damage
+            break
+        while i < n and data[i]:
+            i += data[i] + 1
+        i += 1
+    return max(frames, 1)
+
+
+def image_header_size(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, frames) from the header of a PNG, JPEG, GIF, WebP or BMP file's bytes, without decoding;
+    None for another format or a header cut short."""
+    n = len(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and n >= 24 and data[12:16] == b"IHDR":
+        return (*struct.unpack_from(">II", data, 16), 1)
+    if data[:2] == b"\xff\xd8":
+        size = _jpeg_size(data)
+        return None if size is None else (*size, 1)
+    if data[:6] in (b"GIF87a", b"GIF89a") and n >= 13:
+        return (*struct.unpack_from("<HH", data, 6), _gif_frames(data))
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and n >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 ":
+            width, height = struct.unpack_from("<HH", data, 26)
+            return width & 0x3FFF, height & 0x3FFF, 1
+        if kind == b"VP8L":
+            bits = int.from_bytes(data[21:25], "little")
+            return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 1
+        if kind == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1, 1
+        return None
+    if data[:2] == b"BM" and n >= 26:
+        if struct.unpack_from("<I", data, 14)[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+            return (*struct.unpack_from("<HH", data, 18), 1)
+        width, height = struct.unpack_from("<ii", data, 18)
+        return abs(width), abs(height), 1  # a negative height means top-down rows
+    return None
+
+
+def _pil_header_size(data: bytes) -> tuple[int, int, int] | None:
+    """The size PIL reads from any other format's header (Image.open reads no pixels); None if PIL cannot."""
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width, im.height, 1
+    except Exception:  # noqa: BLE001 - unreadable here is reported by the decoder, with its reason
+        return None
+
+
+def check_image_size(data: bytes, path: str | Path) -> None:
+    """Refuse an image whose header declares more pixels than max_image_pixels(), before anything decodes it."""
+    size = image_header_size(data) or _pil_header_size(data)
+    if size is None:
+        return
+    width, height, frames = size
+    pixels, limit = width * height * frames, max_image_pixels()
+    if pixels > limit:
+        shape = f"{width:,} x {height:,}" + (f" x {frames:,} frames" if frames > 1 else "")
+        raise DatasetError(
+            f"image file {path} is {shape} = {pixels:,} pixels ({pixels * 3 / 2**30:.1f} GiB decoded), above the "
+            f"limit of {limit:,} (a decompression bomb?); if it is genuine, raise the limit with "
+            f"{MAX_PIXELS_ENV}={pixels}, or replace or remove it"
+        )
+
+
 def decode_image_bytes(data: bytes, path: str | Path) -> torch.Tensor:
     """Decode an image file's bytes to a uint8 RGB tensor [3, H, W].
 
     torchvision's decoder handles JPEG/PNG/GIF/WebP quickly; PIL is the fallback for anything it refuses (CMYK
     JPEGs and BMPs exist in the wild, e.g. in Oxford-IIIT Pet). 16-bit PNGs are scaled to 8 bits, so a folder that
-    mixes them with 8-bit JPEGs yields one pixel type.
+    mixes them with 8-bit JPEGs yields one pixel type. An image larger than max_image_pixels() is refused from its
+    header, before any decoder allocates it.
     """
     if not data:
         raise DatasetError(f"image file {path} is empty (0 bytes); replace or remove it")
+    check_image_size(data, path)
     if _decode_image is not None:
         try:
             image = _decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=_RGB)
@@ -234,11 +360,19 @@ class ImageDataset(Dataset):
             return content_digest(read_file_bytes(path))
         return content_digest(self.read_image(index).numpy())
 
+    def file_stats(self) -> np.ndarray | None:
+        """[n, 2] (size, mtime_ns) of every sample's file, stat'ed once per object (the fingerprint and the split
+        leak check share it); None for datasets not made of files."""
+        if not hasattr(self, "_file_stats"):
+            paths = self.image_paths()
+            self._file_stats = None if paths is None else stat_files(paths)
+        return self._file_stats
+
     def compute_fingerprint(self) -> str | None:
-        """sha256 over every sample file's (size, mtime_ns), in id order; None for datasets not made of files
-        (subclasses whose pixels live elsewhere override it)."""
-        paths = self.image_paths()
-        return None if paths is None else files_fingerprint(paths)
+        """sha256 over every sample file's (size, mtime_ns), in id order (files_fingerprint); None for datasets not
+        made of files (subclasses whose pixels live elsewhere override it)."""
+        stats = self.file_stats()
+        return None if stats is None else hashlib.sha256(stats.astype("<i8").tobytes()).hexdigest()
 
     def fingerprint(self) -> str | None:
         """The content fingerprint in this split's identity (computed once per object; files are stat'ed)."""
@@ -299,20 +433,112 @@ def _real_paths(paths: Sequence[str]) -> list[str]:
     return out
 
 
+_TAIL = 16 << 10  # bytes read from a file's end to find copies: a whole small image, the last scan data of a big one
+
+
+def _tail_digest(path: str, size: int) -> bytes:
+    """blake2b of a file's last _TAIL bytes (the whole file when smaller): equal for copies, rarely for others."""
+    if size <= _TAIL:
+        return hashlib.blake2b(read_file_bytes(path), digest_size=16).digest()
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - _TAIL)
+            return hashlib.blake2b(f.read(_TAIL), digest_size=16).digest()
+    except OSError as exc:
+        raise DatasetError(f"image file {path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    return read_file_bytes(a) == read_file_bytes(b)
+
+
+def _tail_digests(files: list[tuple[str, int]]) -> list[bytes]:
+    """_tail_digest of each (path, size): serial while reads are fast (local, cached: ~8 µs each), threads once the
+    first chunk shows slow ones (cold disks, network file systems: reads release the GIL while they wait)."""
+    import time
+
+    step = 4096
+    start = time.perf_counter()
+    out = [_tail_digest(p, n) for p, n in files[:step]]
+    if len(files) <= step or (time.perf_counter() - start) / step < 50e-6:
+        return out + [_tail_digest(p, n) for p, n in files[step:]]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return out + list(pool.map(lambda f: _tail_digest(*f), files[step:], chunksize=256))
+
+
+def copied_files(train: ImageDataset, test: ImageDataset) -> list[tuple[str, str]]:
+    """(test file, train file) for every test image that is a byte-identical copy of a training image.
+
+    Cheap first: only files whose byte sizes occur in both splits are read (the sizes come from the stat the
+    fingerprint needs anyway), and of those only the last 16 KiB; candidates are then confirmed byte by byte. On
+    CIFAR-10's 60,000 JPEGs sizes barely filter (all lie in 692..1124 bytes), so every file is read once: ~0.7 s
+    with a warm page cache."""
+    a, b = train.image_paths(), test.image_paths()
+    sa, sb = train.file_stats(), test.file_stats()
+    if a is None or b is None or sa is None or sb is None:
+        return []
+    common = set(sa[:, 0].tolist()).intersection(sb[:, 0].tolist())
+    if not common:
+        return []
+    files_a = [(p, n) for p, n in zip(a, sa[:, 0].tolist()) if n in common]
+    files_b = [(p, n) for p, n in zip(b, sb[:, 0].tolist()) if n in common]
+    seen: dict[tuple[int, bytes], list[str]] = {}
+    for (path, size), digest in zip(files_a, _tail_digests(files_a)):
+        seen.setdefault((size, digest), []).append(path)
+    copies = []
+    for (path, size), digest in zip(files_b, _tail_digests(files_b)):
+        for original in seen.get((size, digest), ()):
+            if size <= _TAIL or _same_bytes(path, original):  # a small file's digest covered all of it
+                copies.append((path, original))
+                break
+    return copies
+
+
 def check_disjoint(train: ImageDataset, test: ImageDataset) -> None:
-    """Refuse a test split that shares image files with the training split: its "test accuracy" would be measured
-    on training images."""
+    """Refuse a test split that shares image files with the training split, or holds byte-identical copies of its
+    images (a test/ copied from train/): its "test accuracy" would be measured on training images. Any one exact
+    copy is refused; the real CIFAR-10 has none (near-duplicates, re-encoded or cropped, are not looked for)."""
     a, b = train.image_paths(), test.image_paths()
     if a is None or b is None:
         return
+    fix = ("give the dataset a separate test split (for folder: a test/ folder, -o test_root=DIR or "
+           "-o holdout=0.1)")
     shared = set(_real_paths(a)).intersection(_real_paths(b))
     if shared:
         example = min(shared)
         raise DatasetError(
             f"{test.name}: the test split holds {len(shared):,} of the training split's images (e.g. {example}), so "
-            "its accuracy would be measured on training images; give the dataset a separate test split "
-            "(for folder: a test/ folder, -o test_root=DIR or -o holdout=0.1)"
+            f"its accuracy would be measured on training images; {fix}"
         )
+    copies = copied_files(train, test)
+    if copies:
+        copy, original = min(copies)
+        raise DatasetError(
+            f"{test.name}: {len(copies):,} of the test split's {len(b):,} images are byte-identical copies of training "
+            f"images (e.g. {copy} = {original}), so its accuracy would be measured on training images; remove the "
+            f"copies from the test split, or {fix}"
+        )
+
+
+def check_trainable(train: ImageDataset) -> None:
+    """Refuse to train on a split whose images span fewer than two classes: every prediction is then right, and a
+    run would report 100 % accuracy for learning nothing."""
+    present = np.unique(train.targets)
+    if len(present) >= 2:
+        return
+    names = ", ".join(repr(train.classes[int(k)]) for k in present) or "none"
+    listed = f" (of {train.num_classes} listed)" if train.num_classes != len(present) else ""
+    where = f" of {train.root}" if train.root is not None else ""
+    subset = train.params.get("class_subset")
+    hint = ("list at least 2 classes in --classes" if subset is not None
+            else "give it images of at least 2 classes (for folder: 2 or more class subfolders)")
+    raise DatasetError(
+        f"{train.name}: the {train.split} split{where} has images of {len(present)} "
+        f"class{'es' if len(present) != 1 else ''}{listed}: {names}; a "
+        f"classifier trained on it is 100 % accurate by construction: {hint}"
+    )
 
 
 def check_split(split: str) -> str:
@@ -366,8 +592,11 @@ class ClassSubset(ImageDataset):
 def split_classes(classes: Sequence[str], parts: int, seed: int = 0) -> list[list[str]]:
     """Split a class list into ``parts`` disjoint parts of (nearly) equal size, by a seeded permutation; each part
     keeps the dataset's class order."""
-    if not 2 <= parts <= len(classes):
-        raise DatasetError(f"--parts {parts}: choose between 2 and the number of classes ({len(classes)})")
+    if not 2 <= parts <= len(classes) // 2:  # each part's teacher trains on 2 classes or more (check_trainable)
+        most = (f"choose between 2 and {len(classes) // 2}" if len(classes) >= 4
+                else "a dataset needs at least 4 classes to be split")
+        raise DatasetError(f"--parts {parts}: every part needs at least 2 of the {len(classes)} classes to train a "
+                           f"teacher on; {most}")
     perm = np.random.default_rng(seed).permutation(len(classes))
     return [[classes[i] for i in sorted(chunk)] for chunk in np.array_split(perm, parts)]
 

@@ -8,6 +8,9 @@
   ``test/`` (or ``val/``) sibling class tree. Without any of these the test split is an error, never the training
   images again.
 
+A folder whose subfolders are all split names (only ``train/``; ``train/``, ``val/`` and ``test/``; ...) is refused,
+never read as classes named train, val, test.
+
 The directory helpers here (``IMAGE_EXTENSIONS``, ``list_images``, ``scan_class_tree``) are shared with the
 CIFAR folder layout, so both formats agree on what counts as an image and on sample order.
 """
@@ -91,6 +94,9 @@ class FolderDataset(FileListDataset):
 
 
 TEST_DIRS = ("test", "val")  # names a test split's folder goes by (ImageNet-style trees call it val)
+# Folder names that mean a split, not a class: a tree whose subfolders are all among them is never read as classes
+# (DIR holding only train/ would be one class "train", and any model 100 % accurate on it).
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "eval", "dev"})
 
 
 def _split_folders(root: Path) -> dict[str, Path] | None:
@@ -120,11 +126,29 @@ def holdout_mask(ids: Sequence[str], labels: Sequence[int], fraction: float) -> 
     return is_test
 
 
+def _refuse_split_folders(root: Path, flag: str, classes: Sequence[str]) -> None:
+    """A DatasetError when every subfolder of ``root`` names a split (and they are not exactly train/ + test/)."""
+    if not classes or any(c.lower() not in SPLIT_NAMES for c in classes):
+        return
+    found = ", ".join(f"{c}/" for c in classes)
+    has_train = any(c.lower() in ("train", "training") for c in classes)
+    if has_train and not any(c.lower() not in ("train", "training") for c in classes):
+        todo = (f"add {root / 'test'}/<class>/, or point --data-root at {root / classes[0]} with -o holdout=0.1 or "
+                "-o test_root=DIR")
+    else:
+        todo = "point --data-root at the training class tree and -o test_root at the test one"
+    raise DatasetError(
+        f"folder: {root} ({flag}) holds only split folders ({found}), not class folders; expected either class "
+        f"folders (ROOT/<class>/*.jpg) or exactly train/ and test/ (or val/) of class folders: {todo}"
+    )
+
+
 def _class_tree(root: Path, flag: str) -> tuple[list[str], list[str], list[int]]:
     """(classes, ids, labels) of a class tree, or a DatasetError that says what ``flag`` should point at."""
     if not root.is_dir():
         raise DatasetError(f"folder: {flag} {root} is not a directory; point it at the folder of class folders")
     classes = class_dirs(root)
+    _refuse_split_folders(root, flag, classes)
     if not classes:
         loose = list_images(root, recursive=False)
         hint = f"it holds {len(loose)} images but no class subfolders" if loose else "it has no class subfolders"
@@ -156,6 +180,8 @@ def build_folder(root: Path | None, split: str, test_root: str | Path | None = N
             raise DatasetError("folder: give either -o test_root=DIR or -o holdout=FRACTION, not both")
     params: dict = {"layout": "folder"}
     folders = _split_folders(root)
+    if folders is None:
+        _refuse_split_folders(root, "--data-root", class_dirs(root))
     if folders is not None:
         if test_root is not None or holdout is not None:
             raise DatasetError(

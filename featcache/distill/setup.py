@@ -19,7 +19,7 @@ from featcache.cache.format import PART_DATA
 from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
-from featcache.datasets.base import check_disjoint
+from featcache.datasets.base import check_disjoint, check_trainable
 from featcache.distill.loader import MODES, SHUFFLES
 from featcache.runtime import parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
@@ -88,6 +88,7 @@ def setup(config: DistillConfig) -> Setup:
     if train.classes != test.classes:
         raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
     check_disjoint(train, test)
+    check_trainable(train)
     caches = resolve_teachers(config.teachers, train, CacheStore(config.cache_dir)) if config.teachers else []
     for c in caches:  # before anything is built: a stale cache is the first thing to hear about
         c.check_dataset(train)
@@ -96,6 +97,9 @@ def setup(config: DistillConfig) -> Setup:
     if config.classes is not None:
         if method_cls.uses_labels:
             raise ConfigError("--classes: a head over part of the classes trains without labels; use --method aka")
+        if len(config.classes) < 2:  # a one-class head is right on every image: a 100 % that means nothing
+            raise ConfigError(f"--classes lists {len(config.classes)} class ({', '.join(config.classes)}); a head over "
+                              "one class is 100 % accurate by construction: list at least 2 classes", flag="--classes")
         from featcache.datasets.base import ClassSubset
 
         test = ClassSubset(test, config.classes)  # evaluated on its own task
