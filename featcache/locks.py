@@ -101,7 +101,8 @@ def unwritable(directory: Path, exc: OSError, what: str = "directory") -> Featca
     reason = _REASONS.get(code, f"cannot be written ({' '.join(str(exc.strerror or exc).split())[:160]})")
     from featcache.errors import StorageError
 
-    fix = ("free space, then re-run the same command: it keeps what was finished"
+    again = "add --resume to the same command" if what == "run directory" else "re-run the same command"
+    fix = (f"free space, then {again}: it keeps what was finished"
            if code in (errno.ENOSPC, errno.EDQUOT)
            else "choose a writable location (--cache-dir for caches, --run-dir for runs)")
     return StorageError(f"the {what} {directory} {reason}; {fix}")

@@ -134,8 +134,18 @@ def truncate_metrics(run_dir: Path, keep_epochs: int) -> None:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(Path(run_dir) / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(Path(run_dir) / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a torn line is what --resume expects after this: it redoes the epoch
+        from featcache.locks import unwritable
+
+        raise unwritable(Path(run_dir), exc, "run directory") from None
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """A run file (config.json, summary.json) replaced atomically: readers see the old file or the whole new one."""
+    atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", hint: str = "") -> dict[str, Any]:
@@ -159,15 +169,35 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", hint: str = "") -> di
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file, fsync, rename: a kill or power loss leaves the old checkpoint or the new one."""
+    """torch.save to a temp file, fsync, rename: a kill or power loss leaves the old checkpoint or the new one. A full
+    or read-only disk is a one-line StorageError and leaves no temp file (torch's own writer reports ENOSPC as an
+    opaque RuntimeError, so the bytes are serialised in memory and written with plain file I/O)."""
+    import io
+
     import torch
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        _drop(tmp)
+        from featcache.locks import unwritable
+
+        raise unwritable(path.parent, exc, "run directory") from None
+
+
+def _drop(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -32,6 +32,7 @@ from featcache.distill.trainer import (
     claim_run_dir,
     train,
 )
+from featcache.distill.setup import validate as validate_distill
 from featcache.flags import copy_fields
 from featcache.config import TeacherConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import ConfigError
@@ -90,10 +91,23 @@ def _run_config(tc: TeacherConfig, lr: float) -> DistillConfig:
                        lr=lr, run_dir=run_dir, shuffle="full", cache_mode="ram")
 
 
+def default_lr(init: str) -> float:
+    """--lr when not given, by the resolved --init: fine-tuning ImageNet weights takes smaller steps."""
+    return 1e-4 if init == "imagenet" else 1e-3
+
+
+def validate(tc: TeacherConfig) -> DistillConfig:
+    """What train_teacher checks before it trains, without data or a model (recipes run it at plan time): --init
+    and the training loop's flags. Returns the loop's config, as the run's config.json will record it."""
+    config = _run_config(tc, tc.lr if tc.lr is not None else default_lr(resolve_init(tc.teacher, tc.init)))
+    validate_distill(config)
+    return config
+
+
 def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[DistillSummary, Path]:
     """Fine-tune ``tc.teacher`` on ``tc.dataset``; returns the run summary and the path of ``teacher.pt``."""
     init = resolve_init(tc.teacher, tc.init)
-    lr = tc.lr if tc.lr is not None else (1e-4 if init == "imagenet" else 1e-3)
+    lr = tc.lr if tc.lr is not None else default_lr(init)
     config = _run_config(tc, lr)
     with claim_run_dir(config):
         # The teacher's evaluation view: the one `featcache extract` would use for this teacher and dataset.
@@ -122,13 +136,12 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
             return summary, path
         best = rundir.load_checkpoint(Path(config.run_dir) / BEST)
         model.load_state_dict(best["student"])
-        torch.save({
+        rundir.atomic_save({  # atomically: a recipe treats teacher.pt as "done"
             "state_dict": model.weights_state_dict(),
             "featcache": {
                 "teacher": tc.teacher, "init": init, "num_classes": train_ds.num_classes,
                 "classes": list(train_ds.classes), "dataset": train_ds.identity(), "transform": transform.to_dict(),
                 "epoch": best["epoch"] + 1, "test_acc": best["test_acc"],
             },
-        }, path.with_name(path.name + ".tmp"))
-        path.with_name(path.name + ".tmp").replace(path)  # atomically: a recipe treats teacher.pt as "done"
+        }, path)
     return summary, path

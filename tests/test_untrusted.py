@@ -380,3 +380,38 @@ def test_extract_from_refuses_a_head_narrower_than_the_dataset(home):
     result = api.extract_from(model, data, name="narrow", dataset_name="toy", feature_layer="avgpool",
                               image_size=32, workers=0, logit_classes=["1", "3"])
     assert result.manifest.teacher.classes == ["1", "3"] and result.manifest.teacher.num_classes == 2
+
+
+# -- 7. a full disk while writing a checkpoint is one line and leaves no temp file -----------------------------------
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    import shutil
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temp_file(home, tmp_path, monkeypatch):
+    import errno
+    import subprocess
+
+    disk = tmp_path / "disk"
+    real = _mount_tmpfs(disk, "160k")  # room for config.json and metrics, not for lenet5's checkpoint
+    try:
+        if not real:  # no mount rights: the disk fills between the write and the fsync
+            from featcache import rundir
+
+            def full(fd):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            monkeypatch.setattr(rundir.os, "fsync", full)
+        r = invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", disk / "run")
+        one_line_error(r, "ran out of disk space", str(disk / "run"), "--resume")
+        assert [p.name for p in (disk / "run").iterdir() if p.name.endswith(".tmp")] == []
+        assert not (disk / "run" / "checkpoint-last.pt").exists() and not (disk / "run" / "summary.json").exists()
+    finally:
+        if real:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)

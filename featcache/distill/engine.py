@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import random
 import shutil
@@ -439,7 +438,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         online=config.online,
     )
     if main:
-        (run_dir / SUMMARY).write_text(json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
+        rundir.write_json(run_dir / SUMMARY, {**asdict(summary), "run_dir": str(run_dir)})
     distributed.barrier()  # no rank leaves before the run's files are complete
     return summary
 
@@ -456,8 +455,7 @@ def _finished_summary(s: Setup, state: dict[str, Any], total_epochs: int, report
         student=s.config.student, online=s.config.online,
     )
     if distributed.context().is_main and not (run_dir / SUMMARY).is_file():
-        rundir.atomic_write_text(run_dir / SUMMARY,
-                                 json.dumps({**asdict(summary), "run_dir": str(run_dir)}, indent=2) + "\n")
+        rundir.write_json(run_dir / SUMMARY, {**asdict(summary), "run_dir": str(run_dir)})
     reporter.message(f"{run_dir} is complete ({total_epochs}/{total_epochs} epochs); nothing to resume")
     distributed.barrier()
     return summary
@@ -501,4 +499,4 @@ def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
         "views": loader.views.to_dict() if getattr(loader, "views", None) else None,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    (run_dir / CONFIG).write_text(json.dumps(info, indent=2) + "\n")
+    rundir.write_json(run_dir / CONFIG, info)
