@@ -29,6 +29,9 @@ from featcache.errors import ConfigError
 from featcache.transforms import TransformSpec, crop_pad
 
 VIEW_POLICIES = ("rrc-flip", "pad-crop-flip")
+# Each view is a full copy of the split's rows (and a part of its own): beyond this, a typo (10000 for 10) would write
+# thousands of parts for hours. FKD-style soft-label caches keep tens to hundreds of crops per image.
+MAX_VIEWS = 1024
 AUG_FIELD = AUG  # the per-row augmentation parameters of a view part (named in the cache format)
 
 

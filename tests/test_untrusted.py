@@ -415,3 +415,21 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temp_file(hom
     finally:
         if real:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+# -- 7. many views: bounded, announced, and the manifest is not rewritten per shard ----------------------------------
+def test_views_are_bounded_and_the_extract_says_what_it_will_write(home, monkeypatch):
+    from featcache.cache.format import Manifest
+
+    one_line_error(invoke("extract", *EXTRACT, "--views", "10000"), "--views 10000", "at most 1024")
+    assert not any(home.iterdir()) if home.exists() else True
+    saves = []
+    real = Manifest.save
+    monkeypatch.setattr(Manifest, "save", lambda self, d: saves.append(len(self.shards)) or real(self, d))
+    r = invoke("extract", *EXTRACT, "--views", "40", "--shard-rows", "8")
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "960 rows to write (24 data + 936 in 39 view(s)) in 120 shard(s)" in said, said
+    m = Manifest.load(next(p for p in home.iterdir() if (p / "manifest.json").is_file()))
+    assert m.complete and len(m.shards) == 120
+    assert len(saves) < 20, saves  # not one save per shard (the sweep saves at most once a second, and at its end)

@@ -224,9 +224,9 @@ SHARD_OVERHEAD = 16 * 1024  # HDF5 superblock, object headers and attributes of 
 
 
 def check_space(directory: Path, pending: dict[str, np.ndarray], writers: dict[str, PartWriter],
-                 shard_rows: int) -> None:
+                 shard_rows: int) -> int:
     """Refuse to start when the pending shards cannot fit on the disk (their size is known before any write), so a
-    full disk is a one-line message up front instead of a half-written shard."""
+    full disk is a one-line message up front instead of a half-written shard. Returns the bytes needed."""
     need = sum(len(rows) * writers[part].row_bytes() + (-(-len(rows) // shard_rows) + 1) * SHARD_OVERHEAD
                for part, rows in pending.items())
     free = shutil.disk_usage(directory).free
@@ -235,6 +235,7 @@ def check_space(directory: Path, pending: dict[str, np.ndarray], writers: dict[s
             f"extract needs about {need / 2**20:,.1f} MiB in {directory} but only {free / 2**20:,.1f} MiB are free; "
             "free space or pass --cache-dir on a larger disk"
         )
+    return need
 
 
 def teacher_accuracy(manifest: Manifest, directory: Path, dataset: ImageDataset) -> float | None:

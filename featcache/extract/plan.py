@@ -26,9 +26,9 @@ from featcache.errors import (
     check_choice,
 )
 from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
-from featcache.runtime import resolve_device, resolve_precision
-from featcache.transforms import NoiseSpec, TransformSpec, default_transform
-from featcache.views import ViewSpec
+from featcache.runtime import PRECISIONS, resolve_device, resolve_precision
+from featcache.transforms import RESIZE_MODES, NoiseSpec, TransformSpec, default_transform
+from featcache.views import MAX_VIEWS, VIEW_POLICIES, ViewSpec
 
 @dataclass
 class ExtractPlan:
@@ -87,6 +87,35 @@ def entry_recipe(entry) -> dict:
     return recipe
 
 
+def validate(config: ExtractConfig) -> None:
+    """The flags' own checks, without data or a model (recipes run them at plan time, before anything trains)."""
+    check_choice("--dtype", config.dtype, FEATURE_DTYPES)
+    check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
+    check_choice("--precision", config.precision, PRECISIONS)
+    for flag, value, choices in (("--resize-mode", config.resize_mode, RESIZE_MODES),
+                                 ("--view-policy", config.view_policy, VIEW_POLICIES)):
+        if value is not None:
+            check_choice(flag, value, choices)
+    check_at_least("--batch-size", config.batch_size, 1)
+    check_at_least("--shard-rows", config.shard_rows, 1)
+    check_at_least("--noise", config.noise, 0)
+    for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
+        if value is not None:
+            check_at_least(flag, value, 1)
+    check_at_least("--views", config.views, 1)
+    if config.views > MAX_VIEWS:
+        raise ConfigError(f"--views {config.views}: at most {MAX_VIEWS} (each view caches every row of the split "
+                          "again)", flag="--views")
+    if config.workers is not None:
+        check_at_least("--workers", config.workers, 0)
+    if config.topk_logits is not None:
+        check_at_least("--topk-logits", config.topk_logits, 1)
+    if config.blocks:
+        check_at_least("--pool", config.pool, 1)
+        if len(set(config.blocks)) != len(config.blocks):
+            raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice", flag="--blocks")
+
+
 def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, teacher: Teacher | None = None,
                  transform: TransformSpec | None = None, command: str | None = None) -> ExtractPlan:
     """Resolve dataset, transform, weights and the cache key; cheap (no model is built).
@@ -94,23 +123,12 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
     ``dataset`` and ``teacher`` (featcache.api) replace the registry's: the key then covers the teacher's weights
     (their hash) and feature layer and the dataset's identity exactly as for registry models and datasets;
     ``transform`` replaces the view derived from the teacher's recipe and the flags."""
-    check_choice("--dtype", config.dtype, FEATURE_DTYPES)
-    check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
-    check_at_least("--batch-size", config.batch_size, 1)
-    check_at_least("--shard-rows", config.shard_rows, 1)
-    if config.noise < 0:
-        raise ConfigError(f"--noise must be >= 0, got {config.noise}")
+    validate(config)
     entry = teacher.entry if teacher is not None else teacher_entry(config.teacher)
     if dataset is None:
         dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
     if len(dataset) == 0:
         raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
-    for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
-        if value is not None:
-            check_at_least(flag, value, 1)
-    check_at_least("--views", config.views, 1)
-    if config.workers is not None:
-        check_at_least("--workers", config.workers, 0)
     image_size = (transform.image_size if transform is not None else
                   config.image_size if config.image_size is not None else entry.default_image_size)
     if image_size < entry.min_image_size:
@@ -132,16 +150,10 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
     device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     noise = NoiseSpec(config.noise, config.noise_seed, image_size) if config.noise else None
-    if config.topk_logits is not None:
-        check_at_least("--topk-logits", config.topk_logits, 1)
     views = None
     if config.views != 1:
         policy = config.view_policy or ("pad-crop-flip" if dataset.native_size else "rrc-flip")
         views = ViewSpec(config.views, policy, config.view_seed)
-    if config.blocks:
-        check_at_least("--pool", config.pool, 1)
-        if len(set(config.blocks)) != len(config.blocks):
-            raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice")
     identity = cache_identity(
         teacher=teacher_identity(entry.name, weights.identity(), num_classes,
                                  teacher.feature_layer if teacher is not None else "penultimate", image_size),

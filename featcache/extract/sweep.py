@@ -138,6 +138,20 @@ def describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, devi
     ]
 
 
+MANIFEST_EVERY = 1.0  # seconds between manifest saves during a sweep (and once at its end)
+
+
+def _parts(sources: list) -> str:
+    """``24 data + 240 in 10 views`` for the progress message."""
+    data = sum(len(rows) for part, _, rows in sources if part == PART_DATA)
+    noise = sum(len(rows) for part, _, rows in sources if part == PART_NOISE)
+    views = [len(rows) for part, _, rows in sources if part not in (PART_DATA, PART_NOISE)]
+    words = [f"{data:,} data"] if data else []
+    words += [f"{noise:,} noise"] if noise else []
+    words += [f"{sum(views):,} in {len(views)} view(s)"] if views else []
+    return " + ".join(words)
+
+
 def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter, *, shard_filter=None,
          on_shard=None, save_manifest: bool = True) -> tuple[int, float]:
     """Extract every pending row of every part (of the shards ``shard_filter`` accepts: a torchrun rank's share).
@@ -165,6 +179,17 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
     # so a killed extract's finished shards keep their share and the resumed one adds to it.
     base_seconds, base_rows, done_rows = manifest.timing.get("seconds", 0.0), manifest.timing.get("images", 0), 0
 
+    saved = time.monotonic()
+
+    def record(force: bool = False) -> None:
+        """Write the manifest (what a killed extract resumes from) at most once per MANIFEST_EVERY seconds: its
+        size grows with the shards, so a save per shard would cost O(shards²). A shard finished since the last save
+        is redone by a resume."""
+        nonlocal saved
+        if save_manifest and (force or time.monotonic() - saved >= MANIFEST_EVERY):
+            manifest.save(plan.directory)
+            saved = time.monotonic()
+
     def on_done(info: ShardInfo) -> None:
         nonlocal done_rows
         if on_shard is not None:
@@ -174,7 +199,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
         manifest.timing.update(seconds=round(base_seconds + time.perf_counter() - started, 3),
                                images=base_rows + done_rows)
         manifest.shards.append(info)
-        manifest.save(plan.directory)
+        record()
 
     for part in manifest.rows:
         writers[part] = PartWriter(plan.directory, manifest, part, on_done)
@@ -198,7 +223,11 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
             sources.append((view_part(v), ViewDataset(plan.dataset, plan.views, v, plan.transform), view_rows))
 
     total = sum(len(r) for _, _, r in sources)
-    check_space(plan.directory, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
+    need = check_space(plan.directory, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
+    if total:
+        shards = sum(-(-len(rows) // manifest.shard_rows) for _, _, rows in sources)
+        reporter.message(f"extract {teacher.name}: {total:,} rows to write ({_parts(sources)}) in {shards:,} shard(s), "
+                         f"about {need / 2**20:,.1f} MiB, into {plan.directory}")
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     use_cpu_threads(device, workers)
     images = 0
@@ -252,6 +281,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
                     images += len(idx)
                     reporter.advance(len(idx))
         writer.close()
+        record(force=True)
     except BaseException:
         try:
             writer.close()
@@ -259,6 +289,10 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
             pass
         for w in writers.values():
             w.abort()
+        try:
+            record(force=True)  # keep the shards that did finish for the resume
+        except BaseException:  # noqa: BLE001 - the original error is the one to report
+            pass
         raise
     finally:
         reporter.stop()
