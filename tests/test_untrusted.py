@@ -433,3 +433,21 @@ def test_views_are_bounded_and_the_extract_says_what_it_will_write(home, monkeyp
     m = Manifest.load(next(p for p in home.iterdir() if (p / "manifest.json").is_file()))
     assert m.complete and len(m.shards) == 120
     assert len(saves) < 20, saves  # not one save per shard (the sweep saves at most once a second, and at its end)
+
+
+def test_a_rank_sidecar_cannot_add_a_shard_outside_the_cache(cache, tmp_path):
+    """torchrun ranks record their shards in sidecars that rank 0 folds into the manifest: the same rules apply."""
+    from featcache.cache.format import Manifest
+    from featcache.extract.ranks import merge_rank_shards, rank_file
+
+    m = Manifest.load(cache)
+    shard = m.shards.pop(0)  # as if rank 1 had written it: only its sidecar records it
+    outside = tmp_path / "x.h5"
+    outside.write_bytes((cache / shard.file).read_bytes())
+    record = {**shard.__dict__, "file": os.path.relpath(outside, cache)}
+    rank_file(cache, 1).write_text(json.dumps([record]))
+    merge_rank_shards(cache, m)
+    assert [s.file for s in m.shards] == ["data-00001.h5"] and not rank_file(cache, 1).exists()
+    rank_file(cache, 1).write_text(json.dumps([shard.__dict__]))  # the honest record is taken
+    merge_rank_shards(cache, m)
+    assert sorted(s.file for s in m.shards) == ["data-00000.h5", "data-00001.h5"]

@@ -10,6 +10,7 @@ from featcache.cache.format import (
     Manifest,
     ShardInfo,
 )
+from featcache import typecheck
 from featcache.extract.manifest import shard_intact
 
 def rank_file(directory: Path, rank: int) -> Path:
@@ -23,11 +24,20 @@ def merge_rank_shards(directory: Path, manifest: Manifest) -> None:
     known = {(s.part, s.number) for s in manifest.shards}
     for side in sorted(directory.glob(f"{RANK_SHARDS_PREFIX}*.json")):
         try:
-            infos = [ShardInfo(**d) for d in json.loads(side.read_text())]
-        except (ValueError, TypeError):
+            records = json.loads(side.read_text())
+            for d in records:
+                typecheck.check_fields(d, ShardInfo)
+            infos = [ShardInfo(**d) for d in records]
+        except (ValueError, TypeError):  # a torn or foreign sidecar: its shards are redone
             infos = []
         for info in infos:
-            if (info.part, info.number) not in known and shard_intact(directory, info):
-                manifest.shards.append(info)
-                known.add((info.part, info.number))
+            if (info.part, info.number) in known or not shard_intact(directory, info):
+                continue
+            manifest.shards.append(info)
+            try:  # the manifest's own rules: the file is its part's own name, the rows its number's
+                manifest.check()
+            except ValueError:
+                manifest.shards.pop()
+                continue
+            known.add((info.part, info.number))
         side.unlink()
