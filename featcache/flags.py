@@ -20,12 +20,16 @@ A new option is one new field; tests/test_cli.py checks that every field is reac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import shlex
+import types
 import typing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, List, Optional
+
+from featcache.errors import ConfigError
 
 FORMS = ("value", "repeat", "comma", "keyvalue")
 UNSET = type("Unset", (), {"__repr__": lambda self: "UNSET"})()  # "no CLI default of its own" (MISSING cannot be one)
@@ -141,8 +145,6 @@ def parse_key_values(items: list[str] | None, flag: str) -> dict[str, Any]:
     """``key=value`` pairs; values parsed as JSON when they look like it (numbers, true/false), else strings."""
     import json
 
-    from featcache.errors import ConfigError
-
     options: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
@@ -201,6 +203,86 @@ def command_line(config: Any, command: str, *, positional_first: tuple[str, ...]
     return shlex.join(args)
 
 
+class _Mismatch(Exception):
+    """A value that is not of the declared type (check_type turns it into the one-line ConfigError)."""
+
+
+def _checked(tp: Any, value: Any, form: str) -> Any:
+    """``value`` as type hint ``tp`` declares it, or _Mismatch. No coercion beyond what the CLI does: an int is a
+    float, a comma form may be written ``a,b``; a bool is never a number and a string never a list."""
+    if tp is Any:
+        return value
+    base, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise _Mismatch
+    origin = typing.get_origin(base)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(base):
+            try:
+                return _checked(arm, value, form)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if base is bool and isinstance(value, bool):
+        return value
+    if base is int and number and isinstance(value, int):
+        return value
+    if base is float and number:
+        return float(value)
+    if base is str and isinstance(value, str):
+        return value
+    if base is Path and isinstance(value, (str, Path)):
+        return value  # left as written: the caller resolves paths (a recipe against its own folder)
+    if origin is list:
+        item = (typing.get_args(base) or (Any,))[0]
+        if form == "comma" and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]  # the CLI's a,b,c
+        if isinstance(value, list):
+            return [_checked(item, v, "value") for v in value]
+    if (origin is dict or base is dict) and isinstance(value, dict):
+        return dict(value)
+    raise _Mismatch
+
+
+def describe_type(tp: Any, form: str = "value") -> str:
+    """``an integer``, ``a list of strings``, ... : what a value of type hint ``tp`` must be, in words."""
+    base, _ = _unwrap_optional(tp)
+    origin = typing.get_origin(base)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(describe_type(arm) for arm in typing.get_args(base)))
+    if origin is list:
+        item = describe_type((typing.get_args(base) or (Any,))[0])
+        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(item, "values")
+        return f"a list of {plural}" + (" (or one string a,b,c)" if form == "comma" else "")
+    if origin is dict or base is dict:
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+            Path: "a string"}.get(base, "a value")
+
+
+def check_type(tp: Any, value: Any, where: str, form: str = "value") -> Any:
+    """``value`` checked against type hint ``tp`` (see _checked); else a one-line ConfigError naming ``where``."""
+    try:
+        return _checked(tp, value, form)
+    except _Mismatch:
+        raise ConfigError(f"{where}: expected {describe_type(tp, form)}, got {value!r}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def check_value(cls: type, name: str, value: Any, where: str) -> Any:
+    """A value for field ``name`` of config ``cls`` (from a recipe) checked against the field's declared type, as the
+    CLI's parser checks its flag; returns it (an int given for a float field becomes a float)."""
+    f = next(f for f in fields(cls) if f.name == name)
+    return check_type(_hints(cls)[name], value, where, flag_of(f).form)
+
+
 def field_of_flag(cls: type, flag: str) -> str | None:
     """The field of ``cls`` whose CLI flag is ``flag`` (``--cache-ram`` -> ``cache_ram``), if any."""
     return next((f.name for f in fields(cls) if flag_of(f).cli and flag_name(f) == flag), None)
@@ -232,4 +314,4 @@ def as_command(fn: Callable[..., Any], parameters: list[inspect.Parameter], doc:
 
 
 __all__ = ["Flag", "opt", "cli_parameters", "config_from_cli", "command_line", "copy_fields", "recipe_fields",
-           "runtime_fields", "parse_key_values", "as_command", "Path"]
+           "runtime_fields", "parse_key_values", "as_command", "check_type", "check_value", "describe_type", "Path"]

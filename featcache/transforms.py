@@ -212,7 +212,7 @@ AUGMENTS = ("none", "flip", "pad-crop-flip")
 
 def check_augment(policy: str) -> str:
     if policy not in AUGMENTS:
-        raise ConfigError(f"--augment {policy!r}: choose one of {', '.join(AUGMENTS)}")
+        raise ConfigError(f"--augment {policy!r}: choose one of {', '.join(AUGMENTS)}", flag="--augment")
     return policy
 
 

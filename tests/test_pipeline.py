@@ -1,6 +1,7 @@
 """Recipes: parsing and validation, the plan, skipping what is done, resuming, the report."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -363,13 +364,12 @@ def test_train_per_class_keeps_the_first_images_of_each_class(tmp_path):
 
 def test_a_bad_option_value_in_a_recipe_is_named_as_the_recipe_spells_it(tmp_path, monkeypatch):
     """The library words errors for the CLI (--cache-ram); a recipe user never typed that flag, so the recipe layer
-    names the block and key instead."""
+    names the block and key instead — at plan time, before anything trains."""
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
-    p = tiny(tmp_path, teachers=[TINY["teachers"][1]], distill=[
-        {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"],
-         "options": {"epochs": 1, "batch_size": 32, "cache_ram": "lots"}}])
     with pytest.raises(ConfigError) as info:
-        run_pipeline(p, workers=0, log=lambda m: None)
+        tiny(tmp_path, teachers=[TINY["teachers"][1]], distill=[
+            {"students": ["lenet5"], "methods": ["ts"], "teachers": ["r18"],
+             "options": {"epochs": 1, "batch_size": 32, "cache_ram": "lots"}}])
     message = str(info.value)
     assert "options.cache_ram 'lots'" in message and "[[distill]]" in message and "--cache-ram" not in message
     with pytest.raises(ConfigError, match="--optimizer 'adagrad'"):  # the CLI's own wording is unchanged
@@ -387,3 +387,208 @@ def test_teachers_of_different_class_parts_are_two_rows_not_one_mean(tmp_path):
     rows = build_rows([load_record(tmp_path / "t1"), load_record(tmp_path / "t2")])
     assert len(rows) == 2
     assert "[3 classes: bird, cat, …]" in load_record(tmp_path / "t1").label
+
+
+# -- recipe values are checked like their flags, at plan time -------------------------------------------------------
+
+
+def _block(**options):
+    return [{"students": ["lenet5"], "methods": ["ce"], "options": {"epochs": 1, **options}}]
+
+
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        # a string is not a list of seeds (it used to be iterated: "12" ran seeds 1 and 2)
+        ({"distill": [{"students": ["lenet5"], "methods": ["ce"], "seeds": "12"}]},
+         "[[distill]] #1 seeds: expected a list of integers or an integer, got '12'"),
+        ({"distill": _block(epochs="three")}, "[[distill]] #1 options.epochs: expected an integer, got 'three'"),
+        ({"distill": _block(epochs=True)}, "[[distill]] #1 options.epochs: expected an integer, got True"),
+        ({"distill": _block(lr=-1)}, "[[distill]] #1 options.lr must be a finite number > 0"),
+        ({"distill": _block(optimizer="adagrad")}, "[[distill]] #1 options.optimizer 'adagrad': choose one of"),
+        ({"distill": _block(temperature=0)}, "[[distill]] #1 options.temperature must be"),
+        ({"distill": _block(student_blocks=[1])}, "options.student_blocks: expected a list of strings"),
+        ({"distill": _block(device="cpu")}, "options.device: the machine a recipe runs on is `featcache run`'s"),
+        ({"distill": _block(epoch=3)}, "[[distill]] #1 options: unknown field 'epoch'"),
+        ({"distill": [{"students": "lenet5", "methods": ["ce"]}]},
+         "[[distill]] #1 students: expected a list of strings, got 'lenet5'"),
+        ({"distill": [{"students": ["lenet5"], "methods": ["kd"]}]},
+         "method 'kd' takes at least 1 teacher(s) but 'teachers' lists 0"),
+        ({"teachers": [{"teacher": "convnet", "train": {"epochs": "1"}}]},
+         "[[teachers]] #1 train.epochs: expected an integer, got '1'"),
+        ({"teachers": [{"teacher": "convnet", "train": {"lr": 0}}]}, "[[teachers]] #1 train.lr must be"),
+        ({"teachers": [{"teacher": "convnet", "train": {"augment": "rotate"}}]},
+         "[[teachers]] #1 train.augment 'rotate'"),
+        ({"teachers": [{"teacher": "convnet", "train": {"classes": "nowhere.txt"}}]},
+         "[[teachers]] #1 train.classes 'nowhere.txt': neither"),
+        ({"teachers": [{"teacher": "resnet18", "weights": "random", "extract": {"views": 0}}]},
+         "[[teachers]] #1 extract.views must be >= 1, got 0"),
+        ({"teachers": [{"teacher": "resnet18", "weights": "random", "extract": {"noise": 1.5}}]},
+         "[[teachers]] #1 extract.noise: expected an integer, got 1.5"),
+        ({"teachers": [{"teacher": "resnet18", "weights": 3}]}, "[[teachers]] #1 weights: expected a string, got 3"),
+        ({"dataset": {"name": "synthetic", "options": {"num_train": "many"}}},
+         "[dataset] options.num_train: expected an integer, got 'many'"),
+        ({"dataset": {"name": "synthetic", "options": {"num_trian": 8}}}, "does not take option 'num_trian'"),
+        ({"classes": {"parts": 2, "seed": "0"}}, "[classes] seed: expected an integer, got '0'"),
+        ({"report": {"title": 7}}, "[report] title: expected a string, got 7"),
+    ],
+)
+def test_recipe_values_are_checked_at_parse_time_like_their_flags(tmp_path, change, needle):
+    with pytest.raises(ConfigError) as err:
+        tiny(tmp_path, **change)
+    message = str(err.value)
+    assert needle in message and message.startswith("recipe") and "\n" not in message
+
+
+def test_amalgamate_values_are_checked(tmp_path):
+    recipe = tmp_path / "aka.toml"
+    for old, new, needle in [
+        ("epochs = 1", 'epochs = "1"', "[amalgamate] epochs: expected an integer, got '1'"),
+        ("epochs = 1", "epochs = 0", "[amalgamate] epochs must be >= 1"),
+        ("options = {batch_size = 16}", "options = {batch_size = 16, epochs = 3}", "set [amalgamate] epochs"),
+        ("options = {batch_size = 16}", "options = {batch_size = -1}", "[amalgamate] options.batch_size must be >= 1"),
+        ('teachers = ["c1", "c2"]', 'teachers = "c1"', "[amalgamate] teachers: expected a list of strings"),
+    ]:
+        recipe.write_text(AKA_RECIPE.replace(f"\n{old}\n", f"\n{new}\n"))
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            load_pipeline(recipe, runs_dir=tmp_path / "runs")
+
+
+def _one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
+    assert sum(ln.startswith("error:") for ln in lines) == 1, result.output
+    for n in needles:
+        assert n in lines[-1], lines[-1]
+
+
+def test_dry_run_catches_a_bad_value_with_one_line(tmp_path, monkeypatch):
+    """`options = { epochs = "three" }` used to pass --dry-run and die with a TypeError after the teacher trained."""
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
+    recipe = tmp_path / "x.toml"
+    recipe.write_text(
+        '[dataset]\nname = "synthetic"\n[[teachers]]\nteacher = "convnet"\ntrain = {epochs = 1}\n'
+        '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ts"]\nteachers = ["convnet"]\n'
+        'options = { epochs = "three" }\n')
+    _one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
+                    f"recipe {recipe}: [[distill]] #1 options.epochs: expected an integer, got 'three'")
+    assert not (tmp_path / "r").exists()
+    recipe.write_text(recipe.read_text().replace('epochs = "three"', "lr = -1"))
+    _one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
+                    "[[distill]] #1 options.lr must be a finite number > 0")
+
+
+# -- stale runs: outputs made with other values than the recipe now asks ---------------------------------------------
+
+
+def _finish(config, *, accs=(0.5,)):
+    """A finished distill run as distill leaves it: config.json records the config, then metrics and summary."""
+    d = Path(config.run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(json.dumps({"config": config.to_dict(), "method": config.method, "teachers": []}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": i + 1, "test_acc": a}) + "\n"
+                                             for i, a in enumerate(accs)))
+    (d / "summary.json").write_text(json.dumps({"epochs": len(accs)}))
+    return d
+
+
+def test_a_finished_run_is_stale_once_the_recipe_asks_for_other_values(tmp_path, monkeypatch):
+    from featcache.pipeline import distill_jobs, distill_runs, job_config, stale_message
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"], data["distill"] = [], _block(epochs=3)
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    job = next(distill_jobs(p.distill))
+    run = _finish(job_config(p, job, run_dir=tmp_path / "runs" / job.name))
+    assert [s.state for s in plan(p) if s.kind == "distill"] == ["done"]
+    # runtime flags do not change what a run produced: not stale
+    data["distill"] = _block(epochs=3, cache_mode="disk", compile="default")
+    assert [s.state for s in plan(parse_pipeline(data, runs_dir=tmp_path / "runs")) if s.kind == "distill"] == ["done"]
+
+    data["distill"] = _block(epochs=5, lr=0.01)
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    [stage] = [s for s in plan(p) if s.kind == "distill"]
+    assert stage.state == "stale" and "epochs 3 → 5" in stage.differs and "lr 0.001 → 0.01" in stage.differs
+    assert distill_runs(p) == []  # never mixed into the report
+    with pytest.raises(ConfigError) as err:
+        run_pipeline(p, workers=0, log=lambda m: None)
+    assert str(err.value) == stale_message(p, [stage])
+    assert "epochs 3 → 5" in str(err.value) and "--rerun-stale" in str(err.value) and run.is_dir()
+
+    # --rerun-stale moves it under RUNS/.stale (kept) and runs it again (distill itself is stubbed here)
+    import featcache.distill.trainer as trainer
+
+    ran = []
+
+    def fake_distill(config, reporter=None):
+        ran.append(config)
+        return _finish(config, accs=(0.6,)) and type("S", (), {"line": lambda self: "ok"})()
+
+    monkeypatch.setattr(trainer, "distill", fake_distill)
+    logs = []
+    run_pipeline(p, workers=0, log=logs.append, rerun_stale=True)
+    assert [c.epochs for c in ran] == [5] and any(m.startswith("[stale]") for m in logs)
+    assert [d.name.rsplit("-", 2)[0] for d in (tmp_path / "runs" / ".stale").iterdir()] == [job.name]
+    assert [s.state for s in plan(p) if s.kind == "distill"] == ["done"] and distill_runs(p) == [run]
+
+
+def test_a_trained_teacher_is_stale_once_its_train_table_changes(tmp_path, monkeypatch):
+    import torch
+
+    from featcache.pipeline import teacher_config
+    from featcache.teach import validate
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"] = [TINY["teachers"][0]]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["kd"], "teachers": ["convnet"], "options": {"epochs": 1}}]
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    d = tmp_path / "runs" / "teachers" / "convnet"
+    d.mkdir(parents=True)
+    config = validate(teacher_config(p, p.teachers[0], run_dir=d))
+    (d / "config.json").write_text(json.dumps({"config": config.to_dict(), "dataset": {"train": {"params": {}}}}))
+    torch.save({"state_dict": {}, "featcache": {"init": "random"}}, d / "teacher.pt")
+    assert [s.state for s in plan(p) if s.kind == "teacher"] == ["done"]
+    data["teachers"][0]["train"]["epochs"] = 4
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    stages = {s.kind: s for s in plan(p)}
+    assert stages["teacher"].state == "stale" and stages["teacher"].differs == ["epochs 1 → 4"]
+    assert stages["extract"].state == "waits"  # its cache will come from the retrained teacher
+    with pytest.raises(ConfigError, match="teacher convnet: epochs 1 → 4"):
+        run_pipeline(p, workers=0, log=lambda m: None)
+
+
+# -- relative paths resolve against the recipe's own folder ----------------------------------------------------------
+
+
+def test_relative_paths_in_a_recipe_resolve_against_its_folder(tmp_path, monkeypatch):
+    folder = tmp_path / "exp"
+    (folder / "lists").mkdir(parents=True)
+    (folder / "lists" / "birds.txt").write_text("0\n1\n")
+    (folder / "init.pt").write_bytes(b"")
+    recipe = folder / "r.toml"
+    recipe.write_text(
+        '[pipeline]\nname = "r"\nruns_dir = "out"\n'
+        '[dataset]\nname = "synthetic"\ndata_root = "data"\n'
+        '[[teachers]]\nname = "t"\nteacher = "convnet"\n'
+        'train = {epochs = 1, classes = "lists/birds.txt", init = "init.pt"}\n'
+        '[[teachers]]\nname = "w"\nteacher = "resnet18"\nweights = "ckpt/r18.pt"\n'
+        '[[teachers]]\nname = "tv"\nteacher = "resnet18"\nweights = "IMAGENET1K_V1"\n'
+        '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ce"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    p = load_pipeline(Path("..") / "exp" / "r.toml")
+    assert p.runs_dir.resolve() == folder / "out" and p.data_root.resolve() == folder / "data"
+    t, w, tv = p.teachers
+    assert Path(t.train["classes"]).resolve() == folder / "lists" / "birds.txt"
+    assert Path(t.train["init"]).resolve() == folder / "init.pt"
+    assert Path(w.weights).resolve() == folder / "ckpt" / "r18.pt" and tv.weights == "IMAGENET1K_V1"
+    # flags stay relative to the working directory; without runs_dir the default is runs/<name> there too
+    p = load_pipeline(recipe, data_root=Path("flag-data"), runs_dir=Path("flag-runs"))
+    assert p.data_root == Path("flag-data") and p.runs_dir == Path("flag-runs")
+    recipe.write_text(recipe.read_text().replace('runs_dir = "out"\n', ""))
+    assert load_pipeline(recipe).runs_dir == Path("runs") / "r"

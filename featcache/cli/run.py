@@ -47,12 +47,16 @@ def run_cmd(
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
+    rerun_stale: bool = typer.Option(
+        False, "--rerun-stale", help="Move the outputs of stale stages (made with other values than the recipe now "
+        "asks) to RUNS/.stale/ and run those stages again; without it, run refuses to go on."),
 ) -> None:
     """Run a recipe: teachers → extracts → distill runs → report; stages whose outputs exist are skipped."""
     from featcache.pipeline import load_pipeline
 
     pipeline = load_pipeline(recipe, data_root=data_root, runs_dir=runs_dir)
-    _run_pipeline(pipeline, cache_dir=cache_dir, device=device, workers=workers, dry_run=dry_run)
+    _run_pipeline(pipeline, cache_dir=cache_dir, device=device, workers=workers, dry_run=dry_run,
+                  rerun_stale=rerun_stale)
 
 
 @app.command()
@@ -64,6 +68,9 @@ def demo(
     device: str = typer.Option("cpu", "--device", help="cpu by default: the demo is sized for a laptop CPU."),
     workers: Optional[int] = typer.Option(0, "--workers"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
+    rerun_stale: bool = typer.Option(
+        False, "--rerun-stale", help="Move runs made with other settings (an earlier demo) to RUNS/.stale/ and run "
+        "them again."),
 ) -> None:
     """Offline, CPU, minutes: train a small teacher, cache it, distill a student with and without it, compare."""
     from featcache.demo import DEMO_THREADS, demo_recipe, seed_gains
@@ -80,7 +87,8 @@ def demo(
     pinned = os.environ.get("FEATCACHE_THREADS")
     os.environ["FEATCACHE_THREADS"] = pinned or str(DEMO_THREADS)
     try:
-        _run_pipeline(pipeline, cache_dir=runs_dir / "cache", device=device, workers=workers, dry_run=dry_run)
+        _run_pipeline(pipeline, cache_dir=runs_dir / "cache", device=device, workers=workers, dry_run=dry_run,
+                      rerun_stale=rerun_stale)
     finally:
         if pinned is None:
             os.environ.pop("FEATCACHE_THREADS", None)
@@ -90,18 +98,23 @@ def demo(
                       f"{(helped - alone) * 100:+.2f} points", highlight=False)
 
 
-def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run) -> dict:
-    from featcache.pipeline import describe_plan, plan, run_pipeline
+def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run, rerun_stale=False) -> dict:
+    from featcache.pipeline import STALE_DIR, describe_plan, plan, run_pipeline
     from featcache.progress import RichReporter
 
     stages = plan(pipeline, cache_dir=cache_dir, device=device, workers=workers)
     out.print(f"plan for {pipeline.name} ({len(stages)} stages, outputs in {pipeline.runs_dir}):", highlight=False)
     for line in describe_plan(stages):
         out.print("  " + line, highlight=False, markup=False)
+    stale = sum(s.state == "stale" for s in stages)
     if dry_run:
+        if stale:
+            out.print(f"{stale} stale stage(s): their outputs were made with other values than the recipe now asks; "
+                      f"a run refuses them unless --rerun-stale (which moves them to "
+                      f"{pipeline.runs_dir / STALE_DIR}) or they are deleted", highlight=False, markup=False)
         return {}
     result = run_pipeline(pipeline, cache_dir=cache_dir, device=device, workers=workers,
-                          reporter=RichReporter(err, transient=True),
+                          reporter=RichReporter(err, transient=True), rerun_stale=rerun_stale,
                           log=lambda m: out.print(m, highlight=False, markup=False))
     if result.get("rows"):
         print_rows(result["rows"], pipeline.report.get("title", pipeline.name))

@@ -4,6 +4,7 @@ parameters are the options (``-o key=value``) it declares."""
 from __future__ import annotations
 
 import inspect
+import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +34,15 @@ def dataset_options(name: str) -> dict[str, Any]:
     params = list(inspect.signature(_REGISTRY[name]).parameters.values())[2:]  # after (root, split)
     return {p.name: (None if p.default is inspect.Parameter.empty else p.default) for p in params
             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def dataset_option_types(name: str) -> dict[str, Any]:
+    """Each option's declared type (the builder's annotation; Any where it has none), for recipes' checks."""
+    try:
+        hints = typing.get_type_hints(_REGISTRY[name])
+    except Exception:  # noqa: BLE001 - an annotation that does not evaluate: check nothing rather than fail
+        hints = {}
+    return {k: hints.get(k, Any) for k in dataset_options(name)}
 
 
 def list_datasets() -> list[str]:

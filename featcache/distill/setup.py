@@ -27,6 +27,7 @@ from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig
 from featcache.errors import ConfigError, check_at_least, check_choice
 from featcache.runtime import (
+    PRECISIONS,
     resolve_device,
     resolve_precision,
 )
@@ -159,6 +160,7 @@ def validate(config: DistillConfig) -> None:
     check_at_least("--noise-per-batch", config.noise_per_batch, 0)
     check_choice("--compile", config.compile, COMPILE_MODES)
     check_choice("--content-check", config.content_check, CONTENT_CHECKS)
+    check_choice("--precision", config.precision, PRECISIONS)
     _positive("--lr", config.lr)
     _positive("--translator-lr", config.translator_lr)
     _positive("--gamma", config.gamma)

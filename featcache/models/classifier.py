@@ -64,10 +64,12 @@ def resolve_init(teacher: str, init: str) -> str:
         return "imagenet" if _hub_has(_imagenet_member(teacher)) else "random"
     if init in INITS:
         if init == "imagenet" and _imagenet_member(teacher) is None:
-            raise WeightsError(f"--init imagenet: torchvision publishes no ImageNet weights for {teacher}; use random")
+            raise WeightsError(f"--init imagenet: torchvision publishes no ImageNet weights for {teacher}; use random",
+                               flag="--init")
         return init
     if not Path(init).expanduser().is_file():
-        raise ConfigError(f"--init {init!r}: choose auto, imagenet, random or an existing checkpoint file")
+        raise ConfigError(f"--init {init!r}: choose auto, imagenet, random or an existing checkpoint file",
+                          flag="--init")
     return str(Path(init).expanduser().resolve())
 
 

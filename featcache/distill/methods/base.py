@@ -48,11 +48,11 @@ class MethodParams:
                 raise ConfigError(f"{flag} must be a finite number >= 0, got {value}", flag=flag)
         if not math.isfinite(self.temperature) or self.temperature <= 0:
             raise ConfigError(f"--temperature must be a finite number > 0 (the softmax divides by it), got "
-                              f"{self.temperature}")
+                              f"{self.temperature}", flag="--temperature")
         if self.hint_epochs is not None and self.hint_epochs < 0:
-            raise ConfigError(f"--hint-epochs must be >= 0, got {self.hint_epochs}")
+            raise ConfigError(f"--hint-epochs must be >= 0, got {self.hint_epochs}", flag="--hint-epochs")
         if self.aka_dim is not None and self.aka_dim < 1:
-            raise ConfigError(f"--aka-dim must be >= 1, got {self.aka_dim}")
+            raise ConfigError(f"--aka-dim must be >= 1, got {self.aka_dim}", flag="--aka-dim")
 
 
 @dataclass
