@@ -23,12 +23,12 @@ import dataclasses
 import functools
 import inspect
 import shlex
-import types
 import typing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
+from featcache import typecheck
 from featcache.errors import ConfigError
 
 FORMS = ("value", "repeat", "comma", "keyvalue")
@@ -203,72 +203,21 @@ def command_line(config: Any, command: str, *, positional_first: tuple[str, ...]
     return shlex.join(args)
 
 
-class _Mismatch(Exception):
-    """A value that is not of the declared type (check_type turns it into the one-line ConfigError)."""
-
-
-def _checked(tp: Any, value: Any, form: str) -> Any:
-    """``value`` as type hint ``tp`` declares it, or _Mismatch. No coercion beyond what the CLI does: an int is a
-    float, a comma form may be written ``a,b``; a bool is never a number and a string never a list."""
-    if tp is Any:
-        return value
-    base, optional = _unwrap_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise _Mismatch
-    origin = typing.get_origin(base)
-    if origin in (typing.Union, types.UnionType):
-        for arm in typing.get_args(base):
-            try:
-                return _checked(arm, value, form)
-            except _Mismatch:
-                pass
-        raise _Mismatch
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if base is bool and isinstance(value, bool):
-        return value
-    if base is int and number and isinstance(value, int):
-        return value
-    if base is float and number:
-        return float(value)
-    if base is str and isinstance(value, str):
-        return value
-    if base is Path and isinstance(value, (str, Path)):
-        return value  # left as written: the caller resolves paths (a recipe against its own folder)
-    if origin is list:
-        item = (typing.get_args(base) or (Any,))[0]
-        if form == "comma" and isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]  # the CLI's a,b,c
-        if isinstance(value, list):
-            return [_checked(item, v, "value") for v in value]
-    if (origin is dict or base is dict) and isinstance(value, dict):
-        return dict(value)
-    raise _Mismatch
-
-
 def describe_type(tp: Any, form: str = "value") -> str:
     """``an integer``, ``a list of strings``, ... : what a value of type hint ``tp`` must be, in words."""
-    base, _ = _unwrap_optional(tp)
-    origin = typing.get_origin(base)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(describe_type(arm) for arm in typing.get_args(base)))
-    if origin is list:
-        item = describe_type((typing.get_args(base) or (Any,))[0])
-        plural = {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(item, "values")
-        return f"a list of {plural}" + (" (or one string a,b,c)" if form == "comma" else "")
-    if origin is dict or base is dict:
-        return "a table"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-            Path: "a string"}.get(base, "a value")
+    return typecheck.describe(tp) + (" (or one string a,b,c)" if form == "comma" else "")
 
 
 def check_type(tp: Any, value: Any, where: str, form: str = "value") -> Any:
-    """``value`` checked against type hint ``tp`` (see _checked); else a one-line ConfigError naming ``where``."""
+    """``value`` as type hint ``tp`` declares it (featcache.typecheck: an int is a float, a bool never a number, a
+    string never a list; a comma-form list may be written ``a,b`` as on the CLI); else a one-line ConfigError
+    naming ``where``. Paths are left as written: the caller resolves them (a recipe against its own folder)."""
+    if form == "comma" and isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]  # the CLI's a,b,c
     try:
-        return _checked(tp, value, form)
-    except _Mismatch:
-        raise ConfigError(f"{where}: expected {describe_type(tp, form)}, got {value!r}") from None
+        return typecheck.conform(value, tp)
+    except typecheck.TypeMismatch as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 @functools.lru_cache(maxsize=None)

@@ -56,6 +56,12 @@ def _show(value: Any) -> str:
 def check(value: Any, hint: Any) -> None:
     """Raise TypeMismatch unless ``value`` is of type ``hint`` (recursively for lists, dicts and dataclasses given
     as dicts). Floats must be finite; an integer is accepted where a float is declared."""
+    conform(value, hint)
+
+
+def conform(value: Any, hint: Any) -> Any:
+    """``value`` as ``hint`` declares it (an integer given for a float becomes a float; containers are copied), or
+    TypeMismatch. Nothing else is coerced: a bool is never a number, a string never a list."""
     if not _fits(value, hint):
         raise TypeMismatch(f"expected {describe(hint)}, got {_show(value)}")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -63,25 +69,33 @@ def check(value: Any, hint: Any) -> None:
         arms = [a for a in args if _fits(value, a)]
         for arm in arms[:-1]:
             try:
-                return check(value, arm)
+                return conform(value, arm)
             except TypeMismatch:
                 continue
-        return check(value, arms[-1])
+        return conform(value, arms[-1])
+    if hint is float:
+        return float(value)
     if origin in (list, tuple) and args:
+        out = []
         for i, item in enumerate(value):
             try:
-                check(item, args[0])
+                out.append(conform(item, args[0]))
             except TypeMismatch as exc:
                 raise TypeMismatch(f"item {i + 1}: {exc}") from None
-    elif origin is dict and args:
+        return out
+    if origin is dict and args:
+        items = {}
         for k, v in value.items():
             try:
-                check(k, args[0])
-                check(v, args[1])
+                items[conform(k, args[0])] = conform(v, args[1])
             except TypeMismatch as exc:
                 raise TypeMismatch(f"{k}: {exc}") from None
-    elif dataclasses.is_dataclass(hint):
+        return items
+    if dataclasses.is_dataclass(hint):
         check_fields(value, hint)
+    if isinstance(value, (list, dict)):
+        return type(value)(value)
+    return value
 
 
 def check_fields(d: dict[str, Any], cls: type) -> None:
@@ -117,8 +131,10 @@ def _fits(value: Any, hint: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if hint in (str, Path):
+    if hint is str:
         return isinstance(value, str)
+    if hint is Path:
+        return isinstance(value, (str, Path))
     if origin in (list, tuple) or hint in (list, tuple):
         return isinstance(value, (list, tuple))
     if origin is dict or hint is dict:

@@ -407,7 +407,7 @@ def _block(**options):
         ({"distill": _block(lr=-1)}, "[[distill]] #1 options.lr must be a finite number > 0"),
         ({"distill": _block(optimizer="adagrad")}, "[[distill]] #1 options.optimizer 'adagrad': choose one of"),
         ({"distill": _block(temperature=0)}, "[[distill]] #1 options.temperature must be"),
-        ({"distill": _block(student_blocks=[1])}, "options.student_blocks: expected a list of strings"),
+        ({"distill": _block(student_blocks=[1])}, "options.student_blocks: item 1: expected a string"),
         ({"distill": _block(device="cpu")}, "options.device: the machine a recipe runs on is `featcache run`'s"),
         ({"distill": _block(epoch=3)}, "[[distill]] #1 options: unknown field 'epoch'"),
         ({"distill": [{"students": "lenet5", "methods": ["ce"]}]},
