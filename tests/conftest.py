@@ -205,3 +205,30 @@ def sod_tree(tmp_path: Path) -> tuple[Path, Path]:
     table = root / "sod_classes_tiny.tsv"
     table.write_text(format_class_table(derive_class_table(SOD_STANFORD_DIRS, SOD_PET_DOGS)))
     return root, table
+
+
+# -- shared assertions and file systems ----------------------------------------------------------------------------
+def one_line_error(result, *needles: str) -> str:
+    """Exit status 2 and one ``error:`` line, the last thing printed (a progress bar may precede it); returns that
+    line with rich's wrapping undone, after checking it holds every needle."""
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
+    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
+    assert sum(ln.startswith("error:") for ln in lines) == 1, result.output
+    flat = " ".join(lines[-1].split())
+    for n in needles:
+        assert n in flat, flat
+    return flat
+
+
+def mount_tmpfs(path: Path, size: str) -> bool:
+    """A real small file system where the test may make one (root with mount rights), else False."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import one_line_error
 from featcache.cli import app
 from featcache.errors import ConfigError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
@@ -454,15 +455,6 @@ def test_amalgamate_values_are_checked(tmp_path):
             load_pipeline(recipe, runs_dir=tmp_path / "runs")
 
 
-def _one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
-    assert sum(ln.startswith("error:") for ln in lines) == 1, result.output
-    for n in needles:
-        assert n in lines[-1], lines[-1]
-
-
 def test_dry_run_catches_a_bad_value_with_one_line(tmp_path, monkeypatch):
     """`options = { epochs = "three" }` used to pass --dry-run and die with a TypeError after the teacher trained."""
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
@@ -472,11 +464,11 @@ def test_dry_run_catches_a_bad_value_with_one_line(tmp_path, monkeypatch):
         '[dataset]\nname = "synthetic"\n[[teachers]]\nteacher = "convnet"\ntrain = {epochs = 1}\n'
         '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ts"]\nteachers = ["convnet"]\n'
         'options = { epochs = "three" }\n')
-    _one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
+    one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
                     f"recipe {recipe}: [[distill]] #1 options.epochs: expected an integer, got 'three'")
     assert not (tmp_path / "r").exists()
     recipe.write_text(recipe.read_text().replace('epochs = "three"', "lr = -1"))
-    _one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
+    one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
                     "[[distill]] #1 options.lr must be a finite number > 0")
 
 

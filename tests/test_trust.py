@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import write_image
+from conftest import mount_tmpfs, one_line_error, umount, write_image
 from featcache.cache import CacheStore, FeatureCache, Manifest
 from featcache.cli import app
 from featcache.errors import CacheMismatchError
@@ -39,17 +39,6 @@ def invoke(*args: str):
 def flat(result) -> str:
     """The output with rich's line wrapping undone."""
     return " ".join(result.output.split())
-
-
-def one_line_error(result, *needles: str) -> str:
-    """Exit status 2 and one ``error:`` line, the last thing printed (a progress bar may precede it)."""
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
-    assert sum(ln.startswith("error:") for ln in lines) == 1, result.output
-    for n in needles:
-        assert n in lines[-1], lines[-1]
-    return lines[-1]
 
 
 @pytest.fixture()
@@ -295,19 +284,6 @@ def test_feature_layer_is_the_models_own(home, tmp_path):
 
 
 # -- full and read-only disks ----------------------------------------------------------------------------------------
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    """A real small file system where the test may make one (root with mount rights), else False."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
-def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 SYN_EXTRACT = ("--teacher", "resnet18", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=2000",
                "--image-size", "32", "--workers", "0")
 
@@ -319,7 +295,7 @@ def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
     import featcache.extract as ex
 
     disk = tmp_path / "disk"
-    real = _mount_tmpfs(disk, "1m")
+    real = mount_tmpfs(disk, "1m")
     try:
         # Up front: the pending shards' size is known, so a disk too small is refused before any write.
         if real:
@@ -347,12 +323,12 @@ def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
         assert leftovers == [], leftovers
     finally:
         if real:
-            _umount(disk)
+            umount(disk)
 
 
 def test_read_only_store_is_one_line(tmp_path, monkeypatch):
     store = tmp_path / "ro"
-    real = _mount_tmpfs(store, "8m")
+    real = mount_tmpfs(store, "8m")
     try:
         r = invoke("extract", *SYN_EXTRACT[:-4], "-o", "num_train=16", "--image-size", "32", "--workers", "0",
                    "--cache-dir", store)
@@ -385,7 +361,7 @@ def test_read_only_store_is_one_line(tmp_path, monkeypatch):
         assert (store / key / "manifest.json").is_file()
     finally:
         if real:
-            _umount(store)
+            umount(store)
 
 
 # -- bad images --------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import mount_tmpfs, one_line_error, umount
 from featcache.cli import app
 
 runner = CliRunner()
@@ -27,16 +28,6 @@ DISTILL = ("--student", "lenet5", *SYN, "--device", "cpu", "--batch-size", "8")
 
 def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(result, *needles: str) -> str:
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
-    flat = " ".join(lines[-1].split())
-    for n in needles:
-        assert n in flat, flat
-    return flat
 
 
 def digests(directory: Path) -> dict[str, str]:
@@ -383,23 +374,11 @@ def test_extract_from_refuses_a_head_narrower_than_the_dataset(home):
 
 
 # -- 7. a full disk while writing a checkpoint is one line and leaves no temp file -----------------------------------
-def _mount_tmpfs(path: Path, size: str) -> bool:
-    import shutil
-    import subprocess
-
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
-
-
 def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temp_file(home, tmp_path, monkeypatch):
     import errno
-    import subprocess
 
     disk = tmp_path / "disk"
-    real = _mount_tmpfs(disk, "160k")  # room for config.json and metrics, not for lenet5's checkpoint
+    real = mount_tmpfs(disk, "160k")  # room for config.json and metrics, not for lenet5's checkpoint
     try:
         if not real:  # no mount rights: the disk fills between the write and the fsync
             from featcache import rundir
@@ -414,7 +393,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temp_file(hom
         assert not (disk / "run" / "checkpoint-last.pt").exists() and not (disk / "run" / "summary.json").exists()
     finally:
         if real:
-            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+            umount(disk)
 
 
 # -- 7. many views: bounded, announced, and the manifest is not rewritten per shard ----------------------------------
