@@ -418,21 +418,28 @@ def _syn_run(tmp_path: Path, run: Path, *extra: str):
 
 @pytest.mark.slow
 def test_truncated_checkpoints_and_torn_metrics(home, tmp_path):
+    import torch
+
     run = tmp_path / "run"
-    assert _syn_run(tmp_path, run, "--epochs", "3").exit_code == 0
+    assert _syn_run(tmp_path, run, "--epochs", "5").exit_code == 0
     best = run / "checkpoint-best.pt"
     best.write_bytes(best.read_bytes()[: best.stat().st_size // 2])
     one_line_error(invoke("eval", run), "checkpoint-best.pt", "damaged")
     assert invoke("eval", run, "--checkpoint", "last").exit_code == 0
-    # A kill while appending leaves a torn last line: --resume skips it and rewrites it.
+    # A kill after epoch 3's checkpoint, while appending epoch 4's line, leaves a torn last line: --resume skips it
+    # and rewrites it.
     last = run / "checkpoint-last.pt"
     metrics = run / "metrics.jsonl"
-    metrics.write_text(metrics.read_text() + '{"epoch": 4, "test_a')
+    state = torch.load(last, weights_only=True)
+    state["epoch"] = 2
+    torch.save(state, last)
+    (run / "summary.json").unlink()
+    metrics.write_text("".join(x + "\n" for x in metrics.read_text().splitlines()[:3]) + '{"epoch": 4, "test_a')
     r = _syn_run(tmp_path, run, "--epochs", "5", "--resume")
     assert r.exit_code == 0, r.output
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4, 5]
     last.write_bytes(last.read_bytes()[:100])
-    one_line_error(_syn_run(tmp_path, run, "--epochs", "6", "--resume"), "checkpoint-last.pt", "damaged")
+    one_line_error(_syn_run(tmp_path, run, "--epochs", "5", "--resume"), "checkpoint-last.pt", "damaged")
     (run / "config.json").write_text("{not json")
     one_line_error(invoke("eval", run), "config.json")
     one_line_error(invoke("report", run), "config.json")
