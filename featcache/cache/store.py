@@ -1,40 +1,51 @@
-"""The cache store: where caches live, how they are found, listed, verified, locked and removed.
+"""The cache store: where caches live, how they are found, listed, locked and removed.
 
-Caches live under ``$FEATCACHE_HOME`` (default ``~/.cache/featcache``) or an explicit ``--cache-dir``; each is a
-directory named by its key. Keys can be abbreviated to any unique prefix, as git does with commit hashes.
+A store is a directory of caches, each a directory named by its key. featcache searches a stack of them:
+
+    personal    $FEATCACHE_HOME (default ~/.cache/featcache) or --cache-dir: the one extract writes into
+    shared      every --store DIR, then every directory of $FEATCACHE_PATH (a:b:c), in that order: read-only to
+                readers (a shared store may be mounted read-only; nothing is written there but by `cache publish`,
+                `cache import --to` and an extract pointed at it with --cache-dir)
+
+Keys can be abbreviated to any unique prefix, as git does with commit hashes. A key held by two stores must be the same
+cache (the same identity and the same shard checksums); otherwise the lookup is an error, never a silent pick.
+Names starting with ``.`` in a store are featcache's own bookkeeping (caches being written or published, leases,
+usage records) and are never taken for caches.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import h5py
+from typing import Any, Callable, Sequence
 
 from featcache.cache.format import (
-    FEATURES,
-    INDEX,
     LOCK,
-    LOGITS,
     MANIFEST,
-    SHARD_SUFFIX,
     TMP_SUFFIX,
     Manifest,
+    canonical_json,
     parse_shard_name,
-    shard_path,
 )
 from featcache.cache.reader import FeatureCache
 from featcache.cache.requests import REQUESTS_DIR
+from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
 from featcache.errors import CacheError, CacheLockedError, CacheVersionError, StorageError
 from featcache.locks import DirLock, unwritable
-from featcache.hashing import file_sha256
+
+PATH_ENV = "FEATCACHE_PATH"  # shared stores searched after the personal one, separated like PATH
+
 
 def default_cache_dir() -> Path:
     env = os.environ.get("FEATCACHE_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "featcache"
+
+
+def shared_from_env() -> list[Path]:
+    """The stores of $FEATCACHE_PATH, in order (empty entries skipped)."""
+    return [Path(p).expanduser() for p in os.environ.get(PATH_ENV, "").split(os.pathsep) if p.strip()]
 
 
 @dataclass
@@ -46,6 +57,11 @@ class CacheEntry:
 
     orphaned: bool = False  # shards or temp files without a manifest (the manifest was lost)
     newer: bool = False  # written by a newer featcache (a format this one does not read; left as it is)
+
+    @property
+    def store(self) -> Path:
+        """The store (directory) holding this cache."""
+        return self.directory.parent
 
     @property
     def status(self) -> str:
@@ -60,29 +76,6 @@ class CacheEntry:
         return f"partial {len(self.manifest.shards)}/{len(self.manifest.expected_shards())}"
 
 
-@dataclass
-class ShardCheck:
-    file: str
-    status: str  # ok | missing | truncated | corrupt | unreadable | leftover
-    detail: str = ""
-
-
-@dataclass
-class VerifyReport:
-    key: str
-    complete: bool
-    checks: list[ShardCheck] = field(default_factory=list)
-    missing: int = 0  # shards an incomplete cache has not written yet
-
-    @property
-    def bad(self) -> list[ShardCheck]:
-        return [c for c in self.checks if c.status not in ("ok", "leftover")]
-
-    @property
-    def ok(self) -> bool:
-        return not self.bad
-
-
 class CacheLock(DirLock):
     """Exclusive advisory lock on ``<cache dir>/.lock``; one writer (extract, rm) per cache at a time."""
 
@@ -93,50 +86,90 @@ class CacheLock(DirLock):
 
 
 class CacheStore:
-    def __init__(self, root: str | Path | None = None) -> None:
+    """The stack of stores: ``root`` (personal, written by extract) then ``shared`` (each ``--store``), then
+    $FEATCACHE_PATH. ``shared_env=False`` leaves the environment's stores out (a command that works on one store)."""
+
+    def __init__(self, root: str | Path | None = None, shared: Sequence[str | Path] | None = None,
+                 shared_env: bool = True) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
-        if self.root.exists() and not self.root.is_dir():
-            source = ("--cache-dir" if root is not None else
-                      "FEATCACHE_HOME" if os.environ.get("FEATCACHE_HOME") else "the default store")
-            raise StorageError(f"{source} {self.root} is a file, not a directory: point {source} at a directory "
-                               "(the cache store)")
+        _check_dir(self.root, "--cache-dir" if root is not None else
+                   "FEATCACHE_HOME" if os.environ.get("FEATCACHE_HOME") else "the default store")
+        others = [Path(p).expanduser() for p in (shared or [])]
+        for p in others:
+            _check_dir(p, "--store")
+        env = shared_from_env() if shared_env else []
+        for p in env:
+            _check_dir(p, PATH_ENV)
+        self.layers: list[Path] = []
+        for p in [self.root, *others, *env]:
+            if not any(_same_dir(p, q) for q in self.layers):
+                self.layers.append(p)
+
+    @property
+    def shared(self) -> list[Path]:
+        return self.layers[1:]
 
     def path(self, key: str) -> Path:
+        """Where ``key`` is (or would be) in the personal store: the one place extract writes."""
         return self.root / key
 
+    def describe(self) -> str:
+        """The stores searched, for messages: ``/home/a/.cache/featcache (+ /shared/x, /shared/y (missing))``."""
+        extra = [f"{p}{'' if p.is_dir() else ' (missing)'}" for p in self.shared]
+        return f"{self.root}" + (f" (+ {', '.join(extra)})" if extra else "")
+
     # -- listing and lookup -----------------------------------------------------------------------------------
-    def entries(self) -> list[CacheEntry]:
-        if not self.root.is_dir():
-            return []
+    def entries(self, layers: Sequence[Path] | None = None) -> list[CacheEntry]:
+        """Every cache directory of every store (a key held by two stores is listed twice, store by store)."""
         out = []
-        for d in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != REQUESTS_DIR):
-            if not (d / MANIFEST).is_file():
-                if _holds_cache_files(d):
-                    out.append(CacheEntry(d.name, d, None, "no manifest.json: its shards cannot be read; remove "
-                                          f"them with `featcache cache rm {d.name}`", orphaned=True))
-                continue
-            try:
-                out.append(CacheEntry(d.name, d, Manifest.load(d)))
-            except CacheVersionError as exc:
-                out.append(CacheEntry(d.name, d, None, str(exc), newer=True))
-            except CacheError as exc:
-                out.append(CacheEntry(d.name, d, None, str(exc)))
+        for layer in layers if layers is not None else self.layers:
+            out += _layer_entries(layer)
         return out
 
+    def copies(self, key: str) -> list[CacheEntry]:
+        """The directories named ``key`` in the stores, in search order."""
+        out = []
+        for layer in self.layers:
+            d = layer / key
+            if (d / MANIFEST).is_file() or (key and _holds_cache_files(d)):
+                out += [e for e in _layer_entries(layer, only=key)]
+        return out
+
+    def locate(self, key: str) -> CacheEntry:
+        """The entry for ``key`` or a unique prefix of one, searched store by store (orphaned directories included,
+        so that `rm` can find them). A key whose copies in two stores differ is an error."""
+        copies = self.copies(key) if key and not key.startswith(".") else []
+        if not copies:
+            keys = sorted({e.key for e in self.entries()})
+            matches = [k for k in keys if k.startswith(key)]
+            if not matches:
+                raise CacheError(
+                    f"no cache {key!r} in {self.describe()}{self.skipped_note()}; list caches with `featcache cache "
+                    "ls`" + (" (or pass --cache-dir / --store)" if not keys else "")
+                )
+            if len(matches) > 1:
+                raise CacheError(f"cache key prefix {key!r} is ambiguous ({', '.join(matches[:4])}); give more "
+                                 "characters")
+            copies = self.copies(matches[0])
+        return self._one(copies)
+
     def resolve(self, key: str) -> str:
-        """Full key for ``key`` or a unique prefix of one (orphaned directories included, so `rm` can find them)."""
-        if (self.root / key / MANIFEST).is_file() or (key and _holds_cache_files(self.root / key)):
-            return key
-        keys = [e.key for e in self.entries()]
-        matches = [k for k in keys if k.startswith(key)]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise CacheError(
-                f"no cache {key!r} in {self.root}{self.skipped_note()}; list caches with `featcache cache ls`"
-                + (" (or pass --cache-dir)" if not keys else "")
-            )
-        raise CacheError(f"cache key prefix {key!r} is ambiguous ({', '.join(matches[:4])}); give more characters")
+        """The full key for ``key`` or a unique prefix of one."""
+        return self.locate(key).key
+
+    def _one(self, copies: list[CacheEntry]) -> CacheEntry:
+        """The first copy, after checking that every complete copy is the same cache."""
+        complete = [e for e in copies if e.manifest is not None and e.manifest.complete]
+        if len(complete) > 1:
+            first = complete[0]
+            for other in complete[1:]:
+                why = _differs(first.manifest, other.manifest)
+                if why:
+                    raise CacheError(
+                        f"cache {first.key} is in {first.store} and in {other.store} with different contents ({why}); "
+                        f"one is not the cache its key names: remove one (`featcache cache rm {first.key} "
+                        "--cache-dir STORE`) or leave its store out of --store / FEATCACHE_PATH")
+        return complete[0] if complete else copies[0]
 
     def skipped_note(self) -> str:
         """Words on the caches a lookup could not consider (a newer format, a broken manifest), for "no cache"
@@ -150,11 +183,11 @@ class CacheStore:
         return f" (skipped {len(skipped)} cache(s) it cannot read: {what}; see `featcache cache ls`)"
 
     def open(self, key: str) -> FeatureCache:
-        full = self.resolve(key)
-        if not (self.path(full) / MANIFEST).is_file():
-            raise CacheError(f"cache {full} has lost its manifest.json, so its shards cannot be trusted; remove it "
-                             f"with `featcache cache rm {full}` and extract again")
-        return FeatureCache(self.path(full))
+        entry = self.locate(key)
+        if not (entry.directory / MANIFEST).is_file():
+            raise CacheError(f"cache {entry.key} has lost its manifest.json, so its shards cannot be trusted; remove "
+                             f"it with `featcache cache rm {entry.key}` and extract again")
+        return FeatureCache(entry.directory)
 
     def find(
         self,
@@ -166,8 +199,9 @@ class CacheStore:
         transform: dict[str, Any] | None = None,
         complete: bool = True,
     ) -> list[CacheEntry]:
-        """Caches matching every given criterion (None = any)."""
-        out = []
+        """Caches matching every given criterion (None = any), one entry per key (the first store's, after checking
+        that the copies agree)."""
+        by_key: dict[str, list[CacheEntry]] = {}
         for e in self.entries():
             m = e.manifest
             if m is None or (complete and not m.complete):
@@ -182,14 +216,18 @@ class CacheStore:
                 continue
             if transform is not None and m.transform != transform:
                 continue
-            out.append(e)
-        return out
+            by_key.setdefault(e.key, []).append(e)
+        return [self._one(copies) for copies in by_key.values()]
 
     # -- maintenance ------------------------------------------------------------------------------------------
     def remove(self, key: str) -> int:
-        """Delete a cache (after taking its lock, so a running extract is never pulled from under); returns bytes."""
-        full = self.resolve(key)
-        directory = self.path(full)
+        """Delete a cache of the personal store (after taking its lock, so a running extract is never pulled from
+        under); returns bytes. A cache of a shared store is removed by pointing --cache-dir at that store."""
+        entry = self.locate(key)
+        if not _same_dir(entry.store, self.root):
+            raise CacheError(f"cache {entry.key} is in the shared store {entry.store}, not in {self.root}; to remove "
+                             f"it there, run `featcache cache rm {entry.key} --cache-dir {entry.store}`")
+        directory = entry.directory
         try:
             lock = CacheLock(directory).acquire(wait=False)
         except CacheLockedError as exc:
@@ -207,8 +245,57 @@ class CacheStore:
 
     def verify(self, key: str, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Recompute every shard's checksum and check its shapes against the manifest."""
-        full = self.resolve(key)
-        return verify_directory(self.path(full), progress=progress)
+        return verify_directory(self.locate(key).directory, progress=progress)
+
+
+def _check_dir(path: Path, source: str) -> None:
+    if path.exists() and not path.is_dir():
+        raise StorageError(f"{source} {path} is a file, not a directory: point {source} at a directory (the cache "
+                           "store)")
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return a == b
+
+
+def _layer_entries(layer: Path, only: str | None = None) -> list[CacheEntry]:
+    try:
+        names = [only] if only is not None else sorted(os.listdir(layer))
+    except OSError:  # a store that does not exist (yet) or cannot be listed holds nothing to read
+        return []
+    out = []
+    for name in names:
+        d = layer / name
+        if name.startswith(".") or name == REQUESTS_DIR or not d.is_dir():
+            continue
+        if not (d / MANIFEST).is_file():
+            if _holds_cache_files(d):
+                out.append(CacheEntry(d.name, d, None, "no manifest.json: its shards cannot be read; remove "
+                                      f"them with `featcache cache rm {d.name}`", orphaned=True))
+            continue
+        try:
+            out.append(CacheEntry(d.name, d, Manifest.load(d)))
+        except CacheVersionError as exc:
+            out.append(CacheEntry(d.name, d, None, str(exc), newer=True))
+        except CacheError as exc:
+            out.append(CacheEntry(d.name, d, None, str(exc)))
+    return out
+
+
+def _differs(a: Manifest, b: Manifest) -> str | None:
+    """Why two manifests of one key are not the same cache (None when they are)."""
+    if canonical_json(a.identity) != canonical_json(b.identity):
+        return "their identities differ"
+    theirs = {s.file: s.sha256 for s in b.shards}
+    for s in a.shards:
+        if theirs.get(s.file) != s.sha256:
+            return f"shard {s.file} differs"
+    if len(theirs) != len(a.shards):
+        return "their shards differ"
+    return None
 
 
 def _holds_cache_files(directory: Path) -> bool:
@@ -222,57 +309,10 @@ def _holds_cache_files(directory: Path) -> bool:
         return False
 
 
-def verify_directory(directory: Path, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
-    if not (directory / MANIFEST).is_file():
-        raise CacheError(f"cache {directory.name} has no manifest.json (orphaned shards); remove it with "
-                         f"`featcache cache rm {directory.name}` and extract again")
-    m = Manifest.load(directory)
-    report = VerifyReport(key=m.key, complete=m.complete)
-    recorded = {s.file for s in m.shards}
-    for i, s in enumerate(m.shards):
-        try:
-            path = shard_path(directory, s)
-        except CacheError as exc:
-            report.checks.append(ShardCheck(s.file, "refused", str(exc).split("; ")[0].split(": ", 1)[-1]))
-            continue
-        if not path.is_file():
-            report.checks.append(ShardCheck(s.file, "missing", "file not found"))
-        elif path.stat().st_size != s.bytes:
-            report.checks.append(
-                ShardCheck(s.file, "truncated", f"{path.stat().st_size} bytes on disk, manifest says {s.bytes}")
-            )
-        elif file_sha256(path) != s.sha256:
-            report.checks.append(ShardCheck(s.file, "corrupt", "sha256 differs from the manifest"))
-        else:
-            problem = _check_shapes(path, s.rows, m.teacher.num_features, m.teacher.num_classes)
-            report.checks.append(ShardCheck(s.file, "unreadable" if problem else "ok", problem or ""))
-        if progress is not None:
-            progress(i + 1, len(m.shards))
-    for p in sorted(directory.iterdir()):
-        if p.name.endswith(TMP_SUFFIX) or (p.name.endswith(SHARD_SUFFIX) and p.name not in recorded):
-            if parse_shard_name(p.name.removesuffix(TMP_SUFFIX)) is not None:
-                report.checks.append(ShardCheck(p.name, "leftover", "unfinished write; the next extract redoes it"))
-    report.missing = len(m.expected_shards()) - len(m.shards)
-    return report
-
-
-def _check_shapes(path: Path, rows: int, dim: int, classes: int) -> str | None:
-    try:
-        with h5py.File(path, "r") as f:
-            want = {FEATURES: (rows, dim), LOGITS: (rows, classes), INDEX: (rows,)}
-            for name, shape in want.items():
-                if name not in f:
-                    return f"dataset {name!r} missing"
-                if f[name].shape != shape:
-                    return f"{name} has shape {f[name].shape}, expected {shape}"
-    except OSError as exc:
-        return f"HDF5 cannot open it ({exc})"
-    return None
-
-
-def open_cache(key_or_path: str | Path, cache_dir: str | Path | None = None) -> FeatureCache:
-    """Open a complete cache by key (or unique key prefix) in the store, or by directory path."""
+def open_cache(key_or_path: str | Path, cache_dir: str | Path | None = None,
+               stores: Sequence[str | Path] | None = None) -> FeatureCache:
+    """Open a complete cache by key (or unique key prefix) in the stores, or by directory path."""
     path = Path(key_or_path).expanduser()
     if (path / MANIFEST).is_file():
         return FeatureCache(path)
-    return CacheStore(cache_dir).open(str(key_or_path))
+    return CacheStore(cache_dir, stores).open(str(key_or_path))

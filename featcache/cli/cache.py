@@ -13,20 +13,28 @@ from rich.table import Table
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
 
 
-def _store(cache_dir: Path | None):
+# The store options of every cache command (distill/extract declare the same in featcache.config).
+CACHE_DIR = typer.Option(None, "--cache-dir", help="The personal store (default $FEATCACHE_HOME or "
+                                                   "~/.cache/featcache).")
+STORES = typer.Option(None, "--store", help="A shared store searched after the personal one (repeat; also "
+                                            "FEATCACHE_PATH=/a:/b).")
+
+
+def _store(cache_dir: Path | None, stores: list[Path] | None = None):
     from featcache.cache import CacheStore
 
-    return CacheStore(cache_dir)
+    return CacheStore(cache_dir, stores)
 
 
 @cache_app.command("ls")
 @user_errors
 def cache_ls(
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """List the caches in the store."""
-    store = _store(cache_dir)
+    store = _store(cache_dir, stores)
     entries = store.entries()
     if as_json:
         rows = []
@@ -62,16 +70,17 @@ def cache_ls(
 @user_errors
 def cache_info(
     key: str = typer.Argument(..., help="Cache key or unique prefix."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
 ) -> None:
     """Show what produced a cache: teacher, weights, dataset, transform, shards, timing."""
     from featcache.cache import Manifest
     from featcache.transforms import TransformSpec
 
-    store = _store(cache_dir)
-    full = store.resolve(key)
-    m = Manifest.load(store.path(full))
+    store = _store(cache_dir, stores)
+    entry = store.locate(key)
+    m = Manifest.load(entry.directory)
     if as_json:
         out.print_json(json.dumps(m.to_dict()))
         return
@@ -84,7 +93,8 @@ def cache_info(
         weights += f" (sha256 {t.weights['sha256'][:12]})"
     rows = [
         ("status", "complete" if m.complete else f"partial: {len(m.shards)}/{len(m.expected_shards())} shards"),
-        ("directory", str(store.path(full))),
+        ("directory", str(entry.directory)),
+        ("store", f"{entry.store}" + (" (personal)" if entry.store == store.root else " (shared)")),
         ("teacher", f"{t.name} · {t.feature_layer} · D={t.num_features} · C={t.num_classes}"),
         ("weights", f"{t.weights.get('source')}: {weights}"),
         ("teacher classes", t.classes_source),
@@ -111,11 +121,12 @@ def cache_info(
 @user_errors
 def cache_verify(
     key: Optional[str] = typer.Argument(None, help="Cache key or prefix (default: every cache)."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
 ) -> None:
     """Recompute shard checksums; report corrupt, truncated and missing shards (exit 1 if any)."""
-    store = _store(cache_dir)
-    keys = [store.resolve(key)] if key else [e.key for e in store.entries()]
+    store = _store(cache_dir, stores)
+    keys = [store.resolve(key)] if key else sorted({e.key for e in store.entries()})
     if not keys:
         out.print(f"no caches in {store.root}")
         return
@@ -147,10 +158,11 @@ def cache_verify(
 @user_errors
 def cache_rm(
     keys: List[str] = typer.Argument(..., help="Cache keys or unique prefixes."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
 ) -> None:
     """Remove caches (refuses one that is being written)."""
-    store = _store(cache_dir)
+    store = _store(cache_dir, stores)
     for key in keys:
         full = store.resolve(key)
         freed = store.remove(full)
