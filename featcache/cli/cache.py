@@ -167,3 +167,27 @@ def cache_rm(
         full = store.resolve(key)
         freed = store.remove(full)
         out.print(f"removed {full} ({human_bytes(freed)})", highlight=False)
+
+
+@cache_app.command("publish")
+@user_errors
+def cache_publish(
+    key: str = typer.Argument(..., help="Cache key or unique prefix."),
+    to: Path = typer.Option(..., "--to", help="The shared store (a directory) to publish into."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
+) -> None:
+    """Copy a cache into a shared store: others see nothing, or the complete verified cache."""
+    from featcache.cache.publish import publish
+    from featcache.progress import RichReporter
+
+    store = _store(cache_dir, stores)
+    entry = store.locate(key)
+    reporter = RichReporter(transient=True)
+    reporter.start(entry.manifest.total_bytes() if entry.manifest else 0, f"publish {entry.key}", unit="B")
+    try:
+        result = publish(store, entry.key, to, progress=reporter.advance)
+    finally:
+        reporter.stop()
+    verb = "published" if result.new else "already published (the same cache)"
+    out.print(f"{verb}: {result.key} → {result.directory} ({human_bytes(result.bytes)})", highlight=False)
