@@ -36,6 +36,7 @@ class AmalgamateConfig:
     component_epochs: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # further DistillConfig fields (lr, batch_size, ...)
     cache_dir: Path | None = None
+    stores: list[Path] = field(default_factory=list)  # shared stores searched after cache_dir
     run_dir: Path = Path("runs/amalgamate")
     device: str = "auto"
     workers: int | None = None
@@ -46,7 +47,7 @@ class AmalgamateConfig:
 def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:
     base = DistillConfig(
         dataset=cfg.dataset, data_root=cfg.data_root, dataset_options=dict(cfg.dataset_options), method="aka",
-        cache_dir=cfg.cache_dir, device=cfg.device, workers=cfg.workers, **cfg.options,
+        cache_dir=cfg.cache_dir, stores=list(cfg.stores), device=cfg.device, workers=cfg.workers, **cfg.options,
     )
     return replace(base, **kw)
 
@@ -90,7 +91,7 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
     if len(cfg.parts) < 1:
         raise ConfigError("amalgamate needs at least one task (--classes FILE, repeatable)")
     train = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
-    sources = resolve_teachers(cfg.teachers, train, CacheStore(cfg.cache_dir))
+    sources = resolve_teachers(cfg.teachers, train, CacheStore(cfg.cache_dir, cfg.stores))
     for name, classes in cfg.parts.items():
         outside = [c for c in classes if c not in train.classes]
         if outside:
@@ -112,8 +113,8 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
         pool = sources[0].manifest.blocks[0]["pool"] if blocks and sources[0].manifest.blocks else 4
         result = extract(ExtractConfig(
             teacher="run", weights=str(run), dataset=cfg.dataset, data_root=cfg.data_root,
-            dataset_options=dict(cfg.dataset_options), image_size=size, cache_dir=cfg.cache_dir, device=cfg.device,
-            workers=cfg.workers, blocks=blocks, pool=pool,
+            dataset_options=dict(cfg.dataset_options), image_size=size, cache_dir=cfg.cache_dir,
+            stores=list(cfg.stores), device=cfg.device, workers=cfg.workers, blocks=blocks, pool=pool,
         ), reporter)
         component_keys[task] = result.key
         log(f"[amalgamate] component {task}: cache {result.key}{' reused' if result.reused else ''}")

@@ -19,6 +19,10 @@ DEFAULT_SHARD_ROWS = 4096  # rows per HDF5 shard (extract --shard-rows)
 STUDENTS_HELP = ("alexnet, convnet_small, inceptionv3, lenet5, mobilenetv2, mobilenetv3, mobilenetv3_small, resnet18 "
                  "(`featcache students` describes them), or timm:NAME with featcache[timm].")
 
+# Shared stores: searched after the personal one for every cache a command reads; recipes set them in [pipeline]
+# stores = [...], `featcache run` and the cache commands take the same --store.
+STORES_HELP = "A shared cache store searched after the personal one (repeat; also FEATCACHE_PATH=/a:/b)."
+
 METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce without)."
 
 
@@ -63,6 +67,8 @@ class ExtractConfig:
     pool: int = opt(4, "Block outputs are average-pooled to POOL x POOL.")
     cache_dir: Path | None = opt(None, "Cache store (default $FEATCACHE_HOME or ~/.cache/featcache).", runtime=True,
                                  recipe=False)
+    stores: list[Path] = opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True,
+                             recipe=False)
     force: bool = opt(False, "Redo the extract even if the cache exists.", runtime=True, recipe=False)
     wait: bool = opt(True, "If another process is writing the same cache: wait (default) or exit.", negatable=True,
                      runtime=True, recipe=False)
@@ -114,6 +120,8 @@ class DistillConfig:
     precision: str = opt("auto")
     workers: int | None = opt(None, runtime=True)
     cache_dir: Path | None = opt(None, runtime=True, recipe=False)
+    stores: list[Path] = opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True,
+                             recipe=False)
     cache_ram: str = opt("auto", "RAM budget for teacher tables, e.g. 8G (auto: half of available).", runtime=True)
     cache_mode: str = opt("auto", "auto, ram or disk (out of core).", runtime=True)
     shuffle: str = opt("auto", "auto, full, block or none.")
@@ -152,6 +160,8 @@ class DistillConfig:
         for k, v in d.items():
             if isinstance(v, Path):
                 d[k] = str(v)
+            elif isinstance(v, list):
+                d[k] = [str(x) if isinstance(x, Path) else x for x in v]
         return d
 
     @classmethod
@@ -161,6 +171,8 @@ class DistillConfig:
         for k in ("data_root", "cache_dir", "run_dir"):
             if d.get(k) is not None:
                 d[k] = Path(d[k])
+        if d.get("stores"):
+            d["stores"] = [Path(p) for p in d["stores"]]
         return cls(**d)
 
 

@@ -74,6 +74,7 @@ class Pipeline:
     description: str = ""
     class_parts: dict[str, Any] | None = None  # [classes]: {parts, seed} — named parts part1..partN
     amalgamate: dict[str, Any] | None = None  # [amalgamate]: dual-stage aka over some of the teachers
+    stores: list[Path] = field(default_factory=list)  # [pipeline] stores: shared cache stores (DistillConfig.stores)
 
     def parts(self) -> dict[str, list[str]]:
         """The named class parts of [classes], split from the dataset's classes (needs the data)."""
@@ -209,8 +210,11 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     where = recipe.where
     _unknown(data, {"pipeline", "dataset", "teachers", "distill", "report", "classes", "amalgamate"}, where)
     meta = _table(data, "pipeline", f"{where}: [pipeline]", default={})
-    _unknown(meta, {"name", "description", "runs_dir"}, f"{where}: [pipeline]")
+    _unknown(meta, {"name", "description", "runs_dir", "stores"}, f"{where}: [pipeline]")
     meta = _keys(meta, {"name": str, "description": str, "runs_dir": str}, f"{where}: [pipeline] ")
+    if "stores" in meta:  # the same declaration as distill's --store
+        meta["stores"] = [recipe.path(str(v)) for v in check_value(DistillConfig, "stores", meta["stores"],
+                                                                      f"{where}: [pipeline] stores")]
     ds = _table(data, "dataset", f"{where}: [dataset]")
     if not ds or "name" not in ds:
         raise ConfigError(f"{where}: [dataset] with a name is required (e.g. name = \"cifar10\")")
@@ -339,7 +343,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     # The default (no runs_dir) is runs/<name> under the working directory, as a flag's default would be.
     out_dir = runs_dir or (recipe.path(meta["runs_dir"]) if meta.get("runs_dir") else Path("runs") / name)
     return Pipeline(name, path, out_dir, ds["name"], root, dataset_options, teachers, runs, report,
-                    meta.get("description", ""), class_parts, amalgamate)
+                    meta.get("description", ""), class_parts, amalgamate, meta.get("stores", []))
 
 
 def _check_teacher_count(method: Any, n: int, where: str) -> None:
@@ -477,7 +481,7 @@ def extract_config(p: Pipeline, t: TeacherSpec, cache_dir: Path | None, device: 
                           "set its extract.noise")
     return ExtractConfig(teacher=t.teacher, dataset=p.dataset, data_root=p.data_root,
                          dataset_options=dict(p.dataset_options), weights=_teacher_weights(p, t), cache_dir=cache_dir,
-                         device=device, workers=workers, **opts)
+                         stores=list(p.stores), device=device, workers=workers, **opts)
 
 
 @dataclass(frozen=True)
@@ -531,7 +535,7 @@ def job_config(p: Pipeline, job: DistillJob, keys: dict[str, str] | None = None,
     teachers = [keys[t] for t in job.teachers] if keys is not None else list(job.teachers)
     return DistillConfig(student=job.student, dataset=p.dataset, data_root=p.data_root,
                          dataset_options=dict(p.dataset_options), teachers=teachers, method=job.method, seed=job.seed,
-                         tag=job.spec.tag, **runtime, **job.spec.options)
+                         tag=job.spec.tag, stores=list(p.stores), **runtime, **job.spec.options)
 
 
 def _teacher_record(run_dir: Path) -> dict[str, Any]:
@@ -656,8 +660,8 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
         keys[t.name] = ep.key
         from featcache.cache import CacheStore
 
-        entry = next((e for e in CacheStore(cache_dir).entries() if e.key == ep.key), None)
-        done = entry is not None and entry.manifest is not None and entry.manifest.complete
+        copies = CacheStore(cache_dir, p.stores).copies(ep.key)  # a complete copy in any store will be reused
+        done = any(e.manifest is not None and e.manifest.complete for e in copies)
         stages.append(Stage("extract", t.name, "done" if done else "run", ep.directory, ep.key, t))
     for job in distill_jobs(p.distill):
         rd = p.runs_dir / job.name
@@ -809,7 +813,8 @@ def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, r
         teachers=[keys[t] for t in a["teachers"]], parts=tasks, student=a.get("student", "resnet18"),
         component_student=a.get("component_student"), dataset=p.dataset, data_root=p.data_root,
         dataset_options=dict(p.dataset_options), epochs=a.get("epochs", 30), component_epochs=a.get("component_epochs"),
-        options=dict(a.get("options", {})), cache_dir=cache_dir, run_dir=p.runs_dir / "amalgamate", device=device,
+        options=dict(a.get("options", {})), cache_dir=cache_dir, stores=list(p.stores),
+        run_dir=p.runs_dir / "amalgamate", device=device,
         workers=workers,
     )
     return amalgamate(cfg, reporter, log=log)

@@ -168,7 +168,8 @@ def test_every_config_field_is_reachable_from_the_cli_and_from_recipes():
     library_only = {"channels_last"}  # a layout switch for experiments, not a user flag
     set_by_recipes = {"tag", "classes"}  # a distill block's tag; amalgamate's component-net class lists
     recipe_sets = {"teacher", "dataset", "data_root", "split", "dataset_options", "weights", "student", "teachers",
-                   "method", "seed", "cache_dir", "run_dir", "resume", "force", "wait", "device", "workers"}
+                   "method", "seed", "cache_dir", "run_dir", "resume", "force", "wait", "device", "workers",
+                   "stores"}  # [pipeline] stores
     group = typer.main.get_command(app)
     for name, cls, recipe_fields in (
         ("extract", ExtractConfig, pipeline._EXTRACT_FIELDS),

@@ -110,7 +110,7 @@ def install(incoming: Path, store: Path, key: str) -> bool:
             discard(incoming)
             raise unwritable(Path(store), exc, "store") from None
         try:
-            same = _same_cache(incoming, target)
+            same = same_cache(incoming, target)
         finally:
             discard(incoming)
         if not same:
@@ -121,7 +121,7 @@ def install(incoming: Path, store: Path, key: str) -> bool:
     return True
 
 
-def _same_cache(a: Path, b: Path) -> bool:
+def same_cache(a: Path, b: Path) -> bool:
     try:
         ma, mb = Manifest.load(a), Manifest.load(b)
     except CacheError:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from featcache.cache.format import MANIFEST, shard_path
-from featcache.cache.install import check_complete, discard, install, new_incoming, share_file
+from featcache.cache.install import check_complete, discard, install, new_incoming, same_cache, share_file
 from featcache.cache.store import CacheStore
 from featcache.errors import CacheError, StorageError
 from featcache.locks import unwritable
@@ -43,7 +43,7 @@ def publish(store: CacheStore, key: str, target: Path, progress: Callable[[int],
     dest = target / entry.key
     size = m.total_bytes()
     if dest.exists():
-        if _already(entry.directory, dest):
+        if same_cache(entry.directory, dest):
             return Published(entry.key, dest, size, new=False)
         raise CacheError(f"{dest} already holds a different cache under the key {entry.key}; left as it is")
     incoming = new_incoming(target, entry.key)
@@ -57,12 +57,6 @@ def publish(store: CacheStore, key: str, target: Path, progress: Callable[[int],
         discard(incoming)
         raise
     return Published(entry.key, dest, size, new)
-
-
-def _already(source: Path, dest: Path) -> bool:
-    from featcache.cache.install import _same_cache
-
-    return _same_cache(source, dest)
 
 
 def copy_checked(src: Path, dst: Path, sha256: str | None, store: Path,

@@ -11,13 +11,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
+from featcache.config import STORES_HELP
 
 
 # The store options of every cache command (distill/extract declare the same in featcache.config).
 CACHE_DIR = typer.Option(None, "--cache-dir", help="The personal store (default $FEATCACHE_HOME or "
                                                    "~/.cache/featcache).")
-STORES = typer.Option(None, "--store", help="A shared store searched after the personal one (repeat; also "
-                                            "FEATCACHE_PATH=/a:/b).")
+STORES = typer.Option(None, "--store", help=STORES_HELP)
 
 
 def _store(cache_dir: Path | None, stores: list[Path] | None = None):

@@ -10,6 +10,7 @@ import typer
 
 from featcache.cli.app import app, err, out, user_errors
 from featcache.cli.tables import print_rows, print_task_table
+from featcache.config import STORES_HELP
 from featcache.errors import ConfigError
 
 
@@ -44,6 +45,7 @@ def run_cmd(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Override the recipe's [dataset] data_root."),
     runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="Override the recipe's runs_dir."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    stores: Optional[List[Path]] = typer.Option(None, "--store", help=STORES_HELP + " Added to the recipe's."),
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan only."),
@@ -55,6 +57,7 @@ def run_cmd(
     from featcache.pipeline import load_pipeline
 
     pipeline = load_pipeline(recipe, data_root=data_root, runs_dir=runs_dir)
+    pipeline.stores += list(stores or [])
     _run_pipeline(pipeline, cache_dir=cache_dir, device=device, workers=workers, dry_run=dry_run,
                   rerun_stale=rerun_stale)
 

@@ -14,7 +14,7 @@ import typer
 from featcache.cli.app import app, err, main_rank, out, parse_options, user_errors
 from featcache.cli.extract import DATASET_SHORTCUTS, with_shortcuts
 from featcache.cli.tables import print_task_table
-from featcache.config import DistillConfig, TeacherConfig
+from featcache.config import STORES_HELP, DistillConfig, TeacherConfig
 from featcache.errors import ConfigError
 from featcache.flags import as_command, cli_parameters, config_from_cli
 
@@ -101,6 +101,7 @@ def amalgamate(
     batch_size: int = typer.Option(128, "--batch-size", "-b"),
     lr: float = typer.Option(1e-3, "--lr"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    stores: Optional[List[Path]] = typer.Option(None, "--store", help=STORES_HELP),
     run_dir: Path = typer.Option(Path("runs/amalgamate"), "--run-dir"),
     device: str = typer.Option("auto", "--device"),
     workers: Optional[int] = typer.Option(None, "--workers"),
@@ -115,7 +116,8 @@ def amalgamate(
         teachers=list(teacher), parts={p.stem: read_class_list(p) for p in classes}, student=student,
         component_student=component_student, dataset=dataset, data_root=data_root,
         dataset_options=parse_options(dataset_opt, "--dataset-opt"), epochs=epochs, component_epochs=component_epochs,
-        options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, run_dir=run_dir, device=device,
+        options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, stores=list(stores or []), run_dir=run_dir,
+        device=device,
         workers=workers,
     )
     r = run_amalgamate(cfg, reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False))

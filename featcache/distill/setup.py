@@ -90,7 +90,8 @@ def setup(config: DistillConfig) -> Setup:
         raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
     check_disjoint(train, test)
     check_trainable(train)
-    caches = resolve_teachers(config.teachers, train, CacheStore(config.cache_dir)) if config.teachers else []
+    store = CacheStore(config.cache_dir, config.stores)
+    caches = resolve_teachers(config.teachers, train, store) if config.teachers else []
     for c in caches:  # before anything is built: a stale cache is the first thing to hear about
         c.check_dataset(train)
         c.check_content(train, config.content_check, seed=config.seed)

@@ -163,7 +163,7 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
         blocks={"names": list(config.blocks), "pool": config.pool} if config.blocks else None,
     )
     key = make_key(identity, entry.name, dataset.name, dataset.split)
-    directory = CacheStore(config.cache_dir).path(key)
+    directory = CacheStore(config.cache_dir, config.stores).path(key)
     return ExtractPlan(
         config=config,
         dataset=dataset,
