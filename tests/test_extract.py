@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.cache import CacheLock, CacheStore, FeatureCache, Manifest
+from featcache.cache import CacheStore, FeatureCache, Manifest
 from featcache.cache.format import FEATURES, LOGITS, PART_NOISE
 from featcache.cache.writer import PartWriter
 from featcache.datasets import get_dataset
 from featcache.errors import CacheError, CacheLockedError, CacheMismatchError, ConfigError
 from featcache.extract import ExtractConfig, extract, plan_extract
+from featcache.extract.manifest import key_lock
 from featcache.models import create_teacher
 from featcache.transforms import TransformSpec, noise_batch
 
@@ -124,13 +125,16 @@ def test_interrupted_extract_resumes_only_unfinished_shards(tmp_path, monkeypatc
         extract(cfg)
     monkeypatch.setattr(PartWriter, "_finish", real_finish)
     plan = plan_extract(cfg)
-    m = Manifest.load(plan.directory)
+    assert not plan.directory.exists()  # a partial cache is never visible under its key
+    (work,) = (plan.store / ".incoming").glob(f"{plan.key}@*")  # the extract's private work directory
+    m = Manifest.load(work)
     assert not m.complete and [s.number for s in m.shards] == [0]
-    assert not list(plan.directory.glob("*.tmp"))  # the partial shard was discarded
-    with pytest.raises(CacheError, match="incomplete"):
-        FeatureCache(plan.directory)
+    assert not list(work.glob("*.tmp"))  # the partial shard was discarded
+    with pytest.raises(CacheError, match="no cache"):
+        CacheStore(cfg.cache_dir).open(plan.key)
     resumed = extract(cfg)
     assert resumed.images == 96 - 40  # only shards 1 and 2 were recomputed
+    assert not list((plan.store / ".incoming").glob(f"{plan.key}@*"))  # adopted, then renamed into place
     clean = extract(config(tmp_path / "clean"))
     with FeatureCache(resumed.directory) as a, FeatureCache(clean.directory) as b:
         np.testing.assert_array_equal(a.read_all()[FEATURES], b.read_all()[FEATURES])
@@ -173,15 +177,15 @@ def test_kill_9_mid_extract_then_resume(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(store)], env=env)
     key = plan_extract(config(tmp_path)).key
-    manifest = store / key / "manifest.json"
     deadline = time.time() + 120
     try:
         while time.time() < deadline:
-            if manifest.is_file():
+            manifest = next((store / ".incoming").glob(f"{key}@*/manifest.json"), None)  # the private work dir
+            if manifest is not None:
                 try:
                     if json.loads(manifest.read_text())["shards"]:
                         break
-                except (ValueError, KeyError):
+                except (OSError, ValueError, KeyError):
                     pass
             if proc.poll() is not None:
                 pytest.fail("extract subprocess ended before it could be killed")
@@ -191,7 +195,8 @@ def test_kill_9_mid_extract_then_resume(tmp_path):
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    m = Manifest.load(store / key)
+    assert not (store / key).exists()  # nothing half-written is visible under the key
+    m = Manifest.load(manifest.parent)
     assert not m.complete and 1 <= len(m.shards) < 3
     resumed = extract(config(tmp_path))
     assert resumed.manifest.complete and resumed.images == 96 - 40 * len(m.shards)
@@ -202,7 +207,7 @@ def test_kill_9_mid_extract_then_resume(tmp_path):
 def test_second_writer_waits_or_exits(tmp_path):
     cfg = config(tmp_path)
     plan = plan_extract(cfg)
-    lock = CacheLock(plan.directory).acquire()
+    lock = key_lock(plan).acquire()
     cfg.wait = False
     with pytest.raises(CacheLockedError, match=f"pid {os.getpid()}"):
         extract(cfg)

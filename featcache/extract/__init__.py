@@ -21,9 +21,11 @@ import torch
 from featcache import distributed
 from featcache.cache.format import Manifest, ShardInfo, atomic_write_text
 from featcache.config import ExtractConfig
+from featcache.cache.store import CacheStore
 from featcache.extract.manifest import (
     fill_teacher_info,
     finish,
+    intact,
     load_manifest,
     lock_cache,
     prepare_directory,
@@ -32,6 +34,7 @@ from featcache.extract.manifest import (
 from featcache.extract.plan import ExtractPlan, ExtractResult, plan_extract
 from featcache.extract.ranks import merge_rank_shards, rank_file
 from featcache.extract.sweep import Batches, DigestedSamples, block_module, run_sweep
+from featcache.extract.workdir import WorkDir
 from featcache.models.teachers import create_teacher
 from featcache.progress import Reporter
 
@@ -45,58 +48,88 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=
     ``teacher`` replace the registry's (featcache.api.extract_from builds them from a user's Dataset and module)."""
     reporter = reporter or Reporter()
     plan = plan_extract(config, dataset=dataset, teacher=teacher, transform=transform, command=command)
-    directory = plan.directory
-    existing = load_manifest(directory)
-    if existing is not None and existing.complete and not config.force and reusable(plan, existing, reporter):
-        return ExtractResult(plan.key, directory, existing, reused=True)
-
+    store = CacheStore(config.cache_dir, config.stores)
+    load_manifest(plan.directory)  # a newer format's cache is never overwritten, not even with --force: an error
+    found = None if config.force else _reuse(plan, store, reporter)
+    if found is not None:
+        return found
     ctx = distributed.context()
     if ctx.active:
         return _extract_distributed(plan, config, reporter, ctx)
     lock = lock_cache(plan, reporter)
+    work = WorkDir(plan.store, plan.key)
     try:
-        # Re-read under the lock: the other writer may have finished the same cache meanwhile.
-        existing = load_manifest(directory)
-        if existing is not None and existing.complete and not config.force and reusable(plan, existing, None):
-            return ExtractResult(plan.key, directory, existing, reused=True)
-        manifest = prepare_directory(plan, None if config.force else existing, reporter)
+        # Re-checked under the lock: another writer may have finished the same cache meanwhile.
+        found = None if config.force else _reuse(plan, store, None)
+        if found is not None:
+            return found
+        plan.work = work.open(reporter, in_place=_unusable_in_place(plan, config))
+        existing = None if config.force else load_manifest(plan.work)
+        manifest = prepare_directory(plan, existing, reporter)
         teacher = plan.teacher or create_teacher(
             plan.config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
             image_size=plan.transform.image_size,
         )
         fill_teacher_info(manifest, teacher, plan.dataset)
-        manifest.save(directory)
+        manifest.save(plan.work)
         images, seconds = run_sweep(plan, teacher, manifest, reporter)
         finish(plan, manifest, images, seconds)
-        return ExtractResult(plan.key, directory, manifest, reused=False, seconds=seconds, images=images)
+        directory = work.publish(config.force, reporter)
+        return ExtractResult(plan.key, directory, Manifest.load(directory), reused=False, seconds=seconds,
+                             images=images)
     finally:
+        work.close()
         lock.release()
 
 
+def _reuse(plan: ExtractPlan, store: CacheStore, reporter: Reporter | None) -> ExtractResult | None:
+    """The complete, intact cache of this key in any store of the stack (the first), else None."""
+    copies = store.copies(plan.key)
+    if not any(e.manifest is not None and e.manifest.complete for e in copies):
+        return None
+    entry = store.locate(plan.key)  # the copies must agree
+    if reusable(plan, entry.manifest, entry.directory, reporter):
+        return ExtractResult(plan.key, entry.directory, entry.manifest, reused=True)
+    if reporter is not None and entry.store != plan.store:
+        reporter.message(f"cache {plan.key} in the shared store {entry.store} is damaged; extracting it into "
+                         f"{plan.store}")
+    return None
+
+
+def _unusable_in_place(plan: ExtractPlan, config: ExtractConfig) -> bool:
+    """Whether the personal store's own directory of the key is to be taken over by this extract (it was written in
+    place by an older featcache and is incomplete, or its shards are damaged); with --force it stays until the new
+    cache replaces it."""
+    return not config.force and plan.directory.is_dir() and not intact(plan.directory)
+
+
 def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Reporter, ctx) -> ExtractResult:
-    """One rank of a torchrun extract: rank 0 prepares and finishes the manifest, every rank writes its shards."""
+    """One rank of a torchrun extract: rank 0 prepares the work directory (every rank writes its shards into it) and
+    finishes and publishes the cache."""
     import json
 
-    directory = plan.directory
-    lock = None
+    lock, work = None, None
     try:
         if ctx.is_main:
             lock = lock_cache(plan, reporter)
-            existing = load_manifest(directory)
-            if existing is not None and not config.force:
-                merge_rank_shards(directory, existing)  # shards a crashed distributed run finished
-            manifest = prepare_directory(plan, None if config.force else existing, reporter)
+            work = WorkDir(plan.store, plan.key)
+            plan.work = work.open(reporter, in_place=_unusable_in_place(plan, config))
+            existing = None if config.force else load_manifest(plan.work)
+            if existing is not None:
+                merge_rank_shards(plan.work, existing)  # shards a crashed distributed run finished
+            manifest = prepare_directory(plan, existing, reporter)
+        plan.work = distributed.broadcast(plan.work)
         teacher = plan.teacher or create_teacher(
             plan.config.teacher, plan.weights, num_classes=plan.num_classes, seed=config.seed,
             image_size=plan.transform.image_size,
         )
         if ctx.is_main:
             fill_teacher_info(manifest, teacher, plan.dataset)
-            manifest.save(directory)
+            manifest.save(plan.work)
         distributed.barrier()
         if not ctx.is_main:
-            manifest = Manifest.load(directory)
-        side = rank_file(directory, ctx.rank)
+            manifest = Manifest.load(plan.work)
+        side = rank_file(plan.work, ctx.rank)
         mine: list[ShardInfo] = []
 
         def record(info: ShardInfo) -> None:
@@ -104,17 +137,20 @@ def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Rep
             atomic_write_text(side, json.dumps([asdict(i) for i in mine]))
 
         images, seconds = run_sweep(plan, teacher, manifest, reporter, shard_filter=lambda n: n % ctx.world == ctx.rank,
-                               on_shard=record, save_manifest=ctx.is_main)
+                                    on_shard=record, save_manifest=ctx.is_main)
         counts = [None] * ctx.world  # also keeps the ranks in step: every rank has finished its shards
         torch.distributed.all_gather_object(counts, (images, seconds))
         if ctx.is_main:
-            manifest = Manifest.load(directory)
-            merge_rank_shards(directory, manifest)
+            manifest = Manifest.load(plan.work)
+            merge_rank_shards(plan.work, manifest)
             finish(plan, manifest, sum(c[0] for c in counts), max(c[1] for c in counts), ranks=ctx.world)
+            work.publish(config.force, reporter)
         distributed.barrier()
-        manifest = Manifest.load(directory)
-        return ExtractResult(plan.key, directory, manifest, reused=False, seconds=seconds, images=images)
+        manifest = Manifest.load(plan.directory)
+        return ExtractResult(plan.key, plan.directory, manifest, reused=False, seconds=seconds, images=images)
     finally:
+        if work is not None:
+            work.close()
         if lock is not None:
             lock.release()
 

@@ -24,6 +24,7 @@ from featcache.cache.format import (
     parse_shard_name,
     shard_path,
 )
+from featcache.cache.install import INCOMING
 from featcache.cache.store import CacheLock
 from featcache.cache.writer import PartWriter
 from featcache.datasets import ImageDataset
@@ -33,7 +34,6 @@ from featcache.errors import (
     CacheVersionError,
     StorageError,
 )
-from featcache.locks import unwritable
 from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher
 from featcache.progress import Reporter
@@ -41,10 +41,21 @@ from featcache.runtime import default_workers, device_name
 from featcache.views import view_part
 from featcache.extract.plan import ExtractPlan
 
+def key_lock(plan: ExtractPlan) -> CacheLock:
+    """The key's write lock, ``<store>/.incoming/<key>.lock``. It only saves doing the work twice: correctness comes
+    from the private work directories and the final rename (featcache.extract.workdir), so a lock another host left
+    behind is taken over."""
+    lock = CacheLock(plan.directory)
+    lock.path = plan.store / INCOMING / f"{plan.key}.lock"
+    lock.take_over_stale = True
+    return lock
+
+
 def lock_cache(plan: ExtractPlan, reporter: Reporter) -> CacheLock:
-    """The cache's write lock: wait for another writer (and say so), or with --no-wait refuse at once."""
+    """Take the key's write lock: wait for another writer (and say so), or with --no-wait refuse at once."""
+    lock = key_lock(plan)
     try:
-        return CacheLock(plan.directory).acquire(
+        return lock.acquire(
             wait=plan.config.wait,
             on_wait=lambda pid: reporter.message(
                 f"cache {plan.key} is being written by another process (pid {pid}); waiting for it to finish..."
@@ -75,9 +86,9 @@ def finish(plan: ExtractPlan, manifest: Manifest, images: int, seconds: float, r
             "ranks": ranks,
         }
     )
-    manifest.save(plan.directory)  # the accuracy below reads the shards through this manifest
-    manifest.teacher_accuracy = teacher_accuracy(manifest, plan.directory, plan.dataset)
-    manifest.save(plan.directory)
+    manifest.save(plan.work)  # the accuracy below reads the shards through this manifest
+    manifest.teacher_accuracy = teacher_accuracy(manifest, plan.work, plan.dataset)
+    manifest.save(plan.work)
 
 
 def now() -> str:
@@ -99,12 +110,9 @@ def load_manifest(directory: Path) -> Manifest | None:
 
 
 def prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: Reporter) -> Manifest:
-    """Start a fresh manifest, or resume ``existing``: keep recorded shards whose files are intact, drop the rest."""
-    directory = plan.directory
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise unwritable(directory, exc, "cache directory") from None
+    """Start a fresh manifest in the work directory, or resume ``existing`` (the manifest it holds): keep recorded
+    shards whose files are intact, drop the rest."""
+    directory = plan.work
     if existing is not None and existing.identity == plan.identity:
         kept = [s for s in existing.shards if shard_intact(directory, s)]
         if len(kept) != len(existing.shards):
@@ -134,11 +142,17 @@ def shard_intact(directory: Path, shard: ShardInfo) -> bool:
         return False
 
 
-def reusable(plan: ExtractPlan, manifest: Manifest, reporter: Reporter | None) -> bool:
+def intact(directory: Path) -> bool:
+    """A complete cache whose every shard has its recorded size and sha256."""
+    m = load_manifest(directory)
+    return m is not None and m.complete and all(shard_intact(directory, s) for s in m.shards)
+
+
+def reusable(plan: ExtractPlan, manifest: Manifest, directory: Path, reporter: Reporter | None) -> bool:
     """Whether a complete cache can be returned as it is: every shard intact (else False: the caller redoes the
     damaged ones), and a sample of the images still hashing to the recorded digests (else an error: content that
     changed behind an unchanged size and mtime needs --force)."""
-    damaged = [s.file for s in manifest.shards if not shard_intact(plan.directory, s)]
+    damaged = [s.file for s in manifest.shards if not shard_intact(directory, s)]
     if damaged:
         if reporter is not None:
             reporter.message(f"cache {plan.key}: {len(damaged)} shard(s) damaged ({', '.join(damaged[:3])}); "
@@ -146,7 +160,7 @@ def reusable(plan: ExtractPlan, manifest: Manifest, reporter: Reporter | None) -
         return False
     from featcache.cache.reader import FeatureCache
 
-    with FeatureCache(plan.directory) as cache:
+    with FeatureCache(directory) as cache:
         cache.check_content(plan.dataset, "sample")
     return True
 

@@ -48,6 +48,13 @@ class ExtractPlan:
     directory: Path
     teacher: Teacher | None = None  # a teacher built by the caller (featcache.api); None: built from the registry
     command: str | None = None  # how to reproduce the cache, when not an `featcache extract` command line
+    # Where the shards are being written (featcache.extract.workdir): set by extract, renamed to ``directory`` once
+    # the cache is complete.
+    work: Path | None = None
+
+    @property
+    def store(self) -> Path:
+        return self.directory.parent
 
 
 @dataclass

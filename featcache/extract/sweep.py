@@ -172,7 +172,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
     if cfg.blocks and not manifest.blocks:
         manifest.blocks = describe_blocks(model, captured, cfg, plan, device)
         if save_manifest:
-            manifest.save(plan.directory)
+            manifest.save(plan.work)
     writers: dict[str, PartWriter] = {}
 
     # The manifest's timing covers every attempt: each recorded shard brings the wall time up to it and its rows,
@@ -187,7 +187,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
         is redone by a resume."""
         nonlocal saved
         if save_manifest and (force or time.monotonic() - saved >= MANIFEST_EVERY):
-            manifest.save(plan.directory)
+            manifest.save(plan.work)
             saved = time.monotonic()
 
     def on_done(info: ShardInfo) -> None:
@@ -202,7 +202,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
         record()
 
     for part in manifest.rows:
-        writers[part] = PartWriter(plan.directory, manifest, part, on_done)
+        writers[part] = PartWriter(plan.work, manifest, part, on_done)
     writer = BackgroundWriter(writers, max_pending=4, threaded=device.type != "cpu")
     pool = None
     if device.type == "cuda":
@@ -223,11 +223,11 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
             sources.append((view_part(v), ViewDataset(plan.dataset, plan.views, v, plan.transform), view_rows))
 
     total = sum(len(r) for _, _, r in sources)
-    need = check_space(plan.directory, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
+    need = check_space(plan.work, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
     if total:
         shards = sum(-(-len(rows) // manifest.shard_rows) for _, _, rows in sources)
         reporter.message(f"extract {teacher.name}: {total:,} rows to write ({_parts(sources)}) in {shards:,} shard(s), "
-                         f"about {need / 2**20:,.1f} MiB, into {plan.directory}")
+                         f"about {need / 2**20:,.1f} MiB, into {plan.store}")
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
     use_cpu_threads(device, workers)
     images = 0
