@@ -1,0 +1,233 @@
+"""A lab's store (issue 23): shared stores under the personal one, publish, and writers that share a file system.
+
+Shared stores are read-only to readers: a distill, an extract that finds its cache there, a verify and the Python API
+leave them byte for byte and mtime for mtime as they were (on a real read-only mount where the test may make one).
+Writers never show a half-written key, and two of them — with flock working or not, as on some NFS mounts — end with
+one good cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import mount_tmpfs, one_line_error, umount
+from featcache.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+runner = CliRunner()
+SYN = ("--dataset", "synthetic", "-o", "num_train=24", "-o", "num_test=8", "--workers", "0")
+EXTRACT = ("--teacher", "convnet", "--weights", "random", *SYN, "--image-size", "32", "--shard-rows", "16")
+DISTILL = ("--student", "lenet5", *SYN, "--device", "cpu", "--batch-size", "8", "--epochs", "1")
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def listing(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``root`` with its size and mtime (what a reader must not change)."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEATCACHE_PATH", raising=False)
+    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
+    return tmp_path / "home"
+
+
+def extract_key(*args) -> str:
+    r = invoke("extract", *EXTRACT, *args)
+    assert r.exit_code == 0, r.output
+    return " ".join(r.output.split()).split("cache ")[-1].split(":")[0].split(" ")[0]
+
+
+# -- layered stores ---------------------------------------------------------------------------------------------------
+def test_a_read_only_shared_store_is_read_and_never_written(home, tmp_path, monkeypatch):
+    from featcache import api
+    from featcache.cache import CacheStore
+
+    key = extract_key()
+    shared = tmp_path / "shared"
+    real = mount_tmpfs(shared, "4m")
+    try:
+        assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
+        assert invoke("cache", "rm", key).exit_code == 0
+        if real:
+            subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
+        before = listing(shared)
+        monkeypatch.setenv("FEATCACHE_PATH", str(shared))
+        # Every reader: the re-extract finds it there, distill reads it, eval, verify, ls/info and the API.
+        r = invoke("extract", *EXTRACT)
+        assert r.exit_code == 0 and "nothing to do" in " ".join(r.output.split()), r.output
+        assert not (home / key).exists()
+        r = invoke("distill", *DISTILL, "--teacher", "convnet", "--run-dir", tmp_path / "run")
+        assert r.exit_code == 0, r.output
+        assert json.loads((tmp_path / "run" / "config.json").read_text())["teachers"][0]["key"] == key
+        assert invoke("eval", tmp_path / "run").exit_code == 0
+        assert invoke("cache", "verify", key).exit_code == 0
+        info = invoke("cache", "info", key)
+        assert info.exit_code == 0 and "(shared)" in info.output
+        rows = api.RowJoin([key], check=False).join(np.arange(3))
+        assert rows[0]["features"].shape[0] == 3
+        assert CacheStore().locate(key).store == shared
+        one_line_error(invoke("cache", "rm", key), "shared store", "--cache-dir")
+        assert listing(shared) == before
+    finally:
+        if real:
+            umount(shared)
+
+
+def test_store_flags_and_the_recipe_key_search_the_same_stack(home, tmp_path):
+    from featcache.pipeline import parse_pipeline
+
+    key = extract_key()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
+    assert invoke("cache", "rm", key).exit_code == 0
+    one_line_error(invoke("distill", *DISTILL, "--teacher", "convnet", "--run-dir", tmp_path / "a"), "no cache",
+                   str(home))
+    r = invoke("distill", *DISTILL, "--teacher", "convnet", "--store", shared, "--run-dir", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+    assert invoke("cache", "ls", "--store", shared, "--json").exit_code == 0
+    recipe = tmp_path / "r" / "x.toml"
+    recipe.parent.mkdir()
+    p = parse_pipeline({"pipeline": {"stores": ["../shared"]}, "dataset": {"name": "synthetic"}}, path=recipe)
+    assert p.stores == [recipe.parent / "../shared"]
+    with pytest.raises(Exception, match="stores"):
+        parse_pipeline({"pipeline": {"stores": "../shared"}, "dataset": {"name": "synthetic"}}, path=recipe)
+
+
+def test_a_key_in_two_stores_with_different_contents_is_an_error(home, tmp_path, monkeypatch):
+    from featcache.hashing import file_sha256
+
+    key = extract_key()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
+    # The shared copy is made different but self-consistent (its manifest records the new bytes).
+    copy = shared / key
+    shard = copy / "data-00001.h5"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    m = json.loads((copy / "manifest.json").read_text())
+    m["shards"][1]["sha256"] = file_sha256(shard)
+    (copy / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setenv("FEATCACHE_PATH", str(shared))
+    for args in (("distill", *DISTILL, "--teacher", "convnet", "--run-dir", tmp_path / "r"),
+                 ("distill", *DISTILL, "--teacher", key, "--run-dir", tmp_path / "r"), ("cache", "info", key)):
+        one_line_error(invoke(*args), key, str(home), str(shared), "different contents")
+
+
+def test_publish_is_all_or_nothing_and_a_second_publisher_loses_cleanly(home, tmp_path, monkeypatch):
+    from featcache.cache import publish as pub
+
+    key = extract_key()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o2775)
+    os.chmod(shared, 0o2775)
+    # A publish that dies halfway leaves nothing under the key (only its private incoming directory).
+    calls = {"n": 0}
+    real = pub.copy_checked
+
+    def dies(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(pub, "copy_checked", dies)
+    assert invoke("cache", "publish", key, "--to", shared).exit_code == 130
+    monkeypatch.setattr(pub, "copy_checked", real)
+    assert not (shared / key).exists() and not [p for p in (shared / ".incoming").iterdir()]
+    r = invoke("cache", "publish", key, "--to", shared)
+    assert r.exit_code == 0 and "published" in r.output
+    mode = os.stat(shared / key).st_mode
+    assert mode & 0o2070 == 0o2070  # the store's group bits and setgid follow into the cache
+    assert all(p.stat().st_mode & 0o040 for p in (shared / key).iterdir())  # group-readable files
+    # Second publishers: told it is there, nothing changed.
+    before = listing(shared / key)
+    r = invoke("cache", "publish", key, "--to", shared)
+    assert r.exit_code == 0 and "already published" in r.output and listing(shared / key) == before
+    from featcache.cache.install import install, new_incoming
+
+    racing = new_incoming(shared, key)  # one that lost the rename race: its copy is discarded
+    for p in (shared / key).iterdir():
+        (racing / p.name).write_bytes(p.read_bytes())
+    assert install(racing, shared, key) is False and not racing.exists()
+
+
+# -- writers sharing a file system ------------------------------------------------------------------------------------
+NO_FLOCK = """
+import errno, fcntl, sys
+def refuse(*a, **k):
+    raise OSError(errno.ENOLCK, "No locks available")  # as on an NFS mount without lock support
+fcntl.flock = refuse
+from featcache.cli import app
+sys.exit(app(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_two_writers_without_flock_end_with_one_good_cache(tmp_path):
+    store = tmp_path / "nfs"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FEATCACHE_PATH", None)
+    args = [sys.executable, "-c", NO_FLOCK, "extract", *EXTRACT[:-6], "-o", "num_train=600", "-o", "num_test=8",
+            "--workers", "0", "--image-size", "32", "--shard-rows", "64", "--cache-dir", str(store)]
+    procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    keys = [p.name for p in store.iterdir() if not p.name.startswith(".") and p.name != "requests"]
+    assert len(keys) == 1, keys
+    r = invoke("cache", "verify", "--cache-dir", store)
+    assert r.exit_code == 0 and "ok" in r.output, r.output
+    assert [p.name for p in (store / ".incoming").iterdir() if "@" in p.name] == []  # the loser left nothing
+
+
+def test_locks_left_by_another_host(home, tmp_path):
+    from featcache.extract import plan_extract
+    from featcache.extract.manifest import key_lock
+    from featcache.extract.workdir import abandoned
+
+    key = extract_key()
+    assert invoke("cache", "rm", key).exit_code == 0
+    # A live writer on another machine (its heartbeat is fresh): --no-wait refuses, naming it.
+    from featcache.config import ExtractConfig
+
+    plan = plan_extract(ExtractConfig(teacher="convnet", weights="random", dataset="synthetic", image_size=32,
+                                      dataset_options={"num_train": 24, "num_test": 8}, shard_rows=16))
+    lock = key_lock(plan).path
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.write_text("4242 gpu-node-7")
+    one_line_error(invoke("extract", *EXTRACT, "--no-wait"), "4242 on host gpu-node-7")
+    # A writer that died there an hour ago: its lock is taken over and its work directory adopted.
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    work = lock.parent / f"{key}@gpu-node-7@4242@00000000"
+    work.mkdir()
+    (work / ".heartbeat").touch()
+    os.utime(work / ".heartbeat", (old, old))
+    assert abandoned(home, key) == [work]
+    r = invoke("extract", *EXTRACT, "--no-wait")
+    assert r.exit_code == 0 and "continuing the work of an earlier extract" in " ".join(r.output.split()), r.output
+    assert not work.exists() and invoke("cache", "verify", key).exit_code == 0
+    # A run directory locked by a process that died on another host: refused with what to do.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("77 gpu-node-3")
+    os.utime(run / ".lock", (old, old))
+    one_line_error(invoke("distill", *DISTILL, "--teacher", key, "--run-dir", run), "pid 77 on host gpu-node-3",
+                   "delete")
