@@ -27,8 +27,10 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from featcache.cache.format import FEATURES, LOGITS
+from featcache.cache.leases import Lease
 from featcache.cache.reader import FeatureCache
 from featcache.cache.store import CacheStore
+from featcache.cache.usage import record_use
 from featcache.config import ExtractConfig
 from featcache.datasets.base import ImageDataset, check_split
 from featcache.errors import CacheMismatchError, ConfigError, DatasetError
@@ -297,22 +299,25 @@ class RowJoin:
                               "check=False joins by index unchecked")
         store = CacheStore(Path(cache_dir) if cache_dir else None)
         self.caches = [t if isinstance(t, FeatureCache) else store.open(str(t)) for t in teachers]
-        self.dataset = None
-        if dataset is not None:
-            self.dataset = wrap_dataset(dataset, name=dataset_name, split=split, **dataset_kwargs)
-            for c in self.caches:
-                c.check_dataset(self.dataset, transform)
-                if content_check != "off":
-                    c.check_content(self.dataset, content_check)
-        n = {c.num_rows() for c in self.caches}
-        if len(n) != 1:
-            raise CacheMismatchError("teachers: the caches hold different numbers of rows; they describe different "
-                                     "datasets")
-        self.num_rows = n.pop()
-        self.fields = tuple(fields)
-        from featcache.distill.loader import InMemoryTable
+        record_use(store, [c.key for c in self.caches])
+        # Leased while the shards are read (`cache rm` and `cache gc` wait): the tables are in RAM afterwards.
+        with Lease(self.caches, what="python RowJoin"):
+            self.dataset = None
+            if dataset is not None:
+                self.dataset = wrap_dataset(dataset, name=dataset_name, split=split, **dataset_kwargs)
+                for c in self.caches:
+                    c.check_dataset(self.dataset, transform)
+                    if content_check != "off":
+                        c.check_content(self.dataset, content_check)
+            n = {c.num_rows() for c in self.caches}
+            if len(n) != 1:
+                raise CacheMismatchError("teachers: the caches hold different numbers of rows; they describe "
+                                         "different datasets")
+            self.num_rows = n.pop()
+            self.fields = tuple(fields)
+            from featcache.distill.loader import InMemoryTable
 
-        self.tables = [InMemoryTable(c, "data", self.fields) for c in self.caches]
+            self.tables = [InMemoryTable(c, "data", self.fields) for c in self.caches]
 
     def __len__(self) -> int:
         return self.num_rows

@@ -16,7 +16,6 @@ usage records) and are never taken for caches.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,11 +28,13 @@ from featcache.cache.format import (
     canonical_json,
     parse_shard_name,
 )
+from featcache.cache.leases import remove_unleased
 from featcache.cache.reader import FeatureCache
 from featcache.cache.requests import REQUESTS_DIR
+from featcache.cache.usage import record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
 from featcache.errors import CacheError, CacheLockedError, CacheVersionError, StorageError
-from featcache.locks import DirLock, unwritable
+from featcache.locks import DirLock
 
 PATH_ENV = "FEATCACHE_PATH"  # shared stores searched after the personal one, separated like PATH
 
@@ -222,7 +223,8 @@ class CacheStore:
     # -- maintenance ------------------------------------------------------------------------------------------
     def remove(self, key: str) -> int:
         """Delete a cache of the personal store (after taking its lock, so a running extract is never pulled from
-        under); returns bytes. A cache of a shared store is removed by pointing --cache-dir at that store."""
+        under, and unless a reader leases it); returns bytes. A cache of a shared store is removed by pointing
+        --cache-dir at that store."""
         entry = self.locate(key)
         if not _same_dir(entry.store, self.root):
             raise CacheError(f"cache {entry.key} is in the shared store {entry.store}, not in {self.root}; to remove "
@@ -233,15 +235,11 @@ class CacheStore:
         except CacheLockedError as exc:
             raise exc.with_hint("let its extract finish (or stop it), then remove the cache") from None
         try:
-            size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-            # Drop the manifest first: a crash mid-removal leaves a directory nobody mistakes for a cache.
-            (directory / MANIFEST).unlink(missing_ok=True)
-            shutil.rmtree(directory)
-        except OSError as exc:
-            raise unwritable(directory, exc, "cache") from None
+            # Refused while a reader leases it (CacheInUseError); the protocol against a reader starting now, and
+            # the manifest deleted first, are in leases.py.
+            return remove_unleased(directory)
         finally:
             lock.release()
-        return size
 
     def verify(self, key: str, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
         """Recompute every shard's checksum and check its shapes against the manifest."""
@@ -311,8 +309,15 @@ def _holds_cache_files(directory: Path) -> bool:
 
 def open_cache(key_or_path: str | Path, cache_dir: str | Path | None = None,
                stores: Sequence[str | Path] | None = None) -> FeatureCache:
-    """Open a complete cache by key (or unique key prefix) in the stores, or by directory path."""
+    """Open a complete cache by key (or unique key prefix) in the stores, or by directory path. The use is recorded
+    in the personal store (`cache ls`, `cache gc`); the cache is not leased: hold ``Lease([cache])`` while reading
+    it for `cache rm` and `cache gc` to leave it alone."""
     path = Path(key_or_path).expanduser()
     if (path / MANIFEST).is_file():
-        return FeatureCache(path)
-    return CacheStore(cache_dir, stores).open(str(key_or_path))
+        cache = FeatureCache(path)
+        record_use(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(), [cache.key])
+        return cache
+    store = CacheStore(cache_dir, stores)
+    cache = store.open(str(key_or_path))
+    record_use(store, [cache.key])
+    return cache

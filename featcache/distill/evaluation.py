@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from featcache.cache.store import default_cache_dir
+from featcache.cache.usage import record_use
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.distill.loader import shutdown_workers
 from featcache.config import DistillConfig
@@ -143,6 +145,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     from featcache.datasets.base import ClassSubset
 
     student, test, transform, dev, precision, state, config = load_run(run_dir, checkpoint, device, data_root)
+    _record_teacher_use(run_dir, config)
     student = student.to(dev)
     w = default_workers(dev) if workers is None else workers
     head = list(test.classes)  # what the checkpoint's logits cover
@@ -168,6 +171,13 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
             per_part[name] = ev
     return RunEvaluation(run_dir=str(run_dir), checkpoint=checkpoint, epoch=state.get("epoch", -1) + 1,
                          acc=overall.acc, loss=overall.loss, n=overall.n, parts=per_part)
+
+
+def _record_teacher_use(run_dir: Path, config: DistillConfig) -> None:
+    """An eval reads no cache, but it is a use of the run's teachers: recorded for `cache ls` and `cache gc` (the keys
+    come from a file anyone may have written: record_use ignores what is not a cache name)."""
+    keys = [t.get("key") for t in rundir.read_config(run_dir).get("teachers") or []]
+    record_use(config.cache_dir if config.cache_dir is not None else default_cache_dir(), keys)
 
 
 class _Columns(torch.nn.Module):

@@ -16,6 +16,7 @@ import torch
 
 from featcache import distributed
 from featcache.cache.format import PART_DATA
+from featcache.cache.leases import Lease
 from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
@@ -78,7 +79,9 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
     return default_transform(size, native_size=train.native_size)
 
 
-def setup(config: DistillConfig) -> Setup:
+def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
+    """``lease``: the caller's Lease, which the teachers' caches join as soon as they are found (before a shard is
+    read)."""
     from featcache.models.registry import get_entry
     from featcache.models.students import create_student, student_block_channels
 
@@ -92,6 +95,8 @@ def setup(config: DistillConfig) -> Setup:
     check_trainable(train)
     store = CacheStore(config.cache_dir, config.stores)
     caches = resolve_teachers(config.teachers, train, store) if config.teachers else []
+    if lease is not None:
+        lease.add(caches)
     for c in caches:  # before anything is built: a stale cache is the first thing to hear about
         c.check_dataset(train)
         c.check_content(train, config.content_check, seed=config.seed)

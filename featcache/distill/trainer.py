@@ -10,6 +10,9 @@ names. No teacher network is built in any of them (except ``--online``, for the 
 
 from __future__ import annotations
 
+from featcache.cache.leases import Lease
+from featcache.cache.store import default_cache_dir
+from featcache.cache.usage import record_use
 from featcache.config import DistillConfig
 from featcache.distill.engine import (  # noqa: F401 - re-exported
     DistillSummary,
@@ -35,6 +38,10 @@ from featcache.progress import Reporter
 from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # noqa: F401 - the run's files (re-exported)
 
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
-    """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json."""
-    with claim_run_dir(config):
-        return train(setup(config), reporter)
+    """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json. The caches
+    are leased while the run reads them (`cache rm` and `cache gc` leave them alone) and their use is recorded."""
+    with claim_run_dir(config), Lease(what="distill") as lease:
+        s = setup(config, lease=lease)
+        record_use(config.cache_dir if config.cache_dir is not None else default_cache_dir(),
+                   [c.key for c in s.caches])
+        return train(s, reporter)
