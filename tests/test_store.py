@@ -65,6 +65,9 @@ def test_a_read_only_shared_store_is_read_and_never_written(home, tmp_path, monk
         assert invoke("cache", "rm", key).exit_code == 0
         if real:
             subprocess.run(["mount", "-o", "remount,ro", str(shared)], check=True)
+        else:  # no mount rights: a tree nobody may write (how an admin marks a store read-only)
+            for p in [shared, *shared.rglob("*")]:
+                p.chmod(p.stat().st_mode & ~0o222)
         before = listing(shared)
         monkeypatch.setenv("FEATCACHE_PATH", str(shared))
         # Every reader: the re-extract finds it there, distill reads it, eval, verify, ls/info and the API.
@@ -86,6 +89,9 @@ def test_a_read_only_shared_store_is_read_and_never_written(home, tmp_path, monk
     finally:
         if real:
             umount(shared)
+        else:
+            for p in [shared, *shared.rglob("*")]:
+                p.chmod(p.stat().st_mode | 0o200)
 
 
 def test_store_flags_and_the_recipe_key_search_the_same_stack(home, tmp_path):

@@ -22,6 +22,7 @@ from featcache import distributed
 from featcache.cache.format import Manifest, ShardInfo, atomic_write_text
 from featcache.config import ExtractConfig
 from featcache.cache.store import CacheStore
+from featcache.cache.usage import record_use
 from featcache.extract.manifest import (
     fill_teacher_info,
     finish,
@@ -50,6 +51,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=
     plan = plan_extract(config, dataset=dataset, teacher=teacher, transform=transform, command=command)
     store = CacheStore(config.cache_dir, config.stores)
     load_manifest(plan.directory)  # a newer format's cache is never overwritten, not even with --force: an error
+    record_use(store, [plan.key])  # the last use, for `cache ls` and `cache gc` (personal store, best effort)
     found = None if config.force else _reuse(plan, store, reporter)
     if found is not None:
         return found
