@@ -135,7 +135,12 @@ class DistillConfig:
                                 negatable=True, runtime=True)
     compile: str = opt("none", "torch.compile the training step: none, default, reduce-overhead (CUDA graphs), "
                                "max-autotune.", runtime=True)
-    unlabeled: bool = opt(False, "Never read the training labels (aka; implied by it).")
+    unlabeled: bool = opt(False, "Never read the training labels (aka; implied by it). The same as --labels none.")
+    labels: str = opt("all", "Which training labels the run reads: all, none, N/class (the first N of each class), a "
+                             "fraction in (0, 1) of each class, or ids:FILE. The others train through the teacher "
+                             "terms only (docs/methods.md).")
+    labeled_share: float | None = opt(None, "Part of every batch drawn from the labelled samples (default: the "
+                                            "natural mix, each sample once per epoch).")
     aka_dim: int | None = opt(None, "aka: width of the aligned features (default: the student's).")
     tag: str = opt("", "A label for reports and run-directory names (recipes set it per [[distill]] block).",
                    cli=False, recipe=False)

@@ -37,6 +37,7 @@ class RunRecord:
     finished: bool
     images_per_s: float | None = None
     label: str = ""  # the method column: method, plus tag / noise images where set
+    labels: str = "all"  # the training labels it read (--labels): "all", or "3,000 of 50,000"
     signature: str = ""  # the run's whole configuration except its seed and where it ran
 
     def group(self) -> tuple:
@@ -80,7 +81,14 @@ def load_record(run_dir: str | Path) -> RunRecord:
         epochs_planned=summary["epochs"] if summary else len(curve), curve=curve, best_acc=curve[best],
         best_epoch=best + 1, final_acc=curve[-1], finished=summary is not None,
         images_per_s=statistics.mean(rate) if rate else None, label=label, signature=signature,
+        labels=_labels_cell(info.get("labels")),
     )
+
+
+def _labels_cell(record: dict | None) -> str:
+    if not record or record.get("labeled") == record.get("total"):
+        return "all"
+    return f"{record.get('labeled', 0):,} of {record.get('total', 0):,}"
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[Path]:
@@ -128,6 +136,7 @@ class Row:
             "model": r.model + (" (teacher)" if r.kind == "teacher" else ""),
             "method": (r.label or r.method) if r.kind == "student" else "fine-tune" + r.label[len(r.method):],
             "teachers": ", ".join(r.teachers) or "—",
+            "labels": r.labels,
             "dataset": r.dataset,
             "seeds": str(len(self.runs)),
             "epochs": ep,
@@ -136,7 +145,7 @@ class Row:
         }
 
 
-COLUMNS = ("model", "method", "teachers", "dataset", "seeds", "epochs", "best acc %", "final acc %")
+COLUMNS = ("model", "method", "teachers", "labels", "dataset", "seeds", "epochs", "best acc %", "final acc %")
 
 
 def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:

@@ -50,7 +50,7 @@ def read_json(path: Path, what: str = "file") -> dict[str, Any]:
 # What the readers of config.json rely on, by type (the run directory may come from someone else).
 _INFO_TYPES: dict[str, Any] = {"config": dict[str, Any], "transform": dict[str, Any], "student_kwargs": dict[str, Any],
                                "dataset": dict[str, dict[str, Any]], "teachers": list[dict[str, Any]], "kind": str,
-                               "method": str, "head_classes": list[str]}
+                               "method": str, "head_classes": list[str], "labels": dict[str, Any] | None}
 
 
 def read_config(run_dir: Path) -> dict[str, Any]:

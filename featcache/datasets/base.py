@@ -589,6 +589,17 @@ class ClassSubset(ImageDataset):
         return hashlib.sha256(base.encode() + np.asarray(self.rows, dtype="<i8").tobytes()).hexdigest()
 
 
+def first_of_each_class(targets: np.ndarray, want: np.ndarray) -> np.ndarray:
+    """Mask of the first ``want[c]`` samples of each class c, in sample order (a sample's rank within its class,
+    vectorised): CIFAR's ``train_per_class`` and distill's ``--labels N/class``."""
+    targets = np.asarray(targets, dtype=np.int64)
+    order = np.argsort(targets, kind="stable")
+    starts = np.searchsorted(targets[order], np.arange(len(want)))
+    rank = np.empty(len(targets), dtype=np.int64)
+    rank[order] = np.arange(len(targets)) - np.repeat(starts, np.bincount(targets, minlength=len(want)))
+    return rank < np.asarray(want)[targets]
+
+
 def split_classes(classes: Sequence[str], parts: int, seed: int = 0) -> list[list[str]]:
     """Split a class list into ``parts`` disjoint parts of (nearly) equal size, by a seeded permutation; each part
     keeps the dataset's class order."""

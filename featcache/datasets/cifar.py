@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from featcache.datasets.registry import register_dataset
-from featcache.datasets.base import ImageDataset, check_split
+from featcache.datasets.base import ImageDataset, check_split, first_of_each_class
 from featcache.datasets.folder import FileListDataset, class_dirs, scan_class_tree
 from featcache.errors import DatasetError
 
@@ -206,12 +206,9 @@ def _read_class_names(path: Path, v: _Variant) -> list[str]:
 
 def first_per_class(labels: np.ndarray, n: int) -> np.ndarray:
     """Indices of the first ``n`` samples of every class, in sample order (a deterministic smaller training set)."""
-    labels = np.asarray(labels)
-    order = np.argsort(labels, kind="stable")
-    starts = np.searchsorted(labels[order], np.arange(labels.max() + 1 if len(labels) else 0))
-    rank = np.empty(len(labels), dtype=np.int64)
-    rank[order] = np.arange(len(labels)) - np.repeat(starts, np.bincount(labels, minlength=len(starts)))
-    return np.flatnonzero(rank < n)
+    labels = np.asarray(labels, dtype=np.int64)
+    classes = int(labels.max()) + 1 if len(labels) else 0
+    return np.flatnonzero(first_of_each_class(labels, np.full(classes, n)))
 
 
 def _build_pickle(pdir: Path, split: str, v: _Variant, cls: type[CifarArrayDataset],

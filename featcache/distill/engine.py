@@ -27,7 +27,7 @@ from featcache.distill.loader import JoinedLoader, parse_bytes, shutdown_workers
 from featcache.distill.methods import Method, TeacherRows
 from featcache.config import DistillConfig
 from featcache.distill.evaluation import eval_loader, evaluate
-from featcache.distill.setup import Setup, default_run_dir, resident_default, validate
+from featcache.distill.setup import Setup, default_run_dir, resident_default, sampling_of, validate
 from featcache.errors import ConfigError, FeatcacheError, RunLockedError
 from featcache.locks import LOCK_FILE, DirLock
 from featcache.progress import Reporter
@@ -196,6 +196,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
         online_dtypes = [getattr(torch, c.manifest.dtype) for c in caches]
         caches = []  # no rows are read: the teachers make them
     resident = resident_default(config, s, caches) if config.resident is None else config.resident
+    sampling = sampling_of(s)
     workers = config.workers if config.workers is not None else default_workers(device)
     use_cpu_threads(device, 0 if resident else workers)  # resident: the workers only decode, before training
     if resident:
@@ -212,7 +213,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
         loader = ResidentLoader(
             s.train, caches, batch_size=config.batch_size, seed=config.seed, workers=workers, device=device,
             noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment, max_bytes=budget,
-            blocks=bool(config.student_blocks),
+            blocks=bool(config.student_blocks), sampling=sampling,
         )
     else:
         s.train.with_transform(Augment(config.augment, s.transform.geometry()))
@@ -220,7 +221,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
             s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
             device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
             noise_per_batch=config.noise_per_batch, transform=s.transform, blocks=bool(config.student_blocks),
-            views=config.views,
+            views=config.views, sampling=sampling,
         )
     total_epochs = method.total_epochs(config.epochs)
     opt = make_optimizer(config.optimizer, student.parameters(), config.lr, config)
@@ -295,7 +296,10 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         tests = eval_loader(s.test, s.transform, config.batch_size * 2, t.workers, device)
 
     start_epoch, best_acc, best_epoch, elapsed = 0, -1.0, 0, 0.0
-    unlabeled = config.unlabeled or not method.uses_labels
+    unlabeled = s.labels is not None and s.labels.count == 0
+    # Labels the run may not read (--labels) become -1 on the device before the method sees the batch.
+    hidden = (None if s.labels is None or s.labels.complete or unlabeled
+              else torch.from_numpy(~s.labels.mask).to(device))
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if config.resume:
@@ -336,10 +340,11 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             method.train()
             sums: dict[str, torch.Tensor] = {}
             correct = torch.zeros((), dtype=torch.int64, device=device)
+            labelled = torch.zeros((), dtype=torch.int64, device=device)  # the samples train accuracy counts
             seen = noise_seen = batches = 0
             # every loss of the epoch finite, kept on the device
             finite = torch.ones((), dtype=torch.bool, device=device)
-            reporter.start(len(s.train),
+            reporter.start(loader.images_per_epoch(),
                            (f"epoch {epoch + 1}/{total_epochs} "
                             f"{method.stage(epoch) if total_epochs != config.epochs else ''}").rstrip(),
                            unit="img")
@@ -348,14 +353,18 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 if unlabeled:
                     # Nothing downstream may read the training labels: hand the method a tensor of -1s.
                     batch.labels = torch.full_like(batch.labels, -1)
+                elif hidden is not None:  # noise rows (last) keep their teacher labels
+                    n = len(batch) - batch.num_noise
+                    batch.labels[:n] = batch.labels[:n].masked_fill(hidden[batch.index[:n]], -1)
                 loss, parts, logits = t.run_step(batch, epoch)
                 finite &= torch.isfinite(loss.detach()).all()  # no host sync: read where the loop syncs anyway
                 real = len(batch) - batch.num_noise
                 sums["loss"] = sums.get("loss", 0) + loss.detach().float() * len(batch)
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0) + v.float() * len(batch)
-                if not unlabeled:
+                if not unlabeled:  # a hidden label (-1) never equals an argmax
                     correct += (logits[:real].argmax(1) == batch.labels[:real]).sum()
+                    labelled += (batch.labels[:real] >= 0).sum()
                 seen += real
                 noise_seen += batch.num_noise
                 batches += 1
@@ -385,7 +394,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                 "stage": method.stage(epoch),
                 "train_loss": (sums["loss"] / denom).item() if "loss" in sums else None,
                 **{f"train_{k}": (v / denom).item() for k, v in sums.items() if k != "loss"},
-                "train_acc": None if unlabeled else correct.item() / max(seen, 1),
+                "train_acc": None if unlabeled else correct.item() / max(labelled.item(), 1),
                 "test_acc": ev.acc,
                 "test_loss": ev.loss,
                 "lr": opt.param_groups[0]["lr"],
@@ -423,7 +432,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
                                       run_dir / BEST)
             reporter.message(
                 f"epoch {epoch + 1}/{total_epochs}: loss {record['train_loss']:.4f} · "
-                f"{'' if unlabeled else f'train acc {correct.item() / max(seen, 1):.2%} · '}"
+                f"{'' if unlabeled else f'train acc {correct.item() / max(labelled.item(), 1):.2%} · '}"
                 f"test acc {ev.acc:.2%}{' (best)' if improved else ''} · {record['images_per_s'] or 0:,.0f} img/s"
             )
     finally:
@@ -490,6 +499,8 @@ def _write_config(run_dir: Path, s: Setup, loader: JoinedLoader) -> None:
         "student": s.student.describe() if hasattr(s.student, "describe") else s.config.student,
         "student_kwargs": s.student_kwargs,
         "kind": s.kind,
+        # --labels: which training labels the run read (spec, count, and a hash of those samples' ids)
+        "labels": s.labels.record(s.train.sample_ids) if s.labels is not None else None,
         "dataset": {"train": s.train.identity(), "test": s.test.identity()},
         "device": device_name(s.device),
         "precision": s.precision,

@@ -20,6 +20,7 @@ from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
 from featcache.distill.loader import Batch, check_noise_rows, epoch_plan, shutdown_workers, split_rows
+from featcache.distill.labels import Sampling, epoch_batches
 from featcache.errors import ConfigError
 from featcache.transforms import TransformSpec, check_augment, crop_pad, noise_batch
 
@@ -67,8 +68,10 @@ class ResidentLoader:
         max_bytes: int | None = None,
         check: bool = True,
         blocks: bool = False,
+        sampling: Sampling | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self.sampling = sampling
         check_augment(augment)
         self.dataset, self.caches = dataset, list(caches)
         self.batch_size, self.seed, self.drop_last = batch_size, seed, drop_last
@@ -121,18 +124,25 @@ class ResidentLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = -(-len(self.dataset) // distributed.context().world)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return len(self._index_batches())
 
-    def __iter__(self) -> Iterator[Batch]:
+    def images_per_epoch(self) -> int:
+        return sum(len(b) for b in self._index_batches())
+
+    def _index_batches(self) -> list[np.ndarray]:
+        """This epoch's batches of dataset indices: the host loader's order with --shuffle full (the same batches)."""
         ctx = distributed.context()
         plan = epoch_plan(len(self.dataset), seed=self.seed, epoch=self.epoch, shuffle="full", block_rows=1,
                           window_blocks=1)
         mine = distributed.shard_order(plan.order, ctx)  # under torchrun: this rank's share
-        n, bs = len(mine), self.batch_size
-        order = torch.from_numpy(np.ascontiguousarray(mine)).to(self.device)
+        rng = np.random.default_rng([self.seed, self.epoch, 4] + ([ctx.rank] if ctx.active else []))
+        return epoch_batches(mine, self.batch_size, self.drop_last, self.sampling, rng)
+
+    def __iter__(self) -> Iterator[Batch]:
+        ctx = distributed.context()
+        index_batches = self._index_batches()
         self._gen.manual_seed(int(np.random.default_rng([self.seed, self.epoch, 2]).integers(2**62)))
-        stops = range(bs, n + (0 if self.drop_last else bs), bs)
+        stops = range(len(index_batches))
         noise_order = None
         if self.noise is not None:
             # The host loader's draw, so both loaders pick the same noise rows for a seed.
@@ -140,8 +150,12 @@ class ResidentLoader:
             count, need = self.noise["count"], self.noise_per_batch * len(stops)
             perm = np.concatenate([rng.permutation(count) for _ in range(-(-need // count))])[:need]
             noise_order = torch.from_numpy(perm).to(self.device)
-        for k, s in enumerate(stops):
-            idx = order[s - bs : min(s, n)]
+        # One host-to-device copy of the whole epoch's order; every batch is a slice of it.
+        flat = torch.from_numpy(np.concatenate(index_batches) if index_batches else np.empty(0, np.int64))
+        flat = flat.to(self.device)
+        ends = np.cumsum([len(b) for b in index_batches])
+        for k, end in enumerate(ends):
+            idx = flat[end - len(index_batches[k]):end]
             images = device_augment(self.images.index_select(0, idx), self.augment, self._gen)
             labels = self.labels.index_select(0, idx)
             tables = [[t.index_select(0, idx) for t in table] for table in self.tables]

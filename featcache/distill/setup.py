@@ -21,6 +21,7 @@ from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.base import check_disjoint, check_trainable
+from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
 from featcache.runtime import parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
@@ -54,6 +55,35 @@ class Setup:
     precision: str
     student_kwargs: dict[str, Any]  # how load_run rebuilds the model: create_student(**kw) or, for kind "teacher",
     kind: str = "student"  # create_teacher(**kw) (featcache train-teacher)
+    labels: LabelSubset | None = None  # the training labels the run may read (None: all)
+
+
+def labels_of(config: DistillConfig, method_cls, train: ImageDataset) -> LabelSubset:
+    """The labelled subset of the training split (``--labels``, ``--unlabeled``), checked against the method."""
+    if config.unlabeled and config.labels != "all":
+        raise ConfigError(f"--unlabeled and --labels {config.labels}: give one (--unlabeled is --labels none)",
+                          flag="--labels")
+    spec = "none" if config.unlabeled or not method_cls.uses_labels else config.labels
+    if not method_cls.uses_labels and config.labels not in ("all", "none"):
+        raise ConfigError(f"--labels {config.labels}: --method {method_cls.name} reads no label", flag="--labels")
+    subset = select(spec, train.targets, train.sample_ids, train.num_classes)
+    if method_cls.uses_labels and subset.count == 0:
+        raise ConfigError(f"--labels {spec}: --method {method_cls.name} needs labels; use --method aka")
+    if config.labeled_share is not None and (subset.complete or subset.count == 0):
+        raise ConfigError("--labeled-share mixes labelled and unlabelled samples: give --labels a subset "
+                          "(e.g. 300/class)", flag="--labeled-share")
+    return subset
+
+
+def sampling_of(s: Setup) -> Sampling | None:
+    """How epochs visit the split: a labelled subset alone (no teacher term to train the others), or a fixed share of
+    every batch, or (None) every sample once."""
+    if s.labels is None or s.labels.complete or s.labels.count == 0:
+        return None
+    only = not s.caches  # ce, or any run without a teacher: the unlabelled samples would add nothing
+    if not only and s.config.labeled_share is None:
+        return None
+    return Sampling(s.labels.mask, s.config.labeled_share, only_labeled=only)
 
 
 def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, student_entry) -> TransformSpec:
@@ -128,8 +158,7 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     entry = get_entry("student", config.student)
     transform = _transform_for(config, caches, train, entry)
     dims = [c.num_features for c in caches]
-    if config.unlabeled and method_cls.uses_labels:
-        raise ConfigError(f"--unlabeled: --method {method_cls.name} needs labels; use --method aka")
+    labels = labels_of(config, method_cls, train)
     params = method_params(config, **method_cls.prepare(caches, train, head, config))
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
@@ -149,7 +178,8 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     method = method_cls(student, dims, len(head), params)
     device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
-    return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs)
+    return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs,
+                 labels=labels)
 
 
 def _positive(flag: str, value: float | None) -> None:
@@ -184,6 +214,7 @@ def validate(config: DistillConfig) -> None:
     check_choice("--shuffle", config.shuffle, SHUFFLES)
     check_choice("--cache-mode", config.cache_mode, MODES)
     parse_bytes(config.cache_ram)
+    check_spec(config.labels, config.labeled_share)
     method_params(config).check()
     Augment(config.augment)  # validates the name
 

@@ -17,6 +17,7 @@ from featcache.errors import CacheMismatchError, ConfigError, check_at_least, ch
 from featcache.runtime import default_workers
 from featcache.transforms import TransformSpec, noise_image
 from featcache.views import ViewSpec, apply_view, view_params, view_part
+from featcache.distill.labels import Sampling, epoch_batches
 from featcache.distill.loader.order import SHUFFLES, EpochPlan, epoch_plan
 from featcache.distill.loader.staging import PinnedStaging, split_rows
 from featcache.distill.loader.tables import MODES, InMemoryTable, OutOfCoreTable
@@ -154,6 +155,7 @@ class JoinedLoader:
         check: bool = True,
         blocks: bool = False,
         views: bool = False,
+        sampling: Sampling | None = None,
     ) -> None:
         check_choice("--shuffle", shuffle, SHUFFLES)
         check_choice("--cache-mode", mode, MODES)
@@ -166,6 +168,7 @@ class JoinedLoader:
         self.drop_last = drop_last
         self.block_rows = block_rows
         self.noise_per_batch = noise_per_batch
+        self.sampling = sampling
         self.epoch = 0
         if check:
             for cache in self.caches:
@@ -199,6 +202,9 @@ class JoinedLoader:
             )
         if shuffle == "auto":
             shuffle = "block" if "disk" in modes else "full"
+        if sampling is not None and sampling.share is not None and "disk" in modes:
+            raise ConfigError("--labeled-share draws labelled rows out of order: it needs the teacher tables in RAM "
+                              "(--cache-mode ram, and a larger --cache-ram if they do not fit)")
         if shuffle == "full" and "disk" in modes:
             raise ConfigError(
                 f"the teacher tables need {sum(need) / 2**30:.1f} GiB but --cache-ram allows {budget / 2**30:.1f} GiB; "
@@ -244,25 +250,38 @@ class JoinedLoader:
         self.epoch = epoch
 
     def __len__(self) -> int:
+        if self.sampling is not None:  # labelled-only or a fixed labelled share: count this epoch's batches
+            return len(self._index_batches()[1])
         ctx = distributed.context()
         n = -(-len(self.dataset) // ctx.world)  # this rank's share (the whole epoch outside torchrun)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _batches(self) -> list[list[int]]:
+    def images_per_epoch(self) -> int:
+        """Dataset samples one epoch visits on this rank (noise images not counted)."""
+        if self.sampling is not None:
+            return sum(len(b) for b in self._index_batches()[1])
+        return -(-len(self.dataset) // distributed.context().world)
+
+    def _index_batches(self) -> tuple[EpochPlan, list[np.ndarray]]:
+        """This epoch's plan and its batches of dataset indices (this rank's share under torchrun)."""
         plan = epoch_plan(
             len(self.dataset), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle,
             block_rows=self.block_rows, window_blocks=self.window_blocks,
         )
-        self._plan = plan
         ctx = distributed.context()
         order = distributed.shard_order(plan.order, ctx)  # under torchrun: this rank's share of the epoch
-        n, bs = len(order), self.batch_size
-        stops = range(bs, n + (0 if self.drop_last else bs), bs)
+        rng = np.random.default_rng([self.seed, self.epoch, 4] + ([ctx.rank] if ctx.active else []))
+        return plan, epoch_batches(order, self.batch_size, self.drop_last, self.sampling, rng)
+
+    def _batches(self) -> list[list[int]]:
+        plan, index_batches = self._index_batches()
+        self._plan = plan
+        ctx = distributed.context()
         if self.views is not None:
             # One cached view per sample per epoch, uniformly (view 0 included), the same on every rank.
             choice = np.random.default_rng([self.seed, self.epoch, 3]).integers(0, self.k, size=len(self.dataset))
-            order = order + choice[order] * len(self.dataset)
-        batches = [order[s - bs : min(s, n)].tolist() for s in stops]
+            index_batches = [b + choice[b] * len(self.dataset) for b in index_batches]
+        batches = [b.tolist() for b in index_batches]
         if self.noise_per_batch:
             count = min(c.num_rows(PART_NOISE) for c in self.caches)
             rng = np.random.default_rng([self.seed, self.epoch, 1] + ([ctx.rank] if ctx.active else []))

@@ -118,8 +118,12 @@ class Method(nn.Module):
 
 
 def xent(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy averaged over the batch (Eq. 1 of the multi-teacher paper, Eq. 4 of TS-Learning)."""
-    return F.cross_entropy(logits.float(), y)
+    """Softmax cross-entropy averaged over the batch's labelled samples (Eq. 1 of the multi-teacher paper, Eq. 4 of
+    TS-Learning). Label -1 marks a sample whose label the run may not read (``--labels``): it adds nothing, and a
+    batch without a labelled sample gives 0 (not the NaN of an empty mean)."""
+    labelled = (y >= 0).sum()
+    total = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum")
+    return total / labelled.clamp(min=1)
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
