@@ -237,3 +237,27 @@ def test_locks_left_by_another_host(home, tmp_path):
     os.utime(run / ".lock", (old, old))
     one_line_error(invoke("distill", *DISTILL, "--teacher", key, "--run-dir", run), "pid 77 on host gpu-node-3",
                    "delete")
+
+
+def test_a_traversal_manifest_in_a_shared_store_is_refused(home, tmp_path, monkeypatch):
+    """The trust rules hold for every store of the stack: a shared store's manifest naming a shard out of its
+    directory is refused by distill, verify and the API, and nothing outside is read."""
+    from featcache import api
+    from featcache.errors import CacheError
+
+    key = extract_key()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
+    assert invoke("cache", "rm", key).exit_code == 0
+    outside = tmp_path / "x.h5"
+    outside.write_bytes((shared / key / "data-00000.h5").read_bytes())
+    m = json.loads((shared / key / "manifest.json").read_text())
+    m["shards"][0]["file"] = os.path.relpath(outside, shared / key)
+    (shared / key / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setenv("FEATCACHE_PATH", str(shared))
+    one_line_error(invoke("distill", *DISTILL, "--teacher", key, "--run-dir", tmp_path / "r"), "data-00000.h5")
+    r = invoke("cache", "verify", key)
+    assert r.exit_code in (1, 2) and "data-00000.h5" in " ".join(r.output.split()) and "Traceback" not in r.output
+    with pytest.raises(CacheError, match="data-00000.h5"):
+        api.RowJoin([key], check=False)
