@@ -21,12 +21,12 @@ from pathlib import Path
 
 from featcache.cache.format import is_cache_key
 from featcache.cache.install import INCOMING, discard, host, make_dir, parse_incoming, pid_alive
+from featcache.cache.leases import TRASH  # a replaced cache waits there for its removal (invisible to lookups)
 from featcache.errors import CacheError
 from featcache.locks import HEARTBEAT, REMOTE_STALE, unwritable
 from featcache.progress import Reporter
 
 HEARTBEAT_FILE = ".heartbeat"
-TRASH = ".trash"  # a replaced cache waits here for its removal (invisible to lookups)
 _ACTIVE: set[str] = set()  # work directories open in this process (an earlier failed extract's is adoptable)
 
 
