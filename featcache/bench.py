@@ -361,8 +361,10 @@ def bench_distill(
 # -- join ------------------------------------------------------------------------------------------------------------
 
 
-def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard_rows: int = 4096, seed: int = 0):
-    """A complete cache of random fp16 features / fp32 logits written by the real writer (benchmarks, tests)."""
+def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard_rows: int = 4096, seed: int = 0,
+                       identity: dict | None = None):
+    """A complete cache of random fp16 features / fp32 logits written by the real writer (benchmarks, tests); its
+    key is the directory's name (give the ``identity`` it is the hash of for a cache that `cache import` accepts)."""
     import numpy as np
 
     from featcache.cache.format import PART_DATA, Manifest, TeacherInfo
@@ -371,9 +373,10 @@ def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     key = directory.name
+    identity = identity or {"bench": key}
     m = Manifest(
-        key=key, identity={"bench": key}, teacher=TeacherInfo("random", {"source": "random"}, "random", dim, classes,
-                                                               None, "unknown"),
+        key=key, identity=identity, teacher=TeacherInfo("random", {"source": "random"}, "random", dim, classes,
+                                                        None, "unknown"),
         dataset={"name": "bench", "split": "train"}, classes=[str(c) for c in range(classes)],
         transform={"image_size": 0}, dtype="float16", logits_dtype="float32", precision="fp32",
         shard_rows=shard_rows, rows={PART_DATA: rows}, noise=None,

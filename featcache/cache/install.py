@@ -25,7 +25,7 @@ import socket
 import stat
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from featcache.cache.format import MANIFEST, Manifest, canonical_json, fsync_dir, is_cache_key, shard_path
 from featcache.errors import CacheError
@@ -74,9 +74,11 @@ def key_matches_identity(manifest: Manifest) -> bool:
     return manifest.key.rsplit("-", 1)[-1] == digest
 
 
-def check_complete(directory: Path, key: str, progress: Callable[[int], None] | None = None) -> Manifest:
+def check_complete(directory: Path, key: str, progress: Callable[[int], None] | None = None,
+                   hashed: Mapping[str, str] | None = None) -> Manifest:
     """The manifest of a complete cache of ``key`` in ``directory`` whose every shard has its recorded size and
-    sha256, and nothing else but those files; else CacheError saying what is wrong."""
+    sha256, and nothing else but those files; else CacheError saying what is wrong. ``hashed``: the sha256 of shards
+    the caller wrote into its private ``directory`` and hashed from the very bytes it wrote (not read again)."""
     m = Manifest.load(directory)
     if m.key != key:
         raise CacheError(f"{directory}: its manifest names the key {m.key}, not {key}")
@@ -91,7 +93,8 @@ def check_complete(directory: Path, key: str, progress: Callable[[int], None] | 
         raise CacheError(f"cache {key}: unexpected file {extra[0]!r} next to its shards")
     for s in m.shards:
         path = shard_path(directory, s)
-        if not path.is_file() or path.stat().st_size != s.bytes or file_sha256(path) != s.sha256:
+        digest = (hashed or {}).get(s.file)
+        if not path.is_file() or path.stat().st_size != s.bytes or (digest or file_sha256(path)) != s.sha256:
             raise CacheError(f"cache {key}: shard {s.file} does not match its manifest (size or sha256)")
         if progress is not None:
             progress(s.bytes)

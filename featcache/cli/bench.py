@@ -1,4 +1,4 @@
-"""`featcache bench extract|distill|join|trust`: throughput next to its limit, as tables and JSON."""
+"""`featcache bench extract|distill|join|trust|store`: throughput next to its limit, as tables and JSON."""
 
 from __future__ import annotations
 
@@ -222,4 +222,40 @@ def bench_trust_cmd(
     for key, x in r["results"].items():
         table.add_row(key, when[key], f"{x['seconds']:.3f}", f"{x['fraction_of_extract']:.2%}")
     out.print(table)
+    write_json(json_out, r)
+
+
+@bench_app.command("store")
+@user_errors
+def bench_store_cmd(
+    size_mib: int = typer.Option(512, "--size-mib", help="Size of the synthetic cache exported and imported."),
+    repeats: int = typer.Option(3, "--repeats", help="Rounds (copy, export, import each); medians are shown."),
+    keys: int = typer.Option(1000, "--keys", help="Tiny caches listed by the `cache ls` timing."),
+    scratch: Optional[Path] = typer.Option(
+        None, "--scratch", help="Where to write the scratch store (default: the temp dir; its disk is measured)."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
+) -> None:
+    """`cache export` / `cache import` MB/s next to shutil.copyfile of the same files (bare, and + fsync), in one
+    process, warm page cache; and `cache ls` over many keys."""
+    from featcache.bench_store import bench_store
+    from featcache.progress import RichReporter
+
+    r = bench_store(size_mib=size_mib, repeats=repeats, keys=keys, directory=scratch,
+                    reporter=RichReporter(err, transient=True))
+    table = Table(title=f"store: a {r['cache_bytes'] / 2**20:,.0f} MiB cache ({r['shards']} shards), "
+                        f"{r['cpus']} CPUs, warm page cache; median of {r['repeats']} rounds, load "
+                        f"{' → '.join(str(x) for x in r['load_1min'])}", title_justify="left")
+    for col in ("operation", "MB/s", "seconds", "vs copyfile", "vs copyfile + fsync"):
+        table.add_column(col, justify="left" if col == "operation" else "right", no_wrap=col == "operation")
+    labels = {"copy": "limit: shutil.copyfile of its files", "copy_fsync": "  the same + fsync of every copy",
+              "export": "featcache cache export (sha256 checked)", "import": "featcache cache import (all checks)"}
+    for key, label in labels.items():
+        x = r["results"][key]
+        table.add_row(label, f"{x['mb_per_s']:,.0f}", f"{x['seconds']:.3f}",
+                      f"{x['vs_copy']:.2f}" if "vs_copy" in x else "", f"{x['vs_copy_fsync']:.2f}" if "vs_copy" in x
+                      else "")
+    out.print(table)
+    ls = r["ls"]
+    out.print(f"cache ls over {ls['keys']:,} caches: {ls['cli_seconds']:.2f} s for the command in a fresh process "
+              f"(listing the store: {ls['entries_seconds']:.2f} s)", highlight=False)
     write_json(json_out, r)

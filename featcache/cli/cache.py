@@ -286,3 +286,58 @@ def cache_publish(
         reporter.stop()
     verb = "published" if result.new else "already published (the same cache)"
     out.print(f"{verb}: {result.key} → {result.directory} ({human_bytes(result.bytes)})", highlight=False)
+
+
+@cache_app.command("export")
+@user_errors
+def cache_export(
+    key: str = typer.Argument(..., help="Cache key or unique prefix."),
+    output: Path = typer.Option(..., "--output", "-o", help="The archive file to write (- for stdout)."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
+) -> None:
+    """Write a cache into one file (a tar: index, manifest, shards), every shard's sha256 checked as it is read."""
+    from featcache.cache.archive import export_cache
+    from featcache.cli.app import err
+    from featcache.progress import RichReporter
+
+    store = _store(cache_dir, stores)
+    entry = store.locate(key)
+    to_stdout = str(output) == "-"
+    reporter = RichReporter(transient=True)
+    reporter.start(entry.manifest.total_bytes() if entry.manifest else 0, f"export {entry.key}", unit="B")
+    try:
+        result = export_cache(store, entry.key, None if to_stdout else output, progress=reporter.advance)
+    finally:
+        reporter.stop()
+    (err if to_stdout else out).print(f"exported {result.key} → {result.path or 'stdout'} "
+                                      f"({human_bytes(result.bytes)})", highlight=False)
+
+
+@cache_app.command("import")
+@user_errors
+def cache_import(
+    archive: Path = typer.Argument(..., help="An archive written by `featcache cache export` (- for stdin)."),
+    to: Optional[Path] = typer.Option(None, "--to", help="The store to import into (default: the personal store)."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+) -> None:
+    """Import an archive (from anyone: every member checked) into a store, visible only once verified."""
+    from featcache.cache.archive import import_archive
+    from featcache.locks import unwritable
+    from featcache.progress import RichReporter
+
+    target = to
+    if target is None:
+        target = _store(cache_dir).root
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise unwritable(target, exc, "store") from None
+    reporter = RichReporter(transient=True)
+    reporter.start(archive.stat().st_size if archive.is_file() else 0, f"import {archive.name}", unit="B")
+    try:
+        result = import_archive(None if str(archive) == "-" else archive, target, progress=reporter.advance)
+    finally:
+        reporter.stop()
+    verb = "imported" if result.new else "already there (the same cache)"
+    out.print(f"{verb}: {result.key} → {result.path} ({human_bytes(result.bytes)})", highlight=False)
