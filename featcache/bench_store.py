@@ -132,19 +132,27 @@ def bench_ls(root: Path, keys: int, repeats: int) -> dict[str, Any]:
     store's listing alone, medians of ``repeats``."""
     many_caches(root, keys)
     command = [sys.executable, "-m", "featcache", "cache", "ls", "--cache-dir", str(root)]
+    # gc over the same keys, as a dry run with a budget that would remove half of them: it orders every cache by last
+    # use and checks each for readers (leases), which is what a real gc does before it deletes
+    budget = str(sum(p.stat().st_size for p in root.rglob("*.h5")) // 2)
+    gc_command = [sys.executable, "-m", "featcache", "cache", "gc", "--cache-dir", str(root), "--max-size", budget,
+                  "--dry-run"]
     env = {**os.environ, "FEATCACHE_PATH": ""}
-    cli, entries = [], []
+    cli, entries, gc = [], [], []
     for _ in range(repeats):
         start = time.perf_counter()
         subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
         cli.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        subprocess.run(gc_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
+        gc.append(time.perf_counter() - start)
         start = time.perf_counter()
         listed = CacheStore(root, shared_env=False).entries()
         entries.append(time.perf_counter() - start)
     if len(listed) != keys:
         raise RuntimeError(f"cache ls listed {len(listed)} caches of {keys}")
     return {"keys": keys, "cli_seconds": _median(cli), "entries_seconds": _median(entries), "all_cli_seconds": cli,
-            "all_entries_seconds": entries}
+            "all_entries_seconds": entries, "gc_dry_run_seconds": _median(gc), "all_gc_dry_run_seconds": gc}
 
 
 def bench_store(*, size_mib: int = 512, repeats: int = 3, keys: int = 1000, directory: Path | None = None,

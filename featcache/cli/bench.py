@@ -257,5 +257,6 @@ def bench_store_cmd(
     out.print(table)
     ls = r["ls"]
     out.print(f"cache ls over {ls['keys']:,} caches: {ls['cli_seconds']:.2f} s for the command in a fresh process "
-              f"(listing the store: {ls['entries_seconds']:.2f} s)", highlight=False)
+              f"(listing the store: {ls['entries_seconds']:.2f} s); cache gc --dry-run over them: "
+              f"{ls['gc_dry_run_seconds']:.2f} s", highlight=False)
     write_json(json_out, r)
