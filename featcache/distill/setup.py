@@ -68,7 +68,8 @@ def labels_of(config: DistillConfig, method_cls, train: ImageDataset) -> LabelSu
         raise ConfigError(f"--labels {config.labels}: --method {method_cls.name} reads no label", flag="--labels")
     subset = select(spec, train.targets, train.sample_ids, train.num_classes)
     if method_cls.uses_labels and subset.count == 0:
-        raise ConfigError(f"--labels {spec}: --method {method_cls.name} needs labels; use --method aka")
+        said = "--unlabeled" if config.unlabeled else f"--labels {spec}"
+        raise ConfigError(f"{said}: --method {method_cls.name} needs labels; use --method aka")
     if config.labeled_share is not None and (subset.complete or subset.count == 0):
         raise ConfigError("--labeled-share mixes labelled and unlabelled samples: give --labels a subset "
                           "(e.g. 300/class)", flag="--labeled-share")
