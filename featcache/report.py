@@ -156,12 +156,20 @@ def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:
     return list(rows.values())
 
 
+def columns(rows: list[Row]) -> tuple[str, ...]:
+    """The table's columns: "labels" only when a run read the labels of a subset (--labels)."""
+    if any(r.first.labels != "all" for r in rows):
+        return COLUMNS
+    return tuple(c for c in COLUMNS if c != "labels")
+
+
 def markdown_table(rows: list[Row]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |",
-             "| " + " | ".join("---:" if c.endswith("%") else "---" for c in COLUMNS) + " |"]
+    cols = columns(rows)
+    lines = ["| " + " | ".join(cols) + " |",
+             "| " + " | ".join("---:" if c.endswith("%") else "---" for c in cols) + " |"]
     for row in rows:
         cells = row.cells()
-        lines.append("| " + " | ".join(cells[c] for c in COLUMNS) + " |")
+        lines.append("| " + " | ".join(cells[c] for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

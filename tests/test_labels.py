@@ -150,3 +150,13 @@ def test_labels_are_checked_like_flags(tmp_path, store, key):
     data["distill"][0]["options"] = {"labels": "many"}
     with pytest.raises(ConfigError, match="options.labels"):
         parse_pipeline(data)
+
+
+def test_report_shows_the_labels_column_only_when_a_run_read_a_subset(tmp_path, store, monkeypatch):
+    from featcache.report import build_rows, load_record, markdown_table
+
+    full, _ = run(tmp_path, None, monkeypatch, method="ce")
+    part, _ = run(tmp_path, None, monkeypatch, method="ce", labels="5/class")
+    assert "labels" not in markdown_table(build_rows([load_record(full.run_dir)])).splitlines()[0]
+    table = markdown_table(build_rows([load_record(full.run_dir), load_record(part.run_dir)]))
+    assert "| labels |" in table and "| 20 of 60 |" in table and "| all |" in table

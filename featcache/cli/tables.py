@@ -18,11 +18,12 @@ def print_task_table(rows: list, title: str) -> None:
 
 
 def print_rows(rows, title: str) -> None:
-    from featcache.report import COLUMNS
+    from featcache.report import columns
 
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)  # no side borders: fits 80 columns
     cells = [row.cells() for row in rows]
-    for col in COLUMNS:
+    cols = columns(rows)
+    for col in cols:
         numeric = col.endswith("%") or col in ("seeds", "epochs")
         # On a narrow terminal the numbers wrap at their spaces ("59.17 ±" / "23.72") and the names stay whole:
         # a truncated "convnet…" could be any of several models.
@@ -30,5 +31,5 @@ def print_rows(rows, title: str) -> None:
         width = max(len(w) for w in words)  # no word is ever cut
         table.add_column(col, justify="right" if numeric else "left", min_width=width, no_wrap=not numeric)
     for c in cells:
-        table.add_row(*(c[col] for col in COLUMNS))
+        table.add_row(*(c[col] for col in cols))
     out.print(table)
