@@ -172,9 +172,9 @@ def test_every_config_field_is_reachable_from_the_cli_and_from_recipes():
                    "stores"}  # [pipeline] stores
     group = typer.main.get_command(app)
     for name, cls, recipe_fields in (
-        ("extract", ExtractConfig, pipeline._EXTRACT_FIELDS),
-        ("distill", DistillConfig, pipeline._DISTILL_FIELDS),
-        ("train-teacher", TeacherConfig, pipeline._TRAIN_FIELDS),
+        ("extract", ExtractConfig, pipeline.EXTRACT_FIELDS),
+        ("distill", DistillConfig, pipeline.DISTILL_FIELDS),
+        ("train-teacher", TeacherConfig, pipeline.TRAIN_FIELDS),
     ):
         command = group.commands[name]
         options = {opt for p in command.params for opt in p.opts}

@@ -1,0 +1,77 @@
+"""Where a recipe's errors point and how its values resolve: paths against the recipe file's own folder, weights,
+dataset options and class lists checked as their flags are."""
+
+from __future__ import annotations
+
+import os
+import typing
+from pathlib import Path
+from typing import Any
+
+from featcache.errors import ConfigError
+from featcache.flags import check_type
+
+
+def expand(value: str) -> str:
+    return os.path.expandvars(os.path.expanduser(value))
+
+
+def _is_path_type(tp: Any) -> bool:
+    return tp is Path or Path in typing.get_args(tp)
+
+
+_CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")  # what resolve_weights takes for a file
+
+
+class Recipe:
+    """Where a recipe's errors point and its relative paths resolve: the recipe file's own folder (a recipe given
+    as data, e.g. the demo's, keeps them relative to the working directory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.where = f"recipe {path}" if path else "recipe"
+        self.folder = Path(os.path.abspath(path)).parent if path else None
+
+    def path(self, value: str) -> Path:
+        p = Path(expand(value))
+        return p if p.is_absolute() or self.folder is None or "$" in str(p) else self.folder / p
+
+    def weights(self, value: str, teacher: str) -> str:
+        """``weights``: a file (or a run directory for the ``run`` teacher) resolves against the recipe's folder;
+        torchvision weight names, ``random`` and ``teacher:NAME`` stay as written."""
+        from featcache.models.registry import get_entry
+
+        expanded = expand(value)
+        if value.startswith("teacher:") or value == "random" or "$" in expanded:
+            return expanded  # an unset variable is left for --weights' own error
+        entry = get_entry("teacher", teacher)
+        pathlike = (("/" in expanded or os.sep in expanded or Path(expanded).suffix in _CHECKPOINT_SUFFIXES)
+                    or (entry is not None and entry.weights_are_run)
+                    or (self.folder is not None and (self.folder / expanded).exists()))
+        return str(self.path(expanded)) if pathlike else expanded
+
+    def dataset_options(self, dataset: str, options: dict, label: str) -> dict:
+        """Dataset options checked against the builder's declared options and types; path options resolved."""
+        from featcache.datasets.registry import dataset_option_types
+
+        declared = dataset_option_types(dataset)
+        unknown = sorted(set(options) - set(declared))
+        if unknown:
+            raise ConfigError(f"{label}: dataset {dataset!r} does not take option {unknown[0]!r}; its options: "
+                              f"{', '.join(sorted(declared)) or 'none'}")
+        out = {}
+        for k, v in options.items():
+            v = check_type(declared[k], v, f"{label}.{k}")
+            out[k] = str(self.path(v)) if _is_path_type(declared[k]) and isinstance(v, str) else v
+        return out
+
+    def classes(self, value: Any, parts: set[str], label: str) -> Any:
+        """A teacher's ``train.classes`` / a task: a part name of [classes], a list of names, or a file of names
+        (resolved, and required to exist now rather than after the stages before it have run)."""
+        value = check_type(str | list[str], value, label)
+        if isinstance(value, list) or value in parts:
+            return value
+        path = self.path(value)
+        if not path.is_file():
+            known = f"a part of [classes] ({', '.join(sorted(parts))}), " if parts else ""
+            raise ConfigError(f"{label} {value!r}: neither {known}a list of class names nor a file of them")
+        return str(path)

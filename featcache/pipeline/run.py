@@ -1,0 +1,131 @@
+"""Running a recipe's plan: every stage that is not done, in order, then the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
+from featcache.rundir import CONFIG, METRICS, SUMMARY
+from featcache.errors import ConfigError
+from featcache.pipeline.plan import (
+    extract_config,
+    job_config,
+    job_differs,
+    move_stale,
+    plan,
+    stale_message,
+    teacher_config,
+)
+from featcache.pipeline.recipe import Pipeline, TeacherSpec, distill_jobs, recipe_terms
+from featcache.progress import Reporter
+
+
+
+def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None,
+                 reporter: Reporter | None = None, log=print, rerun_stale: bool = False) -> dict[str, Any]:
+    """Execute every stage that is not done, in order; returns the report paths and the distill run directories.
+
+    Stale stages (outputs made with other values than the recipe now asks, see ``plan``) are refused before anything
+    runs, unless ``rerun_stale``: their directories are then moved under RUNS/.stale/ and the stages run again."""
+    from featcache.extract import extract
+    from featcache.teach import train_teacher
+    from featcache.distill.trainer import distill
+
+    reporter = reporter or Reporter()
+    stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
+    stale = [s for s in stages if s.state == "stale"]
+    if stale and not rerun_stale:
+        raise ConfigError(stale_message(p, stale))
+    if stale:
+        for src, dst in move_stale(p, stale):
+            log(f"[stale] {src} moved to {dst}")
+        stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
+    keys: dict[str, str] = {}
+    for stage in stages:
+        if stage.kind == "teacher" and stage.state != "done":
+            t: TeacherSpec = stage.payload
+            log(f"[teacher] {t.name}: {'resuming' if stage.state == 'resume' else 'training'} {t.teacher}")
+            tc = teacher_config(p, t, device=device, workers=workers, run_dir=stage.run_dir,
+                                resume=stage.state == "resume")
+            with recipe_terms(TeacherConfig, f"[[teachers]] {t.name!r} train."):
+                train_teacher(tc, reporter)
+        elif stage.kind == "extract":
+            t = stage.payload
+            cfg = extract_config(p, t, cache_dir, device, workers)
+            with recipe_terms(ExtractConfig, f"[[teachers]] {t.name!r} extract."):
+                result = extract(cfg, reporter)
+            keys[t.name] = result.key
+            log(f"[extract] {t.name}: {'cache ' + result.key + ' reused' if result.reused else 'wrote ' + result.key}")
+        elif stage.kind == "distill":
+            job = stage.payload
+            if stage.state == "done":
+                continue
+            log(f"[distill] {stage.name}: {'resuming' if stage.state == 'resume' else 'starting'}")
+            config = job_config(p, job, keys, run_dir=stage.run_dir, resume=stage.state == "resume",
+                                cache_dir=cache_dir, device=device, workers=workers)
+            with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
+                summary = distill(config, reporter)
+            log(f"[distill] {stage.name}: {summary.line()}")
+        elif stage.kind == "amalgamate":
+            result = _amalgamate(p, keys, cache_dir, device, workers, reporter, log)
+    report = write_report(p)
+    if p.amalgamate is not None:
+        report["amalgamate"] = result.table
+        report["amalgamate_markdown"] = _write_task_table(p, result.table)
+    return report
+
+
+def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, reporter, log) -> dict[str, Any]:
+    from featcache.amalgamate import AmalgamateConfig, amalgamate
+
+    a = p.amalgamate
+    tasks = {k: p.resolve_classes(v) for k, v in a["tasks"].items()} if a.get("tasks") else p.parts()
+    cfg = AmalgamateConfig(
+        teachers=[keys[t] for t in a["teachers"]], parts=tasks, student=a.get("student", "resnet18"),
+        component_student=a.get("component_student"), dataset=p.dataset, data_root=p.data_root,
+        dataset_options=dict(p.dataset_options), epochs=a.get("epochs", 30), component_epochs=a.get("component_epochs"),
+        options=dict(a.get("options", {})), cache_dir=cache_dir, stores=list(p.stores),
+        run_dir=p.runs_dir / "amalgamate", device=device,
+        workers=workers,
+    )
+    return amalgamate(cfg, reporter, log=log)
+
+
+def distill_runs(p: Pipeline) -> list[Path]:
+    """The recipe's distill run directories that have finished at least one epoch, as the recipe now asks: a run
+    made with other values (a stale one, see ``plan``) is never mixed into the report."""
+    out = []
+    for job in distill_jobs(p.distill):
+        d = p.runs_dir / job.name
+        if ((d / SUMMARY).is_file() or (d / METRICS).is_file()) and not (
+                (d / CONFIG).is_file() and job_differs(p, job, d, keys=None)):
+            out.append(d)
+    return out
+
+
+def _write_task_table(p: Pipeline, table) -> Path:
+    """The amalgamation's per-task table as markdown next to the runs (amalgamate.md)."""
+    lines = ["| task | classes | source teacher(s) % | component % | target % |", "| --- | ---: | ---: | ---: | ---: |"]
+    lines += ["| " + " | ".join(row.cells()) + " |" for row in table]
+    path = p.runs_dir / "amalgamate.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# {p.report.get('title', p.name)}: per-task test accuracy\n\n" + "\n".join(lines) + "\n")
+    return path
+
+
+def write_report(p: Pipeline) -> dict[str, Any]:
+    from featcache.report import build_rows, load_record, markdown_table, plot_curves
+
+    records = [load_record(d) for d in distill_runs(p)]
+    out: dict[str, Any] = {"runs": [str(r.run_dir) for r in records], "rows": build_rows(records)}
+    if not records:
+        return out
+    md = p.runs_dir / p.report.get("markdown", "report.md")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    title = p.report.get("title", p.name)
+    md.write_text(f"# {title}\n\n{markdown_table(out['rows'])}")
+    out["markdown"] = md
+    if p.report.get("plot"):
+        out["plot"] = plot_curves(records, p.runs_dir / p.report["plot"], title)
+    return out
