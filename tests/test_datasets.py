@@ -661,7 +661,7 @@ def _encoded(fmt: str, pixels: np.ndarray, **kw) -> bytes:
 
 
 def test_image_sizes_are_read_from_headers_without_decoding(monkeypatch):
-    from featcache.datasets import base
+    from featcache.datasets import images as base  # where every format decodes
 
     px = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
     cases = {"png": ("PNG", {}), "jpeg": ("JPEG", {}), "progressive": ("JPEG", {"progressive": True}),
