@@ -26,7 +26,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from featcache.cache.format import FEATURES, LOGITS
+from featcache.cache.codec import dequantise
+from featcache.cache.format import FEATURE_SCALE, FEATURES, LOGITS
 from featcache.cache.leases import Lease
 from featcache.cache.reader import FeatureCache
 from featcache.cache.store import CacheStore
@@ -317,16 +318,25 @@ class RowJoin:
             self.fields = tuple(fields)
             from featcache.distill.loader import InMemoryTable
 
-            self.tables = [InMemoryTable(c, "data", self.fields) for c in self.caches]
+            # int8 caches keep their int8 rows and scales in RAM; join() dequantises each batch's rows.
+            self.tables = [InMemoryTable(c, "data", c.stored_fields(self.fields)) for c in self.caches]
 
     def __len__(self) -> int:
         return self.num_rows
 
     def join(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes):
-        a 1-D sequence of integers in [0, len(self)). Anything else (floats, a boolean mask, an index past the end)
-        is a :class:`RowIndexError`, never a truncated, wrapped or reinterpreted gather."""
-        return [dict(zip(self.fields, t.gather(self.check_indices(indices)))) for t in self.tables]
+        """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes; an
+        int8 cache's features as float16): a 1-D sequence of integers in [0, len(self)). Anything else (floats, a
+        boolean mask, an index past the end) is a :class:`RowIndexError`, never a truncated, wrapped or reinterpreted
+        gather."""
+        idx = self.check_indices(indices)
+        out = []
+        for c, t in zip(self.caches, self.tables):
+            rows = dict(zip(c.stored_fields(self.fields), t.gather(idx)))
+            if FEATURE_SCALE in rows and FEATURE_SCALE not in self.fields:
+                rows[FEATURES] = dequantise(rows[FEATURES], rows.pop(FEATURE_SCALE))
+            out.append(rows)
+        return out
 
     def check_indices(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
         """``indices`` as int64 row numbers, or RowIndexError saying why they are not."""

@@ -362,32 +362,38 @@ def bench_distill(
 
 
 def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard_rows: int = 4096, seed: int = 0,
-                       identity: dict | None = None):
+                       identity: dict | None = None, dtype: str = "float16"):
     """A complete cache of random fp16 features / fp32 logits written by the real writer (benchmarks, tests); its
-    key is the directory's name (give the ``identity`` it is the hash of for a cache that `cache import` accepts)."""
+    key is the directory's name (give the ``identity`` it is the hash of for a cache that `cache import` accepts).
+    ``dtype="int8"``: the same rows quantised as `extract --dtype int8` stores them (with their per-row scales)."""
     import numpy as np
 
-    from featcache.cache.format import PART_DATA, Manifest, TeacherInfo
+    from featcache.cache.codec import quantise
+    from featcache.cache.format import FEATURE_SCALE, INT8_CODEC, PART_DATA, Manifest, TeacherInfo
     from featcache.cache.writer import PartWriter
 
     rng = np.random.default_rng(seed)
     directory.mkdir(parents=True, exist_ok=True)
     key = directory.name
-    identity = identity or {"bench": key}
+    identity = identity or {"bench": key, **({"feature_codec": INT8_CODEC} if dtype == "int8" else {})}
     m = Manifest(
         key=key, identity=identity, teacher=TeacherInfo("random", {"source": "random"}, "random", dim, classes,
                                                         None, "unknown"),
         dataset={"name": "bench", "split": "train"}, classes=[str(c) for c in range(classes)],
-        transform={"image_size": 0}, dtype="float16", logits_dtype="float32", precision="fp32",
+        transform={"image_size": 0}, dtype=dtype, logits_dtype="float32", precision="fp32",
         shard_rows=shard_rows, rows={PART_DATA: rows}, noise=None,
+        feature_codec=INT8_CODEC if dtype == "int8" else None,
     )
     m.save(directory)
     writer = PartWriter(directory, m, PART_DATA, m.shards.append)
     for a in range(0, rows, shard_rows):
         b = min(a + shard_rows, rows)
         idx = np.arange(a, b)
-        writer.write(idx, rng.standard_normal((b - a, dim), dtype=np.float32).astype(np.float16),
-                     rng.standard_normal((b - a, classes), dtype=np.float32), idx)
+        features, extra = rng.standard_normal((b - a, dim), dtype=np.float32).astype(np.float16), {}
+        if dtype == "int8":
+            q, scale = quantise(torch.from_numpy(features))
+            features, extra = q.numpy(), {FEATURE_SCALE: scale.numpy()}
+        writer.write(idx, features, rng.standard_normal((b - a, classes), dtype=np.float32), idx, extra)
     m.complete = True
     m.save(directory)
     return m

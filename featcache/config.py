@@ -51,7 +51,8 @@ class ExtractConfig:
                               runtime=True, recipe=False)
     device: str = opt("auto", "auto, cpu, cuda, cuda:N.", recipe=False)
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
-    dtype: str = opt("float16", "Stored feature dtype: float16 or float32.")
+    dtype: str = opt("float16", "Stored feature dtype: float16, float32 or int8 (a float32 scale per row; read back "
+                                "as float16).")
     logits_dtype: str = opt("float32", "Stored logits dtype: float32 or float16.")
     shard_rows: int = opt(DEFAULT_SHARD_ROWS, "Rows per HDF5 shard.")
     noise: int = opt(0, "Also cache N random images (TS-Learning's random-image augmentation).")
@@ -65,6 +66,8 @@ class ExtractConfig:
     blocks: list[str] = opt(factory=list, help="Also cache these intermediate blocks, e.g. layer1,layer2,layer3 (for "
                                                "--method aka).", form="comma")
     pool: int = opt(4, "Block outputs are average-pooled to POOL x POOL.")
+    project: int | None = opt(None, "Store the features projected to N dims (PCA fitted on up to 10,000 rows of the "
+                                    "split first); ts then regresses the projected features.")
     cache_dir: Path | None = opt(None, "Cache store (default $FEATCACHE_HOME or ~/.cache/featcache).", runtime=True,
                                  recipe=False)
     stores: list[Path] = opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True,

@@ -161,6 +161,8 @@ def test_docs_describe_every_name_in_the_format():
     doc = (ROOT / "docs" / "cache-format.md").read_text()
     names = [fmt.MANIFEST, fmt.LOCK, *fmt.FIELDS, *fmt.PARTS, "float16", "sha256"]
     names += list(Manifest.__dataclass_fields__) + list(TeacherInfo.__dataclass_fields__)
+    names += [fmt.FEATURE_SCALE, fmt.INT8_CODEC, fmt.PROJECTION_FILE, fmt.PROJECTION_MEAN, fmt.PROJECTION_COMPONENTS,
+              fmt.PROJECTION_METHOD, *fmt.FEATURE_DTYPES, *fmt.ProjectionInfo.__dataclass_fields__]
     missing = [n for n in names if not re.search(rf"`{re.escape(n)}`", doc)]
     assert not missing, f"docs/cache-format.md does not mention: {missing}"
     assert f"format_version` {fmt.FORMAT_VERSION}" in doc or f"`format_version`: {fmt.FORMAT_VERSION}" in doc

@@ -99,7 +99,7 @@ def test_checkpoint_for_another_architecture(store, tmp_path):
         (["--dataset", "imagenet22k"], "unknown dataset"),
         (["--split", "val", *SYN], "--split"),
         (["--precision", "fp8", *SYN], "--precision"),
-        (["--dtype", "int8", *SYN], "--dtype"),
+        (["--dtype", "int4", *SYN], "--dtype"),
         (["-o", "nonsense", *SYN], "--dataset-opt"),
         (["--image-size", "10", "--dataset", "synthetic"], "--image-size"),
         (["--device", "cuda:0", *SYN], "--device"),

@@ -4,7 +4,8 @@ The archive is an uncompressed POSIX tar (a pax header only for a name over 100 
 
     featcache-archive.json      the index: {"format": "featcache-archive", "version": 1, "key": KEY, "featcache",
                                 "created", "members": [{"name", "bytes", "sha256"}, ...]}: KEY/manifest.json
-                                first, then every shard, in the order they follow
+                                first, then every shard and a projected cache's projection.h5, in the
+                                order they follow
     KEY/manifest.json
     KEY/data-00000.h5 ...
 
@@ -34,7 +35,8 @@ from typing import Callable
 
 from featcache import __version__
 from featcache.cache.format import (
-    MANIFEST, TMP_SUFFIX, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name, shard_path,
+    MANIFEST, PROJECTION_FILE, TMP_SUFFIX, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name,
+    shard_path,
 )
 from featcache.cache.hashpipe import HashPipe, fsync_path, start_writeback, write_all
 from featcache.cache.install import check_complete, discard, install, key_matches_identity, new_incoming, share_file
@@ -146,7 +148,7 @@ def _write_archive(raw_write: Callable, directory: Path, m: Manifest, manifest: 
         written += len(data)
 
     members = [(f"{m.key}/{MANIFEST}", len(manifest), _sha256(manifest))]
-    members += [(f"{m.key}/{s.file}", s.bytes, s.sha256) for s in m.shards]
+    members += [(f"{m.key}/{s.file}", s.bytes, s.sha256) for s in m.files()]  # shards, then a projection file
     index = {"format": ARCHIVE_FORMAT, "version": ARCHIVE_VERSION, "key": m.key, "featcache": __version__,
              "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
              "members": [{"name": n, "bytes": b, "sha256": h} for n, b, h in members]}
@@ -161,7 +163,7 @@ def _write_archive(raw_write: Callable, directory: Path, m: Manifest, manifest: 
             write(header(name, len(data), time.time()))
             pipe.copy_bytes(data, write)
             write(bytes(padding(len(data))))
-        for s in m.shards:
+        for s in m.files():
             start = written
             pending.append((s.file, s.sha256, _copy_shard(pipe, write, directory, m.key, s)))
             _settle(pending, fail, wait=False)  # a corrupt shard stops the export early
@@ -254,7 +256,7 @@ def _same_cache(directory: Path, m: Manifest) -> bool:
     except CacheError:
         return False
     return (canonical_json(other.identity) == canonical_json(m.identity)
-            and sorted((s.file, s.sha256) for s in other.shards) == sorted((s.file, s.sha256) for s in m.shards))
+            and sorted((s.file, s.sha256) for s in other.files()) == sorted((s.file, s.sha256) for s in m.files()))
 
 
 def _read_index(reader: TarReader) -> tuple[str, list[tuple[str, int, str]]]:
@@ -292,7 +294,7 @@ def _check_index(index: object, reader: TarReader) -> tuple[str, list[tuple[str,
             raise reader.refused(f"its index entry {i} is not {{name, bytes, sha256}}")
         name, size, sha = e["name"], e["bytes"], e["sha256"]
         prefix, _, file = name.partition("/") if isinstance(name, str) else ("", "", "")
-        wanted = file == MANIFEST if i == 0 else parse_shard_name(file) is not None
+        wanted = file == MANIFEST if i == 0 else parse_shard_name(file) is not None or file == PROJECTION_FILE
         if prefix != key or not wanted:
             raise reader.refused(f"its index lists {name!r}, which is not " +
                                  (f"{key}/{MANIFEST} (the first member)" if i == 0 else f"a shard of {key}"))
@@ -329,7 +331,7 @@ def _read_manifest(reader: TarReader, key: str, members: list[tuple[str, int, st
                              "edited)")
     if not m.complete or len(m.shards) != len(m.expected_shards()):
         raise reader.refused("its manifest is of an incomplete cache")
-    if {(f"{key}/{s.file}", s.bytes, s.sha256) for s in m.shards} != set(members[1:]):
+    if {(f"{key}/{s.file}", s.bytes, s.sha256) for s in m.files()} != set(members[1:]):
         raise reader.refused("its index and its manifest list different shards (sizes or sha256)")
     return data, m
 

@@ -43,6 +43,17 @@ CONTENT = "content"  # data part: [n] int64 digest of each sample's bytes (its f
 CONTENT_DIGEST = "blake2b-64"  # the manifest's ``content``: how CONTENT was computed (datasets.base.content_digest)
 AUG = "aug"  # view parts: [n, 5] float32 augmentation parameters of each row (featcache.views)
 FIELDS = (FEATURES, LOGITS, INDEX)
+# --dtype int8: "features" holds int8 rows q = round(f / s), s = max|f| / 127 per row, and this dataset the [n] float32
+# scales s; readers hand methods float rows (FEATURE_READ_DTYPE), dequantised as late as they can (cache/codec.py).
+FEATURE_SCALE = "feature_scale"
+INT8_CODEC = "int8-row-absmax"  # the manifest's ``feature_codec`` of an int8 cache
+FEATURE_READ_DTYPE = "float16"  # what int8 rows are read back as
+# --project N: the fitted linear projection, a file of the cache's own directory with two float32 datasets; the
+# shards hold (f - mean) @ components.T.
+PROJECTION_FILE = "projection.h5"
+PROJECTION_MEAN = "mean"  # [D]
+PROJECTION_COMPONENTS = "components"  # [N, D], orthonormal rows
+PROJECTION_METHOD = "pca"
 BLOCK_PREFIX = "blocks/"  # block features: one dataset per cached block, "blocks/<name>" [n, C·P·P] (extract --blocks)
 
 
@@ -61,7 +72,8 @@ def block_field(name: str) -> str:
     """The dataset (and field) name of a cached intermediate block."""
     return BLOCK_PREFIX + name
 
-FEATURE_DTYPES = ("float16", "float32")
+FEATURE_DTYPES = ("float16", "float32", "int8")
+LOGITS_DTYPES = ("float16", "float32")
 from featcache.config import DEFAULT_SHARD_ROWS  # noqa: E402,F401 - the default lives with extract's options
 
 _SHARD_RE = re.compile(r"^(data|noise|view\d+)-(\d{5})\.h5$")  # viewK: augmented view K (extract --views)
@@ -103,6 +115,20 @@ class ShardInfo:
 
 
 @dataclass
+class ProjectionInfo:
+    """The projection file of a projected cache (extract --project N), recorded and checked like a shard."""
+
+    file: str  # always PROJECTION_FILE
+    bytes: int
+    sha256: str
+    method: str  # PROJECTION_METHOD
+    dim: int  # N: the width of the stored rows
+    source_dim: int  # D: the teacher's feature width
+    sample: int  # rows of the split the projection was fitted on
+    seed: int  # the seed that drew them
+
+
+@dataclass
 class TeacherInfo:
     name: str
     weights: dict[str, Any]  # WeightsInfo.identity() plus "ref" (the path or enum name, for humans)
@@ -140,6 +166,10 @@ class Manifest:
     # How the data part's per-row "content" digests were computed (CONTENT_DIGEST); None in caches written before
     # featcache recorded them (they cannot be re-checked against the images and are refused).
     content: str | None = None
+    # extract --dtype int8: INT8_CODEC (the per-row scales are each shard's FEATURE_SCALE dataset); None: float rows.
+    feature_codec: str | None = None
+    # extract --project N: the projection file (PROJECTION_FILE); the rows are N-dimensional. None: unprojected.
+    projection: ProjectionInfo | None = None
     complete: bool = False
     format_version: int = FORMAT_VERSION
     created: str = ""
@@ -164,8 +194,17 @@ class Manifest:
     def expected_shards(self) -> list[tuple[str, int]]:
         return [(p, i) for p in self.rows for i in range(self.num_shards(p))]
 
+    def files(self) -> list[ShardInfo | ProjectionInfo]:
+        """Every data file the manifest records (``file``, ``bytes``, ``sha256``): the shards, then the projection."""
+        return [*self.shards, *([self.projection] if self.projection is not None else [])]
+
     def total_bytes(self) -> int:
-        return sum(s.bytes for s in self.shards)
+        return sum(s.bytes for s in self.files())
+
+    @property
+    def feature_dim(self) -> int:
+        """The width of the stored feature rows: the projection's N, else the teacher's D."""
+        return self.projection.dim if self.projection is not None else self.teacher.num_features
 
     # -- (de)serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +228,8 @@ class Manifest:
         d = dict(d)
         d["teacher"] = TeacherInfo(**d["teacher"])
         d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
+        if d.get("projection") is not None:
+            d["projection"] = ProjectionInfo(**d["projection"])
         m = cls(**d)
         m.check()
         return m
@@ -198,9 +239,11 @@ class Manifest:
         name of its part and number (never a path out of the cache's directory), rows and ranges add up."""
         if not is_cache_key(self.key):
             raise ValueError(f"key {self.key!r} is not a cache key")
-        for name, value in (("dtype", self.dtype), ("logits_dtype", self.logits_dtype)):
-            if value not in FEATURE_DTYPES:
-                raise ValueError(f"{name} {value!r} is not one of {', '.join(FEATURE_DTYPES)}")
+        for name, value, choices in (("dtype", self.dtype, FEATURE_DTYPES),
+                                     ("logits_dtype", self.logits_dtype, LOGITS_DTYPES)):
+            if value not in choices:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
+        self._check_codec()
         for name, value in (("shard_rows", self.shard_rows), ("teacher.num_features", self.teacher.num_features),
                             ("teacher.num_classes", self.teacher.num_classes)):
             if value < 1:
@@ -231,6 +274,28 @@ class Manifest:
             if s.file in seen:
                 raise ValueError(f"shards: {s.file} is listed twice")
             seen.add(s.file)
+
+    def _check_codec(self) -> None:
+        """feature_codec and projection: known values, consistent with dtype, the blocks and the key's identity."""
+        want = INT8_CODEC if self.dtype == "int8" else None
+        if self.feature_codec != want or self.identity.get("feature_codec") != want:
+            raise ValueError(f"feature_codec {self.feature_codec!r} (identity: {self.identity.get('feature_codec')!r}) "
+                             f"does not fit dtype {self.dtype} (expected {want!r})")
+        if want and self.blocks:
+            raise ValueError("blocks: an int8 cache holds no blocks (they would share its dtype)")
+        p, spec = self.projection, self.identity.get("projection")
+        if p is None and spec is None:
+            return
+        if p is None or not isinstance(spec, dict) or spec != projection_identity(p.dim, p.sample, p.seed):
+            raise ValueError(f"projection {p and asdict(p)!r} disagrees with the identity's {spec!r}")
+        if p.file != PROJECTION_FILE or p.method != PROJECTION_METHOD:
+            raise ValueError(f"projection: file {p.file!r} is not {PROJECTION_FILE!r} (a file of the cache's own "
+                             f"directory) or method {p.method!r} is not {PROJECTION_METHOD!r}")
+        if p.bytes < 0 or not _SHA256_RE.match(p.sha256):
+            raise ValueError(f"projection: {p.file} has no valid size and sha256")
+        if not 1 <= p.dim <= p.source_dim or p.source_dim != self.teacher.num_features or p.sample < p.dim:
+            raise ValueError(f"projection: {p.dim} dims of {p.source_dim} fitted on {p.sample} rows do not fit a "
+                             f"teacher of {self.teacher.num_features} features")
 
     def save(self, directory: Path) -> None:
         """Atomically replace ``directory/manifest.json`` (write temp, fsync, rename, fsync dir)."""
@@ -265,6 +330,11 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")  # a directory name 
 _PART_RE = re.compile(r"^(data|noise|view\d+)$")
 _BLOCK_RE = re.compile(r"^[A-Za-z0-9_.]+$")
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def projection_identity(dim: int, sample: int, seed: int) -> dict[str, Any]:
+    """What a projection adds to a cache's identity (and the manifest's record must agree with): how it is fitted."""
+    return {"method": PROJECTION_METHOD, "dim": dim, "sample": sample, "seed": seed}
 
 
 def is_cache_key(text: str) -> bool:

@@ -87,11 +87,11 @@ def check_complete(directory: Path, key: str, progress: Callable[[int], None] | 
                          "edited); it is refused")
     if not m.complete or len(m.shards) != len(m.expected_shards()):
         raise CacheError(f"cache {key} is incomplete ({len(m.shards)}/{len(m.expected_shards())} shards)")
-    expected = {MANIFEST} | {s.file for s in m.shards}
+    expected = {MANIFEST} | {s.file for s in m.files()}
     extra = sorted(p.name for p in directory.iterdir() if p.name not in expected)
     if extra:
         raise CacheError(f"cache {key}: unexpected file {extra[0]!r} next to its shards")
-    for s in m.shards:
+    for s in m.files():  # the shards and a projection file
         path = shard_path(directory, s)
         digest = (hashed or {}).get(s.file)
         if not path.is_file() or path.stat().st_size != s.bytes or (digest or file_sha256(path)) != s.sha256:
@@ -130,7 +130,7 @@ def same_cache(a: Path, b: Path) -> bool:
     except CacheError:
         return False
     return (canonical_json(ma.identity) == canonical_json(mb.identity)
-            and sorted((s.file, s.sha256) for s in ma.shards) == sorted((s.file, s.sha256) for s in mb.shards))
+            and sorted((s.file, s.sha256) for s in ma.files()) == sorted((s.file, s.sha256) for s in mb.files()))
 
 
 def discard(path: Path) -> None:

@@ -48,7 +48,7 @@ def publish(store: CacheStore, key: str, target: Path, progress: Callable[[int],
         raise CacheError(f"{dest} already holds a different cache under the key {entry.key}; left as it is")
     incoming = new_incoming(target, entry.key)
     try:
-        for s in m.shards:
+        for s in m.files():  # the shards and a projection file
             copy_checked(shard_path(entry.directory, s), incoming / s.file, s.sha256, target, progress)
         copy_checked(entry.directory / MANIFEST, incoming / MANIFEST, None, target, None)
         check_complete(incoming, entry.key)

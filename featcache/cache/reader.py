@@ -5,6 +5,9 @@
     >>> cache.check_dataset(dataset)                 # refuses a cache made from other data
     >>> rows = cache.gather(np.array([5, 1, 5]))     # {"features": [3, 2048], "logits": [3, 10]}
 
+An int8 cache's features come back as float rows (FEATURE_READ_DTYPE) unless the caller asks for FEATURE_SCALE too:
+then it gets the stored int8 rows and their scales, to dequantise later itself (the loaders do, on the device).
+
 Gathers are vectorised: indices are sorted once, mapped to shards with one searchsorted, and each shard is read
 with a single sorted fancy selection (h5py requires increasing, unique indices), then scattered back into the
 caller's order. HDF5 handles are opened lazily in the process that reads and are dropped on pickling, because a
@@ -21,19 +24,23 @@ from typing import Any, Callable, Iterable, Sequence
 import h5py
 import numpy as np
 
+from featcache.cache.codec import decode_rows, is_int8, read_projection_file
 from featcache.cache.format import (
     AUG,
     CONTENT,
+    FEATURE_SCALE,
     FEATURES,
     INDEX,
     LOGITS,
     LOGITS_INDEX,
     PART_DATA,
     Manifest,
+    ProjectionInfo,
     ShardInfo,
     block_field,
     shard_path,
 )
+from featcache.cache.verify import layout_problem
 from featcache.errors import CacheError, CacheMismatchError, check_choice
 from featcache.hashing import file_sha256
 
@@ -69,6 +76,9 @@ class FeatureCache:
         self._shards = {p: m.shards_of(p) for p in m.rows}
         self._starts = {p: np.array([s.start for s in shards], dtype=np.int64) for p, shards in self._shards.items()}
         self._files: dict[str, h5py.File] = {}
+        if m.projection is not None and m.complete:  # checked like a shard: size always, sha256 once per process
+            check_shard(shard_path(self.directory, m.projection), m.projection, self.key, self._repair_hint,
+                        what="projection file")
 
     # -- metadata ---------------------------------------------------------------------------------------------
     @property
@@ -77,7 +87,8 @@ class FeatureCache:
 
     @property
     def num_features(self) -> int:
-        return self.manifest.teacher.num_features
+        """The width of the rows methods get: the projection's N for a projected cache, else the teacher's D."""
+        return self.manifest.feature_dim
 
     @property
     def num_classes(self) -> int:
@@ -90,7 +101,8 @@ class FeatureCache:
         """Bytes one row of ``fields`` takes in RAM (for memory budgets)."""
         m = self.manifest
         sizes = {
-            FEATURES: np.dtype(m.dtype).itemsize * m.teacher.num_features,
+            FEATURES: np.dtype(m.dtype).itemsize * m.feature_dim,
+            FEATURE_SCALE: 4 if is_int8(m) else 0,
             LOGITS: np.dtype(m.logits_dtype).itemsize * (m.topk_logits or m.teacher.num_classes),
             INDEX: 8,
             LOGITS_INDEX: 4 * (m.topk_logits or 0),
@@ -100,8 +112,22 @@ class FeatureCache:
 
     @property
     def join_fields(self) -> tuple[str, ...]:
-        """What the loader joins besides features/logits/blocks to rebuild dense logits (top-k caches)."""
-        return (LOGITS_INDEX,) if self.manifest.topk_logits else ()
+        """What the loader joins besides features/logits/blocks, in this order: the int8 rows' scales (to dequantise
+        them on the device) and the top-k logits' classes (to rebuild dense logits)."""
+        return (FEATURE_SCALE,) * is_int8(self.manifest) + (LOGITS_INDEX,) * bool(self.manifest.topk_logits)
+
+    def projection(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean [D], components [N, D]) of a projected cache (its rows are ``(f - mean) @ components.T``), else
+        None; a damaged projection file is a CacheError naming it and the repair."""
+        p = self.manifest.projection
+        if p is None:
+            return None
+        path = shard_path(self.directory, p)
+        check_shard(path, p, self.key, self._repair_hint, what="projection file")
+        got = read_projection_file(path, p.dim, p.source_dim)
+        if isinstance(got, str):
+            raise CacheError(f"cache {self.key}: projection file {p.file} is unreadable ({got}); {self._repair_hint()}")
+        return got
 
     @property
     def block_fields(self) -> list[str]:
@@ -123,6 +149,11 @@ class FeatureCache:
             except OSError as exc:
                 raise CacheError(f"cache {self.key}: shard {shard.file} is unreadable ({_one_line(exc)}); "
                                  f"{self._repair_hint()}") from None
+            problem = layout_problem(f, self.manifest, shard)  # e.g. an int8 shard without its scales
+            if problem:
+                f.close()
+                raise CacheError(f"cache {self.key}: shard {shard.file} is not laid out as its manifest says "
+                                 f"({problem}); {self._repair_hint()}")
             self._files[shard.file] = f
         return f
 
@@ -153,10 +184,12 @@ class FeatureCache:
 
     # -- reads ------------------------------------------------------------------------------------------------
     def empty_rows(self, n: int, fields: Iterable[str]) -> dict[str, np.ndarray]:
-        """Uninitialised arrays for ``n`` rows of ``fields`` in the stored dtypes (reused as gather buffers)."""
+        """Uninitialised arrays for ``n`` rows of ``fields`` in the stored dtypes (reused as gather buffers; an int8
+        cache's FEATURES are int8 here, with FEATURE_SCALE beside them)."""
         m = self.manifest
         shapes = {
-            FEATURES: ((n, m.teacher.num_features), m.dtype),
+            FEATURES: ((n, m.feature_dim), m.dtype),
+            **({FEATURE_SCALE: ((n,), "float32")} if is_int8(m) else {}),  # int8 rows: their scales
             LOGITS: ((n, m.topk_logits or m.teacher.num_classes), m.logits_dtype),
             INDEX: ((n,), "int64"),
             **{block_field(b["name"]): ((n, b["dim"]), m.dtype) for b in m.blocks},
@@ -170,10 +203,24 @@ class FeatureCache:
                              f"{', '.join(b['name'] for b in m.blocks) or 'none'})")
         return {f: np.empty(*shapes[f]) for f in fields}
 
+    def stored_fields(self, fields: Sequence[str]) -> tuple[str, ...]:
+        """The stored fields that give ``fields``: int8 features need their scales to be read back as floats."""
+        fields = tuple(fields)
+        if is_int8(self.manifest) and FEATURES in fields and FEATURE_SCALE not in fields:
+            return (*fields, FEATURE_SCALE)
+        return fields
+
+    def _decoded(self, rows: dict[str, np.ndarray], fields: Sequence[str]) -> dict[str, np.ndarray]:
+        return rows if FEATURE_SCALE in fields else decode_rows(self.manifest, rows)
+
     def gather(
         self, indices: Sequence[int] | np.ndarray, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS
     ) -> dict[str, np.ndarray]:
         """Rows at ``indices`` (any order, repeats allowed), one sorted read per touched shard."""
+        return self._decoded(self._gather_stored(indices, part, self.stored_fields(fields)), fields)
+
+    def _gather_stored(self, indices: Sequence[int] | np.ndarray, part: str, fields: Sequence[str]
+                       ) -> dict[str, np.ndarray]:
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         n_rows = self.num_rows(part)
         if len(idx) and (idx.min() < 0 or idx.max() >= n_rows):
@@ -204,9 +251,9 @@ class FeatureCache:
         self, start: int, stop: int, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS
     ) -> dict[str, np.ndarray]:
         """Rows [start, stop) as contiguous hyperslab reads."""
-        out = self.empty_rows(stop - start, fields)
+        out = self.empty_rows(stop - start, self.stored_fields(fields))
         self.read_range_into(start, stop, out, 0, part=part)
-        return out
+        return self._decoded(out, fields)
 
     def read_range_into(
         self, start: int, stop: int, out: dict[str, np.ndarray], offset: int, part: str = PART_DATA
@@ -234,7 +281,7 @@ class FeatureCache:
 
     def first_nonfinite(self, part: str = PART_DATA, chunk: int = 65536) -> tuple[str, int] | None:
         """(field, row) of the first NaN or inf among the features and logits of ``part``, else None (a diagnosis
-        after a run diverged: it reads the whole part)."""
+        after a run diverged: it reads the whole part). int8 features are checked as they are read back (floats)."""
         n = self.num_rows(part)
         for start in range(0, n, chunk):
             rows = self.read_range(start, min(start + chunk, n), part=part)
@@ -339,27 +386,29 @@ def forget_verified_shards() -> None:
         _VERIFIED.clear()
 
 
-def check_shard(path: Path, shard: ShardInfo, key: str, hint: Callable[[], str]) -> None:
-    """Refuse a shard whose size differs from the manifest (always) or whose sha256 does (the first time this
-    process reads it): a cached row is what the extract wrote, or an error naming the key and the repair."""
+def check_shard(path: Path, shard: ShardInfo | ProjectionInfo, key: str, hint: Callable[[], str],
+                what: str = "shard") -> None:
+    """Refuse a shard (or the projection file) whose size differs from the manifest (always) or whose sha256 does
+    (the first time this process reads it): a cached row is what the extract wrote, or an error naming the key and
+    the repair."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise CacheError(f"cache {key}: shard {shard.file} is missing; {hint()}") from None
+        raise CacheError(f"cache {key}: {what} {shard.file} is missing; {hint()}") from None
     except OSError as exc:
-        raise CacheError(f"cache {key}: shard {shard.file} cannot be read ({_one_line(exc)}); {hint()}") from None
+        raise CacheError(f"cache {key}: {what} {shard.file} cannot be read ({_one_line(exc)}); {hint()}") from None
     if st.st_size != shard.bytes:
-        raise CacheError(f"cache {key}: shard {shard.file} is truncated or overwritten ({st.st_size:,} bytes on disk, "
-                         f"the manifest says {shard.bytes:,}); {hint()}")
+        raise CacheError(f"cache {key}: {what} {shard.file} is truncated or overwritten ({st.st_size:,} bytes on "
+                         f"disk, the manifest says {shard.bytes:,}); {hint()}")
     stamp = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
     if stamp in _VERIFIED:
         return
     try:
         digest = file_sha256(path)
     except OSError as exc:
-        raise CacheError(f"cache {key}: shard {shard.file} cannot be read ({_one_line(exc)}); {hint()}") from None
+        raise CacheError(f"cache {key}: {what} {shard.file} cannot be read ({_one_line(exc)}); {hint()}") from None
     if digest != shard.sha256:
-        raise CacheError(f"cache {key}: shard {shard.file} is corrupt (its sha256 differs from the manifest's); "
+        raise CacheError(f"cache {key}: {what} {shard.file} is corrupt (its sha256 differs from the manifest's); "
                          f"{hint()}")
     with _VERIFIED_LOCK:
         _VERIFIED.add(stamp)

@@ -110,7 +110,7 @@ def _shards_intact(directory: Path, manifest: Manifest) -> bool:
     from featcache.errors import CacheError
     from featcache.hashing import file_sha256
 
-    for shard in manifest.shards:
+    for shard in manifest.files():  # the shards and a projection file
         try:
             path = shard_path(directory, shard)
             if path.stat().st_size != shard.bytes or file_sha256(path) != shard.sha256:

@@ -287,11 +287,11 @@ def _differs(a: Manifest, b: Manifest) -> str | None:
     """Why two manifests of one key are not the same cache (None when they are)."""
     if canonical_json(a.identity) != canonical_json(b.identity):
         return "their identities differ"
-    theirs = {s.file: s.sha256 for s in b.shards}
-    for s in a.shards:
+    theirs = {s.file: s.sha256 for s in b.files()}
+    for s in a.files():
         if theirs.get(s.file) != s.sha256:
             return f"shard {s.file} differs"
-    if len(theirs) != len(a.shards):
+    if len(theirs) != len(a.files()):
         return "their shards differ"
     return None
 

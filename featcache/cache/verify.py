@@ -1,4 +1,5 @@
-"""`featcache cache verify`: every shard of a cache re-hashed and its datasets' shapes checked against the manifest."""
+"""`featcache cache verify`: every shard of a cache re-hashed and its datasets' shapes checked against the manifest
+(and so is the projection file of a projected cache)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from typing import Callable
 import h5py
 
 from featcache.cache.format import (
+    FEATURE_SCALE,
     FEATURES,
     INDEX,
     LOGITS,
     MANIFEST,
+    PROJECTION_FILE,
     SHARD_SUFFIX,
     TMP_SUFFIX,
     Manifest,
+    ShardInfo,
     parse_shard_name,
     shard_path,
 )
@@ -52,8 +56,8 @@ def verify_directory(directory: Path, progress: Callable[[int, int], None] | Non
                          f"`featcache cache rm {directory.name}` and extract again")
     m = Manifest.load(directory)
     report = VerifyReport(key=m.key, complete=m.complete)
-    recorded = {s.file for s in m.shards}
-    for i, s in enumerate(m.shards):
+    recorded = {s.file for s in m.files()}
+    for i, s in enumerate(m.files()):
         try:
             path = shard_path(directory, s)
         except CacheError as exc:
@@ -68,27 +72,43 @@ def verify_directory(directory: Path, progress: Callable[[int, int], None] | Non
         elif file_sha256(path) != s.sha256:
             report.checks.append(ShardCheck(s.file, "corrupt", "sha256 differs from the manifest"))
         else:
-            problem = _check_shapes(path, s.rows, m.teacher.num_features, m.teacher.num_classes)
+            problem = _check_shapes(path, m, s)
             report.checks.append(ShardCheck(s.file, "unreadable" if problem else "ok", problem or ""))
         if progress is not None:
-            progress(i + 1, len(m.shards))
+            progress(i + 1, len(m.files()))
     for p in sorted(directory.iterdir()):
         if p.name.endswith(TMP_SUFFIX) or (p.name.endswith(SHARD_SUFFIX) and p.name not in recorded):
-            if parse_shard_name(p.name.removesuffix(TMP_SUFFIX)) is not None:
+            name = p.name.removesuffix(TMP_SUFFIX)
+            if parse_shard_name(name) is not None or name == PROJECTION_FILE:
                 report.checks.append(ShardCheck(p.name, "leftover", "unfinished write; the next extract redoes it"))
     report.missing = len(m.expected_shards()) - len(m.shards)
     return report
 
 
-def _check_shapes(path: Path, rows: int, dim: int, classes: int) -> str | None:
+def _check_shapes(path: Path, m: Manifest, s) -> str | None:
+    if not isinstance(s, ShardInfo):  # the projection file
+        from featcache.cache.codec import read_projection_file
+
+        got = read_projection_file(path, m.projection.dim, m.projection.source_dim)
+        return got if isinstance(got, str) else None
     try:
         with h5py.File(path, "r") as f:
-            want = {FEATURES: (rows, dim), LOGITS: (rows, classes), INDEX: (rows,)}
-            for name, shape in want.items():
-                if name not in f:
-                    return f"dataset {name!r} missing"
-                if f[name].shape != shape:
-                    return f"{name} has shape {f[name].shape}, expected {shape}"
+            return layout_problem(f, m, s)
     except OSError as exc:
         return f"HDF5 cannot open it ({exc})"
+
+
+def layout_problem(f: h5py.File, m: Manifest, shard: ShardInfo) -> str | None:
+    """What differs between an open shard's datasets and the shapes its manifest implies (None: nothing)."""
+    rows = shard.rows
+    want = {FEATURES: (rows, m.feature_dim), LOGITS: (rows, m.topk_logits or m.teacher.num_classes), INDEX: (rows,)}
+    if m.feature_codec:
+        want[FEATURE_SCALE] = (rows,)  # the int8 rows' per-row scales
+    for name, shape in want.items():
+        if name not in f:
+            return f"dataset {name!r} missing"
+        if f[name].shape != shape:
+            return f"{name} has shape {f[name].shape}, expected {shape}"
+    if f[FEATURES].dtype != m.dtype:
+        return f"{FEATURES} is {f[FEATURES].dtype}, expected {m.dtype}"
     return None

@@ -21,6 +21,7 @@ import numpy as np
 from featcache.cache.format import (
     AUG,
     CONTENT,
+    FEATURE_SCALE,
     FEATURES,
     INDEX,
     LOGITS,
@@ -50,6 +51,21 @@ def nonfinite_rows(array: np.ndarray) -> np.ndarray:
     bits, mask = kind
     bad = (array.view(bits) & mask) == mask
     return np.flatnonzero(bad.reshape(len(array), -1).any(axis=1))
+
+
+# int8 rows are read back as float16 (FEATURE_READ_DTYPE): a row whose largest value float16 cannot hold would come
+# back as inf, so it is refused here as a float16 cache refuses it.
+_READ_MAX = float(np.finfo(np.float16).max)
+
+
+def check_scales(part: str, rows: np.ndarray, scale: np.ndarray) -> None:
+    """Refuse int8 rows whose scale is not finite (a NaN or inf feature) or too large to be read back."""
+    bad = np.flatnonzero(~(np.isfinite(scale) & (scale * 127 <= _READ_MAX)))
+    if len(bad):
+        raise CacheError(
+            f"the teacher's features of {part} row {int(rows[bad[0]])} ({len(bad)} row(s) of this batch) are NaN, "
+            "inf or beyond float16's range, which int8 rows are read back in; nothing of them was cached. Extract "
+            "with --dtype float32 (or --precision fp32), or check the weights")
 
 
 class PartWriter:
@@ -83,7 +99,7 @@ class PartWriter:
             raise unwritable(self.directory, exc, "cache directory") from None
         t = self.manifest.teacher
         # Contiguous, unchunked, unfiltered: the fastest layout for the sorted fancy reads of the joined loader.
-        f.create_dataset(FEATURES, shape=(n, t.num_features), dtype=self.manifest.dtype)
+        f.create_dataset(FEATURES, shape=(n, self.manifest.feature_dim), dtype=self.manifest.dtype)
         f.create_dataset(LOGITS, shape=(n, self.manifest.topk_logits or t.num_classes),
                          dtype=self.manifest.logits_dtype)
         f.create_dataset(INDEX, shape=(n,), dtype="int64")
@@ -107,6 +123,8 @@ class PartWriter:
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) == 0:
             return
+        if FEATURE_SCALE in blocks:
+            check_scales(self.part, rows, blocks[FEATURE_SCALE])
         for name, array in ((FEATURES, features), (LOGITS, logits), *blocks.items()):
             bad = nonfinite_rows(np.asarray(array))
             if len(bad):
@@ -165,7 +183,7 @@ class PartWriter:
     def row_bytes(self) -> int:
         """Bytes one row of this part takes on disk (features, logits, index and the extra fields)."""
         t, m = self.manifest.teacher, self.manifest
-        size = t.num_features * np.dtype(m.dtype).itemsize + (m.topk_logits or t.num_classes) * np.dtype(
+        size = m.feature_dim * np.dtype(m.dtype).itemsize + (m.topk_logits or t.num_classes) * np.dtype(
             m.logits_dtype).itemsize + 8
         for dim, dtype in self.extra_fields().values():
             size += (dim or 1) * np.dtype(dtype).itemsize
@@ -173,7 +191,8 @@ class PartWriter:
 
     def extra_fields(self) -> dict[str, tuple[int | None, str]]:
         """Datasets besides features/logits/index (name -> (row width or None for one value per row, dtype)):
-        cached blocks, the augmentation parameters of a view part, top-k classes, the data part's content digests."""
+        cached blocks, the augmentation parameters of a view part, top-k classes, the data part's content digests,
+        the int8 rows' scales."""
         out: dict[str, tuple[int | None, str]] = {
             block_field(b["name"]): (b["dim"], self.manifest.dtype) for b in self.manifest.blocks
         }
@@ -183,6 +202,8 @@ class PartWriter:
             out[LOGITS_INDEX] = (self.manifest.topk_logits, "int32")
         if self.part == PART_DATA and self.manifest.content:
             out[CONTENT] = (None, "int64")
+        if self.manifest.feature_codec:
+            out[FEATURE_SCALE] = (None, "float32")
         return out
 
     @property

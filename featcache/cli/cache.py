@@ -150,6 +150,7 @@ def cache_info(
         ("sample ids sha256", m.dataset.get("ids_sha256", "")[:16]),
         ("transform", TransformSpec.from_dict(m.transform).describe()),
         ("stored", f"features {m.dtype}, logits {m.logits_dtype}, computed in {m.precision}"),
+        *_codec_rows(m),
         ("rows", ", ".join(f"{p}: {n:,}" for p, n in m.rows.items())),
         ("noise", f"{m.noise['count']:,} images, seed {m.noise['seed']}" if m.noise else "none"),
         ("shards", f"{len(m.shards)} × ≤{m.shard_rows:,} rows · {human_bytes(m.total_bytes())}"),
@@ -162,6 +163,18 @@ def cache_info(
     for k, v in rows:
         table.add_row(k, v)
     out.print(table, highlight=False)
+
+
+def _codec_rows(m) -> list[tuple[str, str]]:
+    """cache info's lines for compressed rows (extract --dtype int8, --project N)."""
+    rows = []
+    if m.feature_codec:
+        rows.append(("feature codec", f"{m.feature_codec}: int8 rows with a float32 scale each, read back as float16"))
+    if m.projection is not None:
+        p = m.projection
+        rows.append(("projection", f"{p.method} {p.source_dim} → {p.dim} dims, fitted on {p.sample:,} rows (seed "
+                                   f"{p.seed}) · {p.file} {human_bytes(p.bytes)} · sha256 {p.sha256[:12]}"))
+    return rows
 
 
 @cache_app.command("verify")

@@ -70,7 +70,7 @@ def extract(*, split_file: Path | None = None, download: bool = False, **values:
         return
     acc = f" · teacher top-1 {m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else ""
     out.print(
-        f"cache [bold]{result.key}[/]: {result.rows:,} rows{noise_part} · {m.teacher.num_features}-d {m.dtype} · "
+        f"cache [bold]{result.key}[/]: {result.rows:,} rows{noise_part} · {m.feature_dim}-d {m.dtype} · "
         f"{human_bytes(result.bytes)} · {m.timing.get('images_per_s') or 0:,.0f} img/s over "
         f"{m.timing.get('seconds', 0):.1f} s on {m.timing.get('device')}"
         f"{f' (this run finished {result.images:,} of them)' if result.images < result.rows else ''}{acc}"

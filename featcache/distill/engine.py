@@ -158,18 +158,19 @@ class TrainingParts:
     workers: int
     resident: bool = False
     online: list | None = None  # --online: the teachers' networks, run on every batch
-    online_dtypes: list | None = None  # the caches' feature dtypes, which the online rows are cast to
+    online_dtypes: list | None = None  # per cache, the RowEncoder the online rows go through (its projection, dtype)
 
     def run_step(self, batch, epoch: int):
         """One training step; with --online the teachers' rows are made now, from the very input the student sees,
-        and cast to the caches' dtypes so the two arms differ only in where the rows come from."""
+        and stored and read back as the caches do (projected, cast or quantised), so the two arms differ only in where
+        the rows come from."""
         rows, x = None, None
         if self.online is not None:
             x = self.step.images(batch)
             with torch.inference_mode(), autocast(self.step.device, self.step.precision):
                 outs = [m(x) for m in self.online]
             # Clones outside inference mode: the loss may save them for backward (the translators' inputs).
-            rows = TeacherRows([f.to(d).clone() for (f, _), d in zip(outs, self.online_dtypes)],
+            rows = TeacherRows([e.roundtrip(f).clone() for (f, _), e in zip(outs, self.online_dtypes)],
                                [lg.float().clone() for _, lg in outs])
         return self.step(batch, epoch, rows=rows, x=x)
 
@@ -184,6 +185,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     caches = s.caches if caches is None else caches
     online, online_dtypes = None, None
     if config.online:
+        from featcache.cache.codec import RowEncoder
         from featcache.models.teachers import teacher_from_manifest
 
         if config.noise_per_batch or config.student_blocks or (config.views and any(c.manifest.views for c in caches)):
@@ -193,7 +195,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
         for c in caches:
             m = teacher_from_manifest(c.manifest).model.to(device).eval()
             online.append(m.to(memory_format=torch.channels_last) if config.channels_last else m)
-        online_dtypes = [getattr(torch, c.manifest.dtype) for c in caches]
+        online_dtypes = [RowEncoder(c.manifest, c.projection(), device) for c in caches]  # as the caches store
         caches = []  # no rows are read: the teachers make them
     resident = resident_default(config, s, caches) if config.resident is None else config.resident
     sampling = sampling_of(s)

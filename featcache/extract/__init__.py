@@ -33,6 +33,7 @@ from featcache.extract.manifest import (
     reusable,
 )
 from featcache.extract.plan import ExtractPlan, ExtractResult, plan_extract
+from featcache.extract.project import ensure_projection
 from featcache.extract.ranks import merge_rank_shards, rank_file
 from featcache.extract.sweep import Batches, DigestedSamples, block_module, run_sweep
 from featcache.extract.workdir import WorkDir
@@ -73,6 +74,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=
             image_size=plan.transform.image_size,
         )
         fill_teacher_info(manifest, teacher, plan.dataset)
+        ensure_projection(plan, teacher, manifest, reporter)  # --project: fitted before any shard is written
         manifest.save(plan.work)
         images, seconds = run_sweep(plan, teacher, manifest, reporter)
         finish(plan, manifest, images, seconds)
@@ -127,6 +129,7 @@ def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Rep
         )
         if ctx.is_main:
             fill_teacher_info(manifest, teacher, plan.dataset)
+            ensure_projection(plan, teacher, manifest, reporter)  # the other ranks read it after the barrier
             manifest.save(plan.work)
         distributed.barrier()
         if not ctx.is_main:

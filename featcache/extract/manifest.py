@@ -13,12 +13,15 @@ import torch
 from featcache import __version__
 from featcache.cache.format import (
     CONTENT_DIGEST,
+    INT8_CODEC,
     LOGITS_INDEX,
     MANIFEST,
     PART_DATA,
     PART_NOISE,
+    PROJECTION_FILE,
     TMP_SUFFIX,
     Manifest,
+    ProjectionInfo,
     ShardInfo,
     TeacherInfo,
     parse_shard_name,
@@ -114,6 +117,11 @@ def prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: Re
     shards whose files are intact, drop the rest."""
     directory = plan.work
     if existing is not None and existing.identity == plan.identity:
+        if existing.projection is not None and not shard_intact(directory, existing.projection):
+            # Every shard holds rows of the recorded projection: a new fit may differ, so all of them are redone.
+            reporter.message(f"the projection file of cache {plan.key} is damaged: it is fitted again and every "
+                             "shard redone")
+            existing.projection, existing.shards = None, []
         kept = [s for s in existing.shards if shard_intact(directory, s)]
         if len(kept) != len(existing.shards):
             reporter.message(f"{len(existing.shards) - len(kept)} recorded shard(s) are damaged and will be redone")
@@ -125,16 +133,18 @@ def prepare_directory(plan: ExtractPlan, existing: Manifest | None, reporter: Re
             reporter.message(f"resuming cache {plan.key}: {len(kept)}/{total} shards already written")
     else:
         manifest = new_manifest(plan)
-    keep = {s.file for s in manifest.shards}
+    keep = {s.file for s in manifest.files()}
     for p in directory.iterdir():
         name = p.name.removesuffix(TMP_SUFFIX)
-        if parse_shard_name(name) is not None and (p.name.endswith(TMP_SUFFIX) or p.name not in keep):
+        ours = parse_shard_name(name) is not None or name == PROJECTION_FILE
+        if ours and (p.name.endswith(TMP_SUFFIX) or p.name not in keep):
             p.unlink()
     return manifest
 
 
-def shard_intact(directory: Path, shard: ShardInfo) -> bool:
-    """The shard's file exists with the recorded size and sha256 (a flipped byte, a truncation, a lost file: no)."""
+def shard_intact(directory: Path, shard: ShardInfo | ProjectionInfo) -> bool:
+    """The shard's (or projection's) file exists with the recorded size and sha256 (a flipped byte, a truncation, a
+    lost file: no)."""
     try:
         path = shard_path(directory, shard)
         return path.stat().st_size == shard.bytes and file_sha256(path) == shard.sha256
@@ -145,14 +155,14 @@ def shard_intact(directory: Path, shard: ShardInfo) -> bool:
 def intact(directory: Path) -> bool:
     """A complete cache whose every shard has its recorded size and sha256."""
     m = load_manifest(directory)
-    return m is not None and m.complete and all(shard_intact(directory, s) for s in m.shards)
+    return m is not None and m.complete and all(shard_intact(directory, s) for s in m.files())
 
 
 def reusable(plan: ExtractPlan, manifest: Manifest, directory: Path, reporter: Reporter | None) -> bool:
     """Whether a complete cache can be returned as it is: every shard intact (else False: the caller redoes the
     damaged ones), and a sample of the images still hashing to the recorded digests (else an error: content that
     changed behind an unchanged size and mtime needs --force)."""
-    damaged = [s.file for s in manifest.shards if not shard_intact(directory, s)]
+    damaged = [s.file for s in manifest.files() if not shard_intact(directory, s)]
     if damaged:
         if reporter is not None:
             reporter.message(f"cache {plan.key}: {len(damaged)} shard(s) damaged ({', '.join(damaged[:3])}); "
@@ -199,6 +209,7 @@ def new_manifest(plan: ExtractPlan) -> Manifest:
         views=plan.views.to_dict() if plan.views else None,
         topk_logits=cfg.topk_logits,
         content=CONTENT_DIGEST,
+        feature_codec=INT8_CODEC if cfg.dtype == "int8" else None,
         created=now(),
         versions={
             "featcache": __version__,

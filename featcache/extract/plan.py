@@ -12,10 +12,12 @@ from featcache import distributed
 from featcache.cache.identity import cache_identity, teacher_identity
 from featcache.cache.format import (
     FEATURE_DTYPES,
+    LOGITS_DTYPES,
     PART_DATA,
     PART_NOISE,
     Manifest,
     make_key,
+    projection_identity,
 )
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
@@ -29,6 +31,25 @@ from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, tea
 from featcache.runtime import PRECISIONS, resolve_device, resolve_precision
 from featcache.transforms import RESIZE_MODES, NoiseSpec, TransformSpec, default_transform
 from featcache.views import MAX_VIEWS, VIEW_POLICIES, ViewSpec
+
+PROJECT_SAMPLE = 10_000  # rows of the split a projection is fitted on (all of a smaller split)
+PROJECT_SEED = 0  # the seed that draws them
+
+
+def project_sample(rows: int) -> int:
+    return min(PROJECT_SAMPLE, rows)
+
+
+def projection_spec(config: ExtractConfig, dataset: ImageDataset) -> dict[str, Any] | None:
+    """What --project adds to the key's identity (None without it): how the projection is fitted."""
+    if config.project is None:
+        return None
+    sample = project_sample(len(dataset))
+    if config.project > sample:
+        raise ConfigError(f"--project {config.project}: a projection is fitted on {sample:,} rows of the split, so it "
+                          "has at most that many dims; lower --project", flag="--project")
+    return projection_identity(config.project, sample, PROJECT_SEED)
+
 
 @dataclass
 class ExtractPlan:
@@ -97,7 +118,7 @@ def entry_recipe(entry) -> dict:
 def validate(config: ExtractConfig) -> None:
     """The flags' own checks, without data or a model (recipes run them at plan time, before anything trains)."""
     check_choice("--dtype", config.dtype, FEATURE_DTYPES)
-    check_choice("--logits-dtype", config.logits_dtype, FEATURE_DTYPES)
+    check_choice("--logits-dtype", config.logits_dtype, LOGITS_DTYPES)
     check_choice("--precision", config.precision, PRECISIONS)
     for flag, value, choices in (("--resize-mode", config.resize_mode, RESIZE_MODES),
                                  ("--view-policy", config.view_policy, VIEW_POLICIES)):
@@ -117,6 +138,11 @@ def validate(config: ExtractConfig) -> None:
         check_at_least("--workers", config.workers, 0)
     if config.topk_logits is not None:
         check_at_least("--topk-logits", config.topk_logits, 1)
+    if config.project is not None:
+        check_at_least("--project", config.project, 1)
+    if config.blocks and config.dtype == "int8":
+        raise ConfigError("--blocks with --dtype int8: blocks are stored in the features' dtype and int8 covers the "
+                          "features only; extract blocks with --dtype float16", flag="--blocks")
     if config.blocks:
         check_at_least("--pool", config.pool, 1)
         if len(set(config.blocks)) != len(config.blocks):
@@ -168,6 +194,7 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
         logits_dtype=config.logits_dtype, precision=precision, noise=noise.to_dict() if noise else None,
         topk_logits=config.topk_logits, views=views.to_dict() if views else None,
         blocks={"names": list(config.blocks), "pool": config.pool} if config.blocks else None,
+        projection=projection_spec(config, dataset),
     )
     key = make_key(identity, entry.name, dataset.name, dataset.split)
     directory = CacheStore(config.cache_dir, config.stores).path(key)

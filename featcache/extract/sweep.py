@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from featcache.cache.codec import RowEncoder, read_projection_file
 from featcache.cache.format import (
     AUG,
     CONTENT,
+    FEATURE_SCALE,
     block_field,
     LOGITS_INDEX,
     PART_DATA,
@@ -25,9 +27,11 @@ from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.datasets import ImageDataset
 from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import (
+    CacheError,
     ConfigError,
     DatasetError,
 )
+from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, use_cpu_threads
@@ -138,6 +142,21 @@ def describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, devi
     ]
 
 
+def row_encoder(plan: ExtractPlan, manifest: Manifest) -> RowEncoder:
+    """What the sweep stores for each batch of features: projected through the recorded file (extract --project,
+    featcache.extract.project), then cast or quantised."""
+    projection, p = None, manifest.projection
+    if p is not None:
+        path = plan.work / p.file
+        if not path.is_file() or path.stat().st_size != p.bytes or file_sha256(path) != p.sha256:
+            raise CacheError(f"cache {plan.key}: projection file {p.file} changed while the extract ran; re-run it")
+        projection = read_projection_file(path, p.dim, p.source_dim)
+        if isinstance(projection, str):
+            raise CacheError(f"cache {plan.key}: projection file {p.file} is unreadable ({projection}); re-run the "
+                             "extract with --force")
+    return RowEncoder(manifest, projection, plan.device)
+
+
 MANIFEST_EVERY = 1.0  # seconds between manifest saves during a sweep (and once at its end)
 
 
@@ -166,6 +185,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
     normalize = plan.transform.normalizer(device)
     feat_dtype = getattr(torch, cfg.dtype)
+    encoder = row_encoder(plan, manifest)
     logit_dtype = getattr(torch, cfg.logits_dtype)
 
     hooks, captured = attach_block_hooks(model, cfg.blocks)
@@ -206,7 +226,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
     writer = BackgroundWriter(writers, max_pending=4, threaded=device.type != "cpu")
     pool = None
     if device.type == "cuda":
-        pool = HostBuffers(4, cfg.batch_size, teacher.num_features, cfg.topk_logits or teacher.num_classes, feat_dtype,
+        pool = HostBuffers(4, cfg.batch_size, manifest.feature_dim, cfg.topk_logits or teacher.num_classes, feat_dtype,
                             logit_dtype)
 
     sources: list[tuple[str, Any, np.ndarray]] = []
@@ -256,7 +276,9 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
                                               f"{logits.shape[1]} classes")
                         logits, top = logits.float().topk(cfg.topk_logits, dim=1)
                         blocks[LOGITS_INDEX] = top.to(torch.int32).cpu().numpy()
-                    features = features.to(feat_dtype)
+                    features, scale = encoder.encode(features)  # the stored rows: projected, cast or quantised
+                    if scale is not None:  # int8: the per-row scales, small, copied synchronously like the blocks
+                        blocks[FEATURE_SCALE] = scale.cpu().numpy()
                     logits = logits.to(logit_dtype)
                     idx = index.numpy()
                     if cfg.blocks:  # pooled on the device, copied synchronously (they are small)

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import torch
 
-from featcache.cache.format import dense_logits
+from featcache.cache.codec import dequantise
+from featcache.cache.format import FEATURE_SCALE, LOGITS_INDEX, dense_logits
 from featcache.cache.reader import FeatureCache
 
 class PinnedStaging:
@@ -47,13 +48,19 @@ class PinnedStaging:
 
 
 def split_rows(rows: list[torch.Tensor], caches: Sequence[FeatureCache], counts: list[int]):
-    """Per teacher: (features, logits, [blocks...], [logits_index]) tensors -> features, dense logits, blocks."""
+    """Per teacher: (features, logits, [blocks...], *cache.join_fields) tensors -> features, dense logits, blocks.
+
+    Called on the device's copies: int8 rows are dequantised here, after the host→device copy moved half the bytes
+    of float16 rows, and top-k logits are made dense here too."""
     features, logits, blocks, at = [], [], [], 0
     for cache, n in zip(caches, counts):
         part = rows[at : at + n]
         at += n
-        top = cache.manifest.topk_logits
-        features.append(part[0])
-        logits.append(dense_logits(part[1], part[-1], cache.num_classes) if top else part[1])
-        blocks.append(list(part[2 : n - (1 if top else 0)]))
+        joined = cache.join_fields
+        extra = dict(zip(joined, part[n - len(joined) :]))
+        scale = extra.get(FEATURE_SCALE)
+        features.append(part[0] if scale is None else dequantise(part[0], scale))
+        top = extra.get(LOGITS_INDEX)
+        logits.append(part[1] if top is None else dense_logits(part[1], top, cache.num_classes))
+        blocks.append(list(part[2 : n - len(joined)]))
     return features, logits, blocks
