@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +204,57 @@ def atomic_write_text(path: Path, text: str) -> None:
     from featcache.cache.format import atomic_write_text as write
 
     write(Path(path), text)
+
+
+# -- the checkpoints' schema ------------------------------------------------------------------------------------
+# The training state: present in checkpoint-last.pt only.
+_STATE = ("method", "optimizer", "scheduler", "translator_optimizer", "translator_scheduler", "scaler", "rng")
+
+
+@dataclass
+class Checkpoint:
+    student: dict[str, Any]  # the model's state_dict
+    epoch: int  # the last finished epoch, counted from 0
+    test_acc: float  # its test accuracy
+    best_acc: float = -1.0
+    best_epoch: int = 0  # counted from 1 (0: none yet)
+    elapsed: float = 0.0  # seconds of training and evaluation so far, every attempt included
+    method: dict[str, Any] | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
+    translator_optimizer: dict[str, Any] | None = None
+    translator_scheduler: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, Any] | None = None  # {"torch": the CPU generator's state}
+
+    def save(self, path: Path, best: bool = False) -> None:
+        """Atomically to ``path``; ``best``: the student and its epoch only (checkpoint-best.pt)."""
+        keep = ("student", "epoch", "test_acc") if best else tuple(f.name for f in fields(self))
+        atomic_save({name: getattr(self, name) for name in keep}, path)
+
+    @classmethod
+    def load(cls, path: Path, map_location: Any = "cpu", hint: str = "", full: bool = True) -> "Checkpoint":
+        """A checkpoint read weights-only and checked; ``full``: the training state must be there (--resume)."""
+        state = load_checkpoint(path, map_location=map_location, hint=hint)
+        problem = _problem(state, full)
+        if problem:
+            raise ConfigError(f"checkpoint {path} {problem}; it was not written by this featcache"
+                              f"{'; ' + hint if hint else ''}")
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+def _problem(state: dict[str, Any], full: bool) -> str | None:
+    if not isinstance(state.get("student"), dict):
+        return "holds no student state"
+    if not isinstance(state.get("epoch"), int) or isinstance(state.get("epoch"), bool) or state["epoch"] < 0:
+        return f"has no valid epoch ({state.get('epoch')!r})"
+    if not isinstance(state.get("test_acc"), (int, float)):
+        return "has no test accuracy"
+    if full:
+        missing = [k for k in _STATE if k not in state]
+        if missing or not isinstance(state.get("rng"), dict) or "torch" not in state["rng"]:
+            return f"lacks the training state --resume needs ({', '.join(missing) or 'rng'})"
+        for k in ("best_acc", "best_epoch", "elapsed"):
+            if not isinstance(state.get(k), (int, float)) or isinstance(state.get(k), bool):
+                return f"has no valid {k}"
+    return None

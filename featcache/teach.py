@@ -134,14 +134,14 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
         path = Path(config.run_dir) / TEACHER_FILE
         if config.resume and path.is_file():  # a finished run resumed again: its teacher.pt stays as it is
             return summary, path
-        best = rundir.load_checkpoint(Path(config.run_dir) / BEST)
-        model.load_state_dict(best["student"])
+        best = rundir.Checkpoint.load(Path(config.run_dir) / BEST, full=False)
+        model.load_state_dict(best.student)
         rundir.atomic_save({  # atomically: a recipe treats teacher.pt as "done"
             "state_dict": model.weights_state_dict(),
             "featcache": {
                 "teacher": tc.teacher, "init": init, "num_classes": train_ds.num_classes,
                 "classes": list(train_ds.classes), "dataset": train_ds.identity(), "transform": transform.to_dict(),
-                "epoch": best["epoch"] + 1, "test_acc": best["test_acc"],
+                "epoch": best.epoch + 1, "test_acc": best.test_acc,
             },
         }, path)
     return summary, path

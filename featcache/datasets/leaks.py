@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 from featcache.datasets.images import read_file_bytes
 from featcache.errors import DatasetError
 
-if TYPE_CHECKING:
-    from featcache.datasets.base import ImageDataset
+ImageDataset = Any  # featcache.datasets.base.ImageDataset (base imports this module, so not imported here)
 
 
 def _real_paths(paths: Sequence[str]) -> list[str]:

@@ -129,8 +129,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
             "(sample ids, labels or classes changed)"
         )
     student = build_model(info)
-    state = rundir.load_checkpoint(ckpt, hint="evaluate --checkpoint last, or re-run the training")
-    student.load_state_dict(state["student"])
+    state = rundir.Checkpoint.load(ckpt, hint="evaluate --checkpoint last, or re-run the training", full=False)
+    student.load_state_dict(state.student)
     dev = resolve_device(device)
     return (student, test, TransformSpec.from_dict(info["transform"]), dev, resolve_precision(config.precision, dev),
             state, config)
@@ -169,7 +169,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
             overall = ev
         else:
             per_part[name] = ev
-    return RunEvaluation(run_dir=str(run_dir), checkpoint=checkpoint, epoch=state.get("epoch", -1) + 1,
+    return RunEvaluation(run_dir=str(run_dir), checkpoint=checkpoint, epoch=state.epoch + 1,
                          acc=overall.acc, loss=overall.loss, n=overall.n, parts=per_part)
 
 

@@ -74,9 +74,9 @@ def check_same_inputs(run_dir: Path, teacher_keys: list[str], datasets: dict[str
                               "differs); resume it on the same data, or start a fresh --run-dir")
 
 
-def finished(state: dict[str, Any], total_epochs: int) -> bool:
-    """Whether the checkpoint is the run's last epoch (nothing is left to resume)."""
-    return int(state["epoch"]) + 1 >= total_epochs
+def finished(epoch: int, total_epochs: int) -> bool:
+    """Whether a checkpoint of (0-based) ``epoch`` is the run's last (nothing is left to resume)."""
+    return epoch + 1 >= total_epochs
 
 
 def images_per_s(metrics: list[dict[str, Any]]) -> float:

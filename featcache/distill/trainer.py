@@ -20,9 +20,9 @@ from featcache.distill.engine import (  # noqa: F401 - re-exported
     TrainStep,
     claim_run_dir,
     make_optimizer,
-    train,
     training_parts,
 )
+from featcache.distill.loop import train  # noqa: F401 - re-exported
 from featcache.distill.evaluation import eval_loader, evaluate, evaluate_run, load_run  # noqa: F401 - re-exported
 from featcache.distill.setup import (  # noqa: F401 - re-exported
     COMPILE_MODES,

@@ -344,6 +344,6 @@ def _run_teacher(weights: WeightsInfo, num_classes: int | None, seed: int, entry
 
     student = create_student(**info["student_kwargs"])
 
-    state = rundir.load_checkpoint(path / rundir.BEST, hint=f"--weights {path}: re-run that training")
-    load_into(student, state["student"], source=f"--weights {path}")
+    best = rundir.Checkpoint.load(path / rundir.BEST, hint=f"--weights {path}: re-run that training", full=False)
+    load_into(student, best.student, source=f"--weights {path}")
     return RunFeatureModel(student, info["student_kwargs"]["num_classes"], info["transform"]["image_size"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -17,8 +17,7 @@ from featcache.models.base import FeatureModel
 from featcache.models.registry import ModelEntry
 from featcache.models.weights import load_checkpoint, load_into
 
-if TYPE_CHECKING:
-    from featcache.models.teachers import WeightsInfo
+WeightsInfo = Any  # featcache.models.teachers.WeightsInfo (teachers imports this module, so not imported here)
 
 # Auxiliary heads exist only for training; inference never uses them, so checkpoints' copies are dropped.
 AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")

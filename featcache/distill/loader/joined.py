@@ -305,13 +305,37 @@ class JoinedLoader:
                 if isinstance(t, OutOfCoreTable):
                     t.close()
 
+    def iter_rows(self) -> Iterator[Batch]:
+        """This epoch's batches with 1-pixel placeholder images: every teacher's rows joined exactly as ``__iter__``
+        joins them (the epoch's plan and batches, the tables, staging), without the image pipeline: the join alone,
+        as `featcache bench scale` times it."""
+        if self.views is not None or self.noise_per_batch:
+            codes = [np.asarray(b, dtype=np.int64) for b in self._batches()]  # views and noise: their codes
+        else:
+            self._plan, codes = self._index_batches()
+        size = max((len(b) for b in codes), default=0)
+        images, labels = torch.zeros((size, 3, 1, 1), dtype=torch.uint8), torch.zeros(size, dtype=torch.int64)
+        for t in self.tables:
+            t.start_epoch(self._plan)
+        try:
+            for b in codes:
+                yield self._join(images[: len(b)], labels[: len(b)], torch.from_numpy(b))
+        finally:
+            for t in self.tables:
+                if isinstance(t, OutOfCoreTable):
+                    t.close()
+
     def _join(self, images: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> Batch:
         codes = index.numpy()
-        num_noise = int((labels < 0).sum())  # noise items come last in every batch and carry label -1
+        # noise items come last in every batch and carry label -1 (only a loader with noise rows has any)
+        num_noise = int((labels < 0).sum()) if self.noise_per_batch else 0
         n_data = len(self.dataset)
-        view_of, real = np.divmod(codes[: len(codes) - num_noise], n_data)  # which cached view, which sample
-        noise = codes[len(codes) - num_noise :] - self.k * n_data
-        index = torch.from_numpy(np.concatenate([real, noise]))
+        if self.views is None and not num_noise:  # codes are dataset indices: no per-batch arithmetic (bench scale)
+            real, view_of, noise = codes, None, codes[:0]
+        else:
+            view_of, real = np.divmod(codes[: len(codes) - num_noise], n_data)  # which cached view, which sample
+            noise = codes[len(codes) - num_noise :] - self.k * n_data
+            index = torch.from_numpy(np.concatenate([real, noise]))
         dev = self.device
         nb = dev.type == "cuda"  # images, labels and index arrive pinned from the DataLoader
         rows, counts = [], []

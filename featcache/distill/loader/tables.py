@@ -46,12 +46,18 @@ class InMemoryTable:
         pass
 
 
+# Windows the out-of-core ring holds: the one being served, the next (a batch may straddle the two) and two read ahead.
+RING_WINDOWS = 4
+
+
 class OutOfCoreTable:
     """A table read from the shards in contiguous blocks by a prefetch thread, into a ring of block slots.
 
-    It serves a block-mode epoch plan: windows of ``window`` blocks are loaded in plan order, at most two windows
-    ahead of the batch being served; windows behind it are recycled. A gather maps rows to slots with one
-    vectorised index.
+    It serves a block-mode epoch plan: windows of ``window`` blocks are loaded in plan order. Window w always lands in
+    quarter w % 4 of the ring, so where every row will sit is known when the epoch starts: two [n] maps (row -> ring
+    row, row -> window) turn a batch into ring rows with one ``np.take`` and no lock in the common case. The prefetch
+    thread fills window w once the batches have moved past window w - 4, with one ``os.preadv`` per block and field
+    (cache/direct.py: no GIL held while it copies, so it reads while the training loop gathers).
     """
 
     mode = "disk"
@@ -64,14 +70,14 @@ class OutOfCoreTable:
         self.window = window_blocks
         self.n = cache.num_rows(part)
         self.n_blocks = -(-self.n // block_rows)
-        self.capacity = 4 * window_blocks  # current, boundary, and two windows of read-ahead
+        self.capacity = RING_WINDOWS * window_blocks
         self.fields = tuple(fields)
         self._buf = cache.empty_rows(self.capacity * block_rows, self.fields)
-        self._slot = np.full(self.n_blocks, -1, dtype=np.int64)
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
         self._error: BaseException | None = None
+        self._loaded = self._served = -1
 
     # The prefetch thread ------------------------------------------------------------------------------------------
     def start_epoch(self, plan: EpochPlan) -> None:
@@ -81,14 +87,20 @@ class OutOfCoreTable:
                 "--shuffle full needs the tables in RAM (raise --cache-ram)"
             )
         self.close()
-        self._slot[:] = -1
-        self._windows = [plan.blocks[w : w + self.window] for w in range(0, len(plan.blocks), self.window)]
-        self._window_of = np.empty(self.n_blocks, dtype=np.int64)
-        for w, blocks in enumerate(self._windows):
-            self._window_of[blocks] = w
-        self._free = list(range(self.capacity))
-        self._loaded_upto = -1  # windows [0, _loaded_upto] are resident (or were and got recycled)
-        self._oldest = 0  # first window still resident
+        blocks = np.asarray(plan.blocks, dtype=np.int64)
+        if len(blocks) != self.n_blocks or not np.array_equal(np.sort(blocks), np.arange(self.n_blocks)):
+            raise ValueError(f"the epoch plan visits {len(blocks)} blocks, not each of the {self.n_blocks} once")
+        position = np.arange(len(blocks))
+        slot_of = np.empty(self.n_blocks, dtype=np.int64)
+        slot_of[blocks] = (position // self.window % RING_WINDOWS) * self.window + position % self.window
+        window_of = np.empty(self.n_blocks, dtype=np.int32)
+        window_of[blocks] = position // self.window
+        rows = np.arange(self.n, dtype=np.int64)
+        self._ring_row = slot_of[rows // self.block_rows] * self.block_rows + rows % self.block_rows
+        self._row_window = window_of[rows // self.block_rows]
+        self._windows = [blocks[w : w + self.window] for w in range(0, len(blocks), self.window)]
+        self._loaded = -1  # windows [0, _loaded] have been read
+        self._served = 0  # the oldest window batches still need; window w may be read once w - 4 < _served
         self._stop = False
         self._error = None
         self._thread = threading.Thread(target=self._prefetch, name=f"featcache-rows-{self.part}", daemon=True)
@@ -98,45 +110,52 @@ class OutOfCoreTable:
         try:
             for w, blocks in enumerate(self._windows):
                 with self._cv:
-                    while not self._stop and len(self._free) < len(blocks):
+                    while not self._stop and w - RING_WINDOWS >= self._served:
                         self._cv.wait()
                     if self._stop:
                         return
-                    slots = [self._free.pop() for _ in blocks]
-                for b, s in zip(blocks, slots):
+                first = (w % RING_WINDOWS) * self.window
+                for j, b in enumerate(blocks):
+                    if self._stop:
+                        return
                     start, stop = int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.n)
-                    self.cache.read_range_into(start, stop, self._buf, s * self.block_rows, part=self.part)
+                    self.cache.read_range_into(start, stop, self._buf, (first + j) * self.block_rows, part=self.part)
                 with self._cv:
-                    self._slot[blocks] = slots
-                    self._loaded_upto = w
+                    self._loaded = w
                     self._cv.notify_all()
         except BaseException as exc:  # noqa: BLE001 - surfaced by gather()
             with self._cv:
                 self._error = exc
                 self._cv.notify_all()
 
-    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        """The rows ``idx`` of every field, in fresh arrays (the ring is overwritten as the epoch moves on)."""
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
             return tuple(torch.from_numpy(self._buf[f][:0].copy()) for f in self.fields)
-        blocks = idx // self.block_rows
-        windows = self._window_of[blocks]
+        windows = self._row_window[idx]
         lo, hi = int(windows.min()), int(windows.max())
+        if lo != self._served or hi > self._loaded or self._error is not None:
+            self._advance(lo, hi)
+        rows = self._ring_row[idx]
+        return tuple([torch.from_numpy(np.take(self._buf[f], rows, axis=0)) for f in self.fields])
+
+    def _advance(self, lo: int, hi: int) -> None:
+        """Move on to the windows [lo, hi] of a batch: free the windows behind it, wait until its own are read."""
+        if lo < self._served or hi - lo >= RING_WINDOWS:
+            raise ConfigError(
+                f"a batch needs windows {lo}..{hi} of the epoch's block order while the ring holds windows "
+                f"{self._served}..{self._served + RING_WINDOWS - 1}: out-of-core tables serve the plan's order, with "
+                "batches of at most four windows (raise --cache-ram for larger windows, or lower --batch-size)"
+            )
         with self._cv:
-            # Recycle windows the order has moved past, then wait for the ones this batch needs.
-            while self._oldest < lo:
-                old = self._windows[self._oldest]
-                if self._oldest <= self._loaded_upto:
-                    self._free.extend(int(s) for s in self._slot[old])
-                    self._slot[old] = -1
-                self._oldest += 1
+            if lo > self._served:
+                self._served = lo
                 self._cv.notify_all()
-            while self._loaded_upto < hi and self._error is None:
+            while self._loaded < hi and self._error is None:
                 self._cv.wait()
             if self._error is not None:
                 raise self._error
-            rows = self._slot[blocks] * self.block_rows + idx % self.block_rows
-        return tuple(torch.from_numpy(self._buf[f][rows]) for f in self.fields)
 
     def close(self) -> None:
         if self._thread is not None:
