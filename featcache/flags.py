@@ -51,6 +51,8 @@ class Flag:
     runtime: bool = False  # only how/where the stage runs (workers, store, waiting), never what it produces
     cli_type: Any = None  # the type the CLI parses when it differs from the field's (e.g. a Path for names-or-file)
     cli_default: Any = UNSET  # the CLI's default when it differs from the dataclass's (shown in --help)
+    section: str | None = None  # the --help panel it is listed in (its options section, featcache.config)
+    positional: bool = False  # a command-line argument rather than an option (``featcache eval RUN_DIR``)
 
     def __post_init__(self):
         if self.form not in FORMS:
@@ -131,12 +133,18 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.
             default = None
         else:
             default = default_of(f)
+        if flag.positional:
+            param = typer.Argument(... if default is MISSING else default, help=flag.help or None)
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=param,
+                                            annotation=annotation))
+            continue
         decl = [flag_name(f)]
         if flag.negatable:
             decl = [f"{decl[0]}/--no-{decl[0][2:]}"]
         if flag.short:
             decl.append(flag.short)
-        option = typer.Option(... if default is MISSING else default, *decl, help=flag.help or None)
+        option = typer.Option(... if default is MISSING else default, *decl, help=flag.help or None,
+                              rich_help_panel=flag.section)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return params
 
@@ -188,6 +196,9 @@ def command_line(config: Any, command: str, *, positional_first: tuple[str, ...]
         if flag.runtime or value is None or (default is not MISSING and value == default):
             continue
         name = flag_name(f)
+        if flag.positional:
+            args.append(str(value))
+            continue
         if flag.form == "repeat":
             for v in value:
                 args += [name, str(v)]

@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from featcache.cache import FeatureCache
+from featcache.distill.methods.aka import AKAFound
 from featcache.cli import app
 from featcache.datasets import get_dataset
 from featcache.datasets.base import ClassSubset, split_classes
@@ -31,7 +32,7 @@ def test_entropy_selection_picks_the_most_confident_teacher_per_sample():
 def test_selection_routes_each_samples_loss_to_its_selected_teacher():
     torch.manual_seed(0)
     student = create_student("lenet5", num_classes=3, image_size=32).eval()
-    params = MethodParams(teacher_columns=[([0, 1, 2], [0, 1, 2]), ([0, 1, 2], [0, 1, 2])])
+    params = MethodParams(found=AKAFound([([0, 1, 2], [0, 1, 2]), ([0, 1, 2], [0, 1, 2])]))
     m = AdaptiveAmalgamation(student, [8, 8], 3, params)
     x = torch.randn(2, 3, 32, 32)
     feats = [torch.randn(2, 8), torch.randn(2, 8)]
@@ -255,7 +256,7 @@ def test_aka_with_block_features(tmp_path):
                         batch_size=16, workers=0, cache_dir=store, run_dir=tmp_path / "s",
                         student_blocks=["conv1", "conv2"])
     s = setup(cfg)
-    assert s.method.params.student_block_channels == [6, 16] and len(s.method.fa_teacher_blocks) == 2
+    assert s.method.params.found.student_block_channels == [6, 16] and len(s.method.fa_teacher_blocks) == 2
     # One batch by hand: the loss holds the block terms.
     from featcache.distill.loader import JoinedLoader
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from featcache.config import FitNetsOptions, KDOptions, LossOptions
 from featcache.distill.methods import METHODS, MethodParams, TeacherRows, get_method
 from featcache.errors import ConfigError
 from featcache.models.students import create_student
@@ -87,7 +88,7 @@ def batch():
     return x, y
 
 
-PARAMS = MethodParams(lambda_xent=0.7, lambda_mse=1.3, lambda_kd=0.9, temperature=3.0)
+PARAMS = MethodParams(loss=LossOptions(lambda_xent=0.7, lambda_mse=1.3, lambda_kd=0.9), kd=KDOptions(temperature=3.0))
 
 
 def test_ce(batch):
@@ -105,12 +106,12 @@ def test_kd(batch):
     t1, t2 = torch.randn(6, 3), torch.randn(6, 3)
     m = get_method("kd")(s, [7, 7], 3, PARAMS)
     loss, parts, _ = m.loss(s, x, y, TeacherRows([torch.zeros(6, 7)] * 2, [t1, t2.half()]), 0)
-    T = PARAMS.temperature
+    T = PARAMS.kd.temperature
     logits = np_(s(x))
     target = (np_softmax(np_(t1) / T) + np_softmax(np_(t2.half()) / T)) / 2  # averaged soft targets
     logq = np.log(np_softmax(logits / T))
     kl = (target * (np.log(target) - logq)).sum(1).mean() * T * T
-    want = PARAMS.lambda_xent * np_xent(logits, y.numpy()) + PARAMS.lambda_kd * kl
+    want = PARAMS.loss.lambda_xent * np_xent(logits, y.numpy()) + PARAMS.loss.lambda_kd * kl
     assert loss.item() == pytest.approx(want, rel=1e-5)
     # Identical student and teacher logits: the soft-target term vanishes.
     _, parts, _ = m.loss(s, x, y, TeacherRows([torch.zeros(6, 7)], [s(x).detach()]), 0)
@@ -124,7 +125,8 @@ def test_ts(batch):
     m = get_method("ts")(s, [5], 3, PARAMS)
     loss, parts, _ = m.loss(s, x, y, TeacherRows([ft], [torch.zeros(6, 3)]), 0)
     g = np_relu(lin(s.layers[0], np_(x)))
-    want = PARAMS.lambda_mse * np_mse(g, np_(ft)) + PARAMS.lambda_xent * np_xent(lin(s.classifier, g), y.numpy())
+    w = PARAMS.loss
+    want = w.lambda_mse * np_mse(g, np_(ft)) + w.lambda_xent * np_xent(lin(s.classifier, g), y.numpy())
     assert loss.item() == pytest.approx(want, rel=1e-5)
     assert parts["mse"].item() == pytest.approx(np_mse(g, np_(ft)), rel=1e-5)
 
@@ -144,7 +146,7 @@ def test_ts_translator(batch):
     f_l1 = np_relu(lin(s.layers[0], np_(x)))
     t = lin(m.translators[0], np_(ft))
     yy = y.numpy()
-    want = PARAMS.lambda_mse * np_mse(t, f_l1) + PARAMS.lambda_xent * (
+    want = PARAMS.loss.lambda_mse * np_mse(t, f_l1) + PARAMS.loss.lambda_xent * (
         np_xent(lin(s.classifier, t), yy) + np_xent(lin(s.classifier, f_l1), yy)
     )
     assert loss.item() == pytest.approx(want, rel=1e-5)
@@ -162,9 +164,9 @@ def test_multi_matches_eq5(batch):
     f_l1 = np_relu(lin(s.layers[1], f_l2))
     t1 = lin(m.translators[0], np_(f1))  # teacher 1 -> l_1 (5-d)
     t2 = lin(m.translators[1], np_(f2))  # teacher 2 -> l_2 (6-d)
-    want = PARAMS.lambda_xent * np_xent(lin(s.classifier, f_l1), yy)
-    want += PARAMS.lambda_mse * np_mse(t1, f_l1) + PARAMS.lambda_xent * np_xent(lin(s.classifier, t1), yy)
-    want += PARAMS.lambda_mse * np_mse(t2, f_l2) + PARAMS.lambda_xent * np_xent(
+    want = PARAMS.loss.lambda_xent * np_xent(lin(s.classifier, f_l1), yy)
+    want += PARAMS.loss.lambda_mse * np_mse(t1, f_l1) + PARAMS.loss.lambda_xent * np_xent(lin(s.classifier, t1), yy)
+    want += PARAMS.loss.lambda_mse * np_mse(t2, f_l2) + PARAMS.loss.lambda_xent * np_xent(
         lin(s.classifier, np_relu(lin(s.layers[1], t2))), yy
     )
     assert loss.item() == pytest.approx(want, rel=1e-5)
@@ -186,7 +188,8 @@ def test_fitnets_two_stages(batch):
     x, y = batch
     s = ToyStudent(dims=(5,))
     ft = torch.randn(6, 8)
-    m = get_method("fitnets")(s, [8], 3, MethodParams(lambda_mse=2.0, hint_epochs=3))
+    params = MethodParams(loss=LossOptions(lambda_mse=2.0), fitnets=FitNetsOptions(hint_epochs=3))
+    m = get_method("fitnets")(s, [8], 3, params)
     assert m.total_epochs(4) == 7
     assert [m.stage(e) for e in range(7)] == ["hint"] * 3 + ["xent"] * 4
     rows = TeacherRows([ft], [torch.zeros(6, 3)])

@@ -23,7 +23,8 @@ from featcache import distributed
 from featcache.distill import resume
 from featcache.distill.loader import JoinedLoader, parse_bytes
 from featcache.distill.methods import Method, TeacherRows
-from featcache.config import DistillConfig
+from featcache.config import DistillConfig, OptimOptions
+from featcache.distill.optim import make_optimizer, make_schedule
 from featcache.distill.setup import Setup, default_run_dir, resident_default, sampling_of, validate
 from featcache.errors import ConfigError, RunLockedError
 from featcache.locks import LOCK_FILE, DirLock
@@ -70,23 +71,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_optimizer(name: str, params, lr: float, config: DistillConfig):
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay,
-                           nesterov=config.momentum > 0)
-
-
-def _make_schedule(opt, config: DistillConfig, total_epochs: int):
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total_epochs))
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
 class _LossModule(torch.nn.Module):
@@ -219,15 +203,16 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
             views=config.views, sampling=sampling,
         )
     total_epochs = method.total_epochs(config.epochs)
-    opt = make_optimizer(config.optimizer, student.parameters(), config.lr, config)
+    optim = config.section(OptimOptions)
+    opt = make_optimizer(config.optimizer, student.parameters(), config.lr, optim)
     translator_params = list(method.translators.parameters())
-    topt = (make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, config)
+    topt = (make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, optim)
             if translator_params else None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = TrainStep(student, method, opt, topt, scaler, s.transform.normalizer(device), device, precision,
                      config.channels_last, config.compile)
-    sched = _make_schedule(opt, config, total_epochs)
-    tsched = _make_schedule(topt, config, total_epochs) if topt else None
+    sched = make_schedule(opt, optim, total_epochs)
+    tsched = make_schedule(topt, optim, total_epochs) if topt else None
     return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online,
                          online_dtypes)
 

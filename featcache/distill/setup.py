@@ -21,6 +21,7 @@ from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.base import check_disjoint, check_trainable
+from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
 from featcache.runtime import parse_bytes
@@ -35,9 +36,7 @@ from featcache.runtime import (
 )
 from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
-SCHEDULES = ("cosine", "step", "none")
 
 
 @dataclass
@@ -160,7 +159,7 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     transform = _transform_for(config, caches, train, entry)
     dims = [c.num_features for c in caches]
     labels = labels_of(config, method_cls, train)
-    params = method_params(config, **method_cls.prepare(caches, train, head, config))
+    params = MethodParams.from_config(config, found=method_cls.prepare(caches, train, head, config))
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
         if "feature_dim" in options and options["feature_dim"] != config.feature_dim:
@@ -175,7 +174,8 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     }
     student = create_student(**student_kwargs)
     if config.student_blocks:
-        params.student_block_channels = student_block_channels(student, config.student_blocks, transform.image_size)
+        params.found.student_block_channels = student_block_channels(student, config.student_blocks,
+                                                                     transform.image_size)
     method = method_cls(student, dims, len(head), params)
     device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
@@ -189,8 +189,8 @@ def _positive(flag: str, value: float | None) -> None:
 
 
 def validate(config: DistillConfig) -> None:
-    check_choice("--optimizer", config.optimizer, OPTIMIZERS)
-    check_choice("--schedule", config.schedule, SCHEDULES)
+    check_choice("--optimizer", config.optimizer, tuple(OPTIMIZERS))
+    check_choice("--schedule", config.schedule, tuple(SCHEDULES))
     check_at_least("--epochs", config.epochs, 1)
     check_at_least("--batch-size", config.batch_size, 1)
     check_at_least("--step-size", config.step_size, 1)
@@ -216,17 +216,8 @@ def validate(config: DistillConfig) -> None:
     check_choice("--cache-mode", config.cache_mode, MODES)
     parse_bytes(config.cache_ram)
     check_spec(config.labels, config.labeled_share)
-    method_params(config).check()
+    MethodParams.from_config(config).check()
     Augment(config.augment)  # validates the name
-
-
-def method_params(config: DistillConfig, **resolved: Any) -> MethodParams:
-    """The method's parameters from the flags (``resolved``: what setup derives from the caches and the student)."""
-    return MethodParams(
-        lambda_xent=config.lambda_xent, lambda_mse=config.lambda_mse, lambda_kd=config.lambda_kd,
-        temperature=config.temperature, translator=config.translator, hint_epochs=config.hint_epochs,
-        aka_dim=config.aka_dim, student_blocks=list(config.student_blocks) or None, **resolved,
-    )
 
 
 def default_run_dir(config: DistillConfig) -> Path:

@@ -19,18 +19,15 @@ from featcache.distill.engine import (  # noqa: F401 - re-exported
     TrainingParts,
     TrainStep,
     claim_run_dir,
-    make_optimizer,
     training_parts,
 )
 from featcache.distill.loop import train  # noqa: F401 - re-exported
+from featcache.distill.optim import OPTIMIZERS, SCHEDULES, make_optimizer  # noqa: F401 - re-exported
 from featcache.distill.evaluation import eval_loader, evaluate, evaluate_run, load_run  # noqa: F401 - re-exported
 from featcache.distill.setup import (  # noqa: F401 - re-exported
     COMPILE_MODES,
-    OPTIMIZERS,
-    SCHEDULES,
     Setup,
     default_run_dir,
-    method_params,
     resident_default,
     setup,
 )

@@ -15,10 +15,13 @@ maps with 1×1-convolution FA on both sides.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featcache.config import AKAOptions
 from featcache.distill.methods.base import Method
 from featcache.errors import ConfigError
 from featcache.models.students import student_block_module
@@ -40,6 +43,17 @@ def fa_regulariser(weight: torch.Tensor) -> torch.Tensor:
     return ((weight.float().pow(2).sum(dim=1) - 1) ** 2).mean()
 
 
+@dataclass
+class AKAFound:
+    """What aka's ``prepare`` finds in the caches: per teacher, its logit columns inside the student's head (student
+    columns, teacher columns) and, with --student-blocks, its cached block records; setup adds the student's block
+    channels once the student is built."""
+
+    teacher_columns: list[tuple[list[int], list[int]]] | None
+    teacher_blocks: list[list[dict]] | None = None
+    student_block_channels: list[int] | None = None
+
+
 class _Scales(nn.Module):
     def __init__(self, n: int) -> None:
         super().__init__()
@@ -51,12 +65,13 @@ class AdaptiveAmalgamation(Method):
     Eq. 8 (one cached block), averaged over the batch. No labels are used."""
 
     name = "aka"
+    options = (AKAOptions,)
     min_teachers = 1
     max_teachers = None
     uses_labels = False
 
     @classmethod
-    def prepare(cls, caches, train, head, config) -> dict:
+    def prepare(cls, caches, train, head, config) -> "AKAFound":
         """Each teacher's logit columns inside the student's head (by class name: a teacher covers part of the
         classes) and, with --student-blocks, the cached blocks matched to them."""
         columns = []
@@ -83,15 +98,16 @@ class AdaptiveAmalgamation(Method):
                         "extract every teacher with as many --blocks"
                     )
             teacher_blocks = [list(c.manifest.blocks) for c in caches]
-        return {"teacher_columns": columns, "teacher_blocks": teacher_blocks}
+        return AKAFound(columns, teacher_blocks)
 
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
-        columns = params.teacher_columns
+        found = params.found if isinstance(params.found, AKAFound) else AKAFound(None)
+        columns = found.teacher_columns
         if columns is None or len(columns) != len(teacher_dims):
             raise ConfigError("--method aka needs to know which dataset classes each teacher's logits cover")
         self.columns = [list(c[0]) for c in columns]
-        aligned = params.aka_dim or student.num_features
+        aligned = params.aka.aka_dim or student.num_features
         self.fa_student = nn.ModuleList(nn.Linear(student.num_features, aligned, bias=False) for _ in teacher_dims)
         self.fa_teacher = nn.ModuleList(nn.Linear(d, aligned, bias=False) for d in teacher_dims)
         for fa in (*self.fa_student, *self.fa_teacher):  # start on the constraint of Eq. 3: unit-norm rows
@@ -107,13 +123,13 @@ class AdaptiveAmalgamation(Method):
         self.tasks = list(tasks.values())
         # Block-wise transfer bridges (Eq. 8's Σ_l) when the caches hold intermediate blocks (extract --blocks):
         # student body module l is matched to each teacher's l-th cached block, both aligned by 1×1 convolutions.
-        self.block_names = list(params.student_blocks or [])
+        self.block_names = list(params.aka.student_blocks or [])
         self.fa_student_blocks = nn.ModuleList()
         self.fa_teacher_blocks = nn.ModuleList()
         self._captured: dict[str, torch.Tensor] = {}
         if self.block_names:
-            s_channels = params.student_block_channels
-            for t, blocks in enumerate(params.teacher_blocks or []):
+            s_channels = found.student_block_channels
+            for t, blocks in enumerate(found.teacher_blocks or []):
                 self.fa_student_blocks.append(nn.ModuleList(
                     nn.Conv2d(cs, cs, 1, bias=False) for cs in s_channels))
                 self.fa_teacher_blocks.append(nn.ModuleList(
@@ -124,7 +140,7 @@ class AdaptiveAmalgamation(Method):
                         w = conv.weight
                         w.copy_(F.normalize(torch.randn(w.shape[0], w.shape[1]), dim=1).view_as(w))
             self.translators.extend([*self.fa_student_blocks, *self.fa_teacher_blocks])
-            self.teacher_blocks = params.teacher_blocks
+            self.teacher_blocks = found.teacher_blocks
             for name in self.block_names:
                 student_block_module(student, name).register_forward_hook(
                     lambda m, i, o, name=name: self._captured.__setitem__(name, o))

@@ -12,47 +12,50 @@ absorbs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featcache.config import AKAOptions, FitNetsOptions, KDOptions, LossOptions, TranslatorOptions
 from featcache.errors import ConfigError
 
 
 @dataclass
 class MethodParams:
-    """Loss weights and method options (the --lambda-* / --temperature / --translator flags)."""
+    """What a method is given: the loss weights every method shares, each method's own section of the options
+    (featcache.config: ``kd.temperature``, ``translator.translator``, ``fitnets.hint_epochs``, ``aka.aka_dim``; a
+    method reads the sections it declares in ``Method.options``), and what its ``prepare`` found in the caches."""
 
-    lambda_xent: float = 1.0
-    lambda_mse: float = 1.0
-    lambda_kd: float = 1.0
-    temperature: float = 4.0
-    translator: str = "linear"
-    hint_epochs: int | None = None  # fitnets: epochs of the hint stage (default: as many as --epochs)
-    # aka, per teacher: (student head columns, the teacher's logit columns for the same classes)
-    teacher_columns: list[tuple[list[int], list[int]]] | None = None
-    aka_dim: int | None = None  # aka: width of the aligned features (default: the student's feature width)
-    # aka with block features: the student's body modules matched, in order, to each teacher's cached blocks
-    student_blocks: list[str] | None = None
-    student_block_channels: list[int] | None = None
-    teacher_blocks: list[list[dict]] | None = None  # per teacher: the manifest's block records
+    loss: LossOptions = field(default_factory=LossOptions)
+    kd: KDOptions = field(default_factory=KDOptions)
+    translator: TranslatorOptions = field(default_factory=TranslatorOptions)
+    fitnets: FitNetsOptions = field(default_factory=FitNetsOptions)
+    aka: AKAOptions = field(default_factory=AKAOptions)
+    found: Any = None  # Method.prepare's result (aka: featcache.distill.methods.aka.AKAFound)
+
+    @classmethod
+    def from_config(cls, config, found: Any = None) -> "MethodParams":
+        """The sections of a DistillConfig (flat flags) as the method's typed parameters."""
+        return cls(loss=config.section(LossOptions), kd=config.section(KDOptions),
+                   translator=config.section(TranslatorOptions), fitnets=config.section(FitNetsOptions),
+                   aka=config.section(AKAOptions), found=found)
 
     def check(self) -> None:
         """Refuse values no loss is defined for (a zero temperature divides by zero; a negative weight ascends)."""
-        for flag, value in (("--lambda-xent", self.lambda_xent), ("--lambda-mse", self.lambda_mse),
-                            ("--lambda-kd", self.lambda_kd)):
+        for flag, value in (("--lambda-xent", self.loss.lambda_xent), ("--lambda-mse", self.loss.lambda_mse),
+                            ("--lambda-kd", self.loss.lambda_kd)):
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{flag} must be a finite number >= 0, got {value}", flag=flag)
-        if not math.isfinite(self.temperature) or self.temperature <= 0:
+        if not math.isfinite(self.kd.temperature) or self.kd.temperature <= 0:
             raise ConfigError(f"--temperature must be a finite number > 0 (the softmax divides by it), got "
-                              f"{self.temperature}", flag="--temperature")
-        if self.hint_epochs is not None and self.hint_epochs < 0:
-            raise ConfigError(f"--hint-epochs must be >= 0, got {self.hint_epochs}", flag="--hint-epochs")
-        if self.aka_dim is not None and self.aka_dim < 1:
-            raise ConfigError(f"--aka-dim must be >= 1, got {self.aka_dim}", flag="--aka-dim")
+                              f"{self.kd.temperature}", flag="--temperature")
+        if self.fitnets.hint_epochs is not None and self.fitnets.hint_epochs < 0:
+            raise ConfigError(f"--hint-epochs must be >= 0, got {self.fitnets.hint_epochs}", flag="--hint-epochs")
+        if self.aka.aka_dim is not None and self.aka.aka_dim < 1:
+            raise ConfigError(f"--aka-dim must be >= 1, got {self.aka.aka_dim}", flag="--aka-dim")
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Method(nn.Module):
     max_teachers: ClassVar[int | None] = 1
     needs_teacher_classes: ClassVar[bool] = False  # uses teacher logits over the dataset's classes
     uses_labels: ClassVar[bool] = True  # False: trains from teacher rows alone (--unlabeled is implied)
+    options: ClassVar[tuple[type, ...]] = ()  # its own option sections (featcache.config), besides the loss weights
 
     def __init__(self, student: nn.Module, teacher_dims: list[int], num_classes: int, params: MethodParams) -> None:
         super().__init__()
@@ -92,12 +96,13 @@ class Method(nn.Module):
         raise ConfigError(f"--method {cls.name} takes {want} --teacher, got {n}")
 
     @classmethod
-    def prepare(cls, caches: list, train, head: list[str], config) -> dict:
-        """Check the caches against this method and resolve what it needs from them (MethodParams fields); called
-        once per run before the student is built. Methods that read cached blocks or class columns override it."""
+    def prepare(cls, caches: list, train, head: list[str], config) -> Any:
+        """Check the caches against this method and resolve what it needs from them (``MethodParams.found``);
+        called once per run before the student is built. Methods that read cached blocks or class columns override
+        it."""
         if config.student_blocks:
             raise ConfigError(f"--student-blocks: --method {cls.name} does not use block features (aka does)")
-        return {}
+        return None
 
     @classmethod
     def student_options(cls, teacher_dims: list[int], params: MethodParams) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from featcache.config import FitNetsOptions
 from featcache.distill.methods.base import Method, mse, xent
 
 
@@ -18,6 +19,7 @@ class FitNets(Method):
     """
 
     name = "fitnets"
+    options = (FitNetsOptions,)
 
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
@@ -29,7 +31,8 @@ class FitNets(Method):
         return self.hint_epochs(epochs) + epochs
 
     def hint_epochs(self, epochs: int) -> int:
-        return self.params.hint_epochs if self.params.hint_epochs is not None else epochs
+        hint = self.params.fitnets.hint_epochs
+        return hint if hint is not None else epochs
 
     def stage(self, epoch):
         assert self._epochs is not None, "total_epochs() must be called first"
@@ -40,6 +43,6 @@ class FitNets(Method):
         logits = student.forward_head(f_l1)
         if self.stage(epoch) == "hint":
             l_mse = mse(self.translators[0](f_l1), rows.features[0])
-            return self.params.lambda_mse * l_mse, {"mse": l_mse.detach()}, logits
+            return self.params.loss.lambda_mse * l_mse, {"mse": l_mse.detach()}, logits
         l_xent = xent(logits, y)
         return l_xent, {"xent": l_xent.detach()}, logits

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from featcache.config import KDOptions
 from featcache.distill.methods.base import Method, xent
 
 
@@ -17,15 +18,16 @@ class KnowledgeDistillation(Method):
     """
 
     name = "kd"
+    options = (KDOptions,)
     min_teachers = 1
     max_teachers = None
     needs_teacher_classes = True
 
     def loss(self, student, x, y, rows, epoch):
-        T = self.params.temperature
+        T = self.params.kd.temperature
         logits = student(x)
         target = torch.stack([F.softmax(t.float() / T, dim=1) for t in rows.logits]).mean(0)
         kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), target, reduction="batchmean") * (T * T)
         ce = xent(logits, y)
-        loss = self.params.lambda_xent * ce + self.params.lambda_kd * kd
+        loss = self.params.loss.lambda_xent * ce + self.params.loss.lambda_kd * kd
         return loss, {"xent": ce.detach(), "kd": kd.detach()}, logits

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from featcache.config import TranslatorOptions
 from featcache.distill.methods.base import Method, mse, xent
 from featcache.models.translators import make_translator
 
@@ -20,6 +21,7 @@ class MultiTeacher(Method):
     """
 
     name = "multi"
+    options = (TranslatorOptions,)
     min_teachers = 1
     max_teachers = None
 
@@ -30,12 +32,12 @@ class MultiTeacher(Method):
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
         for i, dim in enumerate(teacher_dims, start=1):
-            self.translators.append(make_translator(params.translator, dim, student.level_dim(i)))
+            self.translators.append(make_translator(params.translator.translator, dim, student.level_dim(i)))
 
     def loss(self, student, x, y, rows, epoch):
         layer_outputs, logits = student.forward_all(x)  # outputs of l_T, ..., l_1
         T = len(self.teacher_dims)
-        p = self.params
+        p = self.params.loss
         parts: dict[str, torch.Tensor] = {}
         l_xent = xent(logits, y)
         parts["xent"] = l_xent.detach()

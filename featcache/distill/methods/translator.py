@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from featcache.config import TranslatorOptions
 from featcache.distill.methods.base import Method, mse, xent
 from featcache.models.translators import make_translator
 
@@ -16,10 +17,11 @@ class TSTranslator(Method):
     """
 
     name = "ts-translator"
+    options = (TranslatorOptions,)
 
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
-        self.translators.append(make_translator(params.translator, teacher_dims[0], student.num_features))
+        self.translators.append(make_translator(params.translator.translator, teacher_dims[0], student.num_features))
 
     def loss(self, student, x, y, rows, epoch):
         f_l1 = student.forward_features(x)
@@ -28,6 +30,6 @@ class TSTranslator(Method):
         l_mse = mse(t, f_l1)
         l_xent_t = xent(student.head_from(1, t), y)
         l_xent = xent(logits, y)
-        p = self.params
+        p = self.params.loss
         loss = p.lambda_mse * l_mse + p.lambda_xent * (l_xent_t + l_xent)
         return loss, {"mse": l_mse.detach(), "xent_translated": l_xent_t.detach(), "xent": l_xent.detach()}, logits

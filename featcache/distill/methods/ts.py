@@ -33,5 +33,5 @@ class TSLearning(Method):
         logits = student.forward_head(g)
         l_mse = mse(g, rows.features[0])
         l_xent = xent(logits, y)
-        loss = self.params.lambda_mse * l_mse + self.params.lambda_xent * l_xent
+        loss = self.params.loss.lambda_mse * l_mse + self.params.loss.lambda_xent * l_xent
         return loss, {"mse": l_mse.detach(), "xent": l_xent.detach()}, logits

@@ -1,0 +1,32 @@
+"""One schema per stage: the configs of extract, distill and train-teacher, and the flags they declare.
+
+Each field carries its CLI flag, help and recipe rules (featcache.flags); the CLI, recipe validation and the
+reproducing command lines are derived from here. Torch-free, so that ``featcache --help`` starts fast.
+
+    extract.py   ExtractConfig                    teacher.py   TeacherConfig
+    distill.py   DistillConfig, in sections       common.py    names and help texts the configs share
+"""
+
+from featcache.config.common import (  # noqa: F401 - the package's public names
+    DEFAULT_SHARD_ROWS,
+    METHODS_HELP,
+    STORES_HELP,
+    STUDENTS_HELP,
+)
+from featcache.config.distill import (  # noqa: F401
+    SECTIONS,
+    AKAOptions,
+    DataOptions,
+    DistillConfig,
+    FitNetsOptions,
+    KDOptions,
+    LoaderOptions,
+    LossOptions,
+    OptimOptions,
+    RunOptions,
+    StudentOptions,
+    TeacherOptions,
+    TranslatorOptions,
+)
+from featcache.config.extract import ExtractConfig  # noqa: F401
+from featcache.config.teacher import TeacherConfig  # noqa: F401

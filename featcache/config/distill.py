@@ -1,0 +1,210 @@
+"""`featcache distill`'s options, in sections owned by the code that reads them.
+
+Each section is a dataclass whose fields carry their flags (featcache.flags); ``DistillConfig`` is all of them at once
+(flat: ``--lr`` is ``config.lr``, as the CLI, recipes and the Python API have always spelled it), and
+``config.section(KDOptions)`` is the typed view the owner reads. ``--help`` lists the flags by section. A method's
+own options are its section (``KDOptions`` for ``kd``, ``AKAOptions`` for ``aka``, ...): the method declares it
+(``Method.options``) and receives only it (featcache.distill.methods.base.MethodParams).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from featcache.config.common import METHODS_HELP, STORES_HELP, STUDENTS_HELP
+from featcache.flags import opt
+
+S = TypeVar("S")
+
+
+@dataclass
+class StudentOptions:
+    """The network trained (featcache.models.students)."""
+
+    student: str = opt("mobilenetv3", STUDENTS_HELP, short="-s", recipe=False, section="Student")
+    feature_dim: int | None = opt(None, "Width of the student's feature layer (ts sets it to the teacher's).",
+                                  section="Student")
+    small_input: bool | None = opt(None, "CIFAR-style stems (default: when images are <= 64 px).", negatable=True,
+                                   section="Student")
+    image_size: int | None = opt(None, "Without a teacher: input size (default: the dataset's native size or 224).",
+                                 section="Student")
+
+
+@dataclass
+class DataOptions:
+    """Which images and labels the run trains on (featcache.datasets, featcache.distill.labels)."""
+
+    dataset: str = opt("synthetic", short="-d", recipe=False, section="Data")
+    data_root: Path | None = opt(None, recipe=False, section="Data")
+    dataset_options: dict[str, Any] = opt(factory=dict, help="Dataset option key=value (repeatable).",
+                                          name="--dataset-opt", short="-o", form="keyvalue", recipe=False,
+                                          section="Data")
+    labels: str = opt("all", "Which training labels the run reads: all, none, N/class (the first N of each class), a "
+                             "fraction in (0, 1) of each class, or ids:FILE. The others train through the teacher "
+                             "terms only (docs/methods.md).", section="Data")
+    labeled_share: float | None = opt(None, "Part of every batch drawn from the labelled samples (default: the "
+                                            "natural mix, each sample once per epoch).", section="Data")
+    unlabeled: bool = opt(False, "Never read the training labels (aka; implied by it). The same as --labels none.",
+                          section="Data")
+    content_check: str = opt("sample", "Re-hash images against the digests the caches recorded: sample (256 images, "
+                                       "default), full or off.", section="Data")
+    # The student's head covers these classes only (an aka component net; set by amalgamate, never by a user).
+    classes: list[str] | None = opt(None, cli=False, recipe=False)
+
+
+@dataclass
+class TeacherOptions:
+    """Which cached teachers, by which method, and how their rows are used (featcache.distill.resolve, loader)."""
+
+    teachers: list[str] = opt(factory=list, help="A cached teacher: NAME (looked up for this dataset), KEY (or unique "
+                                                 "prefix) or NAME:KEY. Repeat for several.",
+                              name="--teacher", short="-t", form="repeat", recipe=False, section="Teachers")
+    method: str | None = opt(None, METHODS_HELP, short="-m", recipe=False, section="Teachers")
+    views: bool = opt(True, "Replay the caches' augmented views (extract --views), one per sample per epoch.",
+                      negatable=True, section="Teachers")
+    allow_inconsistent: bool = opt(False, "Allow augmentation/views the cached rows do not describe (the "
+                                          "fixed-teacher setting).", section="Teachers")
+    noise_per_batch: int = opt(0, "Add N cached random images per batch (TS-Learning augmentation).",
+                               section="Teachers")
+    # Run the caches' teachers on every batch instead of reading their rows: the losslessness comparison only (it
+    # costs what the cache saves); the caches still name the teachers and are checked against the dataset.
+    online: bool = opt(False, "Run the caches' teachers on every batch instead of reading their rows (to compare "
+                              "with the cache; costs what the cache saves).", section="Teachers")
+
+
+@dataclass
+class LossOptions:
+    """The weights every method's terms share (featcache.distill.methods)."""
+
+    lambda_xent: float = opt(1.0, section="Loss")
+    lambda_mse: float = opt(1.0, section="Loss")
+    lambda_kd: float = opt(1.0, section="Loss")
+
+
+@dataclass
+class KDOptions:
+    """kd's own option (featcache.distill.methods.kd)."""
+
+    temperature: float = opt(4.0, "kd: softmax temperature.", section="Method kd")
+
+
+@dataclass
+class TranslatorOptions:
+    """ts-translator's and multi's own options (featcache.models.translators)."""
+
+    translator: str = opt("linear", "ts-translator/multi: linear or upsample.", section="Method ts-translator, multi")
+    translator_lr: float | None = opt(None, "Learning rate of the translator optimizer (default: --lr).",
+                                      section="Method ts-translator, multi")
+
+
+@dataclass
+class FitNetsOptions:
+    """fitnets' own option (featcache.distill.methods.fitnets)."""
+
+    hint_epochs: int | None = opt(None, "fitnets: epochs of the hint stage (default: --epochs).",
+                                  section="Method fitnets")
+
+
+@dataclass
+class AKAOptions:
+    """aka's own options (featcache.distill.methods.aka)."""
+
+    aka_dim: int | None = opt(None, "aka: width of the aligned features (default: the student's).",
+                              section="Method aka")
+    student_blocks: list[str] = opt(factory=list, help="aka: student body modules matched, in order, to the "
+                                                       "teachers' cached --blocks (e.g. layer2,layer3).",
+                                    form="comma", section="Method aka")
+
+
+@dataclass
+class OptimOptions:
+    """How the student is trained (featcache.distill.engine: the optimizers and the schedule)."""
+
+    epochs: int = opt(30, section="Optimisation")
+    batch_size: int = opt(128, short="-b", section="Optimisation")
+    lr: float = opt(1e-3, section="Optimisation")
+    optimizer: str = opt("adam", "adam, adamw or sgd.", section="Optimisation")
+    momentum: float = opt(0.9, section="Optimisation")
+    weight_decay: float = opt(0.0, section="Optimisation")
+    schedule: str = opt("cosine", "cosine, step or none.", section="Optimisation")
+    step_size: int = opt(50, "step schedule: epochs between decays.", section="Optimisation")
+    gamma: float = opt(0.1, "step schedule: decay factor.", section="Optimisation")
+    augment: str = opt("none", "none, flip, pad-crop-flip (with teachers only with --allow-inconsistent).",
+                       section="Optimisation")
+
+
+@dataclass
+class LoaderOptions:
+    """Where rows and images live and how an epoch visits them (featcache.distill.loader, resident, runtime)."""
+
+    workers: int | None = opt(None, runtime=True, section="Loader")
+    cache_ram: str = opt("auto", "RAM budget for teacher tables, e.g. 8G (auto: half of available).", runtime=True,
+                         section="Loader")
+    cache_mode: str = opt("auto", "auto, ram or disk (out of core).", runtime=True, section="Loader")
+    shuffle: str = opt("auto", "auto, full, block or none.", section="Loader")
+    # Images, labels and rows held on the device; None = auto: on the CPU when the split fits (see resident_default).
+    resident: bool | None = opt(None, "Hold images, labels and teacher rows on the device, augmentation there too "
+                                      "(default: on the CPU when the split fits in RAM; never on a GPU unless asked).",
+                                negatable=True, runtime=True, section="Loader")
+
+
+@dataclass
+class RunOptions:
+    """Where and how the run happens (featcache.distill.engine, featcache.runtime, featcache.cache.store)."""
+
+    seed: int = opt(0, recipe=False, section="Run")
+    device: str = opt("auto", runtime=True, section="Run")
+    precision: str = opt("auto", section="Run")
+    compile: str = opt("none", "torch.compile the training step: none, default, reduce-overhead (CUDA graphs), "
+                               "max-autotune.", runtime=True, section="Run")
+    cache_dir: Path | None = opt(None, runtime=True, recipe=False, section="Run")
+    stores: list[Path] = opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True,
+                             recipe=False, section="Run")
+    run_dir: Path | None = opt(None, "Where metrics and checkpoints go (default "
+                                     "runs/<dataset>-<student>-<method>-s<seed>-<time>).", runtime=True, recipe=False,
+                               section="Run")
+    resume: bool = opt(False, "Continue the run in --run-dir from its last checkpoint.", runtime=True, recipe=False,
+                       section="Run")
+    tag: str = opt("", "A label for reports and run-directory names (recipes set it per [[distill]] block).",
+                   cli=False, recipe=False)
+    channels_last: bool = True  # a layout switch for experiments (library only)
+
+
+# The sections in the order --help lists them (a dataclass's fields follow its bases from the last to the first).
+SECTIONS = (StudentOptions, DataOptions, TeacherOptions, LossOptions, KDOptions, TranslatorOptions, FitNetsOptions,
+            AKAOptions, OptimOptions, LoaderOptions, RunOptions)
+
+
+@dataclass
+class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNetsOptions, TranslatorOptions,
+                    KDOptions, LossOptions, TeacherOptions, DataOptions, StudentOptions):
+    """Everything `featcache distill` takes: every section's fields, flat."""
+
+    def section(self, cls: type[S]) -> S:
+        """The typed view of one section (``config.section(KDOptions).temperature``)."""
+        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+
+    def resolved_method(self) -> str:
+        return self.method or ("ts" if self.teachers else "ce")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+            elif isinstance(v, list):
+                d[k] = [str(x) if isinstance(x, Path) else x for x in v]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("data_root", "cache_dir", "run_dir"):
+            if d.get(k) is not None:
+                d[k] = Path(d[k])
+        if d.get("stores"):
+            d["stores"] = [Path(p) for p in d["stores"]]
+        return cls(**d)

@@ -1,0 +1,41 @@
+"""`featcache train-teacher`'s options: one field each, carrying its flag (featcache.flags)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featcache.flags import opt
+
+
+@dataclass
+class TeacherConfig:
+    """Everything `featcache train-teacher` takes; each field declares its CLI flag and recipe key."""
+
+    teacher: str = opt(help="A registered teacher or torchvision classifier.", short="-t", recipe=False)
+    dataset: str = opt("synthetic", short="-d", recipe=False)
+    data_root: Path | None = opt(None, recipe=False)
+    # recipes may train the teacher on a larger set of the same classes (e.g. more synthetic samples)
+    dataset_options: dict[str, Any] = opt(factory=dict, help="Dataset option key=value (repeatable).",
+                                          name="--dataset-opt", short="-o", form="keyvalue")
+    init: str = opt("auto", "auto (ImageNet weights if in the torch hub cache, else random), imagenet, random, or a "
+                            "checkpoint path.")
+    image_size: int | None = opt(None, "Default: the view `extract` uses for this teacher and dataset.")
+    epochs: int = opt(30)
+    batch_size: int = opt(64, short="-b")
+    lr: float | None = opt(None, "Default 1e-4 from ImageNet weights, 1e-3 from scratch.")
+    optimizer: str = opt("adam")
+    weight_decay: float = opt(0.0)
+    schedule: str = opt("cosine")
+    augment: str = opt("flip", "none, flip or pad-crop-flip (teachers train on augmented views).")
+    seed: int = opt(0)
+    device: str = opt("auto", runtime=True, recipe=False)
+    precision: str = opt("auto")
+    workers: int | None = opt(None, runtime=True, recipe=False)
+    run_dir: Path | None = opt(None, "Default runs/teacher-<dataset>-<teacher>-s<seed>-<time>.", runtime=True,
+                               recipe=False)
+    resume: bool = opt(False, runtime=True, recipe=False)
+    # train on these classes only: a class-subset file (CLI) or the names (recipes: "partN" of [classes])
+    classes: Path | list[str] | None = opt(None, "Train on these classes only: a file of class names (featcache "
+                                                 "split-classes).", cli_type=Path)
