@@ -10,44 +10,24 @@ Every stage skips what already exists, so an interrupted amalgamation continues 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 from featcache.cache.store import CacheStore
 from featcache.datasets import get_dataset
 from featcache.distill.resolve import resolve_teachers
+from featcache.config import AmalgamateConfig  # noqa: F401 - re-exported: its options live in featcache.config
 from featcache.distill.trainer import LAST, SUMMARY, DistillConfig, distill, evaluate_run
 from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, extract
 from featcache.progress import Reporter
 
 
-@dataclass
-class AmalgamateConfig:
-    teachers: list[str]  # source teacher caches (NAME, KEY or NAME:KEY), each covering some classes
-    parts: dict[str, list[str]]  # task name -> class names (e.g. from split-classes files)
-    student: str = "resnet18"  # component and target architecture
-    component_student: str | None = None  # default: ``student``
-    dataset: str = "synthetic"
-    data_root: Path | None = None
-    dataset_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 30
-    component_epochs: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)  # further DistillConfig fields (lr, batch_size, ...)
-    cache_dir: Path | None = None
-    stores: list[Path] = field(default_factory=list)  # shared stores searched after cache_dir
-    run_dir: Path = Path("runs/amalgamate")
-    device: str = "auto"
-    workers: int | None = None
-    # source cache key -> its train-teacher run (for the table)
-    source_runs: dict[str, Path] = field(default_factory=dict)
-
-
 def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:
     base = DistillConfig(
         dataset=cfg.dataset, data_root=cfg.data_root, dataset_options=dict(cfg.dataset_options), method="aka",
-        cache_dir=cfg.cache_dir, stores=list(cfg.stores), device=cfg.device, workers=cfg.workers, **cfg.options,
+        batch_size=cfg.batch_size, lr=cfg.lr, cache_dir=cfg.cache_dir, stores=list(cfg.stores), device=cfg.device,
+        workers=cfg.workers, **cfg.options,
     )
     return replace(base, **kw)
 

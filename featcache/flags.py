@@ -134,7 +134,8 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.
         else:
             default = default_of(f)
         if flag.positional:
-            param = typer.Argument(... if default is MISSING else default, help=flag.help or None)
+            required = default is MISSING or flag.form == "repeat"  # RUN... takes at least one
+            param = typer.Argument(... if required else default, help=flag.help or None)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=param,
                                             annotation=annotation))
             continue
@@ -175,7 +176,8 @@ def config_from_cli(cls: type, values: dict[str, Any], **extra: Any):
             continue
         form = flag_of(f).form
         if form == "repeat":
-            value = list(value or [])
+            item = (typing.get_args(_hints(cls)[name]) or (str,))[0]
+            value = [Path(v) if item is Path else v for v in value or []]  # --classes a.txt --classes b.txt
         elif form == "comma":
             value = [v.strip() for v in value.split(",") if v.strip()] if value else []
         elif form == "keyvalue":

@@ -187,7 +187,7 @@ def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_pa
 
             monkeypatch.setattr(ImageDataset, "__getitem__", scrambled)
         cfg = AmalgamateConfig(teachers=keys, parts=parts, student="lenet5", dataset_options=dict(SYN), epochs=1,
-                               options={"batch_size": 16}, cache_dir=tmp_path / f"store-{out}", run_dir=tmp_path / out,
+                               batch_size=16, cache_dir=tmp_path / f"store-{out}", run_dir=tmp_path / out,
                                workers=0)
         # The source caches live in the fixture's store; copy their keys' directories into this run's store.
         import shutil
@@ -217,7 +217,7 @@ def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_pa
     from featcache.amalgamate import amalgamate as again
 
     again(AmalgamateConfig(teachers=keys, parts=parts, student="lenet5", dataset_options=dict(SYN), epochs=1,
-                           options={"batch_size": 16}, cache_dir=tmp_path / "store-a", run_dir=tmp_path / "a",
+                           batch_size=16, cache_dir=tmp_path / "store-a", run_dir=tmp_path / "a",
                            workers=0), log=logs.append)
     assert all(m.endswith("done") or "reused" in m for m in logs), logs
 

@@ -11,13 +11,14 @@ from rich.markup import escape
 from rich.table import Table
 
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
-from featcache.config import STORES_HELP
+from featcache.config import StoreOptions
+from featcache.flags import cli_parameters
 
 
-# The store options of every cache command (distill/extract declare the same in featcache.config).
-CACHE_DIR = typer.Option(None, "--cache-dir", help="The personal store (default $FEATCACHE_HOME or "
-                                                   "~/.cache/featcache).")
-STORES = typer.Option(None, "--store", help=STORES_HELP)
+# The store options of every cache command: the same declarations as distill's and extract's (featcache.config).
+_STORE_OPTIONS = {p.name: p.default for p in cli_parameters(StoreOptions)}
+CACHE_DIR = _STORE_OPTIONS["cache_dir"]
+STORES = _STORE_OPTIONS["stores"]
 
 
 def _store(cache_dir: Path | None, stores: list[Path] | None = None):

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any
 
-import typer
 
 from featcache.cli.app import app, err, main_rank, out, parse_options, user_errors
 from featcache.cli.extract import DATASET_SHORTCUTS, with_shortcuts
 from featcache.cli.tables import print_task_table
-from featcache.config import STORES_HELP, DistillConfig, TeacherConfig
+from featcache.config import AmalgamateConfig, DistillConfig, EvalConfig, SplitClassesConfig, TeacherConfig
 from featcache.errors import ConfigError
 from featcache.flags import as_command, cli_parameters, config_from_cli
 
@@ -59,98 +58,65 @@ as_command(train_teacher, with_shortcuts(cli_parameters(TeacherConfig), SPLIT_FI
 app.command("train-teacher")(user_errors(train_teacher))
 
 
-@app.command("split-classes")
-@user_errors
-def split_classes_cmd(
-    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
-    parts: int = typer.Option(2, "--parts", help="How many disjoint class parts."),
-    seed: int = typer.Option(0, "--seed"),
-    out_dir: Path = typer.Option(Path("."), "--out", help="Where part1.txt … partN.txt go."),
-) -> None:
-    """Split a dataset's classes into disjoint parts (one file of class names each), for teachers of class subsets."""
+def split_classes_cmd(**values: Any) -> None:
     from featcache.datasets import get_dataset
     from featcache.datasets.base import split_classes
 
-    ds = get_dataset(dataset, data_root, "train", **parse_options(dataset_opt, "--dataset-opt"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for k, names in enumerate(split_classes(ds.classes, parts, seed), start=1):
-        path = out_dir / f"part{k}.txt"
-        path.write_text(f"# {dataset} classes, part {k} of {parts} (seed {seed})\n" + "".join(n + "\n" for n in names))
+    cfg = config_from_cli(SplitClassesConfig, values)
+    ds = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    for k, names in enumerate(split_classes(ds.classes, cfg.parts, cfg.seed), start=1):
+        path = cfg.out / f"part{k}.txt"
+        path.write_text(f"# {cfg.dataset} classes, part {k} of {cfg.parts} (seed {cfg.seed})\n"
+                        + "".join(n + "\n" for n in names))
         out.print(f"{path}: {len(names)} classes", highlight=False)
 
 
-@app.command()
-@user_errors
-def amalgamate(
-    teacher: List[str] = typer.Option(
-        ..., "--teacher", "-t", help="Source teacher caches (NAME, KEY or NAME:KEY), repeatable."),
-    classes: List[Path] = typer.Option(
-        ..., "--classes", help="One file of class names per task (featcache split-classes), repeatable."),
-    student: str = typer.Option(
-        "resnet18", "--student", "-s", help="Architecture of the component nets and the target."),
-    component_student: Optional[str] = typer.Option(
-        None, "--component-student", help="Component architecture (default --student)."),
-    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
-    epochs: int = typer.Option(30, "--epochs", help="Target-net epochs."),
-    component_epochs: Optional[int] = typer.Option(
-        None, "--component-epochs", help="Component-net epochs (default --epochs)."),
-    batch_size: int = typer.Option(128, "--batch-size", "-b"),
-    lr: float = typer.Option(1e-3, "--lr"),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
-    stores: Optional[List[Path]] = typer.Option(None, "--store", help=STORES_HELP),
-    run_dir: Path = typer.Option(Path("runs/amalgamate"), "--run-dir"),
-    device: str = typer.Option("auto", "--device"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-) -> None:
-    """Dual-stage adaptive knowledge amalgamation without labels: source teachers → component nets → target net."""
-    from featcache.amalgamate import AmalgamateConfig
+as_command(split_classes_cmd, cli_parameters(SplitClassesConfig),
+           doc="Split a dataset's classes into disjoint parts (one file of class names each), for teachers of class "
+               "subsets.")
+app.command("split-classes")(user_errors(split_classes_cmd))
+
+
+def amalgamate(**values: Any) -> None:
     from featcache.amalgamate import amalgamate as run_amalgamate
     from featcache.datasets.base import read_class_list
     from featcache.progress import RichReporter
 
-    cfg = AmalgamateConfig(
-        teachers=list(teacher), parts={p.stem: read_class_list(p) for p in classes}, student=student,
-        component_student=component_student, dataset=dataset, data_root=data_root,
-        dataset_options=parse_options(dataset_opt, "--dataset-opt"), epochs=epochs, component_epochs=component_epochs,
-        options={"batch_size": batch_size, "lr": lr}, cache_dir=cache_dir, stores=list(stores or []), run_dir=run_dir,
-        device=device,
-        workers=workers,
-    )
+    cfg = config_from_cli(AmalgamateConfig, values)
+    if not cfg.teachers or not cfg.classes:
+        raise ConfigError("amalgamate needs --teacher (the source caches) and --classes (one file per task)")
+    cfg.parts = {p.stem: read_class_list(p) for p in cfg.classes}
     r = run_amalgamate(cfg, reporter=RichReporter(err, transient=True), log=lambda m: out.print(m, highlight=False))
-    print_task_table(r.table, f"per-task test accuracy (%) — {run_dir}")
+    print_task_table(r.table, f"per-task test accuracy (%) — {cfg.run_dir}")
 
-@app.command("eval")
-@user_errors
-def eval_cmd(
-    run_dir: Path = typer.Argument(..., help="A distill run directory."),
-    checkpoint: str = typer.Option("best", "--checkpoint", help="best or last."),
-    data_root: Optional[Path] = typer.Option(
-        None, "--data-root", help="Override the dataset location recorded in the run."),
-    device: str = typer.Option("auto", "--device"),
-    batch_size: int = typer.Option(256, "--batch-size", "-b"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    as_json: bool = typer.Option(False, "--json"),
-    classes: Optional[List[Path]] = typer.Option(
-        None, "--classes", help="Also report accuracy per class part (a file of class names; repeatable)."),
-) -> None:
-    """Test accuracy (correct / total, Eq. 6 of the multi-teacher paper) of a run's checkpoint."""
+
+as_command(amalgamate, cli_parameters(AmalgamateConfig),
+           doc="Dual-stage adaptive knowledge amalgamation without labels: source teachers → component nets → target "
+               "net.")
+app.command("amalgamate")(user_errors(amalgamate))
+
+
+def eval_cmd(**values: Any) -> None:
     from featcache.datasets.base import read_class_list
     from featcache.distill.trainer import evaluate_run
 
-    if checkpoint not in ("best", "last"):
-        raise ConfigError(f"--checkpoint {checkpoint!r}: choose best or last")
-    parts = {p.stem: read_class_list(p) for p in classes or []}
-    r = evaluate_run(run_dir, checkpoint=checkpoint, device=device, batch_size=batch_size, workers=workers,
-                     data_root=data_root, parts=parts)
-    if as_json:
+    cfg = config_from_cli(EvalConfig, values)
+    if cfg.checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint {cfg.checkpoint!r}: choose best or last", flag="--checkpoint")
+    parts = {p.stem: read_class_list(p) for p in cfg.classes}
+    r = evaluate_run(cfg.run_dir, checkpoint=cfg.checkpoint, device=cfg.device, batch_size=cfg.batch_size,
+                     workers=cfg.workers, data_root=cfg.data_root, parts=parts)
+    if cfg.json:
         out.print_json(json.dumps(r.to_dict()))
     else:
-        out.print(f"{run_dir} ({checkpoint}, epoch {r.epoch}): test accuracy {r.acc:.2%} on {r.n:,} images "
+        out.print(f"{cfg.run_dir} ({cfg.checkpoint}, epoch {r.epoch}): test accuracy {r.acc:.2%} on {r.n:,} images "
                   f"· test loss {r.loss:.4f}", highlight=False)
         for name, ev in r.parts.items():
             out.print(f"  {name}: {ev.acc:.2%} on {ev.n:,} images "
                       f"(predicted among its {len(parts[name])} classes)", highlight=False)
+
+
+as_command(eval_cmd, cli_parameters(EvalConfig),
+           doc="Test accuracy (correct / total, Eq. 6 of the multi-teacher paper) of a run's checkpoint.")
+app.command("eval")(user_errors(eval_cmd))

@@ -28,5 +28,14 @@ from featcache.config.distill import (  # noqa: F401
     TeacherOptions,
     TranslatorOptions,
 )
+from featcache.config.commands import (  # noqa: F401
+    AmalgamateConfig,
+    DemoConfig,
+    EvalConfig,
+    ReportConfig,
+    RunConfig,
+    SplitClassesConfig,
+    StoreOptions,
+)
 from featcache.config.extract import ExtractConfig  # noqa: F401
 from featcache.config.teacher import TeacherConfig  # noqa: F401

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from featcache.flags import opt
+
 DEFAULT_SHARD_ROWS = 4096  # rows per HDF5 shard (extract --shard-rows)
 
 # Kept literal so that --help needs no torch import; tests/test_cli.py checks they name every registered student and
@@ -14,3 +16,37 @@ STUDENTS_HELP = ("alexnet, convnet_small, inceptionv3, lenet5, mobilenetv2, mobi
 STORES_HELP = "A shared cache store searched after the personal one (repeat; also FEATCACHE_PATH=/a:/b)."
 
 METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce without)."
+
+
+# -- options several commands take, declared once ------------------------------------------------------------------
+# Each returns a fresh dataclass field carrying the option's flag (featcache.flags.opt); ``**flag`` adjusts where a
+# command differs (its recipe rules, its --help panel, an eval's default batch).
+def dataset_field(**flag):
+    return opt("synthetic", "cifar10, cifar100, cub200, sod, folder or synthetic.", short="-d", **flag)
+
+
+def data_root_field(help: str = "Directory holding the dataset in its official layout.", **flag):
+    return opt(None, help, **flag)
+
+
+def dataset_options_field(help: str = "Dataset option key=value (repeatable), e.g. num_train=500 for synthetic.",
+                          **flag):
+    return opt(factory=dict, help=help, name="--dataset-opt", short="-o", form="keyvalue", **flag)
+
+
+def device_field(**flag):
+    return opt("auto", "auto, cpu, cuda, cuda:N.", **flag)
+
+
+def workers_field(**flag):
+    return opt(None, "DataLoader worker processes (default: min(8, cores) on a GPU, 0 on a small CPU).",
+               runtime=True, **flag)
+
+
+def cache_dir_field(**flag):
+    return opt(None, "The personal cache store (default $FEATCACHE_HOME or ~/.cache/featcache).", runtime=True,
+               **flag)
+
+
+def stores_field(**flag):
+    return opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True, **flag)

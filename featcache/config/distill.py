@@ -13,7 +13,17 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from featcache.config.common import METHODS_HELP, STORES_HELP, STUDENTS_HELP
+from featcache.config.common import (
+    METHODS_HELP,
+    STUDENTS_HELP,
+    cache_dir_field,
+    data_root_field,
+    dataset_field,
+    dataset_options_field,
+    device_field,
+    stores_field,
+    workers_field,
+)
 from featcache.flags import opt
 
 S = TypeVar("S")
@@ -36,11 +46,9 @@ class StudentOptions:
 class DataOptions:
     """Which images and labels the run trains on (featcache.datasets, featcache.distill.labels)."""
 
-    dataset: str = opt("synthetic", short="-d", recipe=False, section="Data")
-    data_root: Path | None = opt(None, recipe=False, section="Data")
-    dataset_options: dict[str, Any] = opt(factory=dict, help="Dataset option key=value (repeatable).",
-                                          name="--dataset-opt", short="-o", form="keyvalue", recipe=False,
-                                          section="Data")
+    dataset: str = dataset_field(recipe=False, section="Data")
+    data_root: Path | None = data_root_field(recipe=False, section="Data")
+    dataset_options: dict[str, Any] = dataset_options_field(recipe=False, section="Data")
     labels: str = opt("all", "Which training labels the run reads: all, none, N/class (the first N of each class), a "
                              "fraction in (0, 1) of each class, or ids:FILE. The others train through the teacher "
                              "terms only (docs/methods.md).", section="Data")
@@ -139,7 +147,7 @@ class OptimOptions:
 class LoaderOptions:
     """Where rows and images live and how an epoch visits them (featcache.distill.loader, resident, runtime)."""
 
-    workers: int | None = opt(None, runtime=True, section="Loader")
+    workers: int | None = workers_field(section="Loader")
     cache_ram: str = opt("auto", "RAM budget for teacher tables, e.g. 8G (auto: half of available).", runtime=True,
                          section="Loader")
     cache_mode: str = opt("auto", "auto, ram or disk (out of core).", runtime=True, section="Loader")
@@ -155,13 +163,12 @@ class RunOptions:
     """Where and how the run happens (featcache.distill.engine, featcache.runtime, featcache.cache.store)."""
 
     seed: int = opt(0, recipe=False, section="Run")
-    device: str = opt("auto", runtime=True, section="Run")
+    device: str = device_field(runtime=True, section="Run")
     precision: str = opt("auto", section="Run")
     compile: str = opt("none", "torch.compile the training step: none, default, reduce-overhead (CUDA graphs), "
                                "max-autotune.", runtime=True, section="Run")
-    cache_dir: Path | None = opt(None, runtime=True, recipe=False, section="Run")
-    stores: list[Path] = opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True,
-                             recipe=False, section="Run")
+    cache_dir: Path | None = cache_dir_field(recipe=False, section="Run")
+    stores: list[Path] = stores_field(recipe=False, section="Run")
     run_dir: Path | None = opt(None, "Where metrics and checkpoints go (default "
                                      "runs/<dataset>-<student>-<method>-s<seed>-<time>).", runtime=True, recipe=False,
                                section="Run")

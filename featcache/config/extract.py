@@ -6,7 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from featcache.config.common import DEFAULT_SHARD_ROWS, STORES_HELP
+from featcache.config.common import (
+    DEFAULT_SHARD_ROWS,
+    cache_dir_field,
+    data_root_field,
+    dataset_field,
+    dataset_options_field,
+    device_field,
+    stores_field,
+    workers_field,
+)
 from featcache.flags import command_line, opt
 
 
@@ -17,12 +26,10 @@ class ExtractConfig:
     teacher: str = opt(help="Teacher name: resnet50, inceptionv3, nts-net, convnet, run, any torchvision classifier, "
                             "or timm:NAME (featcache[timm]).",
                        short="-t", recipe=False)
-    dataset: str = opt("synthetic", "cifar10, cifar100, cub200, sod, folder or synthetic.", short="-d", recipe=False)
-    data_root: Path | None = opt(None, "Directory holding the dataset in its official layout.", recipe=False)
+    dataset: str = dataset_field(recipe=False)
+    data_root: Path | None = data_root_field(recipe=False)
     split: str = opt("train", "train or test.", recipe=False)
-    dataset_options: dict[str, Any] = opt(
-        factory=dict, help="Extra dataset option key=value (repeatable), e.g. num_train=500 for synthetic.",
-        name="--dataset-opt", short="-o", form="keyvalue", recipe=False)
+    dataset_options: dict[str, Any] = dataset_options_field(recipe=False)
     weights: str | None = opt(None, "torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a checkpoint path, or "
                                     "'random'.", short="-w", recipe=False)
     num_classes: int | None = opt(None, "Classifier width when a checkpoint's head differs from the architecture "
@@ -31,9 +38,8 @@ class ExtractConfig:
     resize: int | None = opt(None, "Resize target before the centre crop (default: image size / crop fraction).")
     resize_mode: str | None = opt(None, "shorter (keep aspect) or square.")
     batch_size: int = opt(128, short="-b")
-    workers: int | None = opt(None, "DataLoader worker processes (default: min(8, cores) on a GPU, 0 on a small CPU).",
-                              runtime=True, recipe=False)
-    device: str = opt("auto", "auto, cpu, cuda, cuda:N.", recipe=False)
+    workers: int | None = workers_field(recipe=False)
+    device: str = device_field(recipe=False)
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
     dtype: str = opt("float16", "Stored feature dtype: float16, float32 or int8 (a float32 scale per row; read back "
                                 "as float16).")
@@ -52,10 +58,8 @@ class ExtractConfig:
     pool: int = opt(4, "Block outputs are average-pooled to POOL x POOL.")
     project: int | None = opt(None, "Store the features projected to N dims (PCA fitted on up to 10,000 rows of the "
                                     "split first); ts then regresses the projected features.")
-    cache_dir: Path | None = opt(None, "Cache store (default $FEATCACHE_HOME or ~/.cache/featcache).", runtime=True,
-                                 recipe=False)
-    stores: list[Path] = opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True,
-                             recipe=False)
+    cache_dir: Path | None = cache_dir_field(recipe=False)
+    stores: list[Path] = stores_field(recipe=False)
     force: bool = opt(False, "Redo the extract even if the cache exists.", runtime=True, recipe=False)
     wait: bool = opt(True, "If another process is writing the same cache: wait (default) or exit.", negatable=True,
                      runtime=True, recipe=False)

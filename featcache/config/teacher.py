@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featcache.config.common import (
+    data_root_field,
+    dataset_field,
+    dataset_options_field,
+    device_field,
+    workers_field,
+)
 from featcache.flags import opt
 
 
@@ -14,11 +21,10 @@ class TeacherConfig:
     """Everything `featcache train-teacher` takes; each field declares its CLI flag and recipe key."""
 
     teacher: str = opt(help="A registered teacher or torchvision classifier.", short="-t", recipe=False)
-    dataset: str = opt("synthetic", short="-d", recipe=False)
-    data_root: Path | None = opt(None, recipe=False)
+    dataset: str = dataset_field(recipe=False)
+    data_root: Path | None = data_root_field(recipe=False)
     # recipes may train the teacher on a larger set of the same classes (e.g. more synthetic samples)
-    dataset_options: dict[str, Any] = opt(factory=dict, help="Dataset option key=value (repeatable).",
-                                          name="--dataset-opt", short="-o", form="keyvalue")
+    dataset_options: dict[str, Any] = dataset_options_field()
     init: str = opt("auto", "auto (ImageNet weights if in the torch hub cache, else random), imagenet, random, or a "
                             "checkpoint path.")
     image_size: int | None = opt(None, "Default: the view `extract` uses for this teacher and dataset.")
@@ -30,9 +36,9 @@ class TeacherConfig:
     schedule: str = opt("cosine")
     augment: str = opt("flip", "none, flip or pad-crop-flip (teachers train on augmented views).")
     seed: int = opt(0)
-    device: str = opt("auto", runtime=True, recipe=False)
+    device: str = device_field(runtime=True, recipe=False)
     precision: str = opt("auto")
-    workers: int | None = opt(None, runtime=True, recipe=False)
+    workers: int | None = workers_field(recipe=False)
     run_dir: Path | None = opt(None, "Default runs/teacher-<dataset>-<teacher>-s<seed>-<time>.", runtime=True,
                                recipe=False)
     resume: bool = opt(False, runtime=True, recipe=False)

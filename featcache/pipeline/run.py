@@ -81,13 +81,14 @@ def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, r
 
     a = p.amalgamate
     tasks = {k: p.resolve_classes(v) for k, v in a["tasks"].items()} if a.get("tasks") else p.parts()
+    options = dict(a.get("options", {}))
+    typed = {k: options.pop(k) for k in ("batch_size", "lr") if k in options}  # amalgamate's own options
     cfg = AmalgamateConfig(
-        teachers=[keys[t] for t in a["teachers"]], parts=tasks, student=a.get("student", "resnet18"),
+        teachers=[keys[t] for t in a["teachers"]], parts=tasks, student=a.get("student", AmalgamateConfig.student),
         component_student=a.get("component_student"), dataset=p.dataset, data_root=p.data_root,
-        dataset_options=dict(p.dataset_options), epochs=a.get("epochs", 30), component_epochs=a.get("component_epochs"),
-        options=dict(a.get("options", {})), cache_dir=cache_dir, stores=list(p.stores),
-        run_dir=p.runs_dir / "amalgamate", device=device,
-        workers=workers,
+        dataset_options=dict(p.dataset_options), epochs=a.get("epochs", AmalgamateConfig.epochs),
+        component_epochs=a.get("component_epochs"), options=options, cache_dir=cache_dir, stores=list(p.stores),
+        run_dir=p.runs_dir / "amalgamate", device=device, workers=workers, **typed,
     )
     return amalgamate(cfg, reporter, log=log)
 
