@@ -144,7 +144,7 @@ def test_ts_translator(batch):
     m = get_method("ts-translator")(s, [9], 3, PARAMS)
     loss, parts, _ = m.loss(s, x, y, TeacherRows([ft], [torch.zeros(6, 3)]), 0)
     f_l1 = np_relu(lin(s.layers[0], np_(x)))
-    t = lin(m.translators[0], np_(ft))
+    t = lin(m.trainable[0], np_(ft))
     yy = y.numpy()
     want = PARAMS.loss.lambda_mse * np_mse(t, f_l1) + PARAMS.loss.lambda_xent * (
         np_xent(lin(s.classifier, t), yy) + np_xent(lin(s.classifier, f_l1), yy)
@@ -162,8 +162,8 @@ def test_multi_matches_eq5(batch):
     yy = y.numpy()
     f_l2 = np_relu(lin(s.layers[0], np_(x)))
     f_l1 = np_relu(lin(s.layers[1], f_l2))
-    t1 = lin(m.translators[0], np_(f1))  # teacher 1 -> l_1 (5-d)
-    t2 = lin(m.translators[1], np_(f2))  # teacher 2 -> l_2 (6-d)
+    t1 = lin(m.trainable[0], np_(f1))  # teacher 1 -> l_1 (5-d)
+    t2 = lin(m.trainable[1], np_(f2))  # teacher 2 -> l_2 (6-d)
     want = PARAMS.loss.lambda_xent * np_xent(lin(s.classifier, f_l1), yy)
     want += PARAMS.loss.lambda_mse * np_mse(t1, f_l1) + PARAMS.loss.lambda_xent * np_xent(lin(s.classifier, t1), yy)
     want += PARAMS.loss.lambda_mse * np_mse(t2, f_l2) + PARAMS.loss.lambda_xent * np_xent(
@@ -179,7 +179,7 @@ def test_multi_with_one_teacher_is_eq3(batch):
     ft = torch.randn(6, 9)
     multi = get_method("multi")(s, [9], 3, PARAMS)
     single = get_method("ts-translator")(s, [9], 3, PARAMS)
-    single.translators[0].load_state_dict(multi.translators[0].state_dict())
+    single.trainable[0].load_state_dict(multi.trainable[0].state_dict())
     rows = TeacherRows([ft], [torch.zeros(6, 3)])
     assert multi.loss(s, x, y, rows, 0)[0].item() == pytest.approx(single.loss(s, x, y, rows, 0)[0].item(), rel=1e-6)
 
@@ -195,7 +195,7 @@ def test_fitnets_two_stages(batch):
     rows = TeacherRows([ft], [torch.zeros(6, 3)])
     f_l1 = np_relu(lin(s.layers[0], np_(x)))
     hint, parts, _ = m.loss(s, x, y, rows, 0)
-    assert hint.item() == pytest.approx(2.0 * np_mse(lin(m.translators[0], f_l1), np_(ft)), rel=1e-5)
+    assert hint.item() == pytest.approx(2.0 * np_mse(lin(m.trainable[0], f_l1), np_(ft)), rel=1e-5)
     xe, parts, _ = m.loss(s, x, y, rows, 5)
     assert xe.item() == pytest.approx(np_xent(lin(s.classifier, f_l1), y.numpy()), rel=1e-6)
     assert set(parts) == {"xent"}
@@ -210,7 +210,7 @@ def test_multi_two_teachers_backprop_into_everything():
     loss, parts, logits = m.loss(student, x, y, rows, 0)
     loss.backward()
     assert logits.shape == (4, 10) and {"mse_1", "mse_2", "xent_1", "xent_2"} <= set(parts)
-    for name, module in [("student", student), ("translators", m.translators), ("classifier", student.classifier)]:
+    for name, module in [("student", student), ("translators", m.trainable), ("classifier", student.classifier)]:
         grads = [p.grad for p in module.parameters()]
         assert grads and all(g is not None and g.abs().sum() > 0 for g in grads), name
 

@@ -156,7 +156,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     """Student and method on the device, the joined loader over ``caches`` (default: the run's), the step with its
     optimizers, and the schedules."""
     config, device, precision = s.config, s.device, s.precision
-    student, method = s.student.to(device), s.method.to(device)
+    student, method = s.model.to(device), s.method.to(device)
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     caches = s.caches if caches is None else caches
@@ -205,7 +205,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     total_epochs = method.total_epochs(config.epochs)
     optim = config.section(OptimOptions)
     opt = make_optimizer(config.optimizer, student.parameters(), config.lr, optim)
-    translator_params = list(method.translators.parameters())
+    translator_params = list(method.trainable.parameters())
     topt = (make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, optim)
             if translator_params else None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -330,7 +330,7 @@ def write_config(run_dir: Path, s: Setup, loader) -> None:
         ],
         "transform": s.transform.to_dict(),
         "head_classes": list(s.test.classes),  # what the student's logits cover, in order
-        "student": s.student.describe() if hasattr(s.student, "describe") else s.config.student,
+        "student": s.model.describe() if hasattr(s.model, "describe") else s.config.student,
         "student_kwargs": s.student_kwargs,
         "kind": s.kind,
         # --labels: which training labels the run read (spec, count, and a hash of those samples' ids)

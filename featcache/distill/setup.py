@@ -48,7 +48,7 @@ class Setup:
     test: ImageDataset
     caches: list
     transform: TransformSpec
-    student: torch.nn.Module
+    model: torch.nn.Module  # what is trained: the student (distill) or the teacher being fine-tuned (train-teacher)
     method: Method
     device: torch.device
     precision: str

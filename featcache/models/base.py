@@ -1,7 +1,9 @@
-"""The model contract shared by teachers and students (timm's forward_features / forward_head split).
+"""The teachers' contract (timm's forward_features / forward_head split), and a small VGG body both kinds use.
 
-A FeatureModel maps an image batch to ``(features, logits)``: ``features`` is the penultimate layer, the vector
-the seed papers transfer (2048-d for ResNet50, 10240-d for NTS-Net), ``logits`` the classifier output on it.
+A FeatureModel — every teacher: torchvision and timm classifiers, ConvNet, NTS-Net, a user's module, a finished run —
+maps an image batch to ``(features, logits)``: ``features`` is the penultimate layer, the vector the seed papers
+transfer (2048-d for ResNet50, 10240-d for NTS-Net), ``logits`` the classifier output on it. Students are plain
+modules returning logits, with ``forward_features`` / ``forward_head`` of their own (featcache.models.student_net).
 """
 
 from __future__ import annotations

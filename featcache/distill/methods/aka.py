@@ -115,7 +115,7 @@ class AdaptiveAmalgamation(Method):
                 fa.weight.copy_(F.normalize(torch.randn_like(fa.weight), dim=1))
         self.scale_holder = _Scales(len(teacher_dims))  # λ_t of Eq. 7
         # FA modules and scales are trained by the second optimizer (the method's own parameters).
-        self.translators.extend([*self.fa_student, *self.fa_teacher, self.scale_holder])
+        self.trainable.extend([*self.fa_student, *self.fa_teacher, self.scale_holder])
         # Tasks: teachers that cover the same classes compete through selective learning.
         tasks: dict[tuple[int, ...], list[int]] = {}
         for t, cols in enumerate(self.columns):
@@ -139,7 +139,7 @@ class AdaptiveAmalgamation(Method):
                     with torch.no_grad():
                         w = conv.weight
                         w.copy_(F.normalize(torch.randn(w.shape[0], w.shape[1]), dim=1).view_as(w))
-            self.translators.extend([*self.fa_student_blocks, *self.fa_teacher_blocks])
+            self.trainable.extend([*self.fa_student_blocks, *self.fa_teacher_blocks])
             self.teacher_blocks = found.teacher_blocks
             for name in self.block_names:
                 student_block_module(student, name).register_forward_hook(

@@ -82,7 +82,9 @@ class Method(nn.Module):
         self.teacher_dims = list(teacher_dims)
         self.num_classes = num_classes
         self.params = params
-        self.translators = nn.ModuleList()  # trained by the second optimizer
+        # The method's own modules — translators (ts-translator, multi), alignment bridges and scales (aka) — trained
+        # by the second optimizer (multi-teacher paper §3.4).
+        self.trainable = nn.ModuleList()
 
     # -- what the trainer asks ----------------------------------------------------------------------------------
     @classmethod

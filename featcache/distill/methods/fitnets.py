@@ -23,7 +23,7 @@ class FitNets(Method):
 
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
-        self.translators.append(nn.Linear(student.num_features, teacher_dims[0]))
+        self.trainable.append(nn.Linear(student.num_features, teacher_dims[0]))
         self._epochs = None
 
     def total_epochs(self, epochs):
@@ -42,7 +42,7 @@ class FitNets(Method):
         f_l1 = student.forward_features(x)
         logits = student.forward_head(f_l1)
         if self.stage(epoch) == "hint":
-            l_mse = mse(self.translators[0](f_l1), rows.features[0])
+            l_mse = mse(self.trainable[0](f_l1), rows.features[0])
             return self.params.loss.lambda_mse * l_mse, {"mse": l_mse.detach()}, logits
         l_xent = xent(logits, y)
         return l_xent, {"xent": l_xent.detach()}, logits

@@ -32,7 +32,7 @@ class MultiTeacher(Method):
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
         for i, dim in enumerate(teacher_dims, start=1):
-            self.translators.append(make_translator(params.translator.translator, dim, student.level_dim(i)))
+            self.trainable.append(make_translator(params.translator.translator, dim, student.level_dim(i)))
 
     def loss(self, student, x, y, rows, epoch):
         layer_outputs, logits = student.forward_all(x)  # outputs of l_T, ..., l_1
@@ -44,7 +44,7 @@ class MultiTeacher(Method):
         loss = p.lambda_xent * l_xent
         for i in range(1, T + 1):
             f_li = layer_outputs[len(layer_outputs) - i]
-            t_i = self.translators[i - 1](rows.features[i - 1])
+            t_i = self.trainable[i - 1](rows.features[i - 1])
             l_mse = mse(t_i, f_li)
             l_xent = xent(student.head_from(i, t_i), y)
             loss = loss + p.lambda_mse * l_mse + p.lambda_xent * l_xent

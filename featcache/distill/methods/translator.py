@@ -21,12 +21,12 @@ class TSTranslator(Method):
 
     def __init__(self, student, teacher_dims, num_classes, params):
         super().__init__(student, teacher_dims, num_classes, params)
-        self.translators.append(make_translator(params.translator.translator, teacher_dims[0], student.num_features))
+        self.trainable.append(make_translator(params.translator.translator, teacher_dims[0], student.num_features))
 
     def loss(self, student, x, y, rows, epoch):
         f_l1 = student.forward_features(x)
         logits = student.forward_head(f_l1)
-        t = self.translators[0](rows.features[0])
+        t = self.trainable[0](rows.features[0])
         l_mse = mse(t, f_l1)
         l_xent_t = xent(student.head_from(1, t), y)
         l_xent = xent(logits, y)
