@@ -160,48 +160,13 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     if config.channels_last:
         student = student.to(memory_format=torch.channels_last)
     caches = s.caches if caches is None else caches
-    online, online_dtypes = None, None
-    if config.online:
-        from featcache.cache.codec import RowEncoder
-        from featcache.models.teachers import teacher_from_manifest
-
-        if config.noise_per_batch or config.student_blocks or (config.views and any(c.manifest.views for c in caches)):
-            raise ConfigError("--online runs plain teachers: drop --noise-per-batch, student blocks and cached views "
-                              "(pass --no-views)")
-        online = []
-        for c in caches:
-            m = teacher_from_manifest(c.manifest).model.to(device).eval()
-            online.append(m.to(memory_format=torch.channels_last) if config.channels_last else m)
-        online_dtypes = [RowEncoder(c.manifest, c.projection(), device) for c in caches]  # as the caches store
+    online, online_dtypes = _online_teachers(s, caches) if config.online else (None, None)
+    if online is not None:
         caches = []  # no rows are read: the teachers make them
     resident = resident_default(config, s, caches) if config.resident is None else config.resident
-    sampling = sampling_of(s)
     workers = config.workers if config.workers is not None else default_workers(device)
     use_cpu_threads(device, 0 if resident else workers)  # resident: the workers only decode, before training
-    if resident:
-        from featcache.distill.resident import ResidentLoader
-
-        if config.views and any(c.manifest.views for c in caches):
-            raise ConfigError("--resident does not replay cached views; pass --no-views or drop --resident")
-
-        s.train.with_transform(s.transform.geometry())  # decoded once; augmentation happens on the device
-        budget = None
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            budget = free // 2  # leave the other half to the student's activations
-        loader = ResidentLoader(
-            s.train, caches, batch_size=config.batch_size, seed=config.seed, workers=workers, device=device,
-            noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment, max_bytes=budget,
-            blocks=bool(config.student_blocks), sampling=sampling,
-        )
-    else:
-        s.train.with_transform(Augment(config.augment, s.transform.geometry()))
-        loader = JoinedLoader(
-            s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
-            device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
-            noise_per_batch=config.noise_per_batch, transform=s.transform, blocks=bool(config.student_blocks),
-            views=config.views, sampling=sampling,
-        )
+    loader = _loader(s, caches, resident, workers)
     total_epochs = method.total_epochs(config.epochs)
     optim = config.section(OptimOptions)
     opt = make_optimizer(config.optimizer, student.parameters(), config.lr, optim)
@@ -215,6 +180,50 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     tsched = make_schedule(topt, optim, total_epochs) if topt else None
     return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online,
                          online_dtypes)
+
+
+def _online_teachers(s: Setup, caches: list) -> tuple[list, list]:
+    """--online: the caches' teachers on the device, and the encoders their rows go through (as the caches store)."""
+    from featcache.cache.codec import RowEncoder
+    from featcache.models.teachers import teacher_from_manifest
+
+    config, device = s.config, s.device
+    if config.noise_per_batch or config.student_blocks or (config.views and any(c.manifest.views for c in caches)):
+        raise ConfigError("--online runs plain teachers: drop --noise-per-batch, student blocks and cached views "
+                          "(pass --no-views)")
+    online = []
+    for c in caches:
+        m = teacher_from_manifest(c.manifest).model.to(device).eval()
+        online.append(m.to(memory_format=torch.channels_last) if config.channels_last else m)
+    return online, [RowEncoder(c.manifest, c.projection(), device) for c in caches]
+
+
+def _loader(s: Setup, caches: list, resident: bool, workers: int):
+    """The epoch's batches: device-resident tensors, or the joined loader streaming from workers and the tables."""
+    config, device = s.config, s.device
+    sampling = sampling_of(s)
+    if not resident:
+        s.train.with_transform(Augment(config.augment, s.transform.geometry()))
+        return JoinedLoader(
+            s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
+            device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
+            noise_per_batch=config.noise_per_batch, transform=s.transform, blocks=bool(config.student_blocks),
+            views=config.views, sampling=sampling,
+        )
+    from featcache.distill.resident import ResidentLoader
+
+    if config.views and any(c.manifest.views for c in caches):
+        raise ConfigError("--resident does not replay cached views; pass --no-views or drop --resident")
+    s.train.with_transform(s.transform.geometry())  # decoded once; augmentation happens on the device
+    budget = None
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = free // 2  # leave the other half to the student's activations
+    return ResidentLoader(
+        s.train, caches, batch_size=config.batch_size, seed=config.seed, workers=workers, device=device,
+        noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment, max_bytes=budget,
+        blocks=bool(config.student_blocks), sampling=sampling,
+    )
 
 
 # A split is held resident by default when its uint8 images and teacher rows take at most this share of the RAM

@@ -113,16 +113,10 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     """``lease``: the caller's Lease, which the teachers' caches join as soon as they are found (before a shard is
     read)."""
     from featcache.models.registry import get_entry
-    from featcache.models.students import create_student, student_block_channels
 
     method_cls = get_method(config.resolved_method())
     method_cls.check_teachers(len(config.teachers))
-    train = get_dataset(config.dataset, config.data_root, "train", **config.dataset_options)
-    test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
-    if train.classes != test.classes:
-        raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
-    check_disjoint(train, test)
-    check_trainable(train)
+    train, test = _splits(config)
     store = CacheStore(config.cache_dir, config.stores)
     caches = resolve_teachers(config.teachers, train, store) if config.teachers else []
     if lease is not None:
@@ -130,17 +124,47 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     for c in caches:  # before anything is built: a stale cache is the first thing to hear about
         c.check_dataset(train)
         c.check_content(train, config.content_check, seed=config.seed)
-    head = list(train.classes)
-    if config.classes is not None:
-        if method_cls.uses_labels:
-            raise ConfigError("--classes: a head over part of the classes trains without labels; use --method aka")
-        if len(config.classes) < 2:  # a one-class head is right on every image: a 100 % that means nothing
-            raise ConfigError(f"--classes lists {len(config.classes)} class ({', '.join(config.classes)}); a head over "
-                              "one class is 100 % accurate by construction: list at least 2 classes", flag="--classes")
-        from featcache.datasets.base import ClassSubset
+    test, head = _head(config, method_cls, test, train)
+    _check_method(config, method_cls, caches, train)
+    transform = _transform_for(config, caches, train, get_entry("student", config.student))
+    labels = labels_of(config, method_cls, train)
+    params = MethodParams.from_config(config, found=method_cls.prepare(caches, train, head, config))
+    student, student_kwargs = _student(config, method_cls, params, [c.num_features for c in caches], head, transform)
+    method = method_cls(student, [c.num_features for c in caches], len(head), params)
+    device = distributed.local_device(resolve_device(config.device))
+    precision = resolve_precision(config.precision, device)
+    return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs,
+                 labels=labels)
 
-        test = ClassSubset(test, config.classes)  # evaluated on its own task
-        head = list(config.classes)
+
+def _splits(config: DistillConfig) -> tuple[ImageDataset, ImageDataset]:
+    """The train and test splits, checked to be the same classes, disjoint, and trainable."""
+    train = get_dataset(config.dataset, config.data_root, "train", **config.dataset_options)
+    test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
+    if train.classes != test.classes:
+        raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
+    check_disjoint(train, test)
+    check_trainable(train)
+    return train, test
+
+
+def _head(config: DistillConfig, method_cls, test: ImageDataset, train: ImageDataset):
+    """The classes the student's logits cover (--classes: part of them, an aka component net) and the test split
+    evaluated over them."""
+    if config.classes is None:
+        return test, list(train.classes)
+    if method_cls.uses_labels:
+        raise ConfigError("--classes: a head over part of the classes trains without labels; use --method aka")
+    if len(config.classes) < 2:  # a one-class head is right on every image: a 100 % that means nothing
+        raise ConfigError(f"--classes lists {len(config.classes)} class ({', '.join(config.classes)}); a head over "
+                          "one class is 100 % accurate by construction: list at least 2 classes", flag="--classes")
+    from featcache.datasets.base import ClassSubset
+
+    return ClassSubset(test, config.classes), list(config.classes)  # evaluated on its own task
+
+
+def _check_method(config: DistillConfig, method_cls, caches: list, train: ImageDataset) -> None:
+    """What the method asks of the caches, and the fixed-teacher rule for augmentation."""
     if method_cls.needs_teacher_classes:
         for c in caches:
             if c.manifest.teacher.classes != list(train.classes):
@@ -155,11 +179,13 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
             "student's input breaks the teacher/student correspondence. Pass --allow-inconsistent to train in this "
             "'fixed teacher' setting anyway (see docs/methods.md)"
         )
-    entry = get_entry("student", config.student)
-    transform = _transform_for(config, caches, train, entry)
-    dims = [c.num_features for c in caches]
-    labels = labels_of(config, method_cls, train)
-    params = MethodParams.from_config(config, found=method_cls.prepare(caches, train, head, config))
+
+
+def _student(config: DistillConfig, method_cls, params: MethodParams, dims: list[int], head: list[str],
+             transform: TransformSpec):
+    """The student network (its feature layer as the method asks) and the kwargs that rebuild it (config.json)."""
+    from featcache.models.students import create_student, student_block_channels
+
     options = method_cls.student_options(dims, params)
     if config.feature_dim is not None:
         if "feature_dim" in options and options["feature_dim"] != config.feature_dim:
@@ -176,11 +202,7 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     if config.student_blocks:
         params.found.student_block_channels = student_block_channels(student, config.student_blocks,
                                                                      transform.image_size)
-    method = method_cls(student, dims, len(head), params)
-    device = distributed.local_device(resolve_device(config.device))
-    precision = resolve_precision(config.precision, device)
-    return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs,
-                 labels=labels)
+    return student, student_kwargs
 
 
 def _positive(flag: str, value: float | None) -> None:
