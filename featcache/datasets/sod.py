@@ -236,20 +236,8 @@ def build_sod(
                            "for a table of your own)")
     if classes is not None and classes_file is not None:
         raise DatasetError("SOD: give either classes=present or classes_file=PATH, not both")
-    params: dict = {}
-    if classes == "present":
-        stanford = _find_stanford(root, stanford_root) if (stanford_root or _has_stanford(root)) else None
-        pet_found = _find_pet(root, pet_root) if (pet_root or _has_pet(root)) else None
-        rows = present_class_table(stanford, pet_found)
-        table = Path("<classes=present>")
-        params["classes"] = "present"
-    else:
-        try:
-            table = Path(classes_file) if classes_file is not None else _shipped_table()
-        except FeatcacheError as exc:
-            raise DatasetError(f"SOD: {exc}") from None
-        rows = read_class_table(table)
-
+    params: dict = {"classes": "present"} if classes == "present" else {}
+    rows, table = _class_table(root, classes, classes_file, stanford_root, pet_root)
     ids: list[str] = []
     labels: list[int] = []
     stanford = pet = None
@@ -281,6 +269,21 @@ def build_sod(
         targets=np.asarray(labels, dtype=np.int64)[keep],
         params=params,
     )
+
+
+def _class_table(root: Path | None, classes: str | None, classes_file: str | Path | None,
+                 stanford_root: str | Path | None, pet_root: str | Path | None) -> tuple[list[ClassRow], Path]:
+    """The class table and where it came from: the breeds on disk (``classes=present``), a user's file, or the
+    shipped data/sod_classes.tsv."""
+    if classes == "present":
+        stanford = _find_stanford(root, stanford_root) if (stanford_root or _has_stanford(root)) else None
+        pet_found = _find_pet(root, pet_root) if (pet_root or _has_pet(root)) else None
+        return present_class_table(stanford, pet_found), Path("<classes=present>")
+    try:
+        table = Path(classes_file) if classes_file is not None else _shipped_table()
+    except FeatcacheError as exc:
+        raise DatasetError(f"SOD: {exc}") from None
+    return read_class_table(table), table
 
 
 def _has_stanford(root: Path | None) -> bool:

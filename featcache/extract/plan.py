@@ -149,6 +149,24 @@ def validate(config: ExtractConfig) -> None:
             raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice", flag="--blocks")
 
 
+def _teacher_view(config: ExtractConfig, entry, dataset: ImageDataset) -> TransformSpec:
+    """The view the teacher sees: its recipe (size, crop fraction, resize mode, mean/std) unless the flags say
+    otherwise; small pre-centred images (a ``native_size`` dataset) are resized whole."""
+    image_size = config.image_size if config.image_size is not None else entry.default_image_size
+    if image_size < entry.min_image_size:
+        raise ConfigError(
+            f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
+        )
+    return default_transform(
+        image_size,
+        crop_fraction=entry.crop_fraction,
+        resize_mode=config.resize_mode or entry.resize_mode,
+        resize=config.resize,
+        native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
+        **entry_recipe(entry),
+    )
+
+
 def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, teacher: Teacher | None = None,
                  transform: TransformSpec | None = None, command: str | None = None) -> ExtractPlan:
     """Resolve dataset, transform, weights and the cache key; cheap (no model is built).
@@ -162,20 +180,8 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
         dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
     if len(dataset) == 0:
         raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
-    image_size = (transform.image_size if transform is not None else
-                  config.image_size if config.image_size is not None else entry.default_image_size)
-    if image_size < entry.min_image_size:
-        raise ConfigError(
-            f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
-        )
-    transform = transform or default_transform(
-        image_size,
-        crop_fraction=entry.crop_fraction,
-        resize_mode=config.resize_mode or entry.resize_mode,
-        resize=config.resize,
-        native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
-        **entry_recipe(entry),
-    )
+    transform = transform or _teacher_view(config, entry, dataset)
+    image_size = transform.image_size
     weights = teacher.weights if teacher is not None else resolve_weights(entry.name, config.weights, config.seed)
     num_classes = teacher.num_classes if teacher is not None else config.num_classes
     if num_classes is None and weights.source == "random":

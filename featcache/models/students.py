@@ -60,23 +60,7 @@ def create_student(
     else:
         small = image_size <= SMALL_INPUT_MAX if small_input is None else bool(small_input)
     arch: Arch = entry.builder(small=small, image_size=image_size, entry=entry)
-
-    # native stack -> (in, out, dropout) triples
-    specs: list[list[Any]] = []
-    prev = arch.body_dim
-    for out, p in arch.native_layers:
-        specs.append([prev, out, p if dropout is None else dropout])
-        prev = out
-    native_width = prev
-    if feature_dim is not None and feature_dim != native_width:
-        if specs:
-            specs[-1][1] = feature_dim  # the "modified layer": l_1 widened/narrowed to D
-        else:
-            specs.append([arch.body_dim, feature_dim, 0.0])
-    if levels is not None and levels > len(specs):
-        w = arch.body_dim
-        specs = [[w, w, 0.0] for _ in range(levels - len(specs))] + specs
-    layers = [FCLayer(i, o, arch.act, p) for i, o, p in specs]
+    layers = [FCLayer(i, o, arch.act, p) for i, o, p in _fc_specs(arch, feature_dim, levels, dropout)]
     head_dropout = arch.head_dropout if dropout is None else dropout
     return Student(
         entry.name,
@@ -91,6 +75,26 @@ def create_student(
         default_image_size=entry.default_image_size,
         min_image_size=entry.min_image_size,
     )
+
+
+def _fc_specs(arch: Arch, feature_dim: int | None, levels: int | None, dropout: float | None) -> list[list[Any]]:
+    """The FC stack [l_T, ..., l_1] as (in, out, dropout) triples: the architecture's native layers, l_1 widened or
+    narrowed to ``feature_dim`` (the TS-Learning "modified layer"), identity-width layers prepended up to
+    ``levels``."""
+    specs: list[list[Any]] = []
+    prev = arch.body_dim
+    for out, p in arch.native_layers:
+        specs.append([prev, out, p if dropout is None else dropout])
+        prev = out
+    if feature_dim is not None and feature_dim != prev:
+        if specs:
+            specs[-1][1] = feature_dim
+        else:
+            specs.append([arch.body_dim, feature_dim, 0.0])
+    if levels is not None and levels > len(specs):
+        w = arch.body_dim
+        specs = [[w, w, 0.0] for _ in range(levels - len(specs))] + specs
+    return specs
 
 
 def list_students() -> list[str]:
