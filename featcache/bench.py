@@ -102,25 +102,28 @@ def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict
 
 def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, rounds: int = 3,
                   min_seconds: float = 3.0, reporter: Reporter | None = None) -> dict[str, Any]:
-    """The teacher's forward limit and a forced extract of ``config`` into a scratch store, in ``rounds``
-    interleaved rounds (the ratio is the median of the per-round ratios); the input pipeline's decode rate once."""
+    """The teacher's forward limit, the input pipeline's decode rate and a forced extract of ``config`` into a
+    scratch store, in ``rounds`` interleaved rounds (ratios are medians of the per-round ratios). Next to extract /
+    forward, extract / (forward ∘ decode): where decoding and the forward share the same cores (a CPU, no workers),
+    an image costs at least its decode time plus its forward time, so 1 / (1/forward + 1/decode) is the serial limit."""
     plan = plan_extract(config)
     reporter = reporter or Reporter()
     if rounds < 1:
         raise ConfigError(f"--rounds must be >= 1, got {rounds}")
-    loads, forwards, extracts, ratios = [_load()], [], [], []
+    loads, forwards, extracts, ratios, decodes, serial = [_load()], [], [], [], [], []
     result = None
     for r in range(rounds):
-        reporter.message(f"round {r + 1}/{rounds}: the teacher's bare forward")
+        reporter.message(f"round {r + 1}/{rounds}: the teacher's bare forward, then the input pipeline alone")
         limit = forward_rate(config, iters=iters, warmup=warmup, min_seconds=min_seconds)
+        decode = decode_rate(config)  # read, decode, resize, digest
         with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
             result = extract(replace(config, cache_dir=Path(scratch), force=True), reporter=reporter)
         forwards.append(limit["images_per_s"])
+        decodes.append(decode["images_per_s"])
         extracts.append(result.images_per_s)
         ratios.append(result.images_per_s / limit["images_per_s"] if limit["images_per_s"] else 0.0)
+        serial.append(result.images_per_s * (1 / limit["images_per_s"] + 1 / decode["images_per_s"]))
         loads.append(_load())
-    reporter.message("timing the input pipeline alone (read, decode, resize, digest)")
-    decode = decode_rate(config)
     extract_rate = _median(extracts)
     return {
         "benchmark": "extract",
@@ -144,8 +147,12 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, ro
         "extract_seconds": result.seconds,
         "ratio": _median(ratios),
         "rounds_ratio": ratios,
-        "decode_images_per_s": decode["images_per_s"],
-        "ratio_to_decode": extract_rate / decode["images_per_s"] if decode["images_per_s"] else None,
+        "decode_images_per_s": _median(decodes),
+        "rounds_decode_images_per_s": decodes,
+        "ratio_to_decode": extract_rate / _median(decodes) if _median(decodes) else None,
+        "serial_images_per_s": _median([1 / (1 / f + 1 / d) for f, d in zip(forwards, decodes)]),
+        "ratio_to_serial": _median(serial),
+        "rounds_ratio_to_serial": serial,
         "cache_bytes": result.bytes,
     }
 

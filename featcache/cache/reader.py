@@ -40,6 +40,7 @@ from featcache.cache.format import (
     block_field,
     shard_path,
 )
+from featcache.cache.direct import read_rows_into
 from featcache.cache.verify import layout_problem
 from featcache.errors import CacheError, CacheMismatchError, check_choice
 from featcache.hashing import file_sha256
@@ -157,6 +158,11 @@ class FeatureCache:
             self._files[shard.file] = f
         return f
 
+    def shard_file(self, shard: ShardInfo) -> h5py.File:
+        """The open HDF5 file of ``shard``, checked like every read's (size always, sha256 once per process): for
+        readers that address its datasets' bytes themselves (the out-of-core loader maps them, distill/loader)."""
+        return self._file(shard)
+
     def close(self) -> None:
         for f in self._files.values():
             try:
@@ -271,8 +277,8 @@ class FeatureCache:
             a, b = pos - shard.start, min(stop, shard.stop) - shard.start
             f = self._file(shard)
             dest = offset + pos - start
-            for name, arr in out.items():
-                f[name].read_direct(arr, source_sel=np.s_[a:b], dest_sel=np.s_[dest : dest + b - a])
+            for name, arr in out.items():  # one pread per field where the layout allows (cache/direct.py)
+                read_rows_into(f, name, arr, a, b, dest)
             pos = shard.start + b
 
     def read_all(self, part: str = PART_DATA, fields: Sequence[str] = DEFAULT_FIELDS) -> dict[str, np.ndarray]:

@@ -52,12 +52,15 @@ def bench_extract_cmd(
                         f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, "
                         f"{r0['threads']} threads; median of {r0['rounds']} rounds, load "
                         f"{' → '.join(str(x) for x in r0['load_1min'])}", title_justify="left")
-    for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode"):
+    for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode",
+                "extract / (forward ∘ decode)"):
         table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
     for r in results:
         table.add_row(f"{r['teacher']}@{r['image_size']}", f"{r['forward_images_per_s']:,.0f}",
                       f"{r['decode_images_per_s']:,.0f}", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}",
-                      f"{r['ratio_to_decode']:.2f}")
+                      f"{r['ratio_to_decode']:.2f}", f"{r['ratio_to_serial']:.2f}")
+    table.caption = ("forward ∘ decode: 1 / (1/forward + 1/decode), the serial limit where decoding and the teacher "
+                     "share the same cores (on a CPU without workers); medians of per-round ratios")
     out.print(table)
     write_json(json_out, results if len(results) > 1 else r0)
 
@@ -260,3 +263,127 @@ def bench_store_cmd(
               f"(listing the store: {ls['entries_seconds']:.2f} s); cache gc --dry-run over them: "
               f"{ls['gc_dry_run_seconds']:.2f} s", highlight=False)
     write_json(json_out, r)
+
+
+@bench_app.command("scale")
+@user_errors
+def bench_scale_cmd(
+    store: Path = typer.Option(..., "--store", help="Where the synthetic cache is written (and kept with --keep)."),
+    rows: int = typer.Option(1_280_000, "--rows", help="Rows per view (ImageNet-1k's train split: 1,281,167)."),
+    dim: int = typer.Option(2048, "--dim", help="Feature width."),
+    classes: int = typer.Option(10, "--classes", help="Logits per row (float32)."),
+    views: int = typer.Option(1, "--views", help="K: the data part plus K-1 cached views."),
+    dtype: str = typer.Option("float16", "--dtype", help="Feature dtype: float16 or float32."),
+    seed: int = typer.Option(0, "--seed"),
+    only: Optional[List[str]] = typer.Option(
+        None, "--only", help="Repeat to run only these steps: write, join, ram, verify, commands, reuse, store."),
+    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Repeat (default 128 and 256)."),
+    repeats: int = typer.Option(3, "--repeats", help="Rounds of every timed step."),
+    cold: bool = typer.Option(True, "--cold/--warm-only", help="Also measure with the shards' pages dropped."),
+    kill_at: float = typer.Option(
+        0.5, "--kill-at", help="Write a missing cache in a child killed (-9) once this share of its shards is "
+        "recorded, then resume it here; 0: write it directly."),
+    keep: bool = typer.Option(False, "--keep/--remove", help="Keep the cache afterwards (default: remove it)."),
+    json_out: Optional[Path] = typer.Option(None, "--json-out"),
+) -> None:
+    """An ImageNet-sized synthetic cache (real format, no teacher): its write and resume after kill -9, the
+    out-of-core join and the in-RAM load next to a sequential read, verify, ls, the re-extract answer and the store
+    commands, each next to its limit in one process."""
+    from featcache.bench_scale_life import STEPS, bench_scale
+    from featcache.bench_synth import SynthSpec, remove_cache
+    from featcache.progress import RichReporter
+
+    steps = tuple(only or STEPS)
+    bad = [s for s in steps if s not in STEPS]
+    if bad or repeats < 1 or not 0 <= kill_at < 1:
+        raise ConfigError(f"--only takes {', '.join(STEPS)}; --repeats >= 1; 0 <= --kill-at < 1 (got {bad}, "
+                          f"{repeats}, {kill_at})")
+    spec = SynthSpec(rows=rows, dim=dim, classes=classes, views=views, dtype=dtype, seed=seed)
+    try:
+        r = bench_scale(store, spec, steps=steps, batch_sizes=tuple(batch_size or (128, 256)), repeats=repeats,
+                        temps=("warm", "cold") if cold else ("warm",), kill_at=kill_at if "write" in steps else 0,
+                        reporter=RichReporter(err, transient=True))
+    finally:
+        if not keep and steps != ("write",):
+            remove_cache(store, spec.key)
+    for line in scale_lines(r):
+        out.print(line, highlight=False)
+    write_json(json_out, r)
+
+
+def scale_lines(r: dict) -> list[str]:
+    """One line per figure of `bench scale` (medians of the rounds; every round is in the JSON)."""
+    from featcache.bench_scale import median
+
+    gib = (r.get("cache_bytes") or 0) / 2**30
+    lines = [f"scale: {r['key']} ({gib:.2f} GiB), {r['spec']['rows']:,} rows x {r['spec']['dim']} {r['spec']['dtype']} "
+             f"x {r['spec']['views']} view(s); load {r['load']}"]
+    if "write" in r:
+        w = r["write"]
+        lines.append(f"write: {w['bytes'] / 1e6:,.0f} MB in {w['seconds']:.1f} s"
+                     + (f" ({w['bytes_per_s'] / 1e6:,.0f} MB/s)" if w["bytes_per_s"] else " (already there)"))
+    if "resume" in r and r["resume"].get("finished_before_kill"):
+        lines.append("resume after kill -9: not measured, the writer finished before the kill (a cache too small)")
+    elif "resume" in r:
+        x = r["resume"]
+        lines.append(f"resume after kill -9: {x['recorded_at_kill']}/{x['total_shards']} shards recorded at the kill "
+                     f"({x['files_at_kill']} files, {x['tmp_at_kill']} unfinished); the resumed write kept "
+                     f"{x['kept']}, wrote {x['rewritten']} in {x['resume_seconds']:.1f} s; verify "
+                     f"{'ok' if x['verify_ok'] else 'FAILED'} ({x['verify_seconds']:.1f} s)")
+    rounds = r.get("join", {}).get("rounds", [])
+    for bs in sorted({g["batch_size"] for g in rounds}):
+        for temp in r["temps"]:
+            g = [x for x in rounds if x["batch_size"] == bs and x["temp"] == temp]
+            lines.append(f"join out of core, batch {bs}, {temp}: {median([x['run']['rows_per_s'] for x in g]):,.0f} "
+                         f"rows/s, {median([x['ratio'] for x in g]):.2f} of a sequential read "
+                         f"({median([x['limit_rows_per_s'] for x in g]):,.0f} rows/s); peak RSS +"
+                         f"{max(x['run']['rss_above_baseline'] for x in g) / 2**20:,.0f} MiB")
+    for temp in r["temps"]:
+        g = r.get("join", {}).get(f"first_epoch_{temp}")
+        if g:
+            lines.append(f"join, first epoch of a process ({temp}; shards hashed on first read): "
+                         f"{g['run']['rows_per_s']:,.0f} rows/s, {g['ratio']:.2f} of a sequential read + sha256")
+    for d in r.get("auto", []):
+        what = d.get("message") or d["decision"]
+        lines.append(f"--cache-mode auto{' with views' if d['views'] else ''}: {what} (tables "
+                     f"{d['table_bytes'] / 2**30:.2f} GiB, budget {d['budget_bytes'] / 2**30:.2f} GiB)")
+        for temp in r["temps"]:
+            g = [x for x in d.get("load", {}).get("rounds", []) if x["temp"] == temp]
+            if g:
+                lines.append(f"  in-RAM load, {temp}: {median([x['run']['seconds'] for x in g]):.1f} s, "
+                             f"{median([x['ratio'] for x in g]):.2f} of a sequential read + sha256; peak RSS +"
+                             f"{max(x['run']['rss_above_baseline'] for x in g) / 2**30:.2f} GiB")
+    return lines + life_lines(r)
+
+
+def life_lines(r: dict) -> list[str]:
+    from featcache.bench_scale import median
+
+    lines = []
+    if "ram_join" in r:
+        g = r["ram_join"]["rounds"]
+        lines.append(f"join in RAM, batch {r['ram_join']['batch_size']}: {median([x['rows_per_s'] for x in g]):,.0f} "
+                     f"rows/s, {median([x['ratio'] for x in g]):.2f} of np.take")
+    for temp in r["temps"]:
+        g = [x for x in r.get("verify", []) if x["temp"] == temp]
+        if g:
+            lines.append(f"cache verify, {temp}: {median([x['verify_seconds'] for x in g]):.1f} s, "
+                         f"{median([x['ratio'] for x in g]):.2f} of a sequential read + sha256")
+    if "commands" in r:
+        c = r["commands"]
+        lines.append(f"cache ls: {median(c['ls_seconds']):.2f} s (fresh process; listing "
+                     f"{median(c['entries_seconds']):.3f} s); cache gc --dry-run: "
+                     f"{median(c['gc_dry_run_seconds']):.2f} s; featcache --help {c['help_seconds']:.2f} s")
+    if "reuse" in r:
+        g = r["reuse"]
+        lines.append(f"re-extract answer (remembered request): {median([x['recall_seconds'] for x in g]):.2f} s, "
+                     f"{median([x['ratio'] for x in g]):.2f} of a sequential read + sha256; locate "
+                     f"{median([x['locate_seconds'] for x in g]):.3f} s + intact "
+                     f"{median([x['intact_seconds'] for x in g]):.2f} s")
+    if "store" in r:
+        g = r["store"]
+        for name in ("publish", "export", "import"):
+            lines.append(f"cache {name}: {median([x[name + '_seconds'] for x in g]):.1f} s, "
+                         f"{median([x[name + '_vs_copy_fsync'] for x in g]):.2f} of copyfile + fsync, "
+                         f"{median([x[name + '_vs_copy'] for x in g]):.2f} of a bare copyfile")
+    return lines

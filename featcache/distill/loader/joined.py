@@ -347,13 +347,12 @@ class JoinedLoader:
             counts.append(len(got))
         rows = self._staging.to_device(rows)
         features, logits, blocks = split_rows(rows, self.caches, counts)
-        labels = labels.to(dev, non_blocking=nb)
+        if dev.type != "cpu":  # on the CPU they are where they belong (each .to costs a dispatch per batch)
+            images, labels, index = (t.to(dev, non_blocking=nb) for t in (images, labels, index))
         if num_noise:
             # TS-Learning: a random image is labelled by the teacher's prediction.
             labels[len(labels) - num_noise :] = logits[0][len(labels) - num_noise :].float().argmax(1)
-        return Batch(images.to(dev, non_blocking=nb), labels, index.to(dev, non_blocking=nb), num_noise, features,
-                     logits,
-                     blocks)
+        return Batch(images, labels, index, num_noise, features, logits, blocks)
 
     def _gather_views(self, k: int, rows: np.ndarray, view_of: np.ndarray) -> tuple[torch.Tensor, ...]:
         """Teacher k's rows of each sample's chosen view: one gather per view present, scattered into place."""

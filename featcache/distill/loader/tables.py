@@ -12,6 +12,7 @@ import torch
 from featcache.cache.format import FEATURES, LOGITS
 from featcache.cache.reader import FeatureCache
 from featcache.errors import ConfigError
+from featcache.distill.loader.mapped import BlockRing
 from featcache.distill.loader.order import EpochPlan
 
 MODES = ("auto", "ram", "disk")
@@ -56,8 +57,9 @@ class OutOfCoreTable:
     It serves a block-mode epoch plan: windows of ``window`` blocks are loaded in plan order. Window w always lands in
     quarter w % 4 of the ring, so where every row will sit is known when the epoch starts: two [n] maps (row -> ring
     row, row -> window) turn a batch into ring rows with one ``np.take`` and no lock in the common case. The prefetch
-    thread fills window w once the batches have moved past window w - 4, with one ``os.preadv`` per block and field
-    (cache/direct.py: no GIL held while it copies, so it reads while the training loop gathers).
+    thread fills window w once the batches have moved past window w - 4: wide fields (features) are mapped from the
+    page cache into their slots without a copy (mapped.py), narrow ones (logits) read with one ``os.preadv`` per block
+    (cache/direct.py); neither holds the GIL while it works, so the reads overlap the training loop's gathers.
     """
 
     mode = "disk"
@@ -72,7 +74,9 @@ class OutOfCoreTable:
         self.n_blocks = -(-self.n // block_rows)
         self.capacity = RING_WINDOWS * window_blocks
         self.fields = tuple(fields)
-        self._buf = cache.empty_rows(self.capacity * block_rows, self.fields)
+        self._ring = BlockRing(cache, part, self.capacity, block_rows, self.fields)
+        self._buf = self._ring.arrays
+        self.slot_rows = self._ring.slot_rows  # block_rows and the spare rows a mapped block may need
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -96,7 +100,7 @@ class OutOfCoreTable:
         window_of = np.empty(self.n_blocks, dtype=np.int32)
         window_of[blocks] = position // self.window
         rows = np.arange(self.n, dtype=np.int64)
-        self._ring_row = slot_of[rows // self.block_rows] * self.block_rows + rows % self.block_rows
+        self._ring_row = slot_of[rows // self.block_rows] * self.slot_rows + rows % self.block_rows
         self._row_window = window_of[rows // self.block_rows]
         self._windows = [blocks[w : w + self.window] for w in range(0, len(blocks), self.window)]
         self._loaded = -1  # windows [0, _loaded] have been read
@@ -115,11 +119,12 @@ class OutOfCoreTable:
                     if self._stop:
                         return
                 first = (w % RING_WINDOWS) * self.window
+                for b in self._windows[w + 1] if w + 1 < len(self._windows) else []:  # disk reads ahead (cold)
+                    self._ring.will_need(*self._rows_of(b))
                 for j, b in enumerate(blocks):
                     if self._stop:
                         return
-                    start, stop = int(b) * self.block_rows, min((int(b) + 1) * self.block_rows, self.n)
-                    self.cache.read_range_into(start, stop, self._buf, (first + j) * self.block_rows, part=self.part)
+                    self._ring.read_block(first + j, *self._rows_of(b))
                 with self._cv:
                     self._loaded = w
                     self._cv.notify_all()
@@ -128,13 +133,16 @@ class OutOfCoreTable:
                 self._error = exc
                 self._cv.notify_all()
 
+    def _rows_of(self, block) -> tuple[int, int]:
+        return int(block) * self.block_rows, min((int(block) + 1) * self.block_rows, self.n)
+
     def gather(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
         """The rows ``idx`` of every field, in fresh arrays (the ring is overwritten as the epoch moves on)."""
         idx = np.asarray(idx, dtype=np.int64)
         if len(idx) == 0:
             return tuple(torch.from_numpy(self._buf[f][:0].copy()) for f in self.fields)
         windows = self._row_window[idx]
-        lo, hi = int(windows.min()), int(windows.max())
+        lo, hi = int(np.minimum.reduce(windows)), int(np.maximum.reduce(windows))  # (no Python-level wrappers)
         if lo != self._served or hi > self._loaded or self._error is not None:
             self._advance(lo, hi)
         rows = self._ring_row[idx]
