@@ -76,8 +76,7 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
         outside = [c for c in classes if c not in train.classes]
         if outside:
             raise ConfigError(f"--classes {name}: {outside[0]!r} is not a class of {cfg.dataset}")
-    transform = sources[0].manifest.transform
-    size = transform["image_size"]
+    size = sources[0].manifest.transform.image_size
     components: dict[str, Path] = {}
     component_keys: dict[str, str] = {}
     for task, classes in cfg.parts.items():
@@ -90,7 +89,7 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
         components[task] = run
         # With block bridges, the components are cached with the blocks the target will be bridged to.
         blocks = list(cfg.options.get("student_blocks") or [])
-        pool = sources[0].manifest.blocks[0]["pool"] if blocks and sources[0].manifest.blocks else 4
+        pool = sources[0].manifest.blocks[0].pool if blocks and sources[0].manifest.blocks else 4
         result = extract(ExtractConfig(
             teacher="run", weights=str(run), dataset=cfg.dataset, data_root=cfg.data_root,
             dataset_options=dict(cfg.dataset_options), image_size=size, cache_dir=cfg.cache_dir,
@@ -125,7 +124,7 @@ def task_table(cfg: AmalgamateConfig, sources, components: dict[str, Path], targ
 
 def _teacher_run(cache) -> Path | None:
     """The train-teacher run a cache's weights came from (its teacher.pt sits in the run directory), if it exists."""
-    ref = (cache.manifest.teacher.weights or {}).get("ref")
+    ref = cache.manifest.teacher.weights.ref
     if not ref:
         return None
     run = Path(ref).parent

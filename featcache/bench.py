@@ -25,11 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from featcache.transforms import Geometry
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models.teachers import create_teacher
 from featcache.errors import ConfigError
 from featcache.progress import Reporter
 from featcache.runtime import PeakRSS, autocast, device_name
+from featcache.specs import TransformSpec, WeightsInfo
 
 if TYPE_CHECKING:
     from featcache.distill.trainer import DistillConfig
@@ -91,7 +93,7 @@ def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict
     plan = plan_extract(config)
     n = len(plan.dataset) if max_images is None else min(len(plan.dataset), max_images)
     workers = config.workers if config.workers is not None else default_workers(plan.device)
-    source = Batches(DigestedSamples(plan.dataset, plan.transform.geometry()), np.arange(n), config.batch_size)
+    source = Batches(DigestedSamples(plan.dataset, Geometry(plan.transform)), np.arange(n), config.batch_size)
     loader = DataLoader(source, batch_size=None, num_workers=workers, prefetch_factor=4 if workers > 0 else None)
     images, start = 0, time.perf_counter()
     for batch, *_ in loader:
@@ -135,7 +137,7 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, ro
         "images": len(plan.dataset),
         "image_size": plan.transform.image_size,
         "batch_size": config.batch_size,
-        "workers": result.manifest.timing.get("workers"),
+        "workers": result.manifest.timing.workers,
         "threads": torch.get_num_threads(),
         "precision": plan.precision,
         "rounds": rounds,
@@ -208,7 +210,7 @@ def _bare_steps(s, steps: int, warmup: int) -> dict[str, Any]:
     from featcache.distill.trainer import make_optimizer
 
     config, device = s.config, s.device
-    model = copy.deepcopy(s.student).to(device).train()
+    model = copy.deepcopy(s.model).to(device).train()
     size = s.transform.image_size
     x = torch.randn(config.batch_size, 3, size, size, device=device)
     if config.channels_last:
@@ -271,7 +273,7 @@ def bench_distill(
             )
             reporter.message(f"extracting {name} into a scratch store (not timed)")
             result = extract(ext, reporter=reporter)
-            ext.image_size = result.manifest.transform["image_size"]
+            ext.image_size = result.manifest.transform.image_size
             exts.append(ext)
             keys.append(result.key)
         size = exts[0].image_size if exts else config.image_size
@@ -384,10 +386,10 @@ def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard
     key = directory.name
     identity = identity or {"bench": key, **({"feature_codec": INT8_CODEC} if dtype == "int8" else {})}
     m = Manifest(
-        key=key, identity=identity, teacher=TeacherInfo("random", {"source": "random"}, "random", dim, classes,
+        key=key, identity=identity, teacher=TeacherInfo("random", WeightsInfo.random(0), "random", dim, classes,
                                                         None, "unknown"),
         dataset={"name": "bench", "split": "train"}, classes=[str(c) for c in range(classes)],
-        transform={"image_size": 0}, dtype=dtype, logits_dtype="float32", precision="fp32",
+        transform=TransformSpec(image_size=1, resize=1), dtype=dtype, logits_dtype="float32", precision="fp32",
         shard_rows=shard_rows, rows={PART_DATA: rows}, noise=None,
         feature_codec=INT8_CODEC if dtype == "int8" else None,
     )
@@ -587,7 +589,7 @@ def bench_trust(config: ExtractConfig, *, repeats: int = 3, reporter: Reporter |
     with tempfile.TemporaryDirectory(prefix="featcache-bench-trust-") as scratch:
         reporter.message(f"extracting {config.teacher} over {len(ds):,} images into a scratch store (timed)")
         result = extract(replace(config, cache_dir=Path(scratch), force=True), reporter=reporter)
-        extract_s = result.manifest.timing["seconds"]
+        extract_s = result.manifest.timing.seconds
         results: dict[str, Any] = {}
         reporter.message("timing the fingerprint, the content checks and the shard hashes")
         results["fingerprint"] = _median_seconds(ds.compute_fingerprint, repeats)

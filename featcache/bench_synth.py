@@ -29,7 +29,9 @@ from featcache.cache.format import (
     AUG,
     CONTENT,
     CONTENT_DIGEST,
+    FEATURE_SCALE,
     FEATURES,
+    INT8_CODEC,
     LOGITS,
     PART_DATA,
     TMP_SUFFIX,
@@ -43,10 +45,11 @@ from featcache.cache.store import CacheLock
 from featcache.cache.writer import PartWriter
 from featcache.errors import ConfigError, StorageError
 from featcache.progress import Reporter
+from featcache.specs import Timing, TransformSpec, ViewSpec, WeightsInfo
 
 POOL = 4096  # distinct random rows per (seed, dim, classes, dtype)
 STRIDE = 7919  # a prime: consecutive rows of a part walk the pool without repeating within a 4096-row shard
-SYNTH_DTYPES = ("float16", "float32")
+SYNTH_DTYPES = ("float16", "float32", "int8")
 MANIFEST_EVERY = 1.0  # seconds between manifest saves while writing (as extract's sweep)
 
 
@@ -64,12 +67,12 @@ class SynthSpec:
         if self.rows < 1 or self.dim < 1 or self.classes < 1 or self.views < 1 or self.shard_rows < 1:
             raise ConfigError(f"--rows, --dim, --classes, --views and shard rows must be >= 1, got {self}")
         if self.dtype not in SYNTH_DTYPES:
-            raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(SYNTH_DTYPES)} (int8 rows are not "
-                              "part of the cache format yet)")
+            raise ConfigError(f"--dtype {self.dtype!r}: choose one of {', '.join(SYNTH_DTYPES)}")
 
     def identity(self) -> dict:
         return {"synthetic": "featcache bench scale", "rows": self.rows, "dim": self.dim, "classes": self.classes,
-                "views": self.views, "dtype": self.dtype, "shard_rows": self.shard_rows, "seed": self.seed}
+                "views": self.views, "dtype": self.dtype, "shard_rows": self.shard_rows, "seed": self.seed,
+                **({"feature_codec": INT8_CODEC} if self.dtype == "int8" else {})}
 
     @property
     def key(self) -> str:
@@ -80,40 +83,59 @@ class SynthSpec:
         return [PART_DATA] + [f"view{v}" for v in range(1, self.views)]
 
     def row_bytes(self) -> int:
-        """Bytes of one row of one part on disk (features, logits, index, and the content digest or view params)."""
-        return self.dim * np.dtype(self.dtype).itemsize + 4 * self.classes + 8 + 8
+        """Bytes of one row of one part on disk (features and an int8 row's scale, logits, index, and the content
+        digest or view params)."""
+        return self.dim * np.dtype(self.dtype).itemsize + 4 * (self.dtype == "int8") + 4 * self.classes + 8 + 8
 
     def cache_bytes(self) -> int:
         return self.views * self.rows * self.row_bytes()
 
 
 @lru_cache(maxsize=4)
-def _pool(seed: int, dim: int, classes: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def _pool(seed: int, dim: int, classes: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, logits, scales) of the pool's rows; int8 features are quantised as extract --dtype int8 does."""
     rng = np.random.default_rng([seed, dim, classes])
-    return (rng.standard_normal((POOL, dim), dtype=np.float32).astype(dtype),
-            rng.standard_normal((POOL, classes), dtype=np.float32))
+    features = rng.standard_normal((POOL, dim), dtype=np.float32).astype(np.float16)
+    scales = np.ones(POOL, dtype=np.float32)
+    if dtype == "int8":
+        import torch
+
+        from featcache.cache.codec import quantise
+
+        q, s = quantise(torch.from_numpy(features))
+        features, scales = q.numpy(), s.numpy()
+    return features.astype(dtype), rng.standard_normal((POOL, classes), dtype=np.float32), scales
+
+
+def _pick(spec: SynthSpec, part: str, start: int, stop: int) -> np.ndarray:
+    offset = 0 if part == PART_DATA else int(part.removeprefix("view"))
+    return (np.arange(start, stop, dtype=np.int64) * STRIDE + offset) % POOL
 
 
 def synthetic_rows(spec: SynthSpec, part: str, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
-    """(features, logits) of rows [start, stop) of ``part``, exactly as the generator writes them."""
-    features, logits = _pool(spec.seed, spec.dim, spec.classes, spec.dtype)
-    offset = 0 if part == PART_DATA else int(part.removeprefix("view"))
-    rows = np.arange(start, stop, dtype=np.int64)
-    pick = (rows * STRIDE + offset) % POOL
+    """(features as stored, logits) of rows [start, stop) of ``part``, exactly as the generator writes them."""
+    features, logits, _ = _pool(spec.seed, spec.dim, spec.classes, spec.dtype)
+    pick = _pick(spec, part, start, stop)
     out_l = np.take(logits, pick, axis=0)
-    out_l[:, 0] = rows
+    out_l[:, 0] = np.arange(start, stop)
     return np.take(features, pick, axis=0), out_l
+
+
+def synthetic_scales(spec: SynthSpec, part: str, start: int, stop: int) -> np.ndarray:
+    """The per-row scales an int8 cache stores beside rows [start, stop) of ``part``."""
+    return np.take(_pool(spec.seed, spec.dim, spec.classes, spec.dtype)[2], _pick(spec, part, start, stop))
 
 
 def new_manifest(spec: SynthSpec, command: str) -> Manifest:
     return Manifest(
         key=spec.key, identity=spec.identity(),
-        teacher=TeacherInfo(f"random{spec.dim}", {"source": "random"}, "random", spec.dim, spec.classes, None,
+        teacher=TeacherInfo(f"random{spec.dim}", WeightsInfo.random(0), "random", spec.dim, spec.classes, None,
                             "unknown"),
         dataset={"name": "synthetic-scale", "split": "train", "num_samples": spec.rows},
-        classes=[str(c) for c in range(spec.classes)], transform={"image_size": 224}, dtype=spec.dtype,
+        classes=[str(c) for c in range(spec.classes)], transform=TransformSpec(224, 256), dtype=spec.dtype,
         logits_dtype="float32", precision="fp32", shard_rows=spec.shard_rows, rows={p: spec.rows for p in spec.parts},
-        noise=None, views={"count": spec.views, "policy": "rrc-flip", "seed": spec.seed} if spec.views > 1 else None,
+        noise=None, views=ViewSpec(spec.views, "rrc-flip", spec.seed) if spec.views > 1 else None,
+        feature_codec=INT8_CODEC if spec.dtype == "int8" else None,
         content=CONTENT_DIGEST, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         command=command,
     )
@@ -182,7 +204,7 @@ def write_synthetic_cache(store: Path, spec: SynthSpec, *, reporter: Reporter | 
         _write_shards(path, m, todo, spec, reporter)
         m.complete = True
         m.finished = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        m.timing = {"seconds": round(time.perf_counter() - start, 3), "images": int(need // spec.row_bytes())}
+        m.timing = Timing(seconds=round(time.perf_counter() - start, 3), images=int(need // spec.row_bytes()))
         m.save(path)
         seconds = time.perf_counter() - start
         directory = work.publish(False, reporter)
@@ -221,6 +243,8 @@ def _write_shards(path: Path, m: Manifest, todo: list[tuple[str, int]], spec: Sy
             features, logits = synthetic_rows(spec, part, a, b)
             rows = np.arange(a, b, dtype=np.int64)
             extra = {CONTENT: rows} if part == PART_DATA else {AUG: np.zeros((b - a, 5), dtype=np.float32)}
+            if spec.dtype == "int8":
+                extra[FEATURE_SCALE] = synthetic_scales(spec, part, a, b)
             try:
                 writer.write(rows, features, logits, rows, extra)
                 reporter.advance(1)
@@ -252,12 +276,16 @@ def read_back_matches(directory: Path, spec: SynthSpec, rows: np.ndarray) -> boo
     """Whether the cache at ``directory`` holds, at ``rows`` of every part, what ``synthetic_rows`` says (tests)."""
     from featcache.cache.reader import FeatureCache
 
+    stored = (FEATURES, LOGITS) + ((FEATURE_SCALE,) if spec.dtype == "int8" else ())  # int8: the rows as stored
     with FeatureCache(directory) as cache:
         for part in spec.parts:
-            got = cache.gather(rows, part=part)
-            for r, f, lg in zip(rows, got[FEATURES], got[LOGITS]):
+            got = cache.gather(rows, part=part, fields=stored)
+            for k, r in enumerate(rows):
                 want_f, want_l = synthetic_rows(spec, part, int(r), int(r) + 1)
-                if not (np.array_equal(f, want_f[0]) and np.array_equal(lg, want_l[0])):
+                if not (np.array_equal(got[FEATURES][k], want_f[0]) and np.array_equal(got[LOGITS][k], want_l[0])):
+                    return False
+                scale = synthetic_scales(spec, part, int(r), int(r) + 1)[0]
+                if spec.dtype == "int8" and got[FEATURE_SCALE][k] != scale:
                     return False
     return True
 

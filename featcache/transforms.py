@@ -13,77 +13,20 @@ uint8 pixels from (seed, index), so they need no storage and follow the same nor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from featcache.errors import ConfigError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("shorter", "square")
-NOISE_GENERATOR = "pcg64-raw-uint8-v1"
-
-
-@dataclass(frozen=True)
-class TransformSpec:
-    """Deterministic evaluation view: resize, centre crop to ``image_size``, normalise.
-
-    ``resize_mode='shorter'`` scales the shorter side to ``resize`` keeping the aspect ratio (torchvision's
-    ImageNet evaluation transform); ``'square'`` scales to ``resize``x``resize`` (the NTS-Net recipe: 600x600
-    then a 448 centre crop; also the natural choice for 32x32 CIFAR images).
-    """
-
-    image_size: int
-    resize: int
-    resize_mode: str = "shorter"
-    interpolation: str = "bilinear"
-    antialias: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    version: int = 1
-
-    def __post_init__(self) -> None:
-        if self.image_size < 1:
-            raise ConfigError(f"--image-size must be positive, got {self.image_size}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ConfigError(f"--resize-mode {self.resize_mode!r}: choose one of {', '.join(RESIZE_MODES)}")
-        if self.resize < self.image_size:
-            raise ConfigError(
-                f"--resize {self.resize} is smaller than --image-size {self.image_size}; the centre crop needs "
-                "resize >= image size"
-            )
-        if self.interpolation not in ("bilinear", "bicubic", "nearest"):
-            raise ConfigError(f"unknown interpolation {self.interpolation!r}")
-
-    # -- serialisation -----------------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"] = list(self.mean)
-        d["std"] = list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TransformSpec":
-        d = dict(d)
-        d["mean"] = tuple(d["mean"])
-        d["std"] = tuple(d["std"])
-        return cls(**d)
-
-    def describe(self) -> str:
-        crop = (f", centre crop {self.image_size}" if self.resize != self.image_size or self.resize_mode == "shorter"
-                else "")
-        how = f"shorter side to {self.resize}" if self.resize_mode == "shorter" else f"{self.resize}x{self.resize}"
-        return f"resize {how} ({self.interpolation}){crop}"
-
-    # -- the two halves ----------------------------------------------------------------------------------------
-    def geometry(self) -> "Geometry":
-        return Geometry(self)
-
-    def normalizer(self, device: torch.device | str = "cpu") -> "Normalizer":
-        return Normalizer(self, device)
+from featcache.specs import (  # noqa: F401 - re-exported: the specs are data (featcache.specs), run here
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NOISE_GENERATOR,
+    RESIZE_MODES,
+    NoiseSpec,
+    TransformSpec,
+)
 
 
 class Geometry:
@@ -175,24 +118,6 @@ def default_transform(
 
 
 # -- random images (TS-Learning §3, multi-teacher §3.5) ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NoiseSpec:
-    """N random images regenerated bit-exactly from (seed, index); no pixels are stored.
-
-    Image i is 3*S*S uniform bytes from numpy's PCG64 bit generator seeded by SeedSequence([seed, i]). The raw
-    bit stream of a BitGenerator is stable across numpy versions (NEP 19), unlike Generator's distributions.
-    """
-
-    count: int
-    seed: int
-    image_size: int
-    generator: str = NOISE_GENERATOR
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "seed": self.seed, "image_size": self.image_size, "generator": self.generator}
 
 
 def noise_image(seed: int, index: int, image_size: int) -> torch.Tensor:

@@ -87,6 +87,10 @@ def conform(value: Any, hint: Any) -> Any:
                 out.append(conform(item, args[0]))
             except TypeMismatch as exc:
                 raise TypeMismatch(f"item {i + 1}: {exc}") from None
+        if origin is tuple:
+            if args[-1] is not Ellipsis and len(out) != len(args):
+                raise TypeMismatch(f"expected {len(args)} items, got {len(out)}")
+            return tuple(out)
         return out
     if origin is dict and args:
         items = {}
@@ -96,8 +100,10 @@ def conform(value: Any, hint: Any) -> Any:
             except TypeMismatch as exc:
                 raise TypeMismatch(f"{k}: {exc}") from None
         return items
-    if dataclasses.is_dataclass(hint):
+    if dataclasses.is_dataclass(hint):  # built, its fields conformed (a dataclass may check its values itself)
         check_fields(value, hint)
+        hints = _fields_of(hint)[0]
+        return hint(**{k: conform(v, hints[k]) for k, v in value.items()})
     if isinstance(value, (list, dict)):
         return type(value)(value)
     return value

@@ -18,17 +18,15 @@ pixels, for ``pad-crop-flip`` the crop's offset in the padded view (height = wid
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from featcache.cache.format import AUG
-from featcache.errors import ConfigError
-from featcache.transforms import TransformSpec, crop_pad
+from featcache.transforms import Geometry, TransformSpec, crop_pad
 
-VIEW_POLICIES = ("rrc-flip", "pad-crop-flip")
+from featcache.specs import VIEW_POLICIES, ViewSpec  # noqa: F401 - re-exported: the spec is data
 # Each view is a full copy of the split's rows (and a part of its own): beyond this, a typo (10000 for 10) would write
 # thousands of parts for hours. FKD-style soft-label caches keep tens to hundreds of crops per image.
 MAX_VIEWS = 1024
@@ -38,26 +36,6 @@ AUG_FIELD = AUG  # the per-row augmentation parameters of a view part (named in 
 def view_part(view: int) -> str:
     """The cache part holding view ``view`` (>= 1; view 0 is the ``data`` part)."""
     return f"view{view}"
-
-
-@dataclass(frozen=True)
-class ViewSpec:
-    count: int  # K, including the deterministic view 0
-    policy: str
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.count < 2:
-            raise ConfigError(f"--views {self.count}: K >= 2 (view 0 is the evaluation view; 1 means no --views)")
-        if self.policy not in VIEW_POLICIES:
-            raise ConfigError(f"--view-policy {self.policy!r}: choose one of {', '.join(VIEW_POLICIES)}")
-
-    def to_dict(self) -> dict:
-        return {"count": self.count, "policy": self.policy, "seed": self.seed}
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "ViewSpec | None":
-        return cls(int(d["count"]), str(d["policy"]), int(d.get("seed", 0))) if d else None
 
 
 def view_params(spec: ViewSpec, view: int, index: int, height: int, width: int, size: int) -> np.ndarray:
@@ -99,7 +77,7 @@ def apply_view(image: torch.Tensor, params: np.ndarray, spec: ViewSpec, transfor
     top, left, h, w, flip = (int(v) for v in params)
     s = transform.image_size
     if spec.policy == "pad-crop-flip":
-        view = transform.geometry()(image)
+        view = Geometry(transform)(image)
         pad = crop_pad(s)
         view = torch.nn.functional.pad(view, (pad, pad, pad, pad))[:, top : top + s, left : left + s]
     else:

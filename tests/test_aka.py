@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from featcache.transforms import Geometry, Normalizer
 from featcache.cache import FeatureCache
 from featcache.distill.methods.aka import AKAFound
 from featcache.cli import app
@@ -250,7 +251,7 @@ def test_aka_with_block_features(tmp_path):
                                               run_dir=tmp_path / f"t{k}", classes=classes))
         r = extract(ExtractConfig(teacher="convnet", weights=str(path), dataset_options=dict(SYN), image_size=32,
                                   workers=0, cache_dir=store, blocks=["body.5", "body.12"], pool=2))
-        assert [b["channels"] for b in r.manifest.blocks] == [32, 64]
+        assert [b.channels for b in r.manifest.blocks] == [32, 64]
         keys.append(r.key)
     cfg = DistillConfig(student="lenet5", dataset_options=dict(SYN), teachers=keys, method="aka", epochs=1,
                         batch_size=16, workers=0, cache_dir=store, run_dir=tmp_path / "s",
@@ -260,17 +261,17 @@ def test_aka_with_block_features(tmp_path):
     # One batch by hand: the loss holds the block terms.
     from featcache.distill.loader import JoinedLoader
 
-    s.train.with_transform(s.transform.geometry())
+    s.train.with_transform(Geometry(s.transform))
     loader = JoinedLoader(s.train, s.caches, batch_size=8, workers=0, transform=s.transform, blocks=True)
     batch = next(iter(loader))
     loader.close()
     assert [t.shape for t in batch.blocks[0]] == [(8, 32 * 4), (8, 64 * 4)]
-    x = s.transform.normalizer()(batch.images, channels_last=False)
-    with_blocks, parts, _ = s.method.loss(s.student, x, None,
+    x = Normalizer(s.transform)(batch.images, channels_last=False)
+    with_blocks, parts, _ = s.method.loss(s.model, x, None,
                                           TeacherRows(batch.features, batch.logits, batch.blocks), 0)
     with_blocks.backward()
     assert s.method.fa_student_blocks[0][0].weight.grad is not None
-    assert s.student.body.conv1.weight.grad.abs().sum() > 0
+    assert s.model.body.conv1.weight.grad.abs().sum() > 0
     summary = distill(cfg)  # and a whole run, out of core as well
     assert summary.epochs == 1
     distill(DistillConfig(**{**cfg.__dict__, "run_dir": tmp_path / "d", "cache_mode": "disk"}))

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset, TensorDataset
 
+from featcache.transforms import Geometry
 from featcache import api
 from featcache.cache import open_cache
 from featcache.config import ExtractConfig
@@ -17,7 +18,6 @@ from featcache.datasets import get_dataset
 from featcache.errors import CacheMismatchError, ConfigError, DatasetError
 from featcache.extract import extract
 from featcache.models.teachers import create_teacher
-from featcache.transforms import TransformSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = {"num_train": 24, "num_test": 8, "num_classes": 4}
@@ -61,7 +61,7 @@ def test_a_users_module_and_dataset_give_the_rows_of_the_registry_path(store):
     net = torchvision.models.resnet18(num_classes=SYN["num_classes"])
     net.load_state_dict(same.model.torchvision_state_dict())
     users = PlainImages("pil")
-    transform = TransformSpec.from_dict(reg.manifest.transform)
+    transform = reg.manifest.transform
     mine = api.extract_from(net, users, name="my-r18", dataset_name="mine", ids=users.base.sample_ids,
                             feature_layer="avgpool", transform=transform, workers=0, batch_size=8)
     assert not mine.reused and mine.key.startswith("my-r18-mine-train-")
@@ -69,7 +69,7 @@ def test_a_users_module_and_dataset_give_the_rows_of_the_registry_path(store):
     np.testing.assert_array_equal(a["features"], b["features"])
     np.testing.assert_array_equal(a["logits"], b["logits"])
     m = open_cache(mine.key).manifest
-    assert m.teacher.weights["source"] == "module" and m.teacher.feature_layer == "output of avgpool"
+    assert m.teacher.weights.source == "module" and m.teacher.feature_layer == "output of avgpool"
     assert m.command.startswith("python: featcache.api.extract_from(ResNet")
     # The same call again finds it; other weights make another cache; HWC uint8 tensors are the same images.
     assert api.extract_from(net, PlainImages("hwc"), name="my-r18", dataset_name="mine", ids=users.base.sample_ids,
@@ -124,8 +124,8 @@ def test_the_wrappers_rows_are_the_distill_loaders_rows(store):
     reg = registry_cache(store)
     cache = FeatureCache(reg.directory)
     ds = get_dataset("synthetic", None, "train", **SYN)
-    spec = TransformSpec.from_dict(cache.manifest.transform)
-    loader = JoinedLoader(ds.with_transform(spec.geometry()), [cache], batch_size=8, workers=0, seed=3,
+    spec = cache.manifest.transform
+    loader = JoinedLoader(ds.with_transform(Geometry(spec)), [cache], batch_size=8, workers=0, seed=3,
                           transform=spec)
     join = api.RowJoin([reg.key], get_dataset("synthetic", None, "train", **SYN))
     seen = 0
@@ -178,7 +178,7 @@ def test_timm_teacher_and_student_run_extract_distill_eval(store, tmp_path):
     m = next(open_cache(p.name).manifest for p in store.iterdir() if p.name.endswith(tuple("0123456789abcdef"))
              and "-train-" in p.name)
     cfg = timm.models.get_pretrained_cfg("test_efficientnet")
-    assert m.transform["interpolation"] == cfg.interpolation and tuple(m.transform["mean"]) == tuple(cfg.mean)
+    assert m.transform.interpolation == cfg.interpolation and tuple(m.transform.mean) == tuple(cfg.mean)
     assert m.teacher.num_features == timm.create_model("test_efficientnet").num_features
     run("distill", "-s", "timm:mobilenetv4_conv_small", "-t", "timm:test_efficientnet", *syn, "--epochs", "1",
         "-b", "16", "--workers", "0", "--run-dir", tmp_path / "run")
@@ -262,5 +262,5 @@ def test_timm_teacher_weights_come_from_the_local_hugging_face_cache(store, tmp_
     assert r.exit_code == 0, r.output
     key = r.output.split("cache ")[1].split(":")[0].strip()
     m = open_cache(key).manifest
-    assert m.teacher.weights["source"] == "file" and m.teacher.weights["ref"].endswith("model.safetensors")
+    assert m.teacher.weights.source == "file" and m.teacher.weights.ref.endswith("model.safetensors")
     assert m.teacher.num_classes == net.num_classes

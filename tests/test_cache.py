@@ -11,6 +11,7 @@ from featcache.cache import CacheLock, CacheStore, FeatureCache, Manifest, Teach
 from featcache.cache import format as fmt
 from featcache.cache.writer import BackgroundWriter, PartWriter
 from featcache.errors import CacheError, CacheLockedError
+from featcache.specs import TransformSpec, WeightsInfo
 
 ROOT = Path(__file__).resolve().parents[1]
 D, C = 6, 3
@@ -23,8 +24,9 @@ def build_cache(store: Path, key: str = "toy-synthetic-train-000000000000", rows
     directory.mkdir(parents=True)
     parts = {fmt.PART_DATA: rows[0], fmt.PART_NOISE: rows[1]}
     m = Manifest(
-        key=key, identity={"k": key}, teacher=TeacherInfo("toy", {"source": "random"}, "fc", D, C, None, "unknown"),
-        dataset={"name": "synthetic", "split": "train"}, classes=["a", "b", "c"], transform={"image_size": 8},
+        key=key, identity={"k": key}, teacher=TeacherInfo("toy", WeightsInfo.random(0), "fc", D, C, None, "unknown"),
+        dataset={"name": "synthetic", "split": "train"}, classes=["a", "b", "c"],
+        transform=TransformSpec(image_size=8, resize=8),
         dtype="float16", logits_dtype="float32", precision="fp32", shard_rows=shard_rows, rows=parts, noise=None,
     )
     m.save(directory)

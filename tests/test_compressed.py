@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import one_line_error
+from featcache.transforms import Geometry
 from featcache.api import RowJoin
 from featcache.cache import CacheStore, FeatureCache, Manifest
 from featcache.cache.format import FEATURE_SCALE, FEATURES, MANIFEST, PROJECTION_FILE
@@ -23,7 +24,6 @@ from featcache.distill.resident import ResidentLoader
 from featcache.distill.trainer import CONFIG, DistillConfig, distill
 from featcache.errors import CacheError, ConfigError
 from featcache.extract import ExtractConfig, extract, plan_extract
-from featcache.transforms import TransformSpec
 
 SYN = {"num_train": 48, "num_test": 16}
 N = 16  # --project
@@ -147,8 +147,8 @@ def test_loaders_give_float_rows(store, name):
     cache = open_(store, name)
     want = cache.read_all()[FEATURES]
     ds = get_dataset("synthetic", split="train", **SYN)
-    spec = TransformSpec.from_dict(cache.manifest.transform)
-    ds.with_transform(spec.geometry())
+    spec = cache.manifest.transform
+    ds.with_transform(Geometry(spec))
     args = dict(batch_size=16, workers=0, seed=1, transform=spec)
     for mode in ("ram", "disk"):
         loader = JoinedLoader(ds, [cache], mode=mode, block_rows=8, window_blocks=1, **args)

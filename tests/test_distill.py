@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from featcache.transforms import Geometry, Normalizer
 from featcache.cache import FeatureCache
 from featcache.cli import app
 from featcache.datasets import get_dataset
@@ -17,7 +18,6 @@ from featcache.extract import ExtractConfig, extract
 from featcache.models import create_teacher
 from featcache.models.students import create_student
 from featcache.progress import Reporter
-from featcache.transforms import TransformSpec
 
 SYN = {"num_train": 64, "num_test": 32}
 
@@ -57,12 +57,12 @@ def test_loss_from_cached_rows_equals_loss_with_the_live_teacher(store, method):
     """Issue part 6: the same batch, the same student; rows from the cache vs the teacher run now."""
     cfg = extract_cfg(store)
     cache = FeatureCache(extract(cfg).directory)  # reused, not re-extracted
-    spec = TransformSpec.from_dict(cache.manifest.transform)
-    ds = get_dataset("synthetic", split="train", **SYN).with_transform(spec.geometry())
+    spec = cache.manifest.transform
+    ds = get_dataset("synthetic", split="train", **SYN).with_transform(Geometry(spec))
     loader = JoinedLoader(ds, [cache], batch_size=32, workers=0, seed=1, transform=spec)
     batch = next(iter(loader))
     loader.close()
-    x = spec.normalizer()(batch.images, channels_last=False)
+    x = Normalizer(spec)(batch.images, channels_last=False)
 
     teacher = create_teacher(cfg.teacher, weights=cfg.weights, num_classes=ds.num_classes, seed=cfg.seed)
     with torch.inference_mode():
@@ -205,7 +205,7 @@ def test_missing_and_ambiguous_teacher_caches(store, tmp_path):
         with pytest.raises(CacheError, match="ambiguous"):
             setup(run_cfg(store, tmp_path))
         key = next(e.key for e in __import__("featcache").cache.CacheStore(store).entries()
-                   if e.manifest.transform["image_size"] == 36)
+                   if e.manifest.transform.image_size == 36)
         s = setup(run_cfg(store, tmp_path, teachers=[f"resnet18:{key}"]))
         assert s.transform.image_size == 36
         with pytest.raises(CacheError, match="not 'alexnet'"):

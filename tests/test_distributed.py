@@ -38,7 +38,7 @@ def test_torchrun_extract_equals_one_process(tmp_path):
                                    dataset_options={"num_train": 96, "num_test": 16},
                                    image_size=32, shard_rows=16, noise=8, batch_size=16, workers=0,
                                    cache_dir=tmp_path / "single"))
-    assert entry.key == single.key and entry.manifest.complete and entry.manifest.timing["ranks"] == 2
+    assert entry.key == single.key and entry.manifest.complete and entry.manifest.timing.ranks == 2
     assert not list((tmp_path / "home" / entry.key).glob("shards-rank*"))  # sidecars merged away
     a, b = FeatureCache(tmp_path / "home" / entry.key), FeatureCache(single.directory)
     for part in ("data", "noise"):

@@ -1,5 +1,6 @@
 """Stage 1 end to end on the synthetic dataset with small random teachers (CPU)."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from featcache.errors import CacheError, CacheLockedError, CacheMismatchError, C
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.extract.manifest import key_lock
 from featcache.models import create_teacher
-from featcache.transforms import TransformSpec, noise_batch
+from featcache.transforms import Geometry, Normalizer, noise_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = {"num_train": 96, "num_test": 32}
@@ -40,7 +41,7 @@ def teacher_outputs(cfg, images_uint8):
     """Run the teacher as a user would, outside featcache's extract loop."""
     plan = plan_extract(cfg)
     teacher = create_teacher(cfg.teacher, weights=cfg.weights, num_classes=plan.num_classes, seed=cfg.seed)
-    x = plan.transform.normalizer()(images_uint8, channels_last=False)
+    x = Normalizer(plan.transform)(images_uint8, channels_last=False)
     with torch.inference_mode():
         return teacher.model.eval()(x)
 
@@ -51,8 +52,8 @@ def test_cached_rows_equal_the_teachers_own_output(tmp_path):
     result = extract(cfg)
     assert not result.reused and result.rows == 96 and result.noise_rows == 10
     ds = get_dataset("synthetic", split="train", **SYN)
-    spec = TransformSpec.from_dict(result.manifest.transform)
-    geometry = spec.geometry()
+    spec = result.manifest.transform
+    geometry = Geometry(spec)
     images = torch.stack([geometry(ds.read_image(i)) for i in range(len(ds))])
     feats, logits = teacher_outputs(cfg, images)
     with FeatureCache(result.directory) as cache:
@@ -244,7 +245,7 @@ def test_cache_refuses_other_split_and_transform(tmp_path):
             cache.check_dataset(get_dataset("synthetic", split="test", **SYN))
         with pytest.raises(CacheMismatchError, match="dataset parameters"):
             cache.check_dataset(get_dataset("synthetic", split="train", **{**SYN, "seed": 9}))
-        other = TransformSpec.from_dict({**result.manifest.transform, "image_size": 16, "resize": 16})
+        other = dataclasses.replace(result.manifest.transform, image_size=16, resize=16)
         with pytest.raises(CacheMismatchError, match="transform.image_size"):
             cache.check_dataset(get_dataset("synthetic", split="train", **SYN), other)
 
@@ -265,18 +266,18 @@ def test_block_features_are_cached_pooled_and_exact(tmp_path):
     cfg = config(tmp_path, blocks=["layer2", "layer4"], pool=2)
     result = extract(cfg)
     m = result.manifest
-    assert [(b["name"], b["channels"], b["dim"]) for b in m.blocks] == [("layer2", 128, 512), ("layer4", 512, 2048)]
+    assert [(b.name, b.channels, b.dim) for b in m.blocks] == [("layer2", 128, 512), ("layer4", 512, 2048)]
     assert result.key != extract(config(tmp_path)).key  # blocks are part of the key
     ds = get_dataset("synthetic", split="train", **SYN)
-    spec = TransformSpec.from_dict(m.transform)
-    images = torch.stack([spec.geometry()(ds.read_image(i)) for i in range(8)])
+    spec = m.transform
+    images = torch.stack([Geometry(spec)(ds.read_image(i)) for i in range(8)])
     plan = plan_extract(cfg)
     teacher = create_teacher(cfg.teacher, weights=cfg.weights, num_classes=plan.num_classes, seed=cfg.seed)
     net = teacher.model.eval()
     seen = {}
     net.net.layer2.register_forward_hook(lambda mod, i, o: seen.__setitem__("layer2", o))
     with torch.inference_mode():
-        net(spec.normalizer()(images, channels_last=False))
+        net(Normalizer(spec)(images, channels_last=False))
     expected = F.adaptive_avg_pool2d(seen["layer2"], 2).flatten(1)
     with FeatureCache(result.directory) as cache:
         rows = cache.gather(np.arange(8), fields=(block_field("layer2"),))[block_field("layer2")]

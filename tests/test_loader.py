@@ -10,7 +10,7 @@ from featcache.datasets import get_dataset
 from featcache.distill.loader import JoinedLoader, epoch_plan, parse_bytes
 from featcache.errors import CacheMismatchError, ConfigError
 from featcache.extract import ExtractConfig, extract
-from featcache.transforms import TransformSpec
+from featcache.transforms import Geometry, TransformSpec
 
 SYN = {"num_train": 90, "num_test": 20}
 
@@ -36,8 +36,8 @@ def train_split():
 def loader_for(dirs, **kw):
     caches = [FeatureCache(d) for d in dirs]
     ds = train_split()
-    spec = TransformSpec.from_dict(caches[0].manifest.transform)
-    ds.with_transform(spec.geometry())
+    spec = caches[0].manifest.transform
+    ds.with_transform(Geometry(spec))
     args = dict(batch_size=16, workers=0, seed=7, block_rows=10, window_blocks=2, transform=spec)
     args.update(kw)
     return JoinedLoader(ds, caches, **args)
@@ -150,7 +150,7 @@ def test_noise_rows_are_labelled_by_the_first_teachers_argmax(caches):
 
     m = FeatureCache(caches[0]).manifest.noise
     b = batches[0]
-    assert torch.equal(b.images[-1], noise_image(m["seed"], int(b.index[-1]), m["image_size"]))
+    assert torch.equal(b.images[-1], noise_image(m.seed, int(b.index[-1]), m.image_size))
 
 
 def test_noise_needs_noise_rows(tmp_path):
@@ -168,7 +168,7 @@ def test_mismatched_cache_is_refused_naming_the_field(caches):
     other = get_dataset("synthetic", split="train", num_train=91, num_test=20)
     with pytest.raises(CacheMismatchError, match="dataset"):
         JoinedLoader(other, [cache], workers=0)
-    spec = TransformSpec.from_dict(cache.manifest.transform)
+    spec = cache.manifest.transform
     ds = train_split()
     wrong = TransformSpec.from_dict({**spec.to_dict(), "interpolation": "bicubic"})
     with pytest.raises(CacheMismatchError, match="transform.interpolation"):
@@ -229,9 +229,9 @@ def test_staging_on_cpu_passes_tensors_through():
 def test_resident_loader_yields_the_host_loaders_batches(caches):
     from featcache.distill.resident import ResidentLoader
 
-    spec = TransformSpec.from_dict(FeatureCache(caches[0]).manifest.transform)
+    spec = FeatureCache(caches[0]).manifest.transform
     host = collect(loader_for(caches, mode="ram", shuffle="full", noise_per_batch=3))
-    ds = train_split().with_transform(spec.geometry())
+    ds = train_split().with_transform(Geometry(spec))
     resident = ResidentLoader(ds, [FeatureCache(d) for d in caches], batch_size=16, seed=7, transform=spec,
                               noise_per_batch=3)
     assert resident.modes == ["resident", "resident"] and len(resident) == len(host) // 2
@@ -246,8 +246,8 @@ def test_resident_loader_yields_the_host_loaders_batches(caches):
 def test_resident_loader_refuses_what_does_not_fit(caches):
     from featcache.distill.resident import ResidentLoader
 
-    spec = TransformSpec.from_dict(FeatureCache(caches[0]).manifest.transform)
-    ds = train_split().with_transform(spec.geometry())
+    spec = FeatureCache(caches[0]).manifest.transform
+    ds = train_split().with_transform(Geometry(spec))
     with pytest.raises(ConfigError, match="drop --resident"):
         ResidentLoader(ds, [FeatureCache(caches[0])], transform=spec, max_bytes=1000)
 

@@ -298,7 +298,7 @@ def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
     from featcache.cache import CacheStore
 
     components = [e for e in CacheStore(tmp_path / "home").entries() if e.manifest.teacher.name == "run"]
-    assert len(components) == 2 and all([b["name"] for b in e.manifest.blocks] == ["conv1", "conv2"]
+    assert len(components) == 2 and all([b.name for b in e.manifest.blocks] == ["conv1", "conv2"]
                                         for e in components)
 
 

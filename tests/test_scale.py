@@ -36,7 +36,7 @@ def test_synthetic_cache_verifies_and_reads_back_what_was_written(synth):
             rows = cache.read_all(part)
             want_f, want_l = synthetic_rows(SPEC, part, 0, SPEC.rows)
             assert np.array_equal(rows[FEATURES], want_f) and np.array_equal(rows[LOGITS], want_l)
-        assert cache.manifest.views["count"] == 2 and cache.num_features == 24
+        assert cache.manifest.views.count == 2 and cache.num_features == 24
     assert write_synthetic_cache(store, SPEC).reused  # a second write finds it
 
 
@@ -153,3 +153,26 @@ def test_mapped_ring_serves_the_same_rows_as_ram(tmp_path, monkeypatch, mmap_on,
             for a, b in zip(disk.gather(idx), ram.gather(idx)):
                 assert np.array_equal(a.numpy(), b.numpy())
         disk.close()
+
+
+def test_an_int8_synthetic_cache_verifies_reads_back_and_streams_as_ram_does(tmp_path):
+    """int8 rows and their per-row scales, as extract --dtype int8 stores them; the out-of-core ring maps the int8
+    features (2048 bytes a row) and reads the scales."""
+    from featcache.cache.format import FEATURE_SCALE
+
+    spec = SynthSpec(rows=600, dim=2048, classes=3, shard_rows=64, dtype="int8", seed=3)
+    written = write_synthetic_cache(tmp_path, spec)
+    assert CacheStore(tmp_path, shared_env=False).verify(spec.key).ok
+    assert read_back_matches(written.directory, spec, np.array([0, 63, 64, 599]))
+    cache = FeatureCache(written.directory)
+    fields = (FEATURES, LOGITS, FEATURE_SCALE)
+    ram = InMemoryTable(cache, PART_DATA, fields)
+    disk = OutOfCoreTable(cache, PART_DATA, block_rows=16, window_blocks=2, fields=fields)
+    assert disk._buf[FEATURES].dtype == np.int8
+    plan = epoch_plan(spec.rows, seed=0, epoch=0, shuffle="block", block_rows=16, window_blocks=2)
+    disk.start_epoch(plan)
+    for i in range(0, spec.rows, 50):
+        idx = plan.order[i : i + 50]
+        for a, b in zip(disk.gather(idx), ram.gather(idx)):
+            assert np.array_equal(a.numpy(), b.numpy())
+    disk.close()

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from featcache.transforms import Geometry, Normalizer
 from featcache.errors import ConfigError
 from featcache.transforms import (
     NoiseDataset,
@@ -16,7 +17,7 @@ from featcache.transforms import (
 def test_geometry_shorter_side_then_centre_crop():
     spec = TransformSpec(image_size=8, resize=10, resize_mode="shorter")
     img = torch.randint(0, 256, (3, 20, 40), dtype=torch.uint8)
-    out = spec.geometry()(img)
+    out = Geometry(spec)(img)
     assert out.dtype == torch.uint8 and out.shape == (3, 8, 8)
 
 
@@ -24,7 +25,7 @@ def test_geometry_square_no_crop_is_identity_at_native_size():
     spec = default_transform(32, native_size=32)
     assert spec.resize_mode == "square" and spec.resize == 32
     img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    assert torch.equal(spec.geometry()(img), img)
+    assert torch.equal(Geometry(spec)(img), img)
 
 
 def test_default_transform_uses_crop_fraction():
@@ -42,7 +43,7 @@ def test_spec_round_trips_through_dict():
 def test_normalizer_matches_reference_formula():
     spec = default_transform(4, native_size=4)
     batch = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
-    got = spec.normalizer()(batch, channels_last=False)
+    got = Normalizer(spec)(batch, channels_last=False)
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1)
     want = (batch.float() / 255 - mean) / std
@@ -51,7 +52,7 @@ def test_normalizer_matches_reference_formula():
 
 def test_normalizer_rejects_float_input():
     with pytest.raises(TypeError):
-        default_transform(4, native_size=4).normalizer()(torch.zeros(1, 3, 4, 4))
+        Normalizer(default_transform(4, native_size=4))(torch.zeros(1, 3, 4, 4))
 
 
 @pytest.mark.parametrize("kwargs", [dict(image_size=10, resize=8), dict(image_size=8, resize=8, resize_mode="bogus")])

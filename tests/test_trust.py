@@ -543,7 +543,7 @@ def test_resumed_extract_timing_covers_every_attempt(home, tree, monkeypatch):
     assert r.exit_code == 0 and "0 img/s" not in r.output, r.output
     key = r.output.split("cache ")[1].split(":")[0].strip()
     timing = Manifest.load(home / key).timing
-    assert timing["images"] == 18 and timing["seconds"] > 0 and timing["images_per_s"] > 0
+    assert timing.images == 18 and timing.seconds > 0 and timing.images_per_s > 0
 
 
 # -- a re-extract that finds its cache answers without torch (featcache/cache/requests.py) ------------------------

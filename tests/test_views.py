@@ -9,7 +9,7 @@ from featcache.datasets import get_dataset
 from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models import create_teacher
-from featcache.transforms import TransformSpec
+from featcache.transforms import Geometry, Normalizer, TransformSpec
 from featcache.views import AUG_FIELD, ViewSpec, apply_view, view_params
 
 SYN = {"num_train": 48, "num_test": 16}
@@ -32,10 +32,10 @@ def view_cache(tmp_path_factory):
 def test_extract_caches_k_views_with_their_parameters(view_cache):
     c, result = view_cache
     m = result.manifest
-    assert m.views == {"count": 3, "policy": "pad-crop-flip", "seed": 0}  # small pre-centred images: the CIFAR policy
+    assert m.views == ViewSpec(count=3, policy="pad-crop-flip", seed=0)  # small pre-centred images: the CIFAR policy
     assert set(m.rows) == {"data", "view1", "view2"} and m.rows["view2"] == 48
     ds = get_dataset("synthetic", split="train", **SYN)
-    spec = ViewSpec.from_dict(m.views)
+    spec = m.views
     with FeatureCache(result.directory) as cache:
         aug = cache.read_all("view2", fields=(AUG_FIELD,))[AUG_FIELD]
     for i in (0, 7, 47):
@@ -49,14 +49,14 @@ def test_cached_view_rows_are_the_teachers_output_on_the_replayed_pixels(view_ca
     c, result = view_cache
     m = result.manifest
     ds = get_dataset("synthetic", split="train", **SYN)
-    spec, transform = ViewSpec.from_dict(m.views), TransformSpec.from_dict(m.transform)
+    spec, transform = m.views, m.transform
     with FeatureCache(result.directory) as cache:
         rows = cache.read_all("view1", fields=("features", "logits", AUG_FIELD))
     images = torch.stack([apply_view(ds.read_image(i), rows[AUG_FIELD][i], spec, transform) for i in range(16)])
     plan = plan_extract(c)
     teacher = create_teacher("resnet18", weights="random", num_classes=plan.num_classes, seed=0).model.eval()
     with torch.inference_mode():
-        feats, _ = teacher(transform.normalizer()(images, channels_last=False))
+        feats, _ = teacher(Normalizer(transform)(images, channels_last=False))
     np.testing.assert_allclose(rows["features"][:16].astype(np.float32), feats.numpy(), rtol=2e-3, atol=2e-3)
     # and the views differ from the evaluation view
     with FeatureCache(result.directory) as cache:
@@ -83,8 +83,8 @@ def test_distill_replays_one_cached_view_per_sample_per_epoch(view_cache):
 
     c, result = view_cache
     m = result.manifest
-    spec, transform = ViewSpec.from_dict(m.views), TransformSpec.from_dict(m.transform)
-    ds = get_dataset("synthetic", split="train", **SYN).with_transform(transform.geometry())
+    spec, transform = m.views, m.transform
+    ds = get_dataset("synthetic", split="train", **SYN).with_transform(Geometry(transform))
     cache = FeatureCache(result.directory)
     tables = {p: cache.read_all(p, fields=("features", "logits", AUG_FIELD) if p != "data" else ("features", "logits"))
               for p in ("data", "view1", "view2")}
@@ -100,7 +100,7 @@ def test_distill_replays_one_cached_view_per_sample_per_epoch(view_cache):
                 part = "data" if v == 0 else f"view{v}"
                 assert torch.equal(batch.features[0][j], torch.from_numpy(tables[part]["features"][i]))
                 raw = ds.read_image(i)
-                expected = (transform.geometry()(raw) if v == 0
+                expected = (Geometry(transform)(raw) if v == 0
                             else apply_view(raw, tables[part][AUG_FIELD][i], spec, transform))
                 assert torch.equal(batch.images[j], expected)  # the student sees the teacher's pixels
     loader.close()
@@ -149,8 +149,8 @@ def test_topk_logits_are_stored_compactly_and_joined_densely(tmp_path):
         assert (rebuilt.numpy() >= kept["logits"].min(1, keepdims=True) - 1e-6).all()
         assert b.row_bytes(("logits",)) == 12
         ds = get_dataset("synthetic", split="train", **SYN)
-        spec = TransformSpec.from_dict(b.manifest.transform)
-        ds.with_transform(spec.geometry())
+        spec = b.manifest.transform
+        ds.with_transform(Geometry(spec))
         loader = JoinedLoader(ds, [b], batch_size=16, workers=0, transform=spec)
         batch = next(iter(loader))
         loader.close()

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from featcache import typecheck
+from featcache.errors import FeatcacheError
+from featcache.specs import BlockSpec, NoiseSpec, TransformSpec, Timing, ViewSpec, WeightsInfo
 from featcache.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
@@ -131,7 +133,7 @@ class ProjectionInfo:
 @dataclass
 class TeacherInfo:
     name: str
-    weights: dict[str, Any]  # WeightsInfo.identity() plus "ref" (the path or enum name, for humans)
+    weights: WeightsInfo  # recorded as WeightsInfo.record(): the identity, the ref and a random seed
     feature_layer: str
     num_features: int
     num_classes: int
@@ -146,20 +148,20 @@ class Manifest:
     teacher: TeacherInfo
     dataset: dict[str, Any]  # ImageDataset.identity()
     classes: list[str]  # the dataset's class names
-    transform: dict[str, Any]  # TransformSpec.to_dict()
+    transform: TransformSpec  # the view the teacher saw
     dtype: str
     logits_dtype: str
     precision: str
     shard_rows: int
     rows: dict[str, int]  # part -> number of rows
-    noise: dict[str, Any] | None  # NoiseSpec.to_dict() or None
+    noise: NoiseSpec | None  # random images cached too (extract --noise)
     shards: list[ShardInfo] = field(default_factory=list)
-    # Cached intermediate blocks, in order: {"name", "channels", "pool", "dim"}; each row stores the block's output
-    # average-pooled to pool × pool, flattened channel-major (C, P, P), in ``dtype``.
-    blocks: list[dict[str, Any]] = field(default_factory=list)
-    # Augmented views (extract --views K): {"count", "policy", "seed"}; parts view1..view{K-1} hold them, with the
-    # per-row augmentation parameters in an extra "aug" dataset [n, 5] float32.
-    views: dict[str, Any] | None = None
+    # Cached intermediate blocks, in order; each row stores the block's output average-pooled to pool × pool,
+    # flattened channel-major (C, P, P), in ``dtype``.
+    blocks: list[BlockSpec] = field(default_factory=list)
+    # Augmented views (extract --views K); parts view1..view{K-1} hold them, with the per-row augmentation parameters
+    # in an extra "aug" dataset [n, 5] float32.
+    views: ViewSpec | None = None
     # extract --topk-logits k: "logits" holds each row's k largest logits (descending) and "logits_index" their
     # classes; readers that need dense logits rebuild them (featcache.cache.format.dense_logits).
     topk_logits: int | None = None
@@ -175,7 +177,7 @@ class Manifest:
     created: str = ""
     finished: str = ""
     versions: dict[str, str] = field(default_factory=dict)
-    timing: dict[str, Any] = field(default_factory=dict)
+    timing: Timing = field(default_factory=Timing)
     teacher_accuracy: float | None = None
     command: str = ""
 
@@ -208,7 +210,10 @@ class Manifest:
 
     # -- (de)serialisation --------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["timing"] = self.timing.to_dict()  # only what is known (an unfinished extract has no rate yet)
+        d["teacher"]["weights"] = self.teacher.weights.record()
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
@@ -222,15 +227,11 @@ class Manifest:
         if version != FORMAT_VERSION:
             raise ValueError(f"format_version {version!r} (this featcache reads {FORMAT_VERSION})")
         try:
-            typecheck.check_fields(d, cls)
+            m = typecheck.conform(d, cls)  # every field typed, the specs built (and checked by their own rules)
         except typecheck.TypeMismatch as exc:
             raise ValueError(str(exc)) from None
-        d = dict(d)
-        d["teacher"] = TeacherInfo(**d["teacher"])
-        d["shards"] = [ShardInfo(**s) for s in d.get("shards", [])]
-        if d.get("projection") is not None:
-            d["projection"] = ProjectionInfo(**d["projection"])
-        m = cls(**d)
+        except FeatcacheError as exc:
+            raise ValueError(str(exc)) from None
         m.check()
         return m
 
@@ -256,10 +257,8 @@ class Manifest:
             if not _PART_RE.match(part) or n < 0:
                 raise ValueError(f"rows: part {part!r} with {n} rows")
         for b in self.blocks:
-            if not isinstance(b.get("name"), str) or not _BLOCK_RE.match(b["name"]) or not all(
-                    isinstance(b.get(k), int) and not isinstance(b.get(k), bool) and b[k] >= 1
-                    for k in ("channels", "pool", "dim")):
-                raise ValueError(f"blocks: {b!r} is not a cached block (name, channels, pool, dim)")
+            if not _BLOCK_RE.match(b.name):
+                raise ValueError(f"blocks: {b.name!r} is not a block name")
         seen = set()
         for s in self.shards:
             if s.part not in self.rows or not 0 <= s.number < self.num_shards(s.part):

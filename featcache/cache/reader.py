@@ -44,6 +44,7 @@ from featcache.cache.direct import read_rows_into
 from featcache.cache.verify import layout_problem
 from featcache.errors import CacheError, CacheMismatchError, check_choice
 from featcache.hashing import file_sha256
+from featcache.specs import TransformSpec
 
 DEFAULT_FIELDS = (FEATURES, LOGITS)
 CONTENT_CHECKS = ("sample", "full", "off")  # distill --content-check
@@ -107,7 +108,7 @@ class FeatureCache:
             LOGITS: np.dtype(m.logits_dtype).itemsize * (m.topk_logits or m.teacher.num_classes),
             INDEX: 8,
             LOGITS_INDEX: 4 * (m.topk_logits or 0),
-            **{block_field(b["name"]): np.dtype(m.dtype).itemsize * b["dim"] for b in m.blocks},
+            **{block_field(b.name): np.dtype(m.dtype).itemsize * b.dim for b in m.blocks},
         }
         return sum(sizes[f] for f in fields)
 
@@ -133,7 +134,7 @@ class FeatureCache:
     @property
     def block_fields(self) -> list[str]:
         """Field names of the cached intermediate blocks (empty unless extracted with --blocks)."""
-        return [block_field(b["name"]) for b in self.manifest.blocks]
+        return [block_field(b.name) for b in self.manifest.blocks]
 
     # -- file handles -----------------------------------------------------------------------------------------
     def _repair_hint(self) -> str:
@@ -198,7 +199,7 @@ class FeatureCache:
             **({FEATURE_SCALE: ((n,), "float32")} if is_int8(m) else {}),  # int8 rows: their scales
             LOGITS: ((n, m.topk_logits or m.teacher.num_classes), m.logits_dtype),
             INDEX: ((n,), "int64"),
-            **{block_field(b["name"]): ((n, b["dim"]), m.dtype) for b in m.blocks},
+            **{block_field(b.name): ((n, b.dim), m.dtype) for b in m.blocks},
             AUG: ((n, 5), "float32"),  # view parts only: the view's augmentation parameters
             **({LOGITS_INDEX: ((n, m.topk_logits), "int32")} if m.topk_logits else {}),
             **({CONTENT: ((n,), "int64")} if m.content else {}),  # data part: per-row content digests
@@ -206,7 +207,7 @@ class FeatureCache:
         unknown = [f for f in fields if f not in shapes]
         if unknown:
             raise CacheError(f"cache {self.key} has no field {unknown[0]!r} (blocks cached: "
-                             f"{', '.join(b['name'] for b in m.blocks) or 'none'})")
+                             f"{', '.join(b.name for b in m.blocks) or 'none'})")
         return {f: np.empty(*shapes[f]) for f in fields}
 
     def stored_fields(self, fields: Sequence[str]) -> tuple[str, ...]:
@@ -298,7 +299,7 @@ class FeatureCache:
         return None
 
     # -- validation -------------------------------------------------------------------------------------------
-    def check_dataset(self, dataset: Any, transform: Any | None = None) -> None:
+    def check_dataset(self, dataset: Any, transform: TransformSpec | None = None) -> None:
         """Refuse to join this cache with a dataset (and transform) it was not extracted from.
 
         ``dataset`` is an ImageDataset (its ``identity()`` is compared field by field) and ``transform`` an
@@ -320,12 +321,12 @@ class FeatureCache:
                     f"{self.manifest.teacher.name} --dataset {theirs.get('name')} --split {theirs.get('split')} ...`"
                 )
         if transform is not None:
-            spec = transform.to_dict() if hasattr(transform, "to_dict") else dict(transform)
-            for field in sorted(set(spec) | set(self.manifest.transform)):
-                if spec.get(field) != self.manifest.transform.get(field):
+            mine_t, spec = self.manifest.transform.to_dict(), transform.to_dict()
+            for field in sorted(set(spec) | set(mine_t)):
+                if spec.get(field) != mine_t.get(field):
                     raise CacheMismatchError(
                         f"cache {self.key} was extracted with a different transform: transform.{field} is "
-                        f"{_short(self.manifest.transform.get(field))} in the cache and {_short(spec.get(field))} "
+                        f"{_short(mine_t.get(field))} in the cache and {_short(spec.get(field))} "
                         "here; use the cache's transform or extract a new cache"
                     )
 

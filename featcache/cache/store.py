@@ -35,6 +35,7 @@ from featcache.cache.usage import record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
 from featcache.errors import CacheError, CacheLockedError, CacheVersionError, StorageError
 from featcache.locks import DirLock
+from featcache.specs import TransformSpec
 
 PATH_ENV = "FEATCACHE_PATH"  # shared stores searched after the personal one, separated like PATH
 
@@ -197,7 +198,7 @@ class CacheStore:
         dataset: str | None = None,
         split: str | None = None,
         dataset_identity: dict[str, Any] | None = None,
-        transform: dict[str, Any] | None = None,
+        transform: TransformSpec | None = None,
         complete: bool = True,
     ) -> list[CacheEntry]:
         """Caches matching every given criterion (None = any), one entry per key (the first store's, after checking

@@ -194,7 +194,7 @@ class PartWriter:
         cached blocks, the augmentation parameters of a view part, top-k classes, the data part's content digests,
         the int8 rows' scales."""
         out: dict[str, tuple[int | None, str]] = {
-            block_field(b["name"]): (b["dim"], self.manifest.dtype) for b in self.manifest.blocks
+            block_field(b.name): (b.dim, self.manifest.dtype) for b in self.manifest.blocks
         }
         if self.part.startswith("view"):
             out[AUG] = (5, "float32")

@@ -273,7 +273,7 @@ def bench_scale_cmd(
     dim: int = typer.Option(2048, "--dim", help="Feature width."),
     classes: int = typer.Option(10, "--classes", help="Logits per row (float32)."),
     views: int = typer.Option(1, "--views", help="K: the data part plus K-1 cached views."),
-    dtype: str = typer.Option("float16", "--dtype", help="Feature dtype: float16 or float32."),
+    dtype: str = typer.Option("float16", "--dtype", help="Features: float16, float32 or int8 (per-row scales)."),
     seed: int = typer.Option(0, "--seed"),
     only: Optional[List[str]] = typer.Option(
         None, "--only", help="Repeat to run only these steps: write, join, ram, verify, commands, reuse, store."),

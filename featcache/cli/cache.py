@@ -124,7 +124,6 @@ def cache_info(
 ) -> None:
     """Show what produced a cache: teacher, weights, dataset, transform, shards, timing."""
     from featcache.cache import Manifest
-    from featcache.transforms import TransformSpec
 
     store = _store(cache_dir, stores)
     entry = store.locate(key)
@@ -136,27 +135,27 @@ def cache_info(
     table = Table(show_header=False, title=f"cache {m.key}", title_justify="left")
     table.add_column(style="bold")
     table.add_column()
-    weights = t.weights.get("ref", "?")
-    if t.weights.get("sha256"):
-        weights += f" (sha256 {t.weights['sha256'][:12]})"
+    weights = t.weights.ref
+    if t.weights.sha256:
+        weights += f" (sha256 {t.weights.sha256[:12]})"
     rows = [
         ("status", "complete" if m.complete else f"partial: {len(m.shards)}/{len(m.expected_shards())} shards"),
         ("directory", str(entry.directory)),
         ("store", f"{entry.store}" + (" (personal)" if entry.store == store.root else " (shared)")),
         ("teacher", f"{t.name} · {t.feature_layer} · D={t.num_features} · C={t.num_classes}"),
-        ("weights", f"{t.weights.get('source')}: {weights}"),
+        ("weights", f"{t.weights.source}: {weights}"),
         ("teacher classes", t.classes_source),
         ("dataset", f"{m.dataset.get('name')} / {m.dataset.get('split')} · {m.dataset.get('num_samples'):,} samples · "
                     f"{m.dataset.get('num_classes')} classes"),
         ("sample ids sha256", m.dataset.get("ids_sha256", "")[:16]),
-        ("transform", TransformSpec.from_dict(m.transform).describe()),
+        ("transform", m.transform.describe()),
         ("stored", f"features {m.dtype}, logits {m.logits_dtype}, computed in {m.precision}"),
         *_codec_rows(m),
         ("rows", ", ".join(f"{p}: {n:,}" for p, n in m.rows.items())),
-        ("noise", f"{m.noise['count']:,} images, seed {m.noise['seed']}" if m.noise else "none"),
+        ("noise", f"{m.noise.count:,} images, seed {m.noise.seed}" if m.noise else "none"),
         ("shards", f"{len(m.shards)} × ≤{m.shard_rows:,} rows · {human_bytes(m.total_bytes())}"),
         ("teacher top-1", f"{m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else "n/a"),
-        ("timing", ", ".join(f"{k}={v}" for k, v in m.timing.items()) or "n/a"),
+        ("timing", ", ".join(f"{k}={v}" for k, v in m.timing.to_dict().items()) or "n/a"),
         ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items())),
         ("created", f"{m.created} → {m.finished or '...'}"),
         ("command", m.command),

@@ -71,13 +71,13 @@ def extract(*, split_file: Path | None = None, download: bool = False, **values:
     acc = f" · teacher top-1 {m.teacher_accuracy:.2%}" if m.teacher_accuracy is not None else ""
     out.print(
         f"cache [bold]{result.key}[/]: {result.rows:,} rows{noise_part} · {m.feature_dim}-d {m.dtype} · "
-        f"{human_bytes(result.bytes)} · {m.timing.get('images_per_s') or 0:,.0f} img/s over "
-        f"{m.timing.get('seconds', 0):.1f} s on {m.timing.get('device')}"
+        f"{human_bytes(result.bytes)} · {m.timing.images_per_s or 0:,.0f} img/s over "
+        f"{m.timing.seconds:.1f} s on {m.timing.device}"
         f"{f' (this run finished {result.images:,} of them)' if result.images < result.rows else ''}{acc}"
-        + (f" · blocks {', '.join(b['name'] for b in m.blocks)}: "
-           f"+{human_bytes(sum(b['dim'] for b in m.blocks) * (2 if m.dtype == 'float16' else 4))} per sample"
+        + (f" · blocks {', '.join(b.name for b in m.blocks)}: "
+           f"+{human_bytes(sum(b.dim for b in m.blocks) * (2 if m.dtype == 'float16' else 4))} per sample"
            if m.blocks else "")
-        + (f" · {m.views['count']} views ({m.views['policy']}): "
+        + (f" · {m.views.count} views ({m.views.policy}): "
            f"{human_bytes(sum(sh.bytes for sh in m.shards if sh.part == 'view1'))} per extra view" if m.views else ""),
         highlight=False,
     )

@@ -34,7 +34,7 @@ from featcache.runtime import (
     default_workers,
     use_cpu_threads,
 )
-from featcache.transforms import Augment
+from featcache.transforms import Augment, Geometry, Normalizer
 
 @dataclass
 class DistillSummary:
@@ -174,7 +174,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     topt = (make_optimizer(config.optimizer, translator_params, config.translator_lr or config.lr, optim)
             if translator_params else None)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step = TrainStep(student, method, opt, topt, scaler, s.transform.normalizer(device), device, precision,
+    step = TrainStep(student, method, opt, topt, scaler, Normalizer(s.transform, device), device, precision,
                      config.channels_last, config.compile)
     sched = make_schedule(opt, optim, total_epochs)
     tsched = make_schedule(topt, optim, total_epochs) if topt else None
@@ -203,7 +203,7 @@ def _loader(s: Setup, caches: list, resident: bool, workers: int):
     config, device = s.config, s.device
     sampling = sampling_of(s)
     if not resident:
-        s.train.with_transform(Augment(config.augment, s.transform.geometry()))
+        s.train.with_transform(Augment(config.augment, Geometry(s.transform)))
         return JoinedLoader(
             s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
             device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
@@ -214,7 +214,7 @@ def _loader(s: Setup, caches: list, resident: bool, workers: int):
 
     if config.views and any(c.manifest.views for c in caches):
         raise ConfigError("--resident does not replay cached views; pass --no-views or drop --resident")
-    s.train.with_transform(s.transform.geometry())  # decoded once; augmentation happens on the device
+    s.train.with_transform(Geometry(s.transform))  # decoded once; augmentation happens on the device
     budget = None
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

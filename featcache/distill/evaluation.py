@@ -20,7 +20,7 @@ from featcache.errors import ConfigError
 from featcache import rundir
 from featcache.rundir import BEST, LAST
 from featcache.runtime import autocast, default_workers, resolve_device, resolve_precision
-from featcache.transforms import TransformSpec
+from featcache.transforms import Geometry, Normalizer, TransformSpec
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class RunEvaluation:
 
 
 def eval_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int, workers: int, device: torch.device):
-    dataset.with_transform(transform.geometry())
+    dataset.with_transform(Geometry(transform))
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
@@ -63,7 +63,7 @@ def eval_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int
 def evaluate(student, loader, transform: TransformSpec, device, precision: str,
              channels_last: bool = True) -> dict[str, float]:
     """Test accuracy = correct / (correct + incorrect) over the whole split (Eq. 6) and mean cross-entropy."""
-    normalize = transform.normalizer(device)
+    normalize = Normalizer(transform, device)
     was_training = student.training
     student.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)

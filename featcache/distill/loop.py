@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from featcache.transforms import Geometry
 from featcache import distributed, rundir
 from featcache.distill import resume
 from featcache.distill.engine import DistillSummary, TrainingParts, training_parts
@@ -136,7 +137,7 @@ def _open(s: Setup, t: TrainingParts, reporter: Reporter, main: bool) -> _Run | 
     if t.resident:  # the test split decoded once too, instead of once per epoch
         from featcache.distill.resident import ResidentSplit
 
-        tests = ResidentSplit(s.test.with_transform(s.transform.geometry()), config.batch_size * 2, t.workers, device)
+        tests = ResidentSplit(s.test.with_transform(Geometry(s.transform)), config.batch_size * 2, t.workers, device)
     else:
         tests = eval_loader(s.test, s.transform, config.batch_size * 2, t.workers, device)
     unlabeled = s.labels is not None and s.labels.count == 0

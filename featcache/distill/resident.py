@@ -104,7 +104,7 @@ class ResidentLoader:
             count = min(c.num_rows(PART_NOISE) for c in self.caches)
             rows = [c.read_all(PART_NOISE, fields=f) for c, f in zip(self.caches, self.fields)]
             self.noise = {
-                "images": noise_batch(m["seed"], np.arange(count), m["image_size"]).to(self.device),
+                "images": noise_batch(m.seed, np.arange(count), m.image_size).to(self.device),
                 "tables": [[torch.from_numpy(r[name][:count]).to(self.device) for name in f]
                            for r, f in zip(rows, self.fields)],
                 "count": count,

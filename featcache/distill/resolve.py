@@ -62,8 +62,8 @@ def resolve_teacher(spec: str, dataset: ImageDataset, store: CacheStore) -> Feat
         )
     if len(matches) > 1:
         choices = ", ".join(
-            f"{e.key} ({e.manifest.transform.get('image_size')} px, "
-            f"weights {e.manifest.teacher.weights.get('ref', '?')})"
+            f"{e.key} ({e.manifest.transform.image_size} px, "
+            f"weights {e.manifest.teacher.weights.ref})"
             for e in matches[:5]
         )
         raise CacheError(f"--teacher {spec} is ambiguous: {choices}; pick one with --teacher {canonical}:KEY")

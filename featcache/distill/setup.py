@@ -90,13 +90,13 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
     if caches:
         specs = [c.manifest.transform for c in caches]
         if any(s != specs[0] for s in specs[1:]) and not config.allow_inconsistent:
-            sizes = ", ".join(f"{c.key}: {c.manifest.transform.get('image_size')} px" for c in caches)
+            sizes = ", ".join(f"{c.key}: {c.manifest.transform.image_size} px" for c in caches)
             raise ConfigError(
                 f"the teachers' caches were extracted with different transforms ({sizes}); the student can only see "
                 "one view: extract them with the same --image-size/--resize, or pass --allow-inconsistent to train "
                 "on the first teacher's view"
             )
-        spec = TransformSpec.from_dict(specs[0])
+        spec = specs[0]
         if config.image_size is not None and config.image_size != spec.image_size:
             raise ConfigError(
                 f"--image-size {config.image_size} differs from the {spec.image_size} px the teacher saw "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import platform
 import shutil
@@ -77,18 +78,14 @@ def finish(plan: ExtractPlan, manifest: Manifest, images: int, seconds: float, r
     manifest.complete = True
     manifest.finished = now()
     if ranks > 1:  # the ranks recorded their shards in sidecars; their time and rows are summed here
-        manifest.timing["seconds"] = round(manifest.timing.get("seconds", 0.0) + seconds, 3)
-        manifest.timing["images"] = manifest.timing.get("images", 0) + images
-    total, done = manifest.timing.get("seconds", 0.0), manifest.timing.get("images", 0)
-    manifest.timing.update(
-        {
-            "images_per_s": round(done / total, 1) if total > 0 else None,
-            "device": device_name(plan.device),
-            "batch_size": config.batch_size,
-            "workers": config.workers if config.workers is not None else default_workers(plan.device),
-            "ranks": ranks,
-        }
-    )
+        manifest.timing.seconds = round(manifest.timing.seconds + seconds, 3)
+        manifest.timing.images += images
+    t = manifest.timing
+    t.images_per_s = round(t.images / t.seconds, 1) if t.seconds > 0 else None
+    t.device = device_name(plan.device)
+    t.batch_size = config.batch_size
+    t.workers = config.workers if config.workers is not None else default_workers(plan.device)
+    t.ranks = ranks
     manifest.save(plan.work)  # the accuracy below reads the shards through this manifest
     manifest.teacher_accuracy = teacher_accuracy(manifest, plan.work, plan.dataset)
     manifest.save(plan.work)
@@ -190,7 +187,7 @@ def new_manifest(plan: ExtractPlan) -> Manifest:
         identity=plan.identity,
         teacher=TeacherInfo(
             name=plan.identity["teacher"]["name"],
-            weights={**plan.weights.identity(), "ref": plan.weights.ref},
+            weights=dataclasses.replace(plan.weights, classes=None),  # what the manifest records (.record())
             feature_layer="",
             num_features=0,
             num_classes=0,
@@ -199,14 +196,14 @@ def new_manifest(plan: ExtractPlan) -> Manifest:
         ),
         dataset=plan.dataset.identity(),
         classes=list(plan.dataset.classes),
-        transform=plan.transform.to_dict(),
+        transform=plan.transform,
         dtype=cfg.dtype,
         logits_dtype=cfg.logits_dtype,
         precision=plan.precision,
         shard_rows=cfg.shard_rows,
         rows=rows,
-        noise=plan.noise.to_dict() if plan.noise else None,
-        views=plan.views.to_dict() if plan.views else None,
+        noise=plan.noise,
+        views=plan.views,
         topk_logits=cfg.topk_logits,
         content=CONTENT_DIGEST,
         feature_codec=INT8_CODEC if cfg.dtype == "int8" else None,

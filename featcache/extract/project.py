@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from featcache.transforms import Geometry, Normalizer
 from featcache.cache.codec import fit_pca, write_projection
 from featcache.cache.format import PROJECTION_FILE, PROJECTION_METHOD, Manifest, ProjectionInfo
 from featcache.errors import ConfigError
@@ -51,9 +52,9 @@ def sample_features(plan: ExtractPlan, teacher: Teacher, rows: np.ndarray) -> to
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.eval()
-    normalize = plan.transform.normalizer(device)
+    normalize = Normalizer(plan.transform, device)
     workers = cfg.workers if cfg.workers is not None else default_workers(device)
-    loader = DataLoader(Batches(DigestedSamples(plan.dataset, plan.transform.geometry()), rows, cfg.batch_size),
+    loader = DataLoader(Batches(DigestedSamples(plan.dataset, Geometry(plan.transform)), rows, cfg.batch_size),
                         batch_size=None, shuffle=False, num_workers=workers, pin_memory=device.type == "cuda")
     out = []
     with torch.inference_mode():

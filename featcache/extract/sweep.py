@@ -35,7 +35,8 @@ from featcache.hashing import file_sha256
 from featcache.models.teachers import Teacher
 from featcache.progress import Reporter
 from featcache.runtime import autocast, default_workers, use_cpu_threads
-from featcache.transforms import NoiseDataset
+from featcache.transforms import Geometry, NoiseDataset, Normalizer
+from featcache.specs import BlockSpec
 from featcache.views import ViewDataset, view_part
 from featcache.extract.manifest import check_space, pending_rows
 from featcache.extract.plan import ExtractPlan
@@ -130,16 +131,13 @@ def attach_block_hooks(model: torch.nn.Module, names: list[str]):
     return hooks, captured
 
 
-def describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, device) -> list[dict[str, Any]]:
+def describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, device) -> list[BlockSpec]:
     """Channels of each block, from one forward pass on a blank image (the manifest needs them before any write)."""
     size = plan.transform.image_size
     with torch.inference_mode():
         model(torch.zeros(1, 3, size, size, device=device))
-    return [
-        {"name": n, "channels": int(captured[n].shape[1]), "pool": cfg.pool,
-         "dim": int(captured[n].shape[1]) * cfg.pool * cfg.pool}
-        for n in cfg.blocks
-    ]
+    return [BlockSpec(n, int(captured[n].shape[1]), cfg.pool, int(captured[n].shape[1]) * cfg.pool * cfg.pool)
+            for n in cfg.blocks]
 
 
 def row_encoder(plan: ExtractPlan, manifest: Manifest) -> RowEncoder:
@@ -183,7 +181,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
     model.eval()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
-    normalize = plan.transform.normalizer(device)
+    normalize = Normalizer(plan.transform, device)
     feat_dtype = getattr(torch, cfg.dtype)
     encoder = row_encoder(plan, manifest)
     logit_dtype = getattr(torch, cfg.logits_dtype)
@@ -197,7 +195,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
 
     # The manifest's timing covers every attempt: each recorded shard brings the wall time up to it and its rows,
     # so a killed extract's finished shards keep their share and the resumed one adds to it.
-    base_seconds, base_rows, done_rows = manifest.timing.get("seconds", 0.0), manifest.timing.get("images", 0), 0
+    base_seconds, base_rows, done_rows = manifest.timing.seconds, manifest.timing.images, 0
 
     saved = time.monotonic()
 
@@ -216,8 +214,8 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
             on_shard(info)
             return
         done_rows += info.rows
-        manifest.timing.update(seconds=round(base_seconds + time.perf_counter() - started, 3),
-                               images=base_rows + done_rows)
+        manifest.timing.seconds = round(base_seconds + time.perf_counter() - started, 3)
+        manifest.timing.images = base_rows + done_rows
         manifest.shards.append(info)
         record()
 
@@ -232,7 +230,7 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
     sources: list[tuple[str, Any, np.ndarray]] = []
     data_rows = pending_rows(manifest, PART_DATA, shard_filter)
     if len(data_rows):
-        sources.append((PART_DATA, DigestedSamples(plan.dataset, plan.transform.geometry()), data_rows))
+        sources.append((PART_DATA, DigestedSamples(plan.dataset, Geometry(plan.transform)), data_rows))
     if plan.noise is not None:
         noise_rows = pending_rows(manifest, PART_NOISE, shard_filter)
         if len(noise_rows):

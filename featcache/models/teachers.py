@@ -33,29 +33,9 @@ from featcache.models.torchvision_models import (  # noqa: F401 - re-exported: t
     tv_weights_enum,
 )
 from featcache.models.weights import file_sha256, load_checkpoint, load_into
+from featcache.specs import WeightsInfo  # noqa: F401 - re-exported: what a cache records of its weights
 
 RANDOM = "random"
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """Where a teacher's numbers come from: enough to reproduce them and to tell two caches apart."""
-
-    source: str  # "random" | "torchvision" | "file" | "module" (a user's nn.Module: sha256 of its state_dict)
-    ref: str  # enum name, file path, or "seed=N"
-    sha256: str | None = None  # file content hash (source "file")
-    url: str | None = None  # download URL (source "torchvision"; the URL embeds the file hash)
-    classes: tuple[str, ...] | None = None  # class names the logits cover, when the weights say so
-
-    def identity(self) -> dict[str, Any]:
-        """The part of the cache key contributed by the weights (the path is not part of it: content is)."""
-        if self.source == "file":
-            return {"source": "file", "sha256": self.sha256}
-        if self.source == "torchvision":
-            return {"source": "torchvision", "ref": self.ref, "url": self.url}
-        if self.source == "module":  # a user's nn.Module (featcache.api): the hash of its state_dict
-            return {"source": "module", "sha256": self.sha256}
-        return {"source": "random", "ref": self.ref}
 
 
 @dataclass
@@ -178,7 +158,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
         return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path / BEST),
                            classes=tuple(classes) if classes else None)
     if weights == RANDOM:
-        return WeightsInfo(source="random", ref=f"seed={seed}")
+        return WeightsInfo.random(seed)
     path = Path(weights).expanduser()
     looks_like_path = path.exists() or os.sep in weights or path.suffix in (".pt", ".pth", ".ckpt", ".tar", ".bin")
     if looks_like_path:
@@ -221,21 +201,15 @@ def teacher_from_manifest(manifest) -> Teacher:
     """The network that produced a cache, rebuilt from its manifest (``distill --online``: the same teacher run on
     every batch instead of read from the cache). A checkpoint must still hold the bytes the cache was made from."""
     info = manifest.teacher
-    w = dict(info.weights)
-    seed = 0
-    if w.get("source") == "random":
-        weights, seed = RANDOM, int(str(w.get("ref", "seed=0")).split("=")[-1])
-    elif w.get("source") == "file":
-        weights = w["ref"]
-        if not Path(weights).exists():
-            raise WeightsError(f"cache {manifest.key}: its teacher's weights {weights} are gone; --online needs them")
-    else:
-        weights = str(w.get("ref", "")).split(".")[-1]
+    recorded: WeightsInfo = info.weights
+    seed = recorded.random_seed() or 0
+    weights = RANDOM if recorded.source == "random" else recorded.ref  # a file's path or a torchvision enum name
+    if recorded.source == "file" and not Path(weights).exists():
+        raise WeightsError(f"cache {manifest.key}: its teacher's weights {weights} are gone; --online needs them")
     teacher = create_teacher(info.name, weights, num_classes=info.num_classes, seed=seed,
-                             image_size=manifest.transform.get("image_size"))
-    recorded = WeightsInfo(**{k: v for k, v in w.items() if k in WeightsInfo.__dataclass_fields__})
+                             image_size=manifest.transform.image_size)
     if teacher.weights.identity() != recorded.identity():
-        raise WeightsError(f"cache {manifest.key}: its teacher's weights {w.get('ref')} changed since the extract; "
+        raise WeightsError(f"cache {manifest.key}: its teacher's weights {recorded.ref} changed since the extract; "
                            "--online would run another teacher than the one cached")
     return teacher
 

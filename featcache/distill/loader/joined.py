@@ -39,12 +39,12 @@ def check_noise_rows(caches: Sequence[FeatureCache], noise_per_batch: int) -> No
     first = None
     for cache in caches:
         noise = cache.manifest.noise
-        if not noise or not noise.get("count"):
+        if noise is None:
             raise ConfigError(
                 f"--noise-per-batch needs noise rows, but cache {cache.key} has none; re-extract it with "
                 "--noise N (e.g. --noise 10000)"
             )
-        spec = (noise["seed"], noise["image_size"])
+        spec = (noise.seed, noise.image_size)
         if first is not None and spec != first:
             raise CacheMismatchError(
                 f"caches disagree on the noise images (seed, size) {first} vs {spec} in {cache.key}; extract "
@@ -63,7 +63,7 @@ def check_views(caches: Sequence[FeatureCache]) -> ViewSpec | None:
             "the teachers' caches hold different views (" + "; ".join(f"{c.key}: {c.manifest.views}" for c in caches)
             + "); extract every teacher with the same --views/--view-policy/--view-seed, or pass --no-views"
         )
-    return ViewSpec.from_dict(specs[0])
+    return specs[0]
 
 
 def shutdown_workers(loader: DataLoader) -> None:
@@ -231,7 +231,7 @@ class JoinedLoader:
         self.view_tables = [[InMemoryTable(c, view_part(v), f) for v in range(1, self.k)]
                             for c, f in zip(self.caches, self.fields)]
         noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
-        self._items = _Items(dataset, noise["seed"] if noise else None, noise["image_size"] if noise else None,
+        self._items = _Items(dataset, noise.seed if noise else None, noise.image_size if noise else None,
                              self.views, transform)
         self.workers = default_workers(self.device) if workers is None else workers
         self._loader = DataLoader(

@@ -25,6 +25,7 @@ from featcache.config import AKAOptions
 from featcache.distill.methods.base import Method
 from featcache.errors import ConfigError
 from featcache.models.students import student_block_module
+from featcache.specs import BlockSpec
 
 
 def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -50,7 +51,7 @@ class AKAFound:
     channels once the student is built."""
 
     teacher_columns: list[tuple[list[int], list[int]]] | None
-    teacher_blocks: list[list[dict]] | None = None
+    teacher_blocks: list[list[BlockSpec]] | None = None
     student_block_channels: list[int] | None = None
 
 
@@ -94,7 +95,7 @@ class AdaptiveAmalgamation(Method):
                 if len(c.manifest.blocks) != len(config.student_blocks):
                     raise ConfigError(
                         f"--student-blocks names {len(config.student_blocks)} blocks but cache {c.key} holds "
-                        f"{len(c.manifest.blocks)} ({', '.join(b['name'] for b in c.manifest.blocks) or 'none'}); "
+                        f"{len(c.manifest.blocks)} ({', '.join(b.name for b in c.manifest.blocks) or 'none'}); "
                         "extract every teacher with as many --blocks"
                     )
             teacher_blocks = [list(c.manifest.blocks) for c in caches]
@@ -133,7 +134,7 @@ class AdaptiveAmalgamation(Method):
                 self.fa_student_blocks.append(nn.ModuleList(
                     nn.Conv2d(cs, cs, 1, bias=False) for cs in s_channels))
                 self.fa_teacher_blocks.append(nn.ModuleList(
-                    nn.Conv2d(b["channels"], cs, 1, bias=False) for b, cs in zip(blocks, s_channels)))
+                    nn.Conv2d(b.channels, cs, 1, bias=False) for b, cs in zip(blocks, s_channels)))
             for fa in (*self.fa_student_blocks, *self.fa_teacher_blocks):
                 for conv in fa:
                     with torch.no_grad():
@@ -167,9 +168,9 @@ class AdaptiveAmalgamation(Method):
                 reg = fa_regulariser(self.fa_student[t].weight) + fa_regulariser(self.fa_teacher[t].weight)
                 for k, name in enumerate(self.block_names):
                     block = self.teacher_blocks[t][k]
-                    p = block["pool"]
+                    p = block.pool
                     s_map = F.adaptive_avg_pool2d(self._captured[name].float(), p)
-                    t_map = rows.blocks[t][k].float().view(b, block["channels"], p, p)
+                    t_map = rows.blocks[t][k].float().view(b, block.channels, p, p)
                     fa_s, fa_t = self.fa_student_blocks[t][k], self.fa_teacher_blocks[t][k]
                     transfer = transfer + (fa_s(s_map) - fa_t(t_map)).pow(2).mean(dim=(1, 2, 3))
                     reg = reg + fa_regulariser(fa_s.weight.flatten(1)) + fa_regulariser(fa_t.weight.flatten(1))
