@@ -94,7 +94,7 @@ def test_auto_mode_goes_out_of_core_when_the_budget_is_small(caches):
 
 def test_auto_mode_streams_large_tables_unless_full_shuffle_asks_for_ram(caches, monkeypatch):
     """Above EAGER_RAM_BYTES, auto streams (RAM would only add load time); --shuffle full still gets RAM."""
-    import featcache.distill.loader.joined as L
+    import featcache.distill.placement as L
 
     monkeypatch.setattr(L, "EAGER_RAM_BYTES", 1000)
     assert loader_for(caches).modes == ["disk", "disk"]

@@ -21,11 +21,12 @@ import torch
 
 from featcache import distributed
 from featcache.distill import resume
-from featcache.distill.loader import JoinedLoader, parse_bytes
+from featcache.distill.loader import JoinedLoader
+from featcache.distill.placement import Budget, Placement, resident_cap
 from featcache.distill.methods import Method, TeacherRows
 from featcache.config import DistillConfig, OptimOptions
 from featcache.distill.optim import make_optimizer, make_schedule
-from featcache.distill.setup import Setup, default_run_dir, resident_default, sampling_of, validate
+from featcache.distill.setup import Setup, default_run_dir, resident_default, resident_need, sampling_of, validate
 from featcache.errors import ConfigError, RunLockedError
 from featcache.locks import LOCK_FILE, DirLock
 from featcache.rundir import LAST  # the run's files (re-exported)
@@ -136,6 +137,7 @@ class TrainingParts:
     resident: bool = False
     online: list | None = None  # --online: the teachers' networks, run on every batch
     online_dtypes: list | None = None  # per cache, the RowEncoder the online rows go through (its projection, dtype)
+    placement: Placement | None = None  # where rows and images live, and why (printed once, in config.json)
 
     def run_step(self, batch, epoch: int):
         """One training step; with --online the teachers' rows are made now, from the very input the student sees,
@@ -163,10 +165,14 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     online, online_dtypes = _online_teachers(s, caches) if config.online else (None, None)
     if online is not None:
         caches = []  # no rows are read: the teachers make them
-    resident = resident_default(config, s, caches) if config.resident is None else config.resident
+    budget = Budget.of(config.cache_ram)
+    resident = resident_default(config, s, caches, budget) if config.resident is None else config.resident
     workers = config.workers if config.workers is not None else default_workers(device)
     use_cpu_threads(device, 0 if resident else workers)  # resident: the workers only decode, before training
-    loader = _loader(s, caches, resident, workers)
+    loader = _loader(s, caches, resident, workers, budget)
+    placement = Placement(resident, config.resident is not None, budget,
+                          resident_need(s, caches) if resident else sum(loader.placement.need),
+                          list(loader.modes))
     total_epochs = method.total_epochs(config.epochs)
     optim = config.section(OptimOptions)
     opt = make_optimizer(config.optimizer, student.parameters(), config.lr, optim)
@@ -179,7 +185,7 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
     sched = make_schedule(opt, optim, total_epochs)
     tsched = make_schedule(topt, optim, total_epochs) if topt else None
     return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online,
-                         online_dtypes)
+                         online_dtypes, placement)
 
 
 def _online_teachers(s: Setup, caches: list) -> tuple[list, list]:
@@ -198,7 +204,7 @@ def _online_teachers(s: Setup, caches: list) -> tuple[list, list]:
     return online, [RowEncoder(c.manifest, c.projection(), device) for c in caches]
 
 
-def _loader(s: Setup, caches: list, resident: bool, workers: int):
+def _loader(s: Setup, caches: list, resident: bool, workers: int, budget: Budget):
     """The epoch's batches: device-resident tensors, or the joined loader streaming from workers and the tables."""
     config, device = s.config, s.device
     sampling = sampling_of(s)
@@ -206,7 +212,7 @@ def _loader(s: Setup, caches: list, resident: bool, workers: int):
         s.train.with_transform(Augment(config.augment, Geometry(s.transform)))
         return JoinedLoader(
             s.train, caches, batch_size=config.batch_size, shuffle=config.shuffle, seed=config.seed, workers=workers,
-            device=device, mode=config.cache_mode, ram_budget=parse_bytes(config.cache_ram),
+            device=device, mode=config.cache_mode, ram_budget=budget,
             noise_per_batch=config.noise_per_batch, transform=s.transform, blocks=bool(config.student_blocks),
             views=config.views, sampling=sampling,
         )
@@ -215,19 +221,12 @@ def _loader(s: Setup, caches: list, resident: bool, workers: int):
     if config.views and any(c.manifest.views for c in caches):
         raise ConfigError("--resident does not replay cached views; pass --no-views or drop --resident")
     s.train.with_transform(Geometry(s.transform))  # decoded once; augmentation happens on the device
-    budget = None
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = free // 2  # leave the other half to the student's activations
     return ResidentLoader(
         s.train, caches, batch_size=config.batch_size, seed=config.seed, workers=workers, device=device,
-        noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment, max_bytes=budget,
+        noise_per_batch=config.noise_per_batch, transform=s.transform, augment=config.augment,
+        max_bytes=resident_cap(device, budget),
         blocks=bool(config.student_blocks), sampling=sampling,
     )
-
-
-# A split is held resident by default when its uint8 images and teacher rows take at most this share of the RAM
-# available now (and at most RESIDENT_MAX_BYTES): CIFAR-10 train at 32 px with a 2048-d teacher is 360 MB.
 
 
 @contextlib.contextmanager

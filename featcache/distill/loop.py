@@ -156,7 +156,9 @@ def _open(s: Setup, t: TrainingParts, reporter: Reporter, main: bool) -> _Run | 
     elif main:
         (run.run_dir / METRICS).unlink(missing_ok=True)
     if main:
-        write_config(run.run_dir, s, t.loader)
+        if t.placement is not None:
+            reporter.message(t.placement.describe())
+        write_config(run.run_dir, s, t.loader, t.placement)
     return run
 
 
@@ -320,7 +322,7 @@ def check_finite(finite: torch.Tensor, epoch: int, step: int, caches: list) -> N
     raise FeatcacheError(f"{where}; lower --lr or the --lambda-* weights, or check the method's parameters")
 
 
-def write_config(run_dir: Path, s: Setup, loader) -> None:
+def write_config(run_dir: Path, s: Setup, loader, placement=None) -> None:
     """config.json: what the run is (featcache.rundir reads it back, checked)."""
     info = {
         "config": s.config.to_dict(),
@@ -341,6 +343,7 @@ def write_config(run_dir: Path, s: Setup, loader) -> None:
         "precision": s.precision,
         "shuffle": loader.shuffle,
         "loader": loader.describe(),  # resident or streaming (with --resident unset, what the default chose)
+        "placement": placement.record() if placement is not None else None,  # and why (featcache.distill.placement)
         "threads": torch.get_num_threads(),
         "views": loader.views.to_dict() if getattr(loader, "views", None) else None,
         "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

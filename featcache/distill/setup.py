@@ -24,6 +24,7 @@ from featcache.datasets.base import check_disjoint, check_trainable
 from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
+from featcache.distill.placement import Budget, resident_fits
 from featcache.runtime import parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.resolve import resolve_teachers
@@ -247,26 +248,24 @@ def default_run_dir(config: DistillConfig) -> Path:
     return Path("runs") / f"{config.dataset}-{config.student}-{config.resolved_method()}-s{config.seed}-{stamp}"
 
 
-# -- evaluation ------------------------------------------------------------------------------------------------------
+# -- where the split lives (featcache.distill.placement decides from the budget) -----------------------------------
 
 
-RESIDENT_RAM_SHARE = 0.25
-RESIDENT_MAX_BYTES = 2 * 2**30
+def resident_need(s: Setup, caches: list) -> int:
+    """Bytes a resident split holds: its uint8 images and every teacher's data rows."""
+    size = s.transform.image_size
+    return len(s.train) * 3 * size * size + sum(c.num_rows(PART_DATA) * c.row_bytes() for c in caches)
 
 
-def resident_default(config: DistillConfig, s: Setup, caches: list) -> bool:
+def resident_default(config: DistillConfig, s: Setup, caches: list, budget: Budget | None = None) -> bool:
     """--resident when not given: on the CPU (where DataLoader workers compete with the training threads for the
-    same cores) hold the split in RAM when it fits, the flags ask for nothing only streaming gives (cached views,
-    --cache-mode disk, block shuffle, --workers above 0) and the augmentation has a batched form; never on a GPU,
-    whose host path is left as it is."""
-    from featcache.runtime import available_ram
-
+    same cores) hold the split in RAM when it fits the budget (featcache.distill.placement.resident_fits), the flags
+    ask for nothing only streaming gives (cached views, --cache-mode disk, block shuffle, --workers above 0) and the
+    augmentation has a batched form; never on a GPU, whose host path is left as it is."""
     if s.device.type != "cpu" or (config.workers or 0) > 0:
         return False
     if config.cache_mode == "disk" or config.shuffle not in ("auto", "full") or config.augment not in AUGMENTS:
         return False
     if config.views and any(c.manifest.views for c in caches):
         return False
-    size = s.transform.image_size
-    need = len(s.train) * 3 * size * size + sum(c.num_rows(PART_DATA) * c.row_bytes() for c in caches)
-    return need <= min(RESIDENT_MAX_BYTES, RESIDENT_RAM_SHARE * available_ram())
+    return resident_fits(resident_need(s, caches), budget or Budget.of(config.cache_ram))

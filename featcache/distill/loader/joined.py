@@ -21,11 +21,7 @@ from featcache.distill.labels import Sampling, epoch_batches
 from featcache.distill.loader.order import SHUFFLES, EpochPlan, epoch_plan
 from featcache.distill.loader.staging import PinnedStaging, split_rows
 from featcache.distill.loader.tables import MODES, InMemoryTable, OutOfCoreTable
-from featcache.runtime import default_ram_budget
-
-# Teacher tables up to this size are loaded into RAM by --cache-mode auto (about a second from the page cache);
-# larger ones stream out of core unless --shuffle full or cached views ask for RAM.
-EAGER_RAM_BYTES = 1 << 30
+from featcache.distill.placement import EAGER_RAM_BYTES, Budget, TablePlan, plan_tables  # noqa: F401 - re-exported
 
 
 def check_noise_rows(caches: Sequence[FeatureCache], noise_per_batch: int) -> None:
@@ -146,7 +142,7 @@ class JoinedLoader:
         workers: int | None = None,
         device: torch.device | str = "cpu",
         mode: str = "auto",
-        ram_budget: int | None = None,
+        ram_budget: "int | Budget | None" = None,
         block_rows: int = 1024,
         window_blocks: int | None = None,
         noise_per_batch: int = 0,
@@ -179,50 +175,33 @@ class JoinedLoader:
         if self.views is not None and transform is None:
             raise ConfigError("cached views need the cache's transform to be replayed")
 
-        # Storage mode per teacher: RAM while the budget lasts, then out of core.
-        budget = default_ram_budget() if ram_budget is None else ram_budget
         # Fields joined per teacher: features, logits and, for methods that use them, the cached blocks.
         # (top-k caches add the logits' class indices, last, to rebuild dense logits on the device)
         self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else []), *c.join_fields) for c in self.caches]
+        self.placement = self._place(mode, shuffle, views, ram_budget, window_blocks)
+        self.modes, self.shuffle, self.window_blocks = (self.placement.modes, self.placement.shuffle,
+                                                        self.placement.window_blocks)
+        self._make_tables()
+        self.workers = default_workers(self.device) if workers is None else workers
+        self._loader = self._data_loader(transform)
+        self._plan: EpochPlan | None = None
+        self._staging = PinnedStaging(self.device)
+
+    def _place(self, mode: str, shuffle: str, views: bool, ram_budget, window_blocks: int | None) -> TablePlan:
+        """Each teacher's table in RAM or out of core, from one budget (featcache.distill.placement)."""
+        budget = ram_budget if isinstance(ram_budget, Budget) else (
+            Budget.of(None) if ram_budget is None else Budget(int(ram_budget), True))
         need = [self.k * c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
-        if mode == "auto" and shuffle == "auto" and not views and sum(need) > EAGER_RAM_BYTES:
-            # Streaming serves 200k+ rows/s, 100x what any student here consumes (docs/benchmarks.md), so a large
-            # table gains nothing from RAM but its load time and footprint (1.2M rows: 14-20 s and 5.9 GB).
-            budget = min(budget, EAGER_RAM_BYTES)
-        modes, used = [], 0
-        for n in need:
-            fits = mode == "ram" or (mode == "auto" and used + n <= budget)
-            modes.append("ram" if fits else "disk")
-            used += n if fits else 0
-        self.modes = modes
-        if self.views is not None and "disk" in modes:
-            raise ConfigError(
-                f"cached views need the teacher tables in RAM ({sum(need) / 2**30:.1f} GiB for {self.k} views); raise "
-                "--cache-ram, or pass --no-views to train on the evaluation view only"
-            )
-        if shuffle == "auto":
-            shuffle = "block" if "disk" in modes else "full"
-        if sampling is not None and sampling.share is not None and "disk" in modes:
-            raise ConfigError("--labeled-share draws labelled rows out of order: it needs the teacher tables in RAM "
-                              "(--cache-mode ram, and a larger --cache-ram if they do not fit)")
-        if shuffle == "full" and "disk" in modes:
-            raise ConfigError(
-                f"the teacher tables need {sum(need) / 2**30:.1f} GiB but --cache-ram allows {budget / 2**30:.1f} GiB; "
-                "out-of-core tables need --shuffle block (or auto); --shuffle full needs a larger --cache-ram"
-            )
-        self.shuffle = shuffle
-        if window_blocks is None:
-            # Out-of-core tables hold 4 windows of blocks each; size the windows from what the budget has left.
-            disk = [c for c, m in zip(self.caches, modes) if m == "disk"]
-            left = max(budget - used, 256 * 2**20)
-            per_block = max((4 * block_rows * c.row_bytes() for c in disk), default=1)
-            window_blocks = int(np.clip(left // (max(1, len(disk)) * per_block), 1, 16))
-        self.window_blocks = window_blocks
-        pin = self.device.type == "cuda"
+        return plan_tables(need, [self.block_rows * c.row_bytes() for c in self.caches], mode=mode, shuffle=shuffle,
+                           views=views, view_count=self.k if self.views is not None else 0, budget=budget,
+                           labeled_share=self.sampling is not None and self.sampling.share is not None,
+                           window_blocks=window_blocks)
+
+    def _make_tables(self) -> None:
         self.tables = [
             (InMemoryTable(c, PART_DATA, f) if m == "ram"
-             else OutOfCoreTable(c, PART_DATA, block_rows, self.window_blocks, f))
-            for c, m, f in zip(self.caches, modes, self.fields)
+             else OutOfCoreTable(c, PART_DATA, self.block_rows, self.window_blocks, f))
+            for c, m, f in zip(self.caches, self.modes, self.fields)
         ]
         self.noise_tables = (
             [InMemoryTable(c, PART_NOISE, f) for c, f in zip(self.caches, self.fields)] if self.noise_per_batch else []
@@ -230,20 +209,20 @@ class JoinedLoader:
         # Views 1..K-1 of every teacher (view 0 is the table above).
         self.view_tables = [[InMemoryTable(c, view_part(v), f) for v in range(1, self.k)]
                             for c, f in zip(self.caches, self.fields)]
+
+    def _data_loader(self, transform: TransformSpec | None) -> DataLoader:
+        """The DataLoader that decodes this epoch's images (and replays views, makes noise) in the workers."""
         noise = self.caches[0].manifest.noise if (self.caches and self.noise_per_batch) else None
-        self._items = _Items(dataset, noise.seed if noise else None, noise.image_size if noise else None,
+        self._items = _Items(self.dataset, noise.seed if noise else None, noise.image_size if noise else None,
                              self.views, transform)
-        self.workers = default_workers(self.device) if workers is None else workers
-        self._loader = DataLoader(
+        return DataLoader(
             self._items,
             batch_sampler=_BatchSampler(self),
             num_workers=self.workers,
-            pin_memory=pin,
+            pin_memory=self.device.type == "cuda",
             persistent_workers=self.workers > 0,
             prefetch_factor=4 if self.workers > 0 else None,
         )
-        self._plan: EpochPlan | None = None
-        self._staging = PinnedStaging(self.device)
 
     # -- ordering -----------------------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
