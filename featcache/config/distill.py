@@ -148,7 +148,8 @@ class LoaderOptions:
     """Where rows and images live and how an epoch visits them (featcache.distill.loader, resident, runtime)."""
 
     workers: int | None = workers_field(section="Loader")
-    cache_ram: str = opt("auto", "RAM budget for teacher tables, e.g. 8G (auto: half of available).", runtime=True,
+    cache_ram: str = opt("auto", "Budget for rows and images, e.g. 8G: teacher tables in RAM, the resident split "
+                         "(auto: half of the available RAM).", runtime=True,
                          section="Loader")
     cache_mode: str = opt("auto", "auto, ram or disk (out of core).", runtime=True, section="Loader")
     shuffle: str = opt("auto", "auto, full, block or none.", section="Loader")
