@@ -1,8 +1,8 @@
 """What dequantisation costs in the join: `python -m featcache.bench_codec` (docs/benchmarks.md, "Compressed rows").
 
-The same random rows are written twice by the real writer (`bench.write_random_cache`): as float16 features and as
-`extract --dtype int8` stores them. Each setting serves the same shuffled batches through the distill loader's own
-pieces — a table's gather (RAM: ``InMemoryTable``; out of core: ``OutOfCoreTable`` over a block-shuffled epoch),
+The same random rows are written twice by the real writer (`bench_join.write_random_cache`): as float16 features and
+as `extract --dtype int8` stores them. Each setting serves the same shuffled batches through the distill loader's
+own pieces — a table's gather (RAM: ``InMemoryTable``; out of core: ``OutOfCoreTable`` over a block-shuffled epoch),
 the staging to the device and ``split_rows``, which dequantises int8 rows — and the settings are interleaved in
 rounds (3 by default), with the 1-minute load recorded before and after each round. On a CPU device the staging is
 a no-op, so the int8 figure is the gather of half the bytes plus the multiply; on a GPU the multiply runs on the device
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featcache.bench import write_random_cache
+from featcache.bench_join import write_random_cache
 from featcache.cache.format import FEATURE_SCALE, FEATURES, LOGITS
 from featcache.cache.reader import FeatureCache
 from featcache.distill.loader import InMemoryTable, OutOfCoreTable, PinnedStaging, epoch_plan, split_rows

@@ -86,7 +86,7 @@ def _commit() -> str | None:
 def synthetic_cache(root: Path, size_mib: int, seed: int = 0) -> tuple[str, list[Path]]:
     """A complete cache of about ``size_mib`` MiB in the store ``root`` whose key `cache import` accepts; (key, its
     files)."""
-    from featcache.bench import write_random_cache
+    from featcache.bench_join import write_random_cache
 
     rows = max(1, size_mib * 2**20 // (2 * DIM + 4 * CLASSES + 16))
     identity = {"bench": "store", "rows": rows, "dim": DIM, "classes": CLASSES, "seed": seed}
@@ -114,7 +114,7 @@ def _round(root: Path, key: str, files: list[Path]) -> dict[str, float]:
 
 def many_caches(root: Path, keys: int) -> None:
     """``keys`` tiny complete caches in the store ``root``: one written, then copied under consistent keys."""
-    from featcache.bench import write_random_cache
+    from featcache.bench_join import write_random_cache
 
     first = {"bench": "ls", "n": 0}
     template = root / make_key(first, "random", "bench", "train")

@@ -43,6 +43,7 @@ class Flag:
     name: str | None = None  # the long flag; default: --field-name
     short: str | None = None
     negatable: bool = False  # bool flags: --x/--no-x instead of a bare --x
+    off: str | None = None  # bool flags: the switch that turns it off when not --no-x (--cold/--warm-only)
     # value: one value; repeat: a list, one value per flag (--teacher a --teacher b); comma: a list written a,b,c;
     # keyvalue: a dict written -o key=value (repeatable)
     form: str = "value"
@@ -106,7 +107,10 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
 
 def _cli_annotation(f: dataclasses.Field, tp: Any) -> Any:
     flag = flag_of(f)
-    if flag.form in ("repeat", "keyvalue"):
+    if flag.form == "repeat":  # numbers are parsed as numbers; names and paths stay text
+        item = (typing.get_args(_unwrap_optional(tp)[0]) or (str,))[0]
+        return Optional[List[item if item in (int, float) else str]]
+    if flag.form == "keyvalue":
         return Optional[List[str]]
     if flag.form == "comma":
         return Optional[str]
@@ -140,8 +144,8 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.
                                             annotation=annotation))
             continue
         decl = [flag_name(f)]
-        if flag.negatable:
-            decl = [f"{decl[0]}/--no-{decl[0][2:]}"]
+        if flag.negatable or flag.off:
+            decl = [f"{decl[0]}/{flag.off or '--no-' + decl[0][2:]}"]
         if flag.short:
             decl.append(flag.short)
         option = typer.Option(... if default is MISSING else default, *decl, help=flag.help or None,
@@ -210,7 +214,7 @@ def command_line(config: Any, command: str, *, positional_first: tuple[str, ...]
             for k, v in sorted(value.items()):
                 args += [name, f"{k}={v}"]
         elif isinstance(value, bool):
-            args.append(name if value else f"--no-{name[2:]}")
+            args.append(name if value else flag.off or f"--no-{name[2:]}")
         else:
             args += [name, str(value)]
     return shlex.join(args)

@@ -158,6 +158,48 @@ def _holder(path: Path) -> tuple[str, str, float]:
     return text[0], text[1], age
 
 
+def holder(directory: Path, path: Path | None = None) -> str | None:
+    """Who holds ``<directory>/.lock`` (or ``path``) now, as :func:`read_pid` words it, or None when nobody does —
+    without taking the lock and without creating anything (the directory may be read-only, or someone else's).
+
+    An empty file was released. Another host's entry is live while it is refreshed (REMOTE_STALE). An entry of this
+    host is probed with a shared, non-blocking ``flock`` released at once: it fails only while a process holds the
+    lock (a process killed with -9 leaves its line behind, but not its flock). Where flock is missing, whether that
+    pid is alive decides."""
+    path = Path(path) if path is not None else Path(directory) / LOCK_FILE
+    pid, host, age = _holder(path)
+    if not pid:
+        return None
+    if host and host != this_host():
+        return f"{pid} on host {host}" if age < REMOTE_STALE else None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+    except BlockingIOError:
+        return pid
+    except OSError:  # no flock on this file system (ENOLCK): the pid's process decides
+        pass
+    finally:
+        os.close(fd)
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except PermissionError:
+        return True  # another user's live process
+    except (OSError, ValueError, OverflowError):
+        return False
+    return True
+
+
 def read_pid(path: Path) -> str:
     """The holder for messages: ``123`` (this host) or ``123 on host gpu7``."""
     pid, host, _ = _holder(path)

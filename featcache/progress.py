@@ -24,7 +24,10 @@ class Reporter:
     def message(self, text: str) -> None:  # noqa: D401 - a hook
         pass
 
-    def start(self, total: int, description: str, unit: str = "img") -> None:
+    def start(self, total: int, description: str, unit: str = "img",
+              run: tuple[int, float | None] | None = None) -> None:
+        """``run``: this bar is one epoch of a run, followed by ``run[0]`` more epochs of about ``run[1]`` seconds
+        each (None: not known yet, estimated from this epoch's pace); the bar then shows the run's ETA too."""
         pass
 
     def advance(self, n: int = 1, **fields: object) -> None:
@@ -45,6 +48,26 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.completed / elapsed:,.0f} {unit}/s", style="progress.data.speed")
 
 
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+class RunEtaColumn(ProgressColumn):
+    """The run's time left: this epoch's, plus the epochs after it at the pace of the epochs done (or, in the first
+    epoch, of this one)."""
+
+    def render(self, task: Task) -> Text:
+        after, epoch_s = task.fields.get("run") or (None, None)
+        left = task.time_remaining
+        if after is None or left is None:
+            return Text("")
+        if epoch_s is None:  # no epoch finished yet: this one's projected length
+            epoch_s = (task.elapsed or 0.0) + left
+        return Text(f"run ETA {_clock(left + after * epoch_s)}", style="progress.remaining")
+
+
 class RichReporter(Reporter):
     def __init__(self, console: Console | None = None, transient: bool = False) -> None:
         self.console = console or Console(stderr=True)
@@ -56,7 +79,8 @@ class RichReporter(Reporter):
     def message(self, text: str) -> None:
         self.console.print(text)
 
-    def start(self, total: int, description: str, unit: str = "img") -> None:
+    def start(self, total: int, description: str, unit: str = "img",
+              run: tuple[int, float | None] | None = None) -> None:
         self.stop()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -67,11 +91,12 @@ class RichReporter(Reporter):
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
+            RunEtaColumn(),
             console=self.console,
             transient=self.transient,
         )
         self._progress.start()
-        self._task = self._progress.add_task(description, total=total, unit=unit, extra="")
+        self._task = self._progress.add_task(description, total=total, unit=unit, extra="", run=run)
         self.started = time.perf_counter()
 
     def advance(self, n: int = 1, **fields: object) -> None:

@@ -64,7 +64,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
         label += f" +{config['noise_per_batch']} noise/batch"
     if config.get("tag"):
         label += f" [{config['tag']}]"
-    ignore = {"seed", "run_dir", "resume", "workers", "device", "cache_dir", "data_root"}
+    ignore = {"seed", "run_dir", "resume", "workers", "device", "cache_dir", "data_root", "log"}
     # The classes the head covers are part of what a run is: two teachers of different class parts (train-teacher
     # --classes, which subsets the dataset rather than setting config.classes) are two arms, never one mean.
     head = info.get("head_classes")

@@ -7,6 +7,7 @@ A run (``featcache distill`` or ``featcache train-teacher``) writes into one dir
     checkpoint-last.pt     everything --resume needs, replaced atomically after every epoch
     checkpoint-best.pt     the student at its best test accuracy (what `eval` and the `run` teacher load)
     summary.json           written once the run ends
+    failed.json            written when an exception (not Ctrl-C) stopped the epochs; a later attempt supersedes it
     teacher.pt             train-teacher only: the weights `extract --weights` loads
     .lock                  held by the process training in it (featcache.locks)
 
@@ -30,6 +31,7 @@ SUMMARY = "summary.json"
 LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
 TEACHER_FILE = "teacher.pt"
+FAILED = "failed.json"
 
 
 def read_json(path: Path, what: str = "file") -> dict[str, Any]:
@@ -146,6 +148,52 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
 def write_json(path: Path, obj: dict[str, Any]) -> None:
     """A run file (config.json, summary.json) replaced atomically: readers see the old file or the whole new one."""
     atomic_write_text(Path(path), json.dumps(obj, indent=2) + "\n")
+
+
+def record_failure(run_dir: Path, exc: BaseException, write: bool = True) -> None:
+    """failed.json: what stopped the run's epochs (an exception; Ctrl-C and kill are interruptions, not failures),
+    tied to the attempt it ended by config.json's ``started`` — a later attempt (--resume, or a fresh run into the
+    directory) rewrites config.json and so supersedes it. Never raises: the run's own error is the one to report.
+    ``write``: False on the ranks of a torchrun job other than 0."""
+    import datetime as dt
+
+    if not write:
+        return
+    try:
+        started = json.loads((Path(run_dir) / CONFIG).read_text()).get("started")
+    except (OSError, ValueError, AttributeError):
+        started = None
+    record = {"error": type(exc).__name__, "message": " ".join(str(exc).split())[:300],
+              "started": started if isinstance(started, str) else None,
+              "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    try:
+        write_json(Path(run_dir) / FAILED, record)
+    except Exception:  # a full or read-only disk (maybe what stopped the run): nothing more can be said here
+        pass
+
+
+_FAILURE_TYPES: dict[str, Any] = {"error": str, "message": str, "started": str | None, "time": str}
+
+
+def read_failure(run_dir: Path) -> dict[str, Any] | None:
+    """failed.json, its fields checked (None when there is none); whether it is current is the caller's to judge
+    (its ``started`` against config.json's)."""
+    from featcache import typecheck
+
+    path = Path(run_dir) / FAILED
+    if not path.is_file():
+        return None
+    record = read_json(path, "failure record")
+    try:
+        for name, hint in _FAILURE_TYPES.items():
+            try:
+                typecheck.check(record.get(name), hint)
+            except typecheck.TypeMismatch as exc:
+                raise typecheck.TypeMismatch(f"{name}: {exc}") from None
+    except typecheck.TypeMismatch as exc:
+        raise ConfigError(f"failure record {path} is not what featcache writes ({exc}); the run directory is damaged "
+                          "or foreign") from None
+    return record
 
 
 def load_checkpoint(path: Path, map_location: Any = "cpu", hint: str = "") -> dict[str, Any]:

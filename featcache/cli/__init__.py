@@ -7,6 +7,7 @@ fields (featcache.config, featcache.flags), so a new option is declared once, th
     extract.py   extract
     train.py     distill, train-teacher, split-classes, amalgamate, eval
     run.py       run (recipes), demo, report
+    runs.py      runs ls
     cache.py     cache ls / info / verify / rm
     bench.py     bench extract / distill / join / trust
     catalog.py   teachers, students, datasets
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from featcache.cli import bench, cache, catalog, extract, run, train  # noqa: F401 - each registers its commands
+from featcache.cli import bench, cache, catalog, extract, run, runs, train  # noqa: F401 - each registers its commands
 from featcache.cli.app import app, err, out
 from featcache.config import STUDENTS_HELP
 

@@ -29,6 +29,8 @@ cache_app = typer.Typer(help="List, inspect, verify and remove feature caches.",
 app.add_typer(cache_app, name="cache")
 bench_app = typer.Typer(help="Measure throughput against its limit on this machine.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
+runs_app = typer.Typer(help="List run directories: what each trains and how far it got.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
 
 out = Console()
 err = Console(stderr=True)

@@ -1,57 +1,56 @@
-"""`featcache bench extract|distill|join|trust|store`: throughput next to its limit, as tables and JSON."""
+"""`featcache bench extract|distill|join|trust|store|scale`: throughput next to its limit, as tables and JSON.
+
+Each command's options are its config's fields (featcache.config.bench), generated, never listed here."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
+from typing import Any
 
-import typer
 from rich.table import Table
 
-from featcache.cli.app import bench_app, err, out, parse_options, user_errors, write_json
+from featcache.cli.app import bench_app, err, out, user_errors, write_json
+from featcache.config import (
+    BenchDistillConfig,
+    BenchExtractConfig,
+    BenchJoinConfig,
+    BenchScaleConfig,
+    BenchStoreConfig,
+    BenchTrustConfig,
+)
 from featcache.errors import ConfigError
+from featcache.flags import as_command, cli_parameters, config_from_cli
 
 
-@bench_app.command("extract")
-@user_errors
-def bench_extract_cmd(
-    teacher: Optional[List[str]] = typer.Option(
-        None, "--teacher", "-t", help="Repeat for several (default resnet50); one row each."),
-    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    split: str = typer.Option("train", "--split"),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
-    weights: str = typer.Option(
-        "random", "--weights", "-w", help="Weights do not change the speed; random needs no files."),
-    image_size: Optional[int] = typer.Option(None, "--image-size"),
-    batch_size: int = typer.Option(256, "--batch-size", "-b"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision"),
-    iters: int = typer.Option(20, "--iters", help="Timed forward iterations for the limit (at least 3 s of them)."),
-    rounds: int = typer.Option(3, "--rounds", help="Interleaved rounds of forward + extract; medians are shown."),
-    min_seconds: float = typer.Option(3.0, "--min-seconds", help="Time the bare forward for at least this long."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
-) -> None:
+def _load_trend(r: dict) -> str:
+    return " → ".join(str(x) for x in r["load_1min"])
+
+
+def bench_extract_cmd(**values: Any) -> None:
     """Extract images/s vs the bare teacher forward pass (same batch, precision, threads), in one process."""
     from featcache.bench import bench_extract
     from featcache.extract import ExtractConfig
     from featcache.progress import RichReporter
 
+    cfg = config_from_cli(BenchExtractConfig, values)
     results = []
-    for name in teacher or ["resnet50"]:
+    for name in cfg.teachers or ["resnet50"]:
         config = ExtractConfig(
-            teacher=name, dataset=dataset, data_root=data_root, split=split,
-            dataset_options=parse_options(dataset_opt, "--dataset-opt"), weights=weights, image_size=image_size,
-            batch_size=batch_size, workers=workers, device=device, precision=precision,
+            teacher=name, dataset=cfg.dataset, data_root=cfg.data_root, split=cfg.split,
+            dataset_options=cfg.dataset_options, weights=cfg.weights, image_size=cfg.image_size,
+            batch_size=cfg.batch_size, workers=cfg.workers, device=cfg.device, precision=cfg.precision,
         )
-        results.append(bench_extract(config, iters=iters, rounds=rounds, min_seconds=min_seconds,
+        results.append(bench_extract(config, iters=cfg.iters, rounds=cfg.rounds, min_seconds=cfg.min_seconds,
                                      reporter=RichReporter(err, transient=True)))
+    out.print(_extract_table(results))
+    write_json(cfg.json_out, results if len(results) > 1 else results[0])
+
+
+def _extract_table(results: list[dict]) -> Table:
     r0 = results[0]
     table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, "
                         f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, "
-                        f"{r0['threads']} threads; median of {r0['rounds']} rounds, load "
-                        f"{' → '.join(str(x) for x in r0['load_1min'])}", title_justify="left")
+                        f"{r0['threads']} threads; median of {r0['rounds']} rounds, load {_load_trend(r0)}",
+                  title_justify="left")
     for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode",
                 "extract / (forward ∘ decode)"):
         table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
@@ -61,56 +60,38 @@ def bench_extract_cmd(
                       f"{r['ratio_to_decode']:.2f}", f"{r['ratio_to_serial']:.2f}")
     table.caption = ("forward ∘ decode: 1 / (1/forward + 1/decode), the serial limit where decoding and the teacher "
                      "share the same cores (on a CPU without workers); medians of per-round ratios")
-    out.print(table)
-    write_json(json_out, results if len(results) > 1 else r0)
+    return table
 
 
-@bench_app.command("distill")
-@user_errors
-def bench_distill_cmd(
-    student: str = typer.Option("mobilenetv3", "--student", "-s"),
-    teacher: Optional[List[str]] = typer.Option(
-        None, "--teacher", "-t",
-        help="Repeat for several (default resnet50; none: the student alone); extracted into a scratch store first "
-             "(not timed)."),
-    method: str = typer.Option("ts", "--method", "-m", help="The method with one teacher (several: multi)."),
-    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
-    weights: str = typer.Option("random", "--weights", "-w", help="Teacher weights; they do not change the speed."),
-    image_size: Optional[int] = typer.Option(None, "--image-size"),
-    batch_size: int = typer.Option(128, "--batch-size", "-b"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision"),
-    steps: int = typer.Option(50, "--steps", help="Timed training steps per setting and round."),
-    warmup: int = typer.Option(10, "--warmup", help="Untimed steps before timing."),
-    rounds: int = typer.Option(
-        3, "--rounds", help="Interleaved rounds (every setting once per round); medians are shown."),
-    resident: Optional[bool] = typer.Option(
-        None, "--resident/--no-resident", help="Device-resident images and rows (default as distill's)."),
-    compile_mode: str = typer.Option("none", "--compile", help="torch.compile mode of the training step."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
-) -> None:
+as_command(bench_extract_cmd, cli_parameters(BenchExtractConfig))
+bench_app.command("extract")(user_errors(bench_extract_cmd))
+
+
+def bench_distill_cmd(**values: Any) -> None:
     """Student training images/s and peak memory: a bare PyTorch loop (the limit) vs the student alone vs with
     cached teacher rows vs with the teachers online, interleaved in one process."""
-    from featcache.bench import bench_distill
+    from featcache.bench_distill import bench_distill
     from featcache.distill.trainer import DistillConfig
     from featcache.progress import RichReporter
 
+    cfg = config_from_cli(BenchDistillConfig, values)
     config = DistillConfig(
-        student=student, dataset=dataset, data_root=data_root,
-        dataset_options=parse_options(dataset_opt, "--dataset-opt"), method=method, image_size=image_size,
-        batch_size=batch_size, workers=workers, device=device, precision=precision, resident=resident,
-        compile=compile_mode,
+        student=cfg.student, dataset=cfg.dataset, data_root=cfg.data_root, dataset_options=cfg.dataset_options,
+        method=cfg.method, image_size=cfg.image_size, batch_size=cfg.batch_size, workers=cfg.workers,
+        device=cfg.device, precision=cfg.precision, resident=cfg.resident, compile=cfg.compile,
     )
-    names = [] if teacher == ["none"] else list(teacher or ["resnet50"])
-    r = bench_distill(config, teachers=names, weights=weights, steps=steps, warmup=warmup, rounds=rounds,
-                      reporter=RichReporter(err, transient=True))
+    names = [] if cfg.teachers == ["none"] else list(cfg.teachers or ["resnet50"])
+    r = bench_distill(config, teachers=names, weights=cfg.weights, steps=cfg.steps, warmup=cfg.warmup,
+                      rounds=cfg.rounds, reporter=RichReporter(err, transient=True))
+    out.print(_distill_table(r, names))
+    write_json(cfg.json_out, r)
+
+
+def _distill_table(r: dict, names: list[str]) -> Table:
     table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} "
                         f"@ {r['image_size']} px on {r['dataset']}, {r['device']}, batch {r['batch_size']}, "
                         f"{r['precision']}{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; "
-                        f"median of {r['rounds']} rounds, load {' → '.join(str(x) for x in r['load_1min'])}",
+                        f"median of {r['rounds']} rounds, load {_load_trend(r)}",
                   title_justify="left")
     cpu = r["device"] == "cpu"
     bare_rate = r["results"].get("bare-student", {}).get("images_per_s")
@@ -123,52 +104,45 @@ def bench_distill_cmd(
     for key, x in r["results"].items():
         if key.startswith("bare"):
             continue  # each setting's limit: its ratio is in "vs bare loop"; the bare rates are in the JSON
-        if key == "student":
-            label = "student alone (ce)"
-        else:
-            kind, k = key.split("-")
-            who = " + ".join(names[: int(k)])
-            label = f"+ {who} {'cached' if kind == 'cached' else 'online'} ({r['methods'][key]})"
-        if key != "bare" and x["resident"]:
-            label += ", resident"
         mem, ratio = ((x["peak_rss_bytes"], x["rss_vs_student"]) if cpu
                       else (x["peak_memory_bytes"], x["memory_vs_student"]))
         table.add_row(
-            label, f"{x['images_per_s']:,.0f}", f"{x['speed_vs_bare']:.3f}" if "speed_vs_bare" in x else "–",
-            f"{x['speed_vs_student']:.3f}",
+            _distill_label(r, key, x, names), f"{x['images_per_s']:,.0f}",
+            f"{x['speed_vs_bare']:.3f}" if "speed_vs_bare" in x else "–", f"{x['speed_vs_student']:.3f}",
             f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a",
             f"{ratio:.3f}" if ratio is not None else "n/a",
         )
-    out.print(table)
-    write_json(json_out, r)
+    return table
 
 
-@bench_app.command("join")
-@user_errors
-def bench_join_cmd(
-    rows: int = typer.Option(100_000, "--rows", help="Rows in the scratch cache."),
-    dim: int = typer.Option(2048, "--dim", help="Feature width (fp16)."),
-    classes: int = typer.Option(10, "--classes"),
-    batch_size: int = typer.Option(128, "--batch-size", "-b"),
-    pt_files: int = typer.Option(5000, "--pt-files", help="Per-sample .pt files written for that anchor."),
-    limit: float = typer.Option(20.0, "--limit", help="Seconds at most per method."),
-    scratch: Optional[Path] = typer.Option(
-        None, "--scratch", help="Where to write the scratch files (default: the temp dir)."),
-    cold: bool = typer.Option(
-        False, "--cold", help="Drop the shards from the page cache before each disk measurement."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out"),
-) -> None:
+def _distill_label(r: dict, key: str, x: dict, names: list[str]) -> str:
+    if key == "student":
+        label = "student alone (ce)"
+    else:
+        kind, k = key.split("-")
+        who = " + ".join(names[: int(k)])
+        label = f"+ {who} {'cached' if kind == 'cached' else 'online'} ({r['methods'][key]})"
+    if key != "bare" and x["resident"]:
+        label += ", resident"
+    return label
+
+
+as_command(bench_distill_cmd, cli_parameters(BenchDistillConfig))
+bench_app.command("distill")(user_errors(bench_distill_cmd))
+
+
+def bench_join_cmd(**values: Any) -> None:
     """Rows/s of the feature join (in RAM, out of core), each next to its limit (np.take, a sequential read), and
     the naive peers (h5py fancy indexing, one .pt file per sample)."""
-    from featcache.bench import bench_join
+    from featcache.bench_join import bench_join
     from featcache.progress import RichReporter
 
-    r = bench_join(rows=rows, dim=dim, classes=classes, batch_size=batch_size, pt_files=pt_files, limit_s=limit,
-                   directory=scratch, cold=cold, reporter=RichReporter(err, transient=True))
+    cfg = config_from_cli(BenchJoinConfig, values)
+    r = bench_join(rows=cfg.rows, dim=cfg.dim, classes=cfg.classes, batch_size=cfg.batch_size, pt_files=cfg.pt_files,
+                   limit_s=cfg.limit, directory=cfg.scratch, cold=cfg.cold, reporter=RichReporter(err, transient=True))
     table = Table(title=f"join: {r['rows']:,} rows of {r['dim']}-d fp16 + {r['classes']} fp32 logits "
                         f"({r['table_bytes'] / 2**30:.2f} GiB), shuffled batches of {r['batch_size']}, "
-                        f"{'cold' if r['cold'] else 'warm'} page cache; load "
-                        f"{' → '.join(str(x) for x in r['load_1min'])}", title_justify="left")
+                        f"{'cold' if r['cold'] else 'warm'} page cache; load {_load_trend(r)}", title_justify="left")
     for col in ("method", "rows/s", "vs its limit", "vs h5py fancy"):
         table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
     labels = {"ram": "featcache in-RAM table", "np_take": "  limit: np.take into a reused buffer",
@@ -182,37 +156,28 @@ def bench_join_cmd(
     out.print(table)
     if r["results"]["ram"].get("load_seconds") is not None:
         out.print(f"loading the in-RAM table took {r['results']['ram']['load_seconds']:.2f} s")
-    write_json(json_out, r)
+    write_json(cfg.json_out, r)
 
 
-@bench_app.command("trust")
-@user_errors
-def bench_trust_cmd(
-    teacher: str = typer.Option("resnet18", "--teacher", "-t"),
-    dataset: str = typer.Option("synthetic", "--dataset", "-d"),
-    data_root: Optional[Path] = typer.Option(None, "--data-root"),
-    split: str = typer.Option("train", "--split"),
-    dataset_opt: Optional[List[str]] = typer.Option(None, "--dataset-opt", "-o"),
-    image_size: Optional[int] = typer.Option(None, "--image-size"),
-    batch_size: int = typer.Option(128, "--batch-size", "-b"),
-    workers: Optional[int] = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
-    repeats: int = typer.Option(3, "--repeats", help="Timings per check (the median is shown)."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out"),
-) -> None:
+as_command(bench_join_cmd, cli_parameters(BenchJoinConfig))
+bench_app.command("join")(user_errors(bench_join_cmd))
+
+
+def bench_trust_cmd(**values: Any) -> None:
     """Cost of the trust checks (fingerprint, content re-check, shard hashes) as a fraction of the extract's time."""
-    from featcache.bench import bench_trust
+    from featcache.bench_trust import bench_trust
     from featcache.extract import ExtractConfig
     from featcache.progress import RichReporter
 
-    if repeats < 1:
-        raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+    cfg = config_from_cli(BenchTrustConfig, values)
+    if cfg.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {cfg.repeats}")
     config = ExtractConfig(
-        teacher=teacher, dataset=dataset, data_root=data_root, split=split, weights="random",
-        dataset_options=parse_options(dataset_opt, "--dataset-opt"), image_size=image_size, batch_size=batch_size,
-        workers=workers, device=device,
+        teacher=cfg.teacher, dataset=cfg.dataset, data_root=cfg.data_root, split=cfg.split, weights="random",
+        dataset_options=cfg.dataset_options, image_size=cfg.image_size, batch_size=cfg.batch_size,
+        workers=cfg.workers, device=cfg.device,
     )
-    r = bench_trust(config, repeats=repeats, reporter=RichReporter(err, transient=True))
+    r = bench_trust(config, repeats=cfg.repeats, reporter=RichReporter(err, transient=True))
     table = Table(title=f"trust checks on {r['dataset']} ({r['images']:,} images): extract of {r['teacher']}@"
                         f"{r['image_size']} took {r['extract_seconds']:.1f} s on {r['device']}; median of "
                         f"{r['repeats']}, load {r['load_1min']}", title_justify="left")
@@ -225,29 +190,25 @@ def bench_trust_cmd(
     for key, x in r["results"].items():
         table.add_row(key, when[key], f"{x['seconds']:.3f}", f"{x['fraction_of_extract']:.2%}")
     out.print(table)
-    write_json(json_out, r)
+    write_json(cfg.json_out, r)
 
 
-@bench_app.command("store")
-@user_errors
-def bench_store_cmd(
-    size_mib: int = typer.Option(512, "--size-mib", help="Size of the synthetic cache exported and imported."),
-    repeats: int = typer.Option(3, "--repeats", help="Rounds (copy, export, import each); medians are shown."),
-    keys: int = typer.Option(1000, "--keys", help="Tiny caches listed by the `cache ls` timing."),
-    scratch: Optional[Path] = typer.Option(
-        None, "--scratch", help="Where to write the scratch store (default: the temp dir; its disk is measured)."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out", help="Also write the results as JSON."),
-) -> None:
+as_command(bench_trust_cmd, cli_parameters(BenchTrustConfig))
+bench_app.command("trust")(user_errors(bench_trust_cmd))
+
+
+def bench_store_cmd(**values: Any) -> None:
     """`cache export` / `cache import` MB/s next to shutil.copyfile of the same files (bare, and + fsync), in one
     process, warm page cache; and `cache ls` over many keys."""
     from featcache.bench_store import bench_store
     from featcache.progress import RichReporter
 
-    r = bench_store(size_mib=size_mib, repeats=repeats, keys=keys, directory=scratch,
+    cfg = config_from_cli(BenchStoreConfig, values)
+    r = bench_store(size_mib=cfg.size_mib, repeats=cfg.repeats, keys=cfg.keys, directory=cfg.scratch,
                     reporter=RichReporter(err, transient=True))
     table = Table(title=f"store: a {r['cache_bytes'] / 2**20:,.0f} MiB cache ({r['shards']} shards), "
-                        f"{r['cpus']} CPUs, warm page cache; median of {r['repeats']} rounds, load "
-                        f"{' → '.join(str(x) for x in r['load_1min'])}", title_justify="left")
+                        f"{r['cpus']} CPUs, warm page cache; median of {r['repeats']} rounds, load {_load_trend(r)}",
+                  title_justify="left")
     for col in ("operation", "MB/s", "seconds", "vs copyfile", "vs copyfile + fsync"):
         table.add_column(col, justify="left" if col == "operation" else "right", no_wrap=col == "operation")
     labels = {"copy": "limit: shutil.copyfile of its files", "copy_fsync": "  the same + fsync of every copy",
@@ -262,30 +223,14 @@ def bench_store_cmd(
     out.print(f"cache ls over {ls['keys']:,} caches: {ls['cli_seconds']:.2f} s for the command in a fresh process "
               f"(listing the store: {ls['entries_seconds']:.2f} s); cache gc --dry-run over them: "
               f"{ls['gc_dry_run_seconds']:.2f} s", highlight=False)
-    write_json(json_out, r)
+    write_json(cfg.json_out, r)
 
 
-@bench_app.command("scale")
-@user_errors
-def bench_scale_cmd(
-    store: Path = typer.Option(..., "--store", help="Where the synthetic cache is written (and kept with --keep)."),
-    rows: int = typer.Option(1_280_000, "--rows", help="Rows per view (ImageNet-1k's train split: 1,281,167)."),
-    dim: int = typer.Option(2048, "--dim", help="Feature width."),
-    classes: int = typer.Option(10, "--classes", help="Logits per row (float32)."),
-    views: int = typer.Option(1, "--views", help="K: the data part plus K-1 cached views."),
-    dtype: str = typer.Option("float16", "--dtype", help="Features: float16, float32 or int8 (per-row scales)."),
-    seed: int = typer.Option(0, "--seed"),
-    only: Optional[List[str]] = typer.Option(
-        None, "--only", help="Repeat to run only these steps: write, join, ram, verify, commands, reuse, store."),
-    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Repeat (default 128 and 256)."),
-    repeats: int = typer.Option(3, "--repeats", help="Rounds of every timed step."),
-    cold: bool = typer.Option(True, "--cold/--warm-only", help="Also measure with the shards' pages dropped."),
-    kill_at: float = typer.Option(
-        0.5, "--kill-at", help="Write a missing cache in a child killed (-9) once this share of its shards is "
-        "recorded, then resume it here; 0: write it directly."),
-    keep: bool = typer.Option(False, "--keep/--remove", help="Keep the cache afterwards (default: remove it)."),
-    json_out: Optional[Path] = typer.Option(None, "--json-out"),
-) -> None:
+as_command(bench_store_cmd, cli_parameters(BenchStoreConfig))
+bench_app.command("store")(user_errors(bench_store_cmd))
+
+
+def bench_scale_cmd(**values: Any) -> None:
     """An ImageNet-sized synthetic cache (real format, no teacher): its write and resume after kill -9, the
     out-of-core join and the in-RAM load next to a sequential read, verify, ls, the re-extract answer and the store
     commands, each next to its limit in one process."""
@@ -293,22 +238,27 @@ def bench_scale_cmd(
     from featcache.bench_synth import SynthSpec, remove_cache
     from featcache.progress import RichReporter
 
-    steps = tuple(only or STEPS)
+    cfg = config_from_cli(BenchScaleConfig, values)
+    steps = tuple(cfg.only or STEPS)
     bad = [s for s in steps if s not in STEPS]
-    if bad or repeats < 1 or not 0 <= kill_at < 1:
+    if bad or cfg.repeats < 1 or not 0 <= cfg.kill_at < 1:
         raise ConfigError(f"--only takes {', '.join(STEPS)}; --repeats >= 1; 0 <= --kill-at < 1 (got {bad}, "
-                          f"{repeats}, {kill_at})")
-    spec = SynthSpec(rows=rows, dim=dim, classes=classes, views=views, dtype=dtype, seed=seed)
+                          f"{cfg.repeats}, {cfg.kill_at})")
+    spec = SynthSpec(rows=cfg.rows, dim=cfg.dim, classes=cfg.classes, views=cfg.views, dtype=cfg.dtype, seed=cfg.seed)
     try:
-        r = bench_scale(store, spec, steps=steps, batch_sizes=tuple(batch_size or (128, 256)), repeats=repeats,
-                        temps=("warm", "cold") if cold else ("warm",), kill_at=kill_at if "write" in steps else 0,
-                        reporter=RichReporter(err, transient=True))
+        r = bench_scale(cfg.store, spec, steps=steps, batch_sizes=tuple(cfg.batch_size or (128, 256)),
+                        repeats=cfg.repeats, temps=("warm", "cold") if cfg.cold else ("warm",),
+                        kill_at=cfg.kill_at if "write" in steps else 0, reporter=RichReporter(err, transient=True))
     finally:
-        if not keep and steps != ("write",):
-            remove_cache(store, spec.key)
+        if not cfg.keep and steps != ("write",):
+            remove_cache(cfg.store, spec.key)
     for line in scale_lines(r):
         out.print(line, highlight=False)
-    write_json(json_out, r)
+    write_json(cfg.json_out, r)
+
+
+as_command(bench_scale_cmd, cli_parameters(BenchScaleConfig))
+bench_app.command("scale")(user_errors(bench_scale_cmd))
 
 
 def scale_lines(r: dict) -> list[str]:

@@ -238,11 +238,10 @@ def cache_gc(
                                                                         "this (30d, 12h, 90m)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be removed and the bytes freed; remove "
                                                           "nothing."),
-    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="The store to collect (default: the "
-                                             "personal store, $FEATCACHE_HOME or ~/.cache/featcache)."),
+    cache_dir: Optional[Path] = CACHE_DIR,
 ) -> None:
-    """Free space in one writable store: least recently used caches first, never one being read or written; also
-    removes what crashes left (incoming directories, leases, trash)."""
+    """Free space in one writable store (--cache-dir, default the personal store): least recently used caches
+    first, never one being read or written; also removes what crashes left (incoming directories, leases, trash)."""
     import time
 
     from featcache.cache import CacheStore

@@ -5,6 +5,7 @@ reproducing command lines are derived from here. Torch-free, so that ``featcache
 
     extract.py   ExtractConfig                    teacher.py   TeacherConfig
     distill.py   DistillConfig, in sections       common.py    names and help texts the configs share
+    commands.py  eval, run, demo, report, ...     bench.py     the `featcache bench` commands
 """
 
 from featcache.config.common import (  # noqa: F401 - the package's public names
@@ -27,6 +28,14 @@ from featcache.config.distill import (  # noqa: F401
     StudentOptions,
     TeacherOptions,
     TranslatorOptions,
+)
+from featcache.config.bench import (  # noqa: F401
+    BenchDistillConfig,
+    BenchExtractConfig,
+    BenchJoinConfig,
+    BenchScaleConfig,
+    BenchStoreConfig,
+    BenchTrustConfig,
 )
 from featcache.config.commands import (  # noqa: F401
     AmalgamateConfig,

@@ -130,3 +130,14 @@ class StoreOptions:
 
     cache_dir: Path | None = cache_dir_field(recipe=False)
     stores: list[Path] = stores_field(recipe=False)
+
+
+@dataclass
+class RunsLsConfig:
+    """`featcache runs ls [DIR]`: the run directories under DIR, one line each (featcache.runs)."""
+
+    dir: Path = opt(Path("runs"), "Where to look: searched recursively for run directories (distill, train-teacher, "
+                                  "recipes' nested runs).", positional=True, recipe=False)
+    json: bool = opt(False, "Print a JSON list instead, one object per run with stable keys (path, kind, student, "
+                            "method, teachers, teacher_keys, labelled, labelled_total, labelled_fraction, epochs_done, "
+                            "epochs_planned, best_acc, last_acc, status, note, started).", recipe=False)

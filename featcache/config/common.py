@@ -19,10 +19,10 @@ METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with
 
 
 # -- options several commands take, declared once ------------------------------------------------------------------
-# Each returns a fresh dataclass field carrying the option's flag (featcache.flags.opt); ``**flag`` adjusts where a
-# command differs (its recipe rules, its --help panel, an eval's default batch).
-def dataset_field(**flag):
-    return opt("synthetic", "cifar10, cifar100, cub200, sod, folder or synthetic.", short="-d", **flag)
+# Each returns a fresh dataclass field carrying the option's flag (featcache.flags.opt); ``help`` and ``**flag`` adjust
+# where a command differs (its recipe rules, its --help panel, an eval's default batch).
+def dataset_field(help: str = "cifar10, cifar100, cub200, sod, folder or synthetic.", **flag):
+    return opt("synthetic", help, short="-d", **flag)
 
 
 def data_root_field(help: str = "Directory holding the dataset in its official layout.", **flag):
@@ -34,13 +34,13 @@ def dataset_options_field(help: str = "Dataset option key=value (repeatable), e.
     return opt(factory=dict, help=help, name="--dataset-opt", short="-o", form="keyvalue", **flag)
 
 
-def device_field(**flag):
-    return opt("auto", "auto, cpu, cuda, cuda:N.", **flag)
+def device_field(help: str = "auto, cpu, cuda, cuda:N.", **flag):
+    return opt("auto", help, **flag)
 
 
-def workers_field(**flag):
-    return opt(None, "DataLoader worker processes (default: min(8, cores) on a GPU, 0 on a small CPU).",
-               runtime=True, **flag)
+def workers_field(help: str = "DataLoader worker processes (default: min(8, cores) on a GPU, 0 on a small CPU).",
+                  **flag):
+    return opt(None, help, runtime=True, **flag)
 
 
 def cache_dir_field(**flag):
@@ -50,3 +50,15 @@ def cache_dir_field(**flag):
 
 def stores_field(**flag):
     return opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True, **flag)
+
+
+def _log_default() -> list[str]:
+    return ["jsonl"]
+
+
+def log_field(**flag):
+    # How the run is logged, never what it trains (runtime): --resume and recipes' up-to-date checks ignore it.
+    return opt(factory=_log_default, help="Where each epoch's numbers go besides metrics.jsonl (always written), "
+                                          "comma-separated: jsonl, tensorboard (RUN_DIR/tensorboard/; pip install "
+                                          "tensorboard), or MODULE:CLASS of your own (docs/pipelines.md#loggers).",
+               form="comma", cli_default="jsonl", runtime=True, **flag)

@@ -21,6 +21,7 @@ from featcache.config.common import (
     dataset_field,
     dataset_options_field,
     device_field,
+    log_field,
     stores_field,
     workers_field,
 )
@@ -175,6 +176,7 @@ class RunOptions:
                                section="Run")
     resume: bool = opt(False, "Continue the run in --run-dir from its last checkpoint.", runtime=True, recipe=False,
                        section="Run")
+    log: list[str] = log_field(section="Run")
     tag: str = opt("", "A label for reports and run-directory names (recipes set it per [[distill]] block).",
                    cli=False, recipe=False)
     channels_last: bool = True  # a layout switch for experiments (library only)

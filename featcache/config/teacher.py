@@ -11,6 +11,7 @@ from featcache.config.common import (
     dataset_field,
     dataset_options_field,
     device_field,
+    log_field,
     workers_field,
 )
 from featcache.flags import opt
@@ -42,6 +43,7 @@ class TeacherConfig:
     run_dir: Path | None = opt(None, "Default runs/teacher-<dataset>-<teacher>-s<seed>-<time>.", runtime=True,
                                recipe=False)
     resume: bool = opt(False, runtime=True, recipe=False)
+    log: list[str] = log_field()
     # train on these classes only: a class-subset file (CLI) or the names (recipes: "partN" of [classes])
     classes: Path | list[str] | None = opt(None, "Train on these classes only: a file of class names (featcache "
                                                  "split-classes).", cli_type=Path)

@@ -24,11 +24,13 @@ import torch
 from featcache.transforms import Geometry
 from featcache import distributed, rundir
 from featcache.distill import resume
+from featcache.distill.preflight import preflight_lines
 from featcache.distill.engine import DistillSummary, TrainingParts, training_parts
 from featcache.distill.evaluation import eval_loader, evaluate
 from featcache.distill.loader import shutdown_workers
 from featcache.distill.setup import Setup
 from featcache.errors import FeatcacheError
+from featcache.loggers import RunLoggers, open_loggers
 from featcache.progress import Reporter
 from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY, Checkpoint
 from featcache.runtime import PeakRSS, device_name
@@ -52,6 +54,7 @@ class _Run:
     last_acc: float = 0.0
     images: int = 0  # training images seen, every epoch of this attempt
     seconds: float = 0.0  # their training time
+    logs: RunLoggers = field(default_factory=RunLoggers)  # metrics.jsonl and --log's loggers (rank 0; none elsewhere)
 
     @property
     def run_dir(self) -> Path:
@@ -107,6 +110,8 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
         return run
     rss = PeakRSS(interval=0.05).__enter__()  # what the run holds at its peak: the teachers' cost when --online
     try:
+        if main:
+            run.logs = open_loggers(s, run.run_dir)
         for epoch in range(run.start_epoch, t.total_epochs):
             t0 = time.perf_counter()
             stats = _train_epoch(run, epoch)
@@ -124,6 +129,10 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             record, improved = _record(run, epoch, stats, ev, t0)
             _checkpoint(run, epoch, ev, improved)
             _announce(run, epoch, stats, record, improved)  # after the checkpoint: an epoch said done is saved
+    except Exception as exc:  # a crash, not Ctrl-C: failed.json (`featcache runs ls` shows the run as failed)
+        rundir.record_failure(run.run_dir, exc, write=main)  # first: a logger failing to close must not hide it
+        run.logs.close()  # what the loggers hold is flushed and let go (finish is for a run that ended)
+        raise
     finally:
         rss.__exit__(None, None, None)
         t.loader.close()
@@ -156,8 +165,8 @@ def _open(s: Setup, t: TrainingParts, reporter: Reporter, main: bool) -> _Run | 
     elif main:
         (run.run_dir / METRICS).unlink(missing_ok=True)
     if main:
-        if t.placement is not None:
-            reporter.message(t.placement.describe())
+        for line in preflight_lines(s, t):  # what the run will do, before its first step
+            reporter.message(line)
         write_config(run.run_dir, s, t.loader, t.placement)
     return run
 
@@ -194,7 +203,9 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
     t.method.train()
     stats = _EpochStats(s.device)
     label = f"epoch {epoch + 1}/{t.total_epochs} {t.method.stage(epoch) if t.total_epochs != s.config.epochs else ''}"
-    run.reporter.start(t.loader.images_per_epoch(), label.rstrip(), unit="img")
+    # run.elapsed: every epoch before this one (a resumed run's too): their mean paces the epochs still to come
+    run.reporter.start(t.loader.images_per_epoch(), label.rstrip(), unit="img",
+                       run=(t.total_epochs - epoch - 1, run.elapsed / epoch if epoch else None))
     t0 = time.perf_counter()
     for batch in t.loader:
         if run.unlabeled:
@@ -240,7 +251,7 @@ def _record(run: _Run, epoch: int, stats: _EpochStats, ev, t0: float) -> tuple[d
         record["ranks"] = ctx.world
         record["images_per_s"] = record["images_per_s"] and record["images_per_s"] * ctx.world
     if run.main:
-        rundir.append_metrics(run.run_dir, record)
+        run.logs.log_epoch(epoch + 1, record)  # metrics.jsonl first, then --log's loggers
     improved = ev.acc > run.best_acc
     if improved:
         run.best_acc, run.best_epoch = ev.acc, epoch + 1
@@ -285,7 +296,9 @@ def _finish(run: _Run, peak_rss: int | None) -> DistillSummary:
         peak_rss_bytes=peak_rss, online=s.config.online,
     )
     if run.main:
-        rundir.write_json(run.run_dir / SUMMARY, {**asdict(summary), "run_dir": str(run.run_dir)})
+        done = {**asdict(summary), "run_dir": str(run.run_dir)}
+        rundir.write_json(run.run_dir / SUMMARY, done)
+        run.logs.finish(done)
     distributed.barrier()  # no rank leaves before the run's files are complete
     return summary
 

@@ -30,6 +30,7 @@ from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig
 from featcache.errors import ConfigError, check_at_least, check_choice
+from featcache.loggers import check_loggers
 from featcache.runtime import (
     PRECISIONS,
     resolve_device,
@@ -241,6 +242,7 @@ def validate(config: DistillConfig) -> None:
     check_spec(config.labels, config.labeled_share)
     MethodParams.from_config(config).check()
     Augment(config.augment)  # validates the name
+    check_loggers(config.log)  # known or importable, and their package installed (before anything trains)
 
 
 def default_run_dir(config: DistillConfig) -> Path:

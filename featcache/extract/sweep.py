@@ -175,58 +175,135 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
     Returns (images, seconds)."""
     cfg = plan.config
     device = plan.device
-    model = teacher.model.to(device)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.eval()
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
-    normalize = Normalizer(plan.transform, device)
-    feat_dtype = getattr(torch, cfg.dtype)
-    encoder = row_encoder(plan, manifest)
-    logit_dtype = getattr(torch, cfg.logits_dtype)
-
-    hooks, captured = attach_block_hooks(model, cfg.blocks)
+    teacher_pass = TeacherPass(plan, teacher, manifest)
     if cfg.blocks and not manifest.blocks:
-        manifest.blocks = describe_blocks(model, captured, cfg, plan, device)
+        manifest.blocks = describe_blocks(teacher_pass.model, teacher_pass.captured, cfg, plan, device)
         if save_manifest:
             manifest.save(plan.work)
-    writers: dict[str, PartWriter] = {}
+    recorder = ShardRecorder(plan, manifest, on_shard=on_shard, save_manifest=save_manifest)
+    writers, writer, pool = open_writers(plan, teacher, manifest, teacher_pass, recorder.on_done)
+    sources = pending_sources(plan, manifest, shard_filter)
+    total = announce(plan, teacher, manifest, reporter, sources, writers)
+    workers = cfg.workers if cfg.workers is not None else default_workers(device)
+    use_cpu_threads(device, workers)
+    images = 0
+    reporter.start(total, f"extract {teacher.name}", unit="img")
+    recorder.start()
+    try:
+        with torch.inference_mode():
+            images = sweep_batches(plan, teacher_pass, sources, writer, pool, reporter, workers)
+        writer.close()
+        recorder.record(force=True)
+    except BaseException:
+        abandon(writer, writers, recorder)
+        raise
+    finally:
+        reporter.stop()
+        teacher_pass.remove_hooks()
+    seconds = time.perf_counter() - recorder.started
+    return images, seconds
 
-    # The manifest's timing covers every attempt: each recorded shard brings the wall time up to it and its rows,
-    # so a killed extract's finished shards keep their share and the resumed one adds to it.
-    base_seconds, base_rows, done_rows = manifest.timing.seconds, manifest.timing.images, 0
 
-    saved = time.monotonic()
+class TeacherPass:
+    """The teacher on the device, ready for the sweep (eval mode, channels_last, hooks on ``--blocks``), and what
+    one batch through it stores: the encoded features, the (top-k) logits and the per-row extra fields."""
 
-    def record(force: bool = False) -> None:
+    def __init__(self, plan: ExtractPlan, teacher: Teacher, manifest: Manifest) -> None:
+        self.plan, self.cfg, self.device = plan, plan.config, plan.device
+        model = teacher.model.to(self.device)
+        if self.cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model.eval()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
+        self.model = model
+        self.normalize = Normalizer(plan.transform, self.device)
+        self.feat_dtype = getattr(torch, self.cfg.dtype)
+        self.encoder = row_encoder(plan, manifest)
+        self.logit_dtype = getattr(torch, self.cfg.logits_dtype)
+        self.hooks, self.captured = attach_block_hooks(model, self.cfg.blocks)
+
+    def outputs(self, part: str, batch: torch.Tensor, extra: list) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(features, logits, blocks) of one batch of ``part``; ``extra``: data: content digests; views:
+        augmentation."""
+        cfg = self.cfg
+        x = self.normalize(batch, channels_last=cfg.channels_last)
+        with autocast(self.device, self.plan.precision):
+            features, logits = self.model(x)
+        blocks = {(CONTENT if part == PART_DATA else AUG): extra[0].numpy()} if extra else {}
+        if cfg.topk_logits:
+            if cfg.topk_logits > logits.shape[1]:
+                raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's "
+                                  f"{logits.shape[1]} classes")
+            logits, top = logits.float().topk(cfg.topk_logits, dim=1)
+            blocks[LOGITS_INDEX] = top.to(torch.int32).cpu().numpy()
+        features, scale = self.encoder.encode(features)  # the stored rows: projected, cast or quantised
+        if scale is not None:  # int8: the per-row scales, small, copied synchronously like the blocks
+            blocks[FEATURE_SCALE] = scale.cpu().numpy()
+        logits = logits.to(self.logit_dtype)
+        if cfg.blocks:  # pooled on the device, copied synchronously (they are small)
+            blocks.update({
+                block_field(name): F.adaptive_avg_pool2d(self.captured[name].float(), cfg.pool)
+                .flatten(1).to(self.feat_dtype).cpu().numpy()
+                for name in cfg.blocks
+            })
+        return features, logits, blocks
+
+    def remove_hooks(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+class ShardRecorder:
+    """The writers' callback for each finished shard, and the manifest saves a killed extract resumes from (not made
+    when ``save_manifest`` is false; with ``on_shard``, a torchrun rank's, the shards go there instead)."""
+
+    def __init__(self, plan: ExtractPlan, manifest: Manifest, *, on_shard=None, save_manifest: bool = True) -> None:
+        self.plan, self.manifest, self.on_shard, self.save_manifest = plan, manifest, on_shard, save_manifest
+        # The manifest's timing covers every attempt: each recorded shard brings the wall time up to it and its rows,
+        # so a killed extract's finished shards keep their share and the resumed one adds to it.
+        self.base_seconds, self.base_rows, self.done_rows = manifest.timing.seconds, manifest.timing.images, 0
+        self.saved = time.monotonic()
+        self.started = 0.0  # set by start(), when the sweep's clock starts
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def record(self, force: bool = False) -> None:
         """Write the manifest (what a killed extract resumes from) at most once per MANIFEST_EVERY seconds: its
         size grows with the shards, so a save per shard would cost O(shards²). A shard finished since the last save
         is redone by a resume."""
-        nonlocal saved
-        if save_manifest and (force or time.monotonic() - saved >= MANIFEST_EVERY):
-            manifest.save(plan.work)
-            saved = time.monotonic()
+        if self.save_manifest and (force or time.monotonic() - self.saved >= MANIFEST_EVERY):
+            self.manifest.save(self.plan.work)
+            self.saved = time.monotonic()
 
-    def on_done(info: ShardInfo) -> None:
-        nonlocal done_rows
-        if on_shard is not None:
-            on_shard(info)
+    def on_done(self, info: ShardInfo) -> None:
+        if self.on_shard is not None:
+            self.on_shard(info)
             return
-        done_rows += info.rows
-        manifest.timing.seconds = round(base_seconds + time.perf_counter() - started, 3)
-        manifest.timing.images = base_rows + done_rows
-        manifest.shards.append(info)
-        record()
+        self.done_rows += info.rows
+        self.manifest.timing.seconds = round(self.base_seconds + time.perf_counter() - self.started, 3)
+        self.manifest.timing.images = self.base_rows + self.done_rows
+        self.manifest.shards.append(info)
+        self.record()
 
+
+def open_writers(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, teacher_pass: TeacherPass, on_done):
+    """(writers of every part, the background writer over them, the pinned host buffers on CUDA else None)."""
+    cfg, device = plan.config, plan.device
+    writers: dict[str, PartWriter] = {}
     for part in manifest.rows:
         writers[part] = PartWriter(plan.work, manifest, part, on_done)
     writer = BackgroundWriter(writers, max_pending=4, threaded=device.type != "cpu")
     pool = None
     if device.type == "cuda":
-        pool = HostBuffers(4, cfg.batch_size, manifest.feature_dim, cfg.topk_logits or teacher.num_classes, feat_dtype,
-                            logit_dtype)
+        pool = HostBuffers(4, cfg.batch_size, manifest.feature_dim, cfg.topk_logits or teacher.num_classes,
+                           teacher_pass.feat_dtype, teacher_pass.logit_dtype)
+    return writers, writer, pool
 
+
+def pending_sources(plan: ExtractPlan, manifest: Manifest, shard_filter) -> list[tuple[str, Any, np.ndarray]]:
+    """(part, dataset, pending rows) of each part with rows left to write: data, noise, then the views."""
     sources: list[tuple[str, Any, np.ndarray]] = []
     data_rows = pending_rows(manifest, PART_DATA, shard_filter)
     if len(data_rows):
@@ -239,84 +316,73 @@ def run_sweep(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter:
         view_rows = pending_rows(manifest, view_part(v), shard_filter)
         if len(view_rows):
             sources.append((view_part(v), ViewDataset(plan.dataset, plan.views, v, plan.transform), view_rows))
+    return sources
 
+
+def announce(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter, sources: list,
+             writers: dict[str, PartWriter]) -> int:
+    """Check the disk has room for the pending shards and say what will be written; returns the rows to write."""
     total = sum(len(r) for _, _, r in sources)
     need = check_space(plan.work, {part: rows for part, _, rows in sources}, writers, manifest.shard_rows)
     if total:
         shards = sum(-(-len(rows) // manifest.shard_rows) for _, _, rows in sources)
         reporter.message(f"extract {teacher.name}: {total:,} rows to write ({_parts(sources)}) in {shards:,} shard(s), "
                          f"about {need / 2**20:,.1f} MiB, into {plan.store}")
-    workers = cfg.workers if cfg.workers is not None else default_workers(device)
-    use_cpu_threads(device, workers)
+    return total
+
+
+def sweep_batches(plan: ExtractPlan, teacher_pass: TeacherPass, sources: list, writer: BackgroundWriter,
+                  pool: HostBuffers | None, reporter: Reporter, workers: int) -> int:
+    """Every batch of every source through the teacher and into the writer; returns the images done."""
+    cfg, device = plan.config, plan.device
     images = 0
-    reporter.start(total, f"extract {teacher.name}", unit="img")
-    started = time.perf_counter()
+    for part, source, rows in sources:
+        loader = DataLoader(
+            Batches(source, rows, cfg.batch_size),
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            pin_memory=device.type == "cuda",
+            prefetch_factor=4 if workers > 0 else None,
+            persistent_workers=False,
+        )
+        for batch, _labels, index, *extra in loader:  # data: content digests; views: augmentation
+            features, logits, blocks = teacher_pass.outputs(part, batch, extra)
+            idx = index.numpy()
+            submit(writer, pool, part, idx, features, logits, blocks)
+            images += len(idx)
+            reporter.advance(len(idx))
+    return images
+
+
+def submit(writer: BackgroundWriter, pool: HostBuffers | None, part: str, idx: np.ndarray, features: torch.Tensor,
+           logits: torch.Tensor, blocks: dict) -> None:
+    """Hand one batch's rows to the writer: on CUDA through a pinned buffer, written once its copy has landed."""
+    if pool is not None:
+        fbuf, lbuf = pool.get()
+        n = len(idx)
+        fbuf[:n].copy_(features, non_blocking=True)
+        lbuf[:n].copy_(logits, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        writer.submit(
+            part, idx, fbuf[:n].numpy(), lbuf[:n].numpy(), idx,
+            ready=event.synchronize, release=lambda b=(fbuf, lbuf): pool.put(b), blocks=blocks,
+        )
+    else:
+        writer.submit(part, idx, features.numpy(), logits.numpy(), idx, blocks=blocks)
+
+
+def abandon(writer: BackgroundWriter, writers: dict[str, PartWriter], recorder: ShardRecorder) -> None:
+    """After an error (or an interrupt): stop the writers, drop their unfinished shards and save the manifest, so a
+    resume keeps the shards that did finish. Errors here are swallowed: the original one is the one to report."""
     try:
-        with torch.inference_mode():
-            for part, source, rows in sources:
-                loader = DataLoader(
-                    Batches(source, rows, cfg.batch_size),
-                    batch_size=None,
-                    shuffle=False,
-                    num_workers=workers,
-                    pin_memory=device.type == "cuda",
-                    prefetch_factor=4 if workers > 0 else None,
-                    persistent_workers=False,
-                )
-                for batch, _labels, index, *extra in loader:  # data: content digests; views: augmentation
-                    x = normalize(batch, channels_last=cfg.channels_last)
-                    with autocast(device, plan.precision):
-                        features, logits = model(x)
-                    blocks = {(CONTENT if part == PART_DATA else AUG): extra[0].numpy()} if extra else {}
-                    if cfg.topk_logits:
-                        if cfg.topk_logits > logits.shape[1]:
-                            raise ConfigError(f"--topk-logits {cfg.topk_logits} exceeds the teacher's "
-                                              f"{logits.shape[1]} classes")
-                        logits, top = logits.float().topk(cfg.topk_logits, dim=1)
-                        blocks[LOGITS_INDEX] = top.to(torch.int32).cpu().numpy()
-                    features, scale = encoder.encode(features)  # the stored rows: projected, cast or quantised
-                    if scale is not None:  # int8: the per-row scales, small, copied synchronously like the blocks
-                        blocks[FEATURE_SCALE] = scale.cpu().numpy()
-                    logits = logits.to(logit_dtype)
-                    idx = index.numpy()
-                    if cfg.blocks:  # pooled on the device, copied synchronously (they are small)
-                        blocks.update({
-                            block_field(name): F.adaptive_avg_pool2d(captured[name].float(), cfg.pool)
-                            .flatten(1).to(feat_dtype).cpu().numpy()
-                            for name in cfg.blocks
-                        })
-                    if pool is not None:
-                        fbuf, lbuf = pool.get()
-                        n = len(idx)
-                        fbuf[:n].copy_(features, non_blocking=True)
-                        lbuf[:n].copy_(logits, non_blocking=True)
-                        event = torch.cuda.Event()
-                        event.record()
-                        writer.submit(
-                            part, idx, fbuf[:n].numpy(), lbuf[:n].numpy(), idx,
-                            ready=event.synchronize, release=lambda b=(fbuf, lbuf): pool.put(b), blocks=blocks,
-                        )
-                    else:
-                        writer.submit(part, idx, features.numpy(), logits.numpy(), idx, blocks=blocks)
-                    images += len(idx)
-                    reporter.advance(len(idx))
         writer.close()
-        record(force=True)
-    except BaseException:
-        try:
-            writer.close()
-        except BaseException:  # noqa: BLE001 - the original error is the one to report
-            pass
-        for w in writers.values():
-            w.abort()
-        try:
-            record(force=True)  # keep the shards that did finish for the resume
-        except BaseException:  # noqa: BLE001 - the original error is the one to report
-            pass
-        raise
-    finally:
-        reporter.stop()
-        for h in hooks:
-            h.remove()
-    seconds = time.perf_counter() - started
-    return images, seconds
+    except BaseException:  # noqa: BLE001 - the original error is the one to report
+        pass
+    for w in writers.values():
+        w.abort()
+    try:
+        recorder.record(force=True)  # keep the shards that did finish for the resume
+    except BaseException:  # noqa: BLE001 - the original error is the one to report
+        pass

@@ -1,0 +1,77 @@
+"""`featcache runs ls [DIR]`: the run directories under DIR, one line each (the listing is featcache.runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from featcache.cli.app import err, out, runs_app, user_errors
+from featcache.config.commands import RunsLsConfig
+from featcache.flags import as_command, cli_parameters, config_from_cli
+
+_STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red", "empty": "dim"}
+
+
+def runs_ls(**values: Any) -> None:
+    from featcache.runs import list_runs
+
+    cfg = config_from_cli(RunsLsConfig, values)
+    runs = list_runs(cfg.dir, on_skip=lambda note: err.print(f"[yellow]skipped[/] {escape(note)}", highlight=False,
+                                                            soft_wrap=True))
+    if cfg.json:
+        typer.echo(json.dumps([r.to_json() for r in runs], indent=2))
+        return
+    if not runs:
+        out.print(f"no runs under {escape(str(cfg.dir))}", highlight=False)
+        return
+    _print_runs(runs, Path(cfg.dir))
+
+
+as_command(runs_ls, cli_parameters(RunsLsConfig),
+           doc="One line per run under DIR (default ./runs, searched recursively): student, method, teachers, "
+               "labels read, epochs done/planned, best and last test accuracy, status (running, finished, "
+               "interrupted, failed, empty).")
+runs_app.command("ls")(user_errors(runs_ls))
+
+
+def _print_runs(runs: list, root: Path) -> None:
+    """The table, then a line for each run with something to say (who holds a running one, what stopped a failed
+    one): a note in a column would push the others off an 80-column terminal."""
+    table = Table(title=f"{len(runs)} run(s) under {escape(str(root))}", title_justify="left", box=box.SIMPLE_HEAD,
+                  padding=(0, 0), pad_edge=False, show_edge=False)
+    rows = [[_relative(Path(r.path), root), r.status, r.student, r.method, ", ".join(r.teachers) or "-",
+             r.labels_cell(), r.epochs_cell(), _pct(r.best_acc), _pct(r.last_acc)] for r in runs]
+    cols = ("run", "status", "student", "method", "teachers", "labels", "epochs", "best", "last")
+    for i, col in enumerate(cols):
+        # Names and numbers are never cut (a truncated "convnet…" could be several models); teachers wrap at ", ",
+        # and a long path folds.
+        width = max(len(col), *(len(w) for row in rows for w in (row[i].split() if col == "teachers" else [row[i]])))
+        table.add_column(col, justify="right" if col in ("labels", "epochs", "best", "last") else "left",
+                         min_width=min(width, 16) if col == "run" else width, no_wrap=col not in ("run", "teachers"),
+                         overflow="fold")
+    for row in rows:
+        row[1] = f"[{_STATUS_STYLE.get(row[1], 'white')}]{row[1]}[/]"
+        table.add_row(*(cell if i == 1 else escape(cell) for i, cell in enumerate(row)))
+    out.print(table)
+    for r in runs:
+        if r.note:
+            out.print(f"{escape(_relative(Path(r.path), root))}: {r.status}: {escape(r.note)}", highlight=False,
+                      soft_wrap=True)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return str(path)
+    return str(rel) if rel.parts else str(path)
+
+
+def _pct(acc: float | None) -> str:
+    return "-" if acc is None else f"{acc:.1%}"

@@ -1,0 +1,65 @@
+"""What a run is about to do, said before its first step: the data, the labels it may read, the model, the method and
+its teachers (which caches, where), the schedule, the device, where rows live and the run directory; and a warning
+for what is surprising (no teacher, a tiny test split, no labels read)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from featcache.runtime import device_name
+
+if TYPE_CHECKING:
+    from featcache.distill.engine import TrainingParts
+    from featcache.distill.setup import Setup
+
+# A test split this small moves accuracy in steps of 0.2 points or more: said, since it can mislead a comparison.
+SMALL_TEST_SPLIT = 500
+
+
+def _params(model: torch.nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{n / 1e6:.1f}M params" if n >= 1e5 else f"{n:,} params"
+
+
+def _labels(s: Setup) -> str:
+    n = len(s.train)
+    if s.labels is None or s.labels.complete:
+        return f"{n:,} train images, all labelled"
+    if s.labels.count == 0:
+        return f"{n:,} train images, no label read"
+    return f"{n:,} train images: {s.labels.count:,} labelled ({s.labels.spec}), {n - s.labels.count:,} unlabelled"
+
+
+def preflight_lines(s: Setup, t: TrainingParts) -> list[str]:
+    """The block a run prints before training (one fact per line), then its warnings."""
+    c = s.config
+    model = s.model.describe() if hasattr(s.model, "describe") else f"{c.student}, {_params(s.model)}"
+    teachers = [f"{cache.key} ({cache.directory.parent})" for cache in s.caches]
+    if t.online is not None:
+        teachers = [f"{k} (online: run on every batch)" for k in teachers]
+    lines = [
+        f"run       {c.run_dir}",
+        f"data      {c.dataset}: {_labels(s)}; {len(s.test):,} test images; {len(s.test.classes)} classes; "
+        f"{s.transform.image_size} px",
+        f"{s.kind:<9} {model}",
+        f"method    {c.resolved_method() if s.kind == 'student' else 'ce (train-teacher)'}"
+        + (f"; teachers {', '.join(teachers)}" if teachers else ""),
+        f"schedule  {t.total_epochs} epochs × batch {c.batch_size}, {c.optimizer} lr {c.lr:g}; "
+        f"{device_name(s.device)} ({s.precision}), {torch.get_num_threads()} threads, {t.workers} workers",
+    ]
+    if t.placement is not None:
+        lines.append(f"rows      {t.placement.describe()}")
+    return lines + [f"warning: {w}" for w in preflight_warnings(s)]
+
+
+def preflight_warnings(s: Setup) -> list[str]:
+    found = []
+    if s.kind == "student" and not s.caches and not s.config.online:
+        found.append("no teacher: the student trains alone on its labels (give --teacher NAME to distil from a "
+                     "cached teacher)")
+    if len(s.test) < SMALL_TEST_SPLIT:
+        found.append(f"the test split holds {len(s.test):,} images: one image is "
+                     f"{100 / max(len(s.test), 1):.2f} points of test accuracy")
+    return found

@@ -1,0 +1,170 @@
+"""--log: TensorBoard event files read back with tensorboard's own reader and compared with metrics.jsonl, hparams,
+a lab's own logger (MODULE:CLASS), and one-line errors for what cannot work."""
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import one_line_error
+from featcache.cli import app
+from featcache.config import DistillConfig, TeacherConfig
+from featcache.errors import ConfigError
+from featcache.extract import ExtractConfig, extract
+from featcache.loggers import TENSORBOARD_DIR, TensorBoardLogger, scalar_tag, scalars
+
+pytest.importorskip("tensorboard")
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN = {"num_train": 64, "num_test": 32}
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
+                          image_size=32, batch_size=32, workers=0, cache_dir=root))
+    return root
+
+
+def distill_args(store, run_dir, *more):
+    return ["distill", "-s", "lenet5", "-d", "synthetic", "-o", "num_train=64", "-o", "num_test=32", "-t", "resnet18",
+            "-m", "ts", "--epochs", "2", "-b", "16", "--workers", "0", "--cache-dir", str(store),
+            "--run-dir", str(run_dir), *more]
+
+
+@pytest.fixture(scope="module")
+def tb_run(store, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("tb") / "run"
+    r = runner.invoke(app, distill_args(store, run_dir, "--log", "tensorboard,jsonl"))
+    assert r.exit_code == 0, r.output
+    events = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
+    events.Reload()
+    return run_dir, events
+
+
+def test_every_number_of_metrics_jsonl_is_a_tensorboard_scalar_of_its_epoch(tb_run):
+    run_dir, events = tb_run
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    expected = {}  # tag -> {step: value}
+    for r in records:
+        for tag, value in scalars(r).items():
+            expected.setdefault(tag, {})[r["epoch"]] = value
+    # the method's loss terms, the accuracies, the learning rate and the speed are among them
+    assert {"loss/train", "loss/mse", "loss/xent", "loss/test", "acc/train", "acc/test", "lr",
+            "speed/images_per_s"} <= set(expected)
+    assert scalar_tag("train_mse") == "loss/mse" and scalar_tag("test_acc") == "acc/test"
+    assert set(events.Tags()["scalars"]) == set(expected) | {"final/best_acc", "final/last_acc"}
+    for tag, by_step in expected.items():
+        got = {e.step: e.value for e in events.Scalars(tag)}
+        assert got == {step: float(np.float32(v)) for step, v in by_step.items()}, tag
+
+
+def test_the_run_config_is_its_hparams_with_the_final_accuracies(tb_run):
+    run_dir, events = tb_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    hp = {k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+    assert hp["student"] == "lenet5" and hp["method"] == "ts" and hp["epochs"] == 2 and hp["teachers"] == "resnet18"
+    assert hp["lr"] == pytest.approx(1e-3) and hp["log"] == "tensorboard,jsonl"
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    assert {m.name.tag for m in experiment.metric_infos} == {"final/best_acc", "final/last_acc"}
+    for key in ("best_acc", "last_acc"):
+        [event] = events.Scalars(f"final/{key}")
+        assert (event.step, event.value) == (2, float(np.float32(summary[key])))
+
+
+def test_a_resumed_attempt_replaces_what_the_interrupted_one_logged_from_its_epoch_on(tmp_path):
+    first = TensorBoardLogger()
+    first.start(tmp_path, {"lr": 0.1})
+    for epoch in (1, 2, 3):
+        first.log_epoch(epoch, {"epoch": epoch, "test_acc": 0.1 * epoch})
+    first.close()  # killed after epoch 3, its checkpoint says epoch 1
+    second = TensorBoardLogger()
+    second.start(tmp_path, {"lr": 0.1})
+    for epoch in (2, 3):
+        second.log_epoch(epoch, {"epoch": epoch, "test_acc": 0.5 + 0.1 * epoch})
+    second.finish({"epochs": 3, "best_acc": 0.8, "last_acc": 0.8})
+    events = EventAccumulator(str(tmp_path / TENSORBOARD_DIR))
+    events.Reload()
+    got = [(e.step, round(e.value, 4)) for e in events.Scalars("acc/test")]
+    assert got == [(1, 0.1), (2, 0.7), (3, 0.8)]
+
+
+MLFLOW_STUB = """
+CALLS = []
+def start_run(**kw): CALLS.append(("start_run", kw))
+def log_params(params): CALLS.append(("log_params", params))
+def log_metrics(metrics, step=None): CALLS.append(("log_metrics", metrics, step))
+def end_run(): CALLS.append(("end_run",))
+"""
+
+
+def test_the_documented_mlflow_logger_hears_the_start_every_epoch_and_the_end(store, tmp_path, monkeypatch):
+    """docs/pipelines.md's example, as written there, plugged in by --log MODULE:CLASS (mlflow replaced by a stub)."""
+    from featcache.distill.trainer import distill
+
+    doc = (ROOT / "docs" / "pipelines.md").read_text()
+    (tmp_path / "lab_loggers.py").write_text(re.search(r"```python\n(# lab_loggers.py.*?)```", doc, re.S).group(1))
+    (tmp_path / "mlflow.py").write_text(MLFLOW_STUB)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("lab_loggers", "mlflow"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    run_dir = tmp_path / "run"
+    distill(DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), method="ce", epochs=2,
+                          batch_size=32, workers=0, cache_dir=store, run_dir=run_dir,
+                          log=["lab_loggers:MLflowLogger"]))
+    calls = sys.modules["mlflow"].CALLS
+    for name in ("lab_loggers", "mlflow"):
+        monkeypatch.delitem(sys.modules, name)
+    assert [c[0] for c in calls] == ["start_run", "log_params", "log_metrics", "log_metrics", "log_metrics", "end_run"]
+    assert calls[0][1] == {"run_name": "run"}
+    assert calls[1][1]["student"] == "lenet5" and calls[1][1]["method"] == "ce" and calls[1][1]["epochs"] == 2
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]  # still written
+    numbers = [{k: v for k, v in r.items() if isinstance(v, (int, float))} for r in records]
+    assert [(c[1], c[2]) for c in calls[2:4]] == [(numbers[0], 1), (numbers[1], 2)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert calls[4][1] == {"best_acc": summary["best_acc"], "last_acc": summary["last_acc"]}
+    assert not (run_dir / TENSORBOARD_DIR).exists()
+
+
+@pytest.mark.parametrize("name,needles", [
+    ("nope", ("--log nope: unknown logger", "jsonl, tensorboard", "MODULE:CLASS")),
+    ("no_such_module_xyz:Logger", ("--log no_such_module_xyz:Logger: cannot import no_such_module_xyz",)),
+    ("json:loads", ("--log json:loads: not a logger class",)),
+])
+def test_a_logger_that_cannot_work_is_a_one_line_error_before_anything_runs(tmp_path, name, needles):
+    r = runner.invoke(app, distill_args(tmp_path / "store", tmp_path / "run", "--log", f"jsonl,{name}"))
+    one_line_error(r, *needles)
+    assert not (tmp_path / "run").exists()
+
+
+def test_without_the_tensorboard_package_the_error_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    from featcache.distill.setup import validate
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"pip install 'featcache\[tensorboard\]'"):
+        validate(DistillConfig(log=["tensorboard"]))
+
+
+def test_train_teacher_and_recipes_take_the_option_too():
+    from featcache.flags import check_value
+    from featcache.teach import validate
+
+    assert DistillConfig().log == ["jsonl"] and TeacherConfig(teacher="resnet18").log == ["jsonl"]
+    assert validate(TeacherConfig(teacher="resnet18", dataset="synthetic", log=["tensorboard"])).log == ["tensorboard"]
+    with pytest.raises(ConfigError, match="--log nope"):
+        validate(TeacherConfig(teacher="resnet18", dataset="synthetic", log=["nope"]))
+    assert check_value(DistillConfig, "log", "tensorboard,jsonl", "log") == ["tensorboard", "jsonl"]

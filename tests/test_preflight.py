@@ -1,0 +1,62 @@
+"""A run says what it will do before its first step, and its progress bar gives the run's ETA."""
+
+from types import SimpleNamespace
+
+from featcache.distill.trainer import DistillConfig, distill
+from featcache.extract import ExtractConfig, extract
+from featcache.progress import Reporter, RunEtaColumn
+
+SYN = {"num_train": 48, "num_test": 16}
+
+
+class Messages(Reporter):
+    def __init__(self):
+        self.lines, self.starts = [], []
+
+    def message(self, text):
+        self.lines.append(text)
+
+    def start(self, total, description, unit="img", run=None):
+        self.starts.append((description, run))
+
+
+def _run(tmp_path, **kw):
+    reporter = Messages()
+    cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), epochs=2, batch_size=16,
+                        workers=0, run_dir=tmp_path / "run", **kw)
+    distill(cfg, reporter)
+    return reporter
+
+
+def test_a_run_without_teacher_says_so_and_what_it_trains(tmp_path):
+    r = _run(tmp_path)
+    block = "\n".join(r.lines)
+    assert f"run       {tmp_path / 'run'}" in block
+    assert "synthetic: 48 train images, all labelled; 16 test images" in block
+    assert "student   lenet5" in block and "method    ce" in block and "2 epochs × batch 16" in block
+    assert "warning: no teacher: the student trains alone" in block
+    assert "warning: the test split holds 16 images: one image is 6.25 points" in block
+    # the epoch bars carry the run's remaining epochs, paced by the epochs done (none yet in the first)
+    assert [run for _, run in r.starts] == [(1, None), (0, r.starts[1][1][1])] and r.starts[1][1][1] > 0
+
+
+def test_a_run_names_its_teachers_caches_and_labels(tmp_path):
+    store = tmp_path / "store"
+    key = extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
+                                image_size=32, workers=0, cache_dir=store)).key
+    r = _run(tmp_path, teachers=["resnet18"], method="kd", cache_dir=store, labels="2/class")
+    block = "\n".join(r.lines)
+    assert f"method    kd; teachers {key} ({store})" in block and "no teacher" not in block
+    assert "48 train images: 20 labelled (2/class), 28 unlabelled" in block
+
+
+def test_the_run_eta_column_adds_the_epochs_still_to_come():
+    col = RunEtaColumn()
+
+    def task(run, elapsed, remaining):  # the attributes of a rich Task the column reads
+        return SimpleNamespace(fields={"run": run} if run else {}, elapsed=elapsed, time_remaining=remaining)
+
+    assert col.render(task(None, 5.0, 5.0)).plain == ""  # a bar that is not an epoch of a run
+    assert col.render(task((2, 60.0), 1.0, None)).plain == ""  # no pace yet
+    assert col.render(task((2, 60.0), 50.0, 10.0)).plain == "run ETA 0:02:10"  # 10 s + 2 epochs of 60 s
+    assert col.render(task((3, None), 30.0, 30.0)).plain == "run ETA 0:03:30"  # first epoch: 30 s + 3 x its 60 s
