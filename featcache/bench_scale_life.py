@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featcache.bench_scale import drop_pages, load, sequential_read
+from featcache.bench_store import copy_files
 from featcache.bench_synth import SynthSpec, write_synthetic_cache
 from featcache.cache.format import MANIFEST
 from featcache.cache.install import INCOMING
@@ -139,23 +140,6 @@ def bench_resume(store: Path, spec: SynthSpec, kill_at: float, reporter) -> dict
             "bytes": written.bytes, "load": load()}
 
 
-def _copy_fsync(files: list[Path], to: Path) -> tuple[float, float]:
-    """Seconds of shutil.copyfile of ``files`` into ``to``, and of the same followed by an fsync of every copy."""
-    to.mkdir()
-    os.sync()
-    start = time.perf_counter()
-    for p in files:
-        shutil.copyfile(p, to / p.name)
-    copied = time.perf_counter() - start
-    for p in sorted(to.iterdir()):
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return copied, time.perf_counter() - start
-
-
 def bench_store_ops(store: Path, key: str, scratch: Path, repeats: int, reporter) -> list[dict[str, Any]]:
     """`cache publish`, `cache export` and `cache import` of the cache next to a copy of its files (bare, and + fsync:
     the durability the three give), warm page cache, ``repeats`` rounds; everything they wrote is removed."""
@@ -168,7 +152,7 @@ def bench_store_ops(store: Path, key: str, scratch: Path, repeats: int, reporter
         reporter.message(f"store round {r + 1}/{repeats}: copy, publish, export, import")
         got: dict[str, Any] = {"load_before": load()}
         sequential_read(files)
-        got["copy_seconds"], got["copy_fsync_seconds"] = _copy_fsync(files, scratch / "copy")
+        got["copy_seconds"], got["copy_fsync_seconds"] = copy_files(files, scratch / "copy")
         shutil.rmtree(scratch / "copy")
         for name, fn in (("publish", lambda: publish(_store(store), key, scratch / "shared")),
                          ("export", lambda: export_cache(_store(store), key, scratch / "a.tar")),

@@ -54,7 +54,7 @@ def _warm(paths: list[Path]) -> None:
                 pass
 
 
-def _copy_files(files: list[Path], to: Path) -> tuple[float, float]:
+def copy_files(files: list[Path], to: Path) -> tuple[float, float]:
     """Seconds of shutil.copyfile of ``files`` into ``to``, and of the same followed by an fsync of every copy."""
     to.mkdir()
     os.sync()
@@ -99,7 +99,7 @@ def _round(root: Path, key: str, files: list[Path]) -> dict[str, float]:
     """One round: the copy (bare, then + fsync), export, import; seconds of each."""
     store = CacheStore(root / "src", shared_env=False)
     _warm(files)
-    t: dict[str, float] = dict(zip(("copy", "copy_fsync"), _copy_files(files, root / "copy")))
+    t: dict[str, float] = dict(zip(("copy", "copy_fsync"), copy_files(files, root / "copy")))
     shutil.rmtree(root / "copy")
     archive = root / "a.tar"
     t["export"] = _timed(lambda: export_cache(store, key, archive))
@@ -167,7 +167,7 @@ def bench_store(*, size_mib: int = 512, repeats: int = 3, keys: int = 1000, dire
         reporter.message(f"writing a {size_mib} MiB synthetic cache")
         key, files = synthetic_cache(root / "src", size_mib)
         cache_bytes = sum(p.stat().st_size for p in files)
-        _copy_files(files, root / "copy")  # untimed: the first timed copy is not the first write of the session
+        copy_files(files, root / "copy")  # untimed: the first timed copy is not the first write of the session
         shutil.rmtree(root / "copy")
         loads, rounds = [_load()], []
         for r in range(repeats):
