@@ -85,6 +85,21 @@ def use_cpu_threads(device: torch.device, workers: int) -> int:
     return torch.get_num_threads()
 
 
+@contextlib.contextmanager
+def one_cpu_thread() -> Iterator[None]:
+    """Run the block's torch ops on one thread. For ops on a batch of a few MB (normalising images, dequantising
+    rows) a second thread gains nothing, and on a loaded 2-core box its barrier costs 10-70x the op itself: the
+    int8 rows of one 128 x 2048 batch dequantised in 57 ms on 2 threads, 0.77 ms on one (same bits)."""
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if threads > 1:
+            torch.set_num_threads(threads)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

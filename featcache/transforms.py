@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from featcache.errors import ConfigError
+from featcache.runtime import one_cpu_thread
 
 from featcache.specs import (  # noqa: F401 - re-exported: the specs are data (featcache.specs), run here
     IMAGENET_MEAN,
@@ -81,14 +82,8 @@ def _normalize_on_one_thread(x: torch.Tensor, scale: torch.Tensor, shift: torch.
     ops of the GPU path take 16-24 ms per 256 CIFAR images against 2 ms here (extract at 0.93 of its serial limit)."""
     out = torch.empty(x.shape, dtype=torch.float32,
                       memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    threads = torch.get_num_threads()
-    if threads > 1:
-        torch.set_num_threads(1)
-    try:
+    with one_cpu_thread():
         return torch.addcmul(shift, x, scale, out=out)  # x is promoted to float32 element by element
-    finally:
-        if threads > 1:
-            torch.set_num_threads(threads)
 
 
 def default_transform(

@@ -14,6 +14,8 @@ Numpy at module level; torch is imported by the functions that take tensors (the
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 from pathlib import Path
 
@@ -74,10 +76,13 @@ def dequantise(q, scale):
     import torch
 
     # One float32 copy multiplied in place: a mixed int8 × float32 multiply takes torch's slow casting path (7x
-    # slower on the CPU, and it allocates twice).
-    out = q.float()
-    out.mul_(scale.float()[:, None])
-    return out.to(getattr(torch, FEATURE_READ_DTYPE))
+    # slower on the CPU, and it allocates twice). On the CPU on one thread (featcache.runtime.one_cpu_thread).
+    from featcache.runtime import one_cpu_thread
+
+    with one_cpu_thread() if q.device.type == "cpu" else contextlib.nullcontext():
+        out = q.float()
+        out.mul_(scale.float()[:, None])
+        return out.to(getattr(torch, FEATURE_READ_DTYPE))
 
 
 class RowEncoder:
