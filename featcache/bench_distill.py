@@ -3,7 +3,9 @@
 The settings: the student alone (``ce``); with the first k cached teachers (the product); with the same k teachers
 run online on every batch (teachers in the loop; for comparison only, it exists in no other place). Each next to
 its limit, the same student in a bare PyTorch loop; images/s and peak memory of each, and their ratios to the
-student alone.
+student alone. And the real path end to end (``end_to_end``): the student alone trained by ``distill`` itself for a
+few epochs (set-up, decode, evaluation, checkpoints), its training and wall images/s next to the bare loop timed in
+the same round, epoch by epoch, so a gap outside the step cannot hide.
 """
 
 from __future__ import annotations
@@ -153,7 +155,9 @@ def _time_one(s, what: str, steps: int, warmup: int) -> dict[str, Any]:
         else:
             parts = training_parts(s)
             resident = parts.resident
+            images_per_epoch = parts.loader.images_per_epoch()
             got = _timed_steps(parts, steps, warmup)
+            got["images_per_epoch"] = images_per_epoch
             del parts
     got["peak_rss_bytes"] = rss.peak
     got["resident"] = resident
@@ -161,13 +165,16 @@ def _time_one(s, what: str, steps: int, warmup: int) -> dict[str, Any]:
     return got
 
 
-def _run_rounds(scenarios: list[Scenario], *, steps: int, warmup: int, rounds: int, bare: bool,
-                reporter: Reporter) -> tuple[dict[str, list[dict[str, Any]]], list, Any]:
-    """Every setting once per round (its bare loop first), so a load change hits them all; the timings of each
-    setting, the load after each round and the last setup's (device, precision, image size)."""
+def _run_rounds(scenarios: list[Scenario], *, steps: int, warmup: int, rounds: int, bare: bool, e2e_epochs: int,
+                scratch: Path, reporter: Reporter) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]],
+                                                            list, Any]:
+    """Every setting once per round (its bare loop first, and after the student alone its real `distill` run when
+    ``e2e_epochs``), so a load change hits them all; the timings of each setting, the end-to-end runs, the load after
+    each round and the last setup's (device, precision, image size)."""
     from featcache.distill.trainer import setup
 
     runs: dict[str, list[dict[str, Any]]] = {}
+    e2e: list[dict[str, Any]] = []
     loads = [load_1min()]
     last = None
     for r in range(rounds):
@@ -185,8 +192,46 @@ def _run_rounds(scenarios: list[Scenario], *, steps: int, warmup: int, rounds: i
             del s
             if last[0].type == "cuda":
                 torch.cuda.empty_cache()
+            if name == "student" and e2e_epochs:
+                reporter.message(f"round {r + 1}/{rounds}, end to end: distill for {e2e_epochs} epochs")
+                e2e.append(_end_to_end(cfg, e2e_epochs, scratch / f"e2e-{r + 1}",
+                                       runs["student"][-1]["images_per_epoch"], reporter))
         loads.append(load_1min())
-    return runs, loads, last
+    return runs, e2e, loads, last
+
+
+class _ProgressOnly(Reporter):
+    """The real run's progress bar (its cost is part of the path), without its pre-flight and epoch lines."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+
+    def start(self, *args, **kwargs) -> None:
+        self.inner.start(*args, **kwargs)
+
+    def advance(self, n: int = 1, **fields: object) -> None:
+        self.inner.advance(n, **fields)
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+
+def _end_to_end(cfg: "DistillConfig", epochs: int, run_dir: Path, images_per_epoch: int,
+                reporter: Reporter) -> dict[str, Any]:
+    """One real ``distill`` call (the student alone for ``epochs`` epochs into ``run_dir``): its training images/s
+    (the summary's, and each epoch's from metrics.jsonl) and its wall images/s (the whole call: set-up, decode,
+    evaluation on the test split, checkpoints)."""
+    from featcache.distill.trainer import distill
+    from featcache.rundir import read_metrics
+
+    start = time.perf_counter()
+    summary = distill(replace(cfg, epochs=epochs, run_dir=run_dir), reporter=_ProgressOnly(reporter))
+    wall = time.perf_counter() - start
+    metrics = read_metrics(run_dir)
+    return {"train_images_per_s": summary.images_per_s, "wall_images_per_s": epochs * images_per_epoch / wall,
+            "wall_seconds": wall, "images_per_epoch": images_per_epoch,
+            "epochs_images_per_s": [m["images_per_s"] for m in metrics],
+            "epoch_seconds": [m["epoch_seconds"] for m in metrics]}
 
 
 def _summarise(runs: dict[str, list[dict[str, Any]]], limit_of: dict[str, str]) -> dict[str, Any]:
@@ -214,9 +259,34 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], limit_of: dict[str, str]) 
     return results
 
 
+def _summarise_e2e(e2e: list[dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any] | None:
+    """The real path's medians over rounds (overall and per epoch), and its median per-round ratios to the bare loop
+    (``*_vs_bare``) and to the student alone's step through the loader (``*_vs_student``) timed in the same round."""
+    if not e2e:
+        return None
+    epochs = len(e2e[0]["epochs_images_per_s"])
+    res: dict[str, Any] = {
+        "epochs": epochs, "images_per_epoch": e2e[0]["images_per_epoch"],
+        "train_images_per_s": median([x["train_images_per_s"] for x in e2e]),
+        "wall_images_per_s": median([x["wall_images_per_s"] for x in e2e]),
+        "epochs_images_per_s": [median([x["epochs_images_per_s"][i] for x in e2e]) for i in range(epochs)],
+        "rounds": e2e,
+    }
+    for ref, key in (("bare-student", "vs_bare"), ("student", "vs_student")):
+        if ref not in runs:
+            continue
+        base = [y["images_per_s"] for y in runs[ref]]
+        for what in ("train", "wall"):
+            res[f"{what}_{key}"] = median([x[f"{what}_images_per_s"] / b for x, b in zip(e2e, base)])
+        res[f"epochs_{key}"] = [median([x["epochs_images_per_s"][i] / b for x, b in zip(e2e, base)])
+                                for i in range(epochs)]
+    return res
+
+
 def bench_distill(
     config: "DistillConfig", *, teachers: list[str] | tuple[str, ...] = ("resnet50",), weights: str = "random",
-    steps: int = 50, warmup: int = 10, rounds: int = 3, bare: bool = True, reporter: Reporter | None = None,
+    steps: int = 50, warmup: int = 10, rounds: int = 3, bare: bool = True, e2e_epochs: int = 2,
+    reporter: Reporter | None = None,
 ) -> dict[str, Any]:
     """The bare loop, the student alone, then with the first k cached teachers and with the same k teachers online,
     k = 1..T, in ``rounds`` interleaved rounds (every setting once per round, so a load change hits them all).
@@ -225,17 +295,20 @@ def bench_distill(
     teacher the method is ``config.method`` (default ``ts``), with several ``multi``. The teacher caches are
     extracted first into a scratch store at one image size (not timed). Each setting reports the median images/s of
     its rounds, its median per-round ratio to the bare loop and to the student alone, and peak memory (the device's
-    allocator on a GPU, sampled RSS on the CPU).
+    allocator on a GPU, sampled RSS on the CPU). With ``e2e_epochs`` (0: none), every round also runs the real
+    ``distill`` of the student alone for that many epochs into a scratch run dir (``end_to_end``).
     """
     reporter = reporter or Reporter()
-    if steps < 1 or warmup < 0 or rounds < 1:
-        raise ConfigError(f"--steps and --rounds must be >= 1 and --warmup >= 0, got {steps}, {rounds} and {warmup}")
+    if steps < 1 or warmup < 0 or rounds < 1 or e2e_epochs < 0:
+        raise ConfigError(f"--steps and --rounds must be >= 1, --warmup and --e2e-epochs >= 0, got {steps}, {rounds}, "
+                          f"{warmup} and {e2e_epochs}")
     with tempfile.TemporaryDirectory(prefix="featcache-bench-") as scratch:
         keys, size = _extract_teachers(config, teachers, weights, Path(scratch), reporter)
         scenarios, methods = _scenarios(config, keys, size, Path(scratch))
         limit_of = _limits(scenarios, bare)
-        runs, loads, (device, precision, size) = _run_rounds(scenarios, steps=steps, warmup=warmup, rounds=rounds,
-                                                             bare=bare, reporter=reporter)
+        runs, e2e, loads, (device, precision, size) = _run_rounds(
+            scenarios, steps=steps, warmup=warmup, rounds=rounds, bare=bare, e2e_epochs=e2e_epochs,
+            scratch=Path(scratch), reporter=reporter)
     return {
         "benchmark": "distill",
         "date": utc_now(),
@@ -254,4 +327,6 @@ def bench_distill(
         "rounds": rounds,
         "load_1min": loads,
         "results": _summarise(runs, limit_of),
+        "e2e_epochs": e2e_epochs,
+        "end_to_end": _summarise_e2e(e2e, runs),
     }

@@ -26,7 +26,7 @@ class RunRecord:
     kind: str  # "student" or "teacher"
     model: str
     method: str
-    teachers: list[str]
+    teachers: list[str]  # teacher names (name@hash where the report holds two caches of one teacher)
     dataset: str
     seed: int
     epochs_planned: int
@@ -39,6 +39,7 @@ class RunRecord:
     label: str = ""  # the method column: method, plus tag / noise images where set
     labels: str = "all"  # the training labels it read (--labels): "all", or "3,000 of 50,000"
     signature: str = ""  # the run's whole configuration except its seed and where it ran
+    teacher_keys: list[str] = field(default_factory=list)  # the caches read, in the order of ``teachers``
 
     def group(self) -> tuple:
         return (self.kind, self.signature)
@@ -77,7 +78,8 @@ def load_record(run_dir: str | Path) -> RunRecord:
                            sort_keys=True, default=str)
     return RunRecord(
         run_dir=run_dir, kind=kind, model=config["student"], method=info.get("method", config.get("method") or "?"),
-        teachers=teachers, dataset=config["dataset"], seed=int(config.get("seed", 0)),
+        teachers=teachers, teacher_keys=[t["key"] for t in info.get("teachers", [])], dataset=config["dataset"],
+        seed=int(config.get("seed", 0)),
         epochs_planned=summary["epochs"] if summary else len(curve), curve=curve, best_acc=curve[best],
         best_epoch=best + 1, final_acc=curve[-1], finished=summary is not None,
         images_per_s=statistics.mean(rate) if rate else None, label=label, signature=signature,
@@ -148,7 +150,20 @@ class Row:
 COLUMNS = ("model", "method", "teachers", "labels", "dataset", "seeds", "epochs", "best acc %", "final acc %")
 
 
+def _tell_caches_apart(records: list[RunRecord]) -> None:
+    """Where arms read different caches of one teacher (float16 vs int8 rows, another view...), name each cache
+    by its key's hash, so the table and the curves' legend do not show two arms as the same."""
+    keys: dict[str, set[str]] = {}
+    for r in records:
+        for name, key in zip(r.teachers, r.teacher_keys):
+            keys.setdefault(name.split("@")[0], set()).add(key)
+    for r in records:
+        r.teachers = [f"{n.split('@')[0]}@{k.rsplit('-', 1)[-1][:6]}" if len(keys[n.split('@')[0]]) > 1 else n
+                      for n, k in zip(r.teachers, r.teacher_keys)] + r.teachers[len(r.teacher_keys):]
+
+
 def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:
+    _tell_caches_apart(records)
     rows: dict[Any, Row] = {}
     for i, r in enumerate(records):
         key = r.group() if group_seeds else i

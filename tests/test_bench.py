@@ -68,12 +68,33 @@ def test_bench_distill_cli(tmp_path):
     result = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--teacher", "resnet18",
                                       "-o", "num_train=32", "--image-size", "32", "--batch-size", "16",
                                       "--workers", "0", "--steps", "2", "--warmup", "0", "--resident",
-                                      "--rounds", "1", "--json-out", str(out)])
+                                      "--rounds", "1", "--e2e-epochs", "1", "--json-out", str(out)])
     assert result.exit_code == 0, result.output
     assert "+ resnet18 cached (ts)" in result.output and "resident" in result.output
+    assert "distill, 1 epochs: wall" in result.output
     assert json.loads(out.read_text())["benchmark"] == "distill"
     bad = CliRunner().invoke(app, ["bench", "distill", "--student", "lenet5", "--steps", "0", "-o", "num_train=8"])
     assert bad.exit_code == 2 and "--steps" in bad.output
+
+
+@pytest.mark.slow
+def test_bench_distill_end_to_end_runs_the_real_distill(tmp_path):
+    from featcache.bench_distill import bench_distill
+    from featcache.distill.trainer import DistillConfig
+
+    cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options={"num_train": 32, "num_test": 8},
+                        image_size=32, batch_size=16, workers=0, cache_dir=tmp_path / "untouched")
+    r = bench_distill(cfg, teachers=[], steps=2, warmup=0, rounds=1, e2e_epochs=1)
+    assert list(r["results"]) == ["bare-student", "student"] and r["e2e_epochs"] == 1
+    e = r["end_to_end"]
+    assert e["epochs"] == 1 and e["images_per_epoch"] == 32 and len(e["epochs_images_per_s"]) == 1
+    for key in ("train_images_per_s", "wall_images_per_s", "train_vs_bare", "wall_vs_bare", "train_vs_student",
+                "wall_vs_student"):
+        assert e[key] > 0, key
+    assert e["epochs_images_per_s"][0] > 0 and len(e["epochs_vs_bare"]) == 1 and len(e["rounds"]) == 1
+    assert e["wall_images_per_s"] < e["train_images_per_s"]  # the whole call includes set-up, eval, checkpoints
+    assert bench_distill(cfg, teachers=[], steps=1, warmup=0, rounds=1, e2e_epochs=0)["end_to_end"] is None
+    assert not (tmp_path / "untouched").exists()
 
 
 def test_bench_join_reports_every_method(tmp_path):

@@ -130,11 +130,11 @@ def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
 
 
 def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True, student="lenet5",
-              head=None):
+              head=None, key="k"):
     d = root / name
     d.mkdir(parents=True)
     cfg = {"config": {"student": student, "dataset": "synthetic", "seed": seed, "method": method},
-           "method": method, "teachers": [{"key": f"{t}-k", "teacher": t} for t in teachers]}
+           "method": method, "teachers": [{"key": f"{t}-{key}", "teacher": t} for t in teachers]}
     if head:
         cfg.update(head_classes=head, kind="teacher", dataset={"test": {"params": {"class_subset": head}}})
     (d / "config.json").write_text(json.dumps(cfg))
@@ -143,6 +143,16 @@ def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), 
     if finished:
         (d / "summary.json").write_text(json.dumps({"epochs": len(accs)}))
     return d
+
+
+def test_report_tells_two_caches_of_one_teacher_apart(tmp_path):
+    """float16 vs int8 rows of one teacher are two arms: the table and the legend must not show them alike."""
+    _fake_run(tmp_path, "f", [0.5], method="ts", teachers=["resnet18"], key="cifar10-train-0c31dd2d4da4")
+    _fake_run(tmp_path, "q", [0.4], method="ts", teachers=["resnet18"], key="cifar10-train-50355f6b8f70")
+    rows = build_rows([load_record(tmp_path / n) for n in ("f", "q")])
+    assert [r.cells()["teachers"] for r in rows] == ["resnet18@0c31dd", "resnet18@50355f"]
+    one = build_rows([load_record(tmp_path / "f")])
+    assert one[0].cells()["teachers"] == "resnet18"  # one cache per teacher: the name alone
 
 
 def test_report_groups_seeds_and_writes_markdown_and_png(tmp_path):

@@ -82,7 +82,7 @@ def bench_distill_cmd(**values: Any) -> None:
     )
     names = [] if cfg.teachers == ["none"] else list(cfg.teachers or ["resnet50"])
     r = bench_distill(config, teachers=names, weights=cfg.weights, steps=cfg.steps, warmup=cfg.warmup,
-                      rounds=cfg.rounds, reporter=RichReporter(err, transient=True))
+                      rounds=cfg.rounds, e2e_epochs=cfg.e2e_epochs, reporter=RichReporter(err, transient=True))
     out.print(_distill_table(r, names))
     write_json(cfg.json_out, r)
 
@@ -112,7 +112,25 @@ def _distill_table(r: dict, names: list[str]) -> Table:
             f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a",
             f"{ratio:.3f}" if ratio is not None else "n/a",
         )
+    _end_to_end_rows(table, r.get("end_to_end"))
     return table
+
+
+def _end_to_end_rows(table: Table, e: dict | None) -> None:
+    """The real `distill` run's rows (training, and the whole call) and its per-epoch rates in the caption."""
+    if not e:
+        return
+    n = e["epochs"]
+    for what, label in (("train", f"distill, {n} epochs: training"), ("wall", f"distill, {n} epochs: wall")):
+        table.add_row(label, f"{e[f'{what}_images_per_s']:,.0f}",
+                      f"{e[f'{what}_vs_bare']:.3f}" if f"{what}_vs_bare" in e else "–",
+                      f"{e[f'{what}_vs_student']:.3f}", "", "")
+    per_epoch = ", ".join(f"{x:,.0f}" for x in e["epochs_images_per_s"])
+    vs_bare = (" (vs bare loop " + ", ".join(f"{x:.2f}" for x in e["epochs_vs_bare"]) + ")"
+               if "epochs_vs_bare" in e else "")
+    table.caption = (table.caption + "\n" if table.caption else "") + (
+        f"distill, {n} epochs: the real run (the student alone) end to end, once per round; training: its epochs' "
+        f"steps, wall: the whole call (set-up, decode, evaluation, checkpoints); per epoch: {per_epoch} img/s{vs_bare}")
 
 
 def _distill_label(r: dict, key: str, x: dict, names: list[str]) -> str:

@@ -68,6 +68,8 @@ class BenchDistillConfig:
     rounds: int = bench_opt(3, "Interleaved rounds (every setting once per round); medians are shown.")
     resident: bool | None = bench_opt(None, "Device-resident images and rows (default as distill's).", negatable=True)
     compile: str = bench_opt("none", "torch.compile mode of the training step.")
+    e2e_epochs: int = bench_opt(2, "Each round, also train the student alone with the real distill for N epochs "
+                                   "(set-up, evaluation, checkpoints included) next to the bare loop; 0: skip.")
     json_out: Path | None = _json_out(JSON_HELP)
 
 
