@@ -149,7 +149,12 @@ def parse_incoming(name: str) -> tuple[str, str, int] | None:
 def stale_incoming(store: Path, now: float | None = None) -> list[Path]:
     """Incoming directories whose writer is gone: its pid does not run on this host, or (another host) it has not
     changed for STALE_AFTER seconds."""
-    parent = Path(store) / INCOMING
+    return stale_children(Path(store) / INCOMING, lambda d: max(p.stat().st_mtime for p in [d, *d.iterdir()]), now)
+
+
+def stale_children(parent: Path, changed: Callable[[Path], float], now: float | None = None) -> list[Path]:
+    """The directories under ``parent`` named KEY@HOST@PID@… whose owner is gone: PID does not run on this host,
+    or (another host) ``changed(d)``, its last change, is older than STALE_AFTER seconds."""
     try:
         children = list(parent.iterdir())
     except OSError:
@@ -162,7 +167,7 @@ def stale_incoming(store: Path, now: float | None = None) -> list[Path]:
             continue
         _key, where, pid = parsed
         try:
-            age = now - max(p.stat().st_mtime for p in [d, *d.iterdir()])
+            age = now - changed(d)
         except OSError:
             continue
         if (where == host() and not pid_alive(pid)) or (where != host() and age > STALE_AFTER):

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from featcache.cache.format import MANIFEST, is_cache_key
-from featcache.cache.install import STALE_AFTER, host, make_dir, parse_incoming, pid_alive
+from featcache.cache.install import host, make_dir, pid_alive, stale_children
 from featcache.cache.usage import writable
 from featcache.errors import CacheError
 from featcache.locks import unwritable
@@ -310,24 +310,7 @@ def stale_leases(store: Path, now: float | None = None) -> list[Path]:
 def stale_trash(store: Path, now: float | None = None) -> list[Path]:
     """Trash directories whose remover is gone: its pid does not run on this host, or (another host) it has not
     changed for install.STALE_AFTER seconds."""
-    try:
-        children = list((Path(store) / TRASH).iterdir())
-    except OSError:
-        return []
-    now = time.time() if now is None else now
-    out = []
-    for d in children:
-        parsed = parse_incoming(d.name)
-        if parsed is None:
-            continue
-        _key, where, pid = parsed
-        try:
-            age = now - d.stat().st_mtime
-        except OSError:
-            continue
-        if (where == host() and not pid_alive(pid)) or (where != host() and age > STALE_AFTER):
-            out.append(d)
-    return out
+    return stale_children(Path(store) / TRASH, lambda d: d.stat().st_mtime, now)
 
 
 def clean_trash(trash: Path) -> str:
