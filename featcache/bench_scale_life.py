@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featcache.bench_scale import drop_pages, load, sequential_read
-from featcache.bench_store import copy_files
+from featcache.bench_store import copy_files, git_commit
 from featcache.bench_synth import SynthSpec, write_synthetic_cache
 from featcache.cache.format import MANIFEST
 from featcache.cache.install import INCOMING
@@ -175,14 +175,6 @@ def bench_store_ops(store: Path, key: str, scratch: Path, repeats: int, reporter
 STEPS = ("write", "join", "ram", "verify", "commands", "reuse", "store")
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True,
-                              capture_output=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def _write(store: Path, spec: SynthSpec, steps: tuple[str, ...], kill_at: float, reporter) -> dict[str, Any]:
     """Make sure the cache exists: through a killed and resumed write when ``kill_at`` (and it is not there yet)."""
     done = (store / spec.key / MANIFEST).is_file() and json.loads((store / spec.key / MANIFEST).read_text())[
@@ -212,7 +204,7 @@ def bench_scale(store: Path, spec: SynthSpec, *, steps: tuple[str, ...] = STEPS,
     store.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     out: dict[str, Any] = {"benchmark": "scale", "date": now,
-                           "commit": _commit(), "cpus": os.cpu_count(), "spec": spec.__dict__, "key": spec.key,
+                           "commit": git_commit(), "cpus": os.cpu_count(), "spec": spec.__dict__, "key": spec.key,
                            "steps": list(steps), "repeats": repeats, "temps": list(temps), "load": [load()],
                            "free_bytes_before": shutil.disk_usage(store).free}
     if "write" in steps:

@@ -75,7 +75,8 @@ def _fsync_all(paths: list[Path]) -> None:
             os.close(fd)
 
 
-def _commit() -> str | None:
+def git_commit() -> str | None:
+    """The checkout's short commit, for a bench's JSON (None outside a git checkout)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, text=True,
                               capture_output=True, timeout=10).stdout.strip() or None
@@ -187,7 +188,7 @@ def bench_store(*, size_mib: int = 512, repeats: int = 3, keys: int = 1000, dire
     return {
         "benchmark": "store",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": git_commit(),
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "cache_bytes": cache_bytes,
