@@ -175,6 +175,65 @@ def test_publish_is_all_or_nothing_and_a_second_publisher_loses_cleanly(home, tm
     assert install(racing, shared, key) is False and not racing.exists()
 
 
+KILL_AT = """
+import os, signal, sys
+from featcache.cache import install as inst, publish as pub
+point, n = sys.argv[1], int(sys.argv[2])
+calls = {"n": 0}
+
+def dying(real, after=False):
+    def f(*a, **k):
+        calls["n"] += 1
+        if not after and calls["n"] == n:
+            if point == "copy":  # halfway through this file: write part of it, then die
+                src, dst = a[0], a[1]
+                dst.write_bytes(src.read_bytes()[: max(1, src.stat().st_size // 2)])
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = real(*a, **k)
+        if after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+    return f
+
+if point == "copy":
+    pub.copy_checked = dying(pub.copy_checked)
+elif point == "check":
+    pub.check_complete = dying(pub.check_complete)
+elif point == "rename":  # the directory complete and fsynced, the rename not done
+    inst.fsync_dir = dying(inst.fsync_dir)
+elif point == "installed":  # renamed, the store's directory entry not yet fsynced
+    pub.install = dying(pub.install, after=True)
+from featcache.cli import app
+sys.exit(app(sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point,n", [("copy", 1), ("copy", 2), ("check", 1), ("rename", 1), ("installed", 1)])
+def test_kill_9_at_each_step_of_a_publish_leaves_nothing_or_the_complete_cache(home, tmp_path, point, n):
+    from featcache.cache.install import check_complete, stale_incoming
+
+    key = extract_key()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", KILL_AT, point, str(n), "cache", "publish", key, "--to", shared],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stdout + proc.stderr  # it died where it was told to
+    if (shared / key).exists():  # killed after the rename: then the key is the complete, verified cache
+        assert point == "installed"
+        check_complete(shared / key, key)
+    else:
+        assert len(stale_incoming(shared)) == 1  # a dead writer's private directory, which `cache gc` removes
+    r = invoke("cache", "publish", key, "--to", shared)
+    assert r.exit_code == 0, r.output
+    assert ("already published" in r.output) == (point == "installed")
+    check_complete(shared / key, key)
+    r = invoke("cache", "gc", "--cache-dir", shared)
+    assert r.exit_code == 0, r.output
+    assert not list((shared / ".incoming").iterdir())
+
+
 # -- writers sharing a file system ------------------------------------------------------------------------------------
 NO_FLOCK = """
 import errno, fcntl, sys
