@@ -41,6 +41,13 @@ class StudentOptions:
                                    section="Student")
     image_size: int | None = opt(None, "Without a teacher: input size (default: the dataset's native size or 224).",
                                  section="Student")
+    bn_recalibrate: int = opt(1024, "Before each evaluation, re-estimate batch-norm statistics over N training "
+                                    "images (a fixed seeded sample; 0: keep the running averages).",
+                              section="Student")
+
+
+# What a run recorded before a field existed did: config.json files written earlier lack these fields.
+RECORDED_BEFORE: dict[str, Any] = {"bn_recalibrate": 0}
 
 
 @dataclass
@@ -211,7 +218,7 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
         known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+        d = {**RECORDED_BEFORE, **{k: v for k, v in d.items() if k in known}}
         for k in ("data_root", "cache_dir", "run_dir"):
             if d.get(k) is not None:
                 d[k] = Path(d[k])

@@ -26,6 +26,7 @@ from featcache import distributed, rundir
 from featcache.distill import resume
 from featcache.distill.preflight import preflight_lines
 from featcache.distill.engine import DistillSummary, TrainingParts, training_parts
+from featcache.distill.bn import calibration_images, recalibrate
 from featcache.distill.evaluation import eval_loader, evaluate
 from featcache.distill.loader import shutdown_workers
 from featcache.distill.setup import Setup
@@ -47,6 +48,7 @@ class _Run:
     main: bool  # rank 0 (or no torchrun): evaluates, prints and writes the files
     unlabeled: bool  # no training label is read at all
     hidden: torch.Tensor | None  # [n] bool on the device: labels --labels hides (None: all read)
+    calibration: torch.Tensor | None = None  # --bn-recalibrate's training images (uint8, on the device; rank 0)
     start_epoch: int = 0
     best_acc: float = -1.0
     best_epoch: int = 0
@@ -118,6 +120,9 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             t.sched.step()
             if t.tsched is not None:
                 t.tsched.step()
+            if run.calibration is not None:  # precise BN before evaluating (and so in the checkpoint)
+                recalibrate(_unwrapped(t.student), run.calibration, t.step.normalize, s.config.batch_size, s.device,
+                            s.precision, s.config.channels_last)
             # Rank 0 evaluates on the whole test split; the others get its numbers.
             ev = evaluate(t.student, run.tests, s.transform, s.device, s.precision,
                           s.config.channels_last) if main else None
@@ -155,6 +160,9 @@ def _open(s: Setup, t: TrainingParts, reporter: Reporter, main: bool) -> _Run | 
               else torch.from_numpy(~s.labels.mask).to(device))
     run = _Run(s, t, tests, reporter, main, unlabeled, hidden)
     if main:
+        run.calibration = calibration_images(_unwrapped(t.student), s.train, s.transform, config.bn_recalibrate,
+                                             config.seed, t.workers, device)
+    if main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
     if config.resume:
         done = _resume(run)
@@ -169,6 +177,11 @@ def _open(s: Setup, t: TrainingParts, reporter: Reporter, main: bool) -> _Run | 
             reporter.message(line)
         write_config(run.run_dir, s, t.loader, t.placement)
     return run
+
+
+def _unwrapped(model: torch.nn.Module) -> torch.nn.Module:
+    """The network inside a DistributedDataParallel wrapper: rank 0 alone recalibrates (no collective calls)."""
+    return getattr(model, "module", model)
 
 
 def _resume(run: _Run) -> DistillSummary | None:

@@ -219,6 +219,7 @@ def validate(config: DistillConfig) -> None:
     check_at_least("--batch-size", config.batch_size, 1)
     check_at_least("--step-size", config.step_size, 1)
     check_at_least("--noise-per-batch", config.noise_per_batch, 0)
+    check_at_least("--bn-recalibrate", config.bn_recalibrate, 0)
     check_choice("--compile", config.compile, COMPILE_MODES)
     check_choice("--content-check", config.content_check, CONTENT_CHECKS)
     check_choice("--precision", config.precision, PRECISIONS)
