@@ -1,6 +1,9 @@
 """A run says what it will do before its first step, and its progress bar gives the run's ETA."""
 
+import json
 from types import SimpleNamespace
+
+import pytest
 
 from featcache.distill.trainer import DistillConfig, distill
 from featcache.extract import ExtractConfig, extract
@@ -60,3 +63,33 @@ def test_the_run_eta_column_adds_the_epochs_still_to_come():
     assert col.render(task((2, 60.0), 1.0, None)).plain == ""  # no pace yet
     assert col.render(task((2, 60.0), 50.0, 10.0)).plain == "run ETA 0:02:10"  # 10 s + 2 epochs of 60 s
     assert col.render(task((3, None), 30.0, 30.0)).plain == "run ETA 0:03:30"  # first epoch: 30 s + 3 x its 60 s
+
+
+def test_a_student_far_larger_than_its_training_images_is_warned_about(tmp_path):
+    from featcache.distill.preflight import preflight_warnings
+    from featcache.distill.trainer import setup
+
+    def warnings(student, **options):
+        cfg = DistillConfig(student=student, dataset="synthetic", dataset_options={**SYN, **options}, workers=0,
+                            run_dir=tmp_path / "run", image_size=32)
+        return [w for w in preflight_warnings(setup(cfg)) if "by heart" in w]
+
+    (big,) = warnings("mobilenetv3_small")
+    assert big.startswith("mobilenetv3_small has 1.") and "for 48 training images" in big
+    assert warnings("convnet_small", num_train=2000) == []  # the default first run: ~50 parameters per image
+
+
+@pytest.mark.slow
+def test_the_default_first_run_learns_the_synthetic_set(tmp_path):
+    """`featcache distill` with no flag (3 epochs here, 30 by default: about 50 s on 2 idle cores): the default
+    student learns the shapes in eval mode, where mobilenetv3 sat at exactly 10 % (issue 27)."""
+    from typer.testing import CliRunner
+
+    from featcache.cli import app
+
+    result = CliRunner().invoke(app, ["distill", "--epochs", "3", "--run-dir", str(tmp_path / "run"),
+                                      "--cache-dir", str(tmp_path / "store")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["student"] == "convnet_small"
+    assert summary["best_acc"] >= 0.15  # chance is 0.10 on 500 test images (10 classes); 3 epochs reach ~0.19

@@ -32,6 +32,11 @@ def _labels(s: Setup) -> str:
     return f"{n:,} train images: {s.labels.count:,} labelled ({s.labels.spec}), {n - s.labels.count:,} unlabelled"
 
 
+# mobilenetv3 (4.2M parameters) memorised 2,000 synthetic images (2,100 per image); convnet_small (37 per image) and
+# the CIFAR arms of docs/results.md (<= 1,400 per labelled image, with teachers far fewer) learn.
+MEMORISE_PARAMS_PER_IMAGE = 1500
+
+
 def preflight_lines(s: Setup, t: TrainingParts) -> list[str]:
     """The block a run prints before training (one fact per line), then its warnings."""
     c = s.config
@@ -59,7 +64,23 @@ def preflight_warnings(s: Setup) -> list[str]:
     if s.kind == "student" and not s.caches and not s.config.online:
         found.append("no teacher: the student trains alone on its labels (give --teacher NAME to distil from a "
                      "cached teacher)")
+    memorise = _memorisation(s)
+    if memorise:
+        found.append(memorise)
     if len(s.test) < SMALL_TEST_SPLIT:
         found.append(f"the test split holds {len(s.test):,} images: one image is "
                      f"{100 / max(len(s.test), 1):.2f} points of test accuracy")
     return found
+
+
+def _memorisation(s: Setup) -> str | None:
+    """A student with far more parameters than training images (the ones its loss reads) can learn them by heart."""
+    if s.kind != "student":
+        return None
+    images = len(s.train) if s.caches or s.labels is None else s.labels.count
+    params = sum(p.numel() for p in s.model.parameters())
+    if params <= MEMORISE_PARAMS_PER_IMAGE * max(images, 1):
+        return None
+    return (f"{s.config.student} has {params / 1e6:.1f}M parameters for {images:,} training images: it can learn "
+            "them by heart and stay near chance on the test split (MobileNetV3 did on 2,000 synthetic images, "
+            "docs/results.md); give it more images, --augment pad-crop-flip, or a smaller --student")
