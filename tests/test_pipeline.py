@@ -496,6 +496,28 @@ def _finish(config, *, accs=(0.5,)):
     return d
 
 
+def test_a_run_recorded_before_bn_recalibrate_is_stale_until_the_recipe_pins_what_it_did(tmp_path, monkeypatch):
+    """Runs made before --bn-recalibrate kept the running averages: a recipe asking the new default calls them stale
+    (their numbers were made otherwise), one that sets bn_recalibrate = 0 keeps them, and the message says so."""
+    from featcache.pipeline import distill_jobs, job_config
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"], data["distill"] = [], _block(epochs=3)
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    job = next(distill_jobs(p.distill))
+    run = _finish(job_config(p, job, run_dir=tmp_path / "runs" / job.name))
+    recorded = json.loads((run / "config.json").read_text())
+    del recorded["config"]["bn_recalibrate"]  # as written by featcache before the flag
+    (run / "config.json").write_text(json.dumps(recorded))
+    [stage] = [s for s in plan(p) if s.kind == "distill"]
+    assert stage.state == "stale" and stage.differs == ["bn_recalibrate 0 → 1024"]
+    with pytest.raises(ConfigError, match="set the values they were made with in the recipe"):
+        run_pipeline(p, workers=0, log=lambda m: None)
+    data["distill"] = _block(epochs=3, bn_recalibrate=0)
+    assert [s.state for s in plan(parse_pipeline(data, runs_dir=tmp_path / "runs")) if s.kind == "distill"] == ["done"]
+
+
 def test_a_finished_run_is_stale_once_the_recipe_asks_for_other_values(tmp_path, monkeypatch):
     from featcache.pipeline import distill_jobs, distill_runs, job_config, stale_message
 

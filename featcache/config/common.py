@@ -56,6 +56,12 @@ def _log_default() -> list[str]:
     return ["jsonl"]
 
 
+def bn_recalibrate_field(**flag):
+    # distill and train-teacher evaluate the same way (featcache/distill/bn.py).
+    return opt(1024, "Before each evaluation, re-estimate batch-norm statistics over N training images (a fixed "
+                     "seeded sample; 0: keep the running averages).", **flag)
+
+
 def log_field(**flag):
     # How the run is logged, never what it trains (runtime): --resume and recipes' up-to-date checks ignore it.
     return opt(factory=_log_default, help="Where each epoch's numbers go besides metrics.jsonl (always written), "

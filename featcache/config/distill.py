@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from featcache.config.common import (
     METHODS_HELP,
     STUDENTS_HELP,
+    bn_recalibrate_field,
     cache_dir_field,
     data_root_field,
     dataset_field,
@@ -43,9 +44,7 @@ class StudentOptions:
                                    section="Student")
     image_size: int | None = opt(None, "Without a teacher: input size (default: the dataset's native size or 224).",
                                  section="Student")
-    bn_recalibrate: int = opt(1024, "Before each evaluation, re-estimate batch-norm statistics over N training "
-                                    "images (a fixed seeded sample; 0: keep the running averages).",
-                              section="Student")
+    bn_recalibrate: int = bn_recalibrate_field(section="Student")
 
 
 # What a run recorded before a field existed did: config.json files written earlier lack these fields.

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config.common import (
+    bn_recalibrate_field,
     data_root_field,
     dataset_field,
     dataset_options_field,
@@ -37,6 +38,7 @@ class TeacherConfig:
     schedule: str = opt("cosine")
     augment: str = opt("flip", "none, flip or pad-crop-flip (teachers train on augmented views).")
     seed: int = opt(0)
+    bn_recalibrate: int = bn_recalibrate_field()
     device: str = device_field(runtime=True, recipe=False)
     precision: str = opt("auto")
     workers: int | None = workers_field(recipe=False)

@@ -283,8 +283,9 @@ def stale_message(p: Pipeline, stale: list[Stage]) -> str:
                       for s in stale[:3])
     more = f"; and {len(stale) - 3} more" if len(stale) > 3 else ""
     return (f"{'recipe ' + str(p.path) if p.path else 'pipeline ' + p.name}: {len(stale)} stage(s) already have "
-            f"outputs made with other values than the recipe now asks ({shown}{more}); delete those run directories, "
-            f"or pass --rerun-stale to move them to {p.runs_dir / STALE_DIR} and run them again")
+            f"outputs made with other values than the recipe now asks ({shown}{more}); set the values they were "
+            f"made with in the recipe to keep them (a default of a newer featcache differs too), delete those run "
+            f"directories, or pass --rerun-stale to move them to {p.runs_dir / STALE_DIR} and run them again")
 
 
 def move_stale(p: Pipeline, stale: list[Stage]) -> list[tuple[Path, Path]]:
