@@ -79,3 +79,5 @@ def test_runs_recorded_before_the_flag_read_as_not_recalibrated(tmp_path):
     assert DistillConfig.from_dict(json.loads(json.dumps(recorded, default=str))).bn_recalibrate == 0
     with pytest.raises(ConfigError, match="--bn-recalibrate"):
         distill(_cfg(tmp_path, "neg", bn_recalibrate=-1))
+    with pytest.raises(ConfigError, match="at most 65,536 images"):
+        distill(_cfg(tmp_path, "huge", bn_recalibrate=10**9))

@@ -212,6 +212,9 @@ def _positive(flag: str, value: float | None) -> None:
         raise ConfigError(f"{flag} must be a finite number > 0, got {value}", flag=flag)
 
 
+BN_RECALIBRATE_MAX = 65_536
+
+
 def validate(config: DistillConfig) -> None:
     check_choice("--optimizer", config.optimizer, tuple(OPTIMIZERS))
     check_choice("--schedule", config.schedule, tuple(SCHEDULES))
@@ -220,6 +223,10 @@ def validate(config: DistillConfig) -> None:
     check_at_least("--step-size", config.step_size, 1)
     check_at_least("--noise-per-batch", config.noise_per_batch, 0)
     check_at_least("--bn-recalibrate", config.bn_recalibrate, 0)
+    if config.bn_recalibrate > BN_RECALIBRATE_MAX:  # the sample is held decoded on the device
+        raise ConfigError(f"--bn-recalibrate {config.bn_recalibrate}: at most {BN_RECALIBRATE_MAX:,} images (a few "
+                          "thousand estimate the statistics; the sample is held decoded in memory)",
+                          flag="--bn-recalibrate")
     check_choice("--compile", config.compile, COMPILE_MODES)
     check_choice("--content-check", config.content_check, CONTENT_CHECKS)
     check_choice("--precision", config.precision, PRECISIONS)
