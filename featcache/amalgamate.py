@@ -18,7 +18,7 @@ from featcache.datasets import get_dataset
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import AmalgamateConfig  # noqa: F401 - re-exported: its options live in featcache.config
 from featcache.distill.trainer import LAST, SUMMARY, DistillConfig, distill, evaluate_run
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, check_seed
 from featcache.extract import ExtractConfig, extract
 from featcache.progress import Reporter
 
@@ -26,8 +26,8 @@ from featcache.progress import Reporter
 def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:
     base = DistillConfig(
         dataset=cfg.dataset, data_root=cfg.data_root, dataset_options=dict(cfg.dataset_options), method="aka",
-        batch_size=cfg.batch_size, lr=cfg.lr, cache_dir=cfg.cache_dir, stores=list(cfg.stores), device=cfg.device,
-        workers=cfg.workers, **cfg.options,
+        batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, cache_dir=cfg.cache_dir, stores=list(cfg.stores),
+        device=cfg.device, workers=cfg.workers, **cfg.options,
     )
     return replace(base, **kw)
 
@@ -59,6 +59,30 @@ class TaskAccuracy:
 
 
 @dataclass
+class TaskSummary:
+    """One task over the amalgamation's seeds: each accuracy as mean ± std (one seed: that seed's value)."""
+
+    task: str
+    classes: int
+    seeds: dict[int, TaskAccuracy]
+
+    def cells(self) -> list[str]:
+        from featcache.report import percent
+
+        rows = list(self.seeds.values())
+        sources = ", ".join(percent([r.sources[k] for r in rows if k in r.sources]) for k in rows[0].sources) or "—"
+        return [self.task, str(self.classes), sources, percent([r.component for r in rows]),
+                percent([r.target for r in rows])]
+
+
+def summarize(tables: dict[int, list[TaskAccuracy]]) -> list[TaskSummary]:
+    """seed -> per-task table, as one row per task over the seeds."""
+    first = next(iter(tables.values()))
+    return [TaskSummary(row.task, row.classes, {seed: t[i] for seed, t in tables.items()})
+            for i, row in enumerate(first)]
+
+
+@dataclass
 class AmalgamationResult:
     components: dict[str, Path]  # task -> component-net run directory
     component_keys: dict[str, str]  # task -> the component's cache key
@@ -70,6 +94,7 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
     """Run both stages; returns the run directories, the component cache keys and the per-task table."""
     if len(cfg.parts) < 1:
         raise ConfigError("amalgamate needs at least one task (--classes FILE, repeatable)")
+    check_seed("--seed", cfg.seed)
     train = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
     sources = resolve_teachers(cfg.teachers, train, CacheStore(cfg.cache_dir, cfg.stores))
     for name, classes in cfg.parts.items():

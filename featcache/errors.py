@@ -93,6 +93,15 @@ def check_choice(flag: str, value: object, choices: "tuple[str, ...] | list[str]
         raise ConfigError(f"{flag} {value!r}: choose one of {', '.join(choices)}", flag=flag)
 
 
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (and every worker's) takes 32 bits
+
+
+def check_seed(flag: str, value: int) -> None:
+    """Refuse a seed numpy cannot take (it raises deep inside data loading otherwise)."""
+    if not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{flag} must lie in [0, {SEED_MAX}], got {value}", flag=flag)
+
+
 def check_at_least(flag: str, value: float, low: float) -> None:
     """Refuse a number below ``low``: ``--flag must be >= low, got value``."""
     if value < low:

@@ -45,6 +45,12 @@ class RunRecord:
         return (self.kind, self.signature)
 
 
+def percent(values: list[float]) -> str:
+    """Accuracies (0-1) as a percentage, over several seeds ``mean ± std`` (the sample std, as every table here)."""
+    sd = f" ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{100 * statistics.mean(values):.2f}{sd}"
+
+
 def load_record(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     info = rundir.read_config(run_dir)

@@ -153,6 +153,28 @@ def test_distill_help_names_every_registered_method():
     assert named == set(METHODS)
 
 
+@pytest.mark.parametrize("command,args,needle", [
+    ("distill", ["--seed", "-1", "-o", "num_train=20"], "--seed must lie in [0, 4294967295], got -1"),
+    ("train-teacher", ["--teacher", "convnet", "--init", "random", "--seed", "-3"], "--seed must lie in"),
+    ("extract", ["--teacher", "convnet", "--weights", "random", "--seed", "-1"], "--seed must lie in"),
+    ("extract", ["--teacher", "convnet", "--weights", "random", "--noise-seed", "-1"], "--noise-seed must lie in"),
+    ("extract", ["--teacher", "convnet", "--weights", "random", "--view-seed", str(2**32)], "--view-seed must lie in"),
+    ("split-classes", ["--seed", "-1", "-o", "num_classes=4"], "--seed must lie in"),
+])
+def test_a_seed_numpy_cannot_take_is_one_line(store, tmp_path, command, args, needle):
+    """A negative seed used to reach numpy's seeding deep inside data loading and end in a ValueError traceback."""
+    one_line_error(invoke(command, *args, *(["--out", str(tmp_path)] if command == "split-classes" else [])), needle)
+    assert not list(tmp_path.glob("part*.txt"))
+
+
+def test_amalgamate_refuses_a_seed_numpy_cannot_take():
+    from featcache.amalgamate import AmalgamateConfig, amalgamate
+    from featcache.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--seed must lie in \[0, 4294967295\], got -1"):
+        amalgamate(AmalgamateConfig(teachers=["x"], parts={"a": ["c0"]}, seed=-1), log=lambda m: None)
+
+
 def test_every_config_field_is_reachable_from_the_cli_and_from_recipes():
     """Every field of ExtractConfig / DistillConfig / TeacherConfig is an option of its command as the user sees it
     (the click command typer builds), under the flag its Flag declares, and is accepted by recipes unless it says the

@@ -293,6 +293,43 @@ def test_recipe_with_class_parts_and_amalgamation(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_an_amalgamation_recipe_with_seeds_trains_every_net_per_seed_and_reports_mean_and_std(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    recipe = tmp_path / "aka.toml"
+    recipe.write_text(AKA_RECIPE.replace("epochs = 1\noptions", "epochs = 1\nseeds = [0, 2]\noptions"))
+    p = load_pipeline(recipe, runs_dir=tmp_path / "runs")
+    assert [s.name for s in plan(p, workers=0) if s.kind == "amalgamate"] == [
+        "components → target, seed 0", "components → target, seed 2"]
+    result = run_pipeline(p, workers=0, log=lambda m: None)
+    runs = tmp_path / "runs"
+    import torch
+
+    for seed, root in ((0, runs / "amalgamate"), (2, runs / "amalgamate-s2")):
+        for net in ("component-part1", "component-part2", "target"):
+            assert json.loads((root / net / "config.json").read_text())["config"]["seed"] == seed, (root, net)
+    w0 = torch.load(runs / "amalgamate" / "target" / "checkpoint-best.pt", weights_only=True)["student"]
+    w2 = torch.load(runs / "amalgamate-s2" / "target" / "checkpoint-best.pt", weights_only=True)["student"]
+    assert any(not torch.equal(w0[k], w2[k]) for k in w0 if w0[k].is_floating_point())
+    from featcache.amalgamate import summarize
+    from featcache.report import percent
+
+    rows = result["amalgamate"]
+    assert [r.task for r in rows] == ["part1", "part2"] and all(set(r.seeds) == {0, 2} for r in rows)
+    targets = [r.target for r in rows[0].seeds.values()]
+    assert rows[0].cells()[4] == percent(targets) and " ± " in rows[0].cells()[4]
+    text = result["amalgamate_markdown"].read_text()
+    assert "Mean ± std over seeds 0, 2" in text and text.count("\n| part1 |") == 1
+    assert "| 0 | part1 |" in text and "| 2 | part2 |" in text
+    assert summarize({0: [rows[0].seeds[0]]})[0].cells()[4] == f"{100 * targets[0]:.2f}"
+    assert all(s.state == "done" for s in plan(p, workers=0) if s.kind != "report")
+    # A seed's nets moved into another seed's directory are not that seed's results.
+    (runs / "amalgamate-s2").rename(runs / "amalgamate-s1")
+    recipe.write_text(recipe.read_text().replace("seeds = [0, 2]", "seeds = [0, 1]"))
+    moved = [s for s in plan(load_pipeline(recipe, runs_dir=runs), workers=0) if s.kind == "amalgamate"][1]
+    assert moved.state == "stale" and any("seed 2 → 1" in d for d in moved.differs), moved.differs
+
+
+@pytest.mark.slow
 def test_amalgamation_recipe_with_block_bridges(tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     text = AKA_RECIPE.replace('extract = {image_size = 32}',
@@ -459,6 +496,10 @@ def test_amalgamate_values_are_checked(tmp_path):
         ("options = {batch_size = 16}", "options = {batch_size = 16, epochs = 3}", "set [amalgamate] epochs"),
         ("options = {batch_size = 16}", "options = {batch_size = -1}", "[amalgamate] options.batch_size must be >= 1"),
         ('teachers = ["c1", "c2"]', 'teachers = "c1"', "[amalgamate] teachers: expected a list of strings"),
+        ("epochs = 1", 'epochs = 1\nseeds = "12"', "[amalgamate] seeds: expected"),
+        ("epochs = 1", "epochs = 1\nseeds = [1, 1]", "seeds lists 1 twice"),
+        ("epochs = 1", "epochs = 1\nseeds = [0, -1]", "seeds must lie in [0, 4294967295], got -1"),
+        ("epochs = 1", "epochs = 1\nseeds = []", "'seeds' must list at least one seed"),
     ]:
         recipe.write_text(AKA_RECIPE.replace(f"\n{old}\n", f"\n{new}\n"))
         with pytest.raises(ConfigError, match=re.escape(needle)):

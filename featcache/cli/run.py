@@ -103,7 +103,8 @@ def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run, rerun_stale=
         print_rows(result["rows"], pipeline.report.get("title", pipeline.name))
     if result.get("amalgamate"):
         print_task_table(result["amalgamate"],
-                         f"amalgamation: per-task test accuracy (%) — {pipeline.runs_dir / 'amalgamate'}")
+                         f"amalgamation: per-task test accuracy (%) — "
+                         f"{', '.join(map(str, pipeline.amalgamate_dirs().values()))}")
     for k in ("markdown", "plot", "amalgamate_markdown"):
         if result.get(k):
             out.print(f"{k}: {result[k]}", highlight=False)

@@ -67,6 +67,7 @@ class AmalgamateConfig:
     dataset_options: dict[str, Any] = dataset_options_field(recipe=False)
     epochs: int = opt(30, "Target-net epochs.", recipe=False)
     component_epochs: int | None = opt(None, "Component-net epochs (default --epochs).", recipe=False)
+    seed: int = opt(0, "Seed of every net (components and target); a recipe lists [amalgamate] seeds.", recipe=False)
     batch_size: int = opt(128, short="-b", recipe=False)
     lr: float = opt(1e-3, recipe=False)
     options: dict[str, Any] = opt(factory=dict, cli=False, recipe=False)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featcache.errors import DatasetError
+from featcache.errors import DatasetError, check_seed
 from featcache.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
 from featcache.datasets.images import (  # noqa: F401 - re-exported: the decoding every format shares
     check_image_size,
@@ -297,6 +297,7 @@ def split_classes(classes: Sequence[str], parts: int, seed: int = 0) -> list[lis
                 else "a dataset needs at least 4 classes to be split")
         raise DatasetError(f"--parts {parts}: every part needs at least 2 of the {len(classes)} classes to train a "
                            f"teacher on; {most}")
+    check_seed("--seed", seed)
     perm = np.random.default_rng(seed).permutation(len(classes))
     return [[classes[i] for i in sorted(chunk)] for chunk in np.array_split(perm, parts)]
 

@@ -29,7 +29,7 @@ from featcache.runtime import parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig
-from featcache.errors import ConfigError, check_at_least, check_choice
+from featcache.errors import ConfigError, check_at_least, check_choice, check_seed
 from featcache.loggers import check_loggers
 from featcache.runtime import (
     PRECISIONS,
@@ -219,6 +219,7 @@ def validate(config: DistillConfig) -> None:
     check_choice("--optimizer", config.optimizer, tuple(OPTIMIZERS))
     check_choice("--schedule", config.schedule, tuple(SCHEDULES))
     check_at_least("--epochs", config.epochs, 1)
+    check_seed("--seed", config.seed)
     check_at_least("--batch-size", config.batch_size, 1)
     check_at_least("--step-size", config.step_size, 1)
     check_at_least("--noise-per-batch", config.noise_per_batch, 0)

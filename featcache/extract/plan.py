@@ -26,6 +26,7 @@ from featcache.errors import (
     ConfigError,
     check_at_least,
     check_choice,
+    check_seed,
 )
 from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
 from featcache.runtime import PRECISIONS, resolve_device, resolve_precision
@@ -125,6 +126,8 @@ def validate(config: ExtractConfig) -> None:
         if value is not None:
             check_choice(flag, value, choices)
     check_at_least("--batch-size", config.batch_size, 1)
+    for flag, seed in (("--seed", config.seed), ("--noise-seed", config.noise_seed), ("--view-seed", config.view_seed)):
+        check_seed(flag, seed)
     check_at_least("--shard-rows", config.shard_rows, 1)
     check_at_least("--noise", config.noise, 0)
     for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):

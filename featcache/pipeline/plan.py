@@ -182,13 +182,13 @@ def job_differs(p: Pipeline, job: DistillJob, run_dir: Path, keys: dict[str, str
     return out
 
 
-def _amalgamate_differs(p: Pipeline, keys: dict[str, str]) -> list[str]:
-    """What the amalgamation's finished nets did that the recipe's [amalgamate] table no longer asks (each net's
-    config built as featcache.amalgamate builds it)."""
+def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[str]:
+    """What one seed's finished amalgamation nets did that the recipe's [amalgamate] table no longer asks (each
+    net's config built as featcache.amalgamate builds it)."""
     from featcache.amalgamate import AmalgamateConfig
     from featcache.rundir import read_config
 
-    a, root = p.amalgamate, p.runs_dir / "amalgamate"
+    a, root = p.amalgamate, p.amalgamate_dirs()[seed]
     nets = sorted(d for d in root.glob("*") if _has_results(d)) if root.is_dir() else []
     if not nets:
         return []
@@ -197,7 +197,7 @@ def _amalgamate_differs(p: Pipeline, keys: dict[str, str]) -> list[str]:
         return [f"source teacher {anew[0]!r} is trained anew first"]
     student, epochs = a.get("student", AmalgamateConfig.student), a.get("epochs", AmalgamateConfig.epochs)
     base = dict(dataset=p.dataset, data_root=p.data_root, dataset_options=dict(p.dataset_options), method="aka",
-                **a.get("options", {}))
+                seed=seed, **a.get("options", {}))
     tasks = a.get("tasks") or {f"part{k}": f"part{k}" for k in range(1, int(p.class_parts["parts"]) + 1)}
     sources = {keys[t] for t in a["teachers"]}
     out = []
@@ -261,11 +261,11 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
         if stage.differs:
             stage.state, stage.detail = "stale", "; ".join(stage.differs)
         stages.append(stage)
-    if p.amalgamate is not None:
-        target = p.runs_dir / "amalgamate" / "target"
-        stage = Stage("amalgamate", "components → target", _run_state(target), target,
-                      f"aka over {', '.join(p.amalgamate['teachers'])}")
-        stage.differs = _amalgamate_differs(p, keys)
+    for seed, root in (p.amalgamate_dirs() if p.amalgamate is not None else {}).items():
+        target = root / "target"
+        stage = Stage("amalgamate", f"components → target, seed {seed}", _run_state(target), target,
+                      f"aka over {', '.join(p.amalgamate['teachers'])}", seed)
+        stage.differs = _amalgamate_differs(p, keys, seed)
         if stage.differs:
             stage.state, stage.detail = "stale", f"{stage.detail}: {'; '.join(stage.differs)}"
         stages.append(stage)
@@ -300,7 +300,7 @@ def move_stale(p: Pipeline, stale: list[Stage]) -> list[tuple[Path, Path]]:
     moved = []
     for s in stale:
         src = s.run_dir.parent if s.kind == "amalgamate" else s.run_dir  # the amalgamation's nets move together
-        name = {"teacher": f"teacher-{s.name}", "amalgamate": "amalgamate"}.get(s.kind, s.name)
+        name = {"teacher": f"teacher-{s.name}", "amalgamate": src.name}.get(s.kind, s.name)
         dst = p.runs_dir / STALE_DIR / f"{name}-{stamp}"
         k = 1
         while dst.exists():

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
-from featcache.errors import ConfigError, FeatcacheError
+from featcache.errors import SEED_MAX, ConfigError, FeatcacheError
 from featcache.flags import check_type, check_value, field_of_flag, recipe_fields
 from featcache.pipeline.paths import Recipe, expand
 
@@ -75,6 +75,12 @@ class Pipeline:
         ds = get_dataset(self.dataset, self.data_root, "train", **self.dataset_options)
         split = split_classes(ds.classes, int(self.class_parts["parts"]), int(self.class_parts.get("seed", 0)))
         return {f"part{k}": names for k, names in enumerate(split, start=1)}
+
+    def amalgamate_dirs(self) -> dict[int, Path]:
+        """seed -> the directory of that seed's amalgamation nets: RUNS/amalgamate for seed 0 (where they lived
+        before [amalgamate] took seeds), RUNS/amalgamate-s<N> for seed N."""
+        seeds = (self.amalgamate or {}).get("seeds", [0])
+        return {s: self.runs_dir / ("amalgamate" if s == 0 else f"amalgamate-s{s}") for s in seeds}
 
     def resolve_classes(self, value: Any) -> list[str]:
         """A teacher's ``train.classes`` / a task: a part name of [classes], a list of names, or a file of names."""
@@ -274,12 +280,7 @@ def _parse_distill(d: Any, w: str, ds: _Dataset, names: list[str]) -> DistillSpe
     _check_names(w, students, methods, block_teachers, names)
     for m in methods:
         _check_teacher_count(METHODS[m], 0 if m == "ce" else len(block_teachers), w)
-    seeds = d.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) else seeds  # one seed may be written bare
-    if not seeds:
-        raise ConfigError(f"{w}: 'seeds' must list at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{w}: seeds lists {next(x for x in seeds if seeds.count(x) > 1)} twice")
+    seeds = _seeds(d, w)
     options = d.get("options", {})
     _unknown(options, DISTILL_FIELDS, f"{w} options")
     options = _config_values(DistillConfig, options, f"{w} options.")
@@ -320,14 +321,30 @@ def _check_teacher_count(method: Any, n: int, where: str) -> None:
     raise ConfigError(f"{where}: method {method.name!r} takes {want} teacher(s) but 'teachers' lists {n}")
 
 
+def _seeds(table: dict, w: str) -> list[int]:
+    """A table's ``seeds``: a list of distinct integers >= 0 (one may be written bare); [0] when absent."""
+    seeds = table.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else seeds  # one seed may be written bare
+    if not seeds:
+        raise ConfigError(f"{w}: 'seeds' must list at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{w}: seeds lists {next(x for x in seeds if seeds.count(x) > 1)} twice")
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise ConfigError(f"{w}: seeds must lie in [0, {SEED_MAX}], got {bad[0]}")
+    return list(seeds)
+
+
 def _amalgamate_table(a: dict, w: str, names: list[str], class_parts, part_names: set[str], recipe: Recipe,
                       dataset: str, dataset_options: dict) -> dict[str, Any]:
     from featcache.distill.setup import validate as validate_distill
     from featcache.models.registry import get_entry
 
-    _unknown(a, {"teachers", "tasks", "student", "component_student", "epochs", "component_epochs", "options"}, w)
+    _unknown(a, {"teachers", "tasks", "student", "component_student", "epochs", "component_epochs", "seeds",
+                 "options"}, w)
     a = _keys(a, {"teachers": list[str], "tasks": dict, "student": str, "component_student": str, "epochs": int,
-                  "component_epochs": int, "options": dict}, f"{w} ")
+                  "component_epochs": int, "seeds": list[int] | int, "options": dict}, f"{w} ")
+    a["seeds"] = _seeds(a, w)
     for t in a.get("teachers", []):
         if t not in names:
             raise ConfigError(f"{w}: teacher {t!r} is not one of the recipe's [[teachers]] ({', '.join(names)})")

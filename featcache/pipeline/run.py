@@ -42,6 +42,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             log(f"[stale] {src} moved to {dst}")
         stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
     keys: dict[str, str] = {}
+    tables: dict[int, list] = {}  # seed -> the amalgamation's per-task table
     for stage in stages:
         if stage.kind == "teacher" and stage.state != "done":
             t: TeacherSpec = stage.payload
@@ -68,15 +69,18 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
                 summary = distill(config, reporter)
             log(f"[distill] {stage.name}: {summary.line()}")
         elif stage.kind == "amalgamate":
-            result = _amalgamate(p, keys, cache_dir, device, workers, reporter, log)
+            tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
+                                                log).table
     report = write_report(p)
-    if p.amalgamate is not None:
-        report["amalgamate"] = result.table
-        report["amalgamate_markdown"] = _write_task_table(p, result.table)
+    if tables:
+        from featcache.amalgamate import summarize
+
+        report["amalgamate"] = summarize(tables)
+        report["amalgamate_markdown"] = _write_task_table(p, tables)
     return report
 
 
-def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, reporter, log) -> dict[str, Any]:
+def _amalgamate(p: Pipeline, keys: dict[str, str], seed: int, cache_dir, device, workers, reporter, log):
     from featcache.amalgamate import AmalgamateConfig, amalgamate
 
     a = p.amalgamate
@@ -88,7 +92,7 @@ def _amalgamate(p: Pipeline, keys: dict[str, str], cache_dir, device, workers, r
         component_student=a.get("component_student"), dataset=p.dataset, data_root=p.data_root,
         dataset_options=dict(p.dataset_options), epochs=a.get("epochs", AmalgamateConfig.epochs),
         component_epochs=a.get("component_epochs"), options=options, cache_dir=cache_dir, stores=list(p.stores),
-        run_dir=p.runs_dir / "amalgamate", device=device, workers=workers, **typed,
+        seed=seed, run_dir=p.amalgamate_dirs()[seed], device=device, workers=workers, **typed,
     )
     return amalgamate(cfg, reporter, log=log)
 
@@ -105,13 +109,24 @@ def distill_runs(p: Pipeline) -> list[Path]:
     return out
 
 
-def _write_task_table(p: Pipeline, table) -> Path:
-    """The amalgamation's per-task table as markdown next to the runs (amalgamate.md)."""
-    lines = ["| task | classes | source teacher(s) % | component % | target % |", "| --- | ---: | ---: | ---: | ---: |"]
-    lines += ["| " + " | ".join(row.cells()) + " |" for row in table]
+def _write_task_table(p: Pipeline, tables: dict) -> Path:
+    """The amalgamation's per-task table as markdown next to the runs (amalgamate.md): over several seeds, mean ±
+    std and then each seed's row."""
+    from featcache.amalgamate import summarize
+
+    head = "| task | classes | source teacher(s) % | component % | target % |"
+    rule = "| --- | ---: | ---: | ---: | ---: |"
+    seeds = ", ".join(map(str, tables))
+    text = f"# {p.report.get('title', p.name)}: per-task test accuracy\n\n"
+    if len(tables) > 1:
+        text += f"Mean ± std over seeds {seeds}.\n\n"
+    text += "\n".join([head, rule] + ["| " + " | ".join(row.cells()) + " |" for row in summarize(tables)]) + "\n"
+    if len(tables) > 1:
+        text += "\n## Per seed\n\n| seed " + head + "\n| ---: " + rule + "\n"
+        text += "".join(f"| {seed} | " + " | ".join(row.cells()) + " |\n" for seed, t in tables.items() for row in t)
     path = p.runs_dir / "amalgamate.md"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# {p.report.get('title', p.name)}: per-task test accuracy\n\n" + "\n".join(lines) + "\n")
+    path.write_text(text)
     return path
 
 
