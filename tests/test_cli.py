@@ -253,3 +253,30 @@ def test_a_dataset_option_the_dataset_does_not_declare_is_one_line_naming_it_and
     assert "'num_trian'" in r.output and "num_train" in r.output and "Traceback" not in r.output
     r = invoke("datasets")
     assert r.exit_code == 0 and "train_per_class" in r.output and "holdout" in r.output
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 30000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError("Unable to allocate 27.9 GiB for an array with shape (20, 3, 100000, 100000)"),
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+])
+def test_running_out_of_memory_is_one_line_that_says_what_to_lower(store, monkeypatch, exc):
+    """An allocation failure deep in torch or numpy was a page of traceback; it is one line with what to change."""
+    import featcache.distill.trainer as trainer
+
+    def oom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(trainer, "distill", oom)
+    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
+    line = one_line_error(invoke("distill", "--epochs", "1", "-o", "num_train=20"), "out of memory", "--batch-size")
+    assert "allocate" in line
+    monkeypatch.setattr(trainer, "distill", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    assert isinstance(invoke("distill", "--epochs", "1", "-o", "num_train=20").exception, RuntimeError)
+
+
+def test_an_image_size_above_the_pixel_limit_is_one_line(store):
+    for command, args in (("distill", ["--image-size", "100000"]), ("extract", ["--teacher", "convnet", "--weights",
+                                                                                 "random", "--resize", "20000"])):
+        one_line_error(invoke(command, *args, "-o", "num_train=20"), "above the 89,478,485-pixel limit")

@@ -53,8 +53,28 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: re-run the same command to resume where it stopped")
             raise typer.Exit(130) from None
+        except (MemoryError, RuntimeError) as exc:
+            what = out_of_memory(exc)
+            if what is None or os.environ.get("FEATCACHE_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] out of memory ({escape(what)}): lower --batch-size or --image-size, or "
+                      "hold less in memory (--no-resident, --workers 0); FEATCACHE_DEBUG=1 shows where",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_USER_ERROR) from None
 
     return wrapper
+
+
+def out_of_memory(exc: BaseException) -> str | None:
+    """What ran out when ``exc`` is an allocation failure (host or device), else None. torch raises a RuntimeError
+    from its CPU allocator and torch.OutOfMemoryError (a RuntimeError) from CUDA's; numpy a MemoryError."""
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        return text.splitlines()[0][:160] if text else "a host allocation failed"
+    if type(exc).__name__ == "OutOfMemoryError" or "can't allocate memory" in text or "out of memory" in text:
+        line = next((ln for ln in text.splitlines() if "allocate" in ln), text.splitlines()[0] if text else "")
+        return " ".join(line.split())[:160] or "an allocation failed"
+    return None
 
 
 def main_rank() -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featcache.errors import ConfigError, DatasetError
+from featcache.errors import ConfigError, DatasetError, check_at_least
 
 
 # torchvision's libjpeg-turbo/libpng decoders are several times faster than PIL for this job. torchvision 0.29
@@ -84,6 +84,15 @@ def _pil_rgb(data: bytes) -> np.ndarray:
 MAX_PIXELS_ENV = "FEATCACHE_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL.Image.MAX_IMAGE_PIXELS: about 9,459 x 9,459 (256 MiB of RGB)
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # JPEG start-of-frame (not DHT, JPG, DAC)
+
+
+def check_target_size(flag: str, value: int) -> None:
+    """A size the images are resized to: >= 1 and no more pixels than featcache decodes (a typo such as 100000
+    would otherwise allocate tens of GB per image before anything says why)."""
+    check_at_least(flag, value, 1)
+    if value * value > max_image_pixels():
+        raise ConfigError(f"{flag} {value}: {value:,} x {value:,} px is above the {max_image_pixels():,}-pixel limit "
+                          f"of an image (${MAX_PIXELS_ENV}); choose a smaller size", flag=flag)
 
 
 def max_image_pixels() -> int:

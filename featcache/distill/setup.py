@@ -21,6 +21,7 @@ from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.base import check_disjoint, check_trainable
+from featcache.datasets.images import check_target_size
 from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
@@ -239,9 +240,10 @@ def validate(config: DistillConfig) -> None:
     if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
         raise ConfigError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
                           flag="--weight-decay")
-    for flag, value in (("--image-size", config.image_size), ("--feature-dim", config.feature_dim)):
-        if value is not None:
-            check_at_least(flag, value, 1)
+    if config.image_size is not None:
+        check_target_size("--image-size", config.image_size)
+    if config.feature_dim is not None:
+        check_at_least("--feature-dim", config.feature_dim, 1)
     if config.workers is not None:
         check_at_least("--workers", config.workers, 0)
     # Checked here even when this run would not use them (resident, RAM tables): a typo fails now, not next time.

@@ -21,6 +21,7 @@ from featcache.cache.format import (
 )
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
+from featcache.datasets.images import check_target_size
 from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import (
     ConfigError,
@@ -132,7 +133,7 @@ def validate(config: ExtractConfig) -> None:
     check_at_least("--noise", config.noise, 0)
     for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
         if value is not None:
-            check_at_least(flag, value, 1)
+            check_target_size(flag, value)
     check_at_least("--views", config.views, 1)
     if config.views > MAX_VIEWS:
         raise ConfigError(f"--views {config.views}: at most {MAX_VIEWS} (each view caches every row of the split "
