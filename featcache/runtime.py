@@ -9,7 +9,7 @@ from typing import Iterator
 
 import torch
 
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, check_at_least
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -52,6 +52,18 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
 def cpu_cores() -> int:
     """Cores this process may run on (its affinity mask, not the machine's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_workers(value: int | None) -> None:
+    """--workers: >= 0 and at most max(32, 4 x cores): each worker is a process with its own loader, and a typo
+    (--workers 100000) would fork until the machine stops answering."""
+    if value is None:
+        return
+    check_at_least("--workers", value, 0)
+    most = max(32, 4 * cpu_cores())
+    if value > most:
+        raise ConfigError(f"--workers {value}: at most {most} on this machine (4 x its {cpu_cores()} cores, or 32); "
+                          "each worker is a process with its own copy of the loader", flag="--workers")
 
 
 def default_workers(device: torch.device | str | None = None) -> int:

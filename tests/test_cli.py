@@ -280,3 +280,14 @@ def test_an_image_size_above_the_pixel_limit_is_one_line(store):
     for command, args in (("distill", ["--image-size", "100000"]), ("extract", ["--teacher", "convnet", "--weights",
                                                                                  "random", "--resize", "20000"])):
         one_line_error(invoke(command, *args, "-o", "num_train=20"), "above the 89,478,485-pixel limit")
+
+
+def test_a_worker_count_that_would_fork_the_machine_down_is_one_line(store, tmp_path):
+    """--workers 100000 used to start forking (torch only warns); eval --batch-size 0 was a traceback."""
+    for command, args in (("distill", []), ("extract", ["--teacher", "convnet", "--weights", "random"])):
+        one_line_error(invoke(command, *args, "--workers", "100000", "-o", "num_train=20"), "--workers 100000: at most")
+    run = tmp_path / "run"
+    assert invoke("distill", "--epochs", "1", "-o", "num_train=20", "-o", "num_test=20", "--run-dir", str(run),
+                  "--workers", "0").exit_code == 0
+    one_line_error(invoke("eval", str(run), "--workers", "100000"), "--workers 100000: at most")
+    one_line_error(invoke("eval", str(run), "--batch-size", "0"), "--batch-size must be >= 1, got 0")

@@ -143,7 +143,11 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     names) also the accuracy on each part: its test images, predicted among that part's classes only (a task, as in
     the per-task tables of adaptive knowledge amalgamation)."""
     from featcache.datasets.base import ClassSubset
+    from featcache.errors import check_at_least
+    from featcache.runtime import check_workers
 
+    check_workers(workers)
+    check_at_least("--batch-size", batch_size, 1)
     student, test, transform, dev, precision, state, config = load_run(run_dir, checkpoint, device, data_root)
     _record_teacher_use(run_dir, config)
     student = student.to(dev)

@@ -26,7 +26,7 @@ from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
 from featcache.distill.placement import Budget, resident_fits
-from featcache.runtime import parse_bytes
+from featcache.runtime import check_workers, parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig
@@ -244,8 +244,7 @@ def validate(config: DistillConfig) -> None:
         check_target_size("--image-size", config.image_size)
     if config.feature_dim is not None:
         check_at_least("--feature-dim", config.feature_dim, 1)
-    if config.workers is not None:
-        check_at_least("--workers", config.workers, 0)
+    check_workers(config.workers)
     # Checked here even when this run would not use them (resident, RAM tables): a typo fails now, not next time.
     check_choice("--shuffle", config.shuffle, SHUFFLES)
     check_choice("--cache-mode", config.cache_mode, MODES)

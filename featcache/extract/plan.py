@@ -30,7 +30,7 @@ from featcache.errors import (
     check_seed,
 )
 from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
-from featcache.runtime import PRECISIONS, resolve_device, resolve_precision
+from featcache.runtime import PRECISIONS, check_workers, resolve_device, resolve_precision
 from featcache.transforms import RESIZE_MODES, NoiseSpec, TransformSpec, default_transform
 from featcache.views import MAX_VIEWS, VIEW_POLICIES, ViewSpec
 
@@ -138,8 +138,7 @@ def validate(config: ExtractConfig) -> None:
     if config.views > MAX_VIEWS:
         raise ConfigError(f"--views {config.views}: at most {MAX_VIEWS} (each view caches every row of the split "
                           "again)", flag="--views")
-    if config.workers is not None:
-        check_at_least("--workers", config.workers, 0)
+    check_workers(config.workers)
     if config.topk_logits is not None:
         check_at_least("--topk-logits", config.topk_logits, 1)
     if config.project is not None:
