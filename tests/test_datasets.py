@@ -785,3 +785,35 @@ def test_synthetic_is_learnable_by_a_tiny_cnn(synthetic_arrays):
     with torch.no_grad():
         acc = (net(xt).argmax(1) == yt).float().mean().item()
     assert acc > 0.25, acc
+
+
+def test_folder_links_are_followed_but_no_folder_is_read_twice(tmp_path: Path, monkeypatch):
+    """A link back to an ancestor made os.walk recurse until the path was too long: 24 images became 984, class b's
+    under class a, without a word. Links to folders outside the tree still count once; a loop, a second way into a
+    folder already read, and a folder that cannot be read are refused."""
+    _tree(tmp_path / "data" / "train")
+    _tree(tmp_path / "more", classes=("x",), seed=90)
+    dog = tmp_path / "data" / "train" / "dog"
+    (dog / "extra").symlink_to(tmp_path / "more" / "x")  # a lab's class folder assembled from links: fine
+    ds = get_dataset("folder", tmp_path / "data" / "train", "train")
+    assert len(ds) == 12 and sorted(set(ds.targets)) == [0, 1]
+    assert sum(i.startswith("dog/extra/") for i in ds.sample_ids) == 4
+    loop = tmp_path / "data" / "train" / "cat" / "loop"
+    loop.symlink_to(tmp_path / "data" / "train")
+    with raises_naming(str(loop), "again (through a link)"):
+        get_dataset("folder", tmp_path / "data" / "train", "train")
+    loop.unlink()
+    (tmp_path / "data" / "train" / "cat" / "dogs-too").symlink_to(dog)  # dog's images under cat as well
+    with raises_naming(str(dog), "again (through a link)"):
+        get_dataset("folder", tmp_path / "data" / "train", "train")
+    (tmp_path / "data" / "train" / "cat" / "dogs-too").unlink()
+    real_scandir = os.scandir
+
+    def refuse(path="."):
+        if str(path).endswith("extra"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)  # root reads everything, so chmod cannot show it
+    with raises_naming(str(dog / "extra"), "cannot be read (Permission denied)"):
+        get_dataset("folder", tmp_path / "data" / "train", "train")

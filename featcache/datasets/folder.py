@@ -36,15 +36,30 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_images(directory: Path, *, recursive: bool = True) -> list[str]:
+def list_images(directory: Path, *, recursive: bool = True, seen: dict | None = None) -> list[str]:
     """Image files under ``directory`` as sorted posix paths relative to it (hidden files and dirs skipped).
 
-    Sorting the relative paths, not the walk order, makes ids identical across filesystems.
+    Sorting the relative paths, not the walk order, makes ids identical across filesystems. Links to directories
+    are followed (labs assemble class folders from links), but a directory reached twice — a link back to an
+    ancestor (a loop: os.walk would recurse until the path is too long, reading every image again and again, under
+    the wrong class) or a second way into a folder already read (``seen`` is shared across a split's classes) — is
+    refused, and so is a directory that cannot be read (os.walk would skip it without a word).
     """
     found: list[str] = []
     if recursive:
         top = os.fspath(directory)
-        for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        seen = {} if seen is None else seen
+
+        def unreadable(exc: OSError) -> None:
+            raise DatasetError(f"{exc.filename}: cannot be read ({exc.strerror or exc}); fix its permissions or "
+                               "remove it from the dataset folder")
+
+        for dirpath, dirnames, filenames in os.walk(top, followlinks=True, onerror=unreadable):
+            st = os.stat(dirpath)
+            first = seen.setdefault((st.st_dev, st.st_ino), dirpath)
+            if first != dirpath:
+                raise DatasetError(f"{dirpath} is the folder {first} again (through a link): its images would be "
+                                   "read twice, or under another class; remove the link")
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             # String joins, not pathlib: a 50k-image tree lists in 0.1 s instead of 1.5 s.
             rel = os.path.relpath(dirpath, top).replace(os.sep, "/")
@@ -66,8 +81,9 @@ def scan_class_tree(root: Path, classes: Sequence[str]) -> tuple[list[str], list
     """Ids ``<class>/<relpath>`` and labels of every image under ``root/<class>``, in class then path order."""
     ids: list[str] = []
     labels: list[int] = []
+    seen: dict = {}  # every folder read for this split: none may be reached twice (see list_images)
     for label, name in enumerate(classes):
-        files = list_images(root / name)
+        files = list_images(root / name, seen=seen)
         ids.extend(f"{name}/{f}" for f in files)
         labels.extend([label] * len(files))
     return ids, labels
