@@ -22,7 +22,13 @@ import torch
 import torch.nn.functional as F
 
 from featcache.datasets import get_dataset
-from featcache.datasets.base import ClassSubset, check_disjoint, check_trainable, read_class_list
+from featcache.datasets.base import (
+    ClassSubset,
+    check_disjoint,
+    check_same_classes,
+    check_trainable,
+    read_class_list,
+)
 from featcache.distill.methods.base import Method, MethodParams, xent
 from featcache.distill.trainer import (
     BEST,
@@ -35,7 +41,6 @@ from featcache.distill.trainer import (
 from featcache.distill.setup import validate as validate_distill
 from featcache.flags import copy_fields
 from featcache.config import TeacherConfig  # re-exported: the schema lives in featcache.config
-from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, plan_extract
 from featcache.models.classifier import INITS, Classifier, build_classifier, resolve_init  # noqa: F401 - re-exported
 from featcache.progress import Reporter
@@ -117,8 +122,7 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
         )).transform
         train_ds = get_dataset(tc.dataset, tc.data_root, "train", **tc.dataset_options)
         test_ds = get_dataset(tc.dataset, tc.data_root, "test", **tc.dataset_options)
-        if train_ds.classes != test_ds.classes:
-            raise ConfigError(f"dataset {tc.dataset}: train and test splits list different classes")
+        check_same_classes(train_ds, test_ds, tc.dataset)
         check_disjoint(train_ds, test_ds)
         if tc.classes is not None:
             names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)

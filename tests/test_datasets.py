@@ -817,3 +817,25 @@ def test_folder_links_are_followed_but_no_folder_is_read_twice(tmp_path: Path, m
     monkeypatch.setattr(os, "scandir", refuse)  # root reads everything, so chmod cannot show it
     with raises_naming(str(dog / "extra"), "cannot be read (Permission denied)"):
         get_dataset("folder", tmp_path / "data" / "train", "train")
+
+
+def test_splits_with_different_classes_are_named(tmp_path: Path, monkeypatch):
+    """'train and test splits list different classes' left the user to find which; an empty class folder is one."""
+    from typer.testing import CliRunner
+
+    from featcache.cli import app
+    from featcache.datasets.base import check_same_classes
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    _tree(tmp_path / "d" / "train")
+    _tree(tmp_path / "d" / "test", per_class=2, seed=50)
+    (tmp_path / "d" / "train" / "emu").mkdir()
+    for command in (["distill"], ["train-teacher", "--teacher", "convnet", "--init", "random"]):
+        r = CliRunner().invoke(app, [*command, "-d", "folder", "--data-root", str(tmp_path / "d"), "--epochs", "1",
+                                     "--run-dir", str(tmp_path / "run")])
+        assert r.exit_code == 2 and "only in train: emu; only in test: none" in " ".join(r.output.split()), r.output
+    ds = get_dataset("folder", tmp_path / "d", "test")
+    check_same_classes(ds, ds, "folder")
+    swapped = type("Split", (), {"classes": ["dog", "cat"]})()
+    with raises_naming("the same names in another order"):
+        check_same_classes(ds, swapped, "folder")

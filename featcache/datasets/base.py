@@ -29,7 +29,7 @@ from featcache.datasets.images import (  # noqa: F401 - re-exported: the decodin
     read_file_bytes,
     read_image_file,
 )
-from featcache.datasets.leaks import check_disjoint, copied_files  # noqa: F401 - re-exported
+from featcache.datasets.leaks import check_disjoint, check_same_classes, copied_files  # noqa: F401 - re-exported
 
 SPLITS = ("train", "test")
 

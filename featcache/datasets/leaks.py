@@ -89,6 +89,23 @@ def copied_files(train: ImageDataset, test: ImageDataset) -> list[tuple[str, str
     return copies
 
 
+def check_same_classes(train: ImageDataset, test: ImageDataset, dataset: str) -> None:
+    """The two splits name the same classes in the same order (a label means one class in both), or one line that
+    says which differ."""
+    if list(train.classes) == list(test.classes):
+        return
+    only_train = [c for c in train.classes if c not in set(test.classes)]
+    only_test = [c for c in test.classes if c not in set(train.classes)]
+
+    def show(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "") if names else "none"
+
+    what = (f"only in train: {show(only_train)}; only in test: {show(only_test)}" if only_train or only_test
+            else "the same names in another order")
+    raise DatasetError(f"dataset {dataset}: the train and test splits list different classes ({what}); give every "
+                       "class its folder in both splits (an empty class folder is a class without images)")
+
+
 def check_disjoint(train: ImageDataset, test: ImageDataset) -> None:
     """Refuse a test split that shares image files with the training split, or holds byte-identical copies of its
     images (a test/ copied from train/): its "test accuracy" would be measured on training images. Any one exact

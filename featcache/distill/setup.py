@@ -20,7 +20,7 @@ from featcache.cache.leases import Lease
 from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
 from featcache.datasets import ImageDataset, get_dataset
-from featcache.datasets.base import check_disjoint, check_trainable
+from featcache.datasets.base import check_disjoint, check_same_classes, check_trainable
 from featcache.datasets.images import check_target_size
 from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
@@ -144,8 +144,7 @@ def _splits(config: DistillConfig) -> tuple[ImageDataset, ImageDataset]:
     """The train and test splits, checked to be the same classes, disjoint, and trainable."""
     train = get_dataset(config.dataset, config.data_root, "train", **config.dataset_options)
     test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
-    if train.classes != test.classes:
-        raise ConfigError(f"dataset {config.dataset}: train and test splits list different classes")
+    check_same_classes(train, test, config.dataset)
     check_disjoint(train, test)
     check_trainable(train)
     return train, test
