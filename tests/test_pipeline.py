@@ -657,3 +657,35 @@ def test_relative_paths_in_a_recipe_resolve_against_its_folder(tmp_path, monkeyp
     assert p.data_root == Path("flag-data") and p.runs_dir == Path("flag-runs")
     recipe.write_text(recipe.read_text().replace('runs_dir = "out"\n', ""))
     assert load_pipeline(recipe).runs_dir == Path("runs") / "r"
+
+
+def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
+    """A second `featcache run` of a recipe (another GPU, another node on a shared filesystem) skips the run another
+    process is training and goes on with the next, instead of stopping at the first locked run directory."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = {"pipeline": {"name": "two"},
+            "dataset": {"name": "synthetic", "options": {"num_train": 32, "num_test": 16, "num_classes": 4}},
+            "distill": [{"students": ["lenet5"], "methods": ["ce"], "seeds": [0, 1],
+                         "options": {"epochs": 1, "batch_size": 16}}]}
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    held = tmp_path / "runs" / "lenet5-ce-alone-s0"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from featcache.locks import DirLock; "
+         f"DirLock({str(held)!r}, 'run directory').acquire(wait=False); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lines: list[str] = []
+        result = run_pipeline(p, workers=0, log=lines.append)
+        assert any("lenet5-ce-alone-s0: skipped, another featcache process (pid" in ln for ln in lines), lines
+        assert any("1 stage(s) were being trained by another process" in ln for ln in lines), lines
+        assert [Path(r).name for r in result["runs"]] == ["lenet5-ce-alone-s1"]
+        assert not (held / "summary.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = run_pipeline(p, workers=0, log=lambda m: None)  # the holder is gone: the skipped run is trained now
+    assert sorted(Path(r).name for r in result["runs"]) == ["lenet5-ce-alone-s0", "lenet5-ce-alone-s1"]

@@ -7,7 +7,7 @@ from typing import Any
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.rundir import CONFIG, METRICS, SUMMARY
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, RunLockedError
 from featcache.pipeline.plan import (
     extract_config,
     job_config,
@@ -43,6 +43,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
         stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
     keys: dict[str, str] = {}
     tables: dict[int, list] = {}  # seed -> the amalgamation's per-task table
+    busy: list[str] = []  # runs another process was training: a second `featcache run` shares the recipe's work
     for stage in stages:
         if stage.kind == "teacher" and stage.state != "done":
             t: TeacherSpec = stage.payload
@@ -65,12 +66,25 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             log(f"[distill] {stage.name}: {'resuming' if stage.state == 'resume' else 'starting'}")
             config = job_config(p, job, keys, run_dir=stage.run_dir, resume=stage.state == "resume",
                                 cache_dir=cache_dir, device=device, workers=workers)
-            with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
-                summary = distill(config, reporter)
+            try:
+                with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
+                    summary = distill(config, reporter)
+            except RunLockedError as exc:
+                busy.append(stage.name)
+                log(f"[distill] {stage.name}: skipped, another featcache process (pid {exc.holder}) is training it")
+                continue
             log(f"[distill] {stage.name}: {summary.line()}")
         elif stage.kind == "amalgamate":
-            tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
-                                                log).table
+            try:
+                tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
+                                                    log).table
+            except RunLockedError as exc:
+                busy.append(f"amalgamate seed {stage.payload}")
+                log(f"[amalgamate] seed {stage.payload}: skipped, another featcache process (pid {exc.holder}) is "
+                    f"training {exc.directory}")
+    if busy:
+        log(f"[run] {len(busy)} stage(s) were being trained by another process ({', '.join(busy[:3])}"
+            f"{', …' if len(busy) > 3 else ''}): run the recipe again once they end to include them in the report")
     report = write_report(p)
     if tables:
         from featcache.amalgamate import summarize
