@@ -680,7 +680,8 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
         assert holder.stdout.readline().strip() == "held"
         lines: list[str] = []
         result = run_pipeline(p, workers=0, log=lines.append)
-        assert any("lenet5-ce-alone-s0: skipped, another featcache process (pid" in ln for ln in lines), lines
+        skipped = "lenet5-ce-alone-s0: skipped, another featcache process (pid"
+        assert any(skipped in ln and str(held) in ln for ln in lines), lines
         assert any("1 stage(s) were being trained by another process" in ln for ln in lines), lines
         assert [Path(r).name for r in result["runs"]] == ["lenet5-ce-alone-s1"]
         assert not (held / "summary.json").exists()

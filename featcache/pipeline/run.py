@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -59,29 +60,17 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
                 result = extract(cfg, reporter)
             keys[t.name] = result.key
             log(f"[extract] {t.name}: {'cache ' + result.key + ' reused' if result.reused else 'wrote ' + result.key}")
-        elif stage.kind == "distill":
-            job = stage.payload
-            if stage.state == "done":
-                continue
+        elif stage.kind == "distill" and stage.state != "done":
             log(f"[distill] {stage.name}: {'resuming' if stage.state == 'resume' else 'starting'}")
-            config = job_config(p, job, keys, run_dir=stage.run_dir, resume=stage.state == "resume",
+            config = job_config(p, stage.payload, keys, run_dir=stage.run_dir, resume=stage.state == "resume",
                                 cache_dir=cache_dir, device=device, workers=workers)
-            try:
+            with _unless_busy(f"[distill] {stage.name}", busy, log):
                 with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
-                    summary = distill(config, reporter)
-            except RunLockedError as exc:
-                busy.append(stage.name)
-                log(f"[distill] {stage.name}: skipped, another featcache process (pid {exc.holder}) is training it")
-                continue
-            log(f"[distill] {stage.name}: {summary.line()}")
+                    log(f"[distill] {stage.name}: {distill(config, reporter).line()}")
         elif stage.kind == "amalgamate":
-            try:
+            with _unless_busy(f"[amalgamate] seed {stage.payload}", busy, log):
                 tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
                                                     log).table
-            except RunLockedError as exc:
-                busy.append(f"amalgamate seed {stage.payload}")
-                log(f"[amalgamate] seed {stage.payload}: skipped, another featcache process (pid {exc.holder}) is "
-                    f"training {exc.directory}")
     if busy:
         log(f"[run] {len(busy)} stage(s) were being trained by another process ({', '.join(busy[:3])}"
             f"{', …' if len(busy) > 3 else ''}): run the recipe again once they end to include them in the report")
@@ -92,6 +81,16 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
         report["amalgamate"] = summarize(tables)
         report["amalgamate_markdown"] = _write_task_table(p, tables)
     return report
+
+
+@contextlib.contextmanager
+def _unless_busy(what: str, busy: list[str], log):
+    """Skip a stage whose run directory another process holds (it is training it), noting it in ``busy``."""
+    try:
+        yield
+    except RunLockedError as exc:
+        busy.append(what.split("] ", 1)[1])
+        log(f"{what}: skipped, another featcache process (pid {exc.holder}) is training {exc.directory}")
 
 
 def _amalgamate(p: Pipeline, keys: dict[str, str], seed: int, cache_dir, device, workers, reporter, log):
