@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from featcache.config.distill import RECORDED_BEFORE
 from featcache.errors import ConfigError
 from featcache import rundir
 from featcache.rundir import CONFIG, METRICS, SUMMARY
@@ -79,7 +80,9 @@ def load_record(run_dir: str | Path) -> RunRecord:
     part = test_params.get("class_subset") or config.get("classes")
     if part:
         label += f" [{len(part)} classes: {', '.join(part[:2])}{', …' if len(part) > 2 else ''}]"
-    signature = json.dumps({**{k: v for k, v in config.items() if k not in ignore},
+    # A run recorded before a field existed did what that field's RECORDED_BEFORE value does: the same arm.
+    recorded = {**RECORDED_BEFORE, **config}
+    signature = json.dumps({**{k: v for k, v in recorded.items() if k not in ignore},
                             "teacher_keys": [t["key"] for t in info.get("teachers", [])], "head_classes": head},
                            sort_keys=True, default=str)
     return RunRecord(

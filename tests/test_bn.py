@@ -81,3 +81,28 @@ def test_runs_recorded_before_the_flag_read_as_not_recalibrated(tmp_path):
         distill(_cfg(tmp_path, "neg", bn_recalibrate=-1))
     with pytest.raises(ConfigError, match="at most 65,536 images"):
         distill(_cfg(tmp_path, "huge", bn_recalibrate=10**9))
+
+
+def test_a_run_recorded_before_bn_recalibrate_is_the_same_arm_in_the_report(tmp_path, monkeypatch):
+    """The seed-0 nets of an amalgamation recorded before --bn-recalibrate existed stood in a row of their own, next
+    to seeds 1-2 run later with bn_recalibrate = 0: the report must group them (mean ± std over the three)."""
+    from featcache.config import DistillConfig
+    from featcache.distill.trainer import distill
+    from featcache.report import build_rows, load_record
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    runs = []
+    for seed in (0, 1):
+        run = tmp_path / f"s{seed}"
+        distill(DistillConfig(student="lenet5", dataset="synthetic", epochs=1, batch_size=16, seed=seed, workers=0,
+                              bn_recalibrate=0, run_dir=run,
+                              dataset_options={"num_train": 32, "num_test": 16, "num_classes": 4}))
+        runs.append(run)
+    record = json.loads((runs[0] / "config.json").read_text())
+    del record["config"]["bn_recalibrate"]  # as featcache wrote it before the flag
+    (runs[0] / "config.json").write_text(json.dumps(record))
+    rows = build_rows([load_record(r) for r in runs])
+    assert len(rows) == 1 and rows[0].cells()["seeds"] == "2"
+    record["config"]["bn_recalibrate"] = 1024  # a run that did recalibrate is another arm
+    (runs[0] / "config.json").write_text(json.dumps(record))
+    assert len(build_rows([load_record(r) for r in runs])) == 2
