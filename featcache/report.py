@@ -230,9 +230,10 @@ def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = 
     ax.set_ylabel("test accuracy (%)")
     ax.grid(alpha=0.3)
     ax.set_title(title or "test accuracy per epoch", fontsize=10, wrap=True)
-    ax.legend(fontsize=8)
+    # Below the axes, never over a curve (inside, "best" still covered one once there were 7 arms).
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
