@@ -108,6 +108,8 @@ def test_shipped_recipes_parse():
         p = load_pipeline(path, data_root=Path("/data"))
         assert (p.distill or p.amalgamate) and p.teachers, path
         assert p.report.get("title"), path  # every shipped recipe titles its report
+    listed = (ROOT / "pipelines" / "README.md").read_text()
+    assert [r.name for r in recipes if f"`{r.name}`" not in listed] == []  # the recipes' table names every one
 
 
 def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
