@@ -77,9 +77,10 @@ class TaskSummary:
 
 def summarize(tables: dict[int, list[TaskAccuracy]]) -> list[TaskSummary]:
     """seed -> per-task table, as one row per task over the seeds."""
+    by_task = {seed: {row.task: row for row in t} for seed, t in tables.items()}
     first = next(iter(tables.values()))
-    return [TaskSummary(row.task, row.classes, {seed: t[i] for seed, t in tables.items()})
-            for i, row in enumerate(first)]
+    return [TaskSummary(row.task, row.classes, {seed: rows[row.task] for seed, rows in by_task.items()})
+            for row in first]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from featcache.config.distill import RECORDED_BEFORE
+from featcache.config.distill import as_recorded
 from featcache.errors import ConfigError
 from featcache import rundir
 from featcache.rundir import CONFIG, METRICS, SUMMARY
@@ -80,8 +80,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
     part = test_params.get("class_subset") or config.get("classes")
     if part:
         label += f" [{len(part)} classes: {', '.join(part[:2])}{', …' if len(part) > 2 else ''}]"
-    # A run recorded before a field existed did what that field's RECORDED_BEFORE value does: the same arm.
-    recorded = {**RECORDED_BEFORE, **config}
+    recorded = as_recorded(config)  # a run recorded before a field existed is the same arm as one setting its old value
     signature = json.dumps({**{k: v for k, v in recorded.items() if k not in ignore},
                             "teacher_keys": [t["key"] for t in info.get("teachers", [])], "head_classes": head},
                            sort_keys=True, default=str)
@@ -128,18 +127,8 @@ class Row:
     def first(self) -> RunRecord:
         return self.runs[0]
 
-    def stat(self, attr: str) -> tuple[float, float | None]:
-        values = [getattr(r, attr) for r in self.runs]
-        return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
     def cells(self) -> dict[str, str]:
         r = self.first
-        best, best_sd = self.stat("best_acc")
-        final, final_sd = self.stat("final_acc")
-
-        def pct(v: float, sd: float | None) -> str:
-            return f"{100 * v:.2f}" + (f" ± {100 * sd:.2f}" if sd is not None else "")
-
         epochs = {len(x.curve) for x in self.runs}
         planned = {x.epochs_planned for x in self.runs}
         ep = "/".join(map(str, sorted(epochs))) + ("" if epochs == planned else f" of {max(planned)}")
@@ -151,8 +140,8 @@ class Row:
             "dataset": r.dataset,
             "seeds": str(len(self.runs)),
             "epochs": ep,
-            "best acc %": pct(best, best_sd),
-            "final acc %": pct(final, final_sd),
+            "best acc %": percent([x.best_acc for x in self.runs]),
+            "final acc %": percent([x.final_acc for x in self.runs]),
         }
 
 

@@ -51,6 +51,11 @@ class StudentOptions:
 RECORDED_BEFORE: dict[str, Any] = {"bn_recalibrate": 0}
 
 
+def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
+    """A config.json's ``config`` with the fields it predates filled in with what the run did (RECORDED_BEFORE)."""
+    return {**RECORDED_BEFORE, **config}
+
+
 @dataclass
 class DataOptions:
     """Which images and labels the run trains on (featcache.datasets, featcache.distill.labels)."""
@@ -219,7 +224,7 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DistillConfig":
         known = {f.name for f in fields(cls)}
-        d = {**RECORDED_BEFORE, **{k: v for k, v in d.items() if k in known}}
+        d = as_recorded({k: v for k, v in d.items() if k in known})
         for k in ("data_root", "cache_dir", "run_dir"):
             if d.get(k) is not None:
                 d[k] = Path(d[k])

@@ -15,7 +15,7 @@ from typing import Any
 
 from featcache import rundir
 from featcache.config import DistillConfig
-from featcache.config.distill import RECORDED_BEFORE
+from featcache.config.distill import as_recorded
 from featcache.errors import ConfigError
 from featcache.flags import flag_name, runtime_fields
 
@@ -37,7 +37,7 @@ def _method(d: dict[str, Any]) -> str:
 
 def check_same_flags(run_dir: Path, config: DistillConfig) -> None:
     """Refuse ``--resume`` with flags that change what the run produces (one line listing what differs)."""
-    stored = {**RECORDED_BEFORE, **rundir.read_config(run_dir)["config"]}
+    stored = as_recorded(rundir.read_config(run_dir)["config"])
     now = _plain(config.to_dict())
     now["method"], stored = config.resolved_method(), {**stored, "method": _method(stored)}
     skip = runtime_fields(DistillConfig) | _NOT_COMPARED

@@ -64,11 +64,11 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             log(f"[distill] {stage.name}: {'resuming' if stage.state == 'resume' else 'starting'}")
             config = job_config(p, stage.payload, keys, run_dir=stage.run_dir, resume=stage.state == "resume",
                                 cache_dir=cache_dir, device=device, workers=workers)
-            with _unless_busy(f"[distill] {stage.name}", busy, log):
+            with _unless_busy("distill", stage.name, busy, log):
                 with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
                     log(f"[distill] {stage.name}: {distill(config, reporter).line()}")
         elif stage.kind == "amalgamate":
-            with _unless_busy(f"[amalgamate] seed {stage.payload}", busy, log):
+            with _unless_busy("amalgamate", f"seed {stage.payload}", busy, log):
                 tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
                                                     log).table
     if busy:
@@ -84,13 +84,13 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
 
 
 @contextlib.contextmanager
-def _unless_busy(what: str, busy: list[str], log):
+def _unless_busy(kind: str, name: str, busy: list[str], log):
     """Skip a stage whose run directory another process holds (it is training it), noting it in ``busy``."""
     try:
         yield
     except RunLockedError as exc:
-        busy.append(what.split("] ", 1)[1])
-        log(f"{what}: skipped, another featcache process (pid {exc.holder}) is training {exc.directory}")
+        busy.append(f"{kind} {name}")
+        log(f"[{kind}] {name}: skipped, another featcache process (pid {exc.holder}) is training {exc.directory}")
 
 
 def _amalgamate(p: Pipeline, keys: dict[str, str], seed: int, cache_dir, device, workers, reporter, log):
