@@ -17,11 +17,11 @@ Readers here turn every damaged or foreign file into a one-line ConfigError nami
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from featcache.fileio import loads_json
 from featcache import safeload
 from featcache.errors import ConfigError
 
@@ -37,7 +37,7 @@ FAILED = "failed.json"
 def read_json(path: Path, what: str = "file") -> dict[str, Any]:
     """A JSON object from ``path``; missing, torn or foreign files are a one-line ConfigError."""
     try:
-        obj = json.loads(Path(path).read_text())
+        obj = loads_json(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"{path} not found: {Path(path).parent} is not a featcache distill run (nor a "
                           "train-teacher run) directory") from None
@@ -94,7 +94,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     lines = path.read_text(errors="replace").splitlines()
     for number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line)
+            record = loads_json(line)
         except ValueError:
             if number == len(lines):
                 continue
@@ -160,7 +160,7 @@ def record_failure(run_dir: Path, exc: BaseException, write: bool = True) -> Non
     if not write:
         return
     try:
-        started = json.loads((Path(run_dir) / CONFIG).read_text()).get("started")
+        started = loads_json((Path(run_dir) / CONFIG).read_text()).get("started")
     except (OSError, ValueError, AttributeError):
         started = None
     record = {"error": type(exc).__name__, "message": " ".join(str(exc).split())[:300],
@@ -224,28 +224,11 @@ def atomic_save(obj: Any, path: Path) -> None:
 
     import torch
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from featcache.fileio import write_atomic
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(buffer.getbuffer())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as exc:
-        _drop(tmp)
-        from featcache.locks import unwritable
-
-        raise unwritable(path.parent, exc, "run directory") from None
-
-
-def _drop(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:
-        pass
+    write_atomic(Path(path), buffer.getvalue(), flag=Path(path).name, what="run directory")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

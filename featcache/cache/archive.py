@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from featcache.fileio import loads_json
 from featcache import __version__
 from featcache.cache.format import (
     MANIFEST, PROJECTION_FILE, TMP_SUFFIX, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name,
@@ -123,7 +124,7 @@ def _source_manifest(directory: Path, key: str) -> tuple[bytes, Manifest]:
     """The manifest's bytes, and the manifest parsed from those very bytes (what is shipped is what was checked)."""
     try:
         data = (directory / MANIFEST).read_bytes()
-        m = Manifest.from_dict(json.loads(data))
+        m = Manifest.from_dict(loads_json(data))
     except FileNotFoundError:
         raise CacheError(f"cache {key} has no manifest.json; only a complete cache can be exported") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -268,7 +269,7 @@ def _read_index(reader: TarReader) -> tuple[str, list[tuple[str, int, str]]]:
     data = reader.read_exact(got[1], "its index")
     reader.read_exact(padding(got[1]), "its index")
     try:
-        index = json.loads(data)
+        index = loads_json(data)
     except ValueError:
         raise reader.refused("its index is not JSON") from None
     return _check_index(index, reader)
@@ -319,7 +320,7 @@ def _read_manifest(reader: TarReader, key: str, members: list[tuple[str, int, st
     if _sha256(data) != sha:
         raise reader.refused(f"{name} does not match the sha256 its index records (damaged or altered)")
     try:
-        m = Manifest.from_dict(json.loads(data))
+        m = Manifest.from_dict(loads_json(data))
     except VersionError as exc:
         raise reader.refused(f"its cache was written by a newer featcache ({exc}): upgrade featcache") from None
     except (ValueError, KeyError, TypeError) as exc:

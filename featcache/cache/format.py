@@ -24,13 +24,13 @@ from typing import Any
 from featcache import typecheck
 from featcache.errors import FeatcacheError
 from featcache.specs import BlockSpec, NoiseSpec, TransformSpec, Timing, ViewSpec, WeightsInfo
+from featcache.fileio import TMP_SUFFIX, fsync_dir, loads_json  # noqa: F401  (re-exported: the cache's temp names)
 from featcache.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LOCK = LOCK_FILE  # advisory write lock (featcache.locks)
 SHARD_SUFFIX = ".h5"
-TMP_SUFFIX = ".tmp"
 RANK_SHARDS_PREFIX = "shards-rank"  # shards-rank<R>.json: shards a torchrun rank finished, until rank 0 merges them
 
 PART_DATA = "data"
@@ -306,7 +306,7 @@ class Manifest:
 
         path = Path(directory) / MANIFEST
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(loads_json(path.read_text()))
         except FileNotFoundError:
             raise CacheError(f"{path} is missing: not a featcache cache directory") from None
         except VersionError as exc:
@@ -354,35 +354,9 @@ def shard_path(directory: Path, shard: ShardInfo) -> Path:
     return path
 
 
-def fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file, fsync, rename, fsync the directory); on failure the
-    old file stays and no temp file is left behind."""
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        from featcache.locks import unwritable
+    """Replace ``path`` with ``text`` atomically (a fresh exclusive temp file, fsync, rename, fsync the directory);
+    on failure the old file stays and no temp file is left behind."""
+    from featcache.fileio import write_text_atomic
 
-        raise unwritable(path.parent, exc) from None
-    fsync_dir(path.parent)
+    write_text_atomic(path, text, flag=str(path.name))

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from featcache.fileio import loads_json
 from featcache.cache.format import MANIFEST, is_cache_key
 from featcache.cache.install import host, make_dir, pid_alive, stale_children
 from featcache.cache.usage import writable
@@ -109,7 +110,7 @@ def _holder(path: Path, now: float) -> Holder | None:
     except OSError:  # released meanwhile
         return None
     try:
-        info = json.loads(path.read_text()[:1000] or "{}")
+        info = loads_json(path.read_text()[:1000] or "{}")
     except (OSError, ValueError):  # a file someone else wrote
         info = {}
     info = info if isinstance(info, dict) else {}

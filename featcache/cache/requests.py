@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from featcache.fileio import loads_json
 from featcache.cache.format import FORMAT_VERSION, MANIFEST, Manifest, is_cache_key, shard_path
 
 REQUESTS_DIR = "requests"
@@ -148,11 +149,11 @@ def recall(store: Path, request: dict[str, Any]) -> dict[str, Any] | None:
     try:
         # The memo and the manifest are files of the store (maybe written by someone else): checked as strictly as
         # the full path checks them, and anything odd (a newer format, a foreign key) falls through to it.
-        memo = json.loads((store / REQUESTS_DIR / f"{request_digest(request)}.json").read_text())
+        memo = loads_json((store / REQUESTS_DIR / f"{request_digest(request)}.json").read_text())
         if not isinstance(memo, dict) or not isinstance(memo.get("key"), str) or not is_cache_key(memo["key"]):
             return None
         directory = store / memo["key"]
-        manifest = Manifest.from_dict(json.loads((directory / MANIFEST).read_text()))
+        manifest = Manifest.from_dict(loads_json((directory / MANIFEST).read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if (memo.get("gpu") != _gpu_present() or not manifest.complete or manifest.key != memo["key"]

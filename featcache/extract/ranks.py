@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from featcache.fileio import loads_json
 from featcache.cache.format import (
     RANK_SHARDS_PREFIX,
     Manifest,
@@ -19,12 +20,11 @@ def rank_file(directory: Path, rank: int) -> Path:
 
 def merge_rank_shards(directory: Path, manifest: Manifest) -> None:
     """Fold the shards recorded by torchrun ranks (their sidecars) into the manifest, then drop the sidecars."""
-    import json
 
     known = {(s.part, s.number) for s in manifest.shards}
     for side in sorted(directory.glob(f"{RANK_SHARDS_PREFIX}*.json")):
         try:
-            records = json.loads(side.read_text())
+            records = loads_json(side.read_text())
             for d in records:
                 typecheck.check_fields(d, ShardInfo)
             infos = [ShardInfo(**d) for d in records]
