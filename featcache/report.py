@@ -2,7 +2,10 @@
 
 A run directory (from `distill` or `train-teacher`) holds config.json, metrics.jsonl and, once finished,
 summary.json. Runs that differ only in --seed are grouped into one row (mean ± std over seeds), the way the papers
-report repeated runs. Plots need matplotlib (``pip install -e ".[plot]"``).
+report repeated runs: their recorded flags, method, teachers' caches, labels read and data (each split's identity and
+fingerprint) must agree. Runs that would look alike in the table but differ in one of those stay in rows of their
+own, marked with what differs, and a line under the table says what was kept apart. Plots need matplotlib
+(``pip install -e ".[plot]"``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any, Sequence
 
 from featcache.config.distill import as_recorded
 from featcache.errors import ConfigError
+from featcache.fileio import printable
+from featcache.flags import runtime_fields
 from featcache import rundir
 from featcache.rundir import CONFIG, METRICS, SUMMARY
 
@@ -41,9 +46,17 @@ class RunRecord:
     labels: str = "all"  # the training labels it read (--labels): "all", or "3,000 of 50,000"
     signature: str = ""  # the run's whole configuration except its seed and where it ran
     teacher_keys: list[str] = field(default_factory=list)  # the caches read, in the order of ``teachers``
+    facts: dict[str, Any] = field(default_factory=dict)  # what ``signature`` holds, by name (compared exactly)
+    data: dict[str, Any] = field(default_factory=dict)  # each split's recorded identity ("train fingerprint": ...)
+    apart: str = ""  # set by build_rows: what tells this run's row from rows that look the same
 
     def group(self) -> tuple:
         return (self.kind, self.signature)
+
+    @property
+    def arm(self) -> str:
+        """The method column as shown: the label, and what keeps its row apart from look-alikes."""
+        return self.label + self.apart
 
 
 def percent(values: list[float]) -> str:
@@ -72,7 +85,6 @@ def load_record(run_dir: str | Path) -> RunRecord:
         label += f" +{config['noise_per_batch']} noise/batch"
     if config.get("tag"):
         label += f" [{config['tag']}]"
-    ignore = {"seed", "run_dir", "resume", "workers", "device", "cache_dir", "data_root", "log"}
     # The classes the head covers are part of what a run is: two teachers of different class parts (train-teacher
     # --classes, which subsets the dataset rather than setting config.classes) are two arms, never one mean.
     head = info.get("head_classes")
@@ -80,19 +92,69 @@ def load_record(run_dir: str | Path) -> RunRecord:
     part = test_params.get("class_subset") or config.get("classes")
     if part:
         label += f" [{len(part)} classes: {', '.join(part[:2])}{', …' if len(part) > 2 else ''}]"
-    recorded = as_recorded(config)  # a run recorded before a field existed is the same arm as one setting its old value
-    signature = json.dumps({**{k: v for k, v in recorded.items() if k not in ignore},
-                            "teacher_keys": [t["key"] for t in info.get("teachers", [])], "head_classes": head},
-                           sort_keys=True, default=str)
+    facts = _facts(info, kind, method, head)
     return RunRecord(
         run_dir=run_dir, kind=kind, model=config["student"], method=info.get("method", config.get("method") or "?"),
         teachers=teachers, teacher_keys=[t["key"] for t in info.get("teachers", [])], dataset=config["dataset"],
         seed=int(config.get("seed", 0)),
         epochs_planned=summary["epochs"] if summary else len(curve), curve=curve, best_acc=curve[best],
         best_epoch=best + 1, final_acc=curve[-1], finished=summary is not None,
-        images_per_s=statistics.mean(rate) if rate else None, label=label, signature=signature,
+        images_per_s=statistics.mean(rate) if rate else None, label=label,
+        signature=json.dumps(facts, sort_keys=True, default=str), facts=facts, data=_data_facts(info),
         labels=_labels_cell(info.get("labels")),
     )
+
+
+# What says where and how a run ran, never what it trained: a run differing in these alone is another seed's twin.
+_WHERE = {"seed", "data_root"}
+# The fields of a split's identity (datasets.base.ImageDataset.identity) that must agree within a row.
+_DATA_FIELDS = ("name", "split", "num_samples", "num_classes", "ids_sha256", "labels_sha256", "classes_sha256",
+                "params", "fingerprint")
+
+
+def _facts(info: dict[str, Any], kind: str, method: str, head: Any) -> dict[str, Any]:
+    """Everything recorded that changes what a run trains, except its seed: its flags (a field an older config.json
+    lacks counts as what the run did: RECORDED_BEFORE, else the default), the method it resolved to, the caches it
+    read, the classes its head covers and the labels it read (which samples, not how the flag spelled them)."""
+    from featcache.config import DistillConfig, TeacherConfig
+
+    cls = TeacherConfig if kind == "teacher" else DistillConfig
+    config = {**_defaults(cls), **as_recorded(info["config"])}
+    skip = runtime_fields(cls) | _WHERE | {"teachers", "method", "labels"}  # the three: as resolved, below
+    facts = {k: v for k, v in config.items() if k not in skip}
+    facts.update(method=method, teachers=[t.get("key") for t in info.get("teachers", [])], head_classes=head,
+                 labels=_labels_fact(info.get("labels"), config.get("labels")))
+    return json.loads(json.dumps(facts, default=str))
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    from dataclasses import MISSING, fields
+
+    out = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    out.update({f.name: f.default_factory() for f in fields(cls) if f.default_factory is not MISSING})
+    return out
+
+
+def _labels_fact(record: dict | None, spec: Any) -> Any:
+    """The training labels a run read: "all", or which samples (``ids_sha256`` of the labelled ids, so that two
+    specs choosing the same samples are one arm and an ids file changed between seeds is two)."""
+    if not record:
+        return spec or "all"  # recorded before labels were: the flag says it
+    if record.get("labeled") == record.get("total"):
+        return "all"
+    if not record.get("labeled"):
+        return "none"
+    return f"{record.get('labeled')} of {record.get('total')}, ids {record.get('ids_sha256')}"
+
+
+def _data_facts(info: dict[str, Any]) -> dict[str, Any]:
+    """Each split's recorded identity by field ("train fingerprint", "test ids_sha256", ...). A field an older
+    config.json lacks is unknown, never a difference."""
+    out: dict[str, Any] = {}
+    for split, ident in sorted((info.get("dataset") or {}).items()):
+        if isinstance(ident, dict):
+            out.update({f"{split} {k}": ident[k] for k in _DATA_FIELDS if k in ident})
+    return json.loads(json.dumps(out, default=str))
 
 
 def _labels_cell(record: dict | None) -> str:
@@ -122,6 +184,7 @@ class Row:
     """One line of the table: a run, or the runs that differ only in their seed."""
 
     runs: list[RunRecord] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was kept apart from this row (said under the table)
 
     @property
     def first(self) -> RunRecord:
@@ -134,7 +197,7 @@ class Row:
         ep = "/".join(map(str, sorted(epochs))) + ("" if epochs == planned else f" of {max(planned)}")
         return {
             "model": r.model + (" (teacher)" if r.kind == "teacher" else ""),
-            "method": (r.label or r.method) if r.kind == "student" else "fine-tune" + r.label[len(r.method):],
+            "method": (r.arm or r.method) if r.kind == "student" else "fine-tune" + r.arm[len(r.method):],
             "teachers": ", ".join(r.teachers) or "—",
             "labels": r.labels,
             "dataset": r.dataset,
@@ -161,12 +224,74 @@ def _tell_caches_apart(records: list[RunRecord]) -> None:
 
 
 def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:
+    """The table's rows: runs whose recorded configuration and data agree except for the seed share a row (a data
+    field one run's config.json lacks is not a difference); look-alike rows are marked with what tells them apart."""
     _tell_caches_apart(records)
-    rows: dict[Any, Row] = {}
+    rows: list[Row] = []
+    arms: dict[Any, list[Row]] = {}
     for i, r in enumerate(records):
-        key = r.group() if group_seeds else i
-        rows.setdefault(key, Row()).runs.append(r)
-    return list(rows.values())
+        arm = arms.setdefault(r.group() if group_seeds else i, [])
+        row = next((x for x in arm if all(_agree(r.data, y.data) for y in x.runs)), None)
+        if row is None:
+            row = Row()
+            arm.append(row)
+            rows.append(row)
+        row.runs.append(r)
+    _tell_rows_apart(rows)
+    return rows
+
+
+def _agree(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return all(a[k] == b[k] for k in a.keys() & b.keys())
+
+
+def _tell_rows_apart(rows: list[Row]) -> None:
+    """Rows the table would show alike (same model, method, teachers, labels, dataset) but whose runs differ in a
+    recorded flag or data: mark each with its values of what differs, and note the split under the table."""
+    for row in rows:
+        row.notes = []
+        for r in row.runs:
+            r.apart = ""
+    alike: dict[tuple, list[Row]] = {}
+    for row in rows:
+        r = row.first
+        alike.setdefault((r.kind, r.model, r.label, tuple(r.teachers), r.labels, r.dataset), []).append(row)
+    for group in alike.values():
+        if len(group) < 2:
+            continue
+        facts = [row.first.facts for row in group]
+        data = [{k: v for r in row.runs for k, v in r.data.items()} for row in group]
+        # A flag one run's record lacks is a difference (an unknown one); a data field, only where both record it.
+        differ = [k for k in sorted({k for v in facts for k in v}) if len({_key(v.get(k, "—")) for v in facts}) > 1]
+        differ += [k for k in sorted({k for v in data for k in v}) if len({_key(v[k]) for v in data if k in v}) > 1]
+        if not differ:
+            continue
+        values = [{**d, **f} for d, f in zip(data, facts)]
+        for row, v in zip(group, values):
+            shown = ", ".join(f"{printable(k)} {_short(v.get(k, '—'))}" for k in differ[:2])
+            for r in row.runs:
+                r.apart = f" [{shown}{', …' if len(differ) > 2 else ''}]"
+        r, n = group[0].first, sum(len(x.runs) for x in group)
+        group[0].notes.append(f"kept apart: {n} runs of {printable(r.model)} {printable(r.label)} on "
+                              f"{printable(r.dataset)} differ in {', '.join(map(printable, differ))}: "
+                              f"{len(group)} rows, each marked with its own value")
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _short(value: Any) -> str:
+    """A recorded value short enough for a table cell: a hash by its first 6 digits, anything else cut at 24."""
+    if isinstance(value, str) and len(value) >= 16 and all(c in "0123456789abcdef" for c in value):
+        return value[:6]
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return printable(text, 24)
+
+
+def kept_apart(rows: list[Row]) -> list[str]:
+    """The lines that say which runs the table keeps in separate rows although they look alike."""
+    return [note for row in rows for note in row.notes]
 
 
 def columns(rows: list[Row]) -> tuple[str, ...]:
@@ -183,7 +308,8 @@ def markdown_table(rows: list[Row]) -> str:
     for row in rows:
         cells = row.cells()
         lines.append("| " + " | ".join(cells[c] for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    notes = [f"- {note}" for note in kept_apart(rows)]  # after a blank line: a line right below would join the table
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = None) -> Path:
@@ -205,7 +331,7 @@ def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = 
     for k, row in enumerate(build_rows(records)):
         colour = colours[k % len(colours)]
         r0 = row.runs[0]
-        who = f"{r0.model} {(r0.label or r0.method) if r0.kind == 'student' else 'teacher' + r0.label[len(r0.method):]}"
+        who = f"{r0.model} {(r0.arm or r0.method) if r0.kind == 'student' else 'teacher' + r0.arm[len(r0.method):]}"
         if r0.teachers:
             who += " ← " + "+".join(r0.teachers)
         for r in row.runs:

@@ -160,3 +160,59 @@ def test_report_shows_the_labels_column_only_when_a_run_read_a_subset(tmp_path, 
     assert "labels" not in markdown_table(build_rows([load_record(full.run_dir)])).splitlines()[0]
     table = markdown_table(build_rows([load_record(full.run_dir), load_record(part.run_dir)]))
     assert "| labels |" in table and "| 20 of 60 |" in table and "| all |" in table
+
+
+def _ids(path: Path, numbers) -> Path:
+    path.write_text("".join(f"synthetic/train/{i:06d}\n" for i in numbers))
+    return path
+
+
+def test_an_ids_file_that_is_not_utf8_text_is_one_line(tmp_path, store):
+    bad = tmp_path / "ids.txt"
+    bad.write_bytes(b"synthetic/train/000001\n\xff\xfe\n")
+    r = runner.invoke(app, ["distill", "--student", "lenet5", "--dataset", "synthetic", "-o", "num_train=60", "-o",
+                            "num_test=20", "-o", "num_classes=4", "--device", "cpu", "--workers", "0", "--epochs", "1",
+                            "--method", "ce", "--labels", f"ids:{bad}", "--run-dir", str(tmp_path / "r")])
+    one_line_error(r, f"--labels ids:{bad}", "not UTF-8")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        L.select(f"ids:{tmp_path}", np.zeros(3, dtype=np.int64), ["a", "b", "c"], 1)
+
+
+def test_resume_refuses_an_ids_file_edited_mid_run(tmp_path, store):
+    """config.json records the ids file's sha256; --resume compares it (an edit, even one that keeps the samples, is
+    refused naming the file) and, for a run recorded without it, which samples are labelled. The same contents under
+    another path resume."""
+    from featcache.distill.trainer import distill
+    from featcache.progress import Reporter
+
+    class StopAfterFirstEpoch(Reporter):
+        def message(self, text: str) -> None:
+            if text.startswith("epoch 1/"):
+                raise KeyboardInterrupt
+
+    ids = _ids(tmp_path / "ids.txt", range(0, 60, 3))
+    run_dir = tmp_path / "run"
+
+    def cfg(spec, **kw):
+        return DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), device="cpu", workers=0,
+                             batch_size=16, epochs=2, method="ce", labels=spec, run_dir=run_dir, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg(f"ids:{ids}"), reporter=StopAfterFirstEpoch())
+    import hashlib
+
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["labels"]["file_sha256"] == hashlib.sha256(ids.read_bytes()).hexdigest()
+    _ids(ids, range(0, 60, 2))  # other samples
+    with pytest.raises(ConfigError, match=f"the ids file {ids} .--labels. changed since"):
+        distill(cfg(f"ids:{ids}", resume=True))
+    _ids(ids, reversed(range(0, 60, 3)))  # the same samples, another file
+    with pytest.raises(ConfigError, match="changed since"):
+        distill(cfg(f"ids:{ids}", resume=True))
+    del record["labels"]["file_sha256"]  # as a run recorded before the file's hash was
+    (run_dir / "config.json").write_text(json.dumps(record))
+    _ids(ids, range(0, 60, 2))
+    with pytest.raises(ConfigError, match=f"the ids file {ids} now lists other samples"):
+        distill(cfg(f"ids:{ids}", resume=True))
+    moved = _ids(tmp_path / "moved.txt", range(0, 60, 3))  # the run's contents under another path
+    assert distill(cfg(f"ids:{moved}", resume=True)).epochs == 2

@@ -196,6 +196,70 @@ def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path):
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
+def _record(run_dir: Path, **changes) -> None:
+    """Edit a fake run's config.json: top-level fields, and ``config`` fields given as config=dict(...)."""
+    info = json.loads((run_dir / "config.json").read_text())
+    info["config"].update(changes.pop("config", {}))
+    info.update(changes)
+    (run_dir / "config.json").write_text(json.dumps(info))
+
+
+def _identity(fingerprint: str) -> dict:
+    return {"name": "synthetic", "split": "train", "num_samples": 64, "ids_sha256": "a" * 64,
+            "fingerprint": fingerprint}
+
+
+def test_report_keeps_runs_on_different_data_apart_and_says_so(tmp_path):
+    """Two seeds on one dataset and one on another (config.json records other train fingerprints) are two rows, each
+    marked with its fingerprint, and a line under the table says what was kept apart; a run whose record predates
+    the fingerprint joins the row it otherwise agrees with."""
+    for seed, fingerprint in ((0, "1" * 64), (1, "2" * 64), (2, "1" * 64), (3, None)):
+        d = _fake_run(tmp_path, f"s{seed}", [0.5 + seed / 10], seed=seed)
+        if fingerprint is not None:
+            _record(d, dataset={"train": _identity(fingerprint)})
+        else:
+            _record(d, dataset={"train": {k: v for k, v in _identity("x").items() if k != "fingerprint"}})
+    rows = build_rows([load_record(tmp_path / f"s{i}") for i in range(4)])
+    assert [r.cells()["seeds"] for r in rows] == ["3", "1"]
+    assert [r.cells()["method"] for r in rows] == ["ce [train fingerprint 111111]", "ce [train fingerprint 222222]"]
+    md = markdown_table(rows)
+    assert "\n\n- kept apart: 4 runs of lenet5 ce on synthetic differ in train fingerprint: 2 rows" in md
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "ce [train fingerprint 111111]" in r.output and "kept apart: 4 runs of lenet5 ce" in r.output
+    one = build_rows([load_record(tmp_path / "s0"), load_record(tmp_path / "s2")])
+    assert len(one) == 1 and one[0].cells()["method"] == "ce" and "kept apart" not in markdown_table(one)
+
+
+def test_report_keeps_runs_with_other_labels_or_flags_apart(tmp_path):
+    """Runs that differ in a recorded flag (no tag) or read other labelled samples (same count) are never one mean;
+    runs that chose the same samples by other specs, or whose record predates a flag set to its default, are."""
+    subset = {"labeled": 20, "total": 60, "ids_sha256": "c" * 64}
+    for name, seed, config, labels in (("a", 0, {"labels": "5/class"}, subset),
+                                       ("b", 1, {"labels": "ids:/x/first.txt"}, subset),
+                                       ("c", 2, {"labels": "ids:/x/other.txt"}, {**subset, "ids_sha256": "d" * 64}),
+                                       ("d", 3, {"labels": "5/class", "lr": 0.5}, subset)):
+        _record(_fake_run(tmp_path, name, [0.5], seed=seed), config=config, labels=labels)
+    rows = build_rows([load_record(tmp_path / n) for n in "abcd"])
+    assert [r.cells()["seeds"] for r in rows] == ["2", "1", "1"]
+    methods = [r.cells()["method"] for r in rows]
+    assert len(set(methods)) == 3 and "lr 0.5" in methods[2] and "ids dddddd" in methods[1], methods
+    assert "differ in labels, lr" in markdown_table(rows)
+    # A run recorded before --labels and --labeled-share existed read every label: the same arm as one saying so.
+    _fake_run(tmp_path, "old", [0.4], seed=0)
+    _record(_fake_run(tmp_path, "new", [0.6], seed=1), config={"labels": "all", "labeled_share": None},
+            labels={"labeled": 60, "total": 60, "ids_sha256": "e" * 64})
+    assert [r.cells()["seeds"] for r in build_rows([load_record(tmp_path / n) for n in ("old", "new")])] == ["2"]
+
+
+def test_report_table_shows_labels_from_disk_as_text_not_markup(tmp_path):
+    _record(_fake_run(tmp_path, "a", [0.5]), config={"tag": "[/x]"})
+    _record(_fake_run(tmp_path, "b", [0.5]), config={"tag": "[bold]"})
+    r = CliRunner().invoke(app, ["report", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    assert "[/x]" in r.output and "[bold]" in r.output
+
+
 def test_report_errors(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["report", str(tmp_path / "nothing")])
     assert r.exit_code == 2 and "no such run directory" in r.output
@@ -215,6 +279,67 @@ def test_report_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     r = CliRunner().invoke(app, ["report", str(d), "--plot", str(tmp_path / "p.png")])
     assert r.exit_code == 2 and 'pip install -e ".[plot]"' in r.output
+
+
+IDS_RECIPE = """
+[pipeline]
+name = "ids"
+[dataset]
+name = "synthetic"
+options = {num_train = 60, num_test = 20, num_classes = 4}
+[[distill]]
+students = ["lenet5"]
+methods = ["ce"]
+options = {epochs = 1, batch_size = 16, labels = "ids:ids.txt"}
+"""
+
+
+def _ids_recipe(folder: Path, numbers) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ids.txt").write_text("".join(f"synthetic/train/{i:06d}\n" for i in numbers))
+    (folder / "recipe.toml").write_text(IDS_RECIPE)
+    return folder / "recipe.toml"
+
+
+def test_a_recipes_ids_file_resolves_against_the_recipes_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ids.txt").write_text("synthetic/train/000001\n")  # the working directory's: not the recipe's
+    recipe = _ids_recipe(tmp_path / "proj", range(0, 60, 3))
+    p = load_pipeline(recipe, runs_dir=tmp_path / "runs")
+    assert p.distill[0].options["labels"] == f"ids:{tmp_path / 'proj' / 'ids.txt'}"
+    (tmp_path / "proj" / "ids.txt").unlink()
+    with pytest.raises(ConfigError, match=r"options.labels 'ids:ids.txt': no file .*proj/ids.txt"):
+        load_pipeline(recipe, runs_dir=tmp_path / "runs")
+
+
+def test_an_edited_ids_file_makes_the_run_stale(tmp_path, monkeypatch):
+    """What a run read from ``labels = "ids:FILE"`` is the file's contents: an edit makes the run stale, the same
+    contents elsewhere (the recipe's folder moved) do not; a run recorded without the file's hash is compared by
+    the path it resolved to."""
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    recipe = _ids_recipe(tmp_path / "proj", range(0, 60, 3))
+    run_pipeline(load_pipeline(recipe, runs_dir=runs), workers=0, device="cpu", log=lambda _: None)
+
+    def state(path: Path) -> tuple[str, str]:
+        stage = next(s for s in plan(load_pipeline(path, runs_dir=runs), workers=0) if s.kind == "distill")
+        return stage.state, stage.detail
+
+    assert state(recipe)[0] == "done"
+    _ids_recipe(tmp_path / "proj", range(0, 60, 2))
+    got = state(recipe)
+    assert got[0] == "stale" and f"ids file {tmp_path / 'proj' / 'ids.txt'} edited since the run" in got[1], got
+    with pytest.raises(ConfigError, match="edited since the run"):
+        run_pipeline(load_pipeline(recipe, runs_dir=runs), workers=0, device="cpu", log=lambda _: None)
+    _ids_recipe(tmp_path / "proj", range(0, 60, 3))
+    moved = _ids_recipe(tmp_path / "moved", range(0, 60, 3))
+    assert state(recipe)[0] == "done" and state(moved)[0] == "done"
+    config = runs / "lenet5-ce-alone-s0" / "config.json"
+    record = json.loads(config.read_text())
+    del record["labels"]["file_sha256"]  # as recorded before the file's hash was
+    config.write_text(json.dumps(record))
+    assert state(recipe)[0] == "done" and state(moved)[0] == "stale"
 
 
 def test_tags_keep_runs_with_other_options_apart(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from featcache.cli.app import out
 
@@ -18,9 +19,11 @@ def print_task_table(rows: list, title: str) -> None:
 
 
 def print_rows(rows, title: str) -> None:
-    from featcache.report import columns
+    from featcache.report import columns, kept_apart
 
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)  # no side borders: fits 80 columns
+    # Cells and title are plain text, never rich markup: a "[tag]" in a method label (or a config.json from someone
+    # else) would be swallowed as a style, or stop the table with a markup error.
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD)  # no side borders: fits 80 columns
     cells = [row.cells() for row in rows]
     cols = columns(rows)
     for col in cols:
@@ -31,5 +34,7 @@ def print_rows(rows, title: str) -> None:
         width = max(len(w) for w in words)  # no word is ever cut
         table.add_column(col, justify="right" if numeric else "left", min_width=width, no_wrap=not numeric)
     for c in cells:
-        table.add_row(*(c[col] for col in cols))
+        table.add_row(*(Text(c[col]) for col in cols))
     out.print(table)
+    for note in kept_apart(rows):
+        out.print(note, highlight=False, markup=False)  # names from disk: never rich markup

@@ -16,11 +16,12 @@ nothing downstream can read a label the run was told not to read (tested).
 ``N/class``        the first N samples of each class, in dataset order (``300/class``: the same images as CIFAR's
                    ``-o train_per_class=300``, so the labelled subset is one a run without the pool can train on)
 ``F`` (0 < F < 1)  the first ceil(F·n_c) samples of each class c (stratified, so rare classes keep labels)
-``ids:FILE``       the samples whose ids are listed in FILE, one per line (ids as `featcache` names them)
+``ids:FILE``       the samples whose ids are listed in FILE, one per line (ids as `featcache` names them), UTF-8
 =================  =============================================================================================
 
-The choice is deterministic (no seed), recorded in config.json with the count and the sha256 of the labelled ids,
-and shown by `featcache report`.
+The choice is deterministic (no seed), recorded in config.json with the count and the sha256 of the labelled ids
+(and of FILE's bytes for ``ids:FILE``), and shown by `featcache report`. An ids file is an input like the data: a
+run resumed after it was edited is refused, and a recipe's run made from other contents is stale.
 
 ``--labeled-share S`` (0 < S < 1) makes every batch S labelled: an epoch is one pass over the unlabelled samples,
 and the labelled ones are drawn, in a fresh order each pass, as often as it takes. The default (unset) is the
@@ -32,7 +33,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +43,7 @@ import numpy as np
 
 from featcache.datasets.base import first_of_each_class
 from featcache.errors import ConfigError
+from featcache.fileio import printable
 
 _PER_CLASS = re.compile(r"^(\d+)/class$")
 
@@ -50,6 +54,7 @@ class LabelSubset:
 
     spec: str
     mask: np.ndarray
+    file_sha256: str | None = None  # ids:FILE: the sha256 of the file's bytes as read
 
     @property
     def count(self) -> int:
@@ -60,10 +65,14 @@ class LabelSubset:
         return bool(self.mask.all())
 
     def record(self, ids: list[str]) -> dict:
-        """What config.json records: the spec, how many, and which (a hash of the labelled ids, in order)."""
+        """What config.json records: the spec, how many, and which (a hash of the labelled ids, in order); for
+        ids:FILE also the file's own hash, which --resume and a recipe's stale check compare."""
         chosen = [ids[i] for i in np.flatnonzero(self.mask)]
         digest = hashlib.sha256("\n".join(chosen).encode()).hexdigest()
-        return {"spec": self.spec, "labeled": self.count, "total": len(self.mask), "ids_sha256": digest}
+        out = {"spec": self.spec, "labeled": self.count, "total": len(self.mask), "ids_sha256": digest}
+        if self.file_sha256 is not None:
+            out["file_sha256"] = self.file_sha256
+        return out
 
 
 def check_spec(spec: str, share: float | None = None) -> None:
@@ -95,26 +104,50 @@ def select(spec: str, targets: np.ndarray, ids: list[str], num_classes: int) -> 
     if spec == "none":
         return LabelSubset(spec, np.zeros(n, dtype=bool))
     if spec.startswith("ids:"):
-        return LabelSubset(spec, _from_file(Path(spec[4:]).expanduser(), ids))
+        mask, digest = _from_file(ids_file(spec), ids)
+        return LabelSubset(spec, mask, digest)
     counts = np.bincount(targets, minlength=num_classes)
     m = _PER_CLASS.match(spec)
     want = np.full(num_classes, int(m.group(1))) if m else np.ceil(float(spec) * counts).astype(np.int64)
     return LabelSubset(spec, first_of_each_class(targets, want))
 
 
-def _from_file(path: Path, ids: list[str]) -> np.ndarray:
+def ids_file(spec: str) -> Path:
+    """The file an ``ids:FILE`` spec names (``~`` expanded; relative to the working directory, as a flag's path)."""
+    return Path(spec[4:]).expanduser()
+
+
+def read_ids_file(path: Path) -> tuple[str, str]:
+    """An ids file's text and the sha256 of its bytes; a file that is missing, not a regular file (a FIFO would
+    block the run) or not UTF-8 is one ConfigError naming it."""
+    where = f"--labels ids:{printable(str(path))}"
     try:
-        wanted = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError(f"{where}: not a regular file; name a text file of sample ids, one per line",
+                              flag="--labels")
+        data = path.read_bytes()
     except OSError as exc:
-        raise ConfigError(f"--labels ids:{path}: cannot be read ({exc.strerror or exc})", flag="--labels") from None
+        raise ConfigError(f"{where}: cannot be read ({exc.strerror or exc})", flag="--labels") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {exc.start}); save it as UTF-8, one sample id per line",
+                          flag="--labels") from None
+    return text, hashlib.sha256(data).hexdigest()
+
+
+def _from_file(path: Path, ids: list[str]) -> tuple[np.ndarray, str]:
+    text, digest = read_ids_file(path)
+    wanted = [line.strip() for line in text.splitlines() if line.strip()]
     where = {sid: i for i, sid in enumerate(ids)}
     unknown = [w for w in wanted if w not in where]
     if unknown:
-        raise ConfigError(f"--labels ids:{path}: {len(unknown)} id(s) are not samples of the training split (first: "
-                          f"{unknown[0]!r})", flag="--labels")
+        raise ConfigError(f"--labels ids:{printable(str(path))}: {len(unknown)} id(s) are not samples of the "
+                          f"training split (first: {printable(repr(unknown[0]))})", flag="--labels")
     mask = np.zeros(len(ids), dtype=bool)
     mask[[where[w] for w in wanted]] = True
-    return mask
+    return mask, digest
 
 
 @dataclass(frozen=True)

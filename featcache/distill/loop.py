@@ -190,7 +190,8 @@ def _resume(run: _Run) -> DistillSummary | None:
     ck = Checkpoint.load(run.run_dir / LAST, map_location=s.device,
                          hint="start the run again into a fresh --run-dir (or delete the file)")
     resume.check_same_inputs(run.run_dir, [c.key for c in s.caches],
-                             {"train": s.train.identity(), "test": s.test.identity()})
+                             {"train": s.train.identity(), "test": s.test.identity()},
+                             s.labels.record(s.train.sample_ids) if s.labels is not None else None)
     if resume.finished(ck.epoch, t.total_epochs):
         return _finished_summary(s, ck, t.total_epochs, run.reporter)
     t.student.load_state_dict(ck.student)

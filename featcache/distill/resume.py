@@ -17,6 +17,7 @@ from featcache import rundir
 from featcache.config import DistillConfig
 from featcache.config.distill import as_recorded
 from featcache.errors import ConfigError
+from featcache.fileio import printable
 from featcache.flags import flag_name, runtime_fields
 
 # Not compared from the flags: where the data lives (compared by the dataset's identity instead), the teachers as
@@ -42,6 +43,8 @@ def check_same_flags(run_dir: Path, config: DistillConfig) -> None:
     now["method"], stored = config.resolved_method(), {**stored, "method": _method(stored)}
     skip = runtime_fields(DistillConfig) | _NOT_COMPARED
     names = {f.name: flag_name(f) for f in fields(DistillConfig)}
+    if _ids_spec(stored.get("labels")) and _ids_spec(now.get("labels")):
+        skip = skip | {"labels"}  # one ids file under two paths: its contents are compared (check_same_inputs)
     diffs = [f"{names[k]} {_show(stored[k])} (now {_show(now[k])})" for k in now
              if k not in skip and k in stored and _plain(stored[k]) != now[k]]
     if diffs:
@@ -50,14 +53,20 @@ def check_same_flags(run_dir: Path, config: DistillConfig) -> None:
                           f"flags it started with ({rundir.CONFIG} records them), or start a fresh --run-dir")
 
 
+def _ids_spec(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("ids:")
+
+
 def _show(value: Any) -> str:
     if isinstance(value, list):
         return ",".join(map(str, value))
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def check_same_inputs(run_dir: Path, teacher_keys: list[str], datasets: dict[str, dict[str, Any]]) -> None:
-    """Refuse ``--resume`` when the teachers resolve to other caches, or the splits are other samples or labels."""
+def check_same_inputs(run_dir: Path, teacher_keys: list[str], datasets: dict[str, dict[str, Any]],
+                      labels: dict[str, Any] | None = None) -> None:
+    """Refuse ``--resume`` when the teachers resolve to other caches, the splits are other samples or labels, or
+    ``labels`` (what ``LabelSubset.record`` gives now) is another subset or read from an edited ids file."""
     info = rundir.read_config(run_dir)
     before = [t.get("key") for t in info.get("teachers") or [] if isinstance(t, dict)]
     if before != list(teacher_keys):
@@ -73,6 +82,26 @@ def check_same_inputs(run_dir: Path, teacher_keys: list[str], datasets: dict[str
         if changed:
             raise ConfigError(f"--resume: the {split} split is not the one {run_dir} started with ({changed[0]} "
                               "differs); resume it on the same data, or start a fresh --run-dir")
+    _check_same_labels(run_dir, info.get("labels"), labels)  # after the data: other data selects other ids too
+
+
+def _check_same_labels(run_dir: Path, before: dict[str, Any] | None, now: dict[str, Any] | None) -> None:
+    """The ids file's bytes where both runs hashed them; else which samples are labelled (recorded by every run
+    that recorded its labels)."""
+    if not isinstance(before, dict) or now is None:
+        return
+    spec = str(now.get("spec", ""))
+    old_file, new_file = before.get("file_sha256"), now.get("file_sha256")
+    if old_file and new_file and old_file != new_file:
+        raise ConfigError(f"--resume: the ids file {printable(spec[4:])} (--labels) changed since {run_dir} started "
+                          f"(sha256 {printable(str(old_file))[:12]}…, now {new_file[:12]}…); put back the file it "
+                          "started with, or start a fresh --run-dir", flag="--labels")
+    old_ids = before.get("ids_sha256")
+    if old_ids and old_ids != now.get("ids_sha256"):
+        what = f"the ids file {printable(spec[4:])} now lists" if _ids_spec(spec) else f"--labels {spec} now selects"
+        raise ConfigError(f"--resume: {what} other samples than {run_dir} started with ({now.get('labeled')} "
+                          f"labelled, then {printable(str(before.get('labeled')))}); resume it with the labels it "
+                          "started with, or start a fresh --run-dir", flag="--labels")
 
 
 def finished(epoch: int, total_epochs: int) -> bool:

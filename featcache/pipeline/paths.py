@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from featcache.errors import ConfigError
+from featcache.fileio import printable
 from featcache.flags import check_type
 
 
@@ -63,6 +64,15 @@ class Recipe:
             v = check_type(declared[k], v, f"{label}.{k}")
             out[k] = str(self.path(v)) if _is_path_type(declared[k]) and isinstance(v, str) else v
         return out
+
+    def ids_file(self, spec: str, label: str) -> str:
+        """``labels = "ids:FILE"``: FILE resolves against the recipe's folder, like every path of a recipe, and must
+        exist now (not after the stages before its run have trained)."""
+        path = self.path(spec[4:])
+        if "$" not in str(path) and not path.is_file():
+            raise ConfigError(f"{label} {printable(spec)!r}: no file {printable(str(path))}; list the labelled sample "
+                              "ids in it, one per line (a relative path is taken from the recipe's folder)")
+        return f"ids:{path}"
 
     def classes(self, value: Any, parts: set[str], label: str) -> Any:
         """A teacher's ``train.classes`` / a task: a part name of [classes], a list of names, or a file of names

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from featcache.config import DistillConfig, TeacherConfig
 from featcache.rundir import CONFIG, LAST, SUMMARY
 from featcache.errors import ConfigError
+from featcache.fileio import printable
 from featcache.flags import runtime_fields
 from featcache.pipeline.recipe import DistillJob, Pipeline, TeacherSpec, distill_jobs
 
@@ -171,8 +173,12 @@ def job_differs(p: Pipeline, job: DistillJob, run_dir: Path, keys: dict[str, str
     (a teacher missing from it is trained anew first), or None not to compare the caches."""
     from featcache.rundir import read_config
 
-    recorded = read_config(run_dir)["config"]
-    out = _differences(job_config(p, job), recorded, skip={"teachers"})
+    info = read_config(run_dir)
+    recorded, expected = info["config"], job_config(p, job)
+    ids = _is_ids(recorded.get("labels")) and _is_ids(expected.labels)
+    out = _differences(expected, recorded, skip={"teachers", "labels"} if ids else {"teachers"})
+    if ids:
+        out += _ids_file_differs(p, recorded["labels"], expected.labels, info.get("labels"))
     if keys is not None and job.teachers:
         anew = [t for t in job.teachers if t not in keys]
         if anew:
@@ -180,6 +186,29 @@ def job_differs(p: Pipeline, job: DistillJob, run_dir: Path, keys: dict[str, str
         elif _plain(recorded.get("teachers")) != [keys[t] for t in job.teachers]:
             out.append(f"teachers {_show(recorded.get('teachers'))} → {_show([keys[t] for t in job.teachers])}")
     return out
+
+
+def _is_ids(spec: Any) -> bool:
+    return isinstance(spec, str) and spec.startswith("ids:")
+
+
+def _ids_file_differs(p: Pipeline, before: str, now: str, record: Any) -> list[str]:
+    """``labels = "ids:FILE"``: what the run read is the file's contents, not its path: a run is stale when the file
+    was edited since (its recorded sha256). A run whose record lacks the hash is compared by the path, a relative
+    one taken from the working directory or the recipe's folder (where it may have been resolved from)."""
+    from featcache.distill.labels import ids_file, read_ids_file
+
+    path = ids_file(now)
+    digest = record.get("file_sha256") if isinstance(record, dict) else None
+    if isinstance(digest, str):
+        now_digest = read_ids_file(path)[1]
+        return [] if now_digest == digest else [f"labels: ids file {printable(str(path))} edited since the run "
+                                                f"(sha256 {printable(digest[:12])}… → {now_digest[:12]}…)"]
+    old = ids_file(before)
+    folders = [Path.cwd()] + ([Path(p.path).resolve().parent] if p.path else [])
+    if any(os.path.abspath(f / old) == os.path.abspath(path) for f in folders):
+        return []
+    return [f"labels {_show(before)} → {_show(now)}"]
 
 
 def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[str]:

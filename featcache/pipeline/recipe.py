@@ -140,7 +140,7 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: two [[teachers]] share the name "
                           f"{next(n for n in names if names.count(n) > 1)!r}; set 'name'")
-    runs = [_parse_distill(d, f"{where}: [[distill]] #{i + 1}", ds, names)
+    runs = [_parse_distill(d, f"{where}: [[distill]] #{i + 1}", ds, names, recipe)
             for i, d in enumerate(_table(data, "distill", f"{where}: distill", kind=list, default=[]))]
     dirs = [job.name for job in distill_jobs(runs)]
     if len(set(dirs)) != len(dirs):
@@ -267,7 +267,7 @@ def _parse_train(train: dict, teacher: str, w: str, recipe: Recipe, ds: _Dataset
     return train
 
 
-def _parse_distill(d: Any, w: str, ds: _Dataset, names: list[str]) -> DistillSpec:
+def _parse_distill(d: Any, w: str, ds: _Dataset, names: list[str], recipe: Recipe) -> DistillSpec:
     from featcache.distill.methods import METHODS
     from featcache.distill.setup import validate as validate_distill
 
@@ -284,6 +284,8 @@ def _parse_distill(d: Any, w: str, ds: _Dataset, names: list[str]) -> DistillSpe
     options = d.get("options", {})
     _unknown(options, DISTILL_FIELDS, f"{w} options")
     options = _config_values(DistillConfig, options, f"{w} options.")
+    if isinstance(options.get("labels"), str) and options["labels"].startswith("ids:"):
+        options["labels"] = recipe.ids_file(options["labels"], f"{w} options.labels")
     tag = d.get("tag", "")
     if tag and not tag.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"{w}: tag {tag!r} may hold only letters, digits, - and _ (it names run directories)")
