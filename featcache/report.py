@@ -48,15 +48,20 @@ class RunRecord:
     teacher_keys: list[str] = field(default_factory=list)  # the caches read, in the order of ``teachers``
     facts: dict[str, Any] = field(default_factory=dict)  # what ``signature`` holds, by name (compared exactly)
     data: dict[str, Any] = field(default_factory=dict)  # each split's recorded identity ("train fingerprint": ...)
-    apart: str = ""  # set by build_rows: what tells this run's row from rows that look the same
+    apart: list[str] = field(default_factory=list)  # set by build_rows: what tells its row from look-alike rows
 
     def group(self) -> tuple:
         return (self.kind, self.signature)
 
     @property
+    def mark(self) -> str:
+        """What keeps this run's row apart from rows that look the same (``" [train fingerprint 0c31dd]"``)."""
+        return f" [{', '.join(self.apart)}]" if self.apart else ""
+
+    @property
     def arm(self) -> str:
-        """The method column as shown: the label, and what keeps its row apart from look-alikes."""
-        return self.label + self.apart
+        """The method column as shown: the label and its mark."""
+        return self.label + self.mark
 
 
 def percent(values: list[float]) -> str:
@@ -251,7 +256,7 @@ def _tell_rows_apart(rows: list[Row]) -> None:
     for row in rows:
         row.notes = []
         for r in row.runs:
-            r.apart = ""
+            r.apart = []
     alike: dict[tuple, list[Row]] = {}
     for row in rows:
         r = row.first
@@ -268,9 +273,9 @@ def _tell_rows_apart(rows: list[Row]) -> None:
             continue
         values = [{**d, **f} for d, f in zip(data, facts)]
         for row, v in zip(group, values):
-            shown = ", ".join(f"{printable(k)} {_short(v.get(k, '—'))}" for k in differ[:2])
+            shown = [f"{printable(k)} {_short(v.get(k, '—'))}" for k in differ[:2]] + (["…"] if len(differ) > 2 else [])
             for r in row.runs:
-                r.apart = f" [{shown}{', …' if len(differ) > 2 else ''}]"
+                r.apart = shown
         r, n = group[0].first, sum(len(x.runs) for x in group)
         group[0].notes.append(f"kept apart: {n} runs of {printable(r.model)} {printable(r.label)} on "
                               f"{printable(r.dataset)} differ in {', '.join(map(printable, differ))}: "

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from featcache.cli.app import out
+from featcache.fileio import printable
 
 
 def print_task_table(rows: list, title: str) -> None:
@@ -24,7 +25,14 @@ def print_rows(rows, title: str) -> None:
     # Cells and title are plain text, never rich markup: a "[tag]" in a method label (or a config.json from someone
     # else) would be swallowed as a style, or stop the table with a markup error.
     table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD)  # no side borders: fits 80 columns
-    cells = [row.cells() for row in rows]
+    cells = [{k: printable(v, limit=None) for k, v in row.cells().items()} for row in rows]  # names from disk
+    # What keeps look-alike rows apart ("[train fingerprint 0c31dd]") is said under the table, each such row
+    # numbered in its method cell: in the cell it would push the accuracy columns off an 80-column terminal.
+    marked = [row for row in rows if row.first.apart]
+    for row, c in zip(rows, cells):
+        if row in marked:
+            mark = printable(row.first.mark, limit=None)
+            c["method"] = f"{c['method'][:-len(mark)]} ({marked.index(row) + 1})"
     cols = columns(rows)
     for col in cols:
         numeric = col.endswith("%") or col in ("seeds", "epochs")
@@ -38,3 +46,5 @@ def print_rows(rows, title: str) -> None:
     out.print(table)
     for note in kept_apart(rows):
         out.print(note, highlight=False, markup=False)  # names from disk: never rich markup
+    for k, row in enumerate(marked):
+        out.print(f"  ({k + 1}) {', '.join(row.first.apart)}", highlight=False, markup=False)
