@@ -167,15 +167,19 @@ def _ids(path: Path, numbers) -> Path:
     return path
 
 
-def test_an_ids_file_that_is_not_utf8_text_is_one_line(tmp_path, store):
+def test_an_ids_file_that_is_not_utf8_text_or_not_a_file_is_one_line(tmp_path, store):
     bad = tmp_path / "ids.txt"
     bad.write_bytes(b"synthetic/train/000001\n\xff\xfe\n")
     r = runner.invoke(app, ["distill", "--student", "lenet5", "--dataset", "synthetic", "-o", "num_train=60", "-o",
                             "num_test=20", "-o", "num_classes=4", "--device", "cpu", "--workers", "0", "--epochs", "1",
                             "--method", "ce", "--labels", f"ids:{bad}", "--run-dir", str(tmp_path / "r")])
     one_line_error(r, f"--labels ids:{bad}", "not UTF-8")
-    with pytest.raises(ConfigError, match="not a regular file"):
-        L.select(f"ids:{tmp_path}", np.zeros(3, dtype=np.int64), ["a", "b", "c"], 1)
+    import os
+
+    os.mkfifo(tmp_path / "fifo")  # reading one would block the run until someone writes to it
+    for path in (tmp_path, tmp_path / "fifo"):
+        with pytest.raises(ConfigError, match="not a regular file"):
+            L.select(f"ids:{path}", np.zeros(3, dtype=np.int64), ["a", "b", "c"], 1)
 
 
 def test_resume_refuses_an_ids_file_edited_mid_run(tmp_path, store):
