@@ -50,8 +50,8 @@ def bench_dequant(rows: int = 100_000, dim: int = 2048, classes: int = 10, batch
     with tempfile.TemporaryDirectory(prefix="featcache-bench-codec-", dir=directory) as scratch:
         caches = {}
         for dtype in ("float16", "int8"):
-            write_random_cache(Path(scratch) / f"bench-{dtype}", rows, dim, classes, seed=seed, dtype=dtype)
-            caches[dtype] = FeatureCache(Path(scratch) / f"bench-{dtype}")
+            key = write_random_cache(Path(scratch) / f"bench-{dtype}", rows, dim, classes, seed=seed, dtype=dtype).key
+            caches[dtype] = FeatureCache(Path(scratch) / key)
         fields = {"float16": (FEATURES, LOGITS), "int8": (FEATURES, LOGITS, FEATURE_SCALE)}
         full = epoch_plan(rows, seed=seed, epoch=0, shuffle="full", block_rows=block_rows, window_blocks=window_blocks)
         block = epoch_plan(rows, seed=seed, epoch=0, shuffle="block", block_rows=block_rows,

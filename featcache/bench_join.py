@@ -22,19 +22,22 @@ from featcache.specs import TransformSpec, WeightsInfo
 
 def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard_rows: int = 4096, seed: int = 0,
                        identity: dict | None = None, dtype: str = "float16"):
-    """A complete cache of random fp16 features / fp32 logits written by the real writer (benchmarks, tests); its
-    key is the directory's name (give the ``identity`` it is the hash of for a cache that `cache import` accepts).
-    ``dtype="int8"``: the same rows quantised as `extract --dtype int8` stores them (with their per-row scales)."""
+    """A complete cache of random fp16 features / fp32 logits written by the real writer (benchmarks, tests), named
+    by its key as every reader requires: ``make_key(identity, "random", "bench", "train")``. Without ``identity``,
+    ``directory``'s name is a label hashed into one, and the cache is written beside it under its key (the returned
+    manifest's ``key``). ``dtype="int8"``: the same rows quantised as `extract --dtype int8` stores them (with their
+    per-row scales)."""
     import numpy as np
 
     from featcache.cache.codec import quantise
-    from featcache.cache.format import FEATURE_SCALE, INT8_CODEC, PART_DATA, Manifest, TeacherInfo
+    from featcache.cache.format import FEATURE_SCALE, INT8_CODEC, PART_DATA, Manifest, TeacherInfo, make_key
     from featcache.cache.writer import PartWriter
 
     rng = np.random.default_rng(seed)
+    identity = identity or {"bench": directory.name, **({"feature_codec": INT8_CODEC} if dtype == "int8" else {})}
+    key = make_key(identity, "random", "bench", "train")
+    directory = directory.parent / key
     directory.mkdir(parents=True, exist_ok=True)
-    key = directory.name
-    identity = identity or {"bench": key, **({"feature_codec": INT8_CODEC} if dtype == "int8" else {})}
     m = Manifest(
         key=key, identity=identity, teacher=TeacherInfo("random", WeightsInfo.random(0), "random", dim, classes,
                                                         None, "unknown"),
@@ -189,9 +192,9 @@ def _time_methods(root: Path, *, rows: int, dim: int, classes: int, batch_size: 
     from featcache.cache.reader import FeatureCache
 
     reporter.message(f"writing {rows:,} random rows of {dim}-d fp16 features (not timed)")
-    write_random_cache(root / "cache", rows, dim, classes, seed=seed)
-    cache = FeatureCache(root / "cache")
-    shard_paths = [root / "cache" / sh.file for sh in cache.manifest.shards]
+    key = write_random_cache(root / "cache", rows, dim, classes, seed=seed).key
+    cache = FeatureCache(root / key)
+    shard_paths = [root / key / sh.file for sh in cache.manifest.shards]
     maybe_cold = functools.partial(_maybe_cold, cold, shard_paths)
     rng = np.random.default_rng(seed)
     shuffled = _batches(rng.permutation(rows), batch_size)

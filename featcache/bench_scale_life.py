@@ -4,7 +4,6 @@ command in a fresh process where a user waits for it), next to its limit in the 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,6 +19,7 @@ from featcache.bench_synth import SynthSpec, write_synthetic_cache
 from featcache.cache.format import MANIFEST
 from featcache.cache.install import INCOMING
 from featcache.cache.store import CacheStore
+from featcache.fileio import read_json
 
 
 def _seconds(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -105,8 +105,8 @@ def _work_manifest(store: Path, key: str) -> tuple[int, int, int]:
     """(shards recorded in the manifest, finished shard files, unfinished .tmp files) of key's work directory."""
     for d in (store / INCOMING).glob(f"{key}@*"):
         try:
-            recorded = len(json.loads((d / MANIFEST).read_text())["shards"])
-        except (OSError, ValueError, KeyError):
+            recorded = len(read_json(d / MANIFEST)["shards"])
+        except (OSError, ValueError, KeyError, TypeError):
             recorded = 0
         return recorded, len(list(d.glob("*.h5"))), len(list(d.glob("*.h5.tmp")))
     return 0, 0, 0
@@ -177,8 +177,10 @@ STEPS = ("write", "join", "ram", "verify", "commands", "reuse", "store")
 
 def _write(store: Path, spec: SynthSpec, steps: tuple[str, ...], kill_at: float, reporter) -> dict[str, Any]:
     """Make sure the cache exists: through a killed and resumed write when ``kill_at`` (and it is not there yet)."""
-    done = (store / spec.key / MANIFEST).is_file() and json.loads((store / spec.key / MANIFEST).read_text())[
-        "complete"]
+    try:
+        done = read_json(store / spec.key / MANIFEST).get("complete") is True
+    except (OSError, ValueError, AttributeError):  # none yet, or not one to trust: written (again) below
+        done = False
     if kill_at and not done:
         return {"resume": bench_resume(store, spec, kill_at, reporter)}
     w = write_synthetic_cache(store, spec, reporter=reporter)

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from featcache.cache.archive import export_cache, import_archive
 from featcache.cache.format import MANIFEST, make_key
+from featcache.fileio import read_json
 from featcache.cache.hashpipe import BUDGET, CHUNK
 from featcache.cache.store import CacheStore
 from featcache.errors import ConfigError
@@ -120,7 +121,7 @@ def many_caches(root: Path, keys: int) -> None:
     first = {"bench": "ls", "n": 0}
     template = root / make_key(first, "random", "bench", "train")
     write_random_cache(template, rows=16, dim=8, classes=2, shard_rows=16, identity=first)
-    manifest = json.loads((template / MANIFEST).read_text())
+    manifest = read_json(template / MANIFEST)
     for n in range(1, keys):
         identity = {"bench": "ls", "n": n}
         key = make_key(identity, "random", "bench", "train")

@@ -56,6 +56,11 @@ class CacheVersionError(CacheError):
     """A cache was written by a newer featcache (its format_version is higher than this one reads)."""
 
 
+class CacheIdentityError(CacheError):
+    """A cache is not the cache its name says: its directory's name, its manifest's key and the identity it records
+    disagree (a cache copied under another key, an edited manifest). Every reader refuses it."""
+
+
 class CacheMismatchError(CacheError):
     """A cache does not describe the dataset/transform it is being joined with."""
 

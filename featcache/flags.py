@@ -220,6 +220,61 @@ def command_line(config: Any, command: str, *, positional_first: tuple[str, ...]
     return shlex.join(args)
 
 
+def parse_command_line(cls: type, command: str, text: str) -> Any:
+    """The ``cls`` config that a command line of the form :func:`command_line` writes stands for, or None when
+    ``text`` is anything else (another program, another command, an unknown flag, a value of the wrong type). A
+    command line read from a file someone else wrote is shown only as ``command_line`` of what it parses to."""
+    try:
+        args = shlex.split(text)
+    except ValueError:
+        return None
+    if args[:2] != ["featcache", command]:
+        return None
+    flags: dict[str, tuple[dataclasses.Field, bool]] = {}
+    positional = [f for f in cli_fields(cls) if flag_of(f).positional]
+    for f in cli_fields(cls):
+        flag, name = flag_of(f), flag_name(f)
+        flags.update({n: (f, True) for n in (name, flag.short) if n})
+        if _unwrap_optional(_hints(cls)[f.name])[0] is bool:
+            flags[flag.off or "--no-" + name[2:]] = (f, False)
+    values: dict[str, Any] = {}
+    rest = iter(args[2:])
+    for token in rest:
+        name, eq, inline = token.partition("=") if token.startswith("--") else (token, "", "")
+        if not token.startswith("-"):
+            if not positional:
+                return None
+            values[positional.pop(0).name] = token
+            continue
+        if name not in flags:
+            return None
+        f, on = flags[name]
+        if _unwrap_optional(_hints(cls)[f.name])[0] is bool and not eq:
+            values[f.name] = on
+            continue
+        value = inline if eq else next(rest, None)
+        if value is None:
+            return None
+        if flag_of(f).form in ("repeat", "keyvalue"):
+            values.setdefault(f.name, []).append(value)
+        else:
+            values[f.name] = value
+    try:
+        return config_from_cli(cls, {name: _typed(cls, name, v) for name, v in values.items()})
+    except (ConfigError, ValueError, TypeError):
+        return None
+
+
+def _typed(cls: type, name: str, value: Any) -> Any:
+    """A command-line word (or words) as the field's CLI type parses it: numbers as numbers, the rest as text."""
+    f = next(f for f in fields(cls) if f.name == name)
+    annotation = _unwrap_optional(_cli_annotation(f, _hints(cls)[name]))[0]
+    item = (typing.get_args(annotation) or (None,))[0] if isinstance(value, list) else annotation
+    if item in (int, float):
+        return [item(v) for v in value] if isinstance(value, list) else item(value)
+    return value
+
+
 def describe_type(tp: Any, form: str = "value") -> str:
     """``an integer``, ``a list of strings``, ... : what a value of type hint ``tp`` must be, in words."""
     return typecheck.describe(tp) + (" (or one string a,b,c)" if form == "comma" else "")
@@ -280,4 +335,5 @@ def as_command(fn: Callable[..., Any], parameters: list[inspect.Parameter], doc:
 
 
 __all__ = ["Flag", "opt", "cli_parameters", "config_from_cli", "command_line", "copy_fields", "recipe_fields",
-           "runtime_fields", "parse_key_values", "as_command", "check_type", "check_value", "describe_type", "Path"]
+           "runtime_fields", "parse_key_values", "parse_command_line",
+           "as_command", "check_type", "check_value", "describe_type", "Path"]

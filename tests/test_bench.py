@@ -118,10 +118,10 @@ def test_random_cache_is_a_valid_cache(tmp_path):
     from featcache.cache import FeatureCache
     from featcache.cache.store import verify_directory
 
-    write_random_cache(tmp_path / "c", rows=50, dim=4, classes=2, shard_rows=16)
-    with FeatureCache(tmp_path / "c") as cache:
+    key = write_random_cache(tmp_path / "c", rows=50, dim=4, classes=2, shard_rows=16).key
+    with FeatureCache(tmp_path / key) as cache:
         assert cache.num_rows() == 50 and cache.read_all()["features"].shape == (50, 4)
-    assert verify_directory(tmp_path / "c").ok
+    assert verify_directory(tmp_path / key).ok
 
 
 def test_bench_join_cli(tmp_path):

@@ -17,14 +17,20 @@ ROOT = Path(__file__).resolve().parents[1]
 D, C = 6, 3
 
 
-def build_cache(store: Path, key: str = "toy-synthetic-train-000000000000", rows=(101, 7), shard_rows=25, seed=0):
+def toy_key(name: str) -> str:
+    """The key of a toy cache: ``name`` and the hash of its identity, as every reader requires."""
+    return f"{name}-{fmt.hashlib.sha256(fmt.canonical_json({'k': name}).encode()).hexdigest()[:12]}"
+
+
+def build_cache(store: Path, name: str = "toy-synthetic-train", rows=(101, 7), shard_rows=25, seed=0):
     """Write a cache of random rows through the real writer; returns (directory, features, logits)."""
     rng = np.random.default_rng(seed)
+    key = toy_key(name)
     directory = store / key
     directory.mkdir(parents=True)
     parts = {fmt.PART_DATA: rows[0], fmt.PART_NOISE: rows[1]}
     m = Manifest(
-        key=key, identity={"k": key}, teacher=TeacherInfo("toy", WeightsInfo.random(0), "fc", D, C, None, "unknown"),
+        key=key, identity={"k": name}, teacher=TeacherInfo("toy", WeightsInfo.random(0), "fc", D, C, None, "unknown"),
         dataset={"name": "synthetic", "split": "train"}, classes=["a", "b", "c"],
         transform=TransformSpec(image_size=8, resize=8),
         dtype="float16", logits_dtype="float32", precision="fp32", shard_rows=shard_rows, rows=parts, noise=None,
@@ -121,11 +127,12 @@ def test_verify_reports_corrupt_truncated_missing_and_leftover(tmp_path):
 
 
 def test_store_resolves_prefixes_and_lists(tmp_path):
-    build_cache(tmp_path, key="toy-a-train-111111111111")
-    build_cache(tmp_path, key="toy-b-train-222222222222")
+    a, b = toy_key("toy-a-train"), toy_key("toy-b-train")
+    build_cache(tmp_path, name="toy-a-train")
+    build_cache(tmp_path, name="toy-b-train")
     store = CacheStore(tmp_path)
-    assert [e.key for e in store.entries()] == ["toy-a-train-111111111111", "toy-b-train-222222222222"]
-    assert store.resolve("toy-b") == "toy-b-train-222222222222"
+    assert [e.key for e in store.entries()] == [a, b]
+    assert store.resolve("toy-b") == b
     with pytest.raises(CacheError, match="ambiguous"):
         store.resolve("toy")
     with pytest.raises(CacheError, match="no cache 'zzz'"):
@@ -168,3 +175,87 @@ def test_docs_describe_every_name_in_the_format():
     missing = [n for n in names if not re.search(rf"`{re.escape(n)}`", doc)]
     assert not missing, f"docs/cache-format.md does not mention: {missing}"
     assert f"format_version` {fmt.FORMAT_VERSION}" in doc or f"`format_version`: {fmt.FORMAT_VERSION}" in doc
+
+
+def test_a_cache_is_read_only_under_the_key_its_identity_gives(tmp_path):
+    """A cache copied or renamed under another key, or whose identity was edited, is refused by the reader and
+    listed as foreign, never found by a search; its own directory, and an extract's work directory, still read."""
+    import shutil
+
+    from featcache.errors import CacheIdentityError
+
+    directory, _ = build_cache(tmp_path / "s")
+    with FeatureCache(directory) as cache:
+        assert cache.key == directory.name
+    work = tmp_path / "s" / ".incoming" / f"{directory.name}@host@1@00"
+    shutil.copytree(directory, work)
+    assert FeatureCache(work).key == directory.name
+    other = tmp_path / "s" / toy_key("toy-other-train")
+    shutil.copytree(directory, other)
+    with pytest.raises(CacheIdentityError, match=f"holds the manifest of cache {directory.name}"):
+        FeatureCache(other)
+    store = CacheStore(tmp_path / "s", shared_env=False)
+    status = {e.key: e.status for e in store.entries()}
+    assert status == {directory.name: "complete", other.name: "foreign"}
+    with pytest.raises(CacheIdentityError):
+        store.open(other.name)
+    assert [e.key for e in store.find(teacher="toy")] == [directory.name]
+    assert "whose manifest is not of its key" in store.skipped_note()
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["identity"].update(k="else"), "not the hash of the identity"),
+    (lambda m: m.update(key=m["key"].replace("toy", "toy-else")), "holds the manifest of cache"),
+])
+def test_an_edited_key_or_identity_is_refused(tmp_path, edit, needle):
+    import json
+
+    from featcache.errors import CacheIdentityError
+
+    directory, _ = build_cache(tmp_path)
+    m = json.loads((directory / fmt.MANIFEST).read_text())
+    edit(m)
+    (directory / fmt.MANIFEST).write_text(json.dumps(m))
+    with pytest.raises(CacheIdentityError, match=needle):
+        FeatureCache(directory)
+    assert CacheStore(tmp_path, shared_env=False).entries()[0].status == "foreign"
+
+
+def test_names_that_are_not_keys_are_strays_never_caches(tmp_path):
+    import shutil
+
+    directory, _ = build_cache(tmp_path)
+    for name in ("evil\x1b[2J\nname", "a b", "x@y"):
+        shutil.copytree(directory, tmp_path / name)
+    store = CacheStore(tmp_path, shared_env=False)
+    assert [e.key for e in store.entries()] == [directory.name]
+    assert sorted(p.name for p in store.strays()) == sorted(["evil\x1b[2J\nname", "a b", "x@y"])
+    for name in ("evil\x1b[2J\nname", "../" + directory.name, "x@y"):
+        with pytest.raises(CacheError, match="no cache") as info:
+            store.locate(name)
+        assert "\x1b" not in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_recorded_command_is_shown_only_as_the_extract_its_fields_make():
+    import dataclasses
+
+    from featcache.cache.commands import extract_command
+
+    golden = ROOT / "tests" / "golden" / "resnet18-synthetic-train-bae82c00140b"
+    m = Manifest.load(golden)
+    shown = extract_command(m)
+    assert shown.startswith("featcache extract --teacher resnet18 ") and "--image-size 32 --shard-rows 8" in shown
+    for recorded in ("rm -rf ~ --force", "featcache extract --teacher resnet18; rm -rf ~",
+                     "featcache extract --teacher resnet50 --weights random --image-size 32 --shard-rows 8",
+                     "featcache extract --teacher resnet18 --weights random --image-size 32 --shard-rows 8 --evil x",
+                     "featcache extract --teacher resnet18 --weights random --image-size 32 --shard-rows 8 \x1b[2J"):
+        text = extract_command(dataclasses.replace(m, command=recorded))
+        assert text.startswith("featcache extract --teacher resnet18 ") and "--weights random" in text, recorded
+        assert "rm" not in text and "resnet50" not in text and "evil" not in text and "\x1b" not in text
+    # What does not parse to an extract of this cache is rebuilt from the manifest's fields: a quoted value stays one
+    # word of the command, never a second command.
+    text = extract_command(dataclasses.replace(m, command=m.command + " --data-root '$(rm -rf ~)'"))
+    assert "--data-root '$(rm -rf ~)'" in text and "resnet18" in text
+    # A cache no extract command makes (a benchmark's) has none to show.
+    bench = dataclasses.replace(m, identity={"bench": 1}, command="featcache bench scale")
+    assert extract_command(bench) is None

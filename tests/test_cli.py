@@ -291,3 +291,22 @@ def test_a_worker_count_that_would_fork_the_machine_down_is_one_line(store, tmp_
                   "--workers", "0").exit_code == 0
     one_line_error(invoke("eval", str(run), "--workers", "100000"), "--workers 100000: at most")
     one_line_error(invoke("eval", str(run), "--batch-size", "0"), "--batch-size must be >= 1, got 0")
+
+
+def test_a_command_line_parses_back_to_its_config_and_nothing_else_does():
+    """flags.parse_command_line is command_line's inverse: what it writes parses back to the same config (so a
+    recorded command can be shown as command_line of what it parses to); anything else is None."""
+    from featcache.config import ExtractConfig
+    from featcache.flags import parse_command_line
+
+    cfg = ExtractConfig(teacher="timm:vit_tiny", dataset="folder", data_root=Path("/d a/t"), dtype="int8",
+                        blocks=["layer1", "layer2"], dataset_options={"holdout": 0.1, "x": "a b"}, noise=8, views=2)
+    back = parse_command_line(ExtractConfig, "extract", cfg.command())
+    assert back is not None and back.command() == cfg.command() and back.blocks == ["layer1", "layer2"]
+    assert back.noise == 8 and back.dataset_options == {"holdout": 0.1, "x": "a b"}
+    short = parse_command_line(ExtractConfig, "extract", "featcache extract -t convnet -o num_train=4 --noise=3")
+    assert (short.teacher, short.dataset_options, short.noise) == ("convnet", {"num_train": 4}, 3)
+    for text in ("rm -rf ~", "featcache distill --teacher x", "featcache extract --teacher x; rm -rf ~",
+                 "featcache extract --teacher x --unknown 1", "featcache extract --noise many",
+                 "featcache extract --teacher", "featcache extract stray", "featcache extract --teacher 'x"):
+        assert parse_command_line(ExtractConfig, "extract", text) is None, text

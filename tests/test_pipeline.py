@@ -820,3 +820,13 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
         holder.wait()
     result = run_pipeline(p, workers=0, log=lambda m: None)  # the holder is gone: the skipped run is trained now
     assert sorted(Path(r).name for r in result["runs"]) == ["lenet5-ce-alone-s0", "lenet5-ce-alone-s1"]
+
+
+@pytest.mark.parametrize("text, needle", [
+    (b"x = " + b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
+    (b"[pipeline]\nname = \"\xff\xfe\"\n", "invalid TOML"),
+])
+def test_a_recipe_nested_too_deep_or_not_utf8_is_one_line(tmp_path, text, needle):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_bytes(text)
+    one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run"]), "recipe.toml", needle)

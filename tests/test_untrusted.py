@@ -436,3 +436,191 @@ def test_a_rank_sidecar_cannot_add_a_shard_outside_the_cache(cache, tmp_path):
     rank_file(cache, 1).write_text(json.dumps([shard.__dict__]))  # the honest record is taken
     merge_rank_shards(cache, m)
     assert sorted(s.file for s in m.shards) == ["data-00000.h5", "data-00001.h5"]
+
+
+# -- a cache is the cache its name says; what a manifest records is data --------------------------------------------
+def _extract_other(home: Path, known: Path, *flags: str) -> Path:
+    r = invoke("extract", *EXTRACT, *flags)
+    assert r.exit_code == 0, r.output
+    (other,) = [p for p in home.iterdir() if p != known and (p / "manifest.json").is_file()]
+    return other
+
+
+def test_a_cache_copied_under_another_key_is_refused_by_every_reader(cache, home, tmp_path):
+    """A float16 cache copied over an int8 cache's directory is not read as the int8 cache by anyone."""
+    import shutil
+
+    int8 = _extract_other(home, cache, "--dtype", "int8")
+    shutil.rmtree(int8)
+    shutil.copytree(cache, int8)
+    for reader, result in readers(int8, tmp_path):
+        if reader == "verify":
+            assert result.exit_code == 1 and "FAILED" in result.output, result.output
+            assert f"holds the manifest of cache {cache.name}" in " ".join(result.output.split())
+        elif isinstance(result, str) or result is None:
+            assert result is not None and "holds the manifest of cache" in result, reader
+        else:
+            one_line_error(result, int8.name, f"holds the manifest of cache {cache.name}", "refused")
+    assert not (tmp_path / "r" / "summary.json").exists()
+    listed = {e["key"]: e["status"] for e in json.loads(invoke("cache", "ls", "--json").output)}
+    assert listed == {cache.name: "complete", int8.name: "foreign"}
+    (tmp_path / "shared").mkdir()
+    one_line_error(invoke("cache", "publish", int8.name, "--to", tmp_path / "shared"), int8.name, "foreign")
+    one_line_error(invoke("cache", "export", int8.name, "-o", tmp_path / "x.tar"), int8.name, cache.name)
+    assert not (tmp_path / "x.tar").exists() and not list((tmp_path / "shared").iterdir())
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda m: m["identity"].update(precision="fp16"), "is not the hash of the identity"),
+    (lambda m: m.update(precision="fp16"), "its precision"),
+    (lambda m: m["dataset"].update(labels_sha256="0" * 64), "its dataset"),
+    (lambda m: m["teacher"].update(name="resnet50"), "its teacher"),
+    (lambda m: m["transform"].update(interpolation="nearest"), "its transform"),
+])
+def test_a_manifest_whose_fields_are_not_its_keys_identity_is_refused(cache, tmp_path, edit, needle):
+    edit_manifest(cache, edit)
+    r = invoke("distill", *DISTILL, "--teacher", cache.name, "--epochs", "1", "--run-dir", tmp_path / "r")
+    one_line_error(r, cache.name, needle, "refused")
+    one_line_error(invoke("cache", "info", cache.name), needle)
+
+
+def test_a_forged_key_over_an_edited_identity_is_refused(cache, home, tmp_path):
+    """Whoever edits the identity and renames the directory to the key it gives still has to change every field
+    a reader uses to match it: what is left (the rows stored as float16, said float32 by the identity) is refused."""
+    from featcache.cache.format import make_key
+
+    m = json.loads((cache / "manifest.json").read_text())
+    m["identity"]["dtype"] = "float32"
+    m["key"] = make_key(m["identity"], "convnet", "synthetic", "train")
+    (cache / "manifest.json").write_text(json.dumps(m))
+    cache.rename(home / m["key"])
+    one_line_error(invoke("distill", *DISTILL, "--teacher", m["key"], "--epochs", "1", "--run-dir", tmp_path / "r"),
+                   m["key"], "its dtype ('float16') is not the one its identity records ('float32')")
+
+
+def test_a_recorded_command_is_never_shown_as_advice(cache, tmp_path):
+    """An archive's (or anyone's) manifest may record any text as its command: the repair hint shows the extract
+    that makes this cache, rebuilt from its fields, never that text."""
+    edit_manifest(cache, lambda m: m.update(command="rm -rf ~ --force"))
+    shard = cache / "data-00001.h5"
+    raw = bytearray(shard.read_bytes())
+    raw[-100] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    r = invoke("distill", *DISTILL, "--teacher", cache.name, "--epochs", "1", "--run-dir", tmp_path / "r")
+    flat = one_line_error(r, "data-00001.h5", "`featcache extract --teacher convnet ")
+    assert "rm -rf" not in flat
+    info = invoke("cache", "info", cache.name)
+    assert info.exit_code == 0 and "rm -rf" not in info.output
+    assert "featcache extract --teacher convnet" in " ".join(info.output.split())
+
+
+def test_names_and_text_from_a_store_are_shown_escaped(cache, home, tmp_path):
+    """Another user's directory named with a terminal escape and a newline is listed apart, escaped, never as a
+    cache; a manifest naming its teacher so is shown escaped too."""
+    import shutil
+
+    from featcache.cache.format import make_key
+
+    weird = home / "evil\x1b[2J\nname"
+    shutil.copytree(cache, weird)
+    m = json.loads((cache / "manifest.json").read_text())
+    for where in (m["identity"]["teacher"], m["teacher"]):
+        where["name"] = "evil\x1b]0;owned\x07\x1b[31m[red]teacher"
+    m["key"] = make_key(m["identity"], m["teacher"]["name"], "synthetic", "train")
+    forged = home / m["key"]
+    shutil.copytree(cache, forged)
+    (forged / "manifest.json").write_text(json.dumps(m))
+    r = invoke("cache", "ls")
+    assert r.exit_code == 0 and "\x1b" not in r.output and "\x07" not in r.output, repr(r.output)
+    flat = " ".join(r.output.split())
+    assert "not caches" in flat and "evil\\e[2J\\nname" in flat and "[red]teacher" in flat
+    assert "evil\\e[2J\\nname" not in flat.split("not caches")[0]  # never in the table of caches
+    listed = {e["key"]: e["status"] for e in json.loads(invoke("cache", "ls", "--json").output)}
+    assert listed == {cache.name: "complete", forged.name: "complete"}
+    info = invoke("cache", "info", forged.name)
+    assert info.exit_code == 0 and "\x1b" not in info.output and "[red]teacher" in info.output, info.output
+    for name in (weird.name, "../" + cache.name):
+        flat = one_line_error(invoke("cache", "info", name), "no cache")
+        assert "\x1b" not in flat
+
+
+# -- JSON nested 100k deep, in every file featcache reads from a store or a run directory -----------------------------
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_json_nested_100k_deep_in_a_store_is_one_line_or_one_entry_marked(cache, home, tmp_path):
+    """A manifest, a lease, a remembered request or an archive index nested 100k deep: the command that reads it
+    says so in one line, or lists the file's cache as damaged and goes on with the rest."""
+    import tarfile
+
+    from featcache.cache.install import host
+    from featcache.cache.leases import lease_dir
+
+    bad = home / "convnet-synthetic-train-0123456789ab"
+    bad.mkdir()
+    (bad / "manifest.json").write_text(DEEP)
+    r = invoke("cache", "ls")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    lines = {ln.split()[0]: ln.split()[-1] for ln in r.output.splitlines() if ln.startswith("convnet-")}
+    assert lines == {cache.name: "complete", bad.name: "broken"}, r.output
+    r = invoke("cache", "verify")
+    assert r.exit_code == 1 and "Traceback" not in r.output and f"ok {cache.name}" in r.output, r.output
+    assert "nested deeper than" in " ".join(r.output.split())
+    one_line_error(invoke("cache", "info", bad.name), bad.name, "nested deeper than")
+    one_line_error(invoke("distill", *DISTILL, "--teacher", bad.name, "--run-dir", tmp_path / "r"), bad.name)
+    r = invoke("cache", "gc", "--max-size", "0", "--dry-run")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    assert invoke("cache", "rm", bad.name).exit_code == 0 and not bad.exists()
+    # Another user's lease on the cache, nested deep: still a lease (its pid runs), so the cache is not removed.
+    lease = lease_dir(home, cache.name) / f"{host()}@{os.getpid()}@deadbeef"
+    lease.parent.mkdir(parents=True)
+    lease.write_text(DEEP[:999])
+    one_line_error(invoke("cache", "rm", cache.name), cache.name)
+    r = invoke("cache", "gc", "--max-size", "0")
+    assert r.exit_code == 0 and "Traceback" not in r.output and cache.exists(), r.output
+    lease.unlink()
+    # A remembered request nested deep is no answer: the extract takes its full path and finds the cache.
+    memos = list((home / "requests").glob("*.json"))
+    assert memos
+    for memo in memos:
+        memo.write_text(DEEP)
+    r = invoke("extract", *EXTRACT)
+    assert r.exit_code == 0 and "nothing to do" in " ".join(r.output.split()), r.output
+    # An archive whose index is nested deep.
+    archive = tmp_path / "deep.tar"
+    with tarfile.open(archive, "w") as tar:
+        info = tarfile.TarInfo("featcache-archive.json")
+        info.size = len(DEEP)
+        tar.addfile(info, __import__("io").BytesIO(DEEP.encode()))
+    (tmp_path / "other").mkdir()
+    one_line_error(invoke("cache", "import", archive, "--to", tmp_path / "other"), "deep.tar")
+    assert not [p for p in (tmp_path / "other").iterdir() if not p.name.startswith(".")]
+
+
+def test_json_nested_100k_deep_in_a_run_directory_is_one_line_or_one_run_skipped(run, tmp_path):
+    """config.json, metrics.jsonl, summary.json or failed.json nested deep: `runs ls` lists the other runs and
+    names the damaged ones; report, eval and --resume say which file in one line."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    files = {"config": "config.json", "metrics": "metrics.jsonl", "summary": "summary.json", "failed": "failed.json"}
+    shutil.copytree(run, runs / "good")
+    for name, file in files.items():
+        shutil.copytree(run, runs / name)
+        text = (run / file).read_text() if (run / file).is_file() else ""
+        (runs / name / file).write_text(DEEP + "\n" + text if file == "metrics.jsonl" else DEEP)
+    (runs / "failed" / "summary.json").unlink()  # a finished run's failed.json says nothing: this one is read
+    r = invoke("runs", "ls", runs)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    flat = " ".join(r.output.split())
+    assert "good" in flat and "finished" in flat
+    for name, file in files.items():
+        assert f"{runs / name / file}" in flat, (name, flat)
+    for name, file in files.items():
+        if name != "failed":  # report reads no failed.json
+            one_line_error(invoke("report", runs / name), file)
+        if name in ("config", "metrics"):
+            one_line_error(invoke("distill", *DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", runs / name,
+                                  "--resume"), file)
+    one_line_error(invoke("eval", runs / "config"), "config.json")
+    one_line_error(invoke("report", runs), "nested deeper than")

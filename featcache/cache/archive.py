@@ -130,6 +130,9 @@ def _source_manifest(directory: Path, key: str) -> tuple[bytes, Manifest]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CacheError(f"cache {key}: its manifest cannot be read ({exc}); run `featcache cache verify {key}`") \
             from None
+    if m.key != key:  # a cache copied under another key: its rows are not what the key names
+        raise CacheError(f"cache {key} holds the manifest of cache {m.key}; it is refused: remove it with `featcache "
+                         f"cache rm {key}`")
     if not m.complete:
         raise CacheError(f"cache {key} is not complete ({len(m.shards)}/{len(m.expected_shards())} shards); only a "
                          "complete cache can be exported: finish its extract first")

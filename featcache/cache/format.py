@@ -24,7 +24,7 @@ from typing import Any
 from featcache import typecheck
 from featcache.errors import FeatcacheError
 from featcache.specs import BlockSpec, NoiseSpec, TransformSpec, Timing, ViewSpec, WeightsInfo
-from featcache.fileio import TMP_SUFFIX, fsync_dir, loads_json  # noqa: F401  (re-exported: the cache's temp names)
+from featcache.fileio import TMP_SUFFIX, fsync_dir, loads_json, printable  # noqa: F401  (re-exported: temp names)
 from featcache.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
@@ -96,9 +96,15 @@ def canonical_json(obj: Any) -> str:
 
 def make_key(identity: dict[str, Any], teacher: str, dataset: str, split: str) -> str:
     """Readable prefix + sha256 of the canonical identity: same inputs => same key => reuse."""
-    digest = hashlib.sha256(canonical_json(identity).encode()).hexdigest()
-    slug = re.sub(r"[^a-z0-9]+", "-", f"{teacher}-{dataset}-{split}".lower()).strip("-")
-    return f"{slug}-{digest[:12]}"
+    return f"{_slug(teacher, dataset, split)}-{_digest(identity)}"
+
+
+def _slug(teacher: str, dataset: str, split: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", f"{teacher}-{dataset}-{split}".lower()).strip("-")
+
+
+def _digest(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -233,6 +239,9 @@ class Manifest:
         except FeatcacheError as exc:
             raise ValueError(str(exc)) from None
         m.check()
+        problem = identity_problem(m)
+        if problem:
+            raise IdentityMismatch(problem)
         return m
 
     def check(self) -> None:
@@ -302,19 +311,38 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path) -> "Manifest":
-        from featcache.errors import CacheError, CacheVersionError
+        from featcache.errors import CacheError, CacheIdentityError, CacheVersionError
 
-        path = Path(directory) / MANIFEST
+        directory = Path(directory)
+        path = directory / MANIFEST
+        name = printable(directory.name)
         try:
-            return cls.from_dict(loads_json(path.read_text()))
+            m = cls.from_dict(loads_json(path.read_text()))
         except FileNotFoundError:
-            raise CacheError(f"{path} is missing: not a featcache cache directory") from None
+            raise CacheError(f"{printable(str(path))} is missing: not a featcache cache directory") from None
         except VersionError as exc:
             raise CacheVersionError(
-                f"cache {Path(directory).name} was written by a newer featcache (format_version {exc.version}; this "
+                f"cache {name} was written by a newer featcache (format_version {exc.version}; this "
                 f"one reads {FORMAT_VERSION}): upgrade featcache to read it (it is left as it is)") from None
+        except IdentityMismatch as exc:
+            raise CacheIdentityError(f"cache {name}: {exc}; the manifest was edited or copied from another cache, so "
+                                     "its rows are not what its key names: it is refused (remove it with `featcache "
+                                     f"cache rm {name}` and extract again)") from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise CacheError(f"{path} is unreadable ({exc}); remove the cache with `featcache cache rm`") from None
+            raise CacheError(f"{printable(str(path))} is unreadable ({printable(str(exc))}); remove the cache with "
+                             "`featcache cache rm`") from None
+        # A cache is found by its directory's name: the name must be the key the manifest's identity gives (a work
+        # directory of an extract or import is named KEY@HOST@PID@NONCE).
+        if m.key not in (directory.name, directory.name.split("@", 1)[0] if "@" in directory.name else None):
+            raise CacheIdentityError(
+                f"cache {name} holds the manifest of cache {m.key}: a cache copied or renamed under another key is "
+                f"refused (its rows are not what the name {name} stands for); remove it with `featcache cache rm "
+                f"{name}`, or give it back its own name {m.key}")
+        return m
+
+
+class IdentityMismatch(ValueError):
+    """A manifest whose key is not the one its recorded identity gives, or whose fields disagree with that identity."""
 
 
 class VersionError(ValueError):
@@ -334,6 +362,64 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 def projection_identity(dim: int, sample: int, seed: int) -> dict[str, Any]:
     """What a projection adds to a cache's identity (and the manifest's record must agree with): how it is fitted."""
     return {"method": PROJECTION_METHOD, "dim": dim, "sample": sample, "seed": seed}
+
+
+def identity_problem(m: "Manifest") -> str | None:
+    """Why ``m``'s key is not the one its recorded identity gives, or its fields are not those the identity records
+    (None when they agree). A cache is looked up by its key, so a reader relies on this before trusting its rows.
+    An identity of the extract's form (with its teacher and dataset) gives the whole key; any other (a benchmark's
+    synthetic cache) its digest."""
+    ident = m.identity
+    digest = _digest(ident)
+    if m.key.rsplit("-", 1)[-1] != digest:
+        return f"its key {m.key} is not the hash of the identity its manifest records"
+    if "teacher" not in ident and "dataset" not in ident:
+        return None
+    teacher, dataset = ident.get("teacher"), ident.get("dataset")
+    names = [teacher.get("name") if isinstance(teacher, dict) else None,
+             *((dataset.get("name"), dataset.get("split")) if isinstance(dataset, dict) else (None, None))]
+    if not all(isinstance(n, str) for n in names):
+        return "its identity does not name the teacher, the dataset and the split"
+    if f"{_slug(*names)}-{digest}" != m.key:
+        return f"its key {m.key} is not the key its identity gives ({_slug(*names)}-{digest})"
+    for name, recorded, actual in _identity_fields(m, teacher):
+        if recorded != actual:
+            return f"its {name} ({_brief(actual)}) is not the one its identity records ({_brief(recorded)})"
+    return None
+
+
+def _identity_fields(m: "Manifest", teacher: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, as the identity records it, as the manifest says) for each field readers use that the identity covers."""
+    i, t = m.identity, m.teacher
+    out = [("teacher", teacher["name"], t.name), ("weights", teacher.get("weights"), t.weights.identity()),
+           ("dataset", i.get("dataset"), m.dataset), ("dtype", i.get("dtype"), m.dtype),
+           ("logits_dtype", i.get("logits_dtype"), m.logits_dtype), ("precision", i.get("precision"), m.precision),
+           ("transform", _spec(i.get("transform"), TransformSpec), m.transform),
+           ("image_size", teacher.get("image_size"), m.transform.image_size),
+           ("noise", _spec(i.get("noise"), NoiseSpec | None), m.noise),
+           ("views", _spec(i.get("views"), ViewSpec | None), m.views),
+           ("topk_logits", i.get("topk_logits"), m.topk_logits)]
+    if teacher.get("num_classes") is not None:  # None: the architecture's own head
+        out.append(("teacher.num_classes", teacher["num_classes"], t.num_classes))
+    if m.blocks or m.complete:  # the blocks are described once the teacher is built, before any shard is written
+        pools = sorted({b.pool for b in m.blocks})
+        out.append(("blocks", i.get("blocks"), {"names": [b.name for b in m.blocks], "pool": pools[0]}
+                    if len(pools) == 1 else pools or None))
+    return out
+
+
+def _spec(value: Any, hint: Any) -> Any:
+    """An identity's record as the spec the manifest holds (an old record, without a field added since, reads as the
+    spec with that field's default, as its reader always did)."""
+    try:
+        return typecheck.conform(value, hint)
+    except (typecheck.TypeMismatch, FeatcacheError, TypeError, ValueError):
+        return "not a spec"
+
+
+def _brief(value: Any) -> str:
+    text = repr(value.to_dict() if hasattr(value, "to_dict") else value)
+    return printable(text if len(text) <= 60 else text[:57] + "...")
 
 
 def is_cache_key(text: str) -> bool:

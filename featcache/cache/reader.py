@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 
 from featcache.cache.codec import decode_rows, is_int8, read_projection_file
+from featcache.cache.commands import command_or
 from featcache.cache.format import (
     AUG,
     CONTENT,
@@ -43,6 +44,7 @@ from featcache.cache.format import (
 from featcache.cache.direct import read_rows_into
 from featcache.cache.verify import layout_problem
 from featcache.errors import CacheError, CacheMismatchError, check_choice
+from featcache.fileio import printable
 from featcache.hashing import file_sha256
 from featcache.specs import TransformSpec
 
@@ -73,7 +75,7 @@ class FeatureCache:
         m = self.manifest
         if not m.complete and not allow_incomplete:
             done, total = len(m.shards), len(m.expected_shards())
-            hint = f" by re-running: {m.command}" if m.command else " by re-running the same featcache extract command"
+            hint = f" by re-running `{command_or(m)}`"
             raise CacheError(f"cache {m.key} is incomplete ({done}/{total} shards); finish it{hint}")
         self._shards = {p: m.shards_of(p) for p in m.rows}
         self._starts = {p: np.array([s.start for s in shards], dtype=np.int64) for p, shards in self._shards.items()}
@@ -138,7 +140,7 @@ class FeatureCache:
 
     # -- file handles -----------------------------------------------------------------------------------------
     def _repair_hint(self) -> str:
-        cmd = self.manifest.command or "the featcache extract command that made it"
+        cmd = command_or(self.manifest)
         return f"re-run `{cmd}` (it redoes damaged shards; `featcache cache verify {self.key}` lists them all)"
 
     def _file(self, shard: ShardInfo) -> h5py.File:
@@ -310,7 +312,7 @@ class FeatureCache:
         if "fingerprint" not in mine:
             raise CacheMismatchError(
                 f"cache {self.key} was written before featcache fingerprinted image content, so it cannot be checked "
-                f"against the images; re-extract it: {self.manifest.command or 'featcache extract ...'}"
+                f"against the images; re-extract it: {command_or(self.manifest, 'featcache extract ...')}"
             )
         for field, words in _DATASET_FIELDS:
             if mine.get(field) != theirs.get(field):
@@ -318,7 +320,8 @@ class FeatureCache:
                 raise CacheMismatchError(
                     f"cache {self.key} does not match the dataset: {words} differ (dataset.{field}: cache {a}, "
                     f"dataset {b}); extract a cache for this data with `featcache extract --teacher "
-                    f"{self.manifest.teacher.name} --dataset {theirs.get('name')} --split {theirs.get('split')} ...`"
+                    f"{_word(self.manifest.teacher.name)} --dataset {_word(theirs.get('name'))} --split "
+                    f"{_word(theirs.get('split'))} ...`"
                 )
         if transform is not None:
             mine_t, spec = self.manifest.transform.to_dict(), transform.to_dict()
@@ -346,7 +349,7 @@ class FeatureCache:
         if not self.manifest.content:
             raise CacheMismatchError(
                 f"cache {self.key} holds no content digests (written by an older featcache); re-extract it: "
-                f"{self.manifest.command or 'featcache extract ...'}"
+                f"{command_or(self.manifest, 'featcache extract ...')}"
             )
         if mode == "full" or sample >= n:
             rows = np.arange(n, dtype=np.int64)
@@ -376,7 +379,7 @@ class FeatureCache:
             raise CacheMismatchError(
                 f"cache {self.key} does not match the images: {len(bad)} of {len(rows)} checked samples changed "
                 f"since the extract (first: {dataset.sample_ids[row]!r}, row {row}, content hash differs); "
-                f"re-extract with `{self.manifest.command or 'featcache extract ...'} --force`"
+                f"re-extract with `{command_or(self.manifest, 'featcache extract ...')} --force`"
             )
         return len(rows)
 
@@ -427,4 +430,11 @@ def _one_line(exc: BaseException) -> str:
 
 def _short(value: Any) -> str:
     text = repr(value)
-    return text if len(text) <= 24 else text[:21] + "..."
+    return printable(text if len(text) <= 24 else text[:21] + "...")
+
+
+def _word(value: Any) -> str:
+    """A name from a manifest as one shell word, shown escaped."""
+    import shlex
+
+    return printable(shlex.quote(str(value)), limit=80)

@@ -26,6 +26,7 @@ from featcache.cache.format import (
     TMP_SUFFIX,
     Manifest,
     canonical_json,
+    is_cache_key,
     parse_shard_name,
 )
 from featcache.cache.leases import remove_unleased
@@ -33,7 +34,8 @@ from featcache.cache.reader import FeatureCache
 from featcache.cache.requests import REQUESTS_DIR
 from featcache.cache.usage import record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
-from featcache.errors import CacheError, CacheLockedError, CacheVersionError, StorageError
+from featcache.errors import CacheError, CacheIdentityError, CacheLockedError, CacheVersionError, StorageError
+from featcache.fileio import printable
 from featcache.locks import DirLock
 from featcache.specs import TransformSpec
 
@@ -59,6 +61,7 @@ class CacheEntry:
 
     orphaned: bool = False  # shards or temp files without a manifest (the manifest was lost)
     newer: bool = False  # written by a newer featcache (a format this one does not read; left as it is)
+    foreign: bool = False  # its manifest is not of the key its name says (a copy under another key, an edit)
 
     @property
     def store(self) -> Path:
@@ -71,6 +74,8 @@ class CacheEntry:
             return "orphaned"
         if self.newer:
             return "newer format"
+        if self.foreign:
+            return "foreign"
         if self.manifest is None:
             return "broken"
         if self.manifest.complete:
@@ -128,8 +133,22 @@ class CacheStore:
             out += _layer_entries(layer)
         return out
 
+    def strays(self, layers: Sequence[Path] | None = None) -> list[Path]:
+        """What the stores hold under names that are not cache keys (another user's directory named with a newline or
+        a terminal escape, say): never read, looked up or listed as a cache; `cache ls` names them apart."""
+        out = []
+        for layer in layers if layers is not None else self.layers:
+            try:
+                names = sorted(os.listdir(layer))
+            except OSError:
+                continue
+            out += [layer / n for n in names if not n.startswith(".") and n != REQUESTS_DIR and not is_cache_key(n)]
+        return out
+
     def copies(self, key: str) -> list[CacheEntry]:
         """The directories named ``key`` in the stores, in search order."""
+        if not is_cache_key(key):
+            return []
         out = []
         for layer in self.layers:
             d = layer / key
@@ -146,12 +165,12 @@ class CacheStore:
             matches = [k for k in keys if k.startswith(key)]
             if not matches:
                 raise CacheError(
-                    f"no cache {key!r} in {self.describe()}{self.skipped_note()}; list caches with `featcache cache "
-                    "ls`" + (" (or pass --cache-dir / --store)" if not keys else "")
+                    f"no cache {printable(repr(key))} in {printable(self.describe())}{self.skipped_note()}; list "
+                    "caches with `featcache cache ls`" + (" (or pass --cache-dir / --store)" if not keys else "")
                 )
             if len(matches) > 1:
-                raise CacheError(f"cache key prefix {key!r} is ambiguous ({', '.join(matches[:4])}); give more "
-                                 "characters")
+                raise CacheError(f"cache key prefix {printable(repr(key))} is ambiguous ({', '.join(matches[:4])}); "
+                                 "give more characters")
             copies = self.copies(matches[0])
         return self._one(copies)
 
@@ -180,7 +199,9 @@ class CacheStore:
         if not skipped:
             return ""
         newer = [e for e in skipped if e.newer]
+        foreign = [e for e in skipped if e.foreign]
         what = (f"{len(newer)} written by a newer featcache, e.g. {newer[0].key}" if newer else
+                f"{len(foreign)} whose manifest is not of its key, e.g. {foreign[0].key}" if foreign else
                 f"{len(skipped)} with an unreadable manifest, e.g. {skipped[0].key}")
         return f" (skipped {len(skipped)} cache(s) it cannot read: {what}; see `featcache cache ls`)"
 
@@ -214,8 +235,8 @@ class CacheStore:
                 continue
             if split is not None and m.dataset.get("split") != split:
                 continue
-            if dataset_identity is not None and m.dataset != dataset_identity:
-                continue
+            if dataset_identity is not None and m.identity.get("dataset") != dataset_identity:
+                continue  # the identity's: checked against the key (the manifest's own copy agrees with it)
             if transform is not None and m.transform != transform:
                 continue
             by_key.setdefault(e.key, []).append(e)
@@ -268,8 +289,8 @@ def _layer_entries(layer: Path, only: str | None = None) -> list[CacheEntry]:
     out = []
     for name in names:
         d = layer / name
-        if name.startswith(".") or name == REQUESTS_DIR or not d.is_dir():
-            continue
+        if name.startswith(".") or name == REQUESTS_DIR or not is_cache_key(name) or not d.is_dir():
+            continue  # bookkeeping, or not a cache's name (CacheStore.strays)
         if not (d / MANIFEST).is_file():
             if _holds_cache_files(d):
                 out.append(CacheEntry(d.name, d, None, "no manifest.json: its shards cannot be read; remove "
@@ -279,6 +300,8 @@ def _layer_entries(layer: Path, only: str | None = None) -> list[CacheEntry]:
             out.append(CacheEntry(d.name, d, Manifest.load(d)))
         except CacheVersionError as exc:
             out.append(CacheEntry(d.name, d, None, str(exc), newer=True))
+        except CacheIdentityError as exc:
+            out.append(CacheEntry(d.name, d, None, str(exc), foreign=True))
         except CacheError as exc:
             out.append(CacheEntry(d.name, d, None, str(exc)))
     return out

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from featcache.errors import ConfigError, FeatcacheError
+from featcache.fileio import printable
 from featcache.flags import parse_key_values as parse_options  # noqa: F401 - the commands' -o parser
 
 app = typer.Typer(
@@ -48,7 +49,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except FeatcacheError as exc:
             if os.environ.get("FEATCACHE_DEBUG") == "1":
                 raise
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            # One line, whatever names from disk it quotes: control characters are shown escaped, never obeyed.
+            err.print(f"[bold red]error:[/] {escape(printable(str(exc), limit=None))}", highlight=False,
+                      soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]: re-run the same command to resume where it stopped")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
 from featcache.config import StoreOptions
+from featcache.fileio import printable
 from featcache.flags import cli_parameters
 
 
@@ -28,7 +29,7 @@ def _store(cache_dir: Path | None, stores: list[Path] | None = None):
 
 
 LS_SORTS = ("key", "size", "used")
-_STATUS_STYLE = {"complete": "green", "orphaned": "red", "broken": "red", "newer format": "red"}
+_STATUS_STYLE = {"complete": "green", "orphaned": "red", "broken": "red", "newer format": "red", "foreign": "red"}
 
 
 @cache_app.command("ls")
@@ -56,17 +57,25 @@ def cache_ls(
     if as_json:
         typer.echo(json.dumps([_ls_json(e, used, store.root) for e, used in listing], indent=2))
         return
+    strays = store.strays()
     if not listing:
-        out.print(f"no caches in {escape(store.describe())}", highlight=False)
+        out.print(f"no caches in {escape(printable(store.describe()))}", highlight=False)
+    else:
+        out.print(f"caches in {escape(printable(store.describe()))}", highlight=False, soft_wrap=True)
+        _print_ls(listing, store.root)
+    if strays:  # another user's names, shown escaped: never a cache, never read
+        out.print(f"[yellow]not caches[/] ({len(strays)}: names that are not cache keys, never read by featcache): "
+                  + ", ".join(escape(printable(str(p), limit=120)) for p in strays[:20])
+                  + (f", … {len(strays) - 20} more" if len(strays) > 20 else ""), highlight=False, soft_wrap=True)
+    if not listing:
         return
-    out.print(f"caches in {escape(store.describe())}", highlight=False, soft_wrap=True)
-    _print_ls(listing, store.root)
     for layer in store.layers:
         held = [e for e, _ in listing if e.store == layer]
         if held or layer == store.root:
             kind = "personal" if layer == store.root else "shared"
-            out.print(f"{kind} {escape(str(layer))}: {len(held)} cache(s), {human_bytes(sum(map(_bytes, held)))}",
-                      highlight=False, soft_wrap=True)
+            size = human_bytes(sum(map(_bytes, held)))
+            out.print(f"{kind} {escape(printable(str(layer)))}: {len(held)} cache(s), {size}", highlight=False,
+                      soft_wrap=True)
 
 
 def _bytes(entry) -> int:
@@ -103,6 +112,7 @@ def _print_ls(listing: list, root: Path) -> None:
         rows = f"{m.rows.get('data', 0):,}" + (f" +{m.rows['noise']:,}n" if m.rows.get("noise") else "")
         cells.append([e.key, where, m.teacher.name, str(m.dataset.get("name", "?")), str(m.dataset.get("split", "?")),
                       rows, human_bytes(m.total_bytes()), when, e.status])
+    cells = [[printable(c, limit=80) for c in row] for row in cells]  # names from other users' manifests and stores
     header = ["key", "store", "teacher", "dataset", "split", "rows", "size", "last used", "status"]
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header) - 1)]
     right = {5, 6}  # rows, size
@@ -124,10 +134,11 @@ def cache_info(
 ) -> None:
     """Show what produced a cache: teacher, weights, dataset, transform, shards, timing."""
     from featcache.cache import Manifest
+    from featcache.cache.commands import extract_command
 
     store = _store(cache_dir, stores)
     entry = store.locate(key)
-    m = Manifest.load(entry.directory)
+    m = Manifest.load(entry.directory)  # refused when it is not the cache its name says
     if as_json:
         out.print_json(json.dumps(m.to_dict()))
         return
@@ -145,9 +156,9 @@ def cache_info(
         ("teacher", f"{t.name} · {t.feature_layer} · D={t.num_features} · C={t.num_classes}"),
         ("weights", f"{t.weights.source}: {weights}"),
         ("teacher classes", t.classes_source),
-        ("dataset", f"{m.dataset.get('name')} / {m.dataset.get('split')} · {m.dataset.get('num_samples'):,} samples · "
-                    f"{m.dataset.get('num_classes')} classes"),
-        ("sample ids sha256", m.dataset.get("ids_sha256", "")[:16]),
+        ("dataset", f"{m.dataset.get('name')} / {m.dataset.get('split')} · {_count(m.dataset.get('num_samples'))} "
+                    f"samples · {m.dataset.get('num_classes')} classes"),
+        ("sample ids sha256", str(m.dataset.get("ids_sha256", ""))[:16]),
         ("transform", m.transform.describe()),
         ("stored", f"features {m.dtype}, logits {m.logits_dtype}, computed in {m.precision}"),
         *_codec_rows(m),
@@ -158,11 +169,17 @@ def cache_info(
         ("timing", ", ".join(f"{k}={v}" for k, v in m.timing.to_dict().items()) or "n/a"),
         ("versions", ", ".join(f"{k} {v}" for k, v in m.versions.items())),
         ("created", f"{m.created} → {m.finished or '...'}"),
-        ("command", m.command),
+        # Recorded text is shown only as the extract it stands for (featcache.cache.commands).
+        ("command", extract_command(m) or "none that `featcache extract` runs (written by the Python API or a bench)"),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, escape(printable(v, limit=2000)))  # names and text from a manifest are data
     out.print(table, highlight=False)
+
+
+def _count(value) -> str:
+    """A number the manifest's dataset record holds (a dict of anything: it is not typed like the other fields)."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 def _codec_rows(m) -> list[tuple[str, str]]:

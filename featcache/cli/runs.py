@@ -13,6 +13,7 @@ from rich.table import Table
 
 from featcache.cli.app import err, out, runs_app, user_errors
 from featcache.config.commands import RunsLsConfig
+from featcache.fileio import printable
 from featcache.flags import as_command, cli_parameters, config_from_cli
 
 _STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red", "empty": "dim"}
@@ -22,8 +23,8 @@ def runs_ls(**values: Any) -> None:
     from featcache.runs import list_runs
 
     cfg = config_from_cli(RunsLsConfig, values)
-    runs = list_runs(cfg.dir, on_skip=lambda note: err.print(f"[yellow]skipped[/] {escape(note)}", highlight=False,
-                                                            soft_wrap=True))
+    runs = list_runs(cfg.dir, on_skip=lambda note: err.print(f"[yellow]skipped[/] {escape(printable(note, None))}",
+                                                            highlight=False, soft_wrap=True))
     if cfg.json:
         typer.echo(json.dumps([r.to_json() for r in runs], indent=2))
         return
@@ -47,6 +48,7 @@ def _print_runs(runs: list, root: Path) -> None:
                   padding=(0, 0), pad_edge=False, show_edge=False)
     rows = [[_relative(Path(r.path), root), r.status, r.student, r.method, ", ".join(r.teachers) or "-",
              r.labels_cell(), r.epochs_cell(), _pct(r.best_acc), _pct(r.last_acc)] for r in runs]
+    rows = [[printable(cell, None) for cell in row] for row in rows]  # paths and names from others' run dirs
     cols = ("run", "status", "student", "method", "teachers", "labels", "epochs", "best", "last")
     for i, col in enumerate(cols):
         # Names and numbers are never cut (a truncated "convnet…" could be several models); teachers wrap at ", ",
@@ -61,8 +63,8 @@ def _print_runs(runs: list, root: Path) -> None:
     out.print(table)
     for r in runs:
         if r.note:
-            out.print(f"{escape(_relative(Path(r.path), root))}: {r.status}: {escape(r.note)}", highlight=False,
-                      soft_wrap=True)
+            out.print(f"{escape(printable(_relative(Path(r.path), root), None))}: {r.status}: "
+                      f"{escape(printable(r.note, None))}", highlight=False, soft_wrap=True)
 
 
 def _relative(path: Path, root: Path) -> str:

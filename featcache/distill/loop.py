@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from featcache.cache.commands import command_or
 from featcache.transforms import Geometry
 from featcache import distributed, rundir
 from featcache.distill import resume
@@ -344,8 +345,8 @@ def check_finite(finite: torch.Tensor, epoch: int, step: int, caches: list) -> N
         if bad is not None:
             field_, row = bad
             raise FeatcacheError(f"{where}: cache {cache.key} holds a non-finite {field_} value in row {row}; "
-                                 f"re-extract it with `{cache.manifest.command} --force` (--dtype float32 if fp16 "
-                                 "overflowed)")
+                                 f"re-extract it with `{command_or(cache.manifest, 'featcache extract ...')} "
+                                 "--force` (--dtype float32 if fp16 overflowed)")
     raise FeatcacheError(f"{where}; lower --lr or the --lambda-* weights, or check the method's parameters")
 
 

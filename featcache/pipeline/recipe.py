@@ -379,8 +379,10 @@ def load_pipeline(path: str | Path, *, data_root: Path | None = None, runs_dir: 
         raise ConfigError(f"recipe {path} not found")
     try:
         data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"recipe {path}: invalid TOML ({exc})") from None
+    except RecursionError:  # tomllib recurses per nesting level: arrays nested 100k deep are no recipe
+        raise ConfigError(f"recipe {path}: invalid TOML (values nested too deep)") from None
     return parse_pipeline(data, path=path, data_root=data_root, runs_dir=runs_dir)
 
 
