@@ -7,12 +7,14 @@ outside the store. The tampered archives are built with Python's own tarfile, as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tarfile
@@ -113,6 +115,7 @@ def repack(path: Path, items, reindex: bool = False) -> Path:
 def _copy(info: tarfile.TarInfo) -> tarfile.TarInfo:
     new = tarfile.TarInfo(info.name)
     new.type, new.linkname, new.mode, new.mtime, new.size = info.type, info.linkname, info.mode, info.mtime, info.size
+    new.pax_headers = dict(info.pax_headers)
     return new
 
 
@@ -164,6 +167,59 @@ def test_export_refuses_a_directory_as_its_output(cache, tmp_path):
     one_line_error(invoke("cache", "export", cache.name, "-o", tmp_path), "is a directory")
     one_line_error(invoke("cache", "export", cache.name, "-o", tmp_path / "no" / "such" / "a.tar"),
                    "cannot be written")
+
+
+def _not_regular(path: Path, kind: str, victim: Path) -> bool:
+    """Plant ``kind`` at ``path``; False when this machine cannot make one (a device node needs root's mknod)."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to(victim)
+    elif kind == "dangling symlink":
+        path.symlink_to(victim.with_name("not-there"))
+    else:
+        try:
+            os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # what /dev/null is
+        except (PermissionError, OSError):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dangling symlink", "device"])
+def test_export_refuses_an_output_that_is_not_a_regular_file_and_leaves_it_as_it_was(cache, tmp_path, kind):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    target = tmp_path / "out.tar"
+    if not _not_regular(target, kind, victim):
+        pytest.skip("a device node needs root with CAP_MKNOD (mknod refused here)")
+    before = os.lstat(target)
+    one_line_error(invoke("cache", "export", cache.name, "-o", target), f"-o {target}", "not a regular file")
+    after = os.lstat(target)
+    assert stat.S_IFMT(after.st_mode) == stat.S_IFMT(before.st_mode) and after.st_ino == before.st_ino
+    assert victim.read_text() == "someone else's file\n"
+    assert not (tmp_path / "not-there").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("planted", ["symlink", "directory", "fifo"])
+def test_export_never_writes_through_what_is_planted_beside_its_output(cache, tmp_path, other, planted):
+    """FILE.tmp (the name an older featcache used for its temporary file) planted by someone else: a link is never
+    written through, a directory or a FIFO is no obstacle; the archive is written, whole, under FILE."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    target = tmp_path / "out.tar"
+    beside = tmp_path / "out.tar.tmp"
+    {"symlink": lambda: beside.symlink_to(victim), "directory": beside.mkdir,
+     "fifo": lambda: os.mkfifo(beside)}[planted]()
+    target.write_bytes(b"an older archive")  # a regular file at FILE is replaced, as before
+    with within(30):  # opening a FIFO for writing would wait for a reader forever
+        r = invoke("cache", "export", cache.name, "-o", target)
+    assert r.exit_code == 0, r.output
+    assert victim.read_text() == "someone else's file\n"
+    assert beside.is_symlink() if planted == "symlink" else beside.exists()
+    r = invoke("cache", "import", target, "--to", other)
+    assert r.exit_code == 0, r.output
+    assert files(other / cache.name) == files(cache)
 
 
 def test_import_defaults_to_the_personal_store_and_reads_stdin(cache, archive, home, tmp_path, monkeypatch):
@@ -302,6 +358,78 @@ def test_a_duplicate_member_is_refused(cache, archive, other):
     nothing_left(other, cache.name)
 
 
+@contextlib.contextmanager
+def within(seconds: float):
+    """Fail the block when it runs longer than ``seconds`` (SIGALRM interrupts a busy Python loop)."""
+    def late(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def index_of(archive: Path, count: int) -> Path:
+    """The archive's index listing ``count`` members (its manifest, then shard names that exist nowhere), followed
+    by its real manifest: a forged index, never a damaged one."""
+    items = members(archive)
+    index = json.loads(items[0][1])
+    key = index["key"]
+    listed = index["members"][:1]
+    for i in range(count - 1):
+        part, number = ("data", i) if i < 100_000 else (f"view{i // 100_000}", i % 100_000)
+        listed.append({"name": f"{key}/{part}-{number:05d}.h5", "bytes": 1, "sha256": "0" * 64})
+    index["members"] = listed
+    return repack(archive, [(items[0][0], json.dumps(index).encode()), items[1]])
+
+
+def test_an_index_listing_more_members_than_the_limit_is_refused_at_once(cache, archive, other):
+    from featcache.cache.archive import MAX_MEMBERS
+
+    forged = index_of(archive, 100_000)
+    with within(5):
+        one_line_error(invoke("cache", "import", forged, "--to", other), "100,000 members",
+                       f"the {MAX_MEMBERS:,} an archive may hold", "archive member limit")
+    nothing_left(other, cache.name)
+
+
+def test_an_index_of_as_many_members_as_allowed_is_checked_in_linear_time(cache, archive, other):
+    from featcache.cache.archive import MAX_MEMBERS
+
+    forged = index_of(archive, MAX_MEMBERS)  # every name distinct and well formed: all of them are compared
+    with within(5):
+        one_line_error(invoke("cache", "import", forged, "--to", other), "list different shards")
+    nothing_left(other, cache.name)
+
+
+def _with_pax(archive: Path, pax: dict[str, str]) -> Path:
+    items = members(archive)
+    first = _copy(items[0][0])
+    first.pax_headers = pax  # written as given: tarfile adds its own records only for what ustar cannot hold
+    return repack(archive, [(first, items[0][1]), *items[1:]])
+
+
+@pytest.mark.parametrize("size", ["²", "1²", "٣", "-1", "1e3", "9" * 5000])
+def test_a_pax_size_that_is_not_plain_ascii_digits_is_refused(cache, archive, other, size):
+    one_line_error(invoke("cache", "import", _with_pax(archive, {"size": size}), "--to", other),
+                   "a pax header gives no valid size")
+    nothing_left(other, cache.name)
+
+
+def test_a_negative_base_256_size_is_refused(cache, archive, other):
+    data = bytearray(archive.read_bytes())
+    data[124:136] = b"\xff" * 12  # the first header's size field: -1 in tar's base-256 form
+    data[148:156] = b"        "
+    data[148:155] = f"{sum(data[:512]):06o}\0".encode()  # its checksum, recomputed
+    forged = _write(archive, bytes(data))
+    one_line_error(invoke("cache", "import", forged, "--to", other), "negative size")
+    nothing_left(other, cache.name)
+
+
 def test_something_that_is_not_an_archive_is_refused(cache, other, tmp_path):
     (tmp_path / "junk.tar").write_bytes(os.urandom(4096))
     one_line_error(invoke("cache", "import", tmp_path / "junk.tar", "--to", other), "tar header is damaged")
@@ -319,7 +447,7 @@ def test_export_of_a_corrupt_shard_is_refused_and_writes_nothing(cache, tmp_path
     shard.write_bytes(bytes(data))
     one_line_error(invoke("cache", "export", cache.name, "-o", tmp_path / "b.tar"), "data-00001.h5",
                    "does not match its manifest", "featcache cache verify")
-    assert not (tmp_path / "b.tar").exists() and not (tmp_path / "b.tar.tmp").exists()
+    assert not (tmp_path / "b.tar").exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_an_exception_midway_through_an_import_leaves_nothing_visible(cache, archive, other, monkeypatch):

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from featcache.fileio import loads_json
+from featcache.fileio import exclusive_temp, loads_json, printable
 from featcache import __version__
 from featcache.cache.format import (
-    MANIFEST, PROJECTION_FILE, TMP_SUFFIX, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name,
+    MANIFEST, PROJECTION_FILE, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name,
     shard_path,
 )
 from featcache.cache.hashpipe import HashPipe, fsync_path, start_writeback, write_all
@@ -51,6 +51,9 @@ INDEX_NAME = "featcache-archive.json"
 ARCHIVE_FORMAT = "featcache-archive"
 ARCHIVE_VERSION = 1
 MAX_JSON = 64 * 2**20  # an index or a manifest is read into memory: refuse one larger than any real cache's
+# The manifest and every shard file: far more than a real cache has (ImageNet at the default --shard-rows is ~320
+# data shards), far fewer than an index of MAX_JSON could list. docs/cache-format.md names it.
+MAX_MEMBERS = 65_536
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _INDEX_FIELDS = {"format", "version", "key", "featcache", "created", "members"}
 
@@ -101,22 +104,15 @@ def export_cache(store: CacheStore, key: str, output: Path | None,
 
 def _export_to_file(directory: Path, m: Manifest, data: bytes, output: Path,
                     progress: Callable[[int], None] | None) -> Moved:
-    """Written to FILE.tmp, fsynced and renamed: never half an archive under the name asked for."""
-    if output.is_dir():
-        raise StorageError(f"-o {output} is a directory; name the archive file to write (e.g. {output}/{m.key}.tar)")
-    tmp = output.with_name(output.name + TMP_SUFFIX)
-    try:
-        with open(tmp, "wb", buffering=0) as f:
-            size = _write_archive(f.write, directory, m, data, progress, fd=f.fileno())
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(f"-o {output}: the archive cannot be written ({exc.strerror or exc}); choose another "
-                           "file, or free space") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Written to a new temporary file created exclusively beside FILE, fsynced and renamed: never half an archive
+    under the name asked for, never written through a link planted beside it, and a FIFO, device, link or directory
+    at FILE is refused rather than replaced (fileio.exclusive_temp)."""
+    if output.is_dir() and not output.is_symlink():
+        raise StorageError(f"-o {printable(str(output))} is a directory; name the archive file to write (e.g. "
+                           f"{printable(str(output))}/{m.key}.tar)")
+    with exclusive_temp(output, flag="-o", what="directory of -o") as f:
+        # unbuffered (the file object's raw FileIO): start_writeback sees every byte written so far on disk's way
+        size = _write_archive(f.raw.write, directory, m, data, progress, fd=f.fileno())
     return Moved(m.key, output, size)
 
 
@@ -136,6 +132,10 @@ def _source_manifest(directory: Path, key: str) -> tuple[bytes, Manifest]:
     if not m.complete:
         raise CacheError(f"cache {key} is not complete ({len(m.shards)}/{len(m.expected_shards())} shards); only a "
                          "complete cache can be exported: finish its extract first")
+    if len(m.files()) + 1 > MAX_MEMBERS:  # what import would refuse is not written
+        raise CacheError(f"cache {key} has {len(m.files()):,} shard files; an archive holds at most {MAX_MEMBERS:,} "
+                         "members (the archive member limit, docs/cache-format.md): re-extract it with a larger "
+                         "--shard-rows, or share it through a store (`featcache cache publish`)")
     return data, m
 
 
@@ -292,7 +292,11 @@ def _check_index(index: object, reader: TarReader) -> tuple[str, list[tuple[str,
         raise reader.refused(f"its index names no valid cache key ({key!r})")
     if not isinstance(entries, list) or not entries:
         raise reader.refused("its index lists no members")
+    if len(entries) > MAX_MEMBERS:
+        raise reader.refused(f"its index lists {len(entries):,} members, more than the {MAX_MEMBERS:,} an archive may "
+                             "hold (the archive member limit, docs/cache-format.md)")
     members: list[tuple[str, int, str]] = []
+    seen: set[str] = set()  # every check here is linear: an index may list tens of thousands of members
     for i, e in enumerate(entries):
         if not isinstance(e, dict) or set(e) != {"name", "bytes", "sha256"}:
             raise reader.refused(f"its index entry {i} is not {{name, bytes, sha256}}")
@@ -305,8 +309,9 @@ def _check_index(index: object, reader: TarReader) -> tuple[str, list[tuple[str,
         if isinstance(size, bool) or not isinstance(size, int) or size < 0 or not isinstance(sha, str) \
                 or not _SHA256.match(sha):
             raise reader.refused(f"its index gives {name} no valid size and sha256")
-        if any(name == n for n, _, _ in members):
+        if name in seen:
             raise reader.refused(f"its index lists {name} twice")
+        seen.add(name)
         members.append((name, size, sha))
     return key, members
 

@@ -106,9 +106,12 @@ class TarReader:
         if block.count(0) == BLOCK:
             raise self.refused("a pax header is not followed by its member")
         try:
-            return tarfile.TarInfo.frombuf(block, "utf-8", "strict")
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "strict")
         except (tarfile.HeaderError, ValueError) as exc:
             raise self.refused(f"a tar header is damaged ({exc})") from None
+        if info.size < 0:  # base-256 numbers can be negative; tarfile does not refuse them
+            raise self.refused(f"a tar header gives a negative size ({info.size})")
+        return info
 
     def _pax(self, data: bytes) -> dict[str, str]:
         """The records ``LEN key=value\\n`` of a pax header; only the keys featcache's own archives use."""
@@ -123,6 +126,7 @@ class TarReader:
                 raise self.refused(f"a pax header holds {key[:40]!r}, which featcache archives never use")
             out[key.decode()] = value.decode("utf-8", "replace")
             pos = end
-        if "size" in out and not out["size"].isdigit():
-            raise self.refused("a pax header gives no valid size")
+        # ASCII digits only, and few of them: str.isdigit() also accepts "²" and "٣", which int() then rejects
+        if "size" in out and not (out["size"].isascii() and out["size"].isdigit() and len(out["size"]) <= 20):
+            raise self.refused(f"a pax header gives no valid size ({out['size'][:40]!r})")
         return out
