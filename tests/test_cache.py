@@ -239,7 +239,7 @@ def test_names_that_are_not_keys_are_strays_never_caches(tmp_path):
 def test_a_recorded_command_is_shown_only_as_the_extract_its_fields_make():
     import dataclasses
 
-    from featcache.cache.commands import extract_command
+    from featcache.cache.commands import command_or, extract_command
 
     golden = ROOT / "tests" / "golden" / "resnet18-synthetic-train-bae82c00140b"
     m = Manifest.load(golden)
@@ -256,6 +256,11 @@ def test_a_recorded_command_is_shown_only_as_the_extract_its_fields_make():
     # word of the command, never a second command.
     text = extract_command(dataclasses.replace(m, command=m.command + " --data-root '$(rm -rf ~)'"))
     assert "--data-root '$(rm -rf ~)'" in text and "resnet18" in text
-    # A cache no extract command makes (a benchmark's) has none to show.
+    # A cache no extract command makes (a benchmark's) has none to show; one of the Python API, the call.
     bench = dataclasses.replace(m, identity={"bench": 1}, command="featcache bench scale")
-    assert extract_command(bench) is None
+    assert extract_command(bench) is None and command_or(bench) == "the featcache extract command that made it"
+    module = dataclasses.replace(m.teacher, weights=WeightsInfo(source="module", ref="Net", sha256="0" * 64))
+    api = dataclasses.replace(m, teacher=module, command="python: rm -rf ~")
+    assert extract_command(api) is None
+    assert command_or(api) == ("featcache.api.extract_from(<your model>, <your dataset>, name='resnet18', "
+                               "dataset_name='synthetic', split='train')")

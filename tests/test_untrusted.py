@@ -568,6 +568,10 @@ def test_json_nested_100k_deep_in_a_store_is_one_line_or_one_entry_marked(cache,
     assert "nested deeper than" in " ".join(r.output.split())
     one_line_error(invoke("cache", "info", bad.name), bad.name, "nested deeper than")
     one_line_error(invoke("distill", *DISTILL, "--teacher", bad.name, "--run-dir", tmp_path / "r"), bad.name)
+    # Everyone else's work goes on: a search by teacher name finds the good cache and trains from it.
+    r = invoke("distill", *DISTILL, "--method", "kd", "--teacher", "convnet", "--epochs", "1", "--run-dir",
+               tmp_path / "r")
+    assert r.exit_code == 0 and (tmp_path / "r" / "summary.json").is_file(), r.output
     r = invoke("cache", "gc", "--max-size", "0", "--dry-run")
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     assert invoke("cache", "rm", bad.name).exit_code == 0 and not bad.exists()

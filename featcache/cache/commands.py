@@ -31,8 +31,13 @@ def extract_command(m: Manifest) -> str | None:
 
 
 def command_or(m: Manifest, fallback: str = UNKNOWN) -> str:
-    """:func:`extract_command`, or ``fallback`` words when there is none."""
-    return extract_command(m) or fallback
+    """:func:`extract_command`; for a cache of the Python API, the call that makes it, rebuilt from its fields; else
+    ``fallback`` words."""
+    command = extract_command(m)
+    if command is None and m.teacher.weights.source == "module":
+        command = printable(f"featcache.api.extract_from(<your model>, <your dataset>, name={m.teacher.name!r}, "
+                            f"dataset_name={m.dataset.get('name')!r}, split={m.dataset.get('split')!r})", limit=None)
+    return command or fallback
 
 
 def _weights_flag(m: Manifest) -> tuple[str | None, int] | None:
