@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featcache import rundir
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, FeatcacheError
+from featcache.fileio import printable
 
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard/: the event files of --log tensorboard
 _METHODS = ("start", "log_epoch", "finish")
@@ -81,6 +82,8 @@ def logger_class(name: str) -> type:
                           flag="--log") from None
     except AttributeError:
         raise ConfigError(f"--log {name}: module {module} has no {attr}", flag="--log") from None
+    except Exception as exc:  # the module's own code failed while it was imported
+        raise failed(name, f"importing {module}", exc) from None
     missing = [m for m in _METHODS if not callable(getattr(cls, m, None))]
     if not isinstance(cls, type) or missing:
         raise ConfigError(f"--log {name}: not a logger class (it needs {', '.join(missing or _METHODS)}; subclass "
@@ -99,44 +102,80 @@ def check_loggers(log: list[str] | str) -> None:
     for name in logger_names(log):
         check = getattr(logger_class(name), "check", None)
         if check is not None:
-            check()
+            guarded(name, check)
+
+
+def failed(name: str, doing: str, exc: BaseException) -> ConfigError:
+    """One line for a logger of ``--log`` that raised: which one, in what, and what it raised."""
+    what = printable(" ".join(str(exc).split()), 200)
+    return ConfigError(f"--log {printable(name, 80)}: the logger raised {type(exc).__name__} in {doing}"
+                       f"{': ' + what if what else ''}; fix it or drop it from --log (--resume continues a run it "
+                       "stopped from its last checkpoint)", flag="--log")
+
+
+def guarded(name: str, call: Callable, *args: Any, doing: str | None = None) -> Any:
+    """``call(*args)`` for the logger ``name``: a featcache error passes as it is; any other exception (the logger is
+    anyone's code) becomes ``failed``'s one line, which stops the run like any other error."""
+    try:
+        return call(*args)
+    except FeatcacheError:
+        raise
+    except Exception as exc:
+        raise failed(name, doing or getattr(call, "__name__", "it"), exc) from None
 
 
 class RunLoggers:
     """The loggers of one run: metrics.jsonl first, then those ``--log`` adds, each told every event in order.
-    Empty on ranks other than 0 (``RunLoggers()``)."""
+    Empty on ranks other than 0 (``RunLoggers()``). A logger that raises stops the run with one line naming it
+    (``guarded``)."""
 
-    def __init__(self, loggers: list | None = None) -> None:
+    def __init__(self, loggers: list | None = None, names: list[str] | None = None) -> None:
         self.loggers = list(loggers or [])
+        self.names = list(names) if names is not None else [type(x).__name__ for x in self.loggers]
 
     @classmethod
     def open(cls, log: list[str] | str, run_dir: Path, config: dict[str, Any]) -> "RunLoggers":
         chosen = ["jsonl"] + [n for n in logger_names(log) if n != "jsonl"]
-        run = cls([logger_class(n)() for n in chosen])
+        run = cls([], [])
         try:
-            for logger in run.loggers:
-                logger.start(Path(run_dir), config)
+            for name in chosen:
+                run.loggers.append(guarded(name, logger_class(name), doing="__init__"))
+                run.names.append(name)
+            run._tell("start", Path(run_dir), config)
         except BaseException:
-            run.close()
+            run.close(quiet=True)
             raise
         return run
 
+    def _tell(self, method: str, *args: Any) -> None:
+        for name, logger in zip(self.names, self.loggers):
+            guarded(name, getattr(logger, method), *args, doing=method)
+
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
-        for logger in self.loggers:
-            logger.log_epoch(epoch, record)
+        self._tell("log_epoch", epoch, record)
 
     def finish(self, summary: dict[str, Any]) -> None:
         try:
-            for logger in self.loggers:
-                logger.finish(summary)
-        finally:
-            self.close()
+            self._tell("finish", summary)
+        except BaseException:
+            self.close(quiet=True)
+            raise
+        self.close()
 
-    def close(self) -> None:
-        for logger in self.loggers:
+    def close(self, quiet: bool = False) -> None:
+        """Close every logger, even after one raised; the first error is raised once all are closed, unless
+        ``quiet`` (the run is already failing: its own error is the one to report)."""
+        first = None
+        for name, logger in zip(self.names, self.loggers):
             close = getattr(logger, "close", None)
-            if close is not None:
-                close()
+            if close is None:
+                continue
+            try:
+                guarded(name, close, doing="close")
+            except FeatcacheError as exc:
+                first = first or exc
+        if first is not None and not quiet:
+            raise first
 
 
 def open_loggers(s: Any, run_dir: Path) -> RunLoggers:

@@ -317,7 +317,7 @@ def markdown_table(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = None) -> Path:
+def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = None, flag: str = "--plot") -> Path:
     """Test accuracy per epoch of every run (like Figure 6 of the multi-teacher paper): one colour per arm, its seeds
     as thin lines and their mean as a thick one."""
     try:
@@ -353,7 +353,25 @@ def plot_curves(records: list[RunRecord], path: str | Path, title: str | None = 
     # Below the axes, never over a curve (inside, "best" still covered one once there were 7 arms).
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), frameon=False)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, bbox_inches="tight")
+    _save(fig, path, flag)
     plt.close(fig)
     return path
+
+
+def _save(fig, path: Path, flag: str) -> None:
+    """The figure rendered in memory, then written like every output (fileio.write_atomic: a new temporary file,
+    renamed; a FIFO, device or link at ``path`` refused); the format is the file's suffix (png by default)."""
+    import io
+
+    from featcache.fileio import write_atomic
+
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=path.suffix[1:].lower() or "png", bbox_inches="tight")
+    except ValueError as exc:  # a suffix matplotlib cannot write
+        raise ConfigError(f"{flag} {path}: {exc}; name a .png, .pdf or .svg file") from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: its folder cannot be made ({exc.strerror or exc})") from None
+    write_atomic(path, buffer.getvalue(), flag=flag)

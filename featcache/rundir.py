@@ -17,11 +17,12 @@ Readers here turn every damaged or foreign file into a one-line ConfigError nami
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from featcache.fileio import loads_json
+from featcache.fileio import loads_json, printable
 from featcache import safeload
 from featcache.errors import ConfigError
 
@@ -32,6 +33,25 @@ LAST = "checkpoint-last.pt"
 BEST = "checkpoint-best.pt"
 TEACHER_FILE = "teacher.pt"
 FAILED = "failed.json"
+NAME_MAX = 255  # bytes in one file name: the limit of Linux's and macOS's file systems
+
+
+def run_dir_exists(run_dir: Path, flag: str = "--run-dir") -> bool:
+    """Whether the run directory exists; a name no file system takes (a part over NAME_MAX bytes) or a path that
+    cannot be looked at is a one-line ConfigError naming ``flag``, not an OSError from deep inside the run."""
+    for part in Path(run_dir).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise ConfigError(f"{flag} {printable(str(run_dir), 80)}: its part {printable(part, 40)!r} is {size} bytes "
+                              f"long, more than the {NAME_MAX} a file name may have; choose a shorter name", flag=flag)
+    try:
+        os.stat(run_dir)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"{flag} {printable(str(run_dir), 80)}: cannot be used as a run directory "
+                          f"({exc.strerror or exc}); choose another", flag=flag) from None
+    return True
 
 
 def read_json(path: Path, what: str = "file") -> dict[str, Any]:
@@ -136,12 +156,30 @@ def truncate_metrics(run_dir: Path, keep_epochs: int) -> None:
 
 
 def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
+    """One line appended to metrics.jsonl; never through a link planted in its place, never into a FIFO or device
+    (O_NOFOLLOW, O_NONBLOCK, then a regular file or a one-line StorageError)."""
+    import errno
+    import stat
+
+    from featcache.errors import StorageError
+    from featcache.locks import unwritable
+
+    path = Path(run_dir) / METRICS
     try:
-        with open(Path(run_dir) / METRICS, "a") as f:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):  # ENXIO: a FIFO nobody reads
+            raise unwritable(Path(run_dir), exc, "run directory") from None
+        fd = None
+    if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+        if fd is not None:
+            os.close(fd)
+        raise StorageError(f"{printable(str(path))} is a symbolic link or not a regular file, not a metrics file "
+                           "featcache wrote; it is never written through: remove it, then add --resume")
+    try:
+        with os.fdopen(fd, "w") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as exc:  # a torn line is what --resume expects after this: it redoes the epoch
-        from featcache.locks import unwritable
-
         raise unwritable(Path(run_dir), exc, "run directory") from None
 
 

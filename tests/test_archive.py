@@ -395,6 +395,7 @@ def test_an_index_listing_more_members_than_the_limit_is_refused_at_once(cache, 
         one_line_error(invoke("cache", "import", forged, "--to", other), "100,000 members",
                        f"the {MAX_MEMBERS:,} an archive may hold", "archive member limit")
     nothing_left(other, cache.name)
+    assert f"more than {MAX_MEMBERS:,} members" in (Path(__file__).parents[1] / "docs" / "store.md").read_text()
 
 
 def test_an_index_of_as_many_members_as_allowed_is_checked_in_linear_time(cache, archive, other):

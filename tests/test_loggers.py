@@ -148,6 +148,53 @@ def test_a_logger_that_cannot_work_is_a_one_line_error_before_anything_runs(tmp_
     assert not (tmp_path / "run").exists()
 
 
+BROKEN = """
+import os
+from featcache.loggers import Logger
+
+def _maybe(where):
+    if os.environ["BROKEN_LOGGER_AT"] == where:
+        raise ValueError(f"no tracking server \\x1b[31m({where})")
+
+class Broken(Logger):
+    def __init__(self): _maybe("__init__")
+    def start(self, run_dir, config): _maybe("start")
+    def log_epoch(self, epoch, record): _maybe("log_epoch")
+    def finish(self, summary): _maybe("finish")
+    def close(self): _maybe("close")
+"""
+
+
+@pytest.mark.parametrize("where", ["__init__", "start", "log_epoch", "finish", "close"])
+def test_a_logger_that_raises_stops_the_run_in_one_line_naming_it(store, tmp_path, monkeypatch, where):
+    """A lab's own logger (anyone's code) raising at any point: one line saying which logger, where and what it
+    raised (escaped), exit status 2, and the failure recorded in failed.json like any other."""
+    (tmp_path / "broken_logger.py").write_text(BROKEN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "broken_logger", raising=False)
+    monkeypatch.setenv("BROKEN_LOGGER_AT", where)
+    run_dir = tmp_path / "run"
+    r = runner.invoke(app, distill_args(store, run_dir, "--log", "broken_logger:Broken"))
+    sys.modules.pop("broken_logger", None)
+    line = one_line_error(r, "--log broken_logger:Broken", f"raised ValueError in {where}", "no tracking server",
+                          "drop it from --log")
+    assert "\x1b" not in line and "\\e[31m" in line
+    failure = json.loads((run_dir / "failed.json").read_text())
+    assert failure["error"] == "ConfigError" and "broken_logger:Broken" in failure["message"]
+    metrics = run_dir / "metrics.jsonl"
+    epochs = [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] if metrics.exists() else []
+    assert epochs == ([1] if where == "log_epoch" else [1, 2] if where in ("finish", "close") else [])
+
+
+def test_a_logger_module_that_raises_on_import_is_one_line_before_anything_runs(tmp_path, monkeypatch):
+    (tmp_path / "broken_import.py").write_text("raise RuntimeError('needs a token')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "broken_import", raising=False)
+    r = runner.invoke(app, distill_args(tmp_path / "store", tmp_path / "run", "--log", "broken_import:Logger"))
+    one_line_error(r, "--log broken_import:Logger", "raised RuntimeError in importing broken_import", "needs a token")
+    assert not (tmp_path / "run").exists()
+
+
 def test_without_the_tensorboard_package_the_error_says_what_to_install(monkeypatch):
     import importlib.util
 

@@ -1,6 +1,7 @@
 """Recipes: parsing and validation, the plan, skipping what is done, resuming, the report."""
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -9,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import one_line_error
 from featcache.cli import app
-from featcache.errors import ConfigError
+from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
 from featcache.report import build_rows, load_record, markdown_table, plot_curves
 
@@ -282,6 +283,101 @@ def test_report_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     r = CliRunner().invoke(app, ["report", str(d), "--plot", str(tmp_path / "p.png")])
     assert r.exit_code == 2 and 'pip install -e ".[plot]"' in r.output
+
+
+# -- the report's files: written inside the runs folder, through a new temporary file, never through a link -------
+@pytest.mark.parametrize("key", ["markdown", "plot"])
+@pytest.mark.parametrize("value", ["/tmp/elsewhere.md", "../x.md", "a/../../x.md", "~/x.md", "$HOME/x.md", "", ".",
+                                   "sub/", "a\\..\\x.md"])
+def test_a_recipes_report_files_must_stay_inside_its_runs_folder(tmp_path, key, value):
+    with pytest.raises(ConfigError) as err:
+        tiny(tmp_path, report={"title": "t", key: value})
+    message = str(err.value)
+    assert f"[report] {key}" in message and "inside its runs folder" in message and "\n" not in message
+    assert "featcache report RUNS --markdown FILE" in message
+
+
+def test_a_recipes_report_files_may_name_a_subfolder_of_its_runs(tmp_path):
+    p = tiny(tmp_path, report={"title": "t", "markdown": "tables/report.md", "plot": "./figures/curves.png"})
+    assert p.report["markdown"] == "tables/report.md"
+
+
+def _reported(tmp_path, monkeypatch, **report):
+    """A recipe whose report reads two hand-made runs (no training): ``write_report``'s inputs without the stages."""
+    from featcache.pipeline import run as run_module
+
+    p = tiny(tmp_path, report={"title": "t", **report})
+    runs = [_fake_run(tmp_path / "made", n, [0.5, 0.6], seed=i) for i, n in enumerate(("a", "b"))]
+    monkeypatch.setattr(run_module, "distill_runs", lambda p: runs)
+    return p
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "linked folder"])
+def test_a_recipes_report_is_never_written_through_what_is_planted_in_the_runs_folder(tmp_path, monkeypatch, planted):
+    from featcache.pipeline.run import write_report
+
+    p = _reported(tmp_path, monkeypatch, markdown="out/report.md")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "report.md").write_text("someone else's file\n")
+    (tmp_path / "runs").mkdir()
+    if planted == "linked folder":
+        (tmp_path / "runs" / "out").symlink_to(victim)
+    else:
+        (tmp_path / "runs" / "out").mkdir()
+        target = tmp_path / "runs" / "out" / "report.md"
+        target.symlink_to(victim / "report.md") if planted == "symlink" else os.mkfifo(target)
+    with pytest.raises(FeatcacheError) as err:
+        write_report(p)
+    assert "\n" not in str(err.value) and ("not a regular file" in str(err.value) or "leads out" in str(err.value))
+    assert [f.name for f in victim.iterdir()] == ["report.md"]
+    assert (victim / "report.md").read_text() == "someone else's file\n"
+
+
+def test_a_recipes_report_replaces_its_own_files_whole(tmp_path, monkeypatch):
+    from featcache.pipeline.run import write_report
+
+    p = _reported(tmp_path, monkeypatch, markdown="report.md", plot="figures/curves.png")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "report.md").write_text("an older report\n")
+    out = write_report(p)
+    assert out["markdown"].read_text().startswith("# t\n") and out["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert sorted(f.name for f in (tmp_path / "runs").rglob("*")) == ["curves.png", "figures", "report.md"]
+
+
+@pytest.mark.parametrize("flag", ["--markdown", "--plot"])
+@pytest.mark.parametrize("planted", ["symlink", "fifo", "directory"])
+def test_the_report_command_refuses_an_output_that_is_not_a_regular_file(tmp_path, flag, planted):
+    _fake_run(tmp_path / "runs", "a", [0.5])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    target = tmp_path / "out"
+    plant = {"symlink": lambda: target.symlink_to(victim), "fifo": lambda: os.mkfifo(target), "directory": target.mkdir}
+    plant[planted]()
+    one_line_error(CliRunner().invoke(app, ["report", str(tmp_path / "runs"), flag, str(target)]),
+                   f"{flag} {target}", "not a regular file")
+    assert victim.read_text() == "someone else's file\n"
+
+
+def test_the_report_command_writes_wherever_its_flags_say(tmp_path):
+    _fake_run(tmp_path / "runs", "a", [0.5])
+    (tmp_path / "elsewhere").mkdir()
+    md, png = tmp_path / "elsewhere" / "r.md", tmp_path / "elsewhere" / "c.png"
+    md.write_text("an older table\n")
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--markdown", str(md), "--plot", str(png)])
+    assert r.exit_code == 0, r.output
+    assert "| lenet5 |" in md.read_text() and png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(f.name for f in (tmp_path / "elsewhere").iterdir()) == ["c.png", "r.md"]
+
+
+def test_recipe_directory_names_too_long_for_a_file_system_are_refused_when_parsed(tmp_path):
+    with pytest.raises(ConfigError, match=r"^--runs-dir .*300 bytes long, more than the 255"):
+        parse_pipeline(json.loads(json.dumps(TINY)), runs_dir=tmp_path / ("r" * 300))
+    with pytest.raises(ConfigError, match=r"run directory 'lenet5-ce-alone-t+.*319 bytes long.*shorten .*tag"):
+        tiny(tmp_path, distill=[{**TINY["distill"][0], "tag": "t" * 300}])
+    teachers = [{**TINY["teachers"][0], "name": "n" * 256}]
+    with pytest.raises(ConfigError, match=r"256 bytes long.*shorten the teacher's name"):
+        tiny(tmp_path, teachers=teachers, distill=[{**TINY["distill"][0], "teachers": ["n" * 256]}])
 
 
 IDS_RECIPE = """

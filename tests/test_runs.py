@@ -204,3 +204,39 @@ def test_the_command_lists_runs_by_default_and_refuses_a_missing_dir(finished, t
     assert json.loads(runner.invoke(app, ["runs", "ls", "--json"]).stdout) == []
     shutil.copytree(finished, tmp_path / "runs" / "x")
     assert [x["status"] for x in json.loads(runner.invoke(app, ["runs", "ls", "--json"]).stdout)] == ["finished"]
+
+
+# -- the run directory's own files: names file systems take, no link or FIFO written through ------------------------
+@pytest.mark.parametrize("command", ["distill", "train-teacher"])
+@pytest.mark.parametrize("resume", [False, True], ids=["fresh", "resume"])
+def test_a_run_dir_name_too_long_for_a_file_system_is_one_line_naming_the_flag(tmp_path, command, resume):
+    (tmp_path / "runs").mkdir()  # an existing parent: the lookup of the long name itself fails
+    run_dir = tmp_path / "runs" / ("x" * 300)
+    args = [command, "-d", "synthetic", "-o", "num_train=60", "-o", "num_test=20", "--epochs", "1", "-b", "16",
+            "--workers", "0", "--device", "cpu", "--run-dir", str(run_dir)]
+    args += (["-s", "lenet5", "-m", "ce", "--cache-dir", str(tmp_path / "store")] if command == "distill"
+             else ["--teacher", "convnet"])
+    r = runner.invoke(app, args + (["--resume"] if resume else []))
+    one_line_error(r, "--run-dir", "300 bytes long", "more than the 255 a file name may have")
+    assert os.listdir(tmp_path / "runs") == []
+
+
+@pytest.mark.parametrize("planted", ["symlink", "fifo"])
+def test_metrics_are_never_appended_through_a_link_or_into_a_fifo_planted_in_their_place(tmp_path, planted):
+    from featcache.errors import StorageError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if planted == "symlink":
+        (run_dir / rundir.METRICS).symlink_to(victim)
+    else:
+        os.mkfifo(run_dir / rundir.METRICS)
+    with pytest.raises(StorageError, match="symbolic link or not a regular file"):
+        rundir.append_metrics(run_dir, {"epoch": 1})  # a FIFO nobody reads: refused at once, not waited on
+    assert victim.read_text() == "someone else's file\n"
+    (run_dir / rundir.METRICS).unlink()
+    rundir.append_metrics(run_dir, {"epoch": 1})
+    rundir.append_metrics(run_dir, {"epoch": 2})
+    assert [r["epoch"] for r in rundir.read_metrics(run_dir)] == [1, 2]

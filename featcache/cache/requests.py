@@ -19,7 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from featcache.fileio import loads_json
+from featcache.errors import StorageError
+from featcache.fileio import loads_json, write_text_atomic
 from featcache.cache.format import FORMAT_VERSION, MANIFEST, Manifest, is_cache_key, shard_path
 
 REQUESTS_DIR = "requests"
@@ -176,9 +177,7 @@ def remember(store: Path, request: dict[str, Any], key: str, inputs: str,
         folder.mkdir(parents=True, exist_ok=True)
         body = json.dumps({"key": key, "gpu": _gpu_present(), "inputs": inputs, "request": request,
                            "sample": sample}, indent=2, default=str)
-        target = folder / f"{request_digest(request)}.json"
-        tmp = target.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(body + "\n")
-        os.replace(tmp, target)
-    except OSError:
+        # a new temporary file of a random name, renamed: never written through a link planted in a shared store
+        write_text_atomic(folder / f"{request_digest(request)}.json", body + "\n", flag="extract request")
+    except (OSError, StorageError):
         pass

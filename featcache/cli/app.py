@@ -98,6 +98,8 @@ def write_json(path: Path | None, obj: Any) -> None:
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(obj, indent=2) + "\n")
         except OSError as exc:
             raise ConfigError(f"--json-out {path}: cannot write it ({exc.strerror or exc})") from None
+        from featcache.fileio import write_text_atomic
+
+        write_text_atomic(path, json.dumps(obj, indent=2) + "\n", flag="--json-out")

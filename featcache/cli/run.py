@@ -13,6 +13,7 @@ from featcache.flags import as_command, cli_parameters, config_from_cli
 
 
 def report(**values: Any) -> None:
+    from featcache.fileio import write_text_atomic
     from featcache.report import build_rows, find_runs, load_record, markdown_table, plot_curves
 
     cfg = config_from_cli(ReportConfig, values)
@@ -20,8 +21,11 @@ def report(**values: Any) -> None:
     rows = build_rows(records, group_seeds=not cfg.per_seed)
     print_rows(rows, cfg.title or f"{len(records)} run(s)")
     if cfg.markdown is not None:
-        cfg.markdown.parent.mkdir(parents=True, exist_ok=True)
-        cfg.markdown.write_text(markdown_table(rows))
+        try:
+            cfg.markdown.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--markdown {cfg.markdown}: its folder cannot be made ({exc.strerror or exc})") from None
+        write_text_atomic(cfg.markdown, markdown_table(rows), flag="--markdown")
         out.print(f"markdown table: {cfg.markdown}", highlight=False)
     if cfg.plot is not None:
         out.print(f"accuracy curves: {plot_curves(records, cfg.plot, cfg.title)}", highlight=False)

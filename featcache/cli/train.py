@@ -61,14 +61,18 @@ app.command("train-teacher")(user_errors(train_teacher))
 def split_classes_cmd(**values: Any) -> None:
     from featcache.datasets import get_dataset
     from featcache.datasets.base import split_classes
+    from featcache.fileio import write_text_atomic
 
     cfg = config_from_cli(SplitClassesConfig, values)
     ds = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    try:
+        cfg.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--out {cfg.out}: cannot be made ({exc.strerror or exc}); choose another folder") from None
     for k, names in enumerate(split_classes(ds.classes, cfg.parts, cfg.seed), start=1):
         path = cfg.out / f"part{k}.txt"
-        path.write_text(f"# {cfg.dataset} classes, part {k} of {cfg.parts} (seed {cfg.seed})\n"
-                        + "".join(n + "\n" for n in names))
+        write_text_atomic(path, f"# {cfg.dataset} classes, part {k} of {cfg.parts} (seed {cfg.seed})\n"
+                          + "".join(n + "\n" for n in names), flag="--out")
         out.print(f"{path}: {len(names)} classes", highlight=False)
 
 

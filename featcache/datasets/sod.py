@@ -335,7 +335,13 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if len(args) == 2:
-        Path(args[1]).write_text(text, encoding="utf-8")
+        from featcache.fileio import write_text_atomic
+
+        try:
+            write_text_atomic(Path(args[1]), text, flag="output")
+        except FeatcacheError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     else:
         sys.stdout.write(text)
     return 0

@@ -29,7 +29,7 @@ from featcache.distill.optim import make_optimizer, make_schedule
 from featcache.distill.setup import Setup, default_run_dir, resident_default, resident_need, sampling_of, validate
 from featcache.errors import ConfigError, RunLockedError
 from featcache.locks import LOCK_FILE, DirLock
-from featcache.rundir import LAST  # the run's files (re-exported)
+from featcache.rundir import LAST, run_dir_exists  # the run's files (LAST re-exported)
 from featcache.runtime import (
     autocast,
     default_workers,
@@ -238,7 +238,7 @@ def claim_run_dir(config: DistillConfig) -> Iterator[Path]:
     run_dir = Path(config.run_dir) if config.run_dir is not None else default_run_dir(config)
     config.run_dir = run_dir
     lock = None
-    created = not run_dir.exists()
+    created = not run_dir_exists(run_dir)  # a name too long for any file system is one line here
     if distributed.context().is_main:  # torchrun: rank 0 owns the directory for all ranks
         try:
             lock = DirLock(run_dir, "run directory")

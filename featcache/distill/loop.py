@@ -137,7 +137,7 @@ def train(s: Setup, reporter: Reporter | None = None) -> DistillSummary:
             _announce(run, epoch, stats, record, improved)  # after the checkpoint: an epoch said done is saved
     except Exception as exc:  # a crash, not Ctrl-C: failed.json (`featcache runs ls` shows the run as failed)
         rundir.record_failure(run.run_dir, exc, write=main)  # first: a logger failing to close must not hide it
-        run.logs.close()  # what the loggers hold is flushed and let go (finish is for a run that ended)
+        run.logs.close(quiet=True)  # what the loggers hold is flushed and let go (finish is for a run that ended)
         raise
     finally:
         rss.__exit__(None, None, None)
@@ -313,7 +313,11 @@ def _finish(run: _Run, peak_rss: int | None) -> DistillSummary:
     if run.main:
         done = {**asdict(summary), "run_dir": str(run.run_dir)}
         rundir.write_json(run.run_dir / SUMMARY, done)
-        run.logs.finish(done)
+        try:
+            run.logs.finish(done)
+        except Exception as exc:  # a logger of --log failed at the end: recorded like any failure
+            rundir.record_failure(run.run_dir, exc)
+            raise
     distributed.barrier()  # no rank leaves before the run's files are complete
     return summary
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import typing
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from featcache.errors import ConfigError
@@ -15,6 +15,36 @@ from featcache.flags import check_type
 
 def expand(value: str) -> str:
     return os.path.expandvars(os.path.expanduser(value))
+
+
+def inside_runs(value: str, label: str) -> None:
+    """A file a recipe writes ([report] markdown / plot) stays inside its runs folder: a recipe from someone else
+    must not choose a file anywhere to replace. Elsewhere is the user's to say, on the command line."""
+    name = PurePosixPath(value)
+    if (not value.strip() or value.startswith(("/", "~")) or "$" in value or "\\" in value or ".." in name.parts
+            or name.name in ("", ".") or value.endswith("/")):
+        raise ConfigError(f"{label} {printable(value)!r}: a recipe's report is written inside its runs folder: name "
+                          "a file relative to it without '..', '~' or '$' (e.g. 'report.md'); to write one elsewhere, "
+                          "run `featcache report RUNS --markdown FILE --plot FILE`")
+
+
+def check_names(runs_dir: Path, runs_label: str, run_names: dict[str, str], where: str) -> None:
+    """Every directory a recipe makes has a name file systems take (at most NAME_MAX bytes): one line now, not an
+    OSError once the stages before it have trained. ``run_names``: each run directory's name -> what sets it."""
+    from featcache.rundir import NAME_MAX
+
+    def size(name: str) -> int:
+        return len(os.fsencode(name))
+
+    for part in runs_dir.parts:
+        if size(part) > NAME_MAX:
+            raise ConfigError(f"{runs_label} {printable(str(runs_dir), 80)}: its part {printable(part, 40)!r} is "
+                              f"{size(part)} bytes long, more than the {NAME_MAX} a file name may have; choose a "
+                              "shorter name")
+    for name, what in run_names.items():
+        if size(name) > NAME_MAX:
+            raise ConfigError(f"{where}: the run directory {printable(name, 40)!r} is {size(name)} bytes long, more "
+                              f"than the {NAME_MAX} a file name may have; shorten {what}")
 
 
 def _is_path_type(tp: Any) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.errors import SEED_MAX, ConfigError, FeatcacheError
 from featcache.flags import check_type, check_value, field_of_flag, recipe_fields
-from featcache.pipeline.paths import Recipe, expand
+from featcache.pipeline.paths import Recipe, check_names, expand, inside_runs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -150,6 +150,9 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     report = _table(data, "report", f"{where}: [report]", default={})
     _unknown(report, {"title", "markdown", "plot"}, f"{where}: [report]")
     report = _keys(report, {"title": str, "markdown": str, "plot": str}, f"{where}: [report] ")
+    for key in ("markdown", "plot"):
+        if key in report:
+            inside_runs(report[key], f"{where}: [report] {key}")
     amalgamate = _table(data, "amalgamate", f"{where}: [amalgamate]")
     if amalgamate is not None:
         amalgamate = _amalgamate_table(amalgamate, f"{where}: [amalgamate]", names, class_parts, part_names, recipe,
@@ -157,6 +160,9 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     name = meta.get("name") or (path.stem if path else "pipeline")
     # The default (no runs_dir) is runs/<name> under the working directory, as a flag's default would be.
     out_dir = runs_dir or (recipe.path(meta["runs_dir"]) if meta.get("runs_dir") else Path("runs") / name)
+    joined = "the names its [[distill]] block joins (students, methods, teachers, tag)"
+    check_names(out_dir, "--runs-dir" if runs_dir else f"{where}: [pipeline] runs_dir",
+                {**{t.name: "the teacher's name" for t in teachers}, **dict.fromkeys(dirs, joined)}, where)
     return Pipeline(name, path, out_dir, ds.name, ds.root, ds.options, teachers, runs, report,
                     meta.get("description", ""), class_parts, amalgamate, meta.get("stores", []))
 

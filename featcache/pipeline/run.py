@@ -9,6 +9,7 @@ from typing import Any
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.rundir import CONFIG, METRICS, SUMMARY
 from featcache.errors import ConfigError, RunLockedError
+from featcache.fileio import printable, write_text_atomic
 from featcache.pipeline.plan import (
     extract_config,
     job_config,
@@ -20,7 +21,6 @@ from featcache.pipeline.plan import (
 )
 from featcache.pipeline.recipe import Pipeline, TeacherSpec, distill_jobs, recipe_terms
 from featcache.progress import Reporter
-
 
 
 def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None,
@@ -137,9 +137,24 @@ def _write_task_table(p: Pipeline, tables: dict) -> Path:
     if len(tables) > 1:
         text += "\n## Per seed\n\n| seed " + head + "\n| ---: " + rule + "\n"
         text += "".join(f"| {seed} | " + " | ".join(row.cells()) + " |\n" for seed, t in tables.items() for row in t)
-    path = p.runs_dir / "amalgamate.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    path = report_path(p, "amalgamate.md", "amalgamate.md")
+    write_text_atomic(path, text, flag="the amalgamation table", what="runs folder")
+    return path
+
+
+def report_path(p: Pipeline, name: str, label: str) -> Path:
+    """``RUNS/name`` for a report file, its folder made; refused in one line when a link in the runs folder leads
+    it out (the recipe's own value was checked when it was parsed: relative, no '..')."""
+    path = p.runs_dir / name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        inside = path.parent.resolve().is_relative_to(p.runs_dir.resolve())
+    except OSError as exc:
+        raise ConfigError(f"{label}: {printable(str(path))} cannot be written ({exc.strerror or exc}); choose "
+                          "another runs folder (--runs-dir)") from None
+    if not inside:
+        raise ConfigError(f"{label}: {printable(str(path))} leads out of the runs folder {printable(str(p.runs_dir))} "
+                          "through a symbolic link; a recipe's report stays inside it: remove the link")
     return path
 
 
@@ -150,11 +165,11 @@ def write_report(p: Pipeline) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": [str(r.run_dir) for r in records], "rows": build_rows(records)}
     if not records:
         return out
-    md = p.runs_dir / p.report.get("markdown", "report.md")
-    md.parent.mkdir(parents=True, exist_ok=True)
+    md = report_path(p, p.report.get("markdown", "report.md"), "[report] markdown")
     title = p.report.get("title", p.name)
-    md.write_text(f"# {title}\n\n{markdown_table(out['rows'])}")
+    write_text_atomic(md, f"# {title}\n\n{markdown_table(out['rows'])}", flag="[report] markdown", what="runs folder")
     out["markdown"] = md
     if p.report.get("plot"):
-        out["plot"] = plot_curves(records, p.runs_dir / p.report["plot"], title)
+        out["plot"] = plot_curves(records, report_path(p, p.report["plot"], "[report] plot"), title,
+                                  flag="[report] plot")
     return out
