@@ -5,9 +5,11 @@ The tiny-dataset fixtures are function-scoped because error tests damage their c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -232,3 +234,19 @@ def mount_tmpfs(path: Path, size: str) -> bool:
 
 def umount(path: Path) -> None:
     subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    """Fail the block when it runs longer than ``seconds``: SIGALRM interrupts a busy Python loop or a blocking open
+    (of a FIFO nobody reads), so a test of a hang fails rather than hangs. Main thread only."""
+    def late(signum, frame):
+        raise TimeoutError(f"took more than {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, late)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

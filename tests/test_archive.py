@@ -7,7 +7,6 @@ outside the store. The tampered archives are built with Python's own tarfile, as
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import one_line_error
+from conftest import one_line_error, within
 from featcache.cli import app
 
 runner = CliRunner()
@@ -356,21 +355,6 @@ def test_a_duplicate_member_is_refused(cache, archive, other):
     forged = repack(archive, [*items, items[3]], reindex=True)  # the index lists it twice too
     one_line_error(invoke("cache", "import", forged, "--to", other), "twice")
     nothing_left(other, cache.name)
-
-
-@contextlib.contextmanager
-def within(seconds: float):
-    """Fail the block when it runs longer than ``seconds`` (SIGALRM interrupts a busy Python loop)."""
-    def late(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, late)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def index_of(archive: Path, count: int) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import one_line_error
+from conftest import one_line_error, within
 from featcache.cli import app
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
@@ -327,7 +327,7 @@ def test_a_recipes_report_is_never_written_through_what_is_planted_in_the_runs_f
         (tmp_path / "runs" / "out").mkdir()
         target = tmp_path / "runs" / "out" / "report.md"
         target.symlink_to(victim / "report.md") if planted == "symlink" else os.mkfifo(target)
-    with pytest.raises(FeatcacheError) as err:
+    with within(30), pytest.raises(FeatcacheError) as err:
         write_report(p)
     assert "\n" not in str(err.value) and ("not a regular file" in str(err.value) or "leads out" in str(err.value))
     assert [f.name for f in victim.iterdir()] == ["report.md"]
@@ -354,8 +354,9 @@ def test_the_report_command_refuses_an_output_that_is_not_a_regular_file(tmp_pat
     target = tmp_path / "out"
     plant = {"symlink": lambda: target.symlink_to(victim), "fifo": lambda: os.mkfifo(target), "directory": target.mkdir}
     plant[planted]()
-    one_line_error(CliRunner().invoke(app, ["report", str(tmp_path / "runs"), flag, str(target)]),
-                   f"{flag} {target}", "not a regular file")
+    with within(30):  # opening a FIFO for writing would wait for a reader forever
+        r = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), flag, str(target)])
+    one_line_error(r, f"{flag} {target}", "not a regular file")
     assert victim.read_text() == "someone else's file\n"
 
 
