@@ -8,6 +8,8 @@
   in one line rather than replaced.
 * ``printable``: a name or text from disk made safe to print: control characters (terminal escapes, newlines) are
   shown escaped, never sent to the terminal.
+* ``remove_tree`` / ``read_regular``: what a store-maintenance command deletes or reads in a directory others write
+  to: a link is removed as a link (never followed out), a FIFO is never read.
 
 Standard library only: ``cache ls`` and the store commands import it without torch.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -144,6 +147,37 @@ def fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def read_regular(path: Path | str, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``path`` when it is a regular file; OSError otherwise. Never follows a link at
+    ``path`` and never blocks on a FIFO or a device someone planted where a small file of ours should be."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove ``path`` without following a link anywhere: a link (to anything) or a file is unlinked, a directory is
+    removed with its content (``shutil.rmtree`` works on file descriptors here: an inner link is unlinked, never
+    entered). Nothing outside ``path`` is ever deleted. OSError as usual; a missing ``path`` is no error."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (explicit modes start from it)."""
+    return _umask()
 
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\x1b": "\\e"}

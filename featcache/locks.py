@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -59,10 +60,15 @@ class DirLock:
     def acquire(self, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> "DirLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # Never through a link nor into a FIFO planted as the lock: it is truncated and written below.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _not_a_lock(self.path) from None
             raise unwritable(self.directory, exc, self.what) from None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _not_a_lock(self.path)
             self._flock(fd, wait, on_wait)
             self._check_remote(wait, on_wait)
         except BaseException:
@@ -136,6 +142,13 @@ class DirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _not_a_lock(path: Path) -> FeatcacheError:
+    from featcache.errors import StorageError
+
+    return StorageError(f"{path} is a symbolic link or not a regular file, not a lock featcache "
+                        "wrote; it is never written through: remove it, then re-run")
 
 
 def _heartbeat(path: Path, stop: threading.Event) -> None:

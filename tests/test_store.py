@@ -320,3 +320,95 @@ def test_a_traversal_manifest_in_a_shared_store_is_refused(home, tmp_path, monke
     assert r.exit_code in (1, 2) and "data-00000.h5" in " ".join(r.output.split()) and "Traceback" not in r.output
     with pytest.raises(CacheError, match="data-00000.h5"):
         api.RowJoin([key], check=False)
+
+
+# -- permissions in a store shared through a group --------------------------------------------------------------------
+def test_publish_import_and_extract_leave_no_writable_cache_file_whatever_the_umask(home, tmp_path):
+    """docs/store.md: cache files are never writable (and readable by the store's group), even with umask 002."""
+    key = extract_key()
+    stores = {name: tmp_path / name for name in ("published", "imported", "extracted")}
+    for store in stores.values():
+        store.mkdir()
+        os.chmod(store, 0o2775)
+    old = os.umask(0o002)
+    try:
+        assert invoke("cache", "publish", key, "--to", stores["published"]).exit_code == 0
+        assert invoke("cache", "export", key, "-o", tmp_path / "c.tar").exit_code == 0
+        assert invoke("cache", "import", tmp_path / "c.tar", "--to", stores["imported"]).exit_code == 0
+        assert extract_key("--cache-dir", stores["extracted"]) == key
+    finally:
+        os.umask(old)
+    for name, store in stores.items():
+        files = list((store / key).iterdir())
+        assert files and {p.name for p in files} >= {"manifest.json"}, name
+        modes = {p.name: p.stat().st_mode & 0o777 for p in files}
+        assert all(m & 0o222 == 0 and m & 0o040 for m in modes.values()), (name, modes)
+        assert (store / key).stat().st_mode & 0o2070 == 0o2070, name  # the directory: the group's, to remove it
+
+
+def test_a_link_planted_as_a_stores_bookkeeping_directory_is_never_written_through(home, tmp_path):
+    key = extract_key()
+    shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
+    shared.mkdir()
+    elsewhere.mkdir()
+    os.chmod(shared, 0o2775)
+    os.chmod(elsewhere, 0o700)
+    os.symlink(elsewhere, shared / ".incoming")
+    one_line_error(invoke("cache", "publish", key, "--to", shared), ".incoming", "symbolic link")
+    assert not list(elsewhere.iterdir()) and elsewhere.stat().st_mode & 0o7777 == 0o700  # not chmod-ed either
+    r = invoke("cache", "gc", "--cache-dir", shared)  # gc removes the link itself, then publishing works
+    assert r.exit_code == 0 and ".incoming" in r.output and not (shared / ".incoming").is_symlink(), r.output
+    assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
+    assert elsewhere.is_dir() and not list(elsewhere.iterdir())
+
+
+READER_AS_NOBODY = """
+import sys, time
+from featcache.cache.leases import Lease
+with Lease([sys.argv[1]], what="distill") as lease:
+    print(len(lease.files), flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_reader_of_a_group_store_as_another_user_holds_a_lease_root_respects(home):
+    """A store shared through a group, read by a user who is not root: their lease is written, and root's
+    `cache rm` / `cache gc` there leave the cache alone while they read it."""
+    import grp
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run a reader as the user nobody")
+    try:
+        nogroup = grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        pytest.skip("no group nogroup to share the store through")
+    key = extract_key()
+    shared = Path(tempfile.mkdtemp(prefix="featcache-group-store-"))  # outside root's private pytest directory
+    try:
+        os.chmod(shared, 0o755)
+        shared = shared / "store"
+        shared.mkdir()
+        os.chown(shared, -1, nogroup)
+        os.chmod(shared, 0o2775)
+        assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
+        from featcache.cache.leases import Lease
+
+        with Lease([shared / key], what="root's reader"):  # root made .leases: the group may write in it too
+            pass
+        reader = subprocess.Popen(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-c", READER_AS_NOBODY,
+             str(shared / key)], env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True)
+        try:
+            assert reader.stdout.readline().strip() == "1"  # nobody's lease is written
+            one_line_error(invoke("cache", "rm", key, "--cache-dir", shared), f"pid {reader.pid}", "distill")
+            r = invoke("cache", "gc", "--max-size", "0", "--cache-dir", shared)
+            assert r.exit_code == 0 and f"skipped {key}" in r.output, r.output
+            assert (shared / key / "manifest.json").is_file()
+        finally:
+            reader.kill()
+            reader.wait()
+        assert invoke("cache", "rm", key, "--cache-dir", shared).exit_code == 0
+    finally:
+        subprocess.run(["rm", "-rf", str(shared.parent if shared.name == "store" else shared)], check=False)

@@ -374,3 +374,198 @@ def test_a_running_distill_holds_its_lease_until_killed(home, tmp_path):
     r = invoke("cache", "gc", "--max-size", "0")
     assert f"cleaned lease {key}/" in r.output and f"removed {key}" in r.output, r.output
     assert not (store / key).exists() and not (store / LEASES / key).exists()
+
+
+# -- a store others write to: planted links, odd names, damaged leases, a store marked read-only --------------------
+@pytest.fixture
+def victim(home, tmp_path) -> Path:
+    """Another store (a cache of its own and an unrelated file) that links planted in ``home`` point into."""
+    store, (key, *_) = home
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(store / key, other / key)
+    (other / "notes.txt").write_text("not featcache's")
+    return other
+
+
+def test_gc_and_rm_never_follow_a_link_out_of_the_store(home, victim):
+    store, (a, b, c) = home
+    dead = dead_pid()
+    before = snapshot(victim)
+    (store / TRASH).mkdir()
+    os.symlink(victim / a, store / TRASH / f"{a}@{host()}@{dead}@00000001")  # a "trash" that is another's cache
+    inner = store / TRASH / f"{b}@{host()}@{dead}@00000002"  # a real trash directory holding links
+    inner.mkdir()
+    os.symlink(victim / a / "manifest.json", inner / "manifest.json")
+    os.symlink(victim / "notes.txt", inner / "data-00000.h5")
+    (store / ".incoming").mkdir(exist_ok=True)
+    os.symlink(victim, store / ".incoming" / f"{a}@{host()}@{dead}@00000003")
+    lease = store / LEASES / c / f"{host()}@{dead}@00000004"
+    lease.parent.mkdir(parents=True)
+    os.symlink(victim / "notes.txt", lease)
+    shutil.rmtree(store / c)
+    os.symlink(victim / a, store / c)  # a store entry that is a link to another store's cache
+    used_at(store, c, 10)
+    r = invoke("cache", "gc", "--unused-for", "1d", "--max-size", "0")
+    assert r.exit_code == 0 and f"removed {a}" in r.output and f"removed {b}" in r.output, r.output
+    assert f"skipped {c}" in r.output and "symbolic link" in r.output
+    assert snapshot(victim) == before
+    assert not list((store / TRASH).iterdir()) and not list((store / ".incoming").glob("*@*"))
+    assert not os.path.lexists(lease) and (store / c).is_symlink()
+    r = invoke("cache", "gc", "--unused-for", "1d")  # and again: one bad entry never stops a later gc
+    assert r.exit_code == 0 and f"skipped {c}" in r.output, r.output
+    r = invoke("cache", "rm", c)  # removed as a link, nothing it points to
+    assert r.exit_code == 0 and not os.path.lexists(store / c), r.output
+    assert snapshot(victim) == before and (victim / a / "manifest.json").is_file()
+
+
+def test_bookkeeping_directories_that_are_links_are_never_entered(home, victim):
+    store, (a, *_) = home
+    dead = dead_pid()
+    bait = victim / f"{a}@{host()}@{dead}@00000001"  # named like a dead remover's trash, a dead reader's lease...
+    bait.mkdir()
+    (bait / "manifest.json").write_text("{}")
+    (victim / a / f"{host()}@{dead}@00000002").write_text("{}")
+    os.chmod(victim, 0o700)
+    before = snapshot(victim)
+    for name in (TRASH, ".incoming", LEASES):
+        shutil.rmtree(store / name, ignore_errors=True)
+        os.symlink(victim, store / name)
+    r = invoke("cache", "gc", "--max-size", "0", "--dry-run")
+    assert r.exit_code == 0 and snapshot(victim) == before, r.output
+    r = invoke("cache", "gc", "--max-size", "0")
+    assert r.exit_code == 0 and f"removed {a}" in r.output, r.output
+    assert snapshot(victim) == before and stat_mode(victim) == 0o700  # not entered, not chmod-ed
+    assert not any(os.path.lexists(store / n) and (store / n).is_symlink() for n in (TRASH, ".incoming", LEASES))
+
+
+def stat_mode(path: Path) -> int:
+    return os.stat(path).st_mode & 0o7777
+
+
+def test_a_lock_or_a_usage_index_planted_as_a_link_is_never_written_through(home, victim):
+    store, (a, b, _c) = home
+    before = snapshot(victim)
+    os.symlink(victim / "notes.txt", store / a / ".lock")
+    one_line_error(invoke("cache", "rm", a), ".lock", "symbolic link")
+    (store / b / ".lock").unlink(missing_ok=True)
+    os.mkfifo(store / b / ".lock")  # never read: no hang
+    result = []
+    threading.Thread(target=lambda: result.append(invoke("cache", "rm", b)), daemon=True).start()
+    deadline = time.time() + 60
+    while not result and time.time() < deadline:
+        time.sleep(0.05)
+    assert result, "cache rm hung on a FIFO planted as the cache's lock"
+    one_line_error(result[0], ".lock")
+    shutil.rmtree(store / USAGE, ignore_errors=True)
+    os.symlink(victim, store / USAGE)
+    record_use(store, [a])
+    assert snapshot(victim) == before and (store / a / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("pid", ["²", "1" + "0" * 30, "0", "٣"])
+def test_lease_and_incoming_names_with_odd_pids_never_crash(home, pid):
+    from featcache.cache import install
+
+    store, (a, b, _c) = home
+    for key in (a, b):
+        d = store / LEASES / key
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{host()}@{pid}@00000000").write_text("{}")
+        (d / f"removing@{host()}@{pid}@00000000").write_text("{}")
+        (store / ".incoming" / f"{key}@{host()}@{pid}@00000000").mkdir(parents=True)
+        (store / TRASH / f"{key}@elsewhere@{pid}@00000000").mkdir(parents=True)
+    with Lease([store / a], what="distill"):  # a distill's lease check reads the key's other leases
+        pass
+    assert invoke("cache", "rm", a).exit_code == 0  # a foreign name is no lease: it blocks nothing
+    r = invoke("cache", "gc")
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    # Nobody can be alive behind such a name: it is cleaned once unchanged for as long as another host's would be.
+    old = time.time() - 2 * DAY
+    for p in [*(store / LEASES).glob("*/*"), *(store / ".incoming").iterdir(), *(store / TRASH).iterdir()]:
+        os.utime(p, (old, old))
+    r = invoke("cache", "gc")
+    assert r.exit_code == 0 and "cleaned lease" in r.output, r.output
+    assert not list((store / LEASES).glob("*/*@*")) and not list((store / ".incoming").glob("*@*"))
+    assert not list((store / TRASH).iterdir())
+    r = invoke(*EXTRACT, "--cache-dir", store, "--force")  # --force's removal path parses the same names
+    assert r.exit_code == 0, r.output
+    assert install.parse_pid(pid) is None and install.parse_incoming(f"{a}@{host()}@{pid}@0") is None
+    assert install.parse_pid("4242") == 4242 and not install.pid_alive(10**30) and not install.pid_alive(0)
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000, "\udcff", ""])
+def test_a_damaged_lease_is_read_as_a_lease_without_details(home, content):
+    store, (a, *_) = home
+    live = fake_lease(store, a, host(), os.getpid())
+    live.write_bytes(content.encode("utf-8", "surrogateescape"))
+    with Lease([store / a], what="distill"):
+        pass
+    one_line_error(invoke("cache", "rm", a), f"pid {os.getpid()}@{host()}")  # a live pid, whatever the file says
+    r = invoke("cache", "gc", "--max-size", "0")
+    assert r.exit_code == 0 and f"skipped {a}" in r.output, r.output
+    live.unlink()
+    fifo = store / LEASES / a / f"{host()}@{os.getpid()}@fifo0000"
+    os.mkfifo(fifo)  # a FIFO is no lease, and is never opened
+    done = threading.Event()
+    threading.Thread(target=lambda: (invoke("cache", "rm", a), done.set()), daemon=True).start()
+    assert done.wait(60) and not (store / a).exists()
+
+
+def test_gc_goes_on_past_an_entry_it_cannot_remove(home, monkeypatch):
+    from featcache.cache import gc
+
+    store, (a, b, _c) = home
+    dead = dead_pid()
+    stuck = store / ".incoming" / f"{a}@{host()}@{dead}@00000000"
+    stuck.mkdir(parents=True)
+    real = gc.remove_tree
+
+    def refuses(path):
+        if Path(path) == stuck:
+            raise PermissionError(13, "Permission denied", str(path))
+        real(path)
+
+    monkeypatch.setattr(gc, "remove_tree", refuses)
+    for _ in range(2):
+        r = invoke("cache", "gc", "--unused-for", "1s")
+        assert r.exit_code == 0 and f"left incoming directory {stuck.name}" in r.output, r.output
+        assert "Permission denied" in r.output
+    assert not (store / a).exists() and not (store / b).exists()  # the caches were freed all the same
+
+
+def test_a_store_marked_read_only_is_left_alone_even_as_root(home):
+    store, (a, b, _c) = home
+    os.chmod(store, 0o555)  # chmod a-w: how an admin marks a store read-only
+    try:
+        before = snapshot(store)
+        with Lease([store / a], what="distill") as lease:
+            assert lease.files == []  # a reader takes no lease there...
+            # ... so no maintenance command writes there either, root included.
+            one_line_error(invoke("cache", "rm", a), str(store), "read-only", "chmod")
+            one_line_error(invoke("cache", "gc", "--max-size", "0"), str(store), "read-only")
+            one_line_error(invoke(*EXTRACT, "--cache-dir", store, "--force"), str(store), "read-only")
+            new_key = [x if x != "num_train=24" else "num_train=17" for x in EXTRACT]
+            one_line_error(invoke(*new_key, "--cache-dir", store), str(store), "read-only")
+        r = invoke("cache", "gc", "--max-size", "0", "--dry-run")
+        assert r.exit_code == 0 and f"would remove {b}" in r.output, r.output
+        assert snapshot(store) == before
+    finally:
+        os.chmod(store, 0o755)
+    assert invoke("cache", "rm", a).exit_code == 0  # writable again: maintenance works, readers lease
+
+
+def test_extract_force_never_replaces_a_cache_being_read(home, victim):
+    store, (a, *_) = home
+    before, ours = snapshot(victim), snapshot(store / a)
+    dead = dead_pid()
+    (store / ".incoming").mkdir(exist_ok=True)
+    os.symlink(victim / a, store / ".incoming" / f"{a}@{host()}@{dead}@00000000")  # never adopted
+    with Lease([store / a], what="distill"):
+        one_line_error(invoke(*EXTRACT, "--cache-dir", store, "--force"), a, f"pid {os.getpid()}@{host()}",
+                       "--force")
+        assert snapshot(store / a) == ours
+    r = invoke(*EXTRACT, "--cache-dir", store, "--force")
+    assert r.exit_code == 0, r.output
+    assert not (store / a).is_symlink() and (store / a / "manifest.json").is_file()
+    assert snapshot(victim) == before

@@ -9,7 +9,9 @@ featcache wrote it: it is skipped, and said. Removal is `cache rm`'s (CacheStore
 protocol of featcache.cache.leases).
 
 Before that, gc cleans what a crash leaves: incoming directories of dead writers (install.stale_incoming), leases of
-dead readers and the trash of dead removers (leases.stale_leases / stale_trash). Standard library only.
+dead readers and the trash of dead removers (leases.stale_leases / stale_trash). Other people write to a shared store:
+gc never follows a link out of it (a link is removed as a link; sizes are counted without following links), and one
+entry it cannot remove is reported and left, never the end of the run. Standard library only.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from featcache.cache.install import discard, stale_incoming
+from featcache.cache.install import INCOMING, disk_bytes, is_real_dir, stale_incoming
 from featcache.cache.leases import (
+    LEASES,
+    TRASH,
     CacheInUseError,
     clean_trash,
     drop_files,
@@ -32,8 +36,9 @@ from featcache.cache.leases import (
     stale_trash,
 )
 from featcache.cache.store import CacheEntry, CacheStore
-from featcache.cache.usage import usage_times
-from featcache.errors import CacheError, CacheLockedError, ConfigError
+from featcache.cache.usage import check_writable, usage_times
+from featcache.errors import CacheLockedError, ConfigError, FeatcacheError
+from featcache.fileio import printable, remove_tree
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZES = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
@@ -90,23 +95,23 @@ class Step:
 
 
 @dataclass
+class Left:
+    """A leftover gc could not remove: what it is and why (it is left as it is; the next gc tries again)."""
+
+    text: str
+
+
+@dataclass
 class GcReport:
     total: int  # bytes of the store's caches before
     remaining: int  # ... after (dry run: what it would be)
     steps: list[Step] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)  # stale incoming directories, leases and trash
+    left: list[str] = field(default_factory=list)  # leftovers that could not be removed
 
     @property
     def freed(self) -> int:
         return self.total - self.remaining
-
-
-def disk_bytes(directory: Path) -> int:
-    try:
-        with os.scandir(directory) as it:
-            return sum(e.stat(follow_symlinks=False).st_size for e in it if e.is_file(follow_symlinks=False))
-    except OSError:
-        return 0
 
 
 def _fallback_time(entry: CacheEntry) -> float:
@@ -121,33 +126,49 @@ def _fallback_time(entry: CacheEntry) -> float:
 
 
 def candidates(store: CacheStore) -> list[Candidate]:
-    """Every cache of the personal store, least recently used first."""
+    """Every cache of the personal store, least recently used first. An entry that is a link is not this store's
+    (its bytes are elsewhere): listed with 0 bytes, and never removed by gc."""
     uses = usage_times(store)
     out = []
     for e in store.entries(layers=[store.root]):
         used = uses.get(e.key)
+        keep = ("a symbolic link, not a cache directory of this store (`featcache cache rm` removes the link, nothing "
+                "it points to)" if os.path.islink(e.directory) else "written by a newer featcache" if e.newer else "")
         out.append(Candidate(e, disk_bytes(e.directory), used if used is not None else _fallback_time(e),
-                             used is not None, "written by a newer featcache" if e.newer else ""))
+                             used is not None, keep))
     return sorted(out, key=lambda c: (c.used, c.key))
 
 
-def clean_crashes(store: Path, dry_run: bool = False) -> list[str]:
-    """Remove what dead processes left in ``store``; returns one line per thing (dry: what would be removed)."""
-    lines = []
-    for d in stale_incoming(store):
-        lines.append(f"incoming directory {d.name} of a writer that is gone")
-        if not dry_run:
-            discard(d)
-    stale = stale_leases(store)
-    lines += [f"lease {p.parent.name}/{p.name} of a process that is gone" for p in stale]
-    if not dry_run:
-        drop_files(stale)
-    for t in stale_trash(store):
+def clean_crashes(store: Path, dry_run: bool = False) -> tuple[list[str], list[str]]:
+    """Remove what dead processes left in ``store``: returns (one line per thing removed — dry: what would be —,
+    one line per thing that could not be removed and is left)."""
+    cleaned: list[str] = []
+    left: list[str] = []
+
+    def clean(line: str, remove: Callable[[], str | None]) -> None:
         if dry_run:
-            lines.append(f"trash {t.name} of a removal that was interrupted")
-        else:
-            lines.append(f"trash {t.name} of a removal that was interrupted: {clean_trash(t)}")
-    return lines
+            cleaned.append(line)
+            return
+        try:
+            outcome = remove()
+        except (OSError, FeatcacheError) as exc:  # one bad entry never stops gc: said, and left for next time
+            left.append(f"{line}: not removed ({printable(str(exc), 200)})")
+            return
+        cleaned.append(f"{line}: {outcome}" if outcome else line)
+
+    for name in (INCOMING, TRASH, LEASES):  # featcache's own names: a link or a file there was planted
+        path = Path(store) / name
+        if os.path.lexists(path) and not is_real_dir(path):
+            clean(f"{name}, a link or a file where featcache keeps a directory (removed itself, nothing it points to)",
+                  lambda path=path: remove_tree(path))
+    for d in stale_incoming(store):
+        clean(f"incoming directory {printable(d.name)} of a writer that is gone", lambda d=d: remove_tree(d))
+    for p in stale_leases(store):
+        clean(f"lease {printable(p.parent.name)}/{printable(p.name)} of a process that is gone",
+              lambda p=p: drop_files([p]))
+    for t in stale_trash(store):
+        clean(f"trash {printable(t.name)} of a removal that was interrupted", lambda t=t: clean_trash(t))
+    return cleaned, left
 
 
 def _try_remove(store: CacheStore, c: Candidate, dry_run: bool) -> tuple[str, str]:
@@ -165,23 +186,28 @@ def _try_remove(store: CacheStore, c: Candidate, dry_run: bool) -> tuple[str, st
         return "skipped", f"being read by {exc.holders[0].describe()}"
     except CacheLockedError as exc:
         return "skipped", f"being written by pid {exc.holder} (its extract holds the lock)"
-    except CacheError as exc:  # gone meanwhile (another gc, a `cache rm`)
-        return "skipped", str(exc)
+    except (FeatcacheError, OSError) as exc:  # gone meanwhile (another gc, a `cache rm`), or cannot be removed
+        return "skipped", printable(str(exc), 300)
     return "removed", ""
 
 
 def collect(store: CacheStore, max_size: int | None = None, unused_for: float | None = None, dry_run: bool = False,
-            now: float | None = None, on_step: Callable[[Step | str], None] | None = None) -> GcReport:
+            now: float | None = None, on_step: Callable[[Step | Left | str], None] | None = None) -> GcReport:
     """Clean crashes' leftovers, then remove least recently used caches of ``store.root`` until it holds at most
     ``max_size`` bytes, and every cache unused for longer than ``unused_for`` seconds (None: no such limit).
-    ``on_step`` hears of each thing as it is done: a line (a leftover cleaned) or a Step."""
+    ``on_step`` hears of each thing as it is done: a line (a leftover cleaned), a Left (one that could not be) or a
+    Step."""
     now = time.time() if now is None else now
-    cleaned = clean_crashes(store.root, dry_run)
+    if not dry_run and os.path.lexists(store.root):
+        check_writable(store.root, "cache gc")  # as root too: a store marked read-only is left as it is
+    cleaned, left = clean_crashes(store.root, dry_run)
     for line in cleaned if on_step is not None else []:
         on_step(line)
+    for line in left if on_step is not None else []:
+        on_step(Left(line))
     cands = candidates(store)
     total = sum(c.bytes for c in cands)
-    report = GcReport(total, total, cleaned=cleaned)
+    report = GcReport(total, total, cleaned=cleaned, left=left)
     for c in cands:
         if unused_for is not None and now - c.used > unused_for:
             reason = f"unused for {human_age(now - c.used)}"

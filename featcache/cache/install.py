@@ -8,10 +8,15 @@ second rename fails because the key exists; the loser checks that the winner's c
 own copy. A writer killed at any moment leaves only its incoming directory, which no lookup reads and which
 :func:`stale_incoming` recognises (its pid is gone on this host, or it is older than a day on another) for `cache gc`.
 
-Permissions follow the target store, as a lab's shared directory expects: created directories and files start from
-the umask, and take the store's group bits (read, and for directories execute and write, so that the group can also
-remove them; a setgid store passes its group and setgid bit on). Cache files are never group-writable: a cache is
-immutable once visible.
+Permissions follow the target store, as a lab's shared directory expects: created directories start from the umask
+and take the store's group bits (read, execute and write, so that the group can also remove them; a setgid store
+passes its group and setgid bit on). Cache files are set explicitly, whatever the umask: readable as the umask allows
+(and by the store's group when the store is), never writable by anyone: a cache is immutable once visible.
+
+Other people write to a shared store, so nothing here follows a link planted in it: a bookkeeping directory
+(``.incoming``, ``.trash``, ``.leases``) that is not a real directory is never written through, a process id in a name
+is parsed strictly (:func:`parse_pid`), and what is deleted is deleted without following links
+(``fileio.remove_tree``).
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import errno
 import hashlib
 import os
 import secrets
-import shutil
 import socket
 import stat
 import time
@@ -28,12 +32,15 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from featcache.cache.format import MANIFEST, Manifest, canonical_json, fsync_dir, is_cache_key, shard_path
-from featcache.errors import CacheError
+from featcache.cache.usage import check_writable
+from featcache.errors import CacheError, StorageError
+from featcache.fileio import current_umask, printable, remove_tree
 from featcache.hashing import file_sha256
 from featcache.locks import unwritable
 
 INCOMING = ".incoming"
 STALE_AFTER = 24 * 3600  # seconds: an incoming directory of another host older than this is taken as abandoned
+MAX_PID = 2**31 - 1  # no host's process ids go higher (and os.kill refuses larger numbers with OverflowError)
 
 
 def host() -> str:
@@ -45,6 +52,7 @@ def new_incoming(store: Path, key: str) -> Path:
     if not is_cache_key(key):
         raise CacheError(f"{key!r} is not a cache key")
     parent = Path(store) / INCOMING
+    check_writable(Path(store), f"cannot add cache {key}")  # as root too: a store marked read-only is left as it is
     try:
         make_dir(parent, store)
         path = parent / f"{key}@{host()}@{os.getpid()}@{secrets.token_hex(4)}"
@@ -55,17 +63,83 @@ def new_incoming(store: Path, key: str) -> Path:
 
 
 def make_dir(path: Path, store: Path) -> None:
-    """``mkdir`` with the umask's mode plus the store's group bits (and its setgid bit)."""
-    path.mkdir(exist_ok=True)
+    """``mkdir`` with the umask's mode plus the store's group bits (and its setgid bit). A link (or a file) already
+    at ``path`` is refused, never written through nor chmod-ed: someone else put it in the store. Another user's
+    directory that exists is used as it is (its maker gave it the group's bits; only its owner may chmod it)."""
+    try:
+        path.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
     group = os.stat(store).st_mode & (stat.S_IRWXG | stat.S_ISGID)
-    if group:
-        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | group)
+    fd = _open_real_dir(path)
+    try:
+        st = os.fstat(fd)
+        if group and (created or st.st_uid == os.geteuid()) and stat.S_IMODE(st.st_mode) & group != group:
+            os.fchmod(fd, stat.S_IMODE(st.st_mode) | group)
+    except PermissionError:
+        pass  # best effort: its maker gave it the group's bits
+    finally:
+        os.close(fd)
+
+
+def _open_real_dir(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise StorageError(f"{printable(str(path))} is a symbolic link or a file, not a directory featcache made; "
+                               "nothing is written through it: remove it, then re-run") from None
+        raise
+
+
+def is_real_dir(path: Path) -> bool:
+    """A directory itself, not a link to one (what a maintenance command may enter)."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def file_mode(store: Path) -> int:
+    """The mode of a visible cache's files: read as the umask allows (the owner always), read by the store's group
+    when the store is; never writable (docs/store.md)."""
+    mode = (0o444 & ~current_umask()) | stat.S_IRUSR
+    try:
+        if os.stat(store).st_mode & stat.S_IRGRP:
+            mode |= stat.S_IRGRP
+    except OSError:
+        pass
+    return mode
 
 
 def share_file(path: Path, store: Path) -> None:
-    """A cache file readable by the store's group when the store is (never writable: caches are immutable)."""
-    if os.stat(store).st_mode & stat.S_IRGRP:
-        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_IRGRP)
+    """Set a cache file's mode explicitly (:func:`file_mode`), whatever the umask gave it; a link is left alone."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        os.fchmod(fd, file_mode(store))
+    finally:
+        os.close(fd)
+
+
+def seal(directory: Path, store: Path) -> None:
+    """Every regular file of a cache directory about to become visible gets its explicit mode (:func:`share_file`)."""
+    with os.scandir(directory) as it:
+        for e in it:
+            if e.is_file(follow_symlinks=False):
+                share_file(Path(e.path), store)
+
+
+def disk_bytes(directory: Path) -> int:
+    """The bytes of the regular files directly in ``directory``, counted without following a link (a cache entry
+    that is a link holds nothing of this store: 0)."""
+    if not is_real_dir(directory):
+        return 0
+    try:
+        with os.scandir(directory) as it:
+            return sum(e.stat(follow_symlinks=False).st_size for e in it if e.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
 
 
 def key_matches_identity(manifest: Manifest) -> bool:
@@ -105,6 +179,11 @@ def install(incoming: Path, store: Path, key: str) -> bool:
     """Rename the verified ``incoming`` directory to ``store/key``; True if it became visible, False if an identical
     cache already was (``incoming`` is removed then). A different cache under the key is a CacheError."""
     target = Path(store) / key
+    try:
+        seal(incoming, Path(store))
+    except OSError as exc:
+        discard(incoming)
+        raise unwritable(Path(store), exc, "store") from None
     fsync_dir(incoming)
     try:
         os.rename(incoming, target)
@@ -134,27 +213,54 @@ def same_cache(a: Path, b: Path) -> bool:
 
 
 def discard(path: Path) -> None:
-    """Remove a directory of ours (best effort: what is left is found by stale_incoming)."""
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a directory of ours without following links (best effort: what is left is found by stale_incoming)."""
+    try:
+        remove_tree(path)
+    except OSError:
+        pass
+
+
+def parse_pid(text: str) -> int | None:
+    """A process id as featcache writes it (ASCII digits, 1 to MAX_PID), else None: ``str.isdigit`` also accepts
+    '²', which ``int`` refuses, and a huge number is no process id."""
+    if not 0 < len(text) <= 10 or not text.isascii() or not text.isdigit():
+        return None
+    pid = int(text)
+    return pid if 0 < pid <= MAX_PID else None
 
 
 def parse_incoming(name: str) -> tuple[str, str, int] | None:
-    """(key, host, pid) of an incoming directory's name, else None."""
+    """(key, host, pid) of an incoming (or trash) directory's name, else None (not a name featcache writes)."""
     parts = name.split("@")
-    if len(parts) != 4 or not parts[2].isdigit():
+    pid = parse_pid(parts[2]) if len(parts) == 4 else None
+    if pid is None:
         return None
-    return parts[0], parts[1], int(parts[2])
+    return parts[0], parts[1], pid
 
 
 def stale_incoming(store: Path, now: float | None = None) -> list[Path]:
     """Incoming directories whose writer is gone: its pid does not run on this host, or (another host) it has not
     changed for STALE_AFTER seconds."""
-    return stale_children(Path(store) / INCOMING, lambda d: max(p.stat().st_mtime for p in [d, *d.iterdir()]), now)
+    return stale_children(Path(store) / INCOMING, last_change, now)
+
+
+def last_change(d: Path) -> float:
+    """The newest mtime of ``d`` and of what is directly in it, links not followed."""
+    times = [os.lstat(d).st_mtime]
+    if is_real_dir(d):
+        with os.scandir(d) as it:
+            times += [e.stat(follow_symlinks=False).st_mtime for e in it]
+    return max(times)
 
 
 def stale_children(parent: Path, changed: Callable[[Path], float], now: float | None = None) -> list[Path]:
-    """The directories under ``parent`` named KEY@HOST@PID@… whose owner is gone: PID does not run on this host,
-    or (another host) ``changed(d)``, its last change, is older than STALE_AFTER seconds."""
+    """The entries under ``parent`` (a real directory: a link there is never entered) whose owner is gone. Named
+    KEY@HOST@PID@…: PID does not run on this host, or (another host) ``changed(d)``, its last change, is older than
+    STALE_AFTER seconds. Any other name holding an ``@`` was not written by featcache: nobody can be alive behind it,
+    so it is stale once unchanged for STALE_AFTER seconds, like another host's; a link is stale at once. (Names
+    without ``@``, such as the keys' lock files, are left alone.)"""
+    if not is_real_dir(parent):
+        return []
     try:
         children = list(parent.iterdir())
     except OSError:
@@ -162,24 +268,32 @@ def stale_children(parent: Path, changed: Callable[[Path], float], now: float | 
     now = time.time() if now is None else now
     out = []
     for d in children:
-        parsed = parse_incoming(d.name)
-        if parsed is None:
+        if "@" not in d.name:
             continue
-        _key, where, pid = parsed
+        parsed = parse_incoming(d.name)
         try:
             age = now - changed(d)
         except OSError:
             continue
-        if (where == host() and not pid_alive(pid)) or (where != host() and age > STALE_AFTER):
+        if d.is_symlink():
+            gone = True  # featcache makes no links there: one is removed (as a link) at once
+        elif parsed is None:
+            gone = age > STALE_AFTER
+        else:
+            _key, where, pid = parsed
+            gone = (where == host() and not pid_alive(pid)) or (where != host() and age > STALE_AFTER)
+        if gone:
             out.append(d)
     return out
 
 
 def pid_alive(pid: int) -> bool:
+    if not 0 < pid <= MAX_PID:  # 0 would signal our own process group; larger overflows
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
     except PermissionError:  # another user's live process
         return True
+    except (OSError, OverflowError, ValueError):
+        return False
     return True

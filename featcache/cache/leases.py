@@ -7,9 +7,15 @@ a kill -9 leaves it, and it is then stale). A lease is live while its process is
 runs (and is the same process: its start time is in the file, so a reused pid does not count); from another host,
 while its heartbeat is younger than STALE seconds. Nothing depends on ``flock``, which NFS may not honour.
 
-Only a store this process may write gets a lease: a store mounted read-only (or ``chmod a-w``) cannot be removed from
-by the reader's users either. An admin removing from such a store through another, writable mount cannot see those
-readers; that is the one case leases do not cover.
+A reader leases every store featcache writes in (usage.writable: the same decision lets `cache rm`, `cache gc` and
+an extract write there, root included). A store mounted read-only, or marked so with ``chmod a-w``, gets no lease and
+no maintenance command changes it, even as root. A reader whose user may not write the store cannot lease it either:
+an admin removing from it (or from another, writable mount of it) cannot see those readers; that is the one case
+leases do not cover.
+
+Other users write here too: a name that is not one featcache writes (a pid in ASCII digits, featcache.cache.install
+.parse_pid) is no lease and blocks nothing; a lease file is read only when it is a small regular file; nothing
+removed here is followed through a link (``fileio.remove_tree``).
 
 Removing a cache (`cache rm`, `cache gc`) follows a protocol that a reader starting at the same moment cannot lose:
 
@@ -31,18 +37,27 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from featcache.fileio import loads_json
+from featcache.fileio import loads_json, read_regular, remove_tree
 from featcache.cache.format import MANIFEST, is_cache_key
-from featcache.cache.install import host, make_dir, pid_alive, stale_children
+from featcache.cache.install import (
+    disk_bytes,
+    host,
+    is_real_dir,
+    last_change,
+    make_dir,
+    parse_pid,
+    pid_alive,
+    stale_children,
+)
 from featcache.cache.usage import writable
-from featcache.errors import CacheError
+from featcache.errors import CacheError, FeatcacheError
 from featcache.locks import unwritable
 
 LEASES = ".leases"
@@ -100,28 +115,35 @@ def _live(where: str, pid: int, start: int | None, age: float) -> bool:
 
 
 def _holder(path: Path, now: float) -> Holder | None:
+    """The lease (or remover mark) at ``path``, or None when it is gone or is not one featcache writes: a name
+    without an ASCII pid, or not a regular file (a link, a FIFO: never read)."""
     parts = path.name.split("@")
     remover = parts[0] == REMOVER
     parts = parts[1:] if remover else parts
-    if len(parts) != 3 or not parts[1].isdigit():
+    pid = parse_pid(parts[1]) if len(parts) == 3 else None
+    if pid is None:
         return None
     try:
-        age = now - path.stat().st_mtime
+        st = os.lstat(path)
     except OSError:  # released meanwhile
         return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
     try:
-        info = loads_json(path.read_text()[:1000] or "{}")
-    except (OSError, ValueError):  # a file someone else wrote
+        info = loads_json(read_regular(path, 1000) or b"{}")
+    except (OSError, ValueError):  # a file someone else wrote (nested 100k deep, not UTF-8, cut at 1000 bytes)
         info = {}
     info = info if isinstance(info, dict) else {}
     start = info.get("start") if type(info.get("start")) is int else None
     what = "".join(ch for ch in str(info.get("what", ""))[:40] if ch.isprintable())  # a file from anyone: shown tame
-    pid = int(parts[1])
+    age = now - st.st_mtime
     return Holder(path, parts[0], pid, what, age, _live(parts[0], pid, start, age), remover)
 
 
 def holders(store: Path, key: str, now: float | None = None) -> list[Holder]:
     """Every lease and remover mark on ``key`` in ``store``, live or not."""
+    if not is_real_dir(Path(store) / LEASES) or not is_real_dir(lease_dir(store, key)):
+        return []  # a link planted there leads elsewhere: no lease of this store
     try:
         paths = list(lease_dir(store, key).iterdir())
     except OSError:
@@ -147,7 +169,7 @@ def _write(store: Path, key: str, what: str, remover: bool = False) -> Path | No
             make_dir(store / LEASES, store)
             make_dir(lease_dir(store, key), store)
             path = lease_dir(store, key) / name
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
             try:
                 os.write(fd, body)
             finally:
@@ -155,8 +177,8 @@ def _write(store: Path, key: str, what: str, remover: bool = False) -> Path | No
             return path
         except FileNotFoundError:
             continue
-        except OSError:
-            return None  # best effort (a full disk): the reader carries on unguarded rather than failing
+        except (OSError, FeatcacheError):
+            return None  # best effort (a full disk, a link planted as .leases): the reader carries on unguarded
     return None
 
 
@@ -169,14 +191,18 @@ def _write_again(path: Path, what: str) -> None:
     try:
         make_dir(store / LEASES, store)
         make_dir(path.parent, store)
-        path.write_bytes(_body(what))
-    except OSError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.write(fd, _body(what))
+        finally:
+            os.close(fd)
+    except (OSError, FeatcacheError):
         pass
 
 
 def _drop(path: Path) -> None:
     try:
-        path.unlink(missing_ok=True)
+        remove_tree(path)  # a link is removed as a link
         path.parent.rmdir()  # the key's directory, when this was its last lease
     except OSError:
         pass
@@ -264,14 +290,15 @@ def _to_trash(directory: Path) -> Path:
 def remove_unleased(directory: Path, what_to_do: str = "wait for it to finish (or stop it), then remove the "
                                                       "cache") -> int:
     """Delete a cache directory unless a live reader leases it (CacheInUseError), by the protocol above; returns
-    the bytes freed. The caller holds the cache's write lock."""
+    the bytes freed. The caller holds the cache's write lock. An entry that is a link is removed as a link: nothing
+    it points to is touched (0 bytes freed)."""
     store, key = directory.parent, directory.name
     mark = _write(store, key, "remove", remover=True)
     try:
         readers = live_readers(store, key)
         if readers:
             raise CacheInUseError(in_use_message(key, readers, what_to_do), readers)
-        size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+        size = disk_bytes(directory)
         trash = _to_trash(directory)
         readers = live_readers(store, key)  # a reader that leased between the check and the rename
         if readers:
@@ -287,11 +314,57 @@ def remove_unleased(directory: Path, what_to_do: str = "wait for it to finish (o
     return size
 
 
-def delete_trash(trash: Path) -> None:
-    # The manifest first: a crash mid-removal leaves a directory nobody mistakes for a cache.
+def check_unleased(store: Path, key: str, what_to_do: str) -> None:
+    """CacheInUseError when a live reader leases ``key`` in ``store`` (a replacement refused before its work)."""
+    readers = live_readers(store, key)
+    if readers:
+        raise CacheInUseError(in_use_message(key, readers, what_to_do), readers)
+
+
+def replace_unleased(new: Path, target: Path, what_to_do: str) -> None:
+    """Rename the directory ``new`` to the cache ``target`` in place of the one there, unless a live reader leases
+    it (CacheInUseError, ``new`` left where it is). As for a removal, a mark keeps a reader starting meanwhile waiting
+    until the new cache is in place; the old one goes to the trash, then is deleted (a link as a link); what cannot
+    be deleted now is left in the trash for `cache gc`."""
+    store, key = target.parent, target.name
+    mark = _write(store, key, "replace", remover=True)
     try:
-        (trash / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(trash)
+        check_unleased(store, key, what_to_do)
+        trash = _to_trash(target)  # out of sight first: readers see the old cache or the new one, never a mix
+        try:
+            os.rename(new, target)
+        except OSError:
+            if os.path.lexists(target):
+                raise CacheError(f"{target} was written again while it was being replaced; re-run the "
+                                 "extract") from None
+            raise
+    except OSError as exc:
+        raise unwritable(store, exc, "cache store") from None
+    finally:
+        if mark is not None:
+            _drop(mark)
+    try:
+        delete_trash(trash)
+    except FeatcacheError:
+        pass
+
+
+def delete_trash(trash: Path) -> None:
+    """Delete a cache moved to the trash, the manifest first (a crash mid-removal leaves a directory nobody mistakes
+    for a cache); a link there is removed as a link, never followed."""
+    try:
+        try:
+            fd = os.open(trash, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            fd = None  # not a real directory: remove_tree unlinks it
+        if fd is not None:
+            try:
+                os.unlink(MANIFEST, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+        remove_tree(trash)
     except OSError as exc:
         raise unwritable(trash, exc, "cache") from None
 
@@ -300,26 +373,60 @@ def delete_trash(trash: Path) -> None:
 
 
 def stale_leases(store: Path, now: float | None = None) -> list[Path]:
-    """Lease and remover-mark files whose process is gone (killed, or another host silent for STALE seconds)."""
+    """Lease and remover-mark files whose process is gone (killed, or another host silent for STALE seconds), and
+    what is in ``.leases`` but is no lease featcache writes (a link, a name without an ASCII pid) once unchanged for
+    STALE seconds: nobody can be alive behind it. A link is never entered."""
+    root = Path(store) / LEASES
+    if not is_real_dir(root):
+        return []
     try:
-        keys = [p.name for p in (Path(store) / LEASES).iterdir()]
+        keys = list(root.iterdir())
     except OSError:
         return []
-    return [h.path for k in keys for h in holders(store, k, now) if not h.live]
+    now = time.time() if now is None else now
+    out = []
+    for d in keys:
+        if not is_real_dir(d):
+            out += _foreign([d], now)
+            continue
+        found = holders(store, d.name, now)
+        out += [h.path for h in found if not h.live]
+        try:
+            known = {h.path for h in found}
+            out += _foreign([p for p in d.iterdir() if p not in known], now)
+        except OSError:
+            continue
+    return out
+
+
+def _foreign(paths: list[Path], now: float) -> list[Path]:
+    """Those of ``paths`` (no lease featcache wrote) that are stale: a link at once, anything else once unchanged
+    for STALE seconds."""
+    out = []
+    for p in paths:
+        try:
+            st = os.lstat(p)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or now - st.st_mtime > STALE:
+            out.append(p)
+    return out
 
 
 def stale_trash(store: Path, now: float | None = None) -> list[Path]:
-    """Trash directories whose remover is gone: its pid does not run on this host, or (another host) it has not
-    changed for install.STALE_AFTER seconds."""
-    return stale_children(Path(store) / TRASH, lambda d: d.stat().st_mtime, now)
+    """Trash entries whose remover is gone: its pid does not run on this host, or (another host) it has not
+    changed for install.STALE_AFTER seconds. A link there is stale like a directory, and removed as a link."""
+    return stale_children(Path(store) / TRASH, last_change, now)
 
 
 def clean_trash(trash: Path) -> str:
     """Delete a stale trash directory, or put it back when a live reader leases its key (its remover died between
-    renaming it away and renaming it back); returns "deleted" or "restored"."""
+    renaming it away and renaming it back); returns "deleted" or "restored". Only a real directory is ever put back:
+    a link there is no cache this store held."""
     key = trash.name.split("@", 1)[0]
     target = trash.parent.parent / key
-    if is_cache_key(key) and live_readers(target.parent, key) and not target.exists():
+    if (is_real_dir(trash) and is_cache_key(key) and live_readers(target.parent, key)
+            and not os.path.lexists(target)):
         try:
             os.rename(trash, target)
             return "restored"

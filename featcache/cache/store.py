@@ -32,7 +32,7 @@ from featcache.cache.format import (
 from featcache.cache.leases import remove_unleased
 from featcache.cache.reader import FeatureCache
 from featcache.cache.requests import REQUESTS_DIR
-from featcache.cache.usage import record_use
+from featcache.cache.usage import check_writable, record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
 from featcache.errors import CacheError, CacheIdentityError, CacheLockedError, CacheVersionError, StorageError
 from featcache.fileio import printable
@@ -90,6 +90,13 @@ class CacheLock(DirLock):
 
     def __init__(self, directory: Path) -> None:
         super().__init__(directory, what="cache")
+
+    def acquire(self, wait: bool = True, on_wait: Callable[[str], None] | None = None) -> "CacheLock":
+        if self.path.parent.is_symlink():  # a link planted in a store: the lock would be written where it points
+            raise StorageError(f"{printable(str(self.path.parent))} is a symbolic link, not a directory of the store; "
+                               "nothing is written through it: remove it, then re-run")
+        super().acquire(wait, on_wait)
+        return self
 
 
 class CacheStore:
@@ -252,6 +259,9 @@ class CacheStore:
             raise CacheError(f"cache {entry.key} is in the shared store {entry.store}, not in {self.root}; to remove "
                              f"it there, run `featcache cache rm {entry.key} --cache-dir {entry.store}`")
         directory = entry.directory
+        check_writable(self.root, f"cannot remove cache {entry.key}")  # root too: a store marked read-only is left
+        if directory.is_symlink():  # a link is removed as a link: no lock written into what it points to
+            return remove_unleased(directory)
         try:
             lock = CacheLock(directory).acquire(wait=False)
         except CacheLockedError as exc:

@@ -286,11 +286,15 @@ def _gc_line(step, now: float, dry_run: bool) -> None:
     if isinstance(step, str):
         out.print(f"{'would clean' if dry_run else 'cleaned'} {escape(step)}", highlight=False, soft_wrap=True)
         return
+    if not hasattr(step, "candidate"):  # a leftover that could not be removed: said, left for the next gc
+        out.print(f"[yellow]left[/] {escape(step.text)}", highlight=False, soft_wrap=True)
+        return
     c = step.candidate
     used = (f"last used {human_age(now - c.used)} ago" if c.recorded else
             f"never used, extracted {human_age(now - c.used)} ago")
     why = step.detail if step.action == "skipped" else step.reason
-    out.print(escape(f"{step.action} {c.key} ({human_bytes(c.bytes)}, {used}): {why}"), highlight=False, soft_wrap=True)
+    out.print(escape(f"{step.action} {printable(c.key)} ({human_bytes(c.bytes)}, {used}): {why}"), highlight=False,
+              soft_wrap=True)
 
 
 @cache_app.command("publish")

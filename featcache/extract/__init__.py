@@ -36,7 +36,7 @@ from featcache.extract.plan import ExtractPlan, ExtractResult, plan_extract
 from featcache.extract.project import ensure_projection
 from featcache.extract.ranks import merge_rank_shards, rank_file
 from featcache.extract.sweep import Batches, DigestedSamples, block_module, run_sweep
-from featcache.extract.workdir import WorkDir
+from featcache.extract.workdir import WorkDir, check_store
 from featcache.models.teachers import create_teacher
 from featcache.progress import Reporter
 
@@ -56,6 +56,7 @@ def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=
     found = None if config.force else _reuse(plan, store, reporter)
     if found is not None:
         return found
+    check_store(plan.store, plan.key, config.force)
     ctx = distributed.context()
     if ctx.active:
         return _extract_distributed(plan, config, reporter, ctx)

@@ -14,20 +14,31 @@ is adopted the same way, and so is a complete cache whose shards were damaged si
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from pathlib import Path
 
 from featcache.cache.format import is_cache_key
-from featcache.cache.install import INCOMING, discard, host, make_dir, parse_incoming, pid_alive
-from featcache.cache.leases import TRASH  # a replaced cache waits there for its removal (invisible to lookups)
+from featcache.cache.install import INCOMING, discard, host, is_real_dir, make_dir, parse_incoming, pid_alive, seal
+from featcache.cache.leases import check_unleased, replace_unleased
+from featcache.cache.usage import check_writable
 from featcache.errors import CacheError
 from featcache.locks import HEARTBEAT, REMOTE_STALE, unwritable
 from featcache.progress import Reporter
 
 HEARTBEAT_FILE = ".heartbeat"
 _ACTIVE: set[str] = set()  # work directories open in this process (an earlier failed extract's is adoptable)
+IN_USE = "wait for it to finish (or stop it), then re-run the extract"
+
+
+def check_store(store: Path, key: str, replace: bool) -> None:
+    """Before an extract writes anything (its lock included): the store is one featcache writes in (as root too: a
+    store marked read-only with chmod a-w is refused, as its readers take no lease there), and a cache that --force
+    would replace is not being read."""
+    if os.path.lexists(store):
+        check_writable(Path(store), f"cannot extract cache {key}")
+    if replace:
+        check_unleased(Path(store), key, IN_USE + " with --force")
 
 
 class WorkDir:
@@ -49,6 +60,7 @@ class WorkDir:
         try:
             make_dir(self.store, self.store) if not self.store.exists() else None
             make_dir(parent, self.store)
+            in_place = in_place and is_real_dir(self.store / self.key)  # a link there is never adopted
             adopted = _adopt(self.store / self.key, mine) if in_place else None
             for old in ([] if adopted else abandoned(self.store, self.key)):
                 adopted = _adopt(old, mine)
@@ -87,20 +99,17 @@ class WorkDir:
         (self.path / HEARTBEAT_FILE).unlink(missing_ok=True)
         target = self.store / self.key
         try:
+            seal(self.path, self.store)  # explicit modes: never writable, whatever the umask
             if _rename(self.path, target):
                 return target
             if not replace and intact(target):
                 reporter.message(f"cache {self.key} was finished meanwhile by another process; using that one")
                 discard(self.path)
                 return target
-            trash = self.store / TRASH / self.path.name
-            make_dir(trash.parent, self.store)
-            os.rename(target, trash)  # out of sight first: readers see the old cache or the new one, never a mix
-            if not _rename(self.path, target):
-                raise CacheError(f"{target} was written again while it was being replaced; re-run the extract")
-            shutil.rmtree(trash, ignore_errors=True)
         except OSError as exc:
             raise unwritable(self.store, exc, "cache store") from None
+        # Replaced like a removal: refused while a reader leases it (this work directory is kept for the next try).
+        replace_unleased(self.path, target, IN_USE + (" with --force" if replace else ""))
         return target
 
 
@@ -133,6 +142,8 @@ def abandoned(store: Path, key: str, now: float | None = None) -> list[Path]:
     now = time.time() if now is None else now
     out = []
     for d in children:
+        if not is_real_dir(d):
+            continue  # a link planted there is never adopted (the shards would be written where it points)
         _, where, pid = parse_incoming(d.name)
         beat = d / HEARTBEAT_FILE
         try:
