@@ -221,6 +221,15 @@ def test_export_never_writes_through_what_is_planted_beside_its_output(cache, tm
     assert files(other / cache.name) == files(cache)
 
 
+def test_paths_with_a_name_too_long_for_a_file_system_are_one_line(cache, archive, tmp_path):
+    long = "q" * 300
+    one_line_error(invoke("cache", "export", cache.name, "-o", tmp_path / long), "-o", "File name too long")
+    one_line_error(invoke("cache", "export", cache.name, "-o", tmp_path / long / "a.tar"), "-o", "File name too long")
+    one_line_error(invoke("cache", "import", tmp_path / f"{long}.tar", "--to", tmp_path), "File name too long")
+    one_line_error(invoke("cache", "import", tmp_path / long / "a.tar", "--to", tmp_path), "File name too long")
+    one_line_error(invoke("cache", "import", archive, "--to", tmp_path / long), "--to", "File name too long")
+
+
 def test_import_defaults_to_the_personal_store_and_reads_stdin(cache, archive, home, tmp_path, monkeypatch):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "fresh"))
     r = invoke("cache", "import", "-", input=archive.read_bytes())

@@ -107,13 +107,22 @@ def _export_to_file(directory: Path, m: Manifest, data: bytes, output: Path,
     """Written to a new temporary file created exclusively beside FILE, fsynced and renamed: never half an archive
     under the name asked for, never written through a link planted beside it, and a FIFO, device, link or directory
     at FILE is refused rather than replaced (fileio.exclusive_temp)."""
-    if output.is_dir() and not output.is_symlink():
+    if _is_dir(output):
         raise StorageError(f"-o {printable(str(output))} is a directory; name the archive file to write (e.g. "
                            f"{printable(str(output))}/{m.key}.tar)")
     with exclusive_temp(output, flag="-o", what="directory of -o") as f:
         # unbuffered (the file object's raw FileIO): start_writeback sees every byte written so far on disk's way
         size = _write_archive(f.raw.write, directory, m, data, progress, fd=f.fileno())
     return Moved(m.key, output, size)
+
+
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory itself (not a link to one); a path that cannot be looked at (a name too long)
+    is not: writing it then says why, in one line."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _source_manifest(directory: Path, key: str) -> tuple[bytes, Manifest]:
@@ -214,7 +223,14 @@ def import_archive(source: Path | None, target: Path, progress: Callable[[int], 
     """Import the archive ``source`` (None: stdin) into the store directory ``target``."""
     where = "<stdin>" if source is None else str(source)
     target = Path(target).expanduser()
-    if not target.is_dir():
+    try:
+        is_dir = stat.S_ISDIR(os.stat(target).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        is_dir = False
+    except OSError as exc:  # a name no file system takes, no permission to look
+        raise StorageError(f"--to {printable(str(target))}: cannot be used as a store ({exc.strerror or exc}); name "
+                           "another directory") from None
+    if not is_dir:
         raise StorageError(f"--to {target}: not a directory; create the store first (mkdir, and chgrp/chmod g+s for "
                            "a group)")
     if source is None:

@@ -367,7 +367,11 @@ def cache_import(
         except OSError as exc:
             raise unwritable(target, exc, "store") from None
     reporter = RichReporter(transient=True)
-    reporter.start(archive.stat().st_size if archive.is_file() else 0, f"import {archive.name}", unit="B")
+    try:
+        size = archive.stat().st_size if archive.is_file() else 0
+    except OSError:  # a name too long, no permission: opening it says why, in one line
+        size = 0
+    reporter.start(size, f"import {printable(archive.name)}", unit="B")
     try:
         result = import_archive(None if str(archive) == "-" else archive, target, progress=reporter.advance)
     finally:
