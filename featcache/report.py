@@ -172,9 +172,14 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     """Run directories named directly, or found one level below a directory of runs (e.g. ``runs/``)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if (p / CONFIG).is_file():
+        try:
+            is_run, is_dir = (p / CONFIG).is_file(), p.is_dir()
+        except OSError as exc:  # a name no file system takes, no permission to look
+            raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc}); name a run directory or a folder of "
+                              "them") from None
+        if is_run:
             out.append(p)
-        elif p.is_dir():
+        elif is_dir:
             found = sorted(d for d in p.iterdir() if (d / CONFIG).is_file())
             if not found:
                 raise ConfigError(f"{p}: neither a run directory nor a directory of runs (no {CONFIG} found)")

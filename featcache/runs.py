@@ -68,9 +68,14 @@ def list_runs(root: Path | str = "runs", on_skip: Callable[[str], None] | None =
     sorted by path. A directory that cannot be read, or whose files are damaged or foreign, is passed to
     ``on_skip`` as one line and left out."""
     root = Path(root)
-    if not root.exists():
+    try:
+        exists, is_dir = root.exists(), root.is_dir()
+    except OSError as exc:  # a name no file system takes, no permission to look
+        raise ConfigError(f"{root}: cannot be read ({exc.strerror or exc}); give the folder holding the run "
+                          "directories") from None
+    if not exists:
         raise ConfigError(f"{root}: no such directory (runs ls looks for run directories under it; default ./runs)")
-    if not root.is_dir():
+    if not is_dir:
         raise ConfigError(f"{root} is not a directory; give the folder holding the run directories")
     skip = on_skip or (lambda message: None)
     out = []

@@ -360,6 +360,11 @@ def test_the_report_command_refuses_an_output_that_is_not_a_regular_file(tmp_pat
     assert victim.read_text() == "someone else's file\n"
 
 
+def test_the_report_command_reading_a_name_too_long_for_a_file_system_is_one_line(tmp_path):
+    r = CliRunner().invoke(app, ["report", str(tmp_path / ("x" * 300))])
+    one_line_error(r, "cannot be read", "File name too long")
+
+
 def test_the_report_command_writes_wherever_its_flags_say(tmp_path):
     _fake_run(tmp_path / "runs", "a", [0.5])
     (tmp_path / "elsewhere").mkdir()

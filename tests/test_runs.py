@@ -221,6 +221,11 @@ def test_a_run_dir_name_too_long_for_a_file_system_is_one_line_naming_the_flag(t
     assert os.listdir(tmp_path / "runs") == []
 
 
+def test_runs_ls_of_a_name_too_long_for_a_file_system_is_one_line(tmp_path):
+    one_line_error(runner.invoke(app, ["runs", "ls", str(tmp_path / ("x" * 300))]), "cannot be read",
+                   "File name too long")
+
+
 @pytest.mark.parametrize("planted", ["symlink", "fifo"])
 def test_metrics_are_never_appended_through_a_link_or_into_a_fifo_planted_in_their_place(tmp_path, planted):
     from featcache.errors import StorageError
