@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featcache import rundir
-from featcache.errors import ConfigError, FeatcacheError
+from featcache.errors import ConfigError, FeatcacheError, StorageError
 from featcache.fileio import printable
 
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard/: the event files of --log tensorboard
@@ -253,6 +253,10 @@ class TensorBoardLogger(Logger):
             raise ConfigError(f"--log tensorboard: torch.utils.tensorboard does not import ({exc}); pip install "
                               "'featcache[tensorboard]'", flag="--log") from None
         self._writer_class, self.log_dir, self.config = SummaryWriter, run_dir / TENSORBOARD_DIR, config
+        if self.log_dir.is_symlink() or (self.log_dir.exists() and not self.log_dir.is_dir()):
+            # the event files are written into it: never through a link planted in the run directory
+            raise StorageError(f"{printable(str(self.log_dir))} is a symbolic link or not a directory, not one "
+                               "featcache made; its event files are never written through it: remove it, then re-run")
 
     def _writer(self, step: int):
         # Opened at the first event, whose step is where this attempt starts: a resumed run's earlier events from

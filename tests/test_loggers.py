@@ -100,6 +100,23 @@ def test_a_resumed_attempt_replaces_what_the_interrupted_one_logged_from_its_epo
     assert got == [(1, 0.1), (2, 0.7), (3, 0.8)]
 
 
+@pytest.mark.parametrize("planted", ["symlink", "file"])
+def test_tensorboard_never_writes_through_what_is_planted_as_its_folder(tmp_path, planted):
+    from featcache.errors import StorageError
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    if planted == "symlink":
+        (run_dir / TENSORBOARD_DIR).symlink_to(elsewhere)
+    else:
+        (run_dir / TENSORBOARD_DIR).write_text("not a folder")
+    with pytest.raises(StorageError, match="symbolic link or not a directory"):
+        TensorBoardLogger().start(run_dir, {"lr": 0.1})
+    assert list(elsewhere.iterdir()) == []
+
+
 MLFLOW_STUB = """
 CALLS = []
 def start_run(**kw): CALLS.append(("start_run", kw))
