@@ -391,6 +391,15 @@ def test_an_index_listing_more_members_than_the_limit_is_refused_at_once(cache, 
     assert f"more than {MAX_MEMBERS:,} members" in (Path(__file__).parents[1] / "docs" / "store.md").read_text()
 
 
+def test_export_refuses_a_cache_of_more_shards_than_an_archive_may_hold(cache, tmp_path, monkeypatch):
+    from featcache.cache import archive as archive_module
+
+    monkeypatch.setattr(archive_module, "MAX_MEMBERS", 2)  # the manifest and two shards: one member too many
+    one_line_error(invoke("cache", "export", cache.name, "-o", tmp_path / "b.tar"), "has 2 shard files",
+                   "at most 2 members", "archive member limit", "--shard-rows")
+    assert not (tmp_path / "b.tar").exists()
+
+
 def test_an_index_of_as_many_members_as_allowed_is_checked_in_linear_time(cache, archive, other):
     from featcache.cache.archive import MAX_MEMBERS
 
