@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from featcache.errors import FeatcacheError, LockedError
+from featcache.fileio import read_regular, unwritable
 
 try:
     import fcntl
@@ -162,7 +163,7 @@ def _heartbeat(path: Path, stop: threading.Event) -> None:
 def _holder(path: Path) -> tuple[str, str, float]:
     """(pid, host, seconds since the last refresh) of a lock file's holder line; host '' when it is empty."""
     try:
-        text = path.read_text().split()
+        text = read_regular(path, 512).decode("utf-8", "replace").split()  # never blocks on a planted FIFO
         age = time.time() - path.stat().st_mtime
     except OSError:
         return "", "", 0.0
@@ -219,30 +220,3 @@ def read_pid(path: Path) -> str:
     if not pid:
         return "unknown"
     return pid if not host or host == this_host() else f"{pid} on host {host}"
-
-
-_REASONS = {
-    errno.EROFS: "is on a read-only file system",
-    errno.EACCES: "is not writable (permission denied)",
-    errno.EPERM: "is not writable (operation not permitted)",
-    errno.ENOSPC: "ran out of disk space",
-    errno.EDQUOT: "ran out of disk quota",
-}
-
-
-def unwritable(directory: Path, exc: OSError, what: str = "directory") -> FeatcacheError:
-    """The one-line error for a directory featcache cannot write: read-only, no permission, full. h5py words its
-    errors in its own message, so the errno is also looked for there."""
-    code = exc.errno
-    if code is None:
-        text = str(exc)
-        code = next((c for c, name in ((errno.ENOSPC, "No space left"), (errno.EROFS, "Read-only file system"),
-                                       (errno.EACCES, "Permission denied")) if name in text), None)
-    reason = _REASONS.get(code, f"cannot be written ({' '.join(str(exc.strerror or exc).split())[:160]})")
-    from featcache.errors import StorageError
-
-    again = "add --resume to the same command" if what == "run directory" else "re-run the same command"
-    fix = (f"free space, then {again}: it keeps what was finished"
-           if code in (errno.ENOSPC, errno.EDQUOT)
-           else "choose a writable location (--cache-dir for caches, --run-dir for runs)")
-    return StorageError(f"the {what} {directory} {reason}; {fix}")

@@ -162,7 +162,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     import stat
 
     from featcache.errors import StorageError
-    from featcache.locks import unwritable
+    from featcache.fileio import unwritable
 
     path = Path(run_dir) / METRICS
     try:

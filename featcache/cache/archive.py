@@ -45,7 +45,7 @@ from featcache.cache.leases import Lease
 from featcache.cache.store import CacheStore
 from featcache.cache.tarstream import BLOCK, RECORD, TarReader, header, padding
 from featcache.errors import CacheError, StorageError
-from featcache.locks import unwritable
+from featcache.fileio import unwritable
 
 INDEX_NAME = "featcache-archive.json"
 ARCHIVE_FORMAT = "featcache-archive"

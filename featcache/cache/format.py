@@ -24,11 +24,12 @@ from typing import Any
 from featcache import typecheck
 from featcache.errors import FeatcacheError
 from featcache.specs import BlockSpec, NoiseSpec, TransformSpec, Timing, ViewSpec, WeightsInfo
-from featcache.fileio import TMP_SUFFIX, fsync_dir, loads_json, printable  # noqa: F401  (re-exported: temp names)
+from featcache.fileio import TMP_SUFFIX, fsync_dir, loads_json, printable, read_regular  # noqa: F401
 from featcache.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MANIFEST_LIMIT = 64 << 20  # bytes: far above an ImageNet-sized manifest; a larger one is refused, not read
 LOCK = LOCK_FILE  # advisory write lock (featcache.locks)
 SHARD_SUFFIX = ".h5"
 RANK_SHARDS_PREFIX = "shards-rank"  # shards-rank<R>.json: shards a torchrun rank finished, until rank 0 merges them
@@ -317,7 +318,7 @@ class Manifest:
         path = directory / MANIFEST
         name = printable(directory.name)
         try:
-            m = cls.from_dict(loads_json(path.read_text()))
+            m = cls.from_dict(loads_json(read_regular(path, MANIFEST_LIMIT, whole=True)))
         except FileNotFoundError:
             raise CacheError(f"{printable(str(path))} is missing: not a featcache cache directory") from None
         except VersionError as exc:
@@ -328,7 +329,7 @@ class Manifest:
             raise CacheIdentityError(f"cache {name}: {exc}; the manifest was edited or copied from another cache, so "
                                      "its rows are not what its key names: it is refused (remove it with `featcache "
                                      f"cache rm {name}` and extract again)") from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise CacheError(f"{printable(str(path))} is unreadable ({printable(str(exc))}); remove the cache with "
                              "`featcache cache rm`") from None
         # A cache is found by its directory's name: the name must be the key the manifest's identity gives (a work

@@ -36,7 +36,7 @@ from featcache.cache.usage import check_writable
 from featcache.errors import CacheError, StorageError
 from featcache.fileio import current_umask, printable, remove_tree
 from featcache.hashing import file_sha256
-from featcache.locks import unwritable
+from featcache.fileio import unwritable
 
 INCOMING = ".incoming"
 STALE_AFTER = 24 * 3600  # seconds: an incoming directory of another host older than this is taken as abandoned
@@ -113,21 +113,23 @@ def file_mode(store: Path) -> int:
     return mode
 
 
-def share_file(path: Path, store: Path) -> None:
-    """Set a cache file's mode explicitly (:func:`file_mode`), whatever the umask gave it; a link is left alone."""
+def share_file(path: Path, store: Path, mode: int | None = None) -> None:
+    """Set a cache file's mode explicitly (:func:`file_mode`, or ``mode`` when the caller computed it once for many
+    files), whatever the umask gave it; a link is left alone."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        os.fchmod(fd, file_mode(store))
+        os.fchmod(fd, file_mode(store) if mode is None else mode)
     finally:
         os.close(fd)
 
 
 def seal(directory: Path, store: Path) -> None:
     """Every regular file of a cache directory about to become visible gets its explicit mode (:func:`share_file`)."""
+    mode = file_mode(store)
     with os.scandir(directory) as it:
         for e in it:
             if e.is_file(follow_symlinks=False):
-                share_file(Path(e.path), store)
+                share_file(Path(e.path), store, mode)
 
 
 def disk_bytes(directory: Path) -> int:

@@ -58,7 +58,7 @@ from featcache.cache.install import (
 )
 from featcache.cache.usage import writable
 from featcache.errors import CacheError, FeatcacheError
-from featcache.locks import unwritable
+from featcache.fileio import unwritable
 
 LEASES = ".leases"
 TRASH = ".trash"

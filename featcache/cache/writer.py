@@ -35,7 +35,7 @@ from featcache.cache.format import (
     shard_name,
 )
 from featcache.errors import CacheError
-from featcache.locks import unwritable
+from featcache.fileio import unwritable
 from featcache.hashing import file_sha256
 
 

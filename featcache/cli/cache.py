@@ -356,7 +356,7 @@ def cache_import(
 ) -> None:
     """Import an archive (from anyone: every member checked) into a store, visible only once verified."""
     from featcache.cache.archive import import_archive
-    from featcache.locks import unwritable
+    from featcache.fileio import unwritable
     from featcache.progress import RichReporter
 
     target = to

@@ -23,7 +23,8 @@ from featcache.cache.install import INCOMING, discard, host, is_real_dir, make_d
 from featcache.cache.leases import check_unleased, replace_unleased
 from featcache.cache.usage import check_writable
 from featcache.errors import CacheError
-from featcache.locks import HEARTBEAT, REMOTE_STALE, unwritable
+from featcache.fileio import unwritable
+from featcache.locks import HEARTBEAT, REMOTE_STALE
 from featcache.progress import Reporter
 
 HEARTBEAT_FILE = ".heartbeat"
