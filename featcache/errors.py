@@ -11,7 +11,7 @@ class FeatcacheError(Exception):
 
     def __init__(self, *args: object, flag: str | None = None) -> None:
         # ``flag``: the option at fault as the CLI spells it (--cache-ram). The message is worded for the CLI; other
-        # front ends (recipes, featcache.flags) re-word it in their own terms with ``reworded``.
+        # front ends (recipes, featcache.config.flags) re-word it in their own terms with ``reworded``.
         self.flag = flag
         # A DataLoader worker's exception is re-raised in the main process as ``type(exc)(text)``, where ``text``
         # is the worker's whole traceback; keep only the original one-line message.

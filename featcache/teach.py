@@ -39,14 +39,14 @@ from featcache.distill.trainer import (
     train,
 )
 from featcache.distill.setup import validate as validate_distill
-from featcache.flags import copy_fields
+from featcache.config.flags import copy_fields
 from featcache.config import TeacherConfig  # re-exported: the schema lives in featcache.config
 from featcache.extract import ExtractConfig, plan_extract
 from featcache.models.classifier import INITS, Classifier, build_classifier, resolve_init  # noqa: F401 - re-exported
-from featcache.progress import Reporter
-from featcache import rundir
-from featcache.rundir import TEACHER_FILE
-from featcache.runtime import resolve_device, resolve_precision
+from featcache.util.progress import Reporter
+from featcache.runs import rundir
+from featcache.runs.rundir import TEACHER_FILE
+from featcache.util.runtime import resolve_device, resolve_precision
 
 
 

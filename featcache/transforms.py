@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from featcache.errors import ConfigError
-from featcache.runtime import one_cpu_thread
+from featcache.util.runtime import one_cpu_thread
 
 from featcache.specs import (  # noqa: F401 - re-exported: the specs are data (featcache.specs), run here
     IMAGENET_MEAN,

@@ -172,7 +172,7 @@ def test_per_part_accuracy_of_teachers_and_student(part_teachers, tmp_path):
 @pytest.mark.slow
 def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_path, monkeypatch):
     """Source teachers (one per class part) → one component net per part → a target net over all classes."""
-    from featcache.amalgamate import AmalgamateConfig, amalgamate
+    from featcache.distill.amalgamate import AmalgamateConfig, amalgamate
     from featcache.datasets.base import ImageDataset, read_class_list
 
     root, keys = part_teachers
@@ -215,7 +215,7 @@ def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_pa
         torch.testing.assert_close(sa[k], sb[k])
     # Re-running skips every stage.
     logs = []
-    from featcache.amalgamate import amalgamate as again
+    from featcache.distill.amalgamate import amalgamate as again
 
     again(AmalgamateConfig(teachers=keys, parts=parts, student="lenet5", dataset_options=dict(SYN), epochs=1,
                            batch_size=16, cache_dir=tmp_path / "store-a", run_dir=tmp_path / "a",

@@ -136,7 +136,7 @@ SHARED_FLAGS = ("--dataset", "--data-root", "--dataset-opt", "--device", "--work
 
 def test_no_command_declares_a_shared_option_by_hand():
     """The options several commands take are fields (featcache/config), turned into typer options by
-    featcache.flags.cli_parameters; a hand-written typer.Option("--dataset", ...) would be a second declaration
+    featcache.config.flags.cli_parameters; a hand-written typer.Option("--dataset", ...) would be a second declaration
     whose default or help drifts from the first."""
     offenders = []
     for path in (PACKAGE / "cli").rglob("*.py"):

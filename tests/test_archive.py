@@ -144,7 +144,7 @@ def test_export_import_round_trip_is_bit_exact_and_usable(cache, archive, other)
 
 def test_shards_of_many_chunks_round_trip_through_the_library(tmp_path):
     """Shards larger than the copy's chunks, hashed by several threads at once, arrive bit-exact."""
-    from featcache.bench_join import write_random_cache
+    from featcache.bench.join import write_random_cache
     from featcache.cache.archive import export_cache, import_archive
     from featcache.cache.format import make_key
     from featcache.cache.hashpipe import CHUNK

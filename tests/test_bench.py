@@ -5,7 +5,7 @@ import json
 
 from typer.testing import CliRunner
 
-from featcache.bench import bench_extract
+from featcache.bench.extract import bench_extract
 from featcache.cli import app
 from featcache.extract import ExtractConfig
 
@@ -41,7 +41,7 @@ def test_bench_extract_cli_writes_json(tmp_path):
 
 @pytest.mark.slow
 def test_bench_distill_times_every_setting(tmp_path):
-    from featcache.bench_distill import bench_distill
+    from featcache.bench.distill import bench_distill
     from featcache.distill.trainer import DistillConfig
 
     cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options={"num_train": 48, "num_test": 8},
@@ -79,7 +79,7 @@ def test_bench_distill_cli(tmp_path):
 
 @pytest.mark.slow
 def test_bench_distill_end_to_end_runs_the_real_distill(tmp_path):
-    from featcache.bench_distill import bench_distill
+    from featcache.bench.distill import bench_distill
     from featcache.distill.trainer import DistillConfig
 
     cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options={"num_train": 32, "num_test": 8},
@@ -98,7 +98,7 @@ def test_bench_distill_end_to_end_runs_the_real_distill(tmp_path):
 
 
 def test_bench_join_reports_every_method(tmp_path):
-    from featcache.bench_join import bench_join
+    from featcache.bench.join import bench_join
 
     r = bench_join(rows=600, dim=16, classes=3, batch_size=32, pt_files=64, limit_s=5, directory=tmp_path, cold=True)
     assert set(r["results"]) == {"h5py_fancy", "pt_per_sample", "ram", "library", "disk", "np_take", "sequential_read"}
@@ -114,7 +114,7 @@ def test_bench_join_reports_every_method(tmp_path):
 
 
 def test_random_cache_is_a_valid_cache(tmp_path):
-    from featcache.bench_join import write_random_cache
+    from featcache.bench.join import write_random_cache
     from featcache.cache import FeatureCache
     from featcache.cache.store import verify_directory
 

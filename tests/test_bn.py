@@ -11,7 +11,7 @@ from featcache.datasets import get_dataset
 from featcache.distill.evaluation import evaluate_run, load_run
 from featcache.distill.trainer import LAST, METRICS, distill
 from featcache.errors import ConfigError
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 from featcache.transforms import Normalizer
 
 SYN = {"num_train": 48, "num_test": 24}
@@ -88,7 +88,7 @@ def test_a_run_recorded_before_bn_recalibrate_is_the_same_arm_in_the_report(tmp_
     to seeds 1-2 run later with bn_recalibrate = 0: the report must group them (mean ± std over the three)."""
     from featcache.config import DistillConfig
     from featcache.distill.trainer import distill
-    from featcache.report import build_rows, load_record
+    from featcache.runs.report import build_rows, load_record
 
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     runs = []

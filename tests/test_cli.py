@@ -168,7 +168,7 @@ def test_a_seed_numpy_cannot_take_is_one_line(store, tmp_path, command, args, ne
 
 
 def test_amalgamate_refuses_a_seed_numpy_cannot_take():
-    from featcache.amalgamate import AmalgamateConfig, amalgamate
+    from featcache.distill.amalgamate import AmalgamateConfig, amalgamate
     from featcache.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--seed must lie in \[0, 4294967295\], got -1"):
@@ -185,7 +185,7 @@ def test_every_config_field_is_reachable_from_the_cli_and_from_recipes():
 
     from featcache import pipeline
     from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
-    from featcache.flags import flag_name, flag_of
+    from featcache.config.flags import flag_name, flag_of
 
     library_only = {"channels_last"}  # a layout switch for experiments, not a user flag
     set_by_recipes = {"tag", "classes"}  # a distill block's tag; amalgamate's component-net class lists
@@ -297,7 +297,7 @@ def test_a_command_line_parses_back_to_its_config_and_nothing_else_does():
     """flags.parse_command_line is command_line's inverse: what it writes parses back to the same config (so a
     recorded command can be shown as command_line of what it parses to); anything else is None."""
     from featcache.config import ExtractConfig
-    from featcache.flags import parse_command_line
+    from featcache.config.flags import parse_command_line
 
     cfg = ExtractConfig(teacher="timm:vit_tiny", dataset="folder", data_root=Path("/d a/t"), dtype="int8",
                         blocks=["layer1", "layer2"], dataset_options={"holdout": 0.1, "x": "a b"}, noise=8, views=2)

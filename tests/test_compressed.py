@@ -304,7 +304,7 @@ def test_export_import_carries_the_projection_file(store, tmp_path):
 
 
 def test_dequant_bench_runs_and_reports_both_dtypes(tmp_path):
-    from featcache.bench_codec import bench_dequant
+    from featcache.bench.codec import bench_dequant
 
     out = bench_dequant(rows=600, dim=16, batch_size=64, rounds=1, block_rows=64, window_blocks=2, directory=tmp_path)
     assert out["feature_bytes_per_row"] == {"float16": 32, "int8": 20}

@@ -17,7 +17,7 @@ from featcache.datasets import get_dataset, list_datasets
 from featcache.datasets import sod as sod_mod
 from featcache.datasets.base import ImageDataset
 from featcache.errors import ConfigError, DatasetError
-from featcache.resources import data_path
+from featcache.util.resources import data_path
 
 
 def raises_naming(*fragments: str | Path):

@@ -17,7 +17,7 @@ from featcache.errors import CacheError, ConfigError
 from featcache.extract import ExtractConfig, extract
 from featcache.models import create_teacher
 from featcache.models.students import create_student
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 SYN = {"num_train": 64, "num_test": 32}
 
@@ -289,7 +289,7 @@ def test_online_teacher_arm_matches_the_cached_one(tmp_path):
 
 
 def test_cpu_threads_follow_the_workers_and_the_environment(monkeypatch):
-    from featcache.runtime import cpu_cores, default_workers, use_cpu_threads
+    from featcache.util.runtime import cpu_cores, default_workers, use_cpu_threads
 
     before = torch.get_num_threads()
     try:

@@ -1,4 +1,4 @@
-"""featcache.fileio: JSON, outputs and names from files other users may have written or planted."""
+"""featcache.util.fileio: JSON, outputs and names from files other users may have written or planted."""
 import json
 import os
 
@@ -7,8 +7,8 @@ from conftest import within
 
 from featcache.cache.format import MANIFEST, Manifest
 from featcache.errors import CacheError, StorageError
-from featcache.fileio import MAX_JSON_DEPTH, loads_json, printable, read_regular, write_text_atomic
-from featcache.locks import holder
+from featcache.util.fileio import MAX_JSON_DEPTH, loads_json, printable, read_regular, write_text_atomic
+from featcache.util.locks import holder
 
 
 DEEPER = MAX_JSON_DEPTH + 1

@@ -153,7 +153,7 @@ def test_labels_are_checked_like_flags(tmp_path, store, key):
 
 
 def test_report_shows_the_labels_column_only_when_a_run_read_a_subset(tmp_path, store, monkeypatch):
-    from featcache.report import build_rows, load_record, markdown_table
+    from featcache.runs.report import build_rows, load_record, markdown_table
 
     full, _ = run(tmp_path, None, monkeypatch, method="ce")
     part, _ = run(tmp_path, None, monkeypatch, method="ce", labels="5/class")
@@ -187,7 +187,7 @@ def test_resume_refuses_an_ids_file_edited_mid_run(tmp_path, store):
     refused naming the file) and, for a run recorded without it, which samples are labelled. The same contents under
     another path resume."""
     from featcache.distill.trainer import distill
-    from featcache.progress import Reporter
+    from featcache.util.progress import Reporter
 
     class StopAfterFirstEpoch(Reporter):
         def message(self, text: str) -> None:

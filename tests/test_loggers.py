@@ -15,7 +15,7 @@ from featcache.cli import app
 from featcache.config import DistillConfig, TeacherConfig
 from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, extract
-from featcache.loggers import TENSORBOARD_DIR, TensorBoardLogger, scalar_tag, scalars
+from featcache.runs.loggers import TENSORBOARD_DIR, TensorBoardLogger, scalar_tag, scalars
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -167,7 +167,7 @@ def test_a_logger_that_cannot_work_is_a_one_line_error_before_anything_runs(tmp_
 
 BROKEN = """
 import os
-from featcache.loggers import Logger
+from featcache.runs.loggers import Logger
 
 def _maybe(where):
     if os.environ["BROKEN_LOGGER_AT"] == where:
@@ -224,7 +224,7 @@ def test_without_the_tensorboard_package_the_error_says_what_to_install(monkeypa
 
 
 def test_train_teacher_and_recipes_take_the_option_too():
-    from featcache.flags import check_value
+    from featcache.config.flags import check_value
     from featcache.teach import validate
 
     assert DistillConfig().log == ["jsonl"] and TeacherConfig(teacher="resnet18").log == ["jsonl"]

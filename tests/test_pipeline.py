@@ -12,7 +12,7 @@ from conftest import one_line_error, within
 from featcache.cli import app
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
-from featcache.report import build_rows, load_record, markdown_table, plot_curves
+from featcache.runs.report import build_rows, load_record, markdown_table, plot_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -542,8 +542,8 @@ def test_an_amalgamation_recipe_with_seeds_trains_every_net_per_seed_and_reports
     w0 = torch.load(runs / "amalgamate" / "target" / "checkpoint-best.pt", weights_only=True)["student"]
     w2 = torch.load(runs / "amalgamate-s2" / "target" / "checkpoint-best.pt", weights_only=True)["student"]
     assert any(not torch.equal(w0[k], w2[k]) for k in w0 if w0[k].is_floating_point())
-    from featcache.amalgamate import summarize
-    from featcache.report import percent
+    from featcache.distill.amalgamate import summarize
+    from featcache.runs.report import percent
 
     rows = result["amalgamate"]
     assert [r.task for r in rows] == ["part1", "part2"] and all(set(r.seeds) == {0, 2} for r in rows)
@@ -905,7 +905,7 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
     p = parse_pipeline(data, runs_dir=tmp_path / "runs")
     held = tmp_path / "runs" / "lenet5-ce-alone-s0"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from featcache.locks import DirLock; "
+        [sys.executable, "-c", "import sys, time; from featcache.util.locks import DirLock; "
          f"DirLock({str(held)!r}, 'run directory').acquire(wait=False); print('held', flush=True); time.sleep(120)"],
         stdout=subprocess.PIPE, text=True)
     try:

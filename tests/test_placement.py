@@ -14,7 +14,7 @@ from featcache.distill.placement import (
 from featcache.distill.trainer import CONFIG, DistillConfig, distill
 from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, extract
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 SYN = {"num_train": 64, "num_test": 16}
 GIB = 2**30

@@ -7,7 +7,7 @@ import pytest
 
 from featcache.distill.trainer import DistillConfig, distill
 from featcache.extract import ExtractConfig, extract
-from featcache.progress import Reporter, RunEtaColumn
+from featcache.util.progress import Reporter, RunEtaColumn
 
 SYN = {"num_train": 48, "num_test": 16}
 

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import one_line_error, within
-from featcache import rundir
+from featcache.runs import rundir
 from featcache.cli import app
 from featcache.config import DistillConfig
-from featcache.locks import DirLock, this_host
-from featcache.runs import RunInfo, list_runs, planned_epochs
+from featcache.util.locks import DirLock, this_host
+from featcache.runs.listing import RunInfo, list_runs, planned_epochs
 
 SYN = {"num_train": 60, "num_test": 20, "num_classes": 4}
 runner = CliRunner()

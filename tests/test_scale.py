@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 
-from featcache.bench_synth import SynthSpec, read_back_matches, synthetic_rows, write_synthetic_cache
+from featcache.bench.synth import SynthSpec, read_back_matches, synthetic_rows, write_synthetic_cache
 from featcache.cache import FeatureCache
 from featcache.cache.direct import read_rows_into
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, TMP_SUFFIX
@@ -13,7 +13,7 @@ from featcache.cache.install import INCOMING
 from featcache.cache.store import CacheStore
 from featcache.distill.loader import InMemoryTable, OutOfCoreTable, epoch_plan
 from featcache.errors import ConfigError
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 SPEC = SynthSpec(rows=1000, dim=24, classes=5, views=2, shard_rows=128)
 

@@ -116,7 +116,7 @@ def test_store_flags_and_the_recipe_key_search_the_same_stack(home, tmp_path):
 
 
 def test_a_key_in_two_stores_with_different_contents_is_an_error(home, tmp_path, monkeypatch):
-    from featcache.hashing import file_sha256
+    from featcache.util.hashing import file_sha256
 
     key = extract_key()
     shared = tmp_path / "shared"

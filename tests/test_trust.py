@@ -173,7 +173,7 @@ def test_a_shard_is_hashed_once_per_process(home, tree, monkeypatch):
     key = extract_key(home, "--data-root", tree / "train")
     calls = []
     monkeypatch.setattr(reader, "file_sha256",
-                        lambda p: calls.append(p) or __import__("featcache.hashing").hashing.file_sha256(p))
+                        lambda p: calls.append(p) or __import__("featcache.util.hashing").util.hashing.file_sha256(p))
     reader._VERIFIED.clear()
     for _ in range(2):
         with CacheStore(home).open(key) as cache:
@@ -186,7 +186,7 @@ def _poison_row(directory: Path, row: int) -> None:
     """Write NaN into one cached feature row and re-record the shard's checksum, as a bug or a hand edit would."""
     import h5py
 
-    from featcache.hashing import file_sha256
+    from featcache.util.hashing import file_sha256
 
     m = Manifest.load(directory)
     shard = next(s for s in m.shards if s.part == "data" and s.start <= row < s.stop)
@@ -245,7 +245,7 @@ def test_extract_refuses_non_finite_teacher_rows(home, tmp_path, monkeypatch):
 # -- 5. one process per run directory --------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_distills_in_one_run_dir(home, tree, tmp_path):
-    from featcache.locks import DirLock
+    from featcache.util.locks import DirLock
 
     run = tmp_path / "run"
     held = DirLock(run, "run directory").acquire()
@@ -342,7 +342,7 @@ def test_read_only_store_is_one_line(tmp_path, monkeypatch):
         else:  # root without mount rights: simulate the read-only file system
             import errno
 
-            import featcache.locks as locks
+            import featcache.util.locks as locks
 
             def ro_open(*a, **k):
                 raise OSError(errno.EROFS, "Read-only file system")

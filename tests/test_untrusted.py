@@ -143,7 +143,7 @@ def test_an_edited_metrics_line_is_refused_not_skipped(run, line):
 def test_a_torn_last_metrics_line_is_still_skipped(run):
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "test_a')
-    from featcache import rundir
+    from featcache.runs import rundir
 
     assert [r["epoch"] for r in rundir.read_metrics(run)] == [1, 2]
 
@@ -382,7 +382,7 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_leaves_no_temp_file(hom
     real = mount_tmpfs(disk, "160k")  # room for config.json and metrics, not for lenet5's checkpoint
     try:
         if not real:  # no mount rights: the disk fills between the write and the fsync
-            from featcache import rundir
+            from featcache.runs import rundir
 
             def full(fd):
                 raise OSError(errno.ENOSPC, "No space left on device")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from featcache.fileio import exclusive_temp, loads_json, printable
+from featcache.util.fileio import exclusive_temp, loads_json, printable
 from featcache import __version__
 from featcache.cache.format import (
     MANIFEST, PROJECTION_FILE, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name,
@@ -45,7 +45,7 @@ from featcache.cache.leases import Lease
 from featcache.cache.store import CacheStore
 from featcache.cache.tarstream import BLOCK, RECORD, TarReader, header, padding
 from featcache.errors import CacheError, StorageError
-from featcache.fileio import unwritable
+from featcache.util.fileio import unwritable
 
 INDEX_NAME = "featcache-archive.json"
 ARCHIVE_FORMAT = "featcache-archive"

@@ -76,8 +76,8 @@ def dequantise(q, scale):
     import torch
 
     # One float32 copy multiplied in place: a mixed int8 × float32 multiply takes torch's slow casting path (7x
-    # slower on the CPU, and it allocates twice). On the CPU on one thread (featcache.runtime.one_cpu_thread).
-    from featcache.runtime import one_cpu_thread
+    # slower on the CPU, and it allocates twice). On the CPU on one thread (featcache.util.runtime.one_cpu_thread).
+    from featcache.util.runtime import one_cpu_thread
 
     with one_cpu_thread() if q.device.type == "cpu" else contextlib.nullcontext():
         out = q.float()

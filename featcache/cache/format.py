@@ -21,16 +21,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from featcache import typecheck
+from featcache.config import typecheck
 from featcache.errors import FeatcacheError
 from featcache.specs import BlockSpec, NoiseSpec, TransformSpec, Timing, ViewSpec, WeightsInfo
-from featcache.fileio import TMP_SUFFIX, fsync_dir, loads_json, printable, read_regular  # noqa: F401
-from featcache.locks import LOCK_FILE
+from featcache.util.fileio import TMP_SUFFIX, fsync_dir, loads_json, printable, read_regular  # noqa: F401
+from featcache.util.locks import LOCK_FILE
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MANIFEST_LIMIT = 64 << 20  # bytes: far above an ImageNet-sized manifest; a larger one is refused, not read
-LOCK = LOCK_FILE  # advisory write lock (featcache.locks)
+LOCK = LOCK_FILE  # advisory write lock (featcache.util.locks)
 SHARD_SUFFIX = ".h5"
 RANK_SHARDS_PREFIX = "shards-rank"  # shards-rank<R>.json: shards a torchrun rank finished, until rank 0 merges them
 
@@ -444,6 +444,6 @@ def shard_path(directory: Path, shard: ShardInfo) -> Path:
 def atomic_write_text(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` atomically (a fresh exclusive temp file, fsync, rename, fsync the directory);
     on failure the old file stays and no temp file is left behind."""
-    from featcache.fileio import write_text_atomic
+    from featcache.util.fileio import write_text_atomic
 
     write_text_atomic(path, text, flag=str(path.name))

@@ -38,7 +38,7 @@ from featcache.cache.leases import (
 from featcache.cache.store import CacheEntry, CacheStore
 from featcache.cache.usage import check_writable, usage_times
 from featcache.errors import CacheLockedError, ConfigError, FeatcacheError
-from featcache.fileio import printable, remove_tree
+from featcache.util.fileio import printable, remove_tree
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZES = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from featcache.fileio import loads_json, read_regular, remove_tree
+from featcache.util.fileio import loads_json, read_regular, remove_tree
 from featcache.cache.format import MANIFEST, is_cache_key
 from featcache.cache.install import (
     disk_bytes,
@@ -58,7 +58,7 @@ from featcache.cache.install import (
 )
 from featcache.cache.usage import writable
 from featcache.errors import CacheError, FeatcacheError
-from featcache.fileio import unwritable
+from featcache.util.fileio import unwritable
 
 LEASES = ".leases"
 TRASH = ".trash"

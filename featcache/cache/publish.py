@@ -17,7 +17,7 @@ from featcache.cache.format import MANIFEST, shard_path
 from featcache.cache.install import check_complete, discard, install, new_incoming, same_cache, share_file
 from featcache.cache.store import CacheStore
 from featcache.errors import CacheError, StorageError
-from featcache.fileio import unwritable
+from featcache.util.fileio import unwritable
 
 CHUNK = 8 * 2**20
 

@@ -44,8 +44,8 @@ from featcache.cache.format import (
 from featcache.cache.direct import read_rows_into
 from featcache.cache.verify import layout_problem
 from featcache.errors import CacheError, CacheMismatchError, check_choice
-from featcache.fileio import printable
-from featcache.hashing import file_sha256
+from featcache.util.fileio import printable
+from featcache.util.hashing import file_sha256
 from featcache.specs import TransformSpec
 
 DEFAULT_FIELDS = (FEATURES, LOGITS)

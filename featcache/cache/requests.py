@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from featcache.errors import StorageError
-from featcache.fileio import loads_json, write_text_atomic
+from featcache.util.fileio import loads_json, write_text_atomic
 from featcache.cache.format import FORMAT_VERSION, MANIFEST, Manifest, is_cache_key, shard_path
 
 REQUESTS_DIR = "requests"
@@ -110,7 +110,7 @@ def request_inputs(request: dict[str, Any]) -> list[Path]:
 
 def _shards_intact(directory: Path, manifest: Manifest) -> bool:
     from featcache.errors import CacheError
-    from featcache.hashing import file_sha256
+    from featcache.util.hashing import file_sha256
 
     for shard in manifest.files():  # the shards and a projection file
         try:
@@ -129,7 +129,7 @@ def _sample_unchanged(directory: Path, sample: list[list[Any]]) -> bool:
 
     from featcache.cache.format import CONTENT
     from featcache.cache.reader import FeatureCache
-    from featcache.hashing import content_digest
+    from featcache.util.hashing import content_digest
 
     rows = np.array([r for r, _ in sample], dtype=np.int64)
     try:

@@ -41,7 +41,7 @@ def check_writable(store: Path, what: str) -> None:
     if writable(store):
         return
     from featcache.errors import StorageError
-    from featcache.fileio import printable
+    from featcache.util.fileio import printable
 
     try:
         st, readonly_fs = os.stat(store), bool(os.statvfs(store).f_flag & os.ST_RDONLY)

@@ -24,7 +24,7 @@ from featcache.cache.format import (
     shard_path,
 )
 from featcache.errors import CacheError
-from featcache.hashing import file_sha256
+from featcache.util.hashing import file_sha256
 
 
 @dataclass

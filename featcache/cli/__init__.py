@@ -1,7 +1,7 @@
 """The `featcache` command line. Thin: parse flags, call the library, render with rich, map errors to one line.
 
 One module per command group; the options of extract, distill and train-teacher are generated from their configs'
-fields (featcache.config, featcache.flags), so a new option is declared once, there.
+fields (featcache.config, featcache.config.flags), so a new option is declared once, there.
 
     app.py       the typer app, consoles, the error policy (user mistakes: one line, exit 2)
     extract.py   extract

@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from featcache.errors import ConfigError, FeatcacheError
-from featcache.fileio import printable
-from featcache.flags import parse_key_values as parse_options  # noqa: F401 - the commands' -o parser
+from featcache.util.fileio import printable
+from featcache.config.flags import parse_key_values as parse_options  # noqa: F401 - the commands' -o parser
 
 app = typer.Typer(
     help="Run a teacher once, cache its features, distil many students from the cache.",
@@ -82,7 +82,7 @@ def out_of_memory(exc: BaseException) -> str | None:
 
 def main_rank() -> bool:
     """False on ranks other than 0 of a torchrun job (they stay quiet)."""
-    from featcache import distributed
+    from featcache.util import distributed
 
     return distributed.context().is_main
 
@@ -100,6 +100,6 @@ def write_json(path: Path | None, obj: Any) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--json-out {path}: cannot write it ({exc.strerror or exc})") from None
-        from featcache.fileio import write_text_atomic
+        from featcache.util.fileio import write_text_atomic
 
         write_text_atomic(path, json.dumps(obj, indent=2) + "\n", flag="--json-out")

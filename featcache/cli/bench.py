@@ -18,7 +18,7 @@ from featcache.config import (
     BenchTrustConfig,
 )
 from featcache.errors import ConfigError
-from featcache.flags import as_command, cli_parameters, config_from_cli
+from featcache.config.flags import as_command, cli_parameters, config_from_cli
 
 
 def _load_trend(r: dict) -> str:
@@ -27,9 +27,9 @@ def _load_trend(r: dict) -> str:
 
 def bench_extract_cmd(**values: Any) -> None:
     """Extract images/s vs the bare teacher forward pass (same batch, precision, threads), in one process."""
-    from featcache.bench import bench_extract
+    from featcache.bench.extract import bench_extract
     from featcache.extract import ExtractConfig
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(BenchExtractConfig, values)
     results = []
@@ -70,9 +70,9 @@ bench_app.command("extract")(user_errors(bench_extract_cmd))
 def bench_distill_cmd(**values: Any) -> None:
     """Student training images/s and peak memory: a bare PyTorch loop (the limit) vs the student alone vs with
     cached teacher rows vs with the teachers online, interleaved in one process."""
-    from featcache.bench_distill import bench_distill
+    from featcache.bench.distill import bench_distill
     from featcache.distill.trainer import DistillConfig
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(BenchDistillConfig, values)
     config = DistillConfig(
@@ -152,8 +152,8 @@ bench_app.command("distill")(user_errors(bench_distill_cmd))
 def bench_join_cmd(**values: Any) -> None:
     """Rows/s of the feature join (in RAM, out of core), each next to its limit (np.take, a sequential read), and
     the naive peers (h5py fancy indexing, one .pt file per sample)."""
-    from featcache.bench_join import bench_join
-    from featcache.progress import RichReporter
+    from featcache.bench.join import bench_join
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(BenchJoinConfig, values)
     r = bench_join(rows=cfg.rows, dim=cfg.dim, classes=cfg.classes, batch_size=cfg.batch_size, pt_files=cfg.pt_files,
@@ -183,9 +183,9 @@ bench_app.command("join")(user_errors(bench_join_cmd))
 
 def bench_trust_cmd(**values: Any) -> None:
     """Cost of the trust checks (fingerprint, content re-check, shard hashes) as a fraction of the extract's time."""
-    from featcache.bench_trust import bench_trust
+    from featcache.bench.trust import bench_trust
     from featcache.extract import ExtractConfig
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(BenchTrustConfig, values)
     if cfg.repeats < 1:
@@ -218,8 +218,8 @@ bench_app.command("trust")(user_errors(bench_trust_cmd))
 def bench_store_cmd(**values: Any) -> None:
     """`cache export` / `cache import` MB/s next to shutil.copyfile of the same files (bare, and + fsync), in one
     process, warm page cache; and `cache ls` over many keys."""
-    from featcache.bench_store import bench_store
-    from featcache.progress import RichReporter
+    from featcache.bench.store import bench_store
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(BenchStoreConfig, values)
     r = bench_store(size_mib=cfg.size_mib, repeats=cfg.repeats, keys=cfg.keys, directory=cfg.scratch,
@@ -252,9 +252,9 @@ def bench_scale_cmd(**values: Any) -> None:
     """An ImageNet-sized synthetic cache (real format, no teacher): its write and resume after kill -9, the
     out-of-core join and the in-RAM load next to a sequential read, verify, ls, the re-extract answer and the store
     commands, each next to its limit in one process."""
-    from featcache.bench_scale_life import STEPS, bench_scale
-    from featcache.bench_synth import SynthSpec, remove_cache
-    from featcache.progress import RichReporter
+    from featcache.bench.scale_life import STEPS, bench_scale
+    from featcache.bench.synth import SynthSpec, remove_cache
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(BenchScaleConfig, values)
     steps = tuple(cfg.only or STEPS)
@@ -281,7 +281,7 @@ bench_app.command("scale")(user_errors(bench_scale_cmd))
 
 def scale_lines(r: dict) -> list[str]:
     """One line per figure of `bench scale` (medians of the rounds; every round is in the JSON)."""
-    from featcache.bench_scale import median
+    from featcache.bench.scale import median
 
     gib = (r.get("cache_bytes") or 0) / 2**30
     lines = [f"scale: {r['key']} ({gib:.2f} GiB), {r['spec']['rows']:,} rows x {r['spec']['dim']} {r['spec']['dtype']} "
@@ -325,7 +325,7 @@ def scale_lines(r: dict) -> list[str]:
 
 
 def life_lines(r: dict) -> list[str]:
-    from featcache.bench_scale import median
+    from featcache.bench.scale import median
 
     lines = []
     if "ram_join" in r:

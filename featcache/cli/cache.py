@@ -12,8 +12,8 @@ from rich.table import Table
 
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
 from featcache.config import StoreOptions
-from featcache.fileio import printable
-from featcache.flags import cli_parameters
+from featcache.util.fileio import printable
+from featcache.config.flags import cli_parameters
 
 
 # The store options of every cache command: the same declarations as distill's and extract's (featcache.config).
@@ -307,7 +307,7 @@ def cache_publish(
 ) -> None:
     """Copy a cache into a shared store: others see nothing, or the complete verified cache."""
     from featcache.cache.publish import publish
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     store = _store(cache_dir, stores)
     entry = store.locate(key)
@@ -332,7 +332,7 @@ def cache_export(
     """Write a cache into one file (a tar: index, manifest, shards), every shard's sha256 checked as it is read."""
     from featcache.cache.archive import export_cache
     from featcache.cli.app import err
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     store = _store(cache_dir, stores)
     entry = store.locate(key)
@@ -356,8 +356,8 @@ def cache_import(
 ) -> None:
     """Import an archive (from anyone: every member checked) into a store, visible only once verified."""
     from featcache.cache.archive import import_archive
-    from featcache.fileio import unwritable
-    from featcache.progress import RichReporter
+    from featcache.util.fileio import unwritable
+    from featcache.util.progress import RichReporter
 
     target = to
     if target is None:

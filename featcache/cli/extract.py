@@ -11,7 +11,7 @@ import typer
 
 from featcache.cli.app import app, err, human_bytes, main_rank, out, parse_options, user_errors
 from featcache.config import ExtractConfig
-from featcache.flags import as_command, cli_parameters, config_from_cli, runtime_fields
+from featcache.config.flags import as_command, cli_parameters, config_from_cli, runtime_fields
 
 # CLI conveniences that become dataset options (they are not fields of their own).
 DATASET_SHORTCUTS = [
@@ -53,7 +53,7 @@ def extract(*, split_file: Path | None = None, download: bool = False, **values:
     inputs = requests.tree_signature(requests.request_inputs(request)) if alone else None  # before anything is read
 
     from featcache.extract import extract as run_extract
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     config = config_from_cli(ExtractConfig, values, dataset_options=options)
     main = main_rank()

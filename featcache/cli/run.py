@@ -9,12 +9,12 @@ from featcache.cli.app import app, err, out, user_errors
 from featcache.cli.tables import print_rows, print_task_table
 from featcache.config import DemoConfig, ReportConfig, RunConfig
 from featcache.errors import ConfigError
-from featcache.flags import as_command, cli_parameters, config_from_cli
+from featcache.config.flags import as_command, cli_parameters, config_from_cli
 
 
 def report(**values: Any) -> None:
-    from featcache.fileio import write_text_atomic
-    from featcache.report import build_rows, find_runs, load_record, markdown_table, plot_curves
+    from featcache.util.fileio import write_text_atomic
+    from featcache.runs.report import build_rows, find_runs, load_record, markdown_table, plot_curves
 
     cfg = config_from_cli(ReportConfig, values)
     records = [load_record(d) for d in find_runs(cfg.runs)]
@@ -52,7 +52,7 @@ app.command("run")(user_errors(run_cmd))
 
 
 def demo(**values: Any) -> None:
-    from featcache.demo import DEMO_THREADS, demo_recipe, seed_gains
+    from featcache.pipeline.demo import DEMO_THREADS, demo_recipe, seed_gains
 
     try:
         cfg = config_from_cli(DemoConfig, values)
@@ -87,7 +87,7 @@ app.command("demo")(user_errors(demo))
 
 def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run, rerun_stale=False) -> dict:
     from featcache.pipeline import STALE_DIR, describe_plan, plan, run_pipeline
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     stages = plan(pipeline, cache_dir=cache_dir, device=device, workers=workers)
     out.print(f"plan for {pipeline.name} ({len(stages)} stages, outputs in {pipeline.runs_dir}):", highlight=False)

@@ -1,4 +1,4 @@
-"""`featcache runs ls [DIR]`: the run directories under DIR, one line each (the listing is featcache.runs)."""
+"""`featcache runs ls [DIR]`: the run directories under DIR, one line each (the listing is featcache.runs.listing)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from rich.table import Table
 
 from featcache.cli.app import err, out, runs_app, user_errors
 from featcache.config.commands import RunsLsConfig
-from featcache.fileio import printable
-from featcache.flags import as_command, cli_parameters, config_from_cli
+from featcache.util.fileio import printable
+from featcache.config.flags import as_command, cli_parameters, config_from_cli
 
 _STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red", "empty": "dim"}
 
 
 def runs_ls(**values: Any) -> None:
-    from featcache.runs import list_runs
+    from featcache.runs.listing import list_runs
 
     cfg = config_from_cli(RunsLsConfig, values)
     runs = list_runs(cfg.dir, on_skip=lambda note: err.print(f"[yellow]skipped[/] {escape(printable(note, None))}",

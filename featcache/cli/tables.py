@@ -7,7 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from featcache.cli.app import out
-from featcache.fileio import printable
+from featcache.util.fileio import printable
 
 
 def print_task_table(rows: list, title: str) -> None:
@@ -20,7 +20,7 @@ def print_task_table(rows: list, title: str) -> None:
 
 
 def print_rows(rows, title: str) -> None:
-    from featcache.report import columns, kept_apart
+    from featcache.runs.report import columns, kept_apart
 
     # Cells and title are plain text, never rich markup: a "[tag]" in a method label (or a config.json from someone
     # else) would be swallowed as a style, or stop the table with a markup error.

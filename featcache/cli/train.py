@@ -15,14 +15,14 @@ from featcache.cli.extract import DATASET_SHORTCUTS, with_shortcuts
 from featcache.cli.tables import print_task_table
 from featcache.config import AmalgamateConfig, DistillConfig, EvalConfig, SplitClassesConfig, TeacherConfig
 from featcache.errors import ConfigError
-from featcache.flags import as_command, cli_parameters, config_from_cli
+from featcache.config.flags import as_command, cli_parameters, config_from_cli
 
 SPLIT_FILE = [p for p in DATASET_SHORTCUTS if p.name == "split_file"]
 
 
 def distill(*, split_file: Path | None = None, **values: Any) -> None:
     from featcache.distill.trainer import distill as run_distill
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     options = parse_options(values["dataset_options"], "--dataset-opt")
     if split_file is not None:
@@ -40,7 +40,7 @@ app.command("distill")(user_errors(distill))
 
 
 def train_teacher(*, split_file: Path | None = None, **values: Any) -> None:
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
     from featcache.teach import train_teacher
 
     options = parse_options(values["dataset_options"], "--dataset-opt")
@@ -61,7 +61,7 @@ app.command("train-teacher")(user_errors(train_teacher))
 def split_classes_cmd(**values: Any) -> None:
     from featcache.datasets import get_dataset
     from featcache.datasets.base import split_classes
-    from featcache.fileio import write_text_atomic
+    from featcache.util.fileio import write_text_atomic
 
     cfg = config_from_cli(SplitClassesConfig, values)
     ds = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
@@ -83,9 +83,9 @@ app.command("split-classes")(user_errors(split_classes_cmd))
 
 
 def amalgamate(**values: Any) -> None:
-    from featcache.amalgamate import amalgamate as run_amalgamate
+    from featcache.distill.amalgamate import amalgamate as run_amalgamate
     from featcache.datasets.base import read_class_list
-    from featcache.progress import RichReporter
+    from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(AmalgamateConfig, values)
     if not cfg.teachers or not cfg.classes:

@@ -1,6 +1,6 @@
 """One schema per stage: the configs of extract, distill and train-teacher, and the flags they declare.
 
-Each field carries its CLI flag, help and recipe rules (featcache.flags); the CLI, recipe validation and the
+Each field carries its CLI flag, help and recipe rules (featcache.config.flags); the CLI, recipe validation and the
 reproducing command lines are derived from here. Torch-free, so that ``featcache --help`` starts fast.
 
     extract.py   ExtractConfig                    teacher.py   TeacherConfig

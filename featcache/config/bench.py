@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config.common import data_root_field, dataset_field, dataset_options_field, device_field, workers_field
-from featcache.flags import opt
+from featcache.config.flags import opt
 
 bench_opt = functools.partial(opt, recipe=False)
 

@@ -17,7 +17,7 @@ from featcache.config.common import (
     stores_field,
     workers_field,
 )
-from featcache.flags import opt
+from featcache.config.flags import opt
 
 
 @dataclass
@@ -100,7 +100,7 @@ class RunConfig:
 
 @dataclass
 class DemoConfig:
-    """`featcache demo`: a small teacher cached, a student with and without it (featcache.demo)."""
+    """`featcache demo`: a small teacher cached, a student with and without it (featcache.pipeline.demo)."""
 
     runs_dir: Path = opt(Path("runs/demo"), "Where the demo's runs, cache, table and PNG go.", runtime=True,
                          recipe=False)
@@ -115,7 +115,7 @@ class DemoConfig:
 
 @dataclass
 class ReportConfig:
-    """`featcache report RUN...`: the table and curves of finished runs (featcache.report)."""
+    """`featcache report RUN...`: the table and curves of finished runs (featcache.runs.report)."""
 
     runs: list[Path] = opt(factory=list, help="Run directories, or directories holding runs (e.g. runs/).",
                            positional=True, form="repeat", recipe=False)
@@ -135,7 +135,7 @@ class StoreOptions:
 
 @dataclass
 class RunsLsConfig:
-    """`featcache runs ls [DIR]`: the run directories under DIR, one line each (featcache.runs)."""
+    """`featcache runs ls [DIR]`: the run directories under DIR, one line each (featcache.runs.listing)."""
 
     dir: Path = opt(Path("runs"), "Where to look: searched recursively for run directories (distill, train-teacher, "
                                   "recipes' nested runs).", positional=True, recipe=False)

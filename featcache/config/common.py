@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from featcache.flags import opt
+from featcache.config.flags import opt
 
 DEFAULT_SHARD_ROWS = 4096  # rows per HDF5 shard (extract --shard-rows)
 
@@ -19,7 +19,7 @@ METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with
 
 
 # -- options several commands take, declared once ------------------------------------------------------------------
-# Each returns a fresh dataclass field carrying the option's flag (featcache.flags.opt); ``help`` and ``**flag`` adjust
+# Each returns a fresh dataclass field carrying the option's flag (config.flags.opt); ``help`` and ``**flag`` adjust
 # where a command differs (its recipe rules, its --help panel, an eval's default batch).
 def dataset_field(help: str = "cifar10, cifar100, cub200, sod, folder or synthetic.", **flag):
     return opt("synthetic", help, short="-d", **flag)

@@ -1,6 +1,6 @@
 """`featcache distill`'s options, in sections owned by the code that reads them.
 
-Each section is a dataclass whose fields carry their flags (featcache.flags); ``DistillConfig`` is all of them at once
+Each section is a dataclass whose fields carry their flags (config.flags); ``DistillConfig`` is all of them at once
 (flat: ``--lr`` is ``config.lr``, as the CLI, recipes and the Python API have always spelled it), and
 ``config.section(KDOptions)`` is the typed view the owner reads. ``--help`` lists the flags by section. A method's
 own options are its section (``KDOptions`` for ``kd``, ``AKAOptions`` for ``aka``, ...): the method declares it
@@ -26,7 +26,7 @@ from featcache.config.common import (
     stores_field,
     workers_field,
 )
-from featcache.flags import opt
+from featcache.config.flags import opt
 
 S = TypeVar("S")
 
@@ -175,7 +175,7 @@ class LoaderOptions:
 
 @dataclass
 class RunOptions:
-    """Where and how the run happens (featcache.distill.engine, featcache.runtime, featcache.cache.store)."""
+    """Where and how the run happens (featcache.distill.engine, featcache.util.runtime, featcache.cache.store)."""
 
     seed: int = opt(0, recipe=False, section="Run")
     device: str = device_field(runtime=True, section="Run")

@@ -1,4 +1,4 @@
-"""`featcache extract`'s options: one field each, carrying its flag (featcache.flags)."""
+"""`featcache extract`'s options: one field each, carrying its flag (featcache.config.flags)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from featcache.config.common import (
     stores_field,
     workers_field,
 )
-from featcache.flags import command_line, opt
+from featcache.config.flags import command_line, opt
 
 
 @dataclass
 class ExtractConfig:
-    """Everything `featcache extract` takes; each field declares its CLI flag and recipe key (featcache.flags)."""
+    """Everything `featcache extract` takes; each field declares its CLI flag and recipe key (config.flags)."""
 
     teacher: str = opt(help="Teacher name: resnet50, inceptionv3, nts-net, convnet, run, any torchvision classifier, "
                             "or timm:NAME (featcache[timm]).",

@@ -1,4 +1,4 @@
-"""`featcache train-teacher`'s options: one field each, carrying its flag (featcache.flags)."""
+"""`featcache train-teacher`'s options: one field each, carrying its flag (featcache.config.flags)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from featcache.config.common import (
     log_field,
     workers_field,
 )
-from featcache.flags import opt
+from featcache.config.flags import opt
 
 
 @dataclass

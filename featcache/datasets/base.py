@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from featcache.errors import DatasetError, check_seed
-from featcache.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
+from featcache.util.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
 from featcache.datasets.images import (  # noqa: F401 - re-exported: the decoding every format shares
     check_image_size,
     decode_image_bytes,

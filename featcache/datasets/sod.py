@@ -295,7 +295,7 @@ def _has_pet(root: Path | None) -> bool:
 
 
 def _shipped_table() -> Path:
-    from featcache.resources import data_path
+    from featcache.util.resources import data_path
 
     return data_path(TABLE_NAME)
 
@@ -335,7 +335,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if len(args) == 2:
-        from featcache.fileio import write_text_atomic
+        from featcache.util.fileio import write_text_atomic
 
         try:
             write_text_atomic(Path(args[1]), text, flag="output")

@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from featcache.datasets import ImageDataset
-from featcache.runtime import autocast
+from featcache.util.runtime import autocast
 from featcache.transforms import Geometry, Normalizer, TransformSpec
 
 

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from featcache import distributed
+from featcache.util import distributed
 from featcache.distill import resume
 from featcache.distill.loader import JoinedLoader
 from featcache.distill.placement import Budget, Placement, resident_cap
@@ -28,9 +28,9 @@ from featcache.config import DistillConfig, OptimOptions
 from featcache.distill.optim import make_optimizer, make_schedule
 from featcache.distill.setup import Setup, default_run_dir, resident_default, resident_need, sampling_of, validate
 from featcache.errors import ConfigError, RunLockedError
-from featcache.locks import LOCK_FILE, DirLock
-from featcache.rundir import LAST, run_dir_exists  # the run's files (LAST re-exported)
-from featcache.runtime import (
+from featcache.util.locks import LOCK_FILE, DirLock
+from featcache.runs.rundir import LAST, run_dir_exists  # the run's files (LAST re-exported)
+from featcache.util.runtime import (
     autocast,
     default_workers,
     use_cpu_threads,

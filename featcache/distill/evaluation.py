@@ -17,9 +17,9 @@ from featcache.datasets import ImageDataset, get_dataset
 from featcache.distill.loader import shutdown_workers
 from featcache.config import DistillConfig
 from featcache.errors import ConfigError
-from featcache import rundir
-from featcache.rundir import BEST, LAST
-from featcache.runtime import autocast, default_workers, resolve_device, resolve_precision
+from featcache.runs import rundir
+from featcache.runs.rundir import BEST, LAST
+from featcache.util.runtime import autocast, default_workers, resolve_device, resolve_precision
 from featcache.transforms import Geometry, Normalizer, TransformSpec
 
 
@@ -144,7 +144,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     the per-task tables of adaptive knowledge amalgamation)."""
     from featcache.datasets.base import ClassSubset
     from featcache.errors import check_at_least
-    from featcache.runtime import check_workers
+    from featcache.util.runtime import check_workers
 
     check_workers(workers)
     check_at_least("--batch-size", batch_size, 1)

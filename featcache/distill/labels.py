@@ -43,7 +43,7 @@ import numpy as np
 
 from featcache.datasets.base import first_of_each_class
 from featcache.errors import ConfigError
-from featcache.fileio import printable
+from featcache.util.fileio import printable
 
 _PER_CLASS = re.compile(r"^(\d+)/class$")
 

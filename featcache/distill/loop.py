@@ -8,7 +8,7 @@
         _checkpoint(run, epoch, ev)            # checkpoint-last.pt, and checkpoint-best.pt when it improved
 
 The pieces of a step (AMP, translators' optimizer, DDP, torch.compile) are featcache.distill.engine's; the files are
-featcache.rundir's (Checkpoint: the checkpoints' one schema).
+featcache.runs.rundir's (Checkpoint: the checkpoints' one schema).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import torch
 
 from featcache.cache.commands import command_or
 from featcache.transforms import Geometry
-from featcache import distributed, rundir
+from featcache.util import distributed
+from featcache.runs import rundir
 from featcache.distill import resume
 from featcache.distill.preflight import preflight_lines
 from featcache.distill.engine import DistillSummary, TrainingParts, training_parts
@@ -32,10 +33,10 @@ from featcache.distill.evaluation import eval_loader, evaluate
 from featcache.distill.loader import shutdown_workers
 from featcache.distill.setup import Setup
 from featcache.errors import FeatcacheError
-from featcache.loggers import RunLoggers, open_loggers
-from featcache.progress import Reporter
-from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY, Checkpoint
-from featcache.runtime import PeakRSS, device_name
+from featcache.runs.loggers import RunLoggers, open_loggers
+from featcache.util.progress import Reporter
+from featcache.runs.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY, Checkpoint
+from featcache.util.runtime import PeakRSS, device_name
 
 
 @dataclass
@@ -355,7 +356,7 @@ def check_finite(finite: torch.Tensor, epoch: int, step: int, caches: list) -> N
 
 
 def write_config(run_dir: Path, s: Setup, loader, placement=None) -> None:
-    """config.json: what the run is (featcache.rundir reads it back, checked)."""
+    """config.json: what the run is (featcache.runs.rundir reads it back, checked)."""
     info = {
         "config": s.config.to_dict(),
         "method": s.method.name,

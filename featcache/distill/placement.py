@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from featcache.errors import ConfigError
-from featcache.runtime import available_ram, parse_bytes
+from featcache.util.runtime import available_ram, parse_bytes
 
 # Teacher tables up to this size are loaded into RAM by --cache-mode auto (about a second from the page cache);
 # larger ones stream out of core unless --shuffle full or cached views ask for RAM. Streaming serves 200k+ rows/s,

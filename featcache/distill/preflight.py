@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from featcache.runtime import device_name
+from featcache.util.runtime import device_name
 
 if TYPE_CHECKING:
     from featcache.distill.engine import TrainingParts

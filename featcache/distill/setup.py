@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from featcache import distributed
+from featcache.util import distributed
 from featcache.cache.format import PART_DATA
 from featcache.cache.leases import Lease
 from featcache.cache.reader import CONTENT_CHECKS
@@ -26,13 +26,13 @@ from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
 from featcache.distill.placement import Budget, resident_fits
-from featcache.runtime import check_workers, parse_bytes
+from featcache.util.runtime import check_workers, parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.resolve import resolve_teachers
 from featcache.config import DistillConfig
 from featcache.errors import ConfigError, check_at_least, check_choice, check_seed
-from featcache.loggers import check_loggers
-from featcache.runtime import (
+from featcache.runs.loggers import check_loggers
+from featcache.util.runtime import (
     PRECISIONS,
     resolve_device,
     resolve_precision,

@@ -31,8 +31,8 @@ from featcache.distill.setup import (  # noqa: F401 - re-exported
     resident_default,
     setup,
 )
-from featcache.progress import Reporter
-from featcache.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # noqa: F401 - the run's files (re-exported)
+from featcache.util.progress import Reporter
+from featcache.runs.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # noqa: F401 - the run's files (re-exported)
 
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json. The caches

@@ -18,7 +18,7 @@ from dataclasses import asdict
 
 import torch
 
-from featcache import distributed
+from featcache.util import distributed
 from featcache.cache.format import Manifest, ShardInfo, atomic_write_text
 from featcache.config import ExtractConfig
 from featcache.cache.store import CacheStore
@@ -38,7 +38,7 @@ from featcache.extract.ranks import merge_rank_shards, rank_file
 from featcache.extract.sweep import Batches, DigestedSamples, block_module, run_sweep
 from featcache.extract.workdir import WorkDir, check_store
 from featcache.models.teachers import create_teacher
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 __all__ = ["Batches", "DigestedSamples", "ExtractConfig", "ExtractPlan", "ExtractResult", "block_module", "extract",
            "plan_extract"]

@@ -38,10 +38,10 @@ from featcache.errors import (
     CacheVersionError,
     StorageError,
 )
-from featcache.hashing import file_sha256
+from featcache.util.hashing import file_sha256
 from featcache.models.teachers import Teacher
-from featcache.progress import Reporter
-from featcache.runtime import default_workers, device_name
+from featcache.util.progress import Reporter
+from featcache.util.runtime import default_workers, device_name
 from featcache.views import view_part
 from featcache.extract.plan import ExtractPlan
 

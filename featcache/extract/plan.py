@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from featcache import distributed
+from featcache.util import distributed
 from featcache.cache.identity import cache_identity, teacher_identity
 from featcache.cache.format import (
     FEATURE_DTYPES,
@@ -30,7 +30,7 @@ from featcache.errors import (
     check_seed,
 )
 from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
-from featcache.runtime import PRECISIONS, check_workers, resolve_device, resolve_precision
+from featcache.util.runtime import PRECISIONS, check_workers, resolve_device, resolve_precision
 from featcache.transforms import RESIZE_MODES, NoiseSpec, TransformSpec, default_transform
 from featcache.views import MAX_VIEWS, VIEW_POLICIES, ViewSpec
 

@@ -18,10 +18,10 @@ from featcache.cache.format import PROJECTION_FILE, PROJECTION_METHOD, Manifest,
 from featcache.errors import ConfigError
 from featcache.extract.plan import ExtractPlan
 from featcache.extract.sweep import Batches, DigestedSamples
-from featcache.hashing import file_sha256
+from featcache.util.hashing import file_sha256
 from featcache.models.teachers import Teacher
-from featcache.progress import Reporter
-from featcache.runtime import autocast, default_workers
+from featcache.util.progress import Reporter
+from featcache.util.runtime import autocast, default_workers
 
 
 def ensure_projection(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: Reporter) -> None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from featcache.fileio import loads_json
+from featcache.util.fileio import loads_json
 from featcache.cache.format import (
     RANK_SHARDS_PREFIX,
     Manifest,
     ShardInfo,
 )
-from featcache import typecheck
+from featcache.config import typecheck
 from featcache.extract.manifest import shard_intact
 
 def rank_file(directory: Path, rank: int) -> Path:

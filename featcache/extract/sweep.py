@@ -31,10 +31,10 @@ from featcache.errors import (
     ConfigError,
     DatasetError,
 )
-from featcache.hashing import file_sha256
+from featcache.util.hashing import file_sha256
 from featcache.models.teachers import Teacher
-from featcache.progress import Reporter
-from featcache.runtime import autocast, default_workers, use_cpu_threads
+from featcache.util.progress import Reporter
+from featcache.util.runtime import autocast, default_workers, use_cpu_threads
 from featcache.transforms import Geometry, NoiseDataset, Normalizer
 from featcache.specs import BlockSpec
 from featcache.views import ViewDataset, view_part

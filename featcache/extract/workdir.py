@@ -23,9 +23,9 @@ from featcache.cache.install import INCOMING, discard, host, is_real_dir, make_d
 from featcache.cache.leases import check_unleased, replace_unleased
 from featcache.cache.usage import check_writable
 from featcache.errors import CacheError
-from featcache.fileio import unwritable
-from featcache.locks import HEARTBEAT, REMOTE_STALE
-from featcache.progress import Reporter
+from featcache.util.fileio import unwritable
+from featcache.util.locks import HEARTBEAT, REMOTE_STALE
+from featcache.util.progress import Reporter
 
 HEARTBEAT_FILE = ".heartbeat"
 _ACTIVE: set[str] = set()  # work directories open in this process (an earlier failed extract's is adoptable)

@@ -153,7 +153,7 @@ def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInf
         path = Path(weights or "").expanduser()
         info = _run_info(path)  # errors name the missing file
         classes = info.get("head_classes")
-        from featcache.rundir import BEST
+        from featcache.runs.rundir import BEST
 
         return WeightsInfo(source="file", ref=str(path.resolve()), sha256=file_sha256(path / BEST),
                            classes=tuple(classes) if classes else None)
@@ -292,7 +292,7 @@ class RunFeatureModel(FeatureModel):
 
 
 def _run_info(path: Path) -> dict[str, Any]:
-    from featcache import rundir
+    from featcache.runs import rundir
 
     if not ((path / rundir.CONFIG).is_file() and (path / rundir.BEST).is_file()):
         raise WeightsError(f"--weights {path}: not a finished featcache run ({rundir.CONFIG} and {rundir.BEST} needed)")
@@ -305,7 +305,7 @@ def _run_info(path: Path) -> dict[str, Any]:
     weights_are_run=True,
 )
 def _run_teacher(weights: WeightsInfo, num_classes: int | None, seed: int, entry: ModelEntry, **_: Any):
-    from featcache import rundir
+    from featcache.runs import rundir
 
     if weights.source != "file":
         raise WeightsError("--teacher run needs --weights RUN_DIR (a finished featcache distill run)")

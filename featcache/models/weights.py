@@ -13,9 +13,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from featcache import safeload
+from featcache.util import safeload
 from featcache.errors import WeightsError
-from featcache.hashing import file_sha256  # noqa: F401  (re-exported)
+from featcache.util.hashing import file_sha256  # noqa: F401  (re-exported)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "net_state_dict", "model")
 STRIP_PREFIXES = ("module.", "_orig_mod.")

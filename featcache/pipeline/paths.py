@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from featcache.errors import ConfigError
-from featcache.fileio import printable
-from featcache.flags import check_type
+from featcache.util.fileio import printable
+from featcache.config.flags import check_type
 
 
 def expand(value: str) -> str:
@@ -31,7 +31,7 @@ def inside_runs(value: str, label: str) -> None:
 def check_names(runs_dir: Path, runs_label: str, run_names: dict[str, str], where: str) -> None:
     """Every directory a recipe makes has a name file systems take (at most NAME_MAX bytes): one line now, not an
     OSError once the stages before it have trained. ``run_names``: each run directory's name -> what sets it."""
-    from featcache.rundir import NAME_MAX
+    from featcache.runs.rundir import NAME_MAX
 
     def size(name: str) -> int:
         return len(os.fsencode(name))

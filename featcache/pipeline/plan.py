@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig, TeacherConfig
-from featcache.rundir import CONFIG, LAST, SUMMARY
+from featcache.runs.rundir import CONFIG, LAST, SUMMARY
 from featcache.errors import ConfigError
-from featcache.fileio import printable
-from featcache.flags import runtime_fields
+from featcache.util.fileio import printable
+from featcache.config.flags import runtime_fields
 from featcache.pipeline.recipe import DistillJob, Pipeline, TeacherSpec, distill_jobs
 
 
@@ -148,7 +148,7 @@ def _teacher_differs(p: Pipeline, t: TeacherSpec, run_dir: Path) -> list[str]:
     from dataclasses import replace
 
     from featcache.models.classifier import resolve_init
-    from featcache.rundir import read_config
+    from featcache.runs.rundir import read_config
     from featcache.teach import default_lr, validate
 
     info = read_config(run_dir)
@@ -171,7 +171,7 @@ def _teacher_differs(p: Pipeline, t: TeacherSpec, run_dir: Path) -> list[str]:
 def job_differs(p: Pipeline, job: DistillJob, run_dir: Path, keys: dict[str, str] | None) -> list[str]:
     """What a distill run did that the recipe no longer asks; ``keys``: the teachers' cache keys as planned now
     (a teacher missing from it is trained anew first), or None not to compare the caches."""
-    from featcache.rundir import read_config
+    from featcache.runs.rundir import read_config
 
     info = read_config(run_dir)
     recorded, expected = info["config"], job_config(p, job)
@@ -213,9 +213,9 @@ def _ids_file_differs(p: Pipeline, before: str, now: str, record: Any) -> list[s
 
 def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[str]:
     """What one seed's finished amalgamation nets did that the recipe's [amalgamate] table no longer asks (each
-    net's config built as featcache.amalgamate builds it)."""
-    from featcache.amalgamate import AmalgamateConfig
-    from featcache.rundir import read_config
+    net's config built as featcache.distill.amalgamate builds it)."""
+    from featcache.distill.amalgamate import AmalgamateConfig
+    from featcache.runs.rundir import read_config
 
     a, root = p.amalgamate, p.amalgamate_dirs()[seed]
     nets = sorted(d for d in root.glob("*") if _has_results(d)) if root.is_dir() else []
@@ -323,7 +323,7 @@ def move_stale(p: Pipeline, stale: list[Stage]) -> list[tuple[Path, Path]]:
     import datetime as _dt
 
     from featcache.errors import RunLockedError
-    from featcache.locks import DirLock
+    from featcache.util.locks import DirLock
 
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     moved = []

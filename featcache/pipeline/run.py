@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
-from featcache.rundir import CONFIG, METRICS, SUMMARY
+from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
 from featcache.errors import ConfigError, RunLockedError
-from featcache.fileio import printable, write_text_atomic
+from featcache.util.fileio import printable, write_text_atomic
 from featcache.pipeline.plan import (
     extract_config,
     job_config,
@@ -20,7 +20,7 @@ from featcache.pipeline.plan import (
     teacher_config,
 )
 from featcache.pipeline.recipe import Pipeline, TeacherSpec, distill_jobs, recipe_terms
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 
 def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None,
@@ -76,7 +76,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             f"{', …' if len(busy) > 3 else ''}): run the recipe again once they end to include them in the report")
     report = write_report(p)
     if tables:
-        from featcache.amalgamate import summarize
+        from featcache.distill.amalgamate import summarize
 
         report["amalgamate"] = summarize(tables)
         report["amalgamate_markdown"] = _write_task_table(p, tables)
@@ -94,7 +94,7 @@ def _unless_busy(kind: str, name: str, busy: list[str], log):
 
 
 def _amalgamate(p: Pipeline, keys: dict[str, str], seed: int, cache_dir, device, workers, reporter, log):
-    from featcache.amalgamate import AmalgamateConfig, amalgamate
+    from featcache.distill.amalgamate import AmalgamateConfig, amalgamate
 
     a = p.amalgamate
     tasks = {k: p.resolve_classes(v) for k, v in a["tasks"].items()} if a.get("tasks") else p.parts()
@@ -125,7 +125,7 @@ def distill_runs(p: Pipeline) -> list[Path]:
 def _write_task_table(p: Pipeline, tables: dict) -> Path:
     """The amalgamation's per-task table as markdown next to the runs (amalgamate.md): over several seeds, mean ±
     std and then each seed's row."""
-    from featcache.amalgamate import summarize
+    from featcache.distill.amalgamate import summarize
 
     head = "| task | classes | source teacher(s) % | component % | target % |"
     rule = "| --- | ---: | ---: | ---: | ---: |"
@@ -159,7 +159,7 @@ def report_path(p: Pipeline, name: str, label: str) -> Path:
 
 
 def write_report(p: Pipeline) -> dict[str, Any]:
-    from featcache.report import build_rows, load_record, markdown_table, plot_curves
+    from featcache.runs.report import build_rows, load_record, markdown_table, plot_curves
 
     records = [load_record(d) for d in distill_runs(p)]
     out: dict[str, Any] = {"runs": [str(r.run_dir) for r in records], "rows": build_rows(records)}

@@ -27,7 +27,7 @@ from featcache.distill.loader.joined import (
 from featcache.distill.loader.order import SHUFFLES, EpochPlan, epoch_plan
 from featcache.distill.loader.staging import PinnedStaging, split_rows
 from featcache.distill.loader.tables import MODES, InMemoryTable, OutOfCoreTable
-from featcache.runtime import available_ram, default_ram_budget, parse_bytes
+from featcache.util.runtime import available_ram, default_ram_budget, parse_bytes
 
 __all__ = ["EAGER_RAM_BYTES", "MODES", "SHUFFLES", "Batch", "EpochPlan", "InMemoryTable", "JoinedLoader",
            "OutOfCoreTable", "PinnedStaging", "available_ram", "check_noise_rows", "check_views", "default_ram_budget",

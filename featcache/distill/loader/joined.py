@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from featcache import distributed
+from featcache.util import distributed
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
 from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
-from featcache.runtime import default_workers
+from featcache.util.runtime import default_workers
 from featcache.transforms import TransformSpec, noise_image
 from featcache.views import ViewSpec, apply_view, view_params, view_part
 from featcache.distill.labels import Sampling, epoch_batches

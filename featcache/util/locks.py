@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from featcache.errors import FeatcacheError, LockedError
-from featcache.fileio import read_regular, unwritable
+from featcache.util.fileio import read_regular, unwritable
 
 try:
     import fcntl

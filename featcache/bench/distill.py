@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from featcache.bench import load_1min, median, sync, utc_now, versions
+from featcache.bench.extract import load_1min, median, sync, utc_now, versions
 from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, extract
-from featcache.progress import Reporter
-from featcache.runtime import PeakRSS, autocast, device_name
+from featcache.util.progress import Reporter
+from featcache.util.runtime import PeakRSS, autocast, device_name
 
 if TYPE_CHECKING:
     from featcache.distill.trainer import DistillConfig
@@ -147,7 +147,7 @@ def _time_one(s, what: str, steps: int, warmup: int) -> dict[str, Any]:
 
     with PeakRSS() as rss:
         if what.startswith("bare"):
-            from featcache.runtime import use_cpu_threads
+            from featcache.util.runtime import use_cpu_threads
 
             use_cpu_threads(s.device, 0)
             got = _bare_steps(s, steps, warmup)
@@ -222,7 +222,7 @@ def _end_to_end(cfg: "DistillConfig", epochs: int, run_dir: Path, images_per_epo
     (the summary's, and each epoch's from metrics.jsonl) and its wall images/s (the whole call: set-up, decode,
     evaluation on the test split, checkpoints)."""
     from featcache.distill.trainer import distill
-    from featcache.rundir import read_metrics
+    from featcache.runs.rundir import read_metrics
 
     start = time.perf_counter()
     summary = distill(replace(cfg, epochs=epochs, run_dir=run_dir), reporter=_ProgressOnly(reporter))

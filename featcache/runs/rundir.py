@@ -9,7 +9,7 @@ A run (``featcache distill`` or ``featcache train-teacher``) writes into one dir
     summary.json           written once the run ends
     failed.json            written when an exception (not Ctrl-C) stopped the epochs; a later attempt supersedes it
     teacher.pt             train-teacher only: the weights `extract --weights` loads
-    .lock                  held by the process training in it (featcache.locks)
+    .lock                  held by the process training in it (featcache.util.locks)
 
 Readers here turn every damaged or foreign file into a one-line ConfigError naming the file and what to do.
 """
@@ -22,8 +22,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from featcache.fileio import loads_json, printable
-from featcache import safeload
+from featcache.util.fileio import loads_json, printable
+from featcache.util import safeload
 from featcache.errors import ConfigError
 
 CONFIG = "config.json"
@@ -77,7 +77,7 @@ _INFO_TYPES: dict[str, Any] = {"config": dict[str, Any], "transform": dict[str, 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's config.json, its fields checked by type (its ``config`` as strictly as the flags it records)."""
-    from featcache import typecheck
+    from featcache.config import typecheck
     from featcache.config import DistillConfig
 
     path = Path(run_dir) / CONFIG
@@ -162,7 +162,7 @@ def append_metrics(run_dir: Path, record: dict[str, Any]) -> None:
     import stat
 
     from featcache.errors import StorageError
-    from featcache.fileio import unwritable
+    from featcache.util.fileio import unwritable
 
     path = Path(run_dir) / METRICS
     try:
@@ -216,7 +216,7 @@ _FAILURE_TYPES: dict[str, Any] = {"error": str, "message": str, "started": str |
 def read_failure(run_dir: Path) -> dict[str, Any] | None:
     """failed.json, its fields checked (None when there is none); whether it is current is the caller's to judge
     (its ``started`` against config.json's)."""
-    from featcache import typecheck
+    from featcache.config import typecheck
 
     path = Path(run_dir) / FAILED
     if not path.is_file():
@@ -262,7 +262,7 @@ def atomic_save(obj: Any, path: Path) -> None:
 
     import torch
 
-    from featcache.fileio import write_atomic
+    from featcache.util.fileio import write_atomic
 
     buffer = io.BytesIO()
     torch.save(obj, buffer)

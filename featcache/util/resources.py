@@ -11,7 +11,7 @@ from featcache.errors import FeatcacheError
 def data_path(name: str) -> Path:
     """Path of a shipped data file (e.g. ``sod_classes.tsv``)."""
     candidates = [
-        Path(__file__).resolve().parent.parent / "data" / name,  # source checkout / editable install
+        Path(__file__).resolve().parents[2] / "data" / name,  # source checkout / editable install
         Path(sys.prefix) / "share" / "featcache" / name,  # regular install (pyproject data-files)
     ]
     for path in candidates:

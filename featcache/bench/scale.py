@@ -1,6 +1,6 @@
 """`featcache bench scale`: an ImageNet-sized cache on this box, each figure next to its limit in the same process.
 
-A synthetic cache of N rows × D dims × K views (featcache/bench_synth.py: the real format, writer, work directory and
+A synthetic cache of N rows × D dims × K views (featcache/bench/synth.py: the real format, writer, work directory and
 resume) is written into a store, then measured through the functions the commands call:
 
 * join: an epoch of shuffled batches through ``JoinedLoader.iter_rows`` with ``--cache-mode disk`` (the
@@ -28,11 +28,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from featcache.bench_synth import SynthSpec
+from featcache.bench.synth import SynthSpec
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA
 from featcache.cache.reader import FeatureCache, forget_verified_shards
 from featcache.errors import ConfigError
-from featcache.runtime import PeakRSS
+from featcache.util.runtime import PeakRSS
 
 READ_CHUNK = 8 << 20  # the sequential read's reused buffer (bench join's limit)
 HASH_CHUNK = 1 << 20  # read + sha256: a chunk hashed while still in the CPU's cache

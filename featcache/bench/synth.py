@@ -44,7 +44,7 @@ from featcache.cache.install import INCOMING
 from featcache.cache.store import CacheLock
 from featcache.cache.writer import PartWriter
 from featcache.errors import ConfigError, StorageError
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 from featcache.specs import Timing, TransformSpec, ViewSpec, WeightsInfo
 
 POOL = 4096  # distinct random rows per (seed, dim, classes, dtype)

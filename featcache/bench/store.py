@@ -23,11 +23,11 @@ from typing import Any, Callable
 
 from featcache.cache.archive import export_cache, import_archive
 from featcache.cache.format import MANIFEST, make_key
-from featcache.fileio import read_json
+from featcache.util.fileio import read_json
 from featcache.cache.hashpipe import BUDGET, CHUNK
 from featcache.cache.store import CacheStore
 from featcache.errors import ConfigError
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 DIM, CLASSES, SHARD_ROWS = 2048, 10, 4096  # a resnet50-like row: 2048 fp16 features, 10 fp32 logits
 
@@ -88,7 +88,7 @@ def git_commit() -> str | None:
 def synthetic_cache(root: Path, size_mib: int, seed: int = 0) -> tuple[str, list[Path]]:
     """A complete cache of about ``size_mib`` MiB in the store ``root`` whose key `cache import` accepts; (key, its
     files)."""
-    from featcache.bench_join import write_random_cache
+    from featcache.bench.join import write_random_cache
 
     rows = max(1, size_mib * 2**20 // (2 * DIM + 4 * CLASSES + 16))
     identity = {"bench": "store", "rows": rows, "dim": DIM, "classes": CLASSES, "seed": seed}
@@ -116,7 +116,7 @@ def _round(root: Path, key: str, files: list[Path]) -> dict[str, float]:
 
 def many_caches(root: Path, keys: int) -> None:
     """``keys`` tiny complete caches in the store ``root``: one written, then copied under consistent keys."""
-    from featcache.bench_join import write_random_cache
+    from featcache.bench.join import write_random_cache
 
     first = {"bench": "ls", "n": 0}
     template = root / make_key(first, "random", "bench", "train")

@@ -56,7 +56,7 @@ def demo_recipe(runs_dir: Path, *, scale: float = 1.0, seeds: tuple[int, ...] = 
 
 def seed_gains(p: Pipeline) -> list[tuple[int, float, float]]:
     """(seed, best test accuracy alone, best with the teacher) for every seed whose two runs have finished."""
-    from featcache.report import load_record
+    from featcache.runs.report import load_record
 
     records = [load_record(d) for d in distill_runs(p)]
     best = {(r.method, r.seed): r.best_acc for r in records if r.finished}

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 
 from featcache.config.distill import as_recorded
 from featcache.errors import ConfigError
-from featcache.fileio import printable
-from featcache.flags import runtime_fields
-from featcache import rundir
-from featcache.rundir import CONFIG, METRICS, SUMMARY
+from featcache.util.fileio import printable
+from featcache.config.flags import runtime_fields
+from featcache.runs import rundir
+from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
 
 
 @dataclass
@@ -368,7 +368,7 @@ def _save(fig, path: Path, flag: str) -> None:
     renamed; a FIFO, device or link at ``path`` refused); the format is the file's suffix (png by default)."""
     import io
 
-    from featcache.fileio import write_atomic
+    from featcache.util.fileio import write_atomic
 
     buffer = io.BytesIO()
     try:

@@ -20,7 +20,7 @@ from featcache.config import AmalgamateConfig  # noqa: F401 - re-exported: its o
 from featcache.distill.trainer import LAST, SUMMARY, DistillConfig, distill, evaluate_run
 from featcache.errors import ConfigError, check_seed
 from featcache.extract import ExtractConfig, extract
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 
 
 def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:
@@ -67,7 +67,7 @@ class TaskSummary:
     seeds: dict[int, TaskAccuracy]
 
     def cells(self) -> list[str]:
-        from featcache.report import percent
+        from featcache.runs.report import percent
 
         rows = list(self.seeds.values())
         sources = ", ".join(percent([r.sources[k] for r in rows if k in r.sources]) for k in rows[0].sources) or "—"
@@ -154,6 +154,6 @@ def _teacher_run(cache) -> Path | None:
     if not ref:
         return None
     run = Path(ref).parent
-    from featcache.rundir import BEST, CONFIG
+    from featcache.runs.rundir import BEST, CONFIG
 
     return run if (run / CONFIG).is_file() and (run / BEST).is_file() else None

@@ -28,7 +28,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, List, Optional
 
-from featcache import typecheck
+from featcache.config import typecheck
 from featcache.errors import ConfigError
 
 FORMS = ("value", "repeat", "comma", "keyvalue")
@@ -281,7 +281,7 @@ def describe_type(tp: Any, form: str = "value") -> str:
 
 
 def check_type(tp: Any, value: Any, where: str, form: str = "value") -> Any:
-    """``value`` as type hint ``tp`` declares it (featcache.typecheck: an int is a float, a bool never a number, a
+    """``value`` as type hint ``tp`` declares it (config.typecheck: an int is a float, a bool never a number, a
     string never a list; a comma-form list may be written ``a,b`` as on the CLI); else a one-line ConfigError
     naming ``where``. Paths are left as written: the caller resolves them (a recipe against its own folder)."""
     if form == "comma" and isinstance(value, str):

@@ -28,8 +28,8 @@ from featcache.transforms import Geometry
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models.teachers import create_teacher
 from featcache.errors import ConfigError
-from featcache.progress import Reporter
-from featcache.runtime import autocast, device_name
+from featcache.util.progress import Reporter
+from featcache.util.runtime import autocast, device_name
 
 
 # -- shared by the benches -------------------------------------------------------------------------------------------
@@ -69,7 +69,7 @@ def forward_rate(
 ) -> dict[str, Any]:
     """Images/s of the teacher alone on a pre-made, normalised, device-resident batch, with the thread count the
     extract uses; at least ``iters`` batches and ``min_seconds`` of timing, so the limit is not a few-ms blip."""
-    from featcache.runtime import default_workers, use_cpu_threads
+    from featcache.util.runtime import default_workers, use_cpu_threads
 
     plan = plan_extract(config)
     device = plan.device
@@ -110,7 +110,7 @@ def decode_rate(config: ExtractConfig, *, max_images: int | None = None) -> dict
     from torch.utils.data import DataLoader
 
     from featcache.extract import Batches, DigestedSamples
-    from featcache.runtime import default_workers
+    from featcache.util.runtime import default_workers
 
     plan = plan_extract(config)
     n = len(plan.dataset) if max_images is None else min(len(plan.dataset), max_images)

@@ -1,4 +1,4 @@
-"""What dequantisation costs in the join: `python -m featcache.bench_codec` (docs/benchmarks.md, "Compressed rows").
+"""What dequantisation costs in the join: `python -m featcache.bench.codec` (docs/benchmarks.md, "Compressed rows").
 
 The same random rows are written twice by the real writer (`bench_join.write_random_cache`): as float16 features and
 as `extract --dtype int8` stores them. Each setting serves the same shuffled batches through the distill loader's
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from featcache.bench_join import write_random_cache
+from featcache.bench.join import write_random_cache
 from featcache.cache.format import FEATURE_SCALE, FEATURES, LOGITS
 from featcache.cache.reader import FeatureCache
 from featcache.distill.loader import InMemoryTable, OutOfCoreTable, PinnedStaging, epoch_plan, split_rows

@@ -23,9 +23,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from featcache import rundir
+from featcache.runs import rundir
 from featcache.errors import ConfigError, FeatcacheError, StorageError
-from featcache.fileio import printable
+from featcache.util.fileio import printable
 
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard/: the event files of --log tensorboard
 _METHODS = ("start", "log_epoch", "finish")
@@ -87,7 +87,7 @@ def logger_class(name: str) -> type:
     missing = [m for m in _METHODS if not callable(getattr(cls, m, None))]
     if not isinstance(cls, type) or missing:
         raise ConfigError(f"--log {name}: not a logger class (it needs {', '.join(missing or _METHODS)}; subclass "
-                          "featcache.loggers.Logger)", flag="--log")
+                          "featcache.runs.loggers.Logger)", flag="--log")
     return cls
 
 
@@ -186,7 +186,7 @@ def open_loggers(s: Any, run_dir: Path) -> RunLoggers:
 
 @register_logger("jsonl")
 class JsonlLogger(Logger):
-    """metrics.jsonl, one JSON line per epoch (featcache.rundir; the loop empties it on a fresh start and cuts it back
+    """metrics.jsonl, one JSON line per epoch (runs.rundir; the loop empties it on a fresh start and cuts it back
     to the checkpoint on --resume)."""
 
     run_dir: Path

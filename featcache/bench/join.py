@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from featcache.bench import load_1min, utc_now, versions
+from featcache.bench.extract import load_1min, utc_now, versions
 from featcache.errors import ConfigError
-from featcache.progress import Reporter
+from featcache.util.progress import Reporter
 from featcache.specs import TransformSpec, WeightsInfo
 
 

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from featcache.bench_scale import drop_pages, load, sequential_read
-from featcache.bench_store import copy_files, git_commit
-from featcache.bench_synth import SynthSpec, write_synthetic_cache
+from featcache.bench.scale import drop_pages, load, sequential_read
+from featcache.bench.store import copy_files, git_commit
+from featcache.bench.synth import SynthSpec, write_synthetic_cache
 from featcache.cache.format import MANIFEST
 from featcache.cache.install import INCOMING
 from featcache.cache.store import CacheStore
-from featcache.fileio import read_json
+from featcache.util.fileio import read_json
 
 
 def _seconds(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -195,11 +195,11 @@ def bench_scale(store: Path, spec: SynthSpec, *, steps: tuple[str, ...] = STEPS,
     """Every step of ``steps`` on the synthetic cache ``spec`` in ``store`` (written first when missing)."""
     import datetime as _dt
 
-    from featcache.bench_scale import auto_decision, bench_join_scale, bench_ram_join, bench_ram_load, shard_files
+    from featcache.bench.scale import auto_decision, bench_join_scale, bench_ram_join, bench_ram_load, shard_files
     from featcache.cache.format import PART_DATA
     from featcache.cache.reader import FeatureCache
     from featcache.distill.loader import default_ram_budget
-    from featcache.progress import Reporter
+    from featcache.util.progress import Reporter
 
     reporter = reporter or Reporter()
     store = Path(store)

@@ -9,10 +9,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from featcache.bench import load_1min, utc_now, versions
+from featcache.bench.extract import load_1min, utc_now, versions
 from featcache.extract import ExtractConfig, extract, plan_extract
-from featcache.progress import Reporter
-from featcache.runtime import device_name
+from featcache.util.progress import Reporter
+from featcache.util.runtime import device_name
 
 
 def _median_seconds(fn, repeats: int) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """`featcache runs ls`: the run directories under a folder, one line each — what they train and how far they got.
 
-A run directory (featcache.rundir) says what it is in config.json and how far it got in metrics.jsonl, summary.json,
+A run directory (runs.rundir) says what it is in config.json and how far it got in metrics.jsonl, summary.json,
 checkpoint-last.pt, failed.json and its lock. Its status, decided in this order:
 
-    running      a live process holds the directory's lock (probed without taking it: featcache.locks.holder)
+    running      a live process holds the directory's lock (probed without taking it: featcache.util.locks.holder)
     finished     summary.json is there and metrics.jsonl holds every epoch it counts
     failed       failed.json records an exception that stopped this attempt's epochs (the training loop writes it;
                  its ``started`` is config.json's: a later attempt supersedes it)
@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from featcache import locks, rundir, typecheck
+from featcache.util import locks
+from featcache.runs import rundir
+from featcache.config import typecheck
 from featcache.errors import ConfigError, FeatcacheError
-from featcache.rundir import CONFIG, LAST, SUMMARY
+from featcache.runs.rundir import CONFIG, LAST, SUMMARY
 
 STATUSES = ("running", "finished", "interrupted", "failed", "empty")
 

@@ -1,0 +1,1 @@
+"""Run directories: their files (rundir), listing (`runs ls`), reports, and loggers."""
