@@ -1,7 +1,6 @@
 """The options of the `featcache bench` commands (extract, distill, join, trust, store, scale): fields carrying their
 flags, like every command's (the shared ones — dataset, data root, -o, device, workers — are common.py's
-declarations). A bench is never a recipe stage, so no field is a recipe's. The bench options keep their own help
-texts: the shared options of a bench show none, as they always have."""
+declarations, with their help texts). A bench is never a recipe stage, so no field is a recipe's."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ bench_opt = functools.partial(opt, recipe=False)
 JSON_HELP = "Also write the results as JSON."
 
 
-def _json_out(help: str = ""):
+def _json_out(help: str = JSON_HELP):
     return bench_opt(None, help)
 
 
@@ -28,16 +27,16 @@ class BenchExtractConfig:
 
     teachers: list[str] = bench_opt(factory=list, help="Repeat for several (default resnet50); one row each.",
                                     name="--teacher", short="-t", form="repeat")
-    dataset: str = dataset_field(help="", recipe=False)
-    data_root: Path | None = data_root_field(help="", recipe=False)
-    split: str = bench_opt("train")
-    dataset_options: dict[str, Any] = dataset_options_field(help="", recipe=False)
+    dataset: str = dataset_field(recipe=False)
+    data_root: Path | None = data_root_field(recipe=False)
+    split: str = bench_opt("train", "train or test.")
+    dataset_options: dict[str, Any] = dataset_options_field(recipe=False)
     weights: str = bench_opt("random", "Weights do not change the speed; random needs no files.", short="-w")
-    image_size: int | None = bench_opt(None)
-    batch_size: int = bench_opt(256, short="-b")
-    workers: int | None = workers_field(help="", recipe=False)
-    device: str = device_field(help="", recipe=False)
-    precision: str = bench_opt("auto")
+    image_size: int | None = bench_opt(None, "Input side in pixels (default: the teacher's or student's).")
+    batch_size: int = bench_opt(256, "Images per forward pass.", short="-b")
+    workers: int | None = workers_field(recipe=False)
+    device: str = device_field(recipe=False)
+    precision: str = bench_opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
     iters: int = bench_opt(20, "Timed forward iterations for the limit (at least 3 s of them).")
     rounds: int = bench_opt(3, "Interleaved rounds of forward + extract; medians are shown.")
     min_seconds: float = bench_opt(3.0, "Time the bare forward for at least this long.")
@@ -49,20 +48,20 @@ class BenchDistillConfig:
     """`featcache bench distill`: student training images/s and peak memory, alone and with cached or online
     teachers, each next to a bare PyTorch loop."""
 
-    student: str = bench_opt("mobilenetv3", short="-s")
+    student: str = bench_opt("mobilenetv3", "The student trained (a registry name).", short="-s")
     teachers: list[str] = bench_opt(
         factory=list, help="Repeat for several (default resnet50; none: the student alone); extracted into a scratch "
                            "store first (not timed).", name="--teacher", short="-t", form="repeat")
     method: str = bench_opt("ts", "The method with one teacher (several: multi).", short="-m")
-    dataset: str = dataset_field(help="", recipe=False)
-    data_root: Path | None = data_root_field(help="", recipe=False)
-    dataset_options: dict[str, Any] = dataset_options_field(help="", recipe=False)
+    dataset: str = dataset_field(recipe=False)
+    data_root: Path | None = data_root_field(recipe=False)
+    dataset_options: dict[str, Any] = dataset_options_field(recipe=False)
     weights: str = bench_opt("random", "Teacher weights; they do not change the speed.", short="-w")
-    image_size: int | None = bench_opt(None)
-    batch_size: int = bench_opt(128, short="-b")
-    workers: int | None = workers_field(help="", recipe=False)
-    device: str = device_field(help="", recipe=False)
-    precision: str = bench_opt("auto")
+    image_size: int | None = bench_opt(None, "Input side in pixels (default: the teacher's or student's).")
+    batch_size: int = bench_opt(128, "Images (or rows) per batch.", short="-b")
+    workers: int | None = workers_field(recipe=False)
+    device: str = device_field(recipe=False)
+    precision: str = bench_opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")
     steps: int = bench_opt(50, "Timed training steps per setting and round.")
     warmup: int = bench_opt(10, "Untimed steps before timing.")
     rounds: int = bench_opt(3, "Interleaved rounds (every setting once per round); medians are shown.")
@@ -79,8 +78,8 @@ class BenchJoinConfig:
 
     rows: int = bench_opt(100_000, "Rows in the scratch cache.")
     dim: int = bench_opt(2048, "Feature width (fp16).")
-    classes: int = bench_opt(10)
-    batch_size: int = bench_opt(128, short="-b")
+    classes: int = bench_opt(10, "Logits per row (float32).")
+    batch_size: int = bench_opt(128, "Images (or rows) per batch.", short="-b")
     pt_files: int = bench_opt(5000, "Per-sample .pt files written for that anchor.")
     limit: float = bench_opt(20.0, "Seconds at most per method.")
     scratch: Path | None = bench_opt(None, "Where to write the scratch files (default: the temp dir).")
@@ -92,15 +91,15 @@ class BenchJoinConfig:
 class BenchTrustConfig:
     """`featcache bench trust`: the cost of the trust checks as a fraction of the extract's time."""
 
-    teacher: str = bench_opt("resnet18", short="-t")
-    dataset: str = dataset_field(help="", recipe=False)
-    data_root: Path | None = data_root_field(help="", recipe=False)
-    split: str = bench_opt("train")
-    dataset_options: dict[str, Any] = dataset_options_field(help="", recipe=False)
-    image_size: int | None = bench_opt(None)
-    batch_size: int = bench_opt(128, short="-b")
-    workers: int | None = workers_field(help="", recipe=False)
-    device: str = device_field(help="", recipe=False)
+    teacher: str = bench_opt("resnet18", "The teacher whose extract is timed.", short="-t")
+    dataset: str = dataset_field(recipe=False)
+    data_root: Path | None = data_root_field(recipe=False)
+    split: str = bench_opt("train", "train or test.")
+    dataset_options: dict[str, Any] = dataset_options_field(recipe=False)
+    image_size: int | None = bench_opt(None, "Input side in pixels (default: the teacher's or student's).")
+    batch_size: int = bench_opt(128, "Images (or rows) per batch.", short="-b")
+    workers: int | None = workers_field(recipe=False)
+    device: str = device_field(recipe=False)
     repeats: int = bench_opt(3, "Timings per check (the median is shown).")
     json_out: Path | None = _json_out()
 
@@ -127,7 +126,7 @@ class BenchScaleConfig:
     classes: int = bench_opt(10, "Logits per row (float32).")
     views: int = bench_opt(1, "K: the data part plus K-1 cached views.")
     dtype: str = bench_opt("float16", "Features: float16, float32 or int8 (per-row scales).")
-    seed: int = bench_opt(0)
+    seed: int = bench_opt(0, "Seed of the synthetic rows.")
     only: list[str] = bench_opt(
         factory=list, help="Repeat to run only these steps: write, join, ram, verify, commands, reuse, store.",
         form="repeat")

@@ -29,7 +29,7 @@ class EvalConfig:
     data_root: Path | None = data_root_field("Override the dataset location recorded in the run.", recipe=False)
     device: str = device_field(runtime=True, recipe=False)
     # 256: evaluation holds no gradients, so it takes twice a training batch in the same memory
-    batch_size: int = opt(256, short="-b", recipe=False)
+    batch_size: int = opt(256, "Images per evaluation batch.", short="-b", recipe=False)
     workers: int | None = workers_field(recipe=False)
     classes: list[Path] = opt(factory=list, help="Also report accuracy per class part (a file of class names; "
                                                  "repeatable).", form="repeat", recipe=False)
@@ -44,7 +44,7 @@ class SplitClassesConfig:
     data_root: Path | None = data_root_field(recipe=False)
     dataset_options: dict[str, Any] = dataset_options_field(recipe=False)
     parts: int = opt(2, "How many disjoint class parts.", recipe=False)
-    seed: int = opt(0, recipe=False)
+    seed: int = opt(0, "Seed of the permutation that deals the classes into parts.", recipe=False)
     out: Path = opt(Path("."), "Where part1.txt … partN.txt go.", recipe=False)
 
 
@@ -68,12 +68,13 @@ class AmalgamateConfig:
     epochs: int = opt(30, "Target-net epochs.", recipe=False)
     component_epochs: int | None = opt(None, "Component-net epochs (default --epochs).", recipe=False)
     seed: int = opt(0, "Seed of every net (components and target); a recipe lists [amalgamate] seeds.", recipe=False)
-    batch_size: int = opt(128, short="-b", recipe=False)
-    lr: float = opt(1e-3, recipe=False)
+    batch_size: int = opt(128, "Images per step.", short="-b", recipe=False)
+    lr: float = opt(1e-3, "Learning rate of every net.", recipe=False)
     options: dict[str, Any] = opt(factory=dict, cli=False, recipe=False)
     cache_dir: Path | None = cache_dir_field(recipe=False)
     stores: list[Path] = stores_field(recipe=False)
-    run_dir: Path = opt(Path("runs/amalgamate"), runtime=True, recipe=False)
+    run_dir: Path = opt(Path("runs/amalgamate"), "Where the component runs and the target run go.", runtime=True,
+                        recipe=False)
     device: str = device_field(runtime=True, recipe=False)
     workers: int | None = workers_field(recipe=False)
     # source cache key -> its train-teacher run (for the table)
@@ -121,7 +122,7 @@ class ReportConfig:
                            positional=True, form="repeat", recipe=False)
     markdown: Path | None = opt(None, "Also write the table as markdown to this file.", recipe=False)
     plot: Path | None = opt(None, "Write a PNG of test accuracy per epoch (needs matplotlib).", recipe=False)
-    title: str | None = opt(None, recipe=False)
+    title: str | None = opt(None, "Title of the table and the plot (default: the number of runs).", recipe=False)
     per_seed: bool = opt(False, "One row per run instead of mean ± std over seeds.", recipe=False)
 
 

@@ -100,9 +100,12 @@ class TeacherOptions:
 class LossOptions:
     """The weights every method's terms share (featcache.distill.methods)."""
 
-    lambda_xent: float = opt(1.0, section="Loss")
-    lambda_mse: float = opt(1.0, section="Loss")
-    lambda_kd: float = opt(1.0, section="Loss")
+    lambda_xent: float = opt(1.0, "Weight of the cross-entropy terms with the labels (λ_xent; docs/methods.md).",
+                             section="Loss")
+    lambda_mse: float = opt(1.0, "Weight of the feature-regression (MSE) terms: ts, fitnets, ts-translator, multi "
+                                 "(λ_mse).", section="Loss")
+    lambda_kd: float = opt(1.0, "kd: weight of the T²-scaled KL term to the teacher's softened logits (λ_kd).",
+                           section="Loss")
 
 
 @dataclass
@@ -144,12 +147,12 @@ class AKAOptions:
 class OptimOptions:
     """How the student is trained (featcache.distill.engine: the optimizers and the schedule)."""
 
-    epochs: int = opt(30, section="Optimisation")
-    batch_size: int = opt(128, short="-b", section="Optimisation")
-    lr: float = opt(1e-3, section="Optimisation")
+    epochs: int = opt(30, "Epochs of student training.", section="Optimisation")
+    batch_size: int = opt(128, "Images per step (per GPU under torchrun).", short="-b", section="Optimisation")
+    lr: float = opt(1e-3, "Learning rate of the student.", section="Optimisation")
     optimizer: str = opt("adam", "adam, adamw or sgd.", section="Optimisation")
-    momentum: float = opt(0.9, section="Optimisation")
-    weight_decay: float = opt(0.0, section="Optimisation")
+    momentum: float = opt(0.9, "sgd: momentum.", section="Optimisation")
+    weight_decay: float = opt(0.0, "Weight decay of the optimizer.", section="Optimisation")
     schedule: str = opt("cosine", "cosine, step or none.", section="Optimisation")
     step_size: int = opt(50, "step schedule: epochs between decays.", section="Optimisation")
     gamma: float = opt(0.1, "step schedule: decay factor.", section="Optimisation")
@@ -177,9 +180,10 @@ class LoaderOptions:
 class RunOptions:
     """Where and how the run happens (featcache.distill.engine, featcache.util.runtime, featcache.cache.store)."""
 
-    seed: int = opt(0, recipe=False, section="Run")
+    seed: int = opt(0, "Seed of the student's initialisation, the epoch order and augmentation.", recipe=False,
+                    section="Run")
     device: str = device_field(runtime=True, section="Run")
-    precision: str = opt("auto", section="Run")
+    precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.", section="Run")
     compile: str = opt("none", "torch.compile the training step: none, default, reduce-overhead (CUDA graphs), "
                                "max-autotune.", runtime=True, section="Run")
     cache_dir: Path | None = cache_dir_field(recipe=False, section="Run")

@@ -37,7 +37,7 @@ class ExtractConfig:
     image_size: int | None = opt(None, "Input side in pixels (default: the teacher's, e.g. 224, 299, 448).")
     resize: int | None = opt(None, "Resize target before the centre crop (default: image size / crop fraction).")
     resize_mode: str | None = opt(None, "shorter (keep aspect) or square.")
-    batch_size: int = opt(128, short="-b")
+    batch_size: int = opt(128, "Images per teacher forward pass.", short="-b")
     workers: int | None = workers_field(recipe=False)
     device: str = device_field(recipe=False)
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")

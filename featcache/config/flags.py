@@ -123,6 +123,7 @@ def _cli_annotation(f: dataclasses.Field, tp: Any) -> Any:
 def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.Parameter]:
     """The typer options of ``cls``'s CLI fields, in field order (a field without a default is required)."""
     import typer
+    from rich.markup import escape
 
     hints = typing.get_type_hints(cls)
     params = []
@@ -130,6 +131,8 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.
         if f.name in exclude:
             continue
         flag = flag_of(f)
+        # --help renders rich markup: "[timm]" in a help text would be taken for a style and vanish.
+        help_text = escape(flag.help) if flag.help else None
         annotation = _cli_annotation(f, hints[f.name])
         if flag.cli_default is not UNSET:
             default = flag.cli_default
@@ -139,7 +142,7 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.
             default = default_of(f)
         if flag.positional:
             required = default is MISSING or flag.form == "repeat"  # RUN... takes at least one
-            param = typer.Argument(... if required else default, help=flag.help or None)
+            param = typer.Argument(... if required else default, help=help_text)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=param,
                                             annotation=annotation))
             continue
@@ -148,7 +151,7 @@ def cli_parameters(cls: type, *, exclude: tuple[str, ...] = ()) -> list[inspect.
             decl = [f"{decl[0]}/{flag.off or '--no-' + decl[0][2:]}"]
         if flag.short:
             decl.append(flag.short)
-        option = typer.Option(... if default is MISSING else default, *decl, help=flag.help or None,
+        option = typer.Option(... if default is MISSING else default, *decl, help=help_text,
                               rich_help_panel=flag.section)
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation))
     return params
