@@ -29,7 +29,8 @@ from featcache.datasets.base import (
     check_trainable,
     read_class_list,
 )
-from featcache.distill.methods.base import Method, MethodParams, xent
+from featcache.distill.methods.base import Method, MethodParams
+from featcache.losses import xent
 from featcache.distill.trainer import (
     BEST,
     DistillConfig,

@@ -1,12 +1,9 @@
-"""What every distillation method provides, and the shared loss pieces.
+"""What every distillation method provides.
 
 A method owns its extra trainable modules (translators, regressors), which get their own optimizer (multi-teacher
 paper §3.4), and computes the loss of one batch from the student and the teachers' *cached* rows. It never sees a
-teacher network.
-
-MSE terms are the per-element mean of Eq. 6 of the TS-Learning paper, 1/(m·d) ΣΣ (f − g)², for every method. Eq. 2 of
-the multi-teacher paper writes the squared norm per sample (no 1/d); the two differ by the constant d, which λ_mse
-absorbs.
+teacher network. The loss terms themselves are the functions of ``featcache.losses`` (one implementation for the CLI
+and for a user's own loop).
 """
 
 from __future__ import annotations
@@ -16,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from featcache.config import AKAOptions, FitNetsOptions, KDOptions, LossOptions, TranslatorOptions
@@ -123,16 +119,3 @@ class Method(nn.Module):
         """Returns (total loss, named components (detached), student logits)."""
         raise NotImplementedError
 
-
-def xent(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy averaged over the batch's labelled samples (Eq. 1 of the multi-teacher paper, Eq. 4 of
-    TS-Learning). Label -1 marks a sample whose label the run may not read (``--labels``): it adds nothing, and a
-    batch without a labelled sample gives 0 (not the NaN of an empty mean)."""
-    labelled = (y >= 0).sum()
-    total = F.cross_entropy(logits.float(), y, ignore_index=-1, reduction="sum")
-    return total / labelled.clamp(min=1)
-
-
-def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """1/(m·d) ΣΣ (a − b)²: Eq. 6 of the TS-Learning paper, in float32 (cached rows arrive as float16)."""
-    return F.mse_loss(a.float(), b.float())

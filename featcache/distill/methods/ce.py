@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from featcache.distill.methods.base import Method, xent
+from featcache.distill.methods.base import Method
+from featcache.losses import xent
 
 
 class CrossEntropy(Method):

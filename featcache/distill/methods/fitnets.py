@@ -5,7 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from featcache.config import FitNetsOptions
-from featcache.distill.methods.base import Method, mse, xent
+from featcache.distill.methods.base import Method
+from featcache.losses import mse, xent
 
 
 class FitNets(Method):

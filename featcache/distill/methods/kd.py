@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
+from featcache import losses
 from featcache.config import KDOptions
-from featcache.distill.methods.base import Method, xent
+from featcache.distill.methods.base import Method
 
 
 class KnowledgeDistillation(Method):
@@ -24,10 +22,8 @@ class KnowledgeDistillation(Method):
     needs_teacher_classes = True
 
     def loss(self, student, x, y, rows, epoch):
-        T = self.params.kd.temperature
         logits = student(x)
-        target = torch.stack([F.softmax(t.float() / T, dim=1) for t in rows.logits]).mean(0)
-        kd = F.kl_div(F.log_softmax(logits.float() / T, dim=1), target, reduction="batchmean") * (T * T)
-        ce = xent(logits, y)
+        kd = losses.kd(logits, rows.logits, self.params.kd.temperature)
+        ce = losses.xent(logits, y)
         loss = self.params.loss.lambda_xent * ce + self.params.loss.lambda_kd * kd
         return loss, {"xent": ce.detach(), "kd": kd.detach()}, logits

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from featcache.config import TranslatorOptions
-from featcache.distill.methods.base import Method, mse, xent
+from featcache.distill.methods.base import Method
+from featcache.losses import mse, xent
 from featcache.models.translators import make_translator
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from featcache.distill.methods.base import Method, mse, xent
+from featcache.distill.methods.base import Method
+from featcache.losses import feature_regression, xent
 from featcache.errors import ConfigError
 
 
@@ -31,7 +32,7 @@ class TSLearning(Method):
     def loss(self, student, x, y, rows, epoch):
         g = student.forward_features(x)
         logits = student.forward_head(g)
-        l_mse = mse(g, rows.features[0])
+        l_mse = feature_regression(g, rows.features[0])
         l_xent = xent(logits, y)
         loss = self.params.loss.lambda_mse * l_mse + self.params.loss.lambda_xent * l_xent
         return loss, {"mse": l_mse.detach(), "xent": l_xent.detach()}, logits
