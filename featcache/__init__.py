@@ -1,20 +1,43 @@
 """featcache: run a teacher once, cache its features, distil many students from the cache.
 
-Data flows one way: dataset -> teacher -> shards -> joined loader -> student -> metrics.
-The library is usable without the CLI; see README.md for the tour.
+Data flows one way: dataset -> teacher -> shards -> joined loader -> student -> metrics. The public API is the names
+in ``__all__`` (``import featcache as fc``) and ``featcache.losses``; every other module is internal
+(docs/python-api.md, docs/api.md). Importing featcache loads neither torch nor any submodule until a name is used,
+and changes no environment variable.
 """
 
-import os as _os
-import sys as _sys
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-# torch's OpenMP threads (libgomp) spin 300,000 times between parallel regions before they sleep. On a CPU shared
-# with other busy processes (a laptop, a 2-core box running two experiments) a spinning thread holds the core its
-# peer needs, and a student's steps ran up to 13x slower (docs/benchmarks.md, "Distill end to end"). 10,000 spins
-# kept an idle box's speed there and ran 1.6-5x faster than the default on a busy one; the spin count changes no
-# result (the same threads split the same work). libgomp reads it once, when torch loads it, so it is set before
-# torch is imported; an explicit GOMP_SPINCOUNT or OMP_WAIT_POLICY wins (PASSIVE, or GOMP_SPINCOUNT=1000, did better
-# still on a busy box).
-if "torch" not in _sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & _os.environ.keys():
-    _os.environ["GOMP_SPINCOUNT"] = "10000"
+# name -> the module that defines it, imported on first use (PEP 562): `import featcache` stays torch-free and fast.
+_LAZY = {
+    **dict.fromkeys(["Cache", "CachedRows", "RowIndexError", "RowJoin", "Rows", "TeacherRow", "extract_from",
+                     "list_methods", "list_students", "list_teachers", "open_cache", "register_method",
+                     "register_student"], "featcache.api"),
+    **dict.fromkeys(["ExtractConfig", "DistillConfig"], "featcache.config"),
+    "Method": "featcache.distill.methods",
+    "FeatcacheError": "featcache.errors",
+}
+# The two stages are packages that are also callable (``fc.extract(...)``, ``fc.distill(...)``): importing any of their
+# modules binds the package to that attribute, so the package itself is what the name must be.
+_SUBMODULES = {"distill", "extract", "losses"}
+
+__all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # once: later lookups skip this function
+        return value
+    raise AttributeError(f"module 'featcache' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

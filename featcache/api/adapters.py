@@ -1,18 +1,11 @@
-"""Bring your own teacher, dataset and training loop: featcache's two stages as a library (docs/python-api.md).
-
-    >>> from featcache import api
-    >>> result = api.extract_from(my_model, my_dataset, name="my-vit", dataset_name="pets", image_size=224)
-    >>> rows = api.CachedRows(my_dataset, [result.key], dataset_name="pets")     # (image, label, rows) per sample
-    >>> join = api.RowJoin([result.key], my_dataset, dataset_name="pets")        # or: rows for a batch of indices
+"""A user's teacher module and map-style Dataset as featcache's (``extract_from``, ``wrap_teacher``,
+``wrap_dataset``).
 
 * :func:`extract_from` runs any ``nn.Module`` (timm-style ``forward_features``/``forward_head``, a named module
   such as torchvision's ``avgpool``, or a callable) over any map-style ``Dataset`` yielding PIL images or uint8
   tensors, into the same cache format and store as ``featcache extract``: the key covers the weights (a hash of the
   state_dict), the feature layer, the transform and the dataset's identity (ids, labels, classes, content), so
   resume, locks, reuse and verify work the same.
-* :class:`CachedRows` adds the teachers' rows to each sample of the user's dataset; :class:`RowJoin` gives the rows
-  of a batch of dataset indices in one vectorised gather (what ``featcache distill``'s loader does per batch). Both
-  refuse a cache that does not describe the dataset (ids, labels, split, classes; a sample of the images re-hashed).
 """
 
 from __future__ import annotations
@@ -26,22 +19,16 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from featcache.cache.codec import dequantise
-from featcache.cache.format import FEATURE_SCALE, FEATURES, LOGITS
-from featcache.cache.leases import Lease
-from featcache.cache.reader import FeatureCache
-from featcache.cache.store import CacheStore
-from featcache.cache.usage import record_use
 from featcache.config import ExtractConfig
 from featcache.datasets.base import ImageDataset, check_split
-from featcache.errors import CacheMismatchError, ConfigError, DatasetError
+from featcache.errors import ConfigError, DatasetError
 from featcache.models.base import FeatureModel
 from featcache.models.registry import ModelEntry
 from featcache.models.teachers import Teacher, WeightsInfo
 from featcache.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformSpec
 
-__all__ = ["CachedRows", "RowIndexError", "RowJoin", "UserDataset", "extract_from", "state_dict_sha256",
-           "wrap_dataset", "wrap_teacher"]
+__all__ = ["ModuleFeatureModel", "UserDataset", "extract_from", "state_dict_sha256", "wrap_dataset",
+           "wrap_teacher"]
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------------
@@ -276,109 +263,3 @@ def _check_logits(teacher: Teacher, data: ImageDataset, logit_classes: Sequence[
         raise ConfigError(f"model: it gives {n} logits but the dataset has {data.num_classes} classes; give the "
                           "model a head over the dataset's classes, or pass logit_classes=[...] naming the classes "
                           "its logits cover")
-
-
-# -- rows in the user's loop -------------------------------------------------------------------------------------------
-
-
-class RowJoin:
-    """The cached rows of several teachers for batches of dataset indices: one ``np.take`` per field per batch.
-
-    The caches are checked against ``dataset`` (ids, labels, classes, split, content fingerprint, and a sample of
-    images re-hashed against the digests the extract recorded) and, when given, against ``transform`` (the view the
-    rows describe). Tables are read into RAM once (``featcache bench join`` measures the gather)."""
-
-    def __init__(self, teachers: Sequence[str | FeatureCache], dataset: Dataset | ImageDataset | None = None, *,
-                 dataset_name: str | None = None, split: str = "train", cache_dir: str | Path | None = None,
-                 transform: TransformSpec | None = None, content_check: str = "sample", check: bool = True,
-                 fields: Sequence[str] = (FEATURES, LOGITS), **dataset_kwargs: Any) -> None:
-        if not teachers:
-            raise ConfigError("teachers: name at least one cache (key, key prefix or FeatureCache)")
-        if dataset is None and check:
-            # Rows joined to data nobody checked could be another dataset's, in another order: refuse by default.
-            raise ConfigError("dataset: pass the dataset the rows are joined to (it is checked against the caches); "
-                              "check=False joins by index unchecked")
-        store = CacheStore(Path(cache_dir) if cache_dir else None)
-        self.caches = [t if isinstance(t, FeatureCache) else store.open(str(t)) for t in teachers]
-        record_use(store, [c.key for c in self.caches])
-        # Leased while the shards are read (`cache rm` and `cache gc` wait): the tables are in RAM afterwards.
-        with Lease(self.caches, what="python RowJoin"):
-            self.dataset = None
-            if dataset is not None:
-                self.dataset = wrap_dataset(dataset, name=dataset_name, split=split, **dataset_kwargs)
-                for c in self.caches:
-                    c.check_dataset(self.dataset, transform)
-                    if content_check != "off":
-                        c.check_content(self.dataset, content_check)
-            n = {c.num_rows() for c in self.caches}
-            if len(n) != 1:
-                raise CacheMismatchError("teachers: the caches hold different numbers of rows; they describe "
-                                         "different datasets")
-            self.num_rows = n.pop()
-            self.fields = tuple(fields)
-            from featcache.distill.loader import InMemoryTable
-
-            # int8 caches keep their int8 rows and scales in RAM; join() dequantises each batch's rows.
-            self.tables = [InMemoryTable(c, "data", c.stored_fields(self.fields)) for c in self.caches]
-
-    def __len__(self) -> int:
-        return self.num_rows
-
-    def join(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> list[dict[str, torch.Tensor]]:
-        """Per teacher, ``{"features": [B, D], "logits": [B, C]}`` for dataset rows ``indices`` (cache dtypes; an
-        int8 cache's features as float16): a 1-D sequence of integers in [0, len(self)). Anything else (floats, a
-        boolean mask, an index past the end) is a :class:`RowIndexError`, never a truncated, wrapped or reinterpreted
-        gather."""
-        idx = self.check_indices(indices)
-        out = []
-        for c, t in zip(self.caches, self.tables):
-            rows = dict(zip(c.stored_fields(self.fields), t.gather(idx)))
-            if FEATURE_SCALE in rows and FEATURE_SCALE not in self.fields:
-                rows[FEATURES] = dequantise(rows[FEATURES], rows.pop(FEATURE_SCALE))
-            out.append(rows)
-        return out
-
-    def check_indices(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> np.ndarray:
-        """``indices`` as int64 row numbers, or RowIndexError saying why they are not."""
-        idx = indices.cpu().numpy() if isinstance(indices, torch.Tensor) else np.asarray(indices)
-        if idx.size == 0:
-            return np.empty(0, dtype=np.int64)
-        if idx.dtype == np.bool_:
-            raise RowIndexError(f"indices: a boolean mask is not a list of rows; pass np.flatnonzero(mask) "
-                                f"(a mask over all {self.num_rows} rows)")
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise RowIndexError(f"indices: row numbers must be integers, got {idx.dtype} (e.g. {idx.flat[0]!r}); "
-                                "cast them yourself if that is what you mean")
-        if idx.ndim != 1:
-            raise RowIndexError(f"indices: expected a 1-D sequence of row numbers, got shape {tuple(idx.shape)}")
-        low, high = idx.min(), idx.max()
-        if low < 0 or high >= self.num_rows:  # np.take would wrap a negative index
-            raise RowIndexError(f"indices must lie in [0, {self.num_rows}) (the caches' rows), got "
-                                f"{low if low < 0 else high}")
-        return idx.astype(np.int64, copy=False)
-
-
-class RowIndexError(ConfigError, IndexError):
-    """Indices that cannot mean rows of the caches (floats, a mask, out of range): a featcache error and an
-    IndexError, so either ``except`` catches it."""
-
-
-class CachedRows(Dataset):
-    """``dataset[i]`` with the teachers' rows appended: ``(*dataset[i], rows)``, ``rows`` a list (one per teacher)
-    of ``{"features", "logits"}``; PyTorch's default collate batches it. Loops that already hold a batch of dataset
-    indices get the rows of the whole batch in one gather from :class:`RowJoin` instead (``cached.join``)."""
-
-    def __init__(self, dataset: Dataset, teachers: Sequence[str | FeatureCache], **kwargs: Any) -> None:
-        self.user = dataset
-        self.join = RowJoin(teachers, dataset, **kwargs)
-        if len(dataset) != self.join.num_rows:
-            raise CacheMismatchError(f"the dataset has {len(dataset)} samples but the caches {self.join.num_rows} rows")
-
-    def __len__(self) -> int:
-        return len(self.user)
-
-    def __getitem__(self, index: int):
-        sample = self.user[index]
-        sample = tuple(sample) if isinstance(sample, (tuple, list)) else (sample,)
-        rows = [{k: v[0] for k, v in r.items()} for r in self.join.join([index])]
-        return (*sample, rows)

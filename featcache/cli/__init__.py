@@ -16,6 +16,7 @@ fields (featcache.config, featcache.config.flags), so a new option is declared o
 
 from __future__ import annotations
 
+import os
 import sys
 
 from featcache.cli import bench, cache, catalog, extract, run, runs, train  # noqa: F401 - each registers its commands
@@ -24,6 +25,16 @@ from featcache.config import STUDENTS_HELP
 
 __all__ = ["app", "main", "out", "err", "STUDENTS_HELP"]
 
+
+# torch's OpenMP threads (libgomp) spin 300,000 times between parallel regions before they sleep. On a CPU shared
+# with other busy processes (a laptop, a 2-core box running two experiments) a spinning thread holds the core its
+# peer needs, and a student's steps ran up to 13x slower (docs/benchmarks.md, "Distill end to end"). 10,000 spins
+# kept an idle box's speed there and ran 1.6-5x faster than the default on a busy one; the spin count changes no
+# result (the same threads split the same work). libgomp reads it once, when torch loads it, so the command line sets
+# it here, before anything imports torch; an explicit GOMP_SPINCOUNT or OMP_WAIT_POLICY wins. The library leaves the
+# environment alone (docs/python-api.md says how a training script sets it).
+if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+    os.environ["GOMP_SPINCOUNT"] = "10000"  # (the imports above load no torch: `featcache --help` stays fast)
 
 def main() -> None:
     app(prog_name="featcache")

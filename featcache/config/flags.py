@@ -194,6 +194,20 @@ def config_from_cli(cls: type, values: dict[str, Any], **extra: Any):
     return cls(**kwargs)
 
 
+def config_from(cls: type, config: Any, options: dict[str, Any], what: str) -> Any:
+    """The library's form of a command: ``config`` (a ``cls``) as given, or a ``cls`` built from keyword
+    ``options`` (its fields), an unknown one being a one-line error that names it."""
+    if config is not None:
+        if options:
+            raise ConfigError(f"{what}: pass a {cls.__name__} or keyword options, not both")
+        return config
+    unknown = sorted(set(options) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"{what}: unknown option {unknown[0]!r}; the options are {cls.__name__}'s fields (the "
+                          "command's flags, with underscores)")
+    return cls(**options)
+
+
 def command_line(config: Any, command: str, *, positional_first: tuple[str, ...] = ()) -> str:
     """The shell command that reproduces ``config`` (its CLI fields that differ from their defaults)."""
     args = ["featcache", command]

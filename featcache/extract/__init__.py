@@ -14,13 +14,17 @@ that are not recorded in the manifest.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
+from types import ModuleType
+from typing import Any
 
 import torch
 
 from featcache.util import distributed
 from featcache.cache.format import Manifest, ShardInfo, atomic_write_text
 from featcache.config import ExtractConfig
+from featcache.config.flags import config_from
 from featcache.cache.store import CacheStore
 from featcache.cache.usage import record_use
 from featcache.extract.manifest import (
@@ -42,6 +46,26 @@ from featcache.util.progress import Reporter
 
 __all__ = ["Batches", "DigestedSamples", "ExtractConfig", "ExtractPlan", "ExtractResult", "block_module", "extract",
            "plan_extract"]
+
+
+def extract_with(config: ExtractConfig | None = None, /, *, reporter: Reporter | None = None,
+                 **options: Any) -> ExtractResult:
+    """Stage 1 by registry names, as ``featcache extract`` runs it: ``extract(teacher="resnet18",
+    dataset="cifar10", data_root=...)`` (keywords are ExtractConfig's fields: the command's flags with
+    underscores) or ``extract(ExtractConfig(...))``. Finds the cache when it exists; returns the ExtractResult
+    (``.key``, ``.directory``, ``.reused``)."""
+    return extract(config_from(ExtractConfig, config, options, "extract"), reporter)
+
+
+class _Stage(ModuleType):
+    """``featcache.extract`` is this package and the public function ``fc.extract(...)`` at once: importing a
+    submodule sets the attribute ``featcache.extract`` to the package, so the package itself is callable."""
+
+    def __call__(self, config: ExtractConfig | None = None, /, **options: Any) -> ExtractResult:
+        return extract_with(config, **options)
+
+
+sys.modules[__name__].__class__ = _Stage
 
 
 def extract(config: ExtractConfig, reporter: Reporter | None = None, *, dataset=None, teacher=None,

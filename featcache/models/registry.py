@@ -64,6 +64,17 @@ def register_model(kind: str, name: str, **meta: Any) -> Callable[[Callable[...,
     return deco
 
 
+def add_entry(entry: ModelEntry, *, replace: bool = False) -> None:
+    """Register ``entry`` (a model defined in a user's code: featcache.register_student); a name taken already is a
+    ModelError unless ``replace`` and the entry it replaces was added this way too."""
+    for n in (entry.name, *entry.aliases):
+        old = _REGISTRY.get((entry.kind, n))
+        if old is not None and not (replace and old.description == entry.description):
+            raise ModelError(f"{entry.kind} {n!r} exists already ({old.description or 'built in'}); choose another "
+                             "name")
+        _REGISTRY[(entry.kind, n)] = entry
+
+
 def list_models(kind: str) -> list[str]:
     return sorted({e.name for (k, _), e in _REGISTRY.items() if k == kind})
 
