@@ -13,7 +13,8 @@ from featcache.cli import app
 from featcache.datasets import get_dataset
 from featcache.datasets.base import ClassSubset, split_classes
 from featcache.distill.methods import MethodParams, TeacherRows
-from featcache.distill.methods.aka import AdaptiveAmalgamation, fa_regulariser, prediction_entropy, select_teachers
+from featcache.distill.methods.aka import AdaptiveAmalgamation
+from featcache.losses import aka_regulariser, prediction_entropy, select_teachers
 from featcache.distill.trainer import DistillConfig, distill, setup
 from featcache.errors import ConfigError, DatasetError
 from featcache.extract import ExtractConfig, extract
@@ -45,12 +46,39 @@ def test_selection_routes_each_samples_loss_to_its_selected_teacher():
     expected = 0.0
     for n, t in ((0, 0), (1, 1)):
         a_s, a_t = m.fa_student[t](f_s[n]), m.fa_teacher[t](feats[t][n])
-        expected += ((a_s - a_t).pow(2).mean() + fa_regulariser(m.fa_student[t].weight)
-                     + fa_regulariser(m.fa_teacher[t].weight))
+        expected += ((a_s - a_t).pow(2).mean() + aka_regulariser(m.fa_student[t].weight)
+                     + aka_regulariser(m.fa_teacher[t].weight))
         expected += (logits[n] - [sharp, flat][t][n]).pow(2).mean()
     assert loss.item() == pytest.approx(expected.item() / 2, rel=1e-5)
     assert set(parts) == {"transfer", "reg", "soft"}
 
+
+
+def test_aka_loss_is_the_featcache_losses_composition():
+    """The method and a user's own loop compute one loss: two tasks, one of them covered by two teachers."""
+    from featcache import losses
+
+    torch.manual_seed(0)
+    student = create_student("lenet5", num_classes=4, image_size=32).eval()
+    columns = [([0, 1], [0, 1]), ([0, 1], [1, 2]), ([2, 3], [0, 1])]
+    m = AdaptiveAmalgamation(student, [8, 6, 8], 4, MethodParams(found=AKAFound(columns)))
+    with torch.no_grad():
+        m.scale_holder.value.copy_(torch.tensor([0.5, 1.5, 2.0]))
+    x = torch.randn(3, 3, 32, 32)
+    rows = TeacherRows([torch.randn(3, 8).half(), torch.randn(3, 6), torch.randn(3, 8)],
+                       [torch.randn(3, 2) * 5, torch.randn(3, 3) * 5, torch.randn(3, 2)])
+    loss, parts, _ = m.loss(student, x, None, rows, 0)
+    f_s = student.forward_features(x)
+    z = student.forward_head(f_s).float()
+    t_logits = [rows.logits[0], rows.logits[1][:, 1:], rows.logits[2]]
+    transfer = [losses.aka_transfer(m.fa_student[t](f_s), m.fa_teacher[t](rows.features[t].float())) for t in range(3)]
+    reg = [losses.aka_regulariser(m.fa_student[t].weight) + losses.aka_regulariser(m.fa_teacher[t].weight)
+           for t in range(3)]
+    soft = [losses.aka_soft(z[:, columns[t][0]], t_logits[t], m.scale_holder.value[t]) for t in range(3)]
+    terms = {}
+    assert m.tasks == [[0, 1], [2]]
+    assert torch.equal(loss, losses.aka(transfer, reg, soft, t_logits, [[0, 1], [2]], terms=terms))
+    assert all(torch.equal(parts[k], terms[k]) for k in ("transfer", "reg", "soft"))
 
 def test_regulariser_keeps_alignment_weights_off_the_zero_solution():
     torch.manual_seed(0)
@@ -62,7 +90,7 @@ def test_regulariser_keeps_alignment_weights_off_the_zero_solution():
         for _ in range(300):
             loss = (fa_s(f_s) - fa_t(f_t)).pow(2).mean()
             if with_reg:
-                loss = loss + fa_regulariser(fa_s.weight) + fa_regulariser(fa_t.weight)
+                loss = loss + aka_regulariser(fa_s.weight) + aka_regulariser(fa_t.weight)
             opt.zero_grad()
             loss.backward()
             opt.step()

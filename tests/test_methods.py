@@ -238,3 +238,45 @@ def test_methods_doc_covers_every_method_and_equation():
         assert f"`{name}`" in doc, name
     for cite in ("MT Eq. 1", "TS Eq. 5", "MT Eq. 3", "MT Eq. 5", "TS Eq. 6", "--noise-per-batch", "fixed teacher"):
         assert cite in doc, cite
+
+
+def test_each_methods_loss_is_the_featcache_losses_composition(batch):
+    """The CLI's methods and a user's own loop compute one loss: the method equals fc.losses, bitwise."""
+    from featcache import losses
+
+    x, y = batch
+    p = PARAMS.loss
+    s = ToyStudent(dims=(6, 5))
+    f1, f2 = torch.randn(6, 5).half(), torch.randn(6, 13).half()
+    rows = TeacherRows([f1, f2], [torch.randn(6, 3), torch.randn(6, 3).half()])
+    f_l2, f_l1 = s.forward_all(x)[0]
+    z = s.classifier(f_l1)
+
+    def method(name, dims, params=PARAMS, epoch=0):
+        m = get_method(name)(s, dims, 3, params)
+        m.total_epochs(2)
+        loss, parts, _ = m.loss(s, x, y, TeacherRows(rows.features[: len(dims)], rows.logits[: len(dims)]), epoch)
+        return m, loss, parts
+
+    _, loss, _ = method("ce", [])
+    assert torch.equal(loss, losses.xent(z, y))
+    _, loss, parts = method("kd", [5, 13])
+    kd = losses.kd(z, rows.logits, PARAMS.kd.temperature)
+    assert torch.equal(loss, p.lambda_xent * losses.xent(z, y) + p.lambda_kd * kd) and torch.equal(parts["kd"], kd)
+    _, loss, _ = method("ts", [5])
+    assert torch.equal(loss, p.lambda_mse * losses.feature_regression(f_l1, f1) + p.lambda_xent * losses.xent(z, y))
+    m, loss, _ = method("fitnets", [5])
+    assert torch.equal(loss, p.lambda_mse * losses.mse(m.trainable[0](f_l1), f1))
+    _, loss, _ = method("fitnets", [5], epoch=3)
+    assert torch.equal(loss, losses.xent(z, y))
+    m, loss, parts = method("ts-translator", [5])
+    t = m.trainable[0](f1)
+    terms = {}
+    assert torch.equal(loss, losses.translator_loss(f_l1, z, t, s.head_from(1, t), y, p.lambda_mse, p.lambda_xent,
+                                                    terms=terms))
+    assert parts.keys() == terms.keys()
+    m, loss, parts = method("multi", [5, 13])
+    t1, t2 = m.trainable[0](f1), m.trainable[1](f2)
+    want = losses.multi_teacher(z, [f_l1, f_l2], [t1, t2], [s.head_from(1, t1), s.head_from(2, t2)], y,
+                                p.lambda_mse, p.lambda_xent)
+    assert torch.equal(loss, want) and set(parts) == {"xent", "mse_1", "xent_1", "mse_2", "xent_2"}

@@ -10,7 +10,7 @@ with a learnable per-teacher scale λ_t (Eq. 7); the total is Eq. 8.
 From the cache, the bridge always works on the teachers' cached feature vectors (the final block, pooled to 1×1:
 the FA 1×1 convolutions are linear maps there) and, when the caches hold intermediate blocks (``extract --blocks
 ... --pool P``) and ``--student-blocks`` names the student's matching body modules, on every such block as P×P
-maps with 1×1-convolution FA on both sides.
+maps with 1×1-convolution FA on both sides. The loss terms are ``featcache.losses.aka`` and its pieces.
 """
 
 from __future__ import annotations
@@ -24,24 +24,9 @@ from torch import nn
 from featcache.config import AKAOptions
 from featcache.distill.methods.base import Method
 from featcache.errors import ConfigError
+from featcache.losses import aka, aka_regulariser, aka_soft, aka_transfer
 from featcache.models.students import student_block_module
 from featcache.specs import BlockSpec
-
-
-def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """I(p) = −Σ_i p_i log p_i of softmax(logits), per sample (Eq. 5)."""
-    logp = F.log_softmax(logits.float(), dim=1)
-    return -(logp.exp() * logp).sum(dim=1)
-
-
-def select_teachers(logits: list[torch.Tensor]) -> torch.Tensor:
-    """Per sample, the index of the teacher with the least prediction entropy (Eq. 6): int64 [B]."""
-    return torch.stack([prediction_entropy(lg) for lg in logits], dim=1).argmin(dim=1)
-
-
-def fa_regulariser(weight: torch.Tensor) -> torch.Tensor:
-    """Eq. 4: 1/C_out Σ_j (Σ_i w_ij² − 1)² for a 1×1 conv / linear weight [C_out, C_in] (row j = output j)."""
-    return ((weight.float().pow(2).sum(dim=1) - 1) ** 2).mean()
 
 
 @dataclass
@@ -157,35 +142,25 @@ class AdaptiveAmalgamation(Method):
         f_s = student.forward_features(x)
         logits = student.forward_head(f_s)
         b = len(x)
-        total = logits.new_zeros((), dtype=torch.float32)
-        parts = {"transfer": 0.0, "reg": 0.0, "soft": 0.0}
-        for members in self.tasks:
-            per_teacher = []  # [B] loss of each covering teacher, and its regulariser
-            for t in members:
-                a_s = self.fa_student[t](f_s).float()
-                a_t = self.fa_teacher[t](rows.features[t].to(f_s.dtype)).float()
-                transfer = (a_s - a_t).pow(2).mean(dim=1)  # Eq. 2 per sample
-                reg = fa_regulariser(self.fa_student[t].weight) + fa_regulariser(self.fa_teacher[t].weight)
-                for k, name in enumerate(self.block_names):
-                    block = self.teacher_blocks[t][k]
-                    p = block.pool
-                    s_map = F.adaptive_avg_pool2d(self._captured[name].float(), p)
-                    t_map = rows.blocks[t][k].float().view(b, block.channels, p, p)
-                    fa_s, fa_t = self.fa_student_blocks[t][k], self.fa_teacher_blocks[t][k]
-                    transfer = transfer + (fa_s(s_map) - fa_t(t_map)).pow(2).mean(dim=(1, 2, 3))
-                    reg = reg + fa_regulariser(fa_s.weight.flatten(1)) + fa_regulariser(fa_t.weight.flatten(1))
-                cols = getattr(self, f"cols_{t}")
-                s_scores = logits.float().index_select(1, cols)
-                # Eq. 7
-                soft = (s_scores - self.scale_holder.value[t] * self.teacher_logits(rows, t)).pow(2).mean(dim=1)
-                per_teacher.append((transfer, reg.expand(b), soft))
-            if len(members) > 1:
-                chosen = select_teachers([self.teacher_logits(rows, t) for t in members])
-            else:
-                chosen = torch.zeros(b, dtype=torch.int64, device=x.device)
-            for name, k in (("transfer", 0), ("reg", 1), ("soft", 2)):
-                stacked = torch.stack([p[k] for p in per_teacher], dim=1)  # [B, members]
-                term = stacked.gather(1, chosen[:, None]).mean()
-                total = total + term
-                parts[name] = parts[name] + term.detach()
-        return total, {k: torch.as_tensor(v) for k, v in parts.items()}, logits
+        transfer, reg, soft, teacher_logits = [], [], [], []
+        for t in range(len(self.teacher_dims)):
+            a_s = self.fa_student[t](f_s)
+            a_t = self.fa_teacher[t](rows.features[t].to(f_s.dtype))
+            l_a = aka_transfer(a_s, a_t)  # Eq. 2 per sample, summed over the blocks below (Eq. 8's Σ_l)
+            l_reg = aka_regulariser(self.fa_student[t].weight) + aka_regulariser(self.fa_teacher[t].weight)
+            for k, name in enumerate(self.block_names):
+                block = self.teacher_blocks[t][k]
+                p = block.pool
+                s_map = F.adaptive_avg_pool2d(self._captured[name].float(), p)
+                t_map = rows.blocks[t][k].float().view(b, block.channels, p, p)
+                fa_s, fa_t = self.fa_student_blocks[t][k], self.fa_teacher_blocks[t][k]
+                l_a = l_a + aka_transfer(fa_s(s_map), fa_t(t_map))
+                l_reg = l_reg + aka_regulariser(fa_s.weight.flatten(1)) + aka_regulariser(fa_t.weight.flatten(1))
+            s_scores = logits.float().index_select(1, getattr(self, f"cols_{t}"))
+            teacher_logits.append(self.teacher_logits(rows, t))
+            transfer.append(l_a)
+            reg.append(l_reg)
+            soft.append(aka_soft(s_scores, teacher_logits[t], self.scale_holder.value[t]))
+        parts: dict[str, torch.Tensor] = {}
+        total = aka(transfer, reg, soft, teacher_logits, self.tasks, terms=parts)
+        return total, parts, logits

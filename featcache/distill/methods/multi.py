@@ -6,7 +6,7 @@ import torch
 
 from featcache.config import TranslatorOptions
 from featcache.distill.methods.base import Method
-from featcache.losses import mse, xent
+from featcache.losses import multi_teacher
 from featcache.models.translators import make_translator
 
 
@@ -38,17 +38,10 @@ class MultiTeacher(Method):
     def loss(self, student, x, y, rows, epoch):
         layer_outputs, logits = student.forward_all(x)  # outputs of l_T, ..., l_1
         T = len(self.teacher_dims)
+        levels = [layer_outputs[len(layer_outputs) - i] for i in range(1, T + 1)]  # f_l1, ..., f_lT
+        translated = [self.trainable[i](rows.features[i]) for i in range(T)]
+        classified = [student.head_from(i, t_i) for i, t_i in enumerate(translated, start=1)]
         p = self.params.loss
         parts: dict[str, torch.Tensor] = {}
-        l_xent = xent(logits, y)
-        parts["xent"] = l_xent.detach()
-        loss = p.lambda_xent * l_xent
-        for i in range(1, T + 1):
-            f_li = layer_outputs[len(layer_outputs) - i]
-            t_i = self.trainable[i - 1](rows.features[i - 1])
-            l_mse = mse(t_i, f_li)
-            l_xent = xent(student.head_from(i, t_i), y)
-            loss = loss + p.lambda_mse * l_mse + p.lambda_xent * l_xent
-            parts[f"mse_{i}"] = l_mse.detach()
-            parts[f"xent_{i}"] = l_xent.detach()
+        loss = multi_teacher(logits, levels, translated, classified, y, p.lambda_mse, p.lambda_xent, terms=parts)
         return loss, parts, logits

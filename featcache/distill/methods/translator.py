@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import torch
+
 from featcache.config import TranslatorOptions
 from featcache.distill.methods.base import Method
-from featcache.losses import mse, xent
+from featcache.losses import translator_loss
 from featcache.models.translators import make_translator
 
 
@@ -28,9 +30,7 @@ class TSTranslator(Method):
         f_l1 = student.forward_features(x)
         logits = student.forward_head(f_l1)
         t = self.trainable[0](rows.features[0])
-        l_mse = mse(t, f_l1)
-        l_xent_t = xent(student.head_from(1, t), y)
-        l_xent = xent(logits, y)
         p = self.params.loss
-        loss = p.lambda_mse * l_mse + p.lambda_xent * (l_xent_t + l_xent)
-        return loss, {"mse": l_mse.detach(), "xent_translated": l_xent_t.detach(), "xent": l_xent.detach()}, logits
+        parts: dict[str, torch.Tensor] = {}
+        loss = translator_loss(f_l1, logits, t, student.head_from(1, t), y, p.lambda_mse, p.lambda_xent, terms=parts)
+        return loss, parts, logits
