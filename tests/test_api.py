@@ -143,17 +143,234 @@ def test_the_wrappers_rows_are_the_distill_loaders_rows(store):
         join.join([len(ds)])
 
 
+def python_blocks(page: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "docs" / page).read_text(), re.S)
+
+
 @pytest.mark.slow
-def test_the_python_api_doc_example_trains(store, tmp_path, monkeypatch):
+def test_the_python_api_doc_examples_run_as_written(store, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    text = (ROOT / "docs" / "python-api.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    assert 12 <= len(code.strip().splitlines()) <= 35  # "about 20 lines"
+    blocks = python_blocks("python-api.md")
+    own_loop = blocks[1]
+    code_lines = [line for line in own_loop.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert "fc.open_cache(" in own_loop and "fc.losses.kd(" in own_loop and len(code_lines) <= 25
     torch.manual_seed(0)
     scope: dict = {}
-    exec(compile(code, "docs/python-api.md", "exec"), scope)
-    assert torch.isfinite(scope["loss"]) and scope["result"].rows == 64
-    assert scope["teacher_rows"][0]["features"].shape[1] == 512
+    for i, code in enumerate(blocks):
+        exec(compile(code, f"docs/python-api.md, python block {i + 1}", "exec"), scope)
+        if i == 1:  # the student of one's own, trained with KD from the cache
+            assert torch.isfinite(scope["loss"]) and scope["cache"].teacher.name == "my-r18"
+    # the K-views loop proved its rows match each image's view; the views it drew were not all the evaluation view
+    assert scope["augmented"].caches[0].views == 4 and scope["rows"]["my-r18"].view.shape == scope["y"].shape
+    assert scope["summary"].method == "soft-only" and (tmp_path / "runs" / "small-ts" / "summary.json").is_file()
+
+
+def test_the_api_reference_is_current():
+    """docs/api.md is generated from the docstrings of fc.__all__ and fc.losses; regenerate it with
+    `python -m featcache.util.apidoc`."""
+    from featcache.util import apidoc
+
+    assert (ROOT / "docs" / "api.md").read_text() == apidoc.render()
+
+
+# -- import featcache as fc -------------------------------------------------------------------------------------------
+
+
+def test_import_featcache_loads_no_torch_and_changes_no_environment_variable():
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; before = dict(os.environ); import featcache as fc; "
+            "print(dict(os.environ) == before, 'torch' in sys.modules, fc.__version__); "
+            "fc.open_cache; print('torch' in sys.modules, dict(os.environ) == before)")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False", "0.1.0", "True", "True"]
+
+
+def test_the_public_names_are_the_chosen_ones_and_each_resolves():
+    import featcache as fc
+
+    chosen = {"extract", "extract_from", "open_cache", "Cache", "CachedRows", "RowJoin", "distill", "losses",
+              "register_student", "register_method", "list_teachers", "list_students", "list_methods",
+              "ExtractConfig", "DistillConfig", "__version__"}
+    assert chosen <= set(fc.__all__)
+    for name in fc.__all__:
+        assert getattr(fc, name) is not None
+    assert callable(fc.extract) and callable(fc.distill) and fc.losses.kd is not None
+    import featcache.distill.trainer as trainer  # importing a stage's module leaves fc.distill callable
+
+    assert callable(fc.distill) and trainer.distill is not fc.distill
+    with pytest.raises(AttributeError):
+        fc.not_a_name  # noqa: B018
+
+
+def test_extract_and_distill_by_keywords_refuse_an_unknown_option_in_one_line():
+    import featcache as fc
+
+    with pytest.raises(ConfigError, match="extract: unknown option 'teachr'; the options are ExtractConfig's"):
+        fc.extract(teachr="resnet18")
+    with pytest.raises(ConfigError, match="distill: unknown option 'epoch'"):
+        fc.distill(epoch=1)
+    with pytest.raises(ConfigError, match="pass a ExtractConfig or keyword options, not both"):
+        fc.extract(ExtractConfig(teacher="resnet18"), dataset="synthetic")
+
+
+# -- the cache as the student sees it ---------------------------------------------------------------------------------
+
+
+def views_cache(store, views: int = 3):
+    """A tiny dataset of uint8 images, a resnet18 over it and a cache of its avgpool rows with ``views`` views."""
+    images = torch.randint(0, 256, (20, 3, 24, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = TensorDataset(images, torch.arange(20) % 4)
+    net = torchvision.models.resnet18(num_classes=4)
+    result = api.extract_from(net, data, name="r", dataset_name="toy", feature_layer="avgpool", image_size=16,
+                              workers=0, views=views, view_policy="rrc-flip")
+    return data, net, result
+
+
+def test_the_caches_student_view_gives_the_pixels_the_teacher_saw(store):
+    import featcache as fc
+    from featcache.transforms import Geometry, Normalizer
+
+    data, _, result = views_cache(store)
+    cache = fc.open_cache(result.key)
+    assert isinstance(cache, fc.Cache) and cache.teacher.name == "r" and cache.dataset["name"] == "toy"
+    assert cache.manifest.key == cache.key and len(cache) == 20 and cache.views == 3
+    image = data[7][0]
+    want = Normalizer(cache.transform)(Geometry(cache.transform)(image)[None], channels_last=False)[0]
+    got = cache.view(image)
+    assert got.shape == want.shape == (3, 16, 16) and torch.allclose(got, want, atol=1e-5)
+    from PIL import Image
+
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    assert torch.allclose(cache.view(pil), want, atol=1e-5)  # a PIL image gives the same view
+    assert torch.equal(cache.view_image(image, 7, 0), want)
+
+
+def test_a_caches_rows_of_each_view_are_its_view_parts_and_its_view_images_give_them(store):
+    import featcache as fc
+
+    data, net, result = views_cache(store)
+    cache = fc.open_cache(result.key)
+    reader = cache.reader
+    rows = cache.rows([4, 2, 4, 9], view=[0, 1, 2, 0])
+    assert rows["view"].tolist() == [0, 1, 2, 0]
+    assert torch.equal(rows["features"][1], torch.from_numpy(reader.gather([2], "view1")["features"][0]))
+    assert torch.equal(rows["features"][2], torch.from_numpy(reader.gather([4], "view2")["features"][0]))
+    assert torch.equal(rows["features"][0], torch.from_numpy(reader.gather([4])["features"][0]))
+    body = torch.nn.Sequential(*list(net.children())[:-1], torch.nn.Flatten()).eval()
+    with torch.no_grad():
+        for v in range(3):
+            seen = body(cache.view_image(data[4][0], 4, v)[None])[0]
+            assert torch.allclose(seen, cache.rows([4], view=v)["features"][0].float(), rtol=1e-2, atol=1e-2)
+    assert cache.view_params([4], 1).shape == (1, 5)
+    with pytest.raises(ConfigError, match="holds views 0..2, got 3"):
+        cache.rows([0], view=3)
+
+
+def test_cached_rows_are_keyed_by_teacher_name_and_give_the_image_in_its_rows_view(store):
+    from torch.utils.data import DataLoader
+
+    data, net, result = views_cache(store)
+    plain = api.CachedRows(data, [result.key])
+    image, label, rows = plain[3]
+    assert torch.equal(image, data[3][0]) and list(rows) == ["r"] and rows[0] is rows["r"]
+    assert rows["r"].features.shape == (512,) and rows["r"]["logits"].shape == (4,) and rows["r"].view is None
+    cached = api.CachedRows(data, [result.key], view="cached")
+    torch.manual_seed(1)
+    x, y, batch = next(iter(DataLoader(cached, batch_size=20)))
+    assert x.shape == (20, 3, 16, 16) and set(batch["r"].view.tolist()) == {0, 1, 2}
+    body = torch.nn.Sequential(*list(net.children())[:-1], torch.nn.Flatten()).eval()
+    with torch.no_grad():
+        assert torch.allclose(body(x), batch["r"].features.float(), rtol=1e-2, atol=1e-2)
+    one_view = api.extract_from(net, data, name="r", dataset_name="toy", feature_layer="avgpool", image_size=16,
+                                workers=0)
+    with pytest.raises(ConfigError, match="view='cached': every cache needs the same cached views"):
+        api.CachedRows(data, [one_view.key], view="cached")
+    with pytest.raises(ConfigError, match="view 'random': choose None"):
+        api.CachedRows(data, [one_view.key], view="random")
+
+
+def test_row_join_places_tables_as_distill_does_and_streams_them_beyond_the_budget(store):
+    from featcache.cache.leases import live_readers
+
+    def readers(directory):
+        return live_readers(directory.parent, directory.name)
+
+    data, _, result = views_cache(store, views=2)
+    ram = api.RowJoin([result.key], data)
+    assert ram.modes == ["ram"] and readers(ram.caches[0].directory) == []  # in RAM: no lease held
+    small = api.RowJoin([result.key], data, cache_ram=1024)  # a budget of 1 KiB: the table stays on disk
+    assert small.modes == ["disk"] and len(readers(small.caches[0].directory)) == 1
+    idx = [7, 0, 7, 19]
+    for got, want in zip(small.join(idx)[0].values(), ram.join(idx)[0].values(), strict=True):
+        assert torch.equal(got, want)
+    small.close()
+    assert readers(small.caches[0].directory) == []
+    with api.RowJoin([result.key], data, mode="disk") as disk:
+        assert disk.modes == ["disk"] and torch.equal(disk.join([3])["r"].logits, ram.join([3])["r"].logits)
+
+
+# -- registries --------------------------------------------------------------------------------------------------------
+
+
+def test_register_method_takes_a_method_subclass_by_a_free_name_only():
+    import featcache as fc
+
+    class Mine(fc.Method):
+        name = "mine-for-test"
+
+        def loss(self, student, x, y, rows, epoch):
+            logits = student(x)
+            return fc.losses.xent(logits, y), {}, logits
+
+    assert fc.register_method(Mine) is Mine and "mine-for-test" in fc.list_methods()
+    assert fc.register_method(Mine) is Mine  # the same class again: nothing changes
+
+    class Clash(fc.Method):
+        name = "kd"
+
+    with pytest.raises(ConfigError, match="method 'kd' exists already"):
+        fc.register_method(Clash)
+    with pytest.raises(ConfigError, match="not a subclass of featcache.Method"):
+        fc.register_method(torch.nn.Linear)
+    with pytest.raises(ConfigError, match="set a name"):
+        fc.register_method(type("Nameless", (fc.Method,), {}))
+
+
+def test_register_student_names_a_module_builder_and_refuses_a_taken_name():
+    import featcache as fc
+    from featcache.errors import ModelError
+    from featcache.models.students import create_student
+
+    @fc.register_student("tiny-for-test", feature_layer="0", default_image_size=16)
+    def tiny(image_size):
+        return torch.nn.Sequential(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), torch.nn.AdaptiveAvgPool2d(1)),
+                                   torch.nn.Flatten(), torch.nn.Linear(6, 2))
+
+    assert "tiny-for-test" in fc.list_students()
+    student = create_student("tiny-for-test", num_classes=5, image_size=16, feature_dim=7)
+    assert student.body_dim == 6 and student(torch.zeros(2, 3, 16, 16)).shape == (2, 5)
+    assert student.forward_features(torch.zeros(2, 3, 16, 16)).shape == (2, 7)
+    with pytest.raises(ModelError, match="student 'tiny-for-test' exists already"):
+        fc.register_student("tiny-for-test", tiny)
+    with pytest.raises(ModelError, match="student 'convnet_small' exists already"):
+        fc.register_student("convnet_small", tiny)
+    with pytest.raises(ConfigError, match="lowercase letters"):
+        fc.register_student("Bad Name", tiny)
+    assert {"resnet50", "convnet"} <= set(fc.list_teachers())
+
+
+def test_a_student_module_without_a_feature_split_is_a_one_line_error():
+    import featcache as fc
+
+    with pytest.raises(ConfigError, match="no forward_features/forward_head"):
+        fc.distill(student=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), dataset="synthetic", epochs=1)
+    with pytest.raises(ConfigError, match="feature_layer 'pool'.*top-level modules are: 0"):
+        fc.distill(student=torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), feature_layer="pool",
+                   dataset="synthetic", epochs=1)
 
 
 # -- timm -------------------------------------------------------------------------------------------------------------

@@ -310,3 +310,17 @@ def test_a_command_line_parses_back_to_its_config_and_nothing_else_does():
                  "featcache extract --teacher x --unknown 1", "featcache extract --noise many",
                  "featcache extract --teacher", "featcache extract stray", "featcache extract --teacher 'x"):
         assert parse_command_line(ExtractConfig, "extract", text) is None, text
+
+
+def test_the_command_line_sets_a_short_openmp_spin_unless_given():
+    """The CLI (not the library: tests/test_api.py) sets GOMP_SPINCOUNT before torch loads."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import featcache.cli, os; print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    run = lambda extra: subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True,  # noqa: E731
+                                       text=True, check=True).stdout.split()
+    assert run({}) == ["10000", "None"]  # docs/benchmarks.md, "Distill end to end"
+    assert run({"OMP_WAIT_POLICY": "ACTIVE"}) == ["None", "ACTIVE"]  # an explicit choice wins

@@ -42,14 +42,17 @@ class Cache:
 
     @property
     def manifest(self) -> Manifest:
+        """The manifest, typed (featcache.cache.format.Manifest): what was cached, how, from what."""
         return self.reader.manifest
 
     @property
     def key(self) -> str:
+        """The cache's key: teacher-dataset-split-hash."""
         return self.reader.key
 
     @property
     def directory(self) -> Path:
+        """Where the cache lives (its store's directory of that key)."""
         return self.reader.directory
 
     @property
@@ -65,6 +68,7 @@ class Cache:
 
     @property
     def transform(self) -> TransformSpec:
+        """The evaluation view the rows describe (featcache.specs.TransformSpec)."""
         return self.manifest.transform
 
     @property
@@ -74,6 +78,7 @@ class Cache:
 
     @property
     def view_spec(self) -> ViewSpec | None:
+        """The cached views' policy, count and seed (featcache.specs.ViewSpec), or None."""
         return self.manifest.views
 
     @property

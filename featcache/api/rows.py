@@ -38,14 +38,17 @@ class TeacherRow(dict):
 
     @property
     def features(self) -> torch.Tensor:
+        """The features [B, D] (per sample: [D])."""
         return self[FEATURES]
 
     @property
     def logits(self) -> torch.Tensor:
+        """The logits [B, C] (per sample: [C])."""
         return self[LOGITS]
 
     @property
     def view(self) -> torch.Tensor | None:
+        """Which cached view each row describes (``CachedRows(view=...)`` only), else None."""
         return self.get("view")
 
 
@@ -115,6 +118,8 @@ class RowJoin:
     def _check(self, dataset, dataset_name, split, transform, content_check, dataset_kwargs) -> None:
         self.dataset = None
         if dataset is not None:
+            if dataset_name is None:  # the name the caches were extracted under (checked like every other field)
+                dataset_name, split = (self.caches[0].manifest.dataset.get(k) for k in ("name", "split"))
             self.dataset = wrap_dataset(dataset, name=dataset_name, split=split, **dataset_kwargs)
             for c in self.caches:
                 c.check_dataset(self.dataset, transform)
@@ -206,11 +211,14 @@ class CachedRows(Dataset):
     ``view``: None (default) leaves the user's sample as it is; ``"eval"`` replaces its image by the teacher's view,
     normalised (what the rows describe: ``Cache.view``); ``"cached"`` (caches extracted with ``views=K``) draws one of
     the K cached views per item, uniformly, and gives the image in that view — random crop and flip included — with
-    the rows of that view and ``rows[name].view`` saying which: the augmentation and the rows always agree."""
+    the rows of that view and ``rows[name].view`` saying which: the augmentation and the rows always agree. Other
+    keywords are RowJoin's (``dataset_name`` defaults to the name the caches were extracted under)."""
 
     def __init__(self, dataset: Dataset, teachers: Sequence[str | FeatureCache | Cache], *, view: str | None = None,
                  **kwargs: Any) -> None:
-        check_choice("view", view, VIEW_MODES)
+        if view not in VIEW_MODES:
+            raise ConfigError(f"view {view!r}: choose None (your sample as it is), 'eval' (the teacher's view) or "
+                              "'cached' (one of the cached views per item)")
         self.user = dataset
         self.join = RowJoin(teachers, dataset, **kwargs)
         if len(dataset) != self.join.num_rows:
