@@ -165,3 +165,18 @@ def test_losses_take_only_tensors_and_numbers():
     for name in losses.__all__:
         for p in inspect.signature(getattr(losses, name)).parameters.values():
             assert "Options" not in str(p.annotation) and "Config" not in str(p.annotation), (name, p)
+
+
+def test_methods_doc_example_of_the_losses_in_your_own_loop_runs():
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text(encoding="utf-8")
+    section = doc.split("## The losses in your own loop", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    scope = {}
+    exec(compile(code, "docs/methods.md", "exec"), scope)
+    assert torch.isfinite(scope["loss"]) and set(scope["terms"]) == {"mse", "xent_translated", "xent"}
+    assert all(p.grad is not None for p in scope["translator"].parameters())
+    for name in losses.__all__:  # every function is listed in the section
+        assert f"`{name}" in section, name

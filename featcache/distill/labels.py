@@ -2,7 +2,7 @@
 
 A lab rarely has labels for everything it can cache: one extract covers the whole pool of images, and a run reads the
 labels of a subset only. The others enter the loss through the teacher terms alone — every method's label term is
-the cross-entropy of :func:`featcache.distill.methods.base.xent`, which ignores label -1, so: ``ts`` keeps its
+the cross-entropy of :func:`featcache.losses.xent`, which ignores label -1, so: ``ts`` keeps its
 feature term on every sample, ``kd`` its soft term, ``multi``/``ts-translator`` their teachers' terms, ``fitnets``
 its hint; ``ce`` trains on the labelled samples only (the others would add nothing), and ``aka`` reads no label at
 all. The engine replaces every unlabelled sample's label by -1 on the device before the method sees the batch, so
