@@ -164,7 +164,7 @@ def _time_row_join(cache, shuffled: list, limit_s: float, reporter: Reporter) ->
     reporter.message("timing featcache.api.RowJoin (the rows in a user's own loop)")
     from featcache.api import RowJoin
 
-    join = RowJoin([cache], check=False)  # scratch rows of no dataset: the gather alone is timed
+    join = RowJoin([cache], check=False, mode="ram")  # scratch rows of no dataset: the RAM gather alone is timed
     return _rate(join.join, shuffled, limit_s)
 
 
