@@ -17,6 +17,7 @@ already in the torch hub cache and random ones otherwise (it never downloads), a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +130,8 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
             names = read_class_list(tc.classes) if isinstance(tc.classes, (str, Path)) else list(tc.classes)
             train_ds, test_ds = ClassSubset(train_ds, names), ClassSubset(test_ds, names)
         check_trainable(train_ds)
-        kwargs = {"teacher": tc.teacher, "num_classes": train_ds.num_classes, "image_size": transform.image_size}
+        kwargs: dict[str, Any] = {"teacher": tc.teacher, "num_classes": train_ds.num_classes,
+                                  "image_size": transform.image_size}
         model = build_classifier(**kwargs, seed=tc.seed, init=init)
         method = TeacherLoss(model, [], train_ds.num_classes, MethodParams())
         device = resolve_device(tc.device)

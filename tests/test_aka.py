@@ -229,7 +229,7 @@ def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_pa
     assert set(a.components) == {"part1", "part2"} and (a.target / "summary.json").is_file()
     rows = {r.task: r for r in a.table}
     assert set(rows) == {"part1", "part2"}
-    for task, row in rows.items():
+    for row in rows.values():
         assert len(row.sources) == 1  # the teacher trained on that part, found through its teacher.pt
         assert 0 <= row.component <= 1 and 0 <= row.target <= 1
     # The component caches record the component's classes, so the target maps them onto its head.

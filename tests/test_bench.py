@@ -18,12 +18,12 @@ def test_bench_extract_reports_both_rates_and_their_ratio(tmp_path):
     r = bench_extract(cfg, iters=2, warmup=1, rounds=2, min_seconds=0)
     assert r["forward_images_per_s"] > 0 and r["extract_images_per_s"] > 0
     assert len(r["rounds_ratio"]) == 2 and len(r["load_1min"]) == 3
-    per_round = [e / f for e, f in zip(r["rounds_extract_images_per_s"], r["rounds_forward_images_per_s"])]
+    per_round = [e / f for e, f in zip(r["rounds_extract_images_per_s"], r["rounds_forward_images_per_s"], strict=True)]
     assert r["ratio"] == sum(per_round) / 2  # the median of two rounds
     assert r["images"] == 64 and r["device"] == "cpu" and r["precision"] == "fp32" and r["cache_bytes"] > 0
     assert r["decode_images_per_s"] > 0 and r["ratio_to_decode"] == r["extract_images_per_s"] / r["decode_images_per_s"]
     serial = [e * (1 / f + 1 / d) for e, f, d in zip(r["rounds_extract_images_per_s"], r["rounds_forward_images_per_s"],
-                                                   r["rounds_decode_images_per_s"])]
+                                                   r["rounds_decode_images_per_s"], strict=True)]
     assert r["rounds_ratio_to_serial"] == serial and r["ratio_to_serial"] == sum(serial) / 2  # forward ∘ decode
     assert not (tmp_path / "untouched").exists()  # benches write to a scratch store
 

@@ -42,7 +42,7 @@ def test_statistics_are_the_training_sample_average_and_training_is_unchanged(tm
     off = distill(_cfg(tmp_path, "off", bn_recalibrate=0))
     on = distill(_cfg(tmp_path, "on", bn_recalibrate=10_000))  # more than the split: all 48 images, one batch
     # Train mode never reads the running statistics: every training number is the same bits.
-    for a, b in zip(_metrics(tmp_path / "off"), _metrics(tmp_path / "on")):
+    for a, b in zip(_metrics(tmp_path / "off"), _metrics(tmp_path / "on"), strict=True):
         assert a["train_loss"] == b["train_loss"] and a["train_acc"] == b["train_acc"]
     student, _, transform, *_ = load_run(tmp_path / "on", checkpoint="last", device="cpu")
     bn = next(m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -312,7 +312,7 @@ def test_sod_merges_overlapping_breeds(sod_tree):
     assert train.params == {"split": "rule-v1"}
     all_ids = train.sample_ids + test.sample_ids
     assert len(all_ids) == len(set(all_ids)) == 12 + 5  # cats ignored
-    labels = dict(zip(all_ids, np.concatenate([train.targets, test.targets]).tolist()))
+    labels = dict(zip(all_ids, np.concatenate([train.targets, test.targets]).tolist(), strict=True))
     assert labels["stanford/n02088364-beagle/n02088364_100.jpg"] == 1 == labels["pet/beagle_2.jpg"]
     assert labels["pet/pug_1.jpg"] == 3 and labels["stanford/n02085620-Chihuahua/n02085620_103.jpg"] == 0
     assert not any("Abyssinian" in i for i in all_ids)
@@ -322,7 +322,7 @@ def test_sod_merges_overlapping_breeds(sod_tree):
     # The rule decides the split from the ids alone.
     ids = sorted(all_ids)
     mask = sod_mod.split_rule_mask(ids, [labels[i] for i in ids])
-    assert sorted(test.sample_ids) == [i for i, t in zip(ids, mask) if t]
+    assert sorted(test.sample_ids) == [i for i, t in zip(ids, mask, strict=True) if t]
 
 
 def test_sod_sources_side_by_side(sod_tree, tmp_path: Path):

@@ -76,9 +76,9 @@ def test_ram_and_out_of_core_modes_yield_identical_batches(caches):
     assert disk_loader.modes == ["disk", "disk"]
     disk = collect(disk_loader)
     assert len(ram) == len(disk) == 2 * len(disk_loader)
-    for a, b in zip(ram, disk):
+    for a, b in zip(ram, disk, strict=True):
         assert torch.equal(a.index, b.index) and torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
-        for fa, fb in zip(a.features + a.logits, b.features + b.logits):
+        for fa, fb in zip(a.features + a.logits, b.features + b.logits, strict=True):
             assert torch.equal(fa, fb)
     # Epochs differ from each other.
     n = len(disk_loader)
@@ -110,7 +110,7 @@ def test_in_ram_gather_returns_fresh_rows(caches):
     a = table.gather(np.array([3, 1, 4]))
     keep = [t.clone() for t in a]
     table.gather(np.array([5, 9, 2]))
-    assert all(torch.equal(x, y) for x, y in zip(a, keep))
+    assert all(torch.equal(x, y) for x, y in zip(a, keep, strict=True))
     full = FeatureCache(caches[0]).read_all()
     assert np.array_equal(a[0].numpy(), full[FEATURES][[3, 1, 4]])
     loader.close()
@@ -214,7 +214,7 @@ def test_pinned_staging_copies_rows_exactly_and_reuses_slots():
     for step in range(5):
         rows = [torch.randn(7 + step, 16).half(), torch.randn(7 + step, 10)]
         out = staging.to_device(rows)
-        for a, b in zip(rows, out):
+        for a, b in zip(rows, out, strict=True):
             assert b.is_cuda and torch.equal(a, b.cpu())
     assert len(staging._bufs) == 4  # two slots × two tensors
 
@@ -236,10 +236,10 @@ def test_resident_loader_yields_the_host_loaders_batches(caches):
                               noise_per_batch=3)
     assert resident.modes == ["resident", "resident"] and len(resident) == len(host) // 2
     dev = collect(resident)
-    for a, b in zip(host, dev):
+    for a, b in zip(host, dev, strict=True):
         assert a.num_noise == b.num_noise == 3
-        for x, y in [(a.images, b.images), (a.labels, b.labels), (a.index, b.index), *zip(a.features, b.features),
-                     *zip(a.logits, b.logits)]:
+        for x, y in [(a.images, b.images), (a.labels, b.labels), (a.index, b.index),
+                     *zip(a.features, b.features, strict=True), *zip(a.logits, b.logits, strict=True)]:
             assert torch.equal(x, y)
 
 

@@ -19,7 +19,7 @@ class ToyStudent(nn.Module):
     def __init__(self, dims=(5,), num_classes=3, in_dim=4):
         super().__init__()
         widths = [in_dim, *dims]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         self.classifier = nn.Linear(widths[-1], num_classes)
         self.layer_dims = list(dims)
         self.num_features = widths[-1]

@@ -75,7 +75,7 @@ def original_state_shapes(num_classes: int = 200, cat_num: int = 4) -> dict[str,
     shapes[f"{p}.conv1.weight"] = (64, 3, 7, 7)
     bn(f"{p}.bn1", 64)
     inplanes = 64
-    for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
+    for li, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3), strict=True), start=1):
         for bi in range(blocks):
             q = f"{p}.layer{li}.{bi}"
             shapes[f"{q}.conv1.weight"] = (planes, inplanes, 1, 1)
@@ -268,7 +268,7 @@ def _reference_hard_nms(scores: torch.Tensor, boxes_yx: torch.Tensor, k: int, th
         inter = (hi - lo).clamp(min=0).prod(1)
         area = (b[rest, 2:] - b[rest, :2]).prod(1)
         iou = inter / (area + (b[i, 2:] - b[i, :2]).prod() - inter)
-        order = [o for o, v in zip(order, iou.tolist()) if v < thr]
+        order = [o for o, v in zip(order, iou.tolist(), strict=True) if v < thr]
     while len(picked) < k:
         picked.append(picked[0])
     return picked

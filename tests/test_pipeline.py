@@ -1,6 +1,7 @@
 """Recipes: parsing and validation, the plan, skipping what is done, resuming, the report."""
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_recipe_runs_then_skips_everything_it_has_done(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_interrupted_runs_resume(tmp_path, monkeypatch):
+def test_interrupted_runs_resume(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     data = json.loads(json.dumps(TINY))
     data["teachers"] = data["teachers"][1:]
@@ -78,8 +79,9 @@ def test_interrupted_runs_resume(tmp_path, monkeypatch):
     run_dir = tmp_path / "runs" / "lenet5-ce-alone-s0"
     (run_dir / "summary.json").unlink()  # as if it had been killed after its last checkpoint
     assert [s.state for s in plan(p, workers=0) if s.kind == "distill"] == ["resume"]
-    logs = []
-    run_pipeline(p, workers=0, log=logs.append)
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        run_pipeline(p, workers=0)  # without log=, a library call's stage lines go to logging
+    logs = [r.getMessage() for r in caplog.records if r.name == "featcache.pipeline.run"]
     assert any("resuming" in m for m in logs) and (run_dir / "summary.json").is_file()
 
 

@@ -1,6 +1,7 @@
 """A run says what it will do before its first step, and its progress bar gives the run's ETA."""
 
 import json
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -41,6 +42,18 @@ def test_a_run_without_teacher_says_so_and_what_it_trains(tmp_path):
     assert "warning: the test split holds 16 images: one image is 6.25 points" in block
     # the epoch bars carry the run's remaining epochs, paced by the epochs done (none yet in the first)
     assert [run for _, run in r.starts] == [(1, None), (0, r.starts[1][1][1])] and r.starts[1][1][1] > 0
+
+
+def test_a_library_run_without_a_reporter_sends_its_lines_and_warnings_to_logging(tmp_path, caplog):
+    cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), epochs=1, batch_size=16,
+                        workers=0, run_dir=tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="featcache"):
+        distill(cfg)
+    got = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("featcache.distill.loop", logging.INFO, f"run       {tmp_path / 'run'}") in got
+    assert any(r[:2] == ("featcache.distill.loop", logging.WARNING) and r[2].startswith("no teacher: the student")
+               for r in got)  # a warning's level says it: its "warning: " prefix is the terminal's
+    assert all(r.pathname.endswith("loop.py") for r in caplog.records if r.name == "featcache.distill.loop")
 
 
 def test_a_run_names_its_teachers_caches_and_labels(tmp_path):

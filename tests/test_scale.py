@@ -97,7 +97,7 @@ def test_out_of_core_table_serves_straddling_batches_as_ram_does_and_refuses_goi
             got = disk.gather(plan.order[i : i + 40])
             kept.append((plan.order[i : i + 40], got))
         for idx, got in kept:  # rows handed out earlier are not overwritten by the ring moving on
-            for a, b in zip(got, ram.gather(idx)):
+            for a, b in zip(got, ram.gather(idx), strict=True):
                 assert np.array_equal(a.numpy(), b.numpy())
         disk.close()
     disk.start_epoch(plan)
@@ -150,7 +150,7 @@ def test_mapped_ring_serves_the_same_rows_as_ram(tmp_path, monkeypatch, mmap_on,
         disk.start_epoch(plan)
         for i in range(0, spec.rows, 24):
             idx = plan.order[i : i + 24]
-            for a, b in zip(disk.gather(idx), ram.gather(idx)):
+            for a, b in zip(disk.gather(idx), ram.gather(idx), strict=True):
                 assert np.array_equal(a.numpy(), b.numpy())
         disk.close()
 
@@ -173,6 +173,6 @@ def test_an_int8_synthetic_cache_verifies_reads_back_and_streams_as_ram_does(tmp
     disk.start_epoch(plan)
     for i in range(0, spec.rows, 50):
         idx = plan.order[i : i + 50]
-        for a, b in zip(disk.gather(idx), ram.gather(idx)):
+        for a, b in zip(disk.gather(idx), ram.gather(idx), strict=True):
             assert np.array_equal(a.numpy(), b.numpy())
     disk.close()

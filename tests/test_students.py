@@ -85,7 +85,7 @@ def test_contract_small_input(name):
     torch.testing.assert_close(student.forward_head(f), logits)
     if dims:
         torch.testing.assert_close(outs[-1], f)
-        for a, b in zip(outs, layer_outs):
+        for a, b in zip(outs, layer_outs, strict=True):
             torch.testing.assert_close(a, b)
     else:
         torch.testing.assert_close(f, body)

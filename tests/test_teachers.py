@@ -72,7 +72,7 @@ def test_checkpoint_layouts_load_and_infer_num_classes(tmp_path, layout):
     assert loaded.num_classes == 4  # inferred from the checkpoint head
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
-        for a, b in zip(source.model.eval()(x), loaded.model(x)):
+        for a, b in zip(source.model.eval()(x), loaded.model(x), strict=True):
             torch.testing.assert_close(a, b)
 
 

@@ -74,23 +74,24 @@ class UserDataset(ImageDataset):
         self.name = name
         self.native_size = native_size
         self.user = dataset
-        n = len(dataset)
+        n = len(dataset)  # type: ignore[arg-type]  # a map-style Dataset has a length (torch does not declare it)
         files = _listed_files(dataset)
         if ids is None:
             ids = getattr(dataset, "sample_ids", None) or files or [str(i) for i in range(n)]
         if labels is None:
             targets = getattr(dataset, "targets", None)
             labels = list(targets) if targets is not None else [int(dataset[i][1]) for i in range(n)]
-        labels = np.asarray([int(x) for x in labels], dtype=np.int64)
+        label_array = np.asarray([int(x) for x in labels], dtype=np.int64)
         if classes is None:
-            classes = getattr(dataset, "classes", None) or [str(c) for c in range(int(labels.max()) + 1 if n else 0)]
-        if len(ids) != n or len(labels) != n:
-            raise DatasetError(f"dataset {name!r}: {n} samples but {len(ids)} ids and {len(labels)} labels")
+            classes = getattr(dataset, "classes", None) or [str(c) for c in range(int(label_array.max()) + 1 if n
+                                                                                  else 0)]
+        if len(ids) != n or len(label_array) != n:
+            raise DatasetError(f"dataset {name!r}: {n} samples but {len(ids)} ids and {len(label_array)} labels")
         if len(set(ids)) != n:
             raise DatasetError(f"dataset {name!r}: sample ids are not unique; pass ids=[...] that name each sample")
         self._files = files
         super().__init__(split=check_split(split), root=None, classes=[str(c) for c in classes],
-                         sample_ids=[str(i) for i in ids], targets=labels,
+                         sample_ids=[str(i) for i in ids], targets=label_array,
                          params={"source": "python", "class": type(dataset).__qualname__, "version": version})
 
     def read_image(self, index: int) -> torch.Tensor:
@@ -167,14 +168,15 @@ class ModuleFeatureModel(FeatureModel):
             self.feature_layer = f"output of {feature_layer}"
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        layer = self._layer
+        layer, model = self._layer, self.model
         if callable(layer) and not isinstance(layer, str):
-            features, logits = layer(self.model, x)
+            features, logits = layer(model, x)
         elif layer in (None, "timm"):
-            body = self.model.forward_features(x)
-            features = self.model.forward_head(body, pre_logits=True)
-            classifier = self.model.get_classifier() if hasattr(self.model, "get_classifier") else None
-            logits = classifier(features) if classifier is not None else self.model.forward_head(body)
+            model_: Any = model  # timm's split: methods that nn.Module does not declare
+            body = model_.forward_features(x)
+            features = model_.forward_head(body, pre_logits=True)
+            classifier = model_.get_classifier() if hasattr(model_, "get_classifier") else None
+            logits = classifier(features) if classifier is not None else model_.forward_head(body)
         else:
             self._captured.clear()
             logits = self.model(x)

@@ -120,12 +120,13 @@ class Cache:
 
         if not 0 <= view < self.views:
             raise ConfigError(f"view: cache {self.key} holds views 0..{self.views - 1}, got {view}")
-        if view == 0:
+        spec = self.view_spec
+        if view == 0 or spec is None:  # (a cache without views has view 0 only: checked above)
             pixels = Geometry(self.transform)(image)
         else:
-            params = view_params(self.view_spec, view, index, image.shape[-2], image.shape[-1],
+            params = view_params(spec, view, index, image.shape[-2], image.shape[-1],
                                  self.transform.image_size)
-            pixels = apply_view(image, params, self.view_spec, self.transform)
+            pixels = apply_view(image, params, spec, self.transform)
         return Normalizer(self.transform)(pixels[None], channels_last=False)[0]
 
     def view_params(self, indices: Sequence[int] | np.ndarray, view: int) -> np.ndarray:

@@ -221,8 +221,9 @@ class CachedRows(Dataset):
                               "'cached' (one of the cached views per item)")
         self.user = dataset
         self.join = RowJoin(teachers, dataset, **kwargs)
-        if len(dataset) != self.join.num_rows:
-            raise CacheMismatchError(f"the dataset has {len(dataset)} samples but the caches {self.join.num_rows} rows")
+        n = len(dataset)  # type: ignore[arg-type]  # a map-style Dataset has a length (torch does not declare it)
+        if n != self.join.num_rows:
+            raise CacheMismatchError(f"the dataset has {n} samples but the caches {self.join.num_rows} rows")
         self.view = view
         self.caches = [Cache(c) for c in self.join.caches]
         if view is not None:
@@ -240,17 +241,18 @@ class CachedRows(Dataset):
                                   "the same view_policy and seed); view='eval' gives the evaluation view")
 
     def __len__(self) -> int:
-        return len(self.user)
+        return self.join.num_rows
 
     def __getitem__(self, index: int):
         sample = self.user[index]
         sample = tuple(sample) if isinstance(sample, (tuple, list)) else (sample,)
         if self.view is None:
-            rows = self.join.join([index])
-            return (*sample, Rows({k: TeacherRow({f: v[0] for f, v in r.items()}) for k, r in rows.items()}))
-        first = self.caches[0]
+            joined = self.join.join([index])
+            return (*sample, Rows({k: TeacherRow({f: v[0] for f, v in r.items()}) for k, r in joined.items()}))
+        first, data = self.caches[0], self.join.dataset
+        assert data is not None  # a CachedRows always has its dataset
         k = first.views if self.view == "cached" else 1
         v = int(torch.randint(0, k, ())) if k > 1 else 0  # seeded per DataLoader worker by torch
-        image = first.view_image(self.join.dataset.read_image(index), index, v)
+        image = first.view_image(data.read_image(index), index, v)
         rows = {name: c.rows([index], view=v) for name, c in zip(self.join.names, self.caches, strict=True)}
         return (image, *sample[1:], Rows({k: TeacherRow({f: x[0] for f, x in r.items()}) for k, r in rows.items()}))

@@ -61,7 +61,7 @@ def bench_dequant(rows: int = 100_000, dim: int = 2048, classes: int = 10, batch
             return [order[i : i + batch_size] for i in range(0, rows - batch_size + 1, batch_size)]
 
         ram = {k: InMemoryTable(c, "data", fields[k]) for k, c in caches.items()}
-        settings = []
+        settings: list[tuple[Any, ...]] = []
         for k in ("float16", "int8"):
             settings.append((f"ram {k}", ram[k], caches[k], cut(full.order), None, True))
         settings.append(("ram int8, no dequant", ram["int8"], caches["int8"], cut(full.order), None, False))
@@ -85,7 +85,7 @@ def bench_dequant(rows: int = 100_000, dim: int = 2048, classes: int = 10, batch
                for name, t in times.items()}
         for mode in ("ram", "disk"):
             out[f"{mode} int8 / float16"] = {"median_round_ratio": statistics.median(
-                a / b for a, b in zip(times[f"{mode} float16"], times[f"{mode} int8"]))}
+                a / b for a, b in zip(times[f"{mode} float16"], times[f"{mode} int8"], strict=True))}
         copied = {k: c.row_bytes(fields[k][:1] + fields[k][2:]) for k, c in caches.items()}
         return {"rows": rows, "dim": dim, "batch_size": batch_size, "device": str(dev), "load": loads,
                 "feature_bytes_per_row": copied, "results": out}

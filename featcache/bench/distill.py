@@ -99,7 +99,8 @@ def _extract_teachers(config: "DistillConfig", teachers, weights: str, scratch: 
                       reporter: Reporter) -> tuple[list[str], int | None]:
     """Extract each teacher into the scratch store (not timed), all at the first one's image size; their cache keys
     and that size (the student's own without teachers)."""
-    exts, keys = [], []
+    exts: list[Any] = []
+    keys: list[str] = []
     for i, name in enumerate(teachers):
         ext = ExtractConfig(
             teacher=name, weights=weights, dataset=config.dataset, data_root=config.data_root,
@@ -206,6 +207,9 @@ class _ProgressOnly(Reporter):
     def __init__(self, inner: Reporter) -> None:
         self.inner = inner
 
+    def message(self, text: str) -> None:
+        pass  # the run's own lines are not the bench's
+
     def start(self, *args, **kwargs) -> None:
         self.inner.start(*args, **kwargs)
 
@@ -247,8 +251,10 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], limit_of: dict[str, str]) 
         ref = limit_of.get(name)
         if ref in runs:
             res["limit"] = ref
-            res["speed_vs_bare"] = median([x["images_per_s"] / y["images_per_s"] for x, y in zip(rs, runs[ref])])
-        res["speed_vs_student"] = median([x["images_per_s"] / y["images_per_s"] for x, y in zip(rs, runs["student"])])
+            res["speed_vs_bare"] = median([x["images_per_s"] / y["images_per_s"]
+                                           for x, y in zip(rs, runs[ref], strict=True)])
+        res["speed_vs_student"] = median([x["images_per_s"] / y["images_per_s"]
+                                          for x, y in zip(rs, runs["student"], strict=True)])
         results[name] = res
     a = results["student"]
     for r in results.values():
@@ -277,8 +283,8 @@ def _summarise_e2e(e2e: list[dict[str, Any]], runs: dict[str, list[dict[str, Any
             continue
         base = [y["images_per_s"] for y in runs[ref]]
         for what in ("train", "wall"):
-            res[f"{what}_{key}"] = median([x[f"{what}_images_per_s"] / b for x, b in zip(e2e, base)])
-        res[f"epochs_{key}"] = [median([x["epochs_images_per_s"][i] / b for x, b in zip(e2e, base)])
+            res[f"{what}_{key}"] = median([x[f"{what}_images_per_s"] / b for x, b in zip(e2e, base, strict=True)])
+        res[f"epochs_{key}"] = [median([x["epochs_images_per_s"][i] / b for x, b in zip(e2e, base, strict=True)])
                                 for i in range(epochs)]
     return res
 

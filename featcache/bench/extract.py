@@ -5,10 +5,10 @@ extract: images/s of a full `featcache extract` (decode + resize in workers, cop
 next to the bare forward pass of the same teacher at the same batch size and precision on device-resident input
 (the limit extraction can approach). The ratio is the headline.
 
-The other benches, one module each: bench_distill.py (a student's training step alone, with cached and with online
-teachers), bench_join.py (the loader's row tables against naive peers; the random cache the benches write),
-bench_trust.py (the trust checks against the extract), bench_store.py, bench_scale_life.py (`bench scale`) and
-bench_codec.py.
+The other benches, one module each in featcache/bench/: distill.py (a student's training step alone, with cached and
+with online teachers), join.py (the loader's row tables against naive peers; the random cache the benches write),
+trust.py (the trust checks against the extract), store.py, scale.py and scale_life.py (`bench scale`; synth.py
+writes its cache) and codec.py.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, ro
         "decode_images_per_s": median(decodes),
         "rounds_decode_images_per_s": decodes,
         "ratio_to_decode": extract_rate / median(decodes) if median(decodes) else None,
-        "serial_images_per_s": median([1 / (1 / f + 1 / d) for f, d in zip(forwards, decodes)]),
+        "serial_images_per_s": median([1 / (1 / f + 1 / d) for f, d in zip(forwards, decodes, strict=True)]),
         "ratio_to_serial": median(serial),
         "rounds_ratio_to_serial": serial,
         "cache_bytes": result.bytes,

@@ -9,7 +9,7 @@ resume) is written into a store, then measured through the functions the command
   checks every shard's sha256 on first read, so it is given next to a sequential read + sha256;
 * ram: what ``--cache-mode auto`` decides for the cache (printed), and the in-RAM load where the table fits the
   budget, next to a sequential read + sha256 (the load checks every shard too);
-* verify, ls, the re-extract answer, resume after kill -9, publish / export / import / gc: bench_scale_life.py.
+* verify, ls, the re-extract answer, resume after kill -9, publish / export / import / gc: scale_life.py.
 
 Cold runs drop the shards' pages (``posix_fadvise(DONTNEED)``, no root needed) and check with ``mincore`` that none
 of the sampled pages stayed resident.
@@ -126,7 +126,8 @@ def make_loader(cache: FeatureCache, batch_size: int, mode: str, views: bool = F
     from featcache.distill.loader import JoinedLoader
 
     # views: a transform is required to replay a view's image; iter_rows reads none, so any stands in for it
-    return JoinedLoader(_Samples(cache.num_rows()), [cache], batch_size=batch_size, seed=0, workers=0, device="cpu",
+    return JoinedLoader(_Samples(cache.num_rows()), [cache],  # type: ignore[arg-type]  # what iter_rows reads
+                        batch_size=batch_size, seed=0, workers=0, device="cpu",
                         mode=mode, check=False, views=views, ram_budget=ram_budget,
                         transform=cache.manifest.transform if views else None)
 
@@ -171,7 +172,8 @@ def bench_join_scale(cache: FeatureCache, batch_sizes: tuple[int, ...], repeats:
                 reporter.message(f"join round {r + 1}/{repeats}: batch {bs}, {temp} page cache")
                 loader = make_loader(cache, bs, "disk")
                 cache_files_checked(cache)
-                got = _timed_pair(lambda: sequential_read(paths), lambda: join_epoch(loader), temp == "cold", paths)
+                got = _timed_pair(lambda: sequential_read(paths), lambda: join_epoch(loader),  # noqa: B023 (called now)
+                                  temp == "cold", paths)
                 release(loader)
                 got.update(batch_size=bs, temp=temp, round=r, window_blocks=loader.window_blocks,
                            limit_rows_per_s=rows * got["limit"]["bytes"] / sum(p.stat().st_size for p in paths)
@@ -185,7 +187,7 @@ def bench_join_scale(cache: FeatureCache, batch_sizes: tuple[int, ...], repeats:
         def first() -> dict[str, Any]:
             forget_verified_shards()
             cache.close()
-            return join_epoch(loader)
+            return join_epoch(loader)  # noqa: B023 (called by _timed_pair below, before the loop moves on)
 
         got = _timed_pair(lambda: sequential_read(paths, sha256=True), first, temp == "cold", paths)
         release(loader)
@@ -207,7 +209,8 @@ def auto_decision(cache: FeatureCache, spec: SynthSpec, views: bool) -> dict[str
 
     need = (spec.views if views else 1) * cache.num_rows() * cache.row_bytes()
     budget = default_ram_budget()
-    out = {"views": views, "table_bytes": need, "budget_bytes": budget, "eager_ram_bytes": EAGER_RAM_BYTES}
+    out: dict[str, Any] = {"views": views, "table_bytes": need, "budget_bytes": budget,
+                           "eager_ram_bytes": EAGER_RAM_BYTES}
     if need <= budget and (views or need <= EAGER_RAM_BYTES):
         out["decision"] = "ram"  # it would load the tables: the ram step times that
         return out

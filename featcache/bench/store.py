@@ -101,7 +101,7 @@ def _round(root: Path, key: str, files: list[Path]) -> dict[str, float]:
     """One round: the copy (bare, then + fsync), export, import; seconds of each."""
     store = CacheStore(root / "src", shared_env=False)
     _warm(files)
-    t: dict[str, float] = dict(zip(("copy", "copy_fsync"), copy_files(files, root / "copy")))
+    t: dict[str, float] = dict(zip(("copy", "copy_fsync"), copy_files(files, root / "copy"), strict=True))
     shutil.rmtree(root / "copy")
     archive = root / "a.tar"
     t["export"] = _timed(lambda: export_cache(store, key, archive))

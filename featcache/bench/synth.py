@@ -228,7 +228,7 @@ def _write_shards(path: Path, m: Manifest, todo: list[tuple[str, int]], spec: Sy
                 m.save(path)
                 saved = time.monotonic()
 
-    items, errors = iter(todo), []
+    items, errors = iter(todo), list[BaseException]()
 
     def work() -> None:
         writers: dict[str, PartWriter] = {}  # one per thread and part: a PartWriter's open shards are its own

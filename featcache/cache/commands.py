@@ -79,7 +79,8 @@ def _disagreement(cfg: ExtractConfig, m: Manifest) -> str | None:
             return name
     if m.views and cfg.view_policy not in (None, m.views.policy):
         return "view_policy"
-    params = m.dataset.get("params") if isinstance(m.dataset.get("params"), dict) else {}
+    params = m.dataset.get("params")
+    params = params if isinstance(params, dict) else {}
     if any(k in params and str(params[k]) != str(v) for k, v in cfg.dataset_options.items()):
         return "dataset_options"
     return None if _same_weights(cfg, m) else "weights"

@@ -51,7 +51,7 @@ def read_rows_into(f: h5py.File, name: str, out: np.ndarray, a: int, b: int, des
         f[name].read_direct(out, source_sel=np.s_[a:b], dest_sel=np.s_[dest : dest + b - a])
         return
     offset, row, _, _ = lay
-    view = memoryview(target).cast("B")
+    view = memoryview(target).cast("B")  # type: ignore[arg-type]  # an ndarray is a buffer
     fd = f.id.get_vfd_handle()  # the shard h5py opened (and featcache checked); pread moves no file position
     at, done = offset + a * row, 0
     while done < len(view):

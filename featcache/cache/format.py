@@ -255,10 +255,10 @@ class Manifest:
             if value not in choices:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(choices)}")
         self._check_codec()
-        for name, value in (("shard_rows", self.shard_rows), ("teacher.num_features", self.teacher.num_features),
+        for name, count in (("shard_rows", self.shard_rows), ("teacher.num_features", self.teacher.num_features),
                             ("teacher.num_classes", self.teacher.num_classes)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+            if count < 1:
+                raise ValueError(f"{name} must be >= 1, got {count}")
         if self.topk_logits is not None and not 1 <= self.topk_logits <= self.teacher.num_classes:
             raise ValueError(f"topk_logits {self.topk_logits} is not within 1..{self.teacher.num_classes}")
         if self.content not in (None, CONTENT_DIGEST):
@@ -381,9 +381,10 @@ def identity_problem(m: "Manifest") -> str | None:
              *((dataset.get("name"), dataset.get("split")) if isinstance(dataset, dict) else (None, None))]
     if not all(isinstance(n, str) for n in names):
         return "its identity does not name the teacher, the dataset and the split"
-    if f"{_slug(*names)}-{digest}" != m.key:
-        return f"its key {m.key} is not the key its identity gives ({_slug(*names)}-{digest})"
-    for name, recorded, actual in _identity_fields(m, teacher):
+    slug = _slug(*names)  # type: ignore[arg-type]  # every name is a str (checked above)
+    if f"{slug}-{digest}" != m.key:
+        return f"its key {m.key} is not the key its identity gives ({slug}-{digest})"
+    for name, recorded, actual in _identity_fields(m, teacher):  # type: ignore[arg-type]  # a dict (names checked)
         if recorded != actual:
             return f"its {name} ({_brief(actual)}) is not the one its identity records ({_brief(recorded)})"
     return None
@@ -428,7 +429,7 @@ def is_cache_key(text: str) -> bool:
     return bool(_KEY_RE.match(text))
 
 
-def shard_path(directory: Path, shard: ShardInfo) -> Path:
+def shard_path(directory: Path, shard: ShardInfo | ProjectionInfo) -> Path:
     """Where a shard's file is: in its cache's directory, and never a symbolic link (featcache writes none; one could
     point anywhere on the machine)."""
     from featcache.errors import CacheError

@@ -17,6 +17,7 @@ entry it cannot remove is reported and left, never the end of the run. Standard 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import os
 import re
 import time
@@ -160,14 +161,14 @@ def clean_crashes(store: Path, dry_run: bool = False) -> tuple[list[str], list[s
         path = Path(store) / name
         if os.path.lexists(path) and not is_real_dir(path):
             clean(f"{name}, a link or a file where featcache keeps a directory (removed itself, nothing it points to)",
-                  lambda path=path: remove_tree(path))
+                  functools.partial(remove_tree, path))
     for d in stale_incoming(store):
-        clean(f"incoming directory {printable(d.name)} of a writer that is gone", lambda d=d: remove_tree(d))
+        clean(f"incoming directory {printable(d.name)} of a writer that is gone", functools.partial(remove_tree, d))
     for p in stale_leases(store):
         clean(f"lease {printable(p.parent.name)}/{printable(p.name)} of a process that is gone",
-              lambda p=p: drop_files([p]))
+              functools.partial(drop_files, [p]))
     for t in stale_trash(store):
-        clean(f"trash {printable(t.name)} of a removal that was interrupted", lambda t=t: clean_trash(t))
+        clean(f"trash {printable(t.name)} of a removal that was interrupted", functools.partial(clean_trash, t))
     return cleaned, left
 
 
@@ -201,10 +202,11 @@ def collect(store: CacheStore, max_size: int | None = None, unused_for: float | 
     if not dry_run and os.path.lexists(store.root):
         check_writable(store.root, "cache gc")  # as root too: a store marked read-only is left as it is
     cleaned, left = clean_crashes(store.root, dry_run)
-    for line in cleaned if on_step is not None else []:
-        on_step(line)
-    for line in left if on_step is not None else []:
-        on_step(Left(line))
+    if on_step is not None:
+        for line in cleaned:
+            on_step(line)
+        for line in left:
+            on_step(Left(line))
     cands = candidates(store)
     total = sum(c.bytes for c in cands)
     report = GcReport(total, total, cleaned=cleaned, left=left)

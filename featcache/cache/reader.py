@@ -240,7 +240,7 @@ class FeatureCache:
         which = np.searchsorted(self._starts[part], uniq, side="right") - 1
         cuts = np.flatnonzero(np.diff(which)) + 1
         bounds = np.concatenate([[0], cuts, [len(uniq)]])
-        for a, b in zip(bounds[:-1], bounds[1:]):
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
             if a == b:
                 continue
             shard = shards[int(which[a])]

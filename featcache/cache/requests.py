@@ -69,8 +69,8 @@ def tree_signature(paths: list[Path]) -> str:
                     continue
                 h.update(f"{e.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
 
-    for p in paths:
-        p = str(p)
+    for path in paths:
+        p = str(path)
         if os.path.isdir(p):
             h.update(f"dir {p}\n".encode())
             walk(p)
@@ -135,7 +135,7 @@ def _sample_unchanged(directory: Path, sample: list[list[Any]]) -> bool:
     try:
         with FeatureCache(directory) as cache:
             recorded = cache.gather(rows, fields=(CONTENT,))[CONTENT]
-        for (_, path), want in zip(sample, recorded):
+        for (_, path), want in zip(sample, recorded, strict=True):
             with open(path, "rb") as f:
                 if content_digest(f.read()) != int(want):
                     return False

@@ -96,10 +96,10 @@ class TarReader:
         if self.read_exact(BLOCK, "the end-of-archive marker").count(0) != BLOCK:
             raise self.refused("its end-of-archive marker is damaged")
         rest = bytearray(RECORD + 1)
-        view, got = memoryview(rest), 0
-        while got <= RECORD and (k := self.readinto(view[got:])):
-            got += k
-        if got > RECORD or rest.count(0) != len(rest):
+        view, filled = memoryview(rest), 0
+        while filled <= RECORD and (k := self.readinto(view[filled:])):
+            filled += k
+        if filled > RECORD or rest.count(0) != len(rest):
             raise self.refused("data follows its end-of-archive marker")
 
     def _header(self, block: bytes) -> tarfile.TarInfo:

@@ -36,9 +36,10 @@ __all__ = ["app", "main", "out", "err", "STUDENTS_HELP"]
 if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
     os.environ["GOMP_SPINCOUNT"] = "10000"  # (the imports above load no torch: `featcache --help` stays fast)
 
+
 def main() -> None:
     app(prog_name="featcache")
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

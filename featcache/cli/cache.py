@@ -118,7 +118,9 @@ def _print_ls(listing: list, root: Path) -> None:
     right = {5, 6}  # rows, size
     lines = []
     for n, c in enumerate([header, *cells]):
-        text = "  ".join(escape(v.rjust(w) if i in right else v.ljust(w)) for i, (v, w) in enumerate(zip(c, widths)))
+        # widths stops one column short: the last column is not padded
+        text = "  ".join(escape(v.rjust(w) if i in right else v.ljust(w))
+                         for i, (v, w) in enumerate(zip(c, widths, strict=False)))
         style = "bold" if n == 0 else _STATUS_STYLE.get(c[-1], "yellow")
         lines.append(f"{text}  [{style}]{escape(c[-1])}[/]")
     out.print("\n".join(lines), highlight=False, soft_wrap=True)

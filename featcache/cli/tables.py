@@ -29,7 +29,7 @@ def print_rows(rows, title: str) -> None:
     # What keeps look-alike rows apart ("[train fingerprint 0c31dd]") is said under the table, each such row
     # numbered in its method cell: in the cell it would push the accuracy columns off an 80-column terminal.
     marked = [row for row in rows if row.first.apart]
-    for row, c in zip(rows, cells):
+    for row, c in zip(rows, cells, strict=True):
         if row in marked:
             mark = printable(row.first.mark, limit=None)
             c["method"] = f"{c['method'][:-len(mark)]} ({marked.index(row) + 1})"

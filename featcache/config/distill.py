@@ -145,7 +145,7 @@ class AKAOptions:
 
 @dataclass
 class OptimOptions:
-    """How the student is trained (featcache.distill.engine: the optimizers and the schedule)."""
+    """How the student is trained (featcache.distill.optim: the optimizers and the schedule)."""
 
     epochs: int = opt(30, "Epochs of student training.", section="Optimisation")
     batch_size: int = opt(128, "Images per step (per GPU under torchrun).", short="-b", section="Optimisation")
@@ -211,7 +211,7 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
 
     def section(self, cls: type[S]) -> S:
         """The typed view of one section (``config.section(KDOptions).temperature``)."""
-        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
+        return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})  # type: ignore[arg-type]  # a dataclass
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")

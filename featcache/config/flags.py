@@ -109,7 +109,7 @@ def _cli_annotation(f: dataclasses.Field, tp: Any) -> Any:
     flag = flag_of(f)
     if flag.form == "repeat":  # numbers are parsed as numbers; names and paths stay text
         item = (typing.get_args(_unwrap_optional(tp)[0]) or (str,))[0]
-        return Optional[List[item if item in (int, float) else str]]
+        return Optional[List[item if item in (int, float) else str]]  # type: ignore[misc]  # built at run time
     if flag.form == "keyvalue":
         return Optional[List[str]]
     if flag.form == "comma":
@@ -344,7 +344,7 @@ def copy_fields(source: Any, target_cls: type, *, rename: dict[str, str] | None 
 
 def as_command(fn: Callable[..., Any], parameters: list[inspect.Parameter], doc: str | None = None):
     """Give ``fn(**values)`` the signature typer reads, so generated options work like hand-written ones."""
-    fn.__signature__ = inspect.Signature(parameters)
+    fn.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]  # what inspect and typer read
     fn.__annotations__ = {p.name: p.annotation for p in parameters}
     if doc:
         fn.__doc__ = doc

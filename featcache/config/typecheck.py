@@ -36,7 +36,7 @@ def describe(hint: Any) -> str:
              type(None): "nothing"}
     if hint in names:
         return names[hint]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return f"a table ({hint.__name__})"
     return getattr(hint, "__name__", str(hint))
 
@@ -100,7 +100,8 @@ def conform(value: Any, hint: Any) -> Any:
             except TypeMismatch as exc:
                 raise TypeMismatch(f"{k}: {exc}") from None
         return items
-    if dataclasses.is_dataclass(hint):  # built, its fields conformed (a dataclass may check its values itself)
+    # built, its fields conformed (a dataclass may check its values itself)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         check_fields(value, hint)
         hints = _fields_of(hint)[0]
         return hint(**{k: conform(v, hints[k]) for k, v in value.items()})

@@ -128,11 +128,11 @@ def _split_folders(root: Path) -> dict[str, Path] | None:
 def holdout_mask(ids: Sequence[str], labels: Sequence[int], fraction: float) -> np.ndarray:
     """is_test per sample: in each class, round(fraction · n) of its images (at least 1 and at most n − 1 when the
     class has two or more) whose sha256(id) digests are smallest. Depends on the ids only, not on listing order."""
-    labels = np.asarray(labels, dtype=np.int64)
+    label_of = np.asarray(labels, dtype=np.int64)
     digests = np.array([hashlib.sha256(i.encode("utf-8")).hexdigest() for i in ids])
     is_test = np.zeros(len(ids), dtype=bool)
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
+    for c in np.unique(label_of):
+        members = np.flatnonzero(label_of == c)
         k = int(np.floor(fraction * len(members) + 0.5))
         if len(members) >= 2:
             k = min(max(k, 1), len(members) - 1)

@@ -75,13 +75,13 @@ def copied_files(train: ImageDataset, test: ImageDataset) -> list[tuple[str, str
     common = set(sa[:, 0].tolist()).intersection(sb[:, 0].tolist())
     if not common:
         return []
-    files_a = [(p, n) for p, n in zip(a, sa[:, 0].tolist()) if n in common]
-    files_b = [(p, n) for p, n in zip(b, sb[:, 0].tolist()) if n in common]
+    files_a = [(p, n) for p, n in zip(a, sa[:, 0].tolist(), strict=True) if n in common]
+    files_b = [(p, n) for p, n in zip(b, sb[:, 0].tolist(), strict=True) if n in common]
     seen: dict[tuple[int, bytes], list[str]] = {}
-    for (path, size), digest in zip(files_a, _tail_digests(files_a)):
+    for (path, size), digest in zip(files_a, _tail_digests(files_a), strict=True):
         seen.setdefault((size, digest), []).append(path)
     copies = []
-    for (path, size), digest in zip(files_b, _tail_digests(files_b)):
+    for (path, size), digest in zip(files_b, _tail_digests(files_b), strict=True):
         for original in seen.get((size, digest), ()):
             if size <= _TAIL or _same_bytes(path, original):  # a small file's digest covered all of it
                 copies.append((path, original))

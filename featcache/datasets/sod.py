@@ -85,7 +85,7 @@ def _find_stanford(root: Path | None, explicit: str | Path | None = None) -> Pat
     for sub in STANFORD_SUBDIRS:
         if root is not None and (root / sub / "Images").is_dir():
             return root / sub / "Images"
-    looked = ", ".join(str(root / sub / "Images") for sub in STANFORD_SUBDIRS)
+    looked = ", ".join(str(root / sub / "Images") for sub in STANFORD_SUBDIRS) if root is not None else "no --data-root"
     raise DatasetError(f"SOD: Stanford Dogs not found (looked for {looked}); {STANFORD_HINT}, or name the folder with "
                        "-o stanford_root=DIR")
 
@@ -191,8 +191,8 @@ def _pet_samples(images: Path, list_txt: Path, rows: Sequence[ClassRow], table: 
         if f"pet/{name}.jpg" in found:
             raise DatasetError(f"SOD: {list_txt} line {lineno}: image {name!r} is listed twice")
         found[f"pet/{name}.jpg"] = wanted[breed]
-    present = set(found.values())
-    missing = sorted(b for b, i in wanted.items() if i not in present)
+    listed = set(found.values())
+    missing = sorted(b for b, i in wanted.items() if i not in listed)
     if missing:
         raise DatasetError(
             f"SOD: {list_txt} has no dog images of breed {missing[0]!r} (class table {table}); {PET_HINT}"
@@ -210,7 +210,7 @@ class SodDataset(ImageDataset):
 
     def image_path(self, index: int) -> str:
         source, rel = self.sample_ids[index].split("/", 1)
-        return os.path.join(self._roots[source], rel)
+        return os.path.join(self._roots[source], rel)  # type: ignore[arg-type]  # set for every source it lists
 
 
 @register_dataset("sod", needs_root=False)  # the two sources may be named by options instead

@@ -22,7 +22,7 @@ TEST_NUM, TEST_DEN = 5066, 25558  # test share of the papers' sizes (5,066 of 25
 class ClassRow(NamedTuple):
     """One SOD class; an empty ``stanford_dir`` / ``pet_breed`` means that source lacks the breed."""
 
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index (a field of the table, read by name)
     class_name: str
     stanford_dir: str
     pet_breed: str

@@ -10,8 +10,10 @@ Every stage skips what already exists, so an interrupted amalgamation continues 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
 from featcache.cache.store import CacheStore
 from featcache.datasets import get_dataset
@@ -21,6 +23,8 @@ from featcache.distill.trainer import LAST, SUMMARY, DistillConfig, distill, eva
 from featcache.errors import ConfigError, check_seed
 from featcache.extract import ExtractConfig, extract
 from featcache.util.progress import Reporter
+
+_log = logging.getLogger(__name__)
 
 
 def _distill_config(cfg: AmalgamateConfig, **kw) -> DistillConfig:
@@ -91,11 +95,14 @@ class AmalgamationResult:
     table: list[TaskAccuracy]
 
 
-def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=print) -> AmalgamationResult:
-    """Run both stages; returns the run directories, the component cache keys and the per-task table."""
+def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None,
+               log: Callable[[str], None] | None = None) -> AmalgamationResult:
+    """Run both stages; returns the run directories, the component cache keys and the per-task table. ``log``
+    receives a line per step (default: this module's logger, at INFO; the CLI prints them)."""
     if len(cfg.parts) < 1:
         raise ConfigError("amalgamate needs at least one task (--classes FILE, repeatable)")
     check_seed("--seed", cfg.seed)
+    log = log or _log.info
     train = get_dataset(cfg.dataset, cfg.data_root, "train", **cfg.dataset_options)
     sources = resolve_teachers(cfg.teachers, train, CacheStore(cfg.cache_dir, cfg.stores))
     for name, classes in cfg.parts.items():
@@ -133,7 +140,7 @@ def amalgamate(cfg: AmalgamateConfig, reporter: Reporter | None = None, log=prin
 def task_table(cfg: AmalgamateConfig, sources, components: dict[str, Path], target: Path) -> list[TaskAccuracy]:
     """Per task: accuracy of each source teacher that has a run directory, of the component and of the target."""
     rows = []
-    common = {"workers": cfg.workers, "device": cfg.device, "data_root": cfg.data_root}
+    common: dict[str, Any] = {"workers": cfg.workers, "device": cfg.device, "data_root": cfg.data_root}
     for task, classes in cfg.parts.items():
         source_acc = {}
         for c in sources:

@@ -59,6 +59,6 @@ def recalibrate(model: nn.Module, images: torch.Tensor, normalize: Normalizer, b
             with autocast(device, precision):
                 model(normalize(images[a:a + batch_size], channels_last=channels_last))
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         model.train(was_training)

@@ -14,7 +14,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ class TrainStep:
                  channels_last: bool, compile_mode: str = "none"):
         self.student, self.method, self.opt, self.topt, self.scaler = student, method, opt, topt, scaler
         self.normalize, self.device, self.precision, self.channels_last = normalize, device, precision, channels_last
-        self._loss = method.loss
+        self._loss: Callable[..., Any] = method.loss
         if distributed.context().active:
             # DistributedDataParallel over student + method (translators, FA modules): one module whose forward is
             # the method's loss, so every trainable parameter's gradient is averaged across ranks.
@@ -149,7 +149,7 @@ class TrainingParts:
             with torch.inference_mode(), autocast(self.step.device, self.step.precision):
                 outs = [m(x) for m in self.online]
             # Clones outside inference mode: the loss may save them for backward (the translators' inputs).
-            rows = TeacherRows([e.roundtrip(f).clone() for (f, _), e in zip(outs, self.online_dtypes)],
+            rows = TeacherRows([e.roundtrip(f).clone() for (f, _), e in zip(outs, self.online_dtypes, strict=True)],
                                [lg.float().clone() for _, lg in outs])
         return self.step(batch, epoch, rows=rows, x=x)
 

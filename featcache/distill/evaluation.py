@@ -1,4 +1,4 @@
-"""Test accuracy (Eq. 6 of the multi-teacher paper): per epoch for the engine, and of a finished run rebuilt from
+"""Test accuracy (Eq. 6 of the multi-teacher paper): per epoch for the training loop, and of a finished run rebuilt from
 its directory (``featcache eval``)."""
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def eval_loader(dataset: ImageDataset, transform: TransformSpec, batch_size: int
 
 @torch.no_grad()
 def evaluate(student, loader, transform: TransformSpec, device, precision: str,
-             channels_last: bool = True) -> dict[str, float]:
+             channels_last: bool = True) -> Accuracy:
     """Test accuracy = correct / (correct + incorrect) over the whole split (Eq. 6) and mean cross-entropy."""
     normalize = Normalizer(transform, device)
     was_training = student.training
@@ -93,7 +93,8 @@ def build_model(info: dict[str, Any]):
     if info.get("kind", "student") == "teacher":
         from featcache.models.classifier import build_classifier as build
     else:
-        from featcache.models.students import create_student as build
+        # ignored: the two builders take other keywords (checked by bind below), both give an nn.Module
+        from featcache.models.students import create_student as build  # type: ignore[assignment]
     try:
         inspect.signature(build).bind(**kwargs)
     except TypeError as exc:
@@ -154,14 +155,15 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
     w = default_workers(dev) if workers is None else workers
     head = list(test.classes)  # what the checkpoint's logits cover
     base = test.base if isinstance(test, ClassSubset) else test
-    jobs = [("all", test, None)]
+    jobs: list[tuple[str, Any, list[int] | None]] = [("all", test, None)]
     for name, classes in (parts or {}).items():
         outside = [c for c in classes if c not in head]
         if outside:
             raise ConfigError(f"--classes {name}: class {outside[0]!r} is not covered by the run's head "
                               f"({len(head)} classes)")
         jobs.append((name, ClassSubset(base, classes), [head.index(c) for c in classes]))
-    overall, per_part = None, {}
+    overall: Accuracy | None = None
+    per_part: dict[str, Accuracy] = {}
     for name, ds, cols in jobs:
         loader = eval_loader(ds, transform, batch_size, w, dev)
         try:
@@ -173,6 +175,7 @@ def evaluate_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", 
             overall = ev
         else:
             per_part[name] = ev
+    assert overall is not None  # jobs[0] is the whole split
     return RunEvaluation(run_dir=str(run_dir), checkpoint=checkpoint, epoch=state.epoch + 1,
                          acc=overall.acc, loss=overall.loss, n=overall.n, parts=per_part)
 

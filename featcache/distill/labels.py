@@ -79,8 +79,8 @@ def check_spec(spec: str, share: float | None = None) -> None:
     """Refuse a --labels / --labeled-share value that cannot mean anything (before any data is read)."""
     if spec in ("all", "none") or spec.startswith("ids:"):
         pass
-    elif _PER_CLASS.match(spec):
-        if int(_PER_CLASS.match(spec).group(1)) < 1:
+    elif per_class := _PER_CLASS.match(spec):
+        if int(per_class.group(1)) < 1:
             raise ConfigError(f"--labels {spec}: at least 1 per class", flag="--labels")
     else:
         try:

@@ -71,9 +71,9 @@ class _EpochStats:
 
     device: torch.device
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    correct: torch.Tensor = None  # type: ignore[assignment]
-    labelled: torch.Tensor = None  # type: ignore[assignment]  # the samples train accuracy counts
-    finite: torch.Tensor = None  # type: ignore[assignment]  # every loss of the epoch finite
+    correct: torch.Tensor | None = None
+    labelled: torch.Tensor | None = None  # the samples train accuracy counts
+    finite: torch.Tensor | None = None  # every loss of the epoch finite
     seen: int = 0
     noise: int = 0
     batches: int = 0
@@ -362,11 +362,11 @@ def write_config(run_dir: Path, s: Setup, loader, placement=None) -> None:
         "method": s.method.name,
         "teachers": [
             {"key": c.key, "teacher": c.manifest.teacher.name, "num_features": c.num_features, "mode": m}
-            for c, m in zip(s.caches, loader.modes)
+            for c, m in zip(s.caches, loader.modes, strict=True)
         ],
         "transform": s.transform.to_dict(),
         "head_classes": list(s.test.classes),  # what the student's logits cover, in order
-        "student": s.model.describe() if hasattr(s.model, "describe") else s.config.student,
+        "student": s.model.describe() if hasattr(s.model, "describe") else s.config.student,  # type: ignore[operator]  # duck-typed: checked by hasattr
         "student_kwargs": s.student_kwargs,
         "kind": s.kind,
         # --labels: which training labels the run read (spec, count, and a hash of those samples' ids)

@@ -101,7 +101,7 @@ def plan_tables(need: list[int], disk_block_bytes: list[int], *, mode: str, shuf
             "out-of-core tables need --shuffle block (or auto); --shuffle full needs a larger --cache-ram")
     if window_blocks is None:
         # Out-of-core tables hold 4 windows of blocks each; size the windows from what the budget has left.
-        disk = [b for b, m in zip(disk_block_bytes, modes) if m == "disk"]
+        disk = [b for b, m in zip(disk_block_bytes, modes, strict=True) if m == "disk"]
         left = max(allowed - used, 256 * 2**20)
         per_block = max((4 * b for b in disk), default=1)
         window_blocks = int(np.clip(left // (max(1, len(disk)) * per_block), 1, 16))

@@ -40,7 +40,7 @@ MEMORISE_PARAMS_PER_IMAGE = 1500
 def preflight_lines(s: Setup, t: TrainingParts) -> list[str]:
     """The block a run prints before training (one fact per line), then its warnings."""
     c = s.config
-    model = s.model.describe() if hasattr(s.model, "describe") else f"{c.student}, {_params(s.model)}"
+    model = s.model.describe() if hasattr(s.model, "describe") else f"{c.student}, {_params(s.model)}"  # type: ignore[operator]  # duck-typed: checked by hasattr
     teachers = [f"{cache.key} ({cache.directory.parent})" for cache in s.caches]
     if t.online is not None:
         teachers = [f"{k} (online: run on every batch)" for k in teachers]

@@ -9,7 +9,7 @@ seed, so the two yield identical batches (tested).
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ class ResidentLoader:
         size = transform.image_size if transform is not None else None
         n = len(dataset)
         self.fields = [(FEATURES, LOGITS, *(c.block_fields if blocks else []), *c.join_fields) for c in self.caches]
-        need = n * 3 * (size or 0) ** 2 + sum(n * c.row_bytes(f) for c, f in zip(self.caches, self.fields))
+        need = n * 3 * (size or 0) ** 2 + sum(n * c.row_bytes(f) for c, f in zip(self.caches, self.fields, strict=True))
         if max_bytes is not None and need > max_bytes:
             raise ConfigError(
                 f"--resident needs {need / 2**30:.2f} GiB on {self.device} for images and teacher rows but "
@@ -95,18 +95,18 @@ class ResidentLoader:
         self.images = self._decode_all(dataset, workers).to(self.device)
         self.labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64, device=self.device)
         self.tables = []  # per teacher: [features, logits, *blocks] on the device
-        for c, f in zip(self.caches, self.fields):
+        for c, f in zip(self.caches, self.fields, strict=True):
             rows = c.read_all(PART_DATA, fields=f)
             self.tables.append([torch.from_numpy(rows[name]).to(self.device) for name in f])
-        self.noise = None
+        self.noise: dict[str, Any] | None = None
         if noise_per_batch:
             m = self.caches[0].manifest.noise
             count = min(c.num_rows(PART_NOISE) for c in self.caches)
-            rows = [c.read_all(PART_NOISE, fields=f) for c, f in zip(self.caches, self.fields)]
+            noise_rows = [c.read_all(PART_NOISE, fields=f) for c, f in zip(self.caches, self.fields, strict=True)]
             self.noise = {
                 "images": noise_batch(m.seed, np.arange(count), m.image_size).to(self.device),
                 "tables": [[torch.from_numpy(r[name][:count]).to(self.device) for name in f]
-                           for r, f in zip(rows, self.fields)],
+                           for r, f in zip(noise_rows, self.fields, strict=True)],
                 "count": count,
             }
         self._gen = torch.Generator(device=self.device)
@@ -164,8 +164,8 @@ class ResidentLoader:
                 nidx = noise_order[k * self.noise_per_batch : (k + 1) * self.noise_per_batch]
                 num_noise = len(nidx)
                 images = torch.cat([images, self.noise["images"].index_select(0, nidx)])
-                tables = [[torch.cat([a, b.index_select(0, nidx)]) for a, b in zip(table, noise_table)]
-                          for table, noise_table in zip(tables, self.noise["tables"])]
+                tables = [[torch.cat([a, b.index_select(0, nidx)]) for a, b in zip(table, noise_table, strict=True)]
+                          for table, noise_table in zip(tables, self.noise["tables"], strict=True)]
                 index = torch.cat([idx, nidx])
             features, logits, blocks = split_rows([x for t in tables for x in t], self.caches, [len(t) for t in tables])
             if num_noise:  # TS-Learning: a random image is labelled by the (first) teacher's prediction

@@ -68,7 +68,7 @@ def check_same_inputs(run_dir: Path, teacher_keys: list[str], datasets: dict[str
     """Refuse ``--resume`` when the teachers resolve to other caches, the splits are other samples or labels, or
     ``labels`` (what ``LabelSubset.record`` gives now) is another subset or read from an edited ids file."""
     info = rundir.read_config(run_dir)
-    before = [t.get("key") for t in info.get("teachers") or [] if isinstance(t, dict)]
+    before = [str(t.get("key")) for t in info.get("teachers") or [] if isinstance(t, dict)]
     if before != list(teacher_keys):
         raise ConfigError(f"--resume: {run_dir} was trained from the caches {', '.join(before) or '(none)'}, the "
                           f"--teacher flags now give {', '.join(teacher_keys) or '(none)'}; name the same caches "

@@ -1,7 +1,7 @@
 """What a distill run is, before it trains: the checked config, datasets, caches, transform, student and method.
 
 ``setup(config)`` resolves everything a run needs (and refuses what cannot work) without starting the loop;
-``featcache.distill.engine`` trains what it returns.
+``featcache.distill.loop`` trains what it returns (with the parts ``featcache.distill.engine`` builds).
 """
 
 from __future__ import annotations

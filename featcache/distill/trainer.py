@@ -3,9 +3,10 @@
     >>> from featcache.distill.trainer import DistillConfig, distill
     >>> summary = distill(DistillConfig(student="lenet5", dataset="synthetic", teachers=["resnet18"], method="ts"))
 
-The stage is three modules: ``setup`` (what the run is, checked), ``engine`` (the loop, shared with train-teacher)
-and ``evaluation`` (a finished run rebuilt and tested). This module is the entry point and re-exports their public
-names. No teacher network is built in any of them (except ``--online``, for the losslessness comparison).
+The stage is four modules: ``setup`` (what the run is, checked), ``engine`` (what a training step is made of),
+``loop`` (the epoch loop, shared with train-teacher) and ``evaluation`` (test accuracy; a finished run rebuilt and
+tested). This module is the entry point and re-exports their public names. No teacher network is built in any of
+them (except ``--online``, for the losslessness comparison).
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def _extract_distributed(plan: ExtractPlan, config: ExtractConfig, reporter: Rep
 
         images, seconds = run_sweep(plan, teacher, manifest, reporter, shard_filter=lambda n: n % ctx.world == ctx.rank,
                                     on_shard=record, save_manifest=ctx.is_main)
-        counts = [None] * ctx.world  # also keeps the ranks in step: every rank has finished its shards
+        counts: list[Any] = [None] * ctx.world  # also keeps the ranks in step: every rank has finished its shards
         torch.distributed.all_gather_object(counts, (images, seconds))
         if ctx.is_main:
             manifest = Manifest.load(plan.work)

@@ -131,9 +131,9 @@ def validate(config: ExtractConfig) -> None:
         check_seed(flag, seed)
     check_at_least("--shard-rows", config.shard_rows, 1)
     check_at_least("--noise", config.noise, 0)
-    for flag, value in (("--image-size", config.image_size), ("--resize", config.resize)):
-        if value is not None:
-            check_target_size(flag, value)
+    for flag, size in (("--image-size", config.image_size), ("--resize", config.resize)):
+        if size is not None:
+            check_target_size(flag, size)
     check_at_least("--views", config.views, 1)
     if config.views > MAX_VIEWS:
         raise ConfigError(f"--views {config.views}: at most {MAX_VIEWS} (each view caches every row of the split "

@@ -81,7 +81,7 @@ class Batches(Dataset):
                                    f"{list(images.shape[1:])}; a transform must give every image one size")
             images[j] = item[0]
             labels[j] = item[1]
-            for e, v in zip(extras, item[3:]):
+            for e, v in zip(extras, item[3:], strict=True):
                 e.append(v)
         out = [torch.stack(e) if isinstance(e[0], torch.Tensor) else torch.as_tensor(np.asarray(e, dtype=np.int64))
                for e in extras]
@@ -110,7 +110,7 @@ class HostBuffers:
 
 def block_module(model: torch.nn.Module, name: str) -> torch.nn.Module:
     """The submodule ``name`` of a teacher, named as in its ``block_root()`` (e.g. layer3 of a torchvision ResNet)."""
-    root = model.block_root() if hasattr(model, "block_root") else model
+    root = model.block_root() if hasattr(model, "block_root") else model  # type: ignore[operator]  # duck-typed: checked by hasattr
     try:
         return root.get_submodule(name)
     except AttributeError:
@@ -143,7 +143,8 @@ def describe_blocks(model, captured, cfg: ExtractConfig, plan: ExtractPlan, devi
 def row_encoder(plan: ExtractPlan, manifest: Manifest) -> RowEncoder:
     """What the sweep stores for each batch of features: projected through the recorded file (extract --project,
     featcache.extract.project), then cast or quantised."""
-    projection, p = None, manifest.projection
+    projection: tuple[np.ndarray, np.ndarray] | str | None = None
+    p = manifest.projection
     if p is not None:
         path = plan.work / p.file
         if not path.is_file() or path.stat().st_size != p.bytes or file_sha256(path) != p.sha256:
@@ -152,7 +153,7 @@ def row_encoder(plan: ExtractPlan, manifest: Manifest) -> RowEncoder:
         if isinstance(projection, str):
             raise CacheError(f"cache {plan.key}: projection file {p.file} is unreadable ({projection}); re-run the "
                              "extract with --force")
-    return RowEncoder(manifest, projection, plan.device)
+    return RowEncoder(manifest, projection, plan.device)  # type: ignore[arg-type]  # a str was refused above
 
 
 MANIFEST_EVERY = 1.0  # seconds between manifest saves during a sweep (and once at its end)

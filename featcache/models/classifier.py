@@ -37,7 +37,7 @@ class Classifier(nn.Module):
     def weights_state_dict(self) -> dict[str, torch.Tensor]:
         """The state_dict `extract --weights` loads: torchvision's own key layout, or NTS-Net's."""
         if hasattr(self.model, "torchvision_state_dict"):
-            return self.model.torchvision_state_dict()
+            return self.model.torchvision_state_dict()  # type: ignore[operator]  # duck-typed: checked by hasattr
         return self.model.state_dict()
 
 
@@ -90,7 +90,7 @@ def build_classifier(teacher: str, num_classes: int, image_size: int | None = No
             member = _imagenet_member(teacher)
             state = member.get_state_dict(progress=False)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            t.model.pretrained_model.load_state_dict(state, strict=False)
+            t.model.pretrained_model.load_state_dict(state, strict=False)  # type: ignore[union-attr]  # NTS-Net's
     model = t.model
     if model.num_classes != num_classes:
         if not entry.head_swappable:

@@ -223,7 +223,7 @@ class NTSNet(FeatureModel):
     def num_anchors(self, height: int, width: int) -> int:
         return sum(
             fh * fw * len(scales) * len(ratios)
-            for (fh, fw), (_, _, scales, ratios) in zip(navigator_map_sizes(height, width), ANCHOR_LEVELS)
+            for (fh, fw), (_, _, scales, ratios) in zip(navigator_map_sizes(height, width), ANCHOR_LEVELS, strict=True)
         )
 
     # -- building blocks -----------------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ class Student(nn.Module):
         """
         self._check_level(level)
         for layer in self.layers[self.num_levels - level + 1 :]:
-            f = layer.forward_no_dropout(f)
+            f = layer.forward_no_dropout(f)  # type: ignore[operator]  # each layer is an FCLayer
         return self.classifier(f)
 
     def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

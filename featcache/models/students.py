@@ -119,7 +119,7 @@ def _strip(net: nn.Module, *attrs: str) -> nn.Module:
 
 def _stem_stride_1(net: nn.Module) -> None:
     """MobileNets' small-input change: the first conv (features.0.0) gets stride 1."""
-    conv = net.features[0][0]
+    conv = net.features[0][0]  # type: ignore[index]  # a torchvision MobileNet's Sequential
     assert isinstance(conv, nn.Conv2d)
     conv.stride = (1, 1)
 

@@ -273,7 +273,7 @@ class RunFeatureModel(FeatureModel):
     """A trained featcache run (a distilled student, e.g. an amalgamation component net) used as a teacher:
     its feature layer and head, exactly as it was evaluated."""
 
-    def __init__(self, model: nn.Module, num_classes: int, image_size: int) -> None:
+    def __init__(self, model: Any, num_classes: int, image_size: int) -> None:  # a student: a FeatureModel
         super().__init__()
         self.model = model
         self.num_features = int(model.num_features)

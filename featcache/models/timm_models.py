@@ -133,11 +133,11 @@ def _classifier_rows(state: dict[str, torch.Tensor], arch: str) -> int | None:
 class TimmFeatureModel(FeatureModel):
     """A timm classifier split at its classifier: features = pre-logits, logits = the classifier on them."""
 
-    def __init__(self, net: nn.Module, name: str, image_size: int) -> None:
+    def __init__(self, net: Any, name: str, image_size: int) -> None:  # a timm model (its API is untyped)
         super().__init__()
         self.net = net
         self.classifier = net.get_classifier()
-        self.num_classes = int(getattr(net, "num_classes"))
+        self.num_classes = int(net.num_classes)
         self.num_features = int(getattr(net, "head_hidden_size", None) or net.num_features)
         self.default_image_size = image_size
         self.min_image_size = 16

@@ -49,7 +49,7 @@ class UpsampleTranslator(nn.Module):
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         if f.shape[-1] != self.in_dim:
             raise ValueError(f"expected features of width {self.in_dim}, got {tuple(f.shape)}")
-        f = f.to(self.dtype_ref.dtype)
+        f = f.to(self.dtype_ref.dtype)  # type: ignore[arg-type]  # a buffer: a tensor
         if self.in_dim == self.out_dim:
             return f
         lead = f.shape[:-1]

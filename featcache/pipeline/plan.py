@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import AbstractSet, Any
 
 from featcache.config import DistillConfig, TeacherConfig
 from featcache.runs.rundir import CONFIG, LAST, SUMMARY
@@ -57,7 +57,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 48 else text[:47] + "…"
 
 
-def _differences(expected: Any, recorded: dict[str, Any], skip: set[str] = frozenset()) -> list[str]:
+def _differences(expected: Any, recorded: dict[str, Any], skip: AbstractSet[str] = frozenset()) -> list[str]:
     """``field old → new`` for every field of the DistillConfig a run recorded (config.json's ``config``) that
     differs from what the recipe now asks, runtime flags aside. A field the record lacks (one added since) counts
     as its default, which is what the run did."""

@@ -17,7 +17,7 @@ from featcache.pipeline.paths import Recipe, check_names, expand, inside_runs
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib  # type: ignore[no-redef]
+    import tomli as tomllib
 
 
 # What a recipe table may set is declared by each config field's Flag (featcache.config): everything but what the

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
@@ -22,10 +23,14 @@ from featcache.pipeline.plan import (
 from featcache.pipeline.recipe import Pipeline, TeacherSpec, distill_jobs, recipe_terms
 from featcache.util.progress import Reporter
 
+_log = logging.getLogger(__name__)
+
 
 def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto", workers: int | None = None,
-                 reporter: Reporter | None = None, log=print, rerun_stale: bool = False) -> dict[str, Any]:
+                 reporter: Reporter | None = None, log: Callable[[str], None] | None = None,
+                 rerun_stale: bool = False) -> dict[str, Any]:
     """Execute every stage that is not done, in order; returns the report paths and the distill run directories.
+    ``log`` receives a line per stage (default: this module's logger, at INFO; the CLI prints them).
 
     Stale stages (outputs made with other values than the recipe now asks, see ``plan``) are refused before anything
     runs, unless ``rerun_stale``: their directories are then moved under RUNS/.stale/ and the stages run again."""
@@ -34,6 +39,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     from featcache.distill.trainer import distill
 
     reporter = reporter or Reporter()
+    log = log or _log.info
     stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
     stale = [s for s in stages if s.state == "stale"]
     if stale and not rerun_stale:

@@ -121,7 +121,7 @@ def guarded(name: str, call: Callable, *args: Any, doing: str | None = None) -> 
     except FeatcacheError:
         raise
     except Exception as exc:
-        raise failed(name, doing or getattr(call, "__name__", "it"), exc) from None
+        raise failed(name, doing or str(getattr(call, "__name__", "it")), exc) from None
 
 
 class RunLoggers:
@@ -148,7 +148,7 @@ class RunLoggers:
         return run
 
     def _tell(self, method: str, *args: Any) -> None:
-        for name, logger in zip(self.names, self.loggers):
+        for name, logger in zip(self.names, self.loggers, strict=True):
             guarded(name, getattr(logger, method), *args, doing=method)
 
     def log_epoch(self, epoch: int, record: dict[str, Any]) -> None:
@@ -166,7 +166,7 @@ class RunLoggers:
         """Close every logger, even after one raised; the first error is raised once all are closed, unless
         ``quiet`` (the run is already failing: its own error is the one to report)."""
         first = None
-        for name, logger in zip(self.names, self.loggers):
+        for name, logger in zip(self.names, self.loggers, strict=True):
             close = getattr(logger, "close", None)
             if close is None:
                 continue

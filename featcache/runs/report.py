@@ -226,11 +226,11 @@ def _tell_caches_apart(records: list[RunRecord]) -> None:
     by its key's hash, so the table and the curves' legend do not show two arms as the same."""
     keys: dict[str, set[str]] = {}
     for r in records:
-        for name, key in zip(r.teachers, r.teacher_keys):
+        for name, key in zip(r.teachers, r.teacher_keys, strict=False):
             keys.setdefault(name.split("@")[0], set()).add(key)
     for r in records:
         r.teachers = [f"{n.split('@')[0]}@{k.rsplit('-', 1)[-1][:6]}" if len(keys[n.split('@')[0]]) > 1 else n
-                      for n, k in zip(r.teachers, r.teacher_keys)] + r.teachers[len(r.teacher_keys):]
+                      for n, k in zip(r.teachers, r.teacher_keys, strict=False)] + r.teachers[len(r.teacher_keys):]
 
 
 def build_rows(records: list[RunRecord], group_seeds: bool = True) -> list[Row]:
@@ -276,8 +276,8 @@ def _tell_rows_apart(rows: list[Row]) -> None:
         differ += [k for k in sorted({k for v in data for k in v}) if len({_key(v[k]) for v in data if k in v}) > 1]
         if not differ:
             continue
-        values = [{**d, **f} for d, f in zip(data, facts)]
-        for row, v in zip(group, values):
+        values = [{**d, **f} for d, f in zip(data, facts, strict=True)]
+        for row, v in zip(group, values, strict=True):
             shown = [f"{printable(k)} {_short(v.get(k, '—'))}" for k in differ[:2]] + (["…"] if len(differ) > 2 else [])
             for r in row.runs:
                 r.apart = shown

@@ -110,7 +110,7 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / METRICS
     if not path.is_file():
         return []
-    out = []
+    out: list[dict[str, Any]] = []
     lines = path.read_text(errors="replace").splitlines()
     for number, line in enumerate(lines, start=1):
         try:

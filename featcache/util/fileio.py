@@ -16,6 +16,7 @@ Standard library only: ``cache ls`` and the store commands import it without tor
 from __future__ import annotations
 
 import errno
+import io
 import itertools
 import json
 import os
@@ -87,7 +88,7 @@ def check_output_target(path: Path, flag: str = "output") -> None:
 
 @contextmanager
 def exclusive_temp(path: Path, flag: str = "output", mode: int | None = None,
-                   what: str = "directory") -> Iterator[IO[bytes]]:
+                   what: str = "directory") -> Iterator[io.BufferedWriter]:
     """A new temporary file next to ``path`` opened for binary writing; on a clean exit it is flushed, fsynced and
     renamed over ``path`` (and the directory fsynced); on any error it is removed and ``path`` is untouched. ``flag``
     names the target in errors; ``what`` names its folder when that cannot be written (read-only, full).
@@ -218,7 +219,7 @@ def _drop(path: Path) -> None:
         pass
 
 
-_REASONS = {
+_REASONS: dict[int | None, str] = {
     errno.EROFS: "is on a read-only file system",
     errno.EACCES: "is not writable (permission denied)",
     errno.EPERM: "is not writable (operation not permitted)",

@@ -1,7 +1,10 @@
-"""Progress reporting for long stages: a silent default for library use and a rich bar for the CLI."""
+"""Progress reporting for long stages: for library use, no bars and every message through ``logging``; a rich bar
+and the messages on the terminal for the CLI."""
 
 from __future__ import annotations
 
+import logging
+import sys
 import time
 
 from rich.console import Console
@@ -11,6 +14,7 @@ from rich.progress import (
     Progress,
     ProgressColumn,
     Task,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -18,11 +22,22 @@ from rich.progress import (
 from rich.text import Text
 
 
-class Reporter:
-    """Silent reporter; subclasses show progress. Stages call ``start``/``advance``/``stop`` and ``message``."""
+WARNING_PREFIX = "warning: "
 
-    def message(self, text: str) -> None:  # noqa: D401 - a hook
-        pass
+
+class Reporter:
+    """The library's reporter: no progress bars; each message goes to the logger of the featcache module that says
+    it (``logging.getLogger("featcache.extract.manifest")``...; configure ``"featcache"`` to see them all) at INFO,
+    or at WARNING for a line starting ``"warning: "``. Subclasses show progress (the CLI's ``RichReporter``). Stages
+    call ``start``/``advance``/``stop`` and ``message``."""
+
+    def message(self, text: str) -> None:
+        # The caller's module names the logger, as if it had called logging.getLogger(__name__) itself.
+        log = logging.getLogger(sys._getframe(1).f_globals.get("__name__", __name__))
+        if text.startswith(WARNING_PREFIX):
+            log.warning(text[len(WARNING_PREFIX):], stacklevel=2)
+        else:
+            log.info(text, stacklevel=2)
 
     def start(self, total: int, description: str, unit: str = "img",
               run: tuple[int, float | None] | None = None) -> None:
@@ -73,7 +88,7 @@ class RichReporter(Reporter):
         self.console = console or Console(stderr=True)
         self.transient = transient
         self._progress: Progress | None = None
-        self._task = None
+        self._task: TaskID | None = None
         self.started = 0.0
 
     def message(self, text: str) -> None:

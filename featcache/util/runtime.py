@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 
 from featcache.errors import ConfigError, check_at_least
+
+if TYPE_CHECKING:
+    import threading
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -125,7 +128,7 @@ class PeakRSS:
     def __init__(self, interval: float = 0.005) -> None:
         self.interval = interval
         self.peak: int | None = None
-        self._stop = None
+        self._stop: threading.Event | None = None
 
     @staticmethod
     def now() -> int | None:

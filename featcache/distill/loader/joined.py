@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -62,7 +62,7 @@ def check_views(caches: Sequence[FeatureCache]) -> ViewSpec | None:
     return specs[0]
 
 
-def shutdown_workers(loader: DataLoader) -> None:
+def shutdown_workers(loader: DataLoader | Any) -> None:  # or a loader like it
     """Stop a DataLoader's persistent workers now. Left to the garbage collector, the iterator can be inherited by
     the workers of a loader forked later and its finaliser then fails inside them."""
     it = getattr(loader, "_iterator", None)
@@ -191,7 +191,7 @@ class JoinedLoader:
         """Each teacher's table in RAM or out of core, from one budget (featcache.distill.placement)."""
         budget = ram_budget if isinstance(ram_budget, Budget) else (
             Budget.of(None) if ram_budget is None else Budget(int(ram_budget), True))
-        need = [self.k * c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields)]
+        need = [self.k * c.num_rows(PART_DATA) * c.row_bytes(f) for c, f in zip(self.caches, self.fields, strict=True)]
         return plan_tables(need, [self.block_rows * c.row_bytes() for c in self.caches], mode=mode, shuffle=shuffle,
                            views=views, view_count=self.k if self.views is not None else 0, budget=budget,
                            labeled_share=self.sampling is not None and self.sampling.share is not None,
@@ -201,14 +201,15 @@ class JoinedLoader:
         self.tables = [
             (InMemoryTable(c, PART_DATA, f) if m == "ram"
              else OutOfCoreTable(c, PART_DATA, self.block_rows, self.window_blocks, f))
-            for c, m, f in zip(self.caches, self.modes, self.fields)
+            for c, m, f in zip(self.caches, self.modes, self.fields, strict=True)
         ]
         self.noise_tables = (
-            [InMemoryTable(c, PART_NOISE, f) for c, f in zip(self.caches, self.fields)] if self.noise_per_batch else []
+            [InMemoryTable(c, PART_NOISE, f) for c, f in zip(self.caches, self.fields, strict=True)]
+            if self.noise_per_batch else []
         )
         # Views 1..K-1 of every teacher (view 0 is the table above).
         self.view_tables = [[InMemoryTable(c, view_part(v), f) for v in range(1, self.k)]
-                            for c, f in zip(self.caches, self.fields)]
+                            for c, f in zip(self.caches, self.fields, strict=True)]
 
     def _data_loader(self, transform: TransformSpec | None) -> DataLoader:
         """The DataLoader that decodes this epoch's images (and replays views, makes noise) in the workers."""
@@ -317,11 +318,12 @@ class JoinedLoader:
             index = torch.from_numpy(np.concatenate([real, noise]))
         dev = self.device
         nb = dev.type == "cuda"  # images, labels and index arrive pinned from the DataLoader
-        rows, counts = [], []
+        rows: list[torch.Tensor] = []
+        counts: list[int] = []
         for k, table in enumerate(self.tables):
             got = table.gather(real) if self.views is None else self._gather_views(k, real, view_of)
             if num_noise:
-                got = tuple(torch.cat([a, b]) for a, b in zip(got, self.noise_tables[k].gather(noise)))
+                got = tuple(torch.cat([a, b]) for a, b in zip(got, self.noise_tables[k].gather(noise), strict=True))
             rows += got
             counts.append(len(got))
         rows = self._staging.to_device(rows)
@@ -341,7 +343,7 @@ class JoinedLoader:
             if len(sel):
                 got = self.view_tables[k][v - 1].gather(rows[sel])
                 where = torch.from_numpy(sel)
-                for o, g in zip(out, got):
+                for o, g in zip(out, got, strict=True):
                     o.index_copy_(0, where, g)
         return out
 
@@ -351,5 +353,5 @@ class JoinedLoader:
         shutdown_workers(self._loader)
 
     def describe(self) -> str:
-        parts = [f"{c.key}: {m}" for c, m in zip(self.caches, self.modes)]
+        parts = [f"{c.key}: {m}" for c, m in zip(self.caches, self.modes, strict=True)]
         return f"shuffle {self.shuffle}, " + (", ".join(parts) if parts else "no teachers")

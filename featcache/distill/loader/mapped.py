@@ -62,7 +62,7 @@ class MappedRing:
         self.base, self.size, self.slot_rows, self.row_bytes, self.delta = base, size, slot_rows, row_bytes, delta
         rows = slots * slot_rows
         raw = (ctypes.c_uint8 * (rows * row_bytes)).from_address(base + delta)
-        self.array = np.frombuffer(raw, dtype=dtype).reshape(rows, *row_shape)
+        self.array = np.frombuffer(raw, dtype=dtype).reshape(rows, *row_shape)  # type: ignore[call-overload]  # a buffer
         self.array.flags.writeable = False  # mapped file pages are read-only
         weakref.finalize(self, _LIBC.munmap, ctypes.c_void_p(base), ctypes.c_size_t(size))
 

@@ -53,11 +53,11 @@ def split_rows(rows: list[torch.Tensor], caches: Sequence[FeatureCache], counts:
     Called on the device's copies: int8 rows are dequantised here, after the host→device copy moved half the bytes
     of float16 rows, and top-k logits are made dense here too."""
     features, logits, blocks, at = [], [], [], 0
-    for cache, n in zip(caches, counts):
+    for cache, n in zip(caches, counts, strict=True):
         part = rows[at : at + n]
         at += n
         joined = cache.join_fields
-        extra = dict(zip(joined, part[n - len(joined) :]))
+        extra = dict(zip(joined, part[n - len(joined) :], strict=True))
         scale = extra.get(FEATURE_SCALE)
         features.append(part[0] if scale is None else dequantise(part[0], scale))
         top = extra.get(LOGITS_INDEX)

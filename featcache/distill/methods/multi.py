@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from featcache.config import TranslatorOptions
 from featcache.distill.methods.base import Method
 from featcache.losses import multi_teacher
@@ -42,6 +40,6 @@ class MultiTeacher(Method):
         translated = [self.trainable[i](rows.features[i]) for i in range(T)]
         classified = [student.head_from(i, t_i) for i, t_i in enumerate(translated, start=1)]
         p = self.params.loss
-        parts: dict[str, torch.Tensor] = {}
+        parts = {}  # the loss terms, averaged per epoch into metrics.jsonl
         loss = multi_teacher(logits, levels, translated, classified, y, p.lambda_mse, p.lambda_xent, terms=parts)
         return loss, parts, logits

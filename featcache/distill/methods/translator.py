@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from featcache.config import TranslatorOptions
 from featcache.distill.methods.base import Method
 from featcache.losses import translator_loss
@@ -31,6 +29,6 @@ class TSTranslator(Method):
         logits = student.forward_head(f_l1)
         t = self.trainable[0](rows.features[0])
         p = self.params.loss
-        parts: dict[str, torch.Tensor] = {}
+        parts = {}  # the loss terms, averaged per epoch into metrics.jsonl
         loss = translator_loss(f_l1, logits, t, student.head_from(1, t), y, p.lambda_mse, p.lambda_xent, terms=parts)
         return loss, parts, logits
