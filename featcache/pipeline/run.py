@@ -38,8 +38,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     from featcache.teach import train_teacher
     from featcache.distill.trainer import distill
 
-    reporter = reporter or Reporter()
-    log = log or _log.info
+    reporter, log = reporter or Reporter(), log or _log.info
     stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
     stale = [s for s in stages if s.state == "stale"]
     if stale and not rerun_stale:
