@@ -1,6 +1,7 @@
 """featcache as a library (featcache.api): a user's module and Dataset give the registry path's rows; the rows in a
 user's loop are the distill loader's; the docs' example trains; timm models as teachers and students."""
 
+import pickle
 import re
 from pathlib import Path
 
@@ -311,6 +312,9 @@ def test_row_join_places_tables_as_distill_does_and_streams_them_beyond_the_budg
     assert readers(small.caches[0].directory) == []
     with api.RowJoin([result.key], data, mode="disk") as disk:
         assert disk.modes == ["disk"] and torch.equal(disk.join([3])["r"].logits, ram.join([3])["r"].logits)
+        copy = pickle.loads(pickle.dumps(disk))  # as a spawned DataLoader worker gets it: under the parent's lease
+        assert torch.equal(copy.join([3])["r"].logits, ram.join([3])["r"].logits)
+        assert len(readers(disk.caches[0].directory)) == 1
 
 
 # -- registries --------------------------------------------------------------------------------------------------------

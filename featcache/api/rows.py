@@ -9,6 +9,7 @@ against the digests the extract recorded). Where the rows live is decided as ``f
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -104,7 +105,8 @@ class RowJoin:
                        for t in teachers]
         self.names = teacher_names(self.caches)
         record_use(store, [c.key for c in self.caches])
-        self._lease = Lease(self.caches, what="python RowJoin").__enter__()  # `cache rm`/`gc` wait while we read
+        # Leased while the shards are read (`cache rm` and `cache gc` wait): released once every table is in RAM.
+        self._lease: Lease | None = Lease(self.caches, what="python RowJoin").__enter__()
         try:
             self._check(dataset, dataset_name, split, transform, content_check, dataset_kwargs)
             self.fields = tuple(fields)
@@ -187,9 +189,18 @@ class RowJoin:
 
     def close(self) -> None:
         """Release the lease on the caches (a join of out-of-core tables reads no more rows afterwards)."""
-        self._lease.release()
+        if self._lease is not None:
+            self._lease.release()
         if "disk" in getattr(self, "modes", ()):
             self.tables = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy in a DataLoader worker reads under the lease its parent holds (a lease is a thread and files).
+        return {**self.__dict__, "_lease": None}
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown: the lease files name a dead process anyway
+            self.close()
 
     def __enter__(self) -> "RowJoin":
         return self
