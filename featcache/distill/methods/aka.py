@@ -115,11 +115,11 @@ class AdaptiveAmalgamation(Method):
         self._captured: dict[str, torch.Tensor] = {}
         if self.block_names:
             s_channels = found.student_block_channels
-            for t, blocks in enumerate(found.teacher_blocks or []):
+            for blocks in found.teacher_blocks or []:
                 self.fa_student_blocks.append(nn.ModuleList(
                     nn.Conv2d(cs, cs, 1, bias=False) for cs in s_channels))
                 self.fa_teacher_blocks.append(nn.ModuleList(
-                    nn.Conv2d(b.channels, cs, 1, bias=False) for b, cs in zip(blocks, s_channels)))
+                    nn.Conv2d(b.channels, cs, 1, bias=False) for b, cs in zip(blocks, s_channels, strict=True)))
             for fa in (*self.fa_student_blocks, *self.fa_teacher_blocks):
                 for conv in fa:
                     with torch.no_grad():
