@@ -348,6 +348,12 @@ def test_sod_data_errors(sod_tree, tmp_path: Path):
     root, table = sod_tree
     images = root / "stanford_dogs" / "Images"
     extra = images / "n09999999-Wolf"
+def test_sod_without_data_root_and_stanford_root_is_one_line(sod_tree):
+    root, table = sod_tree
+    with pytest.raises(DatasetError, match=r"Stanford Dogs not found \(looked for nothing: no --data-root\)"):
+        get_dataset("sod", None, "train", classes_file=table, pet_root=root / "oxford-iiit-pet")
+
+
     extra.mkdir()
     with raises_naming(extra, str(table)):
         get_dataset("sod", root, "train", classes_file=table)

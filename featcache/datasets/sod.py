@@ -85,7 +85,8 @@ def _find_stanford(root: Path | None, explicit: str | Path | None = None) -> Pat
     for sub in STANFORD_SUBDIRS:
         if root is not None and (root / sub / "Images").is_dir():
             return root / sub / "Images"
-    looked = ", ".join(str(root / sub / "Images") for sub in STANFORD_SUBDIRS) if root is not None else "no --data-root"
+    looked = "nothing: no --data-root" if root is None else ", ".join(str(root / sub / "Images")
+                                                                     for sub in STANFORD_SUBDIRS)
     raise DatasetError(f"SOD: Stanford Dogs not found (looked for {looked}); {STANFORD_HINT}, or name the folder with "
                        "-o stanford_root=DIR")
 
