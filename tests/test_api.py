@@ -164,6 +164,16 @@ def test_the_python_api_doc_examples_run_as_written(store, tmp_path, monkeypatch
     # the K-views loop proved its rows match each image's view; the views it drew were not all the evaluation view
     assert scope["augmented"].caches[0].views == 4 and scope["rows"]["my-r18"].view.shape == scope["y"].shape
     assert scope["summary"].method == "soft-only" and (tmp_path / "runs" / "small-ts" / "summary.json").is_file()
+    # The module student's run is evaluated where its class is registered; elsewhere the error says how.
+    from featcache.distill.evaluation import evaluate_run
+
+    assert evaluate_run(tmp_path / "runs" / "small-ts", device="cpu", workers=0).n == 8
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "featcache", "eval", "runs/small-ts", "--workers", "0"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "fc.register_student('python-smallnet', build" in " ".join(r.stderr.split())
 
 
 def test_the_api_reference_is_current():

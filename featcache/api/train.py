@@ -82,7 +82,9 @@ def _add_student(name: str, build: Callable[[int], nn.Module], feature_layer, re
 
 def _module_student(module: nn.Module, feature_layer) -> str:
     """A name for ``module`` as this process's student (each call replaces the previous module of its class)."""
-    name = "python-" + re.sub(r"[^a-z0-9_.-]", "-", type(module).__name__.lower())
+    from featcache.models.registry import PYTHON_PREFIX
+
+    name = PYTHON_PREFIX + re.sub(r"[^a-z0-9_.-]", "-", type(module).__name__.lower())
     return _add_student(name, lambda _size: module, feature_layer, replace=True)
 
 

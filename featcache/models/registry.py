@@ -43,6 +43,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}
+PYTHON_PREFIX = "python-"  # the name featcache.distill gives a student passed as an nn.Module
 # "prefix:NAME" families resolved on demand (timm:NAME): prefix -> fn(kind, name) -> ModelEntry | None.
 _NAMESPACES: dict[str, Callable[[str, str], ModelEntry | None]] = {}
 
@@ -89,5 +90,8 @@ def get_entry(kind: str, name: str) -> ModelEntry | None:
 def unknown_model_error(kind: str, name: str, extra: str = "") -> ModelError:
     known = ", ".join(list_models(kind))
     flag = "--teacher" if kind == "teacher" else "--student"
+    if name.startswith(PYTHON_PREFIX):  # a run of a module passed to featcache.distill: the class lives in user code
+        return ModelError(f"{kind} {name!r} was a Python module given to featcache.distill; in Python, "
+                          f"fc.register_student({name!r}, build, feature_layer=...) with your class, then evaluate")
     return ModelError(f"unknown {kind} {name!r} ({flag}): choose one of {known}{extra}")
 
