@@ -324,3 +324,14 @@ def test_the_command_line_sets_a_short_openmp_spin_unless_given():
                                        text=True, check=True).stdout.split()
     assert run({}) == ["10000", "None"]  # docs/benchmarks.md, "Distill end to end"
     assert run({"OMP_WAIT_POLICY": "ACTIVE"}) == ["None", "ACTIVE"]  # an explicit choice wins
+
+
+@pytest.mark.parametrize("cli", [False, True])
+def test_library_warnings_reach_stderr_through_logging_except_under_the_cli(cli):
+    import subprocess
+    import sys
+
+    code = ("import logging\n" + ("import featcache.cli\n" if cli else "")
+            + "logging.getLogger('featcache.distill.loop').warning('no teacher: the student trains alone')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and ("no teacher" in r.stderr) is not cli, r.stderr

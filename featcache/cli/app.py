@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -35,6 +36,10 @@ app.add_typer(runs_app, name="runs")
 
 out = Console()
 err = Console(stderr=True)
+
+# The library's messages go to logging; a command shows its own through its reporter (rich), so what else reaches the
+# featcache loggers (a stage's inner runs, the other ranks under torchrun) stays off the terminal, as it always has.
+logging.getLogger("featcache").addHandler(logging.NullHandler())
 
 EXIT_USER_ERROR = 2
 
