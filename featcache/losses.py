@@ -8,7 +8,7 @@ cached rows arrive as float16. Papers (docs/methods.md lists them with their fil
   learning* (MT), Eq. 4 of Landro et al., *Can a powerful neural network be a teacher for a weaker neural network?*
   (TS).
 * ``mse`` / ``feature_regression`` — the per-element mean squared error 1/(m·d) ΣΣ (a − b)²: TS Eq. 6 (MT Eq. 2
-  without its 1/d, a constant that the loss weight absorbs).
+  divided by the width d, a constant that the loss weight absorbs).
 * ``kd`` — Hinton, Vinyals, Dean (2015), *Distilling the Knowledge in a Neural Network*: T²·KL(softmax(t/T) ‖
   softmax(s/T)), several teachers' softened distributions averaged.
 * ``translator_loss`` — MT Eq. 3: one teacher whose feature a translator maps to the student's width.
@@ -78,6 +78,10 @@ def kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor | Sequence[tor
     teachers = [teacher_logits] if isinstance(teacher_logits, torch.Tensor) else list(teacher_logits)
     if not teachers:
         raise ConfigError("kd: teacher_logits is an empty list; pass at least one teacher's logits")
+    for t in teachers:  # KL would broadcast a [B, 1] or [1, C] target without a word
+        if t.shape != student_logits.shape:
+            raise ConfigError(f"kd: teacher logits {tuple(t.shape)} and student logits {tuple(student_logits.shape)} "
+                              "differ in shape; the teacher's classes must be the student's")
     T = temperature
     target = torch.stack([F.softmax(t.float() / T, dim=1) for t in teachers]).mean(0)
     return F.kl_div(F.log_softmax(student_logits.float() / T, dim=1), target, reduction="batchmean") * (T * T)

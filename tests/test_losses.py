@@ -72,12 +72,14 @@ def test_kd_is_t_squared_kl_to_the_averaged_soft_targets(gen):
     assert losses.kd(s, s.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_kd_refuses_a_temperature_without_a_softmax_and_no_teacher(gen):
+def test_kd_refuses_a_zero_temperature_no_teacher_and_other_classes(gen):
     s = torch.randn(2, 3, generator=gen)
     with pytest.raises(ConfigError, match="temperature must be > 0"):
         losses.kd(s, s, temperature=0.0)
     with pytest.raises(ConfigError, match="at least one teacher"):
         losses.kd(s, [])
+    with pytest.raises(ConfigError, match=r"teacher logits \(2, 1\) and student logits \(2, 3\) differ in shape"):
+        losses.kd(s, [s, s[:, :1]])
 
 
 def test_translator_loss_is_mt_eq3(gen):
