@@ -265,5 +265,8 @@ class CachedRows(Dataset):
         k = first.views if self.view == "cached" else 1
         v = int(torch.randint(0, k, ())) if k > 1 else 0  # seeded per DataLoader worker by torch
         image = first.view_image(data.read_image(index), index, v)
-        rows = {name: c.rows([index], view=v) for name, c in zip(self.join.names, self.caches, strict=True)}
+        if v == 0:  # the evaluation view: the join's tables (in RAM when they fit)
+            rows = {k: {**r, "view": torch.zeros(1, dtype=torch.int64)} for k, r in self.join.join([index]).items()}
+        else:
+            rows = {name: c.rows([index], view=v) for name, c in zip(self.join.names, self.caches, strict=True)}
         return (image, *sample[1:], Rows({k: TeacherRow({f: x[0] for f, x in r.items()}) for k, r in rows.items()}))
