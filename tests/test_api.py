@@ -325,6 +325,14 @@ def test_row_join_places_tables_as_distill_does_and_streams_them_beyond_the_budg
         copy = pickle.loads(pickle.dumps(disk))  # as a spawned DataLoader worker gets it: under the parent's lease
         assert torch.equal(copy.join([3])["r"].logits, ram.join([3])["r"].logits)
         assert len(readers(disk.caches[0].directory)) == 1
+    net = torchvision.models.resnet18(num_classes=4)
+    int8 = api.extract_from(net, data, name="q", dataset_name="toy", feature_layer="avgpool", image_size=16,
+                            workers=0, dtype="int8")
+    with api.RowJoin([int8.key], data, mode="disk") as disk:
+        got = disk.join([5, 2, 5, 6])["q"]
+        want = api.RowJoin([int8.key], data).join([5, 2, 5, 6])["q"]
+        assert got.features.dtype == torch.float16 and set(got) == {"features", "logits"}
+        assert torch.equal(got.features, want.features) and torch.equal(got.logits, want.logits)
 
 
 # -- registries --------------------------------------------------------------------------------------------------------
