@@ -262,5 +262,5 @@ def test_a_recorded_command_is_shown_only_as_the_extract_its_fields_make():
     module = dataclasses.replace(m.teacher, weights=WeightsInfo(source="module", ref="Net", sha256="0" * 64))
     api = dataclasses.replace(m, teacher=module, command="python: rm -rf ~")
     assert extract_command(api) is None
-    assert command_or(api) == ("featcache.api.extract_from(<your model>, <your dataset>, name='resnet18', "
+    assert command_or(api) == ("featcache.extract_from(<your model>, <your dataset>, name='resnet18', "
                                "dataset_name='synthetic', split='train')")

@@ -35,7 +35,7 @@ def command_or(m: Manifest, fallback: str = UNKNOWN) -> str:
     ``fallback`` words."""
     command = extract_command(m)
     if command is None and m.teacher.weights.source == "module":
-        command = printable(f"featcache.api.extract_from(<your model>, <your dataset>, name={m.teacher.name!r}, "
+        command = printable(f"featcache.extract_from(<your model>, <your dataset>, name={m.teacher.name!r}, "
                             f"dataset_name={m.dataset.get('name')!r}, split={m.dataset.get('split')!r})", limit=None)
     return command or fallback
 
