@@ -5,21 +5,38 @@ The tiny-dataset fixtures are function-scoped because error tests damage their c
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import shutil
-import signal
 import subprocess
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import (
+    CIFAR10_NAMES,
+    CUB_CLASSES,
+    REPO,
+    SOD_PET_DOGS,
+    SOD_STANFORD_DIRS,
+    SYN_DISTILL,
+    SYN_EXTRACT,
+    invoke,
+    make_tree,
+    write_image,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+# -- CUDA-only tests -------------------------------------------------------------------------------------------------
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``gpu`` runs only where CUDA is available; elsewhere it is skipped and says why."""
+    if next(item.iter_markers(name="gpu"), None) is None:
+        return
+    import torch  # only for marked tests: collecting the suite stays torch-free here
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (marked gpu): none is available here")
 
 
 # -- offline by construction ---------------------------------------------------------------------------------------
@@ -48,14 +65,6 @@ def offline(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monkey
         return real_connect(self, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded)
-
-
-def write_image(path: Path, seed: int, size: tuple[int, int] = (12, 10)) -> np.ndarray:
-    """A small random RGB image (PNG, or JPEG by suffix) at ``path``; returns its pixels [H, W, 3]."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(arr).save(path)
-    return arr
 
 
 # -- the real CIFAR-10 JPEG tarball ------------------------------------------------------------------------------
@@ -154,7 +163,6 @@ def cifar10_folder_root(tmp_path: Path) -> Path:
 
 
 # -- tiny CUB-200-2011 --------------------------------------------------------------------------------------------
-CUB_CLASSES = ["001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross"]
 
 
 @pytest.fixture
@@ -180,8 +188,6 @@ def cub_tree(tmp_path: Path) -> Path:
 
 
 # -- tiny SOD ------------------------------------------------------------------------------------------------------
-SOD_STANFORD_DIRS = ["n02085620-Chihuahua", "n02088364-beagle", "n02099601-golden_retriever"]
-SOD_PET_DOGS = ["beagle", "pug"]  # beagle merges with Stanford's beagle; pug is Pet-only
 
 
 @pytest.fixture
@@ -209,44 +215,78 @@ def sod_tree(tmp_path: Path) -> tuple[Path, Path]:
     return root, table
 
 
-# -- shared assertions and file systems ----------------------------------------------------------------------------
-def one_line_error(result, *needles: str) -> str:
-    """Exit status 2 and one ``error:`` line, the last thing printed (a progress bar may precede it); returns that
-    line with rich's wrapping undone, after checking it holds every needle."""
-    assert result.exit_code == 2, result.output
-    lines = [ln for ln in result.output.strip().splitlines() if ln.strip()]
-    assert "Traceback" not in result.output and lines[-1].startswith("error:"), result.output
-    assert sum(ln.startswith("error:") for ln in lines) == 1, result.output
-    flat = " ".join(lines[-1].split())
-    for n in needles:
-        assert n in flat, flat
-    return flat
+# -- a personal store, and what tests start from in it ---------------------------------------------------------------
+# Each template is made once per test run (by the CLI, as a user would) and copied into the test's own tmp_path, so a
+# test may damage its copy freely.
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The personal store: ``$FEATCACHE_HOME`` = tmp_path/home (not created), debug tracebacks off."""
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
+    return tmp_path / "home"
 
 
-def mount_tmpfs(path: Path, size: str) -> bool:
-    """A real small file system where the test may make one (root with mount rights), else False."""
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or not shutil.which("mount"):
-        return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+def _made_by_cli(base: Path, *args) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEATCACHE_HOME", str(base / "home"))
+        mp.setenv("FEATCACHE_OFFLINE", "1")
+        mp.delenv("FEATCACHE_DEBUG", raising=False)
+        r = invoke(*args)
+    assert r.exit_code == 0, r.output
 
 
-def umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+@pytest.fixture(scope="session")
+def _syn_cache_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("syn_cache_template")
+    _made_by_cli(base, "extract", *SYN_EXTRACT)
+    return base / "home"
 
 
-@contextlib.contextmanager
-def within(seconds: float):
-    """Fail the block when it runs longer than ``seconds``: SIGALRM interrupts a busy Python loop or a blocking open
-    (of a FIFO nobody reads), so a test of a hang fails rather than hangs. Main thread only."""
-    def late(signum, frame):
-        raise TimeoutError(f"took more than {seconds} s")
+@pytest.fixture
+def syn_cache(home: Path, _syn_cache_template: Path) -> Path:
+    """A complete cache (SYN_EXTRACT: 24 rows in two shards) in the personal store; returns its directory."""
+    shutil.copytree(_syn_cache_template, home)
+    (key,) = [p.name for p in home.iterdir() if (p / "manifest.json").is_file()]
+    return home / key
 
-    previous = signal.signal(signal.SIGALRM, late)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+
+@pytest.fixture(scope="session")
+def _finished_run_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("finished_run_template")
+    _made_by_cli(base, "distill", *SYN_DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", base / "run")
+    return base / "run"
+
+
+@pytest.fixture
+def finished_run(home: Path, tmp_path: Path, _finished_run_template: Path) -> Path:
+    """A finished 2-epoch run (ce, no teacher, SYN_DISTILL) in tmp_path/run."""
+    shutil.copytree(_finished_run_template, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.fixture(scope="session")
+def _folder_tree_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("folder_tree_template") / "data"
+    make_tree(root / "train")
+    make_tree(root / "test", per_class=2, seed=5000)
+    return root
+
+
+@pytest.fixture
+def folder_tree(tmp_path: Path, _folder_tree_template: Path) -> Path:
+    """A tiny folder dataset: DIR/train (6 per class) and DIR/test (2 per class) of FOLDER_CLASSES, 32x32 PNGs."""
+    shutil.copytree(_folder_tree_template, tmp_path / "data")
+    return tmp_path / "data"
+
+
+@pytest.fixture(scope="session")
+def resnet18_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding one cache: a random resnet18 on the synthetic dataset (64 train, 32 test images, 32 px).
+    Shared by the modules that only read it (runs record their last use in it, which none of them checks)."""
+    from featcache.extract import ExtractConfig, extract
+
+    root = tmp_path_factory.mktemp("resnet18_store")
+    extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic",
+                          dataset_options={"num_train": 64, "num_test": 32}, image_size=32, batch_size=32, workers=0,
+                          cache_dir=root))
+    return root

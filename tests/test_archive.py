@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import one_line_error, within
+from helpers import one_line_error, within
 from featcache.cli import app
 
 runner = CliRunner()

@@ -12,12 +12,23 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CIFAR10_NAMES, CUB_CLASSES, SOD_PET_DOGS, SOD_STANFORD_DIRS, write_image
+from helpers import CIFAR10_NAMES, CUB_CLASSES, SOD_PET_DOGS, SOD_STANFORD_DIRS, write_image
 from featcache.datasets import get_dataset, list_datasets
 from featcache.datasets import sod as sod_mod
 from featcache.datasets.base import ImageDataset
 from featcache.errors import ConfigError, DatasetError
 from featcache.util.resources import data_path
+from featcache.cache import FeatureCache
+from featcache.errors import CacheMismatchError
+from featcache.extract import ExtractConfig
+from featcache.extract import extract
+from helpers import FOLDER_DISTILL
+from helpers import FOLDER_EXTRACT
+from helpers import FOLDER_TEACH
+from helpers import invoke
+from helpers import make_tree
+from helpers import one_line_error
+import shutil
 
 
 def raises_naming(*fragments: str | Path):
@@ -337,6 +348,12 @@ def test_sod_sources_side_by_side(sod_tree, tmp_path: Path):
     assert a.sample_ids == b.sample_ids and a.targets.tolist() == b.targets.tolist()
 
 
+def test_sod_without_data_root_and_stanford_root_is_one_line(sod_tree):
+    root, table = sod_tree
+    with pytest.raises(DatasetError, match=r"Stanford Dogs not found \(looked for nothing: no --data-root\)"):
+        get_dataset("sod", None, "train", classes_file=table, pet_root=root / "oxford-iiit-pet")
+
+
 def test_sod_default_table_needs_all_stanford_dirs(sod_tree):
     root, _ = sod_tree
     # The shipped 131-class table is the default: the tiny tree lacks most of its breeds.
@@ -348,12 +365,6 @@ def test_sod_data_errors(sod_tree, tmp_path: Path):
     root, table = sod_tree
     images = root / "stanford_dogs" / "Images"
     extra = images / "n09999999-Wolf"
-def test_sod_without_data_root_and_stanford_root_is_one_line(sod_tree):
-    root, table = sod_tree
-    with pytest.raises(DatasetError, match=r"Stanford Dogs not found \(looked for nothing: no --data-root\)"):
-        get_dataset("sod", None, "train", classes_file=table, pet_root=root / "oxford-iiit-pet")
-
-
     extra.mkdir()
     with raises_naming(extra, str(table)):
         get_dataset("sod", root, "train", classes_file=table)
@@ -472,7 +483,7 @@ def test_sod_split_file_errors(sod_tree, tmp_path: Path):
 
 
 def test_sod_sources_named_explicitly_and_a_subset_of_breeds(sod_tree, tmp_path: Path):
-    """Issue 12: the two roots by option, whatever their parents are called; classes=present for the breeds on
+    """The two roots by option, whatever their parents are called; classes=present for the breeds on
     disk; the table tool writes only the Pet breeds present with --pet."""
     import shutil
 
@@ -532,7 +543,7 @@ def _tree(root: Path, classes=("cat", "dog"), per_class=4, seed=0) -> None:
 
 
 def test_folder_test_split_is_never_the_training_images(tmp_path: Path):
-    """Issue 12.1: a class tree alone has no test split; the ways to give one are each honoured."""
+    """A class tree alone has no test split; the ways to give one are each honoured."""
     _tree(tmp_path / "only" / "imgs")
     with raises_naming("test_root", "holdout"):
         get_dataset("folder", tmp_path / "only" / "imgs", "test")
@@ -575,7 +586,7 @@ def test_distill_refuses_a_test_split_made_of_training_images(tmp_path: Path):
         check_disjoint(train, test)
 
 
-# -- datasets that are not what they look like (issue 22, class 4) -------------------------------------------------
+# -- datasets that are not what they look like ---------------------------------------------------------------------
 def test_a_root_of_split_folders_is_never_read_as_classes(tmp_path: Path):
     """DIR holding only train/ used to be one class called "train" (a 100 % accurate model on any split)."""
     _tree(tmp_path / "a" / "train")
@@ -845,3 +856,44 @@ def test_splits_with_different_classes_are_named(tmp_path: Path, monkeypatch):
     swapped = type("Split", (), {"classes": ["dog", "cat"]})()
     with raises_naming("the same names in another order"):
         check_same_classes(ds, swapped, "folder")
+
+
+def test_pixel_datasets_are_fingerprinted_by_content(tmp_path):
+    """Datasets without files: CIFAR pickles hash their pixels; synthetic images are re-rendered and re-hashed."""
+    from featcache.datasets import get_dataset
+
+    cfg = ExtractConfig(teacher="convnet", weights="random", dataset="synthetic", image_size=32, workers=0,
+                        dataset_options={"num_train": 16, "num_test": 4}, cache_dir=tmp_path / "s")
+    res = extract(cfg)
+    ds = get_dataset("synthetic", split="train", num_train=16, num_test=4)
+    with FeatureCache(res.directory) as cache:
+        assert cache.check_content(ds, "full") == 16
+        ds.read_image = lambda i, _r=ds.read_image: _r(i).flip(-1)  # a renderer that changed under the cache
+        with pytest.raises(CacheMismatchError, match="16 of 16 checked samples changed"):
+            cache.check_content(ds, "full")
+
+
+# -- folder roots and class sets a run refuses to train on --------------------------------------------------------
+def test_a_root_holding_only_train_is_not_one_class_called_train(home, tmp_path):
+    """It was: extract's teacher top-1 100 % over one class "train", and distill -o holdout a 100 % test accuracy."""
+    root = make_tree(tmp_path / "d" / "train").parent
+    one_line_error(invoke("extract", *FOLDER_EXTRACT, "--data-root", root), "only split folders (train/)",
+                   str(root / "test"))
+    one_line_error(invoke("extract", *FOLDER_EXTRACT, "--data-root", root, "--split", "test"), "only split folders")
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", root, "-o", "holdout=0.34", "--run-dir", tmp_path / "run")
+    one_line_error(r, "only split folders", "holdout")
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_one_class_is_cached_but_never_trained_on(home, folder_tree, tmp_path):
+    one = tmp_path / "one"
+    shutil.copytree(folder_tree / "train" / "cat", one / "train" / "cat")
+    shutil.copytree(folder_tree / "test" / "cat", one / "test" / "cat")
+    assert invoke("extract", *FOLDER_EXTRACT, "--data-root", one).exit_code == 0  # features of one class: a fine cache
+    one_line_error(invoke("distill", *FOLDER_DISTILL, "--data-root", one, "--run-dir", tmp_path / "run"), "1 class",
+                   "'cat'")
+    one_line_error(invoke("train-teacher", *FOLDER_TEACH, "--data-root", one, "--run-dir", tmp_path / "t1"), "'cat'")
+    (tmp_path / "dog.txt").write_text("dog\n")  # a class subset of one class
+    r = invoke("train-teacher", *FOLDER_TEACH, "--data-root", folder_tree, "--classes", tmp_path / "dog.txt",
+               "--run-dir", tmp_path / "t2")
+    one_line_error(r, "'dog'", "--classes")

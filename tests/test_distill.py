@@ -18,31 +18,39 @@ from featcache.extract import ExtractConfig, extract
 from featcache.models import create_teacher
 from featcache.models.students import create_student
 from featcache.util.progress import Reporter
+from helpers import SYN
+from featcache.cache import Manifest
+from helpers import FOLDER_DISTILL
+from helpers import folder_extract_key
+from helpers import invoke
+from helpers import one_line_error
+from pathlib import Path
+import numpy as np
 
-SYN = {"num_train": 64, "num_test": 32}
 
 
-def extract_cfg(store, teacher="resnet18", **kw):
+def extract_cfg(two_caches, teacher="resnet18", **kw):
     base = dict(
         teacher=teacher, weights="random", dataset="synthetic", dataset_options=dict(SYN), image_size=32,
-        batch_size=32, workers=0, cache_dir=store, noise=8,
+        batch_size=32, workers=0, cache_dir=two_caches, noise=8,
     )
     base.update(kw)
     return ExtractConfig(**base)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def two_caches(tmp_path_factory):
+    """resnet18 (with 8 noise rows) and mobilenet_v3_small, random, on SYN at 32 px."""
     root = tmp_path_factory.mktemp("store")
     extract(extract_cfg(root))
     extract(extract_cfg(root, teacher="mobilenet_v3_small"))
     return root
 
 
-def run_cfg(store, tmp_path, **kw):
+def run_cfg(two_caches, tmp_path, **kw):
     base = dict(
         student="lenet5", dataset="synthetic", dataset_options=dict(SYN), teachers=["resnet18"], method="ts",
-        epochs=1, batch_size=16, workers=0, cache_dir=store, run_dir=tmp_path / "run",
+        epochs=1, batch_size=16, workers=0, cache_dir=two_caches, run_dir=tmp_path / "run",
     )
     base.update(kw)
     return DistillConfig(**base)
@@ -53,9 +61,9 @@ def run_cfg(store, tmp_path, **kw):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ts", "ts-translator", "kd", "fitnets"])
-def test_loss_from_cached_rows_equals_loss_with_the_live_teacher(store, method):
-    """Issue part 6: the same batch, the same student; rows from the cache vs the teacher run now."""
-    cfg = extract_cfg(store)
+def test_loss_from_cached_rows_equals_loss_with_the_live_teacher(two_caches, method):
+    """The same batch, the same student; rows from the cache vs the teacher run now."""
+    cfg = extract_cfg(two_caches)
     cache = FeatureCache(extract(cfg).directory)  # reused, not re-extracted
     spec = cache.manifest.transform
     ds = get_dataset("synthetic", split="train", **SYN).with_transform(Geometry(spec))
@@ -111,8 +119,8 @@ def no_teachers(monkeypatch):
         ("ce", [], {}),
     ],
 )
-def test_every_method_trains_without_building_a_teacher(store, tmp_path, no_teachers, method, teachers, extra):
-    summary = distill(run_cfg(store, tmp_path, method=method, teachers=teachers, **extra))
+def test_every_method_trains_without_building_a_teacher(two_caches, tmp_path, no_teachers, method, teachers, extra):
+    summary = distill(run_cfg(two_caches, tmp_path, method=method, teachers=teachers, **extra))
     assert 0.0 <= summary.best_acc <= 1.0 and summary.images_per_s > 0
     records = [json.loads(line) for line in (tmp_path / "run" / METRICS).read_text().splitlines()]
     assert len(records) == summary.epochs and all(r["train_loss"] == r["train_loss"] for r in records)
@@ -153,13 +161,13 @@ class StopAfterFirstEpoch(Reporter):
             raise KeyboardInterrupt
 
 
-def test_resume_continues_to_the_same_result(store, tmp_path):
-    full = distill(run_cfg(store, tmp_path / "a", epochs=2, run_dir=tmp_path / "a"))
-    cfg = run_cfg(store, tmp_path, epochs=2, run_dir=tmp_path / "b")
+def test_resume_continues_to_the_same_result(two_caches, tmp_path):
+    full = distill(run_cfg(two_caches, tmp_path / "a", epochs=2, run_dir=tmp_path / "a"))
+    cfg = run_cfg(two_caches, tmp_path, epochs=2, run_dir=tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
         distill(cfg, reporter=StopAfterFirstEpoch())
     assert len((tmp_path / "b" / METRICS).read_text().splitlines()) == 1
-    resumed = distill(run_cfg(store, tmp_path, epochs=2, run_dir=tmp_path / "b", resume=True))
+    resumed = distill(run_cfg(two_caches, tmp_path, epochs=2, run_dir=tmp_path / "b", resume=True))
     assert resumed.last_acc == full.last_acc
     a = torch.load(tmp_path / "a" / LAST, weights_only=False)["student"]
     b = torch.load(tmp_path / "b" / LAST, weights_only=False)["student"]
@@ -169,12 +177,12 @@ def test_resume_continues_to_the_same_result(store, tmp_path):
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2]
 
 
-def test_run_dir_rules(store, tmp_path):
-    distill(run_cfg(store, tmp_path))
+def test_run_dir_rules(two_caches, tmp_path):
+    distill(run_cfg(two_caches, tmp_path))
     with pytest.raises(ConfigError, match="--resume"):
-        distill(run_cfg(store, tmp_path))
+        distill(run_cfg(two_caches, tmp_path))
     with pytest.raises(ConfigError, match="--resume"):
-        distill(run_cfg(store, tmp_path, run_dir=tmp_path / "empty", resume=True))
+        distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "empty", resume=True))
     r = evaluate_run(tmp_path / "run", checkpoint="last", workers=0)
     assert r.n == SYN["num_test"] and r.epoch == 1
     with pytest.raises(ConfigError, match="not a featcache distill run"):
@@ -184,40 +192,40 @@ def test_run_dir_rules(store, tmp_path):
 # -- refusals -------------------------------------------------------------------------------------------------------
 
 
-def test_augmentation_needs_the_fixed_teacher_flag(store, tmp_path):
+def test_augmentation_needs_the_fixed_teacher_flag(two_caches, tmp_path):
     with pytest.raises(ConfigError, match="--allow-inconsistent"):
-        setup(run_cfg(store, tmp_path, augment="pad-crop-flip"))
-    summary = distill(run_cfg(store, tmp_path, augment="pad-crop-flip", allow_inconsistent=True))
+        setup(run_cfg(two_caches, tmp_path, augment="pad-crop-flip"))
+    summary = distill(run_cfg(two_caches, tmp_path, augment="pad-crop-flip", allow_inconsistent=True))
     assert summary.epochs == 1
     # Without a teacher there is nothing to be inconsistent with.
-    setup(run_cfg(store, tmp_path, teachers=[], method="ce", augment="flip"))
+    setup(run_cfg(two_caches, tmp_path, teachers=[], method="ce", augment="flip"))
 
 
 @pytest.mark.slow
-def test_missing_and_ambiguous_teacher_caches(store, tmp_path):
+def test_missing_and_ambiguous_teacher_caches(two_caches, tmp_path):
     with pytest.raises(CacheError, match="featcache extract --teacher alexnet --dataset synthetic"):
-        setup(run_cfg(store, tmp_path, teachers=["alexnet"]))
-    other = run_cfg(store, tmp_path, dataset_options={"num_train": 65, "num_test": 32})
+        setup(run_cfg(two_caches, tmp_path, teachers=["alexnet"]))
+    other = run_cfg(two_caches, tmp_path, dataset_options={"num_train": 65, "num_test": 32})
     with pytest.raises(CacheError, match="exist for other data"):
         setup(other)
-    extract(extract_cfg(store, image_size=36))
+    extract(extract_cfg(two_caches, image_size=36))
     try:
         with pytest.raises(CacheError, match="ambiguous"):
-            setup(run_cfg(store, tmp_path))
-        key = next(e.key for e in __import__("featcache").cache.CacheStore(store).entries()
+            setup(run_cfg(two_caches, tmp_path))
+        key = next(e.key for e in __import__("featcache").cache.CacheStore(two_caches).entries()
                    if e.manifest.transform.image_size == 36)
-        s = setup(run_cfg(store, tmp_path, teachers=[f"resnet18:{key}"]))
+        s = setup(run_cfg(two_caches, tmp_path, teachers=[f"resnet18:{key}"]))
         assert s.transform.image_size == 36
         with pytest.raises(CacheError, match="not 'alexnet'"):
-            setup(run_cfg(store, tmp_path, teachers=[f"alexnet:{key}"]))
+            setup(run_cfg(two_caches, tmp_path, teachers=[f"alexnet:{key}"]))
         # Teachers that saw different views cannot share one student input.
-        mixed = run_cfg(store, tmp_path, method="multi", teachers=[f"resnet18:{key}", "mobilenet_v3_small"])
+        mixed = run_cfg(two_caches, tmp_path, method="multi", teachers=[f"resnet18:{key}", "mobilenet_v3_small"])
         with pytest.raises(ConfigError, match="different transforms"):
             setup(mixed)
     finally:
         from featcache.cache import CacheStore
 
-        CacheStore(store).remove(key)
+        CacheStore(two_caches).remove(key)
 
 
 def test_kd_needs_logits_over_the_dataset_classes(tmp_path):
@@ -226,53 +234,53 @@ def test_kd_needs_logits_over_the_dataset_classes(tmp_path):
         setup(run_cfg(tmp_path, tmp_path, method="kd"))
 
 
-def test_flag_errors(store, tmp_path):
+def test_flag_errors(two_caches, tmp_path):
     with pytest.raises(ConfigError, match="--optimizer"):
-        distill(run_cfg(store, tmp_path, optimizer="lion"))
+        distill(run_cfg(two_caches, tmp_path, optimizer="lion"))
     with pytest.raises(ConfigError, match="--epochs"):
-        distill(run_cfg(store, tmp_path, epochs=0))
+        distill(run_cfg(two_caches, tmp_path, epochs=0))
     with pytest.raises(ConfigError, match="drop --teacher"):
-        setup(run_cfg(store, tmp_path, method="ce"))
+        setup(run_cfg(two_caches, tmp_path, method="ce"))
     with pytest.raises(ConfigError, match="--image-size 40 differs"):
-        setup(run_cfg(store, tmp_path, image_size=40))
+        setup(run_cfg(two_caches, tmp_path, image_size=40))
     with pytest.raises(ConfigError, match="--feature-dim"):
-        setup(run_cfg(store, tmp_path, feature_dim=64))
+        setup(run_cfg(two_caches, tmp_path, feature_dim=64))
 
 
-def test_cli_distill_errors_are_one_line(store, tmp_path):
+def test_cli_distill_errors_are_one_line(two_caches, tmp_path):
     r = CliRunner().invoke(app, ["distill", "--teacher", "alexnet", "--dataset", "synthetic", "-o", "num_train=64",
-                                 "-o", "num_test=32", "--cache-dir", str(store), "--run-dir", str(tmp_path / "r")])
+                                 "-o", "num_test=32", "--cache-dir", str(two_caches), "--run-dir", str(tmp_path / "r")])
     assert r.exit_code == 2 and r.output.startswith("error:") and len(r.output.strip().splitlines()) == 1, r.output
 
 
 @pytest.mark.slow
-def test_resident_and_compiled_runs(store, tmp_path, monkeypatch, no_teachers):
+def test_resident_and_compiled_runs(two_caches, tmp_path, monkeypatch, no_teachers):
     """--resident trains from device-resident tensors; --compile wraps the loss in torch.compile (eager backend here:
     the compiler itself is torch's, exercised on GPUs)."""
     monkeypatch.setenv("FEATCACHE_COMPILE_BACKEND", "eager")
-    host = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "host", shuffle="full", epochs=2, resident=False))
-    resident = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "res", resident=True, epochs=2))
+    host = distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "host", shuffle="full", epochs=2, resident=False))
+    resident = distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "res", resident=True, epochs=2))
     assert resident.last_acc == host.last_acc  # same batches, same student: the same run
     # Unset, --resident is chosen on the CPU (the split fits) and the choice is recorded; streaming flags keep
     # streaming.
-    auto = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "auto", epochs=2))
+    auto = distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "auto", epochs=2))
     assert auto.last_acc == host.last_acc
     assert json.loads((tmp_path / "auto" / CONFIG).read_text())["loader"].startswith("resident")
-    streamed = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "w1", epochs=1, workers=1))
+    streamed = distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "w1", epochs=1, workers=1))
     assert json.loads((tmp_path / "w1" / CONFIG).read_text())["loader"].startswith("shuffle")
     assert streamed.epochs == 1
-    compiled = distill(run_cfg(store, tmp_path, run_dir=tmp_path / "c", compile="default", method="multi",
+    compiled = distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "c", compile="default", method="multi",
                                teachers=["resnet18", "mobilenet_v3_small"]))
     assert compiled.epochs == 1
     info = json.loads((tmp_path / "res" / CONFIG).read_text())
     assert info["config"]["resident"] is True and [t["mode"] for t in info["teachers"]] == ["resident"]
     with pytest.raises(ConfigError, match="--compile"):
-        distill(run_cfg(store, tmp_path, run_dir=tmp_path / "x", compile="fast"))
+        distill(run_cfg(two_caches, tmp_path, run_dir=tmp_path / "x", compile="fast"))
 
 
 @pytest.mark.slow
 def test_online_teacher_arm_matches_the_cached_one(tmp_path):
-    """--online runs the cache's teacher on every batch (issue 14's losslessness arm): float32 rows of the same
+    """--online runs the cache's teacher on every batch (the losslessness check's other arm): float32 rows of the same
     teacher on the same images, so the run ends where the cached run ends, and it records its peak memory."""
     cache_dir = tmp_path / "store32"
     ext = ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
@@ -307,3 +315,51 @@ def test_cpu_threads_follow_the_workers_and_the_environment(monkeypatch):
         assert default_workers() == min(8, cpu_cores())
     finally:
         torch.set_num_threads(before)
+
+
+# -- 4. NaN never ends with exit 0 -----------------------------------------------------------------------------------
+def _poison_row(directory: Path, row: int) -> None:
+    """Write NaN into one cached feature row and re-record the shard's checksum, as a bug or a hand edit would."""
+    import h5py
+
+    from featcache.util.hashing import file_sha256
+
+    m = Manifest.load(directory)
+    shard = next(s for s in m.shards if s.part == "data" and s.start <= row < s.stop)
+    with h5py.File(directory / shard.file, "r+") as f:
+        f["features"][row - shard.start, 3] = np.nan
+    shard.bytes, shard.sha256 = (directory / shard.file).stat().st_size, file_sha256(directory / shard.file)
+    m.save(directory)
+
+
+def test_nan_in_a_cached_row_stops_the_run(home, folder_tree, tmp_path):
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    _poison_row(home / key, 9)
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--method", "ts",
+               "--run-dir", tmp_path / "run")
+    one_line_error(r, "NaN or inf", key, "row 9")
+    assert not (tmp_path / "run" / "summary.json").exists() and not (tmp_path / "run" / "checkpoint-last.pt").exists()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (("--temperature", "0"), "--temperature"),
+    (("--temperature", "nan"), "--temperature"),
+    (("--lambda-mse", "-1"), "--lambda-mse"),
+    (("--lr", "0"), "--lr"),
+    (("--momentum", "1.5"), "--momentum"),
+    (("--image-size", "0"), "--image-size"),
+    (("--content-check", "some"), "--content-check"),
+])
+def test_method_and_optimiser_flags_are_validated(home, folder_tree, tmp_path, flags, needle):
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--method", "ce", *flags,
+               "--run-dir", tmp_path / "run")
+    one_line_error(r, needle)
+    assert not (tmp_path / "run").exists()  # a refused run leaves no directory behind
+
+
+def test_diverging_loss_is_an_error_not_a_summary(home, folder_tree, tmp_path):
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--method", "ts",
+               "--lr", "1e30", "--lambda-mse", "1e30", "--run-dir", tmp_path / "run")
+    one_line_error(r, "NaN or inf")
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -65,3 +65,21 @@ def test_torchrun_distill_matches_one_process_with_the_global_batch(tmp_path):
     b = torch.load(tmp_path / "one" / "checkpoint-last.pt", weights_only=False)["student"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def test_a_rank_sidecar_cannot_add_a_shard_outside_the_cache(syn_cache, tmp_path):
+    """torchrun ranks record their shards in sidecars that rank 0 folds into the manifest: the same rules apply."""
+    from featcache.cache.format import Manifest
+    from featcache.extract.ranks import merge_rank_shards, rank_file
+
+    m = Manifest.load(syn_cache)
+    shard = m.shards.pop(0)  # as if rank 1 had written it: only its sidecar records it
+    outside = tmp_path / "x.h5"
+    outside.write_bytes((syn_cache / shard.file).read_bytes())
+    record = {**shard.__dict__, "file": os.path.relpath(outside, syn_cache)}
+    rank_file(syn_cache, 1).write_text(json.dumps([record]))
+    merge_rank_shards(syn_cache, m)
+    assert [s.file for s in m.shards] == ["data-00001.h5"] and not rank_file(syn_cache, 1).exists()
+    rank_file(syn_cache, 1).write_text(json.dumps([shard.__dict__]))  # the honest record is taken
+    merge_rank_shards(syn_cache, m)
+    assert sorted(s.file for s in m.shards) == ["data-00000.h5", "data-00001.h5"]

@@ -23,6 +23,17 @@ from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.extract.manifest import key_lock
 from featcache.models import create_teacher
 from featcache.transforms import Geometry, Normalizer, noise_batch
+from helpers import FOLDER_DISTILL
+from helpers import FOLDER_EXTRACT
+from helpers import flat
+from helpers import flip_byte
+from helpers import folder_extract_key
+from helpers import invoke
+from helpers import make_tree
+from helpers import mount_tmpfs
+from helpers import one_line_error
+from helpers import umount
+from helpers import write_image
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = {"num_train": 96, "num_test": 32}
@@ -290,3 +301,200 @@ def test_block_errors(tmp_path):
         extract(config(tmp_path, blocks=["layer9"]))
     with pytest.raises(ConfigError, match="named twice"):
         plan_extract(config(tmp_path, blocks=["layer1", "layer1"]))
+
+
+# -- 2. changed images never reuse old rows -----------------------------------------------------------------------
+def test_images_overwritten_in_place_are_re_extracted_and_the_old_cache_refused(home, folder_tree, tmp_path):
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    again = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train")
+    assert "nothing to do" in flat(again)
+    make_tree(folder_tree / "train", seed=777)  # every image rewritten, same names
+    r = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train")
+    assert r.exit_code == 0 and "nothing to do" not in flat(r), r.output
+    assert key not in r.output  # a new key: the dataset identity covers the content
+    # The old cache, named by key, is refused by distill.
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    one_line_error(r, key, "image files")
+
+
+def test_content_changed_behind_unchanged_size_and_mtime_is_caught(home, tmp_path):
+    folder_tree = tmp_path / "data"
+    make_tree(folder_tree / "train", ext="bmp")  # uncompressed: other pixels, the same file size
+    make_tree(folder_tree / "test", per_class=2, seed=5000)
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    for p in sorted((folder_tree / "train").rglob("*.bmp")):
+        st = p.stat()
+        write_image(p, seed=st.st_size + len(str(p)), size=(32, 32))
+        os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert p.stat().st_size == st.st_size
+    # The fingerprint still matches, but the re-hash of the sampled images does not.
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    one_line_error(r, key, "changed since the extract", "--force")
+    r = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train")
+    one_line_error(r, key, "--force")
+    r = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train", "--force")
+    assert r.exit_code == 0, r.output
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+
+
+# -- 3 and 7. a damaged shard is never read, and a re-extract repairs it --------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_damaged_shard_is_refused_by_distill_and_redone_by_extract(home, folder_tree, tmp_path, damage):
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    shard = sorted((home / key).glob("data-*.h5"))[1]
+    if damage == "flip":
+        flip_byte(shard)
+    else:
+        shard.write_bytes(shard.read_bytes()[:-100])
+    r = invoke("cache", "verify", key)
+    assert r.exit_code == 1 and ("corrupt" if damage == "flip" else "truncated") in r.output
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    one_line_error(r, key, shard.name, "featcache extract")
+    assert not (tmp_path / "run" / "checkpoint-last.pt").exists()
+    # Not "nothing to do": the shard is redone.
+    r = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train")
+    assert r.exit_code == 0 and "nothing to do" not in flat(r) and key in r.output, r.output
+    assert invoke("cache", "verify", key).exit_code == 0
+    r = invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key, "--run-dir", tmp_path / "run")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_shard_is_hashed_once_per_process(home, folder_tree, monkeypatch):
+    from featcache.cache import reader
+
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    calls = []
+    monkeypatch.setattr(reader, "file_sha256",
+                        lambda p: calls.append(p) or __import__("featcache.util.hashing").util.hashing.file_sha256(p))
+    reader._VERIFIED.clear()
+    for _ in range(2):
+        with CacheStore(home).open(key) as cache:
+            cache.read_all()
+    assert len(calls) == len(list((home / key).glob("data-*.h5")))
+
+
+def test_extract_refuses_non_finite_teacher_rows(home, tmp_path, monkeypatch):
+    """float16 overflows at 65504: a teacher whose features exceed it is refused, not cached as inf."""
+    from featcache.models import teachers
+
+    real = teachers.ConvNet.forward_features
+    monkeypatch.setattr(teachers.ConvNet, "forward_features", lambda self, x: real(self, x) * 1e9)
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=8",
+               "--image-size", "32", "--workers", "0")
+    one_line_error(r, "NaN or inf", "--dtype float32")
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=8",
+               "--image-size", "32", "--workers", "0", "--dtype", "float32")
+    assert r.exit_code == 0, r.output
+
+
+# -- 6. the manifest says what the features are ----------------------------------------------------------------------
+def test_feature_layer_is_the_models_own(home, tmp_path):
+    r = invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=8",
+               "--image-size", "32", "--workers", "0")
+    key = r.output.split("cache ")[1].split(":")[0].strip()
+    assert "global average pool" in Manifest.load(home / key).teacher.feature_layer
+    one_line_error(invoke("extract", "--teacher", "convnet", "--weights", "random", "--dataset", "synthetic",
+                          "--image-size", "0"), "--image-size")
+
+
+# -- full and read-only disks ----------------------------------------------------------------------------------------
+LARGE_SYN_EXTRACT = ("--teacher", "resnet18", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=2000",
+               "--image-size", "32", "--workers", "0")
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    import featcache.extract as ex
+
+    disk = tmp_path / "disk"
+    real = mount_tmpfs(disk, "1m")
+    try:
+        # Up front: the pending shards' size is known, so a disk too small is refused before any write.
+        if real:
+            r = invoke("extract", *LARGE_SYN_EXTRACT, "--cache-dir", disk)
+            one_line_error(r, "MiB", "free")
+        # While writing (another process fills the disk after the check): the writer's error, one line.
+        monkeypatch.setattr(ex.sweep, "check_space", lambda *a, **k: 0)
+        if not real:  # simulate ENOSPC from HDF5 on the second shard
+            import h5py
+
+            calls = {"n": 0}
+            real_close = h5py.File.close
+
+            def failing_close(self):
+                calls["n"] += 1
+                if calls["n"] == 2 and self.mode == "r+":
+                    real_close(self)
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                return real_close(self)
+
+            monkeypatch.setattr(h5py.File, "close", failing_close)
+        r = invoke("extract", *LARGE_SYN_EXTRACT, "--cache-dir", disk, "--shard-rows", "1024")
+        one_line_error(r, "disk space", "re-run")
+        leftovers = [p.name for p in disk.rglob("*") if p.name.endswith(".tmp")]
+        assert leftovers == [], leftovers
+    finally:
+        if real:
+            umount(disk)
+
+
+def test_read_only_store_is_one_line(tmp_path, monkeypatch):
+    store = tmp_path / "ro"
+    real = mount_tmpfs(store, "8m")
+    try:
+        r = invoke("extract", *LARGE_SYN_EXTRACT[:-4], "-o", "num_train=16", "--image-size", "32", "--workers", "0",
+                   "--cache-dir", store)
+        assert r.exit_code == 0, r.output
+        key = r.output.split("cache ")[1].split(":")[0].strip()
+        if real:
+            subprocess.run(["mount", "-o", "remount,ro", str(store)], check=True)
+        elif os.geteuid() != 0:
+            for p in [store, *store.rglob("*")]:
+                p.chmod(0o555 if p.is_dir() else 0o444)
+        else:  # root without mount rights: simulate the read-only file system
+            import errno
+
+            import featcache.util.locks as locks
+
+            def ro_open(*a, **k):
+                raise OSError(errno.EROFS, "Read-only file system")
+
+            monkeypatch.setattr(locks.os, "open", ro_open)
+            monkeypatch.setattr("featcache.cache.store.shutil.rmtree", ro_open)
+        # Reading works: an existing cache is found, listed, verified, distilled from.
+        r = invoke("extract", *LARGE_SYN_EXTRACT[:-4], "-o", "num_train=16", "--image-size", "32", "--workers", "0",
+                   "--cache-dir", store)
+        assert r.exit_code == 0 and "nothing to do" in flat(r), r.output
+        assert invoke("cache", "verify", "--cache-dir", store).exit_code == 0
+        # Writing is refused in one line: a new key, rm, a run directory inside it.
+        one_line_error(invoke("extract", *LARGE_SYN_EXTRACT[:-4], "-o", "num_train=17", "--image-size", "32",
+                              "--workers", "0", "--cache-dir", store), "read-only" if real else "")
+        one_line_error(invoke("cache", "rm", key, "--cache-dir", store), key)
+        assert (store / key / "manifest.json").is_file()
+    finally:
+        if real:
+            umount(store)
+
+
+def test_resumed_extract_timing_covers_every_attempt(home, folder_tree, monkeypatch):
+    """A kill after the last shard, before the final write, used to leave "0 img/s over 0.0 s"."""
+    import featcache.extract as ex
+
+    real = ex.finish
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt  # as if the process died after every shard was recorded
+
+    monkeypatch.setattr(ex, "finish", killed)
+    r = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train")
+    assert r.exit_code == 130
+    monkeypatch.setattr(ex, "finish", real)
+    r = invoke("extract", *FOLDER_EXTRACT, "--data-root", folder_tree / "train")
+    assert r.exit_code == 0 and "0 img/s" not in r.output, r.output
+    key = r.output.split("cache ")[1].split(":")[0].strip()
+    timing = Manifest.load(home / key).timing
+    assert timing.images == 18 and timing.seconds > 0 and timing.images_per_s > 0

@@ -3,7 +3,7 @@ import json
 import os
 
 import pytest
-from conftest import within
+from helpers import within
 
 from featcache.cache.format import MANIFEST, Manifest
 from featcache.errors import CacheError, StorageError

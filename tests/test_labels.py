@@ -25,13 +25,7 @@ runner = CliRunner()
 
 
 @pytest.fixture()
-def store(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "store"))
-    return tmp_path / "store"
-
-
-@pytest.fixture()
-def key(store) -> str:
+def key(home) -> str:
     from featcache.extract import extract
 
     return extract(ExtractConfig(teacher="convnet", weights="random", dataset="synthetic", dataset_options=dict(SYN),
@@ -82,7 +76,7 @@ def test_no_hidden_label_reaches_the_loss(tmp_path, key, monkeypatch, method, ex
     assert info["labels"]["labeled"] == 12 and info["labels"]["total"] == 60
 
 
-def test_ce_with_a_label_subset_trains_on_the_labelled_samples_only(tmp_path, store, monkeypatch):
+def test_ce_with_a_label_subset_trains_on_the_labelled_samples_only(tmp_path, home, monkeypatch):
     summary, seen = run(tmp_path, None, monkeypatch, method="ce", labels="0.25")
     n = sum(len(i) for i, _, _ in seen)
     assert n == 2 * 16 and all((lab >= 0).all() for _, lab, _ in seen)  # 15 of 60 per class share → 4 per class
@@ -132,7 +126,7 @@ def test_xent_ignores_hidden_labels():
     assert none.item() == 0 and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() == 0
 
 
-def test_labels_are_checked_like_flags(tmp_path, store, key):
+def test_labels_are_checked_like_flags(tmp_path, home, key):
     from featcache.pipeline import parse_pipeline
 
     base = ("distill", "--student", "lenet5", "--dataset", "synthetic", "-o", "num_train=60", "-o", "num_test=20",
@@ -152,7 +146,7 @@ def test_labels_are_checked_like_flags(tmp_path, store, key):
         parse_pipeline(data)
 
 
-def test_report_shows_the_labels_column_only_when_a_run_read_a_subset(tmp_path, store, monkeypatch):
+def test_report_shows_the_labels_column_only_when_a_run_read_a_subset(tmp_path, home, monkeypatch):
     from featcache.runs.report import build_rows, load_record, markdown_table
 
     full, _ = run(tmp_path, None, monkeypatch, method="ce")
@@ -167,7 +161,7 @@ def _ids(path: Path, numbers) -> Path:
     return path
 
 
-def test_an_ids_file_that_is_not_utf8_text_or_not_a_file_is_one_line(tmp_path, store):
+def test_an_ids_file_that_is_not_utf8_text_or_not_a_file_is_one_line(tmp_path, home):
     bad = tmp_path / "ids.txt"
     bad.write_bytes(b"synthetic/train/000001\n\xff\xfe\n")
     r = runner.invoke(app, ["distill", "--student", "lenet5", "--dataset", "synthetic", "-o", "num_train=60", "-o",
@@ -182,7 +176,7 @@ def test_an_ids_file_that_is_not_utf8_text_or_not_a_file_is_one_line(tmp_path, s
             L.select(f"ids:{path}", np.zeros(3, dtype=np.int64), ["a", "b", "c"], 1)
 
 
-def test_resume_refuses_an_ids_file_edited_mid_run(tmp_path, store):
+def test_resume_refuses_an_ids_file_edited_mid_run(tmp_path, home):
     """config.json records the ids file's sha256; --resume compares it (an edit, even one that keeps the samples, is
     refused naming the file) and, for a run recorded without it, which samples are labelled. The same contents under
     another path resume."""

@@ -206,7 +206,7 @@ def test_bad_flags(caches):
         loader_for(caches, batch_size=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned staging is the CUDA path")
+@pytest.mark.gpu  # pinned staging is the CUDA path
 def test_pinned_staging_copies_rows_exactly_and_reuses_slots():
     from featcache.distill.loader import PinnedStaging
 

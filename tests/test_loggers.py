@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import one_line_error
+from helpers import SYN, one_line_error
 from featcache.cli import app
 from featcache.config import DistillConfig, TeacherConfig
 from featcache.errors import ConfigError
-from featcache.extract import ExtractConfig, extract
 from featcache.runs.loggers import TENSORBOARD_DIR, TensorBoardLogger, scalar_tag, scalars
 
 pytest.importorskip("tensorboard")
@@ -22,28 +21,19 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SYN = {"num_train": 64, "num_test": 32}
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
-                          image_size=32, batch_size=32, workers=0, cache_dir=root))
-    return root
-
-
-def distill_args(store, run_dir, *more):
+def distill_args(resnet18_store, run_dir, *more):
     return ["distill", "-s", "lenet5", "-d", "synthetic", "-o", "num_train=64", "-o", "num_test=32", "-t", "resnet18",
-            "-m", "ts", "--epochs", "2", "-b", "16", "--workers", "0", "--cache-dir", str(store),
+            "-m", "ts", "--epochs", "2", "-b", "16", "--workers", "0", "--cache-dir", str(resnet18_store),
             "--run-dir", str(run_dir), *more]
 
 
 @pytest.fixture(scope="module")
-def tb_run(store, tmp_path_factory):
+def tb_run(resnet18_store, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("tb") / "run"
-    r = runner.invoke(app, distill_args(store, run_dir, "--log", "tensorboard,jsonl"))
+    r = runner.invoke(app, distill_args(resnet18_store, run_dir, "--log", "tensorboard,jsonl"))
     assert r.exit_code == 0, r.output
     events = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
     events.Reload()
@@ -126,7 +116,7 @@ def end_run(): CALLS.append(("end_run",))
 """
 
 
-def test_the_documented_mlflow_logger_hears_the_start_every_epoch_and_the_end(store, tmp_path, monkeypatch):
+def test_the_documented_mlflow_logger_hears_the_start_every_epoch_and_the_end(resnet18_store, tmp_path, monkeypatch):
     """docs/pipelines.md's example, as written there, plugged in by --log MODULE:CLASS (mlflow replaced by a stub)."""
     from featcache.distill.trainer import distill
 
@@ -138,7 +128,7 @@ def test_the_documented_mlflow_logger_hears_the_start_every_epoch_and_the_end(st
         monkeypatch.delitem(sys.modules, name, raising=False)
     run_dir = tmp_path / "run"
     distill(DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), method="ce", epochs=2,
-                          batch_size=32, workers=0, cache_dir=store, run_dir=run_dir,
+                          batch_size=32, workers=0, cache_dir=resnet18_store, run_dir=run_dir,
                           log=["lab_loggers:MLflowLogger"]))
     calls = sys.modules["mlflow"].CALLS
     for name in ("lab_loggers", "mlflow"):
@@ -183,7 +173,7 @@ class Broken(Logger):
 
 
 @pytest.mark.parametrize("where", ["__init__", "start", "log_epoch", "finish", "close"])
-def test_a_logger_that_raises_stops_the_run_in_one_line_naming_it(store, tmp_path, monkeypatch, where):
+def test_a_logger_that_raises_stops_the_run_in_one_line_naming_it(resnet18_store, tmp_path, monkeypatch, where):
     """A lab's own logger (anyone's code) raising at any point: one line saying which logger, where and what it
     raised (escaped), exit status 2, and the failure recorded in failed.json like any other."""
     (tmp_path / "broken_logger.py").write_text(BROKEN)
@@ -191,7 +181,7 @@ def test_a_logger_that_raises_stops_the_run_in_one_line_naming_it(store, tmp_pat
     monkeypatch.delitem(sys.modules, "broken_logger", raising=False)
     monkeypatch.setenv("BROKEN_LOGGER_AT", where)
     run_dir = tmp_path / "run"
-    r = runner.invoke(app, distill_args(store, run_dir, "--log", "broken_logger:Broken"))
+    r = runner.invoke(app, distill_args(resnet18_store, run_dir, "--log", "broken_logger:Broken"))
     sys.modules.pop("broken_logger", None)
     line = one_line_error(r, "--log broken_logger:Broken", f"raised ValueError in {where}", "no tracking server",
                           "drop it from --log")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import one_line_error, within
+from helpers import one_line_error, within
 from featcache.cli import app
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
@@ -609,7 +609,7 @@ def test_recipe_teacher_reusing_trained_weights_with_views(tmp_path, monkeypatch
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "pipelines").glob("cpu-cifar10-*.toml")))
 def test_cpu_cifar10_recipes_plan_against_a_tiny_cifar_tree(tmp_path, recipe):
     """The issue-14 recipes keep planning (--dry-run) against CIFAR-10's image-folder layout, so they do not rot."""
-    from conftest import CIFAR10_NAMES, write_image
+    from helpers import CIFAR10_NAMES, write_image
 
     root = tmp_path / "cifar10-jpg"
     for split, n in (("train", 3), ("test", 1)):
@@ -625,7 +625,7 @@ def test_cpu_cifar10_recipes_plan_against_a_tiny_cifar_tree(tmp_path, recipe):
 
 
 def test_train_per_class_keeps_the_first_images_of_each_class(tmp_path):
-    from conftest import CIFAR10_NAMES, write_image
+    from helpers import CIFAR10_NAMES, write_image
     from featcache.datasets import get_dataset
     from featcache.errors import DatasetError
 

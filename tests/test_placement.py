@@ -12,11 +12,10 @@ from featcache.distill.placement import (
     resident_fits,
 )
 from featcache.distill.trainer import CONFIG, DistillConfig, distill
+from helpers import SYN
 from featcache.errors import ConfigError
-from featcache.extract import ExtractConfig, extract
 from featcache.util.progress import Reporter
 
-SYN = {"num_train": 64, "num_test": 16}
 GIB = 2**30
 
 
@@ -76,21 +75,13 @@ class Messages(Reporter):
         self.lines.append(text)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
-                          image_size=32, batch_size=32, workers=0, cache_dir=root))
-    return root
-
-
 @pytest.mark.parametrize("cache_ram, tables", [("auto", ["resident"]), ("1K", ["disk"]), ("64M", ["resident"])])
-def test_a_cpu_run_places_its_split_from_cache_ram_prints_it_once_and_records_it(store, tmp_path, cache_ram,
+def test_a_cpu_run_places_its_split_from_cache_ram_prints_it_once_and_records_it(resnet18_store, tmp_path, cache_ram,
                                                                                   tables):
     resident = tables == ["resident"]
     cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), teachers=["resnet18"],
-                        method="ts", epochs=1, batch_size=16, workers=0, cache_dir=store, run_dir=tmp_path / "run",
-                        cache_ram=cache_ram)
+                        method="ts", epochs=1, batch_size=16, workers=0, cache_dir=resnet18_store,
+                        run_dir=tmp_path / "run", cache_ram=cache_ram)
     reporter = Messages()
     distill(cfg, reporter)
     said = [line for line in reporter.lines if "rows and images" in line]

@@ -1,4 +1,4 @@
-"""`featcache runs ls` (issue 27): one line per run directory — what it trains, how far it got, its status.
+"""`featcache runs ls`: one line per run directory — what it trains, how far it got, its status.
 
 One real tiny distill run gives the finished state and the config.json every hand-made state is derived from;
 interrupted, running, failed, empty and damaged directories are made by hand (and failed/interrupted once more by a
@@ -15,12 +15,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import one_line_error, within
+from helpers import one_line_error, within
 from featcache.runs import rundir
 from featcache.cli import app
 from featcache.config import DistillConfig
 from featcache.util.locks import DirLock, this_host
 from featcache.runs.listing import RunInfo, list_runs, planned_epochs
+from helpers import DEEP_JSON
+from helpers import SYN_DISTILL
+from helpers import invoke
 
 SYN = {"num_train": 60, "num_test": 20, "num_classes": 4}
 runner = CliRunner()
@@ -245,3 +248,32 @@ def test_metrics_are_never_appended_through_a_link_or_into_a_fifo_planted_in_the
     rundir.append_metrics(run_dir, {"epoch": 1})
     rundir.append_metrics(run_dir, {"epoch": 2})
     assert [r["epoch"] for r in rundir.read_metrics(run_dir)] == [1, 2]
+
+
+def test_json_nested_100k_deep_in_a_run_directory_is_one_line_or_one_run_skipped(finished_run, tmp_path):
+    """config.json, metrics.jsonl, summary.json or failed.json nested deep: `runs ls` lists the other runs and
+    names the damaged ones; report, eval and --resume say which file in one line."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    files = {"config": "config.json", "metrics": "metrics.jsonl", "summary": "summary.json", "failed": "failed.json"}
+    shutil.copytree(finished_run, runs / "good")
+    for name, file in files.items():
+        shutil.copytree(finished_run, runs / name)
+        text = (finished_run / file).read_text() if (finished_run / file).is_file() else ""
+        (runs / name / file).write_text(DEEP_JSON + "\n" + text if file == "metrics.jsonl" else DEEP_JSON)
+    (runs / "failed" / "summary.json").unlink()  # a finished run's failed.json says nothing: this one is read
+    r = invoke("runs", "ls", runs)
+    assert r.exit_code == 0 and "Traceback" not in r.output, r.output
+    flat = " ".join(r.output.split())
+    assert "good" in flat and "finished" in flat
+    for name, file in files.items():
+        assert f"{runs / name / file}" in flat, (name, flat)
+    for name, file in files.items():
+        if name != "failed":  # report reads no failed.json
+            one_line_error(invoke("report", runs / name), file)
+        if name in ("config", "metrics"):
+            one_line_error(invoke("distill", *SYN_DISTILL, "--method", "ce", "--epochs", "2", "--run-dir", runs / name,
+                                  "--resume"), file)
+    one_line_error(invoke("eval", runs / "config"), "config.json")
+    one_line_error(invoke("report", runs), "nested deeper than")

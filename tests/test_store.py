@@ -1,4 +1,4 @@
-"""A lab's store (issue 23): shared stores under the personal one, publish, and writers that share a file system.
+"""A lab's store: shared stores under the personal one, publish, and writers that share a file system.
 
 Shared stores are read-only to readers: a distill, an extract that finds its cache there, a verify and the Python API
 leave them byte for byte and mtime for mtime as they were (on a real read-only mount where the test may make one).
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import mount_tmpfs, one_line_error, umount
+from helpers import mount_tmpfs, one_line_error, umount
 from featcache.cli import app
+from helpers import FOLDER_DISTILL
+from helpers import folder_extract_key
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -412,3 +414,29 @@ def test_a_reader_of_a_group_store_as_another_user_holds_a_lease_root_respects(h
         assert invoke("cache", "rm", key, "--cache-dir", shared).exit_code == 0
     finally:
         subprocess.run(["rm", "-rf", str(shared.parent if shared.name == "store" else shared)], check=False)
+
+
+# -- the store: orphans, rm during an extract, timing of resumed extracts ------------------------------------------
+@pytest.mark.slow
+def test_orphaned_shards_are_listed_and_removable(home, folder_tree):
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    (home / key / "manifest.json").unlink()
+    r = invoke("cache", "ls")
+    assert r.exit_code == 0 and "orphaned" in r.output
+    assert invoke("cache", "verify").exit_code == 1
+    one_line_error(invoke("distill", *FOLDER_DISTILL, "--data-root", folder_tree, "--teacher", key), "cache rm")
+    r = invoke("cache", "rm", key)
+    assert r.exit_code == 0 and not (home / key).exists()
+
+
+@pytest.mark.slow
+def test_rm_of_a_cache_being_written_says_what_to_do(home, folder_tree):
+    from featcache.cache import CacheLock
+
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    lock = CacheLock(home / key).acquire()
+    try:
+        text = one_line_error(invoke("cache", "rm", key), key, "let its extract finish")
+        assert "--no-wait" not in text
+    finally:
+        lock.release()

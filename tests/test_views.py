@@ -11,6 +11,10 @@ from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models import create_teacher
 from featcache.transforms import Geometry, Normalizer, TransformSpec
 from featcache.views import AUG_FIELD, ViewSpec, apply_view, view_params
+from helpers import SYN_EXTRACT
+from helpers import invoke
+from helpers import one_line_error
+import time
 
 SYN = {"num_train": 48, "num_test": 16}
 
@@ -159,3 +163,26 @@ def test_topk_logits_are_stored_compactly_and_joined_densely(tmp_path):
                            torch.from_numpy(kept[LOGITS_INDEX][batch.index.numpy(), 0]).long())
     with pytest.raises(ConfigError, match="--topk-logits"):
         extract(cfg(tmp_path, views=1, topk_logits=11))
+
+
+# -- 7. many views: bounded, announced, and the manifest is not rewritten per shard ----------------------------------
+def test_views_are_bounded_and_the_extract_says_what_it_will_write(home, monkeypatch):
+    from featcache.cache.format import Manifest
+    from featcache.extract.sweep import MANIFEST_EVERY
+
+    one_line_error(invoke("extract", *SYN_EXTRACT, "--views", "10000"), "--views 10000", "at most 1024")
+    assert not any(home.iterdir()) if home.exists() else True
+    saves = []
+    real = Manifest.save
+    monkeypatch.setattr(Manifest, "save", lambda self, d: saves.append(len(self.shards)) or real(self, d))
+    start = time.monotonic()
+    r = invoke("extract", *SYN_EXTRACT, "--views", "40", "--shard-rows", "8")
+    elapsed = time.monotonic() - start
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "960 rows to write (24 data + 936 in 39 view(s)) in 120 shard(s)" in said, said
+    m = Manifest.load(next(p for p in home.iterdir() if (p / "manifest.json").is_file()))
+    assert m.complete and len(m.shards) == 120
+    # Not one save per shard (120): at most once a second and at the end, so bounded by the time taken (a loaded
+    # machine takes longer over the 120 shards and may save more often than an idle one, never once per shard).
+    assert len(saves) <= elapsed / MANIFEST_EVERY + 5 and len(saves) < 60, (saves, elapsed)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import one_line_error
+from helpers import one_line_error
 from typer.testing import CliRunner
 
 from featcache.cache import CacheLock, leases

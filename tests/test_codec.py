@@ -1,5 +1,6 @@
-"""Compressed rows (issue 25): int8 features with a per-row scale and a fitted PCA projection, read back as the float
-rows every method expects, in their own keys and manifest fields, checked like everything else in a cache."""
+"""featcache.cache.codec, compressed rows: int8 features with a per-row scale and a fitted PCA projection, read
+back as the float rows every method expects, in their own keys and manifest fields, checked like everything else
+in a cache."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import one_line_error
+from helpers import one_line_error
 from featcache.transforms import Geometry
 from featcache.api import RowJoin
 from featcache.cache import CacheStore, FeatureCache, Manifest
@@ -30,13 +31,13 @@ N = 16  # --project
 runner = CliRunner()
 
 
-def cfg(store, **kw) -> ExtractConfig:
+def cfg(root, **kw) -> ExtractConfig:
     return ExtractConfig(teacher="convnet", weights="random", dataset="synthetic", dataset_options=dict(SYN),
-                         image_size=32, workers=0, cache_dir=store, precision="fp32", shard_rows=20, **kw)
+                         image_size=32, workers=0, cache_dir=root, precision="fp32", shard_rows=20, **kw)
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def codec_store(tmp_path_factory):
     """One teacher, five caches of its rows: float32 (the reference), float16, int8, projected, projected int8."""
     root = tmp_path_factory.mktemp("store")
     keys = {name: extract(cfg(root, **kw)).key for name, kw in (
@@ -45,22 +46,22 @@ def store(tmp_path_factory):
     return root, keys
 
 
-def open_(store, name) -> FeatureCache:
-    root, keys = store
+def open_(codec_store, name) -> FeatureCache:
+    root, keys = codec_store
     return FeatureCache(root / keys[name])
 
 
-def reference(store) -> np.ndarray:
-    with open_(store, "float32") as c:
+def reference(codec_store) -> np.ndarray:
+    with open_(codec_store, "float32") as c:
         return c.read_all()[FEATURES]
 
 
 # -- what is stored ------------------------------------------------------------------------------------------------
 
 
-def test_int8_rows_are_within_half_a_step_of_the_features(store):
-    f = reference(store)
-    with open_(store, "int8") as c:
+def test_int8_rows_are_within_half_a_step_of_the_features(codec_store):
+    f = reference(codec_store)
+    with open_(codec_store, "int8") as c:
         raw = c.read_all(fields=(FEATURES, FEATURE_SCALE))  # asking for the scales: the stored int8 rows
         back = c.read_all()[FEATURES]  # without: float rows
         assert c.manifest.dtype == "int8" and c.manifest.feature_codec == "int8-row-absmax"
@@ -74,9 +75,9 @@ def test_int8_rows_are_within_half_a_step_of_the_features(store):
     assert (np.abs(back.astype(np.float64) - f) <= s[:, None] / 2 + np.abs(f) * 2.0**-10 + 1e-7).all()
 
 
-def test_projected_rows_are_the_pca_of_the_features(store):
-    f = reference(store)
-    with open_(store, "project") as c:
+def test_projected_rows_are_the_pca_of_the_features(codec_store):
+    f = reference(codec_store)
+    with open_(codec_store, "project") as c:
         mean, components = c.projection()
         rows = c.read_all()[FEATURES]
         m = c.manifest
@@ -90,13 +91,13 @@ def test_projected_rows_are_the_pca_of_the_features(store):
     assert (np.diff(want.var(axis=0)) <= 1e-6).all()
     p = m.projection
     assert (p.file, p.dim, p.source_dim, p.sample, p.seed) == (PROJECTION_FILE, N, f.shape[1], SYN["num_train"], 0)
-    with open_(store, "project-int8") as c:  # projected, then quantised
+    with open_(codec_store, "project-int8") as c:  # projected, then quantised
         np.testing.assert_allclose(c.read_all()[FEATURES].astype(np.float32), want,
                                    atol=float(np.abs(want).max()) / 127)
 
 
-def test_keys_differ_and_old_keys_stay(store, tmp_path):
-    _, keys = store
+def test_keys_differ_and_old_keys_stay(codec_store, tmp_path):
+    _, keys = codec_store
     assert len(set(keys.values())) == 5
     plain = plan_extract(cfg(tmp_path)).identity
     assert "feature_codec" not in plain and "projection" not in plain  # used only when asked for: old keys stay
@@ -105,7 +106,7 @@ def test_keys_differ_and_old_keys_stay(store, tmp_path):
                                                                             "sample": SYN["num_train"], "seed": 0}
     assert plan_extract(cfg(tmp_path, project=8)).key != keys["project"]
     # Reused, not recomputed: the projection is part of the finished cache.
-    assert extract(cfg(store[0], project=N)).reused
+    assert extract(cfg(codec_store[0], project=N)).reused
 
 
 def test_flags_are_checked(tmp_path):
@@ -119,8 +120,8 @@ def test_flags_are_checked(tmp_path):
         plan_extract(cfg(tmp_path, logits_dtype="int8"))
 
 
-def test_cache_info_shows_the_codec_and_the_projection(store):
-    root, keys = store
+def test_cache_info_shows_the_codec_and_the_projection(codec_store):
+    root, keys = codec_store
     r = runner.invoke(app, ["cache", "info", keys["project-int8"], "--cache-dir", str(root)])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
@@ -141,10 +142,10 @@ def _loader_rows(loader):
 
 
 @pytest.mark.parametrize("name", ["int8", "project-int8"])
-def test_loaders_give_float_rows(store, name):
+def test_loaders_give_float_rows(codec_store, name):
     """RAM and out-of-core tables, the resident loader and RowJoin: every one hands out float16 [B, N] rows equal to
     the reader's, from int8 rows and scales that stayed int8 up to split_rows."""
-    cache = open_(store, name)
+    cache = open_(codec_store, name)
     want = cache.read_all()[FEATURES]
     ds = get_dataset("synthetic", split="train", **SYN)
     spec = cache.manifest.transform
@@ -167,8 +168,8 @@ def test_loaders_give_float_rows(store, name):
 
 @pytest.mark.parametrize("name,method", [("int8", "ts"), ("int8", "kd"), ("project", "ts"), ("project", "kd"),
                                          ("project-int8", "ts")])
-def test_distill_trains_from_compressed_caches(store, tmp_path, name, method):
-    root, keys = store
+def test_distill_trains_from_compressed_caches(codec_store, tmp_path, name, method):
+    root, keys = codec_store
     summary = distill(DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN),
                                     teachers=[keys[name]], method=method, epochs=1, batch_size=16, workers=0,
                                     cache_dir=root, run_dir=tmp_path / "run", device="cpu"))
@@ -180,14 +181,14 @@ def test_distill_trains_from_compressed_caches(store, tmp_path, name, method):
         assert info["student_kwargs"]["feature_dim"] == width
 
 
-def test_online_rows_go_through_the_caches_codec(store, tmp_path):
+def test_online_rows_go_through_the_caches_codec(codec_store, tmp_path):
     """distill --online projects and quantises the live teacher's features as the cache stored them."""
-    root, keys = store
-    with open_(store, "project-int8") as c:
+    root, keys = codec_store
+    with open_(codec_store, "project-int8") as c:
         from featcache.cache.codec import RowEncoder
 
         enc = RowEncoder(c.manifest, c.projection(), "cpu")
-        with open_(store, "float32") as ref:
+        with open_(codec_store, "float32") as ref:
             f = torch.from_numpy(ref.read_all()[FEATURES])
         assert torch.equal(enc.roundtrip(f), torch.from_numpy(c.read_all()[FEATURES]))
     summary = distill(DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN),
@@ -199,10 +200,10 @@ def test_online_rows_go_through_the_caches_codec(store, tmp_path):
 # -- damaged and inconsistent ---------------------------------------------------------------------------------------
 
 
-def copy_cache(store, name, tmp_path):
+def copy_cache(codec_store, name, tmp_path):
     import shutil
 
-    root, keys = store
+    root, keys = codec_store
     shutil.copytree(root / keys[name], tmp_path / keys[name])
     return tmp_path / keys[name]
 
@@ -220,8 +221,8 @@ def rewrite_shard(directory, edit):
     return shard
 
 
-def test_flipped_byte_in_the_projection_file_is_one_line_naming_it_and_the_repair(store, tmp_path, monkeypatch):
-    directory = copy_cache(store, "project", tmp_path)
+def test_flipped_byte_in_the_projection_file_is_one_line_naming_it_and_the_repair(codec_store, tmp_path, monkeypatch):
+    directory = copy_cache(codec_store, "project", tmp_path)
     path = directory / PROJECTION_FILE
     data = bytearray(path.read_bytes())
     data[-9] ^= 0xFF
@@ -251,8 +252,8 @@ def test_flipped_byte_in_the_projection_file_is_one_line_naming_it_and_the_repai
     (lambda d: d.update(feature_codec="int4"), "feature_codec"),
     (lambda d: d.update(dtype="float16"), "feature_codec"),
 ])
-def test_inconsistent_records_are_refused_by_the_manifest_check(store, tmp_path, edit, needle):
-    directory = copy_cache(store, "project-int8", tmp_path)
+def test_inconsistent_records_are_refused_by_the_manifest_check(codec_store, tmp_path, edit, needle):
+    directory = copy_cache(codec_store, "project-int8", tmp_path)
     d = json.loads((directory / MANIFEST).read_text())
     edit(d)
     (directory / MANIFEST).write_text(json.dumps(d))
@@ -260,8 +261,8 @@ def test_inconsistent_records_are_refused_by_the_manifest_check(store, tmp_path,
         Manifest.load(directory)
 
 
-def test_scales_of_the_wrong_shape_are_refused_by_verify_and_readers(store, tmp_path):
-    directory = copy_cache(store, "int8", tmp_path)
+def test_scales_of_the_wrong_shape_are_refused_by_verify_and_readers(codec_store, tmp_path):
+    directory = copy_cache(codec_store, "int8", tmp_path)
 
     def wrong_shape(f):
         n = f[FEATURE_SCALE].shape[0]
@@ -279,8 +280,8 @@ def test_scales_of_the_wrong_shape_are_refused_by_verify_and_readers(store, tmp_
         FeatureCache(directory).read_all()
 
 
-def test_first_nonfinite_reads_int8_rows_as_floats(store, tmp_path):
-    directory = copy_cache(store, "int8", tmp_path)
+def test_first_nonfinite_reads_int8_rows_as_floats(codec_store, tmp_path):
+    directory = copy_cache(codec_store, "int8", tmp_path)
     assert FeatureCache(directory).first_nonfinite() is None
 
     def huge_scale(f):
@@ -290,16 +291,16 @@ def test_first_nonfinite_reads_int8_rows_as_floats(store, tmp_path):
     assert FeatureCache(directory).first_nonfinite() == (FEATURES, 3)
 
 
-def test_export_import_carries_the_projection_file(store, tmp_path):
+def test_export_import_carries_the_projection_file(codec_store, tmp_path):
     from featcache.cache.archive import export_cache, import_archive
 
-    root, keys = store
+    root, keys = codec_store
     key = keys["project-int8"]
     moved = export_cache(CacheStore(root), key, tmp_path / "c.tar")
     (tmp_path / "to").mkdir()
     imported = import_archive(moved.path, tmp_path / "to")
     assert (imported.path / PROJECTION_FILE).is_file() and CacheStore(tmp_path / "to").verify(key).ok
-    with FeatureCache(imported.path) as c, open_(store, "project-int8") as ref:
+    with FeatureCache(imported.path) as c, open_(codec_store, "project-int8") as ref:
         assert np.array_equal(c.read_all()[FEATURES], ref.read_all()[FEATURES])
 
 
