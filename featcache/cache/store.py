@@ -191,7 +191,7 @@ class CacheStore:
         if len(complete) > 1:
             first = complete[0]
             for other in complete[1:]:
-                why = _differs(first.manifest, other.manifest)
+                why = _differs(first.manifest, other.manifest)  # type: ignore[arg-type]  # complete: a manifest
                 if why:
                     raise CacheError(
                         f"cache {first.key} is in {first.store} and in {other.store} with different contents ({why}); "

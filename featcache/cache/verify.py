@@ -89,7 +89,9 @@ def _check_shapes(path: Path, m: Manifest, s) -> str | None:
     if not isinstance(s, ShardInfo):  # the projection file
         from featcache.cache.codec import read_projection_file
 
-        got = read_projection_file(path, m.projection.dim, m.projection.source_dim)
+        p = m.projection
+        assert p is not None  # a projection file is listed only where the manifest records its projection
+        got = read_projection_file(path, p.dim, p.source_dim)
         return got if isinstance(got, str) else None
     try:
         with h5py.File(path, "r") as f:

@@ -21,6 +21,7 @@ def teachers(all_models: bool = typer.Option(False, "--all",
         table.add_column(col)
     for name in list_teachers(include_torchvision=False):
         e = get_entry("teacher", name)
+        assert e is not None  # a listed name is registered
         table.add_row(name, f"{e.default_image_size} px (≥{e.min_image_size})", e.description)
     out.print(table)
     from featcache.models.timm_models import list_timm_models

@@ -115,7 +115,7 @@ class RichReporter(Reporter):
         self.started = time.perf_counter()
 
     def advance(self, n: int = 1, **fields: object) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:  # set together by start
             extra = "  ".join(f"{k} {v}" for k, v in fields.items())
             self._progress.update(self._task, advance=n, extra=extra)
 

@@ -144,10 +144,10 @@ class PeakRSS:
         self.peak = self.now()
         if self.peak is None:
             return self
-        self._stop = threading.Event()
+        self._stop = stop = threading.Event()
 
         def sample() -> None:
-            while not self._stop.wait(self.interval):
+            while not stop.wait(self.interval):
                 self.peak = max(self.peak or 0, self.now() or 0)
 
         self._thread = threading.Thread(target=sample, daemon=True)

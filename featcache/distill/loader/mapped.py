@@ -25,6 +25,7 @@ import math
 import mmap
 import os
 import weakref
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def _libc():
         return None
 
 
-_LIBC = _libc() if hasattr(os, "uname") else None
+_LIBC: Any = _libc() if hasattr(os, "uname") else None  # a ring is built only where it is set
 
 
 class MappedRing:
