@@ -220,8 +220,10 @@ def sod_tree(tmp_path: Path) -> tuple[Path, Path]:
 # test may damage its copy freely.
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The personal store: ``$FEATCACHE_HOME`` = tmp_path/home (not created), debug tracebacks off."""
+    """The personal store: ``$FEATCACHE_HOME`` = tmp_path/home (not created), no shared stores from the environment
+    ($FEATCACHE_PATH), debug tracebacks off."""
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("FEATCACHE_PATH", raising=False)
     monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
     return tmp_path / "home"
 

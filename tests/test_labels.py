@@ -7,6 +7,7 @@ outside the labelled subset ever arrives with its label.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +25,22 @@ SYN = {"num_train": 60, "num_test": 20, "num_classes": 4}
 runner = CliRunner()
 
 
-@pytest.fixture()
-def key(home) -> str:
+@pytest.fixture(scope="module")
+def _cached_store(tmp_path_factory) -> tuple[Path, str]:
     from featcache.extract import extract
 
-    return extract(ExtractConfig(teacher="convnet", weights="random", dataset="synthetic", dataset_options=dict(SYN),
-                                 image_size=32, workers=0, noise=8)).key
+    root = tmp_path_factory.mktemp("labels_store")
+    key = extract(ExtractConfig(teacher="convnet", weights="random", dataset="synthetic", dataset_options=dict(SYN),
+                                image_size=32, workers=0, noise=8, cache_dir=root)).key
+    return root, key
+
+
+@pytest.fixture()
+def key(home, _cached_store) -> str:
+    """The key of a convnet cache of SYN (with 8 noise rows) in the personal store: a copy of one made per module."""
+    root, key = _cached_store
+    shutil.copytree(root, home)
+    return key
 
 
 def run(tmp_path, key, monkeypatch, **kw):

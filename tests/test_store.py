@@ -21,14 +21,12 @@ from typer.testing import CliRunner
 
 from helpers import mount_tmpfs, one_line_error, umount
 from featcache.cli import app
-from helpers import FOLDER_DISTILL
+from helpers import FOLDER_DISTILL, SYN_DISTILL, SYN_EXTRACT
 from helpers import folder_extract_key
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-SYN = ("--dataset", "synthetic", "-o", "num_train=24", "-o", "num_test=8", "--workers", "0")
-EXTRACT = ("--teacher", "convnet", "--weights", "random", *SYN, "--image-size", "32", "--shard-rows", "16")
-DISTILL = ("--student", "lenet5", *SYN, "--device", "cpu", "--batch-size", "8", "--epochs", "1")
+DISTILL = (*SYN_DISTILL, "--epochs", "1")
 
 
 def invoke(*args):
@@ -40,26 +38,18 @@ def listing(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FEATCACHE_PATH", raising=False)
-    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
-    return tmp_path / "home"
-
-
 def extract_key(*args) -> str:
-    r = invoke("extract", *EXTRACT, *args)
+    r = invoke("extract", *SYN_EXTRACT, *args)
     assert r.exit_code == 0, r.output
     return " ".join(r.output.split()).split("cache ")[-1].split(":")[0].split(" ")[0]
 
 
 # -- layered stores ---------------------------------------------------------------------------------------------------
-def test_a_read_only_shared_store_is_read_and_never_written(home, tmp_path, monkeypatch):
+def test_a_read_only_shared_store_is_read_and_never_written(home, syn_cache, tmp_path, monkeypatch):
     from featcache import api
     from featcache.cache import CacheStore
 
-    key = extract_key()
+    key = syn_cache.name
     shared = tmp_path / "shared"
     real = mount_tmpfs(shared, "4m")
     try:
@@ -73,7 +63,7 @@ def test_a_read_only_shared_store_is_read_and_never_written(home, tmp_path, monk
         before = listing(shared)
         monkeypatch.setenv("FEATCACHE_PATH", str(shared))
         # Every reader: the re-extract finds it there, distill reads it, eval, verify, ls/info and the API.
-        r = invoke("extract", *EXTRACT)
+        r = invoke("extract", *SYN_EXTRACT)
         assert r.exit_code == 0 and "nothing to do" in " ".join(r.output.split()), r.output
         assert not (home / key).exists()
         r = invoke("distill", *DISTILL, "--teacher", "convnet", "--run-dir", tmp_path / "run")
@@ -96,10 +86,10 @@ def test_a_read_only_shared_store_is_read_and_never_written(home, tmp_path, monk
                 p.chmod(p.stat().st_mode | 0o200)
 
 
-def test_store_flags_and_the_recipe_key_search_the_same_stack(home, tmp_path):
+def test_store_flags_and_the_recipe_key_search_the_same_stack(home, syn_cache, tmp_path):
     from featcache.pipeline import parse_pipeline
 
-    key = extract_key()
+    key = syn_cache.name
     shared = tmp_path / "shared"
     shared.mkdir()
     assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
@@ -117,10 +107,10 @@ def test_store_flags_and_the_recipe_key_search_the_same_stack(home, tmp_path):
         parse_pipeline({"pipeline": {"stores": "../shared"}, "dataset": {"name": "synthetic"}}, path=recipe)
 
 
-def test_a_key_in_two_stores_with_different_contents_is_an_error(home, tmp_path, monkeypatch):
+def test_a_key_in_two_stores_with_different_contents_is_an_error(home, syn_cache, tmp_path, monkeypatch):
     from featcache.util.hashing import file_sha256
 
-    key = extract_key()
+    key = syn_cache.name
     shared = tmp_path / "shared"
     shared.mkdir()
     assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
@@ -139,10 +129,10 @@ def test_a_key_in_two_stores_with_different_contents_is_an_error(home, tmp_path,
         one_line_error(invoke(*args), key, str(home), str(shared), "different contents")
 
 
-def test_publish_is_all_or_nothing_and_a_second_publisher_loses_cleanly(home, tmp_path, monkeypatch):
+def test_publish_is_all_or_nothing_and_a_second_publisher_loses_cleanly(home, syn_cache, tmp_path, monkeypatch):
     from featcache.cache import publish as pub
 
-    key = extract_key()
+    key = syn_cache.name
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o2775)
     os.chmod(shared, 0o2775)
@@ -212,10 +202,10 @@ sys.exit(app(sys.argv[3:]))
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point,n", [("copy", 1), ("copy", 2), ("check", 1), ("rename", 1), ("installed", 1)])
-def test_kill_9_at_each_step_of_a_publish_leaves_nothing_or_the_complete_cache(home, tmp_path, point, n):
+def test_kill_9_at_each_step_of_a_publish_leaves_nothing_or_the_complete_cache(home, syn_cache, tmp_path, point, n):
     from featcache.cache.install import check_complete, stale_incoming
 
-    key = extract_key()
+    key = syn_cache.name
     shared = tmp_path / "shared"
     shared.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -252,7 +242,7 @@ def test_two_writers_without_flock_end_with_one_good_cache(tmp_path):
     store = tmp_path / "nfs"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("FEATCACHE_PATH", None)
-    args = [sys.executable, "-c", NO_FLOCK, "extract", *EXTRACT[:-6], "-o", "num_train=600", "-o", "num_test=8",
+    args = [sys.executable, "-c", NO_FLOCK, "extract", *SYN_EXTRACT[:-6], "-o", "num_train=600", "-o", "num_test=8",
             "--workers", "0", "--image-size", "32", "--shard-rows", "64", "--cache-dir", str(store)]
     procs = [subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
@@ -264,12 +254,12 @@ def test_two_writers_without_flock_end_with_one_good_cache(tmp_path):
     assert [p.name for p in (store / ".incoming").iterdir() if "@" in p.name] == []  # the loser left nothing
 
 
-def test_locks_left_by_another_host(home, tmp_path):
+def test_locks_left_by_another_host(home, syn_cache, tmp_path):
     from featcache.extract import plan_extract
     from featcache.extract.manifest import key_lock
     from featcache.extract.workdir import abandoned
 
-    key = extract_key()
+    key = syn_cache.name
     assert invoke("cache", "rm", key).exit_code == 0
     # A live writer on another machine (its heartbeat is fresh): --no-wait refuses, naming it.
     from featcache.config import ExtractConfig
@@ -279,7 +269,7 @@ def test_locks_left_by_another_host(home, tmp_path):
     lock = key_lock(plan).path
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text("4242 gpu-node-7")
-    one_line_error(invoke("extract", *EXTRACT, "--no-wait"), "4242 on host gpu-node-7")
+    one_line_error(invoke("extract", *SYN_EXTRACT, "--no-wait"), "4242 on host gpu-node-7")
     # A writer that died there an hour ago: its lock is taken over and its work directory adopted.
     old = time.time() - 3600
     os.utime(lock, (old, old))
@@ -288,7 +278,7 @@ def test_locks_left_by_another_host(home, tmp_path):
     (work / ".heartbeat").touch()
     os.utime(work / ".heartbeat", (old, old))
     assert abandoned(home, key) == [work]
-    r = invoke("extract", *EXTRACT, "--no-wait")
+    r = invoke("extract", *SYN_EXTRACT, "--no-wait")
     assert r.exit_code == 0 and "continuing the work of an earlier extract" in " ".join(r.output.split()), r.output
     assert not work.exists() and invoke("cache", "verify", key).exit_code == 0
     # A run directory locked by a process that died on another host: refused with what to do.
@@ -300,13 +290,13 @@ def test_locks_left_by_another_host(home, tmp_path):
                    "delete")
 
 
-def test_a_traversal_manifest_in_a_shared_store_is_refused(home, tmp_path, monkeypatch):
+def test_a_traversal_manifest_in_a_shared_store_is_refused(home, syn_cache, tmp_path, monkeypatch):
     """The trust rules hold for every store of the stack: a shared store's manifest naming a shard out of its
     directory is refused by distill, verify and the API, and nothing outside is read."""
     from featcache import api
     from featcache.errors import CacheError
 
-    key = extract_key()
+    key = syn_cache.name
     shared = tmp_path / "shared"
     shared.mkdir()
     assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
@@ -325,9 +315,9 @@ def test_a_traversal_manifest_in_a_shared_store_is_refused(home, tmp_path, monke
 
 
 # -- permissions in a store shared through a group --------------------------------------------------------------------
-def test_publish_import_and_extract_leave_no_writable_cache_file_whatever_the_umask(home, tmp_path):
+def test_publish_import_and_extract_leave_no_writable_cache_file_whatever_the_umask(home, syn_cache, tmp_path):
     """docs/store.md: cache files are never writable (and readable by the store's group), even with umask 002."""
-    key = extract_key()
+    key = syn_cache.name
     stores = {name: tmp_path / name for name in ("published", "imported", "extracted")}
     for store in stores.values():
         store.mkdir()
@@ -348,8 +338,8 @@ def test_publish_import_and_extract_leave_no_writable_cache_file_whatever_the_um
         assert (store / key).stat().st_mode & 0o2070 == 0o2070, name  # the directory: the group's, to remove it
 
 
-def test_a_link_planted_as_a_stores_bookkeeping_directory_is_never_written_through(home, tmp_path):
-    key = extract_key()
+def test_a_link_planted_as_a_stores_bookkeeping_directory_is_never_written_through(home, syn_cache, tmp_path):
+    key = syn_cache.name
     shared, elsewhere = tmp_path / "shared", tmp_path / "elsewhere"
     shared.mkdir()
     elsewhere.mkdir()
@@ -373,7 +363,7 @@ with Lease([sys.argv[1]], what="distill") as lease:
 """
 
 
-def test_a_reader_of_a_group_store_as_another_user_holds_a_lease_root_respects(home):
+def test_a_reader_of_a_group_store_as_another_user_holds_a_lease_root_respects(syn_cache, home):
     """A store shared through a group, read by a user who is not root: their lease is written, and root's
     `cache rm` / `cache gc` there leave the cache alone while they read it."""
     import grp
@@ -386,7 +376,7 @@ def test_a_reader_of_a_group_store_as_another_user_holds_a_lease_root_respects(h
         nogroup = grp.getgrnam("nogroup").gr_gid
     except KeyError:
         pytest.skip("no group nogroup to share the store through")
-    key = extract_key()
+    key = syn_cache.name
     shared = Path(tempfile.mkdtemp(prefix="featcache-group-store-"))  # outside root's private pytest directory
     try:
         os.chmod(shared, 0o755)
