@@ -43,20 +43,14 @@ class PlainImages(Dataset):
         return image, int(self.base.targets[i])
 
 
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "store"))
-    return tmp_path / "store"
-
-
-def registry_cache(store):
+def registry_cache(home):
     return extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),
-                                 image_size=32, workers=0, batch_size=8, cache_dir=store))
+                                 image_size=32, workers=0, batch_size=8, cache_dir=home))
 
 
 @pytest.mark.slow
-def test_a_users_module_and_dataset_give_the_rows_of_the_registry_path(store):
-    reg = registry_cache(store)
+def test_a_users_module_and_dataset_give_the_rows_of_the_registry_path(home):
+    reg = registry_cache(home)
     # The same network and weights as a plain torchvision model, features read at its avgpool.
     same = create_teacher("resnet18", weights="random", num_classes=SYN["num_classes"], seed=0)
     net = torchvision.models.resnet18(num_classes=SYN["num_classes"])
@@ -82,7 +76,7 @@ def test_a_users_module_and_dataset_give_the_rows_of_the_registry_path(store):
     assert other.key != mine.key
 
 
-def test_user_mistakes_are_one_line_errors(store):
+def test_user_mistakes_are_one_line_errors(home):
     net = torchvision.models.resnet18(num_classes=4)
     with pytest.raises(DatasetError, match="float32 tensor.*PIL images or uint8"):
         api.extract_from(net, PlainImages("float"), name="r", dataset_name="d", feature_layer="avgpool",
@@ -97,7 +91,7 @@ def test_user_mistakes_are_one_line_errors(store):
         api.extract_from(net, PlainImages(), name="r", dataset_name="d", feature_layer="avgpool", batchsize=4)
 
 
-def test_changed_images_change_the_key_and_the_join_refuses_other_data(store):
+def test_changed_images_change_the_key_and_the_join_refuses_other_data(home):
     images = torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8)
     labels = torch.arange(20) % 4
     net = torchvision.models.resnet18(num_classes=4)
@@ -118,11 +112,11 @@ def test_changed_images_change_the_key_and_the_join_refuses_other_data(store):
         api.CachedRows(TensorDataset(changed, labels), [first.key], dataset_name="toy")
 
 
-def test_the_wrappers_rows_are_the_distill_loaders_rows(store):
+def test_the_wrappers_rows_are_the_distill_loaders_rows(home):
     from featcache.cache.reader import FeatureCache
     from featcache.distill.loader import JoinedLoader
 
-    reg = registry_cache(store)
+    reg = registry_cache(home)
     cache = FeatureCache(reg.directory)
     ds = get_dataset("synthetic", None, "train", **SYN)
     spec = cache.manifest.transform
@@ -149,7 +143,7 @@ def python_blocks(page: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_python_api_doc_examples_run_as_written(store, tmp_path, monkeypatch):
+def test_the_python_api_doc_examples_run_as_written(home, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks("python-api.md")
     own_loop = blocks[1]
@@ -231,7 +225,7 @@ def test_extract_and_distill_by_keywords_refuse_an_unknown_option_in_one_line():
 # -- the cache as the student sees it ---------------------------------------------------------------------------------
 
 
-def views_cache(store, views: int = 3):
+def views_cache(home, views: int = 3):
     """A tiny dataset of uint8 images, a resnet18 over it and a cache of its avgpool rows with ``views`` views."""
     images = torch.randint(0, 256, (20, 3, 24, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     data = TensorDataset(images, torch.arange(20) % 4)
@@ -241,11 +235,11 @@ def views_cache(store, views: int = 3):
     return data, net, result
 
 
-def test_the_caches_student_view_gives_the_pixels_the_teacher_saw(store):
+def test_the_caches_student_view_gives_the_pixels_the_teacher_saw(home):
     import featcache as fc
     from featcache.transforms import Geometry, Normalizer
 
-    data, _, result = views_cache(store)
+    data, _, result = views_cache(home)
     cache = fc.open_cache(result.key)
     assert isinstance(cache, fc.Cache) and cache.teacher.name == "r" and cache.dataset["name"] == "toy"
     assert cache.manifest.key == cache.key and len(cache) == 20 and cache.views == 3
@@ -260,10 +254,10 @@ def test_the_caches_student_view_gives_the_pixels_the_teacher_saw(store):
     assert torch.equal(cache.view_image(image, 7, 0), want)
 
 
-def test_a_caches_rows_of_each_view_are_its_view_parts_and_its_view_images_give_them(store):
+def test_a_caches_rows_of_each_view_are_its_view_parts_and_its_view_images_give_them(home):
     import featcache as fc
 
-    data, net, result = views_cache(store)
+    data, net, result = views_cache(home)
     cache = fc.open_cache(result.key)
     reader = cache.reader
     rows = cache.rows([4, 2, 4, 9], view=[0, 1, 2, 0])
@@ -281,10 +275,10 @@ def test_a_caches_rows_of_each_view_are_its_view_parts_and_its_view_images_give_
         cache.rows([0], view=3)
 
 
-def test_cached_rows_are_keyed_by_teacher_name_and_give_the_image_in_its_rows_view(store):
+def test_cached_rows_are_keyed_by_teacher_name_and_give_the_image_in_its_rows_view(home):
     from torch.utils.data import DataLoader
 
-    data, net, result = views_cache(store)
+    data, net, result = views_cache(home)
     plain = api.CachedRows(data, [result.key])
     image, label, rows = plain[3]
     assert torch.equal(image, data[3][0]) and list(rows) == ["r"] and rows[0] is rows["r"]
@@ -304,13 +298,13 @@ def test_cached_rows_are_keyed_by_teacher_name_and_give_the_image_in_its_rows_vi
         api.CachedRows(data, [one_view.key], view="random")
 
 
-def test_row_join_places_tables_as_distill_does_and_streams_them_beyond_the_budget(store):
+def test_row_join_places_tables_as_distill_does_and_streams_them_beyond_the_budget(home):
     from featcache.cache.leases import live_readers
 
     def readers(directory):
         return live_readers(directory.parent, directory.name)
 
-    data, _, result = views_cache(store, views=2)
+    data, _, result = views_cache(home, views=2)
     ram = api.RowJoin([result.key], data)
     assert ram.modes == ["ram"] and readers(ram.caches[0].directory) == []  # in RAM: no lease held
     small = api.RowJoin([result.key], data, cache_ram=1024)  # a budget of 1 KiB: the table stays on disk
@@ -399,7 +393,7 @@ def test_a_student_module_without_a_feature_split_is_a_one_line_error():
 
 
 @pytest.mark.slow
-def test_timm_teacher_and_student_run_extract_distill_eval(store, tmp_path):
+def test_timm_teacher_and_student_run_extract_distill_eval(home, tmp_path):
     timm = pytest.importorskip("timm")  # the [timm] extra; .ci/run installs it
     from typer.testing import CliRunner
 
@@ -414,7 +408,7 @@ def test_timm_teacher_and_student_run_extract_distill_eval(store, tmp_path):
     for split in ("train", "test"):
         run("extract", "-t", "timm:test_efficientnet", "-w", "random", *syn, "--image-size", "32", "--workers", "0",
             "--split", split)
-    m = next(open_cache(p.name).manifest for p in store.iterdir() if p.name.endswith(tuple("0123456789abcdef"))
+    m = next(open_cache(p.name).manifest for p in home.iterdir() if p.name.endswith(tuple("0123456789abcdef"))
              and "-train-" in p.name)
     cfg = timm.models.get_pretrained_cfg("test_efficientnet")
     assert m.transform.interpolation == cfg.interpolation and tuple(m.transform.mean) == tuple(cfg.mean)
@@ -453,7 +447,7 @@ def test_timm_names_are_a_clear_error_when_timm_is_missing(monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_callable_feature_layer_and_a_timm_style_module(store):
+def test_a_callable_feature_layer_and_a_timm_style_module(home):
     images = torch.randint(0, 256, (12, 3, 16, 16), dtype=torch.uint8)
     data = TensorDataset(images, torch.arange(12) % 3)
     net = torchvision.models.resnet18(num_classes=3).eval()
@@ -479,7 +473,7 @@ def test_a_callable_feature_layer_and_a_timm_style_module(store):
     assert m.teacher.feature_layer.startswith("pre-logits")
 
 
-def test_timm_teacher_weights_come_from_the_local_hugging_face_cache(store, tmp_path, monkeypatch):
+def test_timm_teacher_weights_come_from_the_local_hugging_face_cache(home, tmp_path, monkeypatch):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
     from typer.testing import CliRunner
@@ -503,3 +497,49 @@ def test_timm_teacher_weights_come_from_the_local_hugging_face_cache(store, tmp_
     m = open_cache(key).manifest
     assert m.teacher.weights.source == "file" and m.teacher.weights.ref.endswith("model.safetensors")
     assert m.teacher.num_classes == net.num_classes
+
+
+# -- the Python API rejects what it cannot mean -------------------------------------------------------------------
+@pytest.mark.parametrize("indices, needle", [
+    (np.array([0.0, 1.9]), "integers"),
+    (torch.tensor([0.5]), "integers"),
+    (np.zeros(24, dtype=bool), "boolean mask"),
+    (torch.ones(24, dtype=torch.bool), "boolean mask"),
+    ([0, 24], "[0, 24)"),
+    ([-1], "[0, 24)"),
+    (np.array([[0, 1]]), "1-D"),
+])
+def test_row_join_refuses_indices_it_cannot_mean(syn_cache, indices, needle):
+    from featcache import api
+    from featcache.errors import FeatcacheError
+
+    join = api.RowJoin([syn_cache.name], check=False)
+    with pytest.raises(api.RowIndexError, match=re.escape(needle)) as info:
+        join.join(indices)
+    assert isinstance(info.value, IndexError) and isinstance(info.value, FeatcacheError)
+    # What it can mean still works: any integer dtype, repeats, any order, empty.
+    rows = join.join(np.array([5, 0, 5], dtype=np.int32))[0]
+    assert np.array_equal(rows["features"][0], rows["features"][2])
+    assert len(join.join([])[0]["logits"]) == 0 and len(join.join(torch.tensor([23]))[0]["logits"]) == 1
+
+
+def test_extract_from_refuses_a_head_narrower_than_the_dataset(home):
+    import torchvision
+    from torch.utils.data import TensorDataset
+
+    from featcache import api
+    from featcache.errors import ConfigError
+
+    images = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8)
+    data = TensorDataset(images, torch.arange(12) % 4)
+    model = torchvision.models.resnet18(num_classes=2)
+    with pytest.raises(ConfigError, match="2 logits but the dataset has 4 classes"):
+        api.extract_from(model, data, name="narrow", dataset_name="toy", feature_layer="avgpool", image_size=32,
+                         workers=0)
+    with pytest.raises(ConfigError, match="logit_classes"):
+        api.extract_from(model, data, name="narrow", dataset_name="toy", feature_layer="avgpool", image_size=32,
+                         workers=0, logit_classes=["0", "1", "2"])
+    # Saying which classes the head covers (a teacher of some classes) is accepted, and recorded.
+    result = api.extract_from(model, data, name="narrow", dataset_name="toy", feature_layer="avgpool",
+                              image_size=32, workers=0, logit_classes=["1", "3"])
+    assert result.manifest.teacher.classes == ["1", "3"] and result.manifest.teacher.num_classes == 2

@@ -1,6 +1,7 @@
 """The command line: thin wrappers, one-line errors, exit codes."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -8,34 +9,19 @@ import torch
 from typer.testing import CliRunner
 
 from featcache.cli import app
+from helpers import one_line_error as _one_line_error
 
 runner = CliRunner()
+one_line_error = partial(_one_line_error, alone=True)  # here the error line is all a command prints
 SYN = ["--dataset", "synthetic", "-o", "num_train=48", "-o", "num_test=16", "--image-size", "32", "--workers", "0"]
-
-
-@pytest.fixture()
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("FEATCACHE_DEBUG", raising=False)
-    return tmp_path / "home"
 
 
 def invoke(*args):
     return runner.invoke(app, list(args))
 
 
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    text = result.output.strip()
-    assert "Traceback" not in text
-    assert text.startswith("error:") and len(text.splitlines()) == 1, text
-    for n in needles:
-        assert n in text, text
-    return text
-
-
 @pytest.mark.slow
-def test_extract_then_cache_commands(store):
+def test_extract_then_cache_commands(home):
     r = invoke("extract", "--teacher", "resnet18", "--weights", "random", *SYN, "--noise", "8")
     assert r.exit_code == 0, r.output
     assert "48 rows + 8 noise" in r.output and "img/s" in r.output
@@ -56,21 +42,21 @@ def test_extract_then_cache_commands(store):
 
     ok = invoke("cache", "verify", key)
     assert ok.exit_code == 0 and "ok" in ok.output
-    shard = next((store / key).glob("data-*.h5"))
+    shard = next((home / key).glob("data-*.h5"))
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     bad = invoke("cache", "verify")
     assert bad.exit_code == 1 and "corrupt" in bad.output
 
     rm = invoke("cache", "rm", key)
-    assert rm.exit_code == 0 and not (store / key).exists()
+    assert rm.exit_code == 0 and not (home / key).exists()
     assert "no caches" in invoke("cache", "ls").output
 
 
-def test_unknown_teacher(store):
+def test_unknown_teacher(home):
     one_line_error(invoke("extract", "--teacher", "resnet5000", *SYN), "unknown teacher 'resnet5000'", "--teacher")
 
 
-def test_missing_data_root(store, tmp_path):
+def test_missing_data_root(home, tmp_path):
     one_line_error(invoke("extract", "--teacher", "resnet18", "--dataset", "cifar10"), "--data-root")
     one_line_error(
         invoke("extract", "--teacher", "resnet18", "--dataset", "cifar10", "--data-root", str(tmp_path / "nope")),
@@ -78,14 +64,14 @@ def test_missing_data_root(store, tmp_path):
     )
 
 
-def test_unreadable_checkpoint(store, tmp_path):
+def test_unreadable_checkpoint(home, tmp_path):
     bad = tmp_path / "teacher.pt"
     bad.write_text("garbage")
     one_line_error(invoke("extract", "--teacher", "resnet18", "--weights", str(bad), *SYN), str(bad), "checkpoint")
 
 
 @pytest.mark.slow
-def test_checkpoint_for_another_architecture(store, tmp_path):
+def test_checkpoint_for_another_architecture(home, tmp_path):
     import torchvision
 
     path = tmp_path / "r18.pt"
@@ -105,18 +91,18 @@ def test_checkpoint_for_another_architecture(store, tmp_path):
         (["--device", "cuda:0", *SYN], "--device"),
     ],
 )
-def test_flag_errors_are_one_line(store, args, needle):
+def test_flag_errors_are_one_line(home, args, needle):
     if needle == "--device" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(invoke("extract", "--teacher", "resnet18", "--weights", "random", *args), needle)
 
 
-def test_cache_commands_on_missing_keys(store):
+def test_cache_commands_on_missing_keys(home):
     one_line_error(invoke("cache", "info", "nothing-here"), "no cache 'nothing-here'")
     one_line_error(invoke("cache", "rm", "nothing-here"), "featcache cache ls")
 
 
-def test_debug_env_shows_traceback(store, monkeypatch):
+def test_debug_env_shows_traceback(home, monkeypatch):
     monkeypatch.setenv("FEATCACHE_DEBUG", "1")
     result = invoke("extract", "--teacher", "resnet5000", *SYN)
     assert result.exit_code != 0 and result.exception is not None
@@ -161,7 +147,7 @@ def test_distill_help_names_every_registered_method():
     ("extract", ["--teacher", "convnet", "--weights", "random", "--view-seed", str(2**32)], "--view-seed must lie in"),
     ("split-classes", ["--seed", "-1", "-o", "num_classes=4"], "--seed must lie in"),
 ])
-def test_a_seed_numpy_cannot_take_is_one_line(store, tmp_path, command, args, needle):
+def test_a_seed_numpy_cannot_take_is_one_line(home, tmp_path, command, args, needle):
     """A negative seed used to reach numpy's seeding deep inside data loading and end in a ValueError traceback."""
     one_line_error(invoke(command, *args, *(["--out", str(tmp_path)] if command == "split-classes" else [])), needle)
     assert not list(tmp_path.glob("part*.txt"))
@@ -261,7 +247,7 @@ def test_a_dataset_option_the_dataset_does_not_declare_is_one_line_naming_it_and
     MemoryError("Unable to allocate 27.9 GiB for an array with shape (20, 3, 100000, 100000)"),
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
 ])
-def test_running_out_of_memory_is_one_line_that_says_what_to_lower(store, monkeypatch, exc):
+def test_running_out_of_memory_is_one_line_that_says_what_to_lower(home, monkeypatch, exc):
     """An allocation failure deep in torch or numpy was a page of traceback; it is one line with what to change."""
     import featcache.distill.trainer as trainer
 
@@ -276,13 +262,13 @@ def test_running_out_of_memory_is_one_line_that_says_what_to_lower(store, monkey
     assert isinstance(invoke("distill", "--epochs", "1", "-o", "num_train=20").exception, RuntimeError)
 
 
-def test_an_image_size_above_the_pixel_limit_is_one_line(store):
+def test_an_image_size_above_the_pixel_limit_is_one_line(home):
     for command, args in (("distill", ["--image-size", "100000"]), ("extract", ["--teacher", "convnet", "--weights",
                                                                                  "random", "--resize", "20000"])):
         one_line_error(invoke(command, *args, "-o", "num_train=20"), "above the 89,478,485-pixel limit")
 
 
-def test_a_worker_count_that_would_fork_the_machine_down_is_one_line(store, tmp_path):
+def test_a_worker_count_that_would_fork_the_machine_down_is_one_line(home, tmp_path):
     """--workers 100000 used to start forking (torch only warns); eval --batch-size 0 was a traceback."""
     for command, args in (("distill", []), ("extract", ["--teacher", "convnet", "--weights", "random"])):
         one_line_error(invoke(command, *args, "--workers", "100000", "-o", "num_train=20"), "--workers 100000: at most")

@@ -53,7 +53,8 @@ def template(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 @pytest.fixture
-def home(template, tmp_path, monkeypatch) -> tuple[Path, list[str]]:
+def three_caches(template, tmp_path, monkeypatch) -> tuple[Path, list[str]]:
+    """The personal store holding a copy of the template's three caches, none used yet; returns (store, keys)."""
     store, keys = template
     home = tmp_path / "home"
     shutil.copytree(store, home)
@@ -96,8 +97,8 @@ def snapshot(store: Path) -> list:
 
 
 # -- last use ------------------------------------------------------------------------------------------------------
-def test_record_use_is_a_touch_in_the_personal_index(home):
-    store, (key, *_) = home
+def test_record_use_is_a_touch_in_the_personal_index(three_caches):
+    store, (key, *_) = three_caches
     assert last_used(store, key) is None
     record_use(store, [key, "../escape", "", None])
     assert abs(last_used(store, key) - time.time()) < 5
@@ -112,8 +113,8 @@ def test_record_use_is_a_touch_in_the_personal_index(home):
 
 
 # -- leases: cache rm refuses, gc skips, both go ahead once the lease ends -----------------------------------------
-def test_a_leased_cache_is_refused_by_rm_and_skipped_by_gc(home):
-    store, (key, *_) = home
+def test_a_leased_cache_is_refused_by_rm_and_skipped_by_gc(three_caches):
+    store, (key, *_) = three_caches
     with Lease([store / key], what="distill") as lease:
         (path,) = lease.files
         assert path.parent == store / LEASES / key and path.name.startswith(f"{host()}@{os.getpid()}@")
@@ -133,8 +134,8 @@ def test_a_leased_cache_is_refused_by_rm_and_skipped_by_gc(home):
     assert not list((store / TRASH).iterdir())
 
 
-def test_a_lease_is_released_on_an_exception(home):
-    store, (key, *_) = home
+def test_a_lease_is_released_on_an_exception(three_caches):
+    store, (key, *_) = three_caches
     with pytest.raises(RuntimeError):
         with Lease([store / key], what="distill"):
             assert (store / LEASES / key).is_dir()
@@ -143,8 +144,8 @@ def test_a_lease_is_released_on_an_exception(home):
     assert invoke("cache", "rm", key).exit_code == 0
 
 
-def test_the_heartbeat_refreshes_a_lease_and_writes_it_again(home, monkeypatch):
-    store, (key, *_) = home
+def test_the_heartbeat_refreshes_a_lease_and_writes_it_again(three_caches, monkeypatch):
+    store, (key, *_) = three_caches
     monkeypatch.setattr(leases, "HEARTBEAT", 0.02)
 
     def wait_for(condition):
@@ -164,8 +165,8 @@ def test_the_heartbeat_refreshes_a_lease_and_writes_it_again(home, monkeypatch):
     assert not path.exists()
 
 
-def test_stale_leases_do_not_block_and_a_live_remote_one_does(home, monkeypatch):
-    store, (a, b, c) = home
+def test_stale_leases_do_not_block_and_a_live_remote_one_does(three_caches, monkeypatch):
+    store, (a, b, c) = three_caches
     fake_lease(store, a, host(), dead_pid())  # killed on this host
     fake_lease(store, a, "elsewhere", 4242, age=leases.STALE + 60)  # another host, heartbeat long gone
     fake_lease(store, b, host(), os.getpid())  # a reused pid: this process did not write it, at another start time
@@ -182,8 +183,8 @@ def test_stale_leases_do_not_block_and_a_live_remote_one_does(home, monkeypatch)
 
 
 # -- gc: least recently used first, by age and by size -------------------------------------------------------------
-def test_gc_removes_by_age_then_by_size_in_lru_order(home):
-    store, (a, b, c) = home
+def test_gc_removes_by_age_then_by_size_in_lru_order(three_caches):
+    store, (a, b, c) = three_caches
     used_at(store, a, 40)
     used_at(store, b, 10)
     used_at(store, c, 1)
@@ -201,8 +202,8 @@ def test_gc_removes_by_age_then_by_size_in_lru_order(home):
     assert (store / c).is_dir()
 
 
-def test_a_cache_never_used_counts_from_its_extract(home):
-    store, (a, b, c) = home
+def test_a_cache_never_used_counts_from_its_extract(three_caches):
+    store, (a, b, c) = three_caches
     used_at(store, b, 40)
     used_at(store, c, 1)  # a: never recorded, extracted seconds ago
     r = invoke("cache", "gc", "--max-size", "0", "--dry-run")
@@ -215,8 +216,8 @@ def test_a_cache_never_used_counts_from_its_extract(home):
 
 
 # -- the race between a remover and a reader starting at the same moment --------------------------------------------
-def test_a_lease_taken_between_gcs_check_and_its_delete_restores_the_cache(home, monkeypatch):
-    store, (key, *_) = home
+def test_a_lease_taken_between_gcs_check_and_its_delete_restores_the_cache(three_caches, monkeypatch):
+    store, (key, *_) = three_caches
     real = leases._to_trash
     reader = Lease(what="distill")
 
@@ -234,8 +235,8 @@ def test_a_lease_taken_between_gcs_check_and_its_delete_restores_the_cache(home,
 
 
 @pytest.mark.parametrize("verdict", ["restore", "delete"])
-def test_a_reader_waits_for_a_removers_verdict(home, verdict):
-    store, (key, *_) = home
+def test_a_reader_waits_for_a_removers_verdict(three_caches, verdict):
+    store, (key, *_) = three_caches
     mark = leases._write(store, key, "remove", remover=True)
     trash = leases._to_trash(store / key)
 
@@ -262,8 +263,8 @@ def test_a_reader_waits_for_a_removers_verdict(home, verdict):
 
 
 # -- what a crash leaves -------------------------------------------------------------------------------------------
-def test_gc_cleans_what_crashes_left(home):
-    store, (a, b, _c) = home
+def test_gc_cleans_what_crashes_left(three_caches):
+    store, (a, b, _c) = three_caches
     dead = dead_pid()
     incoming = store / ".incoming" / f"{a}@{host()}@{dead}@00000000"
     incoming.mkdir(parents=True)
@@ -289,8 +290,8 @@ def test_gc_cleans_what_crashes_left(home):
 
 
 # -- cache ls ------------------------------------------------------------------------------------------------------
-def test_ls_columns_totals_sort_and_json(home):
-    store, (a, b, c) = home
+def test_ls_columns_totals_sort_and_json(three_caches):
+    store, (a, b, c) = three_caches
     used_at(store, a, 3)
     r = invoke("cache", "ls")
     assert r.exit_code == 0, r.output
@@ -310,19 +311,20 @@ def test_ls_columns_totals_sort_and_json(home):
     one_line_error(invoke("cache", "ls", "--sort", "age"), "--sort", "key, size, used")
 
 
-def test_gc_flags_are_checked(home):
+def test_gc_flags_are_checked(three_caches):
     one_line_error(invoke("cache", "gc", "--max-size", "12X"), "--max-size", "200G")
     one_line_error(invoke("cache", "gc", "--unused-for", "30"), "--unused-for", "30d")
 
 
 # -- end to end: the readers ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_uses_are_recorded_in_the_personal_store_and_a_read_only_shared_store_is_untouched(home, tmp_path, monkeypatch):
+def test_uses_are_recorded_in_the_personal_store_and_a_read_only_shared_store_is_untouched(three_caches, tmp_path,
+                                                                                           monkeypatch):
     from featcache import api
     from featcache.cache import open_cache
     from featcache.datasets import get_dataset
 
-    store, (key, *_) = home
+    store, (key, *_) = three_caches
     shared = tmp_path / "shared"
     shared.mkdir()
     assert invoke("cache", "publish", key, "--to", shared).exit_code == 0
@@ -351,8 +353,8 @@ def test_uses_are_recorded_in_the_personal_store_and_a_read_only_shared_store_is
 
 
 @pytest.mark.slow
-def test_a_running_distill_holds_its_lease_until_killed(home, tmp_path):
-    store, (key, *_) = home
+def test_a_running_distill_holds_its_lease_until_killed(three_caches, tmp_path):
+    store, (key, *_) = three_caches
     run = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FEATCACHE_HOME": str(store)}
     args = [sys.executable, "-m", "featcache", *[a if a != "1" else "100000" for a in DISTILL], "--teacher", key,
@@ -378,9 +380,9 @@ def test_a_running_distill_holds_its_lease_until_killed(home, tmp_path):
 
 # -- a store others write to: planted links, odd names, damaged leases, a store marked read-only --------------------
 @pytest.fixture
-def victim(home, tmp_path) -> Path:
-    """Another store (a cache of its own and an unrelated file) that links planted in ``home`` point into."""
-    store, (key, *_) = home
+def victim(three_caches, tmp_path) -> Path:
+    """Another store (a cache of its own and an unrelated file) that links planted in the personal store point into."""
+    store, (key, *_) = three_caches
     other = tmp_path / "other"
     other.mkdir()
     shutil.copytree(store / key, other / key)
@@ -388,8 +390,8 @@ def victim(home, tmp_path) -> Path:
     return other
 
 
-def test_gc_and_rm_never_follow_a_link_out_of_the_store(home, victim):
-    store, (a, b, c) = home
+def test_gc_and_rm_never_follow_a_link_out_of_the_store(three_caches, victim):
+    store, (a, b, c) = three_caches
     dead = dead_pid()
     before = snapshot(victim)
     (store / TRASH).mkdir()
@@ -419,8 +421,8 @@ def test_gc_and_rm_never_follow_a_link_out_of_the_store(home, victim):
     assert snapshot(victim) == before and (victim / a / "manifest.json").is_file()
 
 
-def test_bookkeeping_directories_that_are_links_are_never_entered(home, victim):
-    store, (a, *_) = home
+def test_bookkeeping_directories_that_are_links_are_never_entered(three_caches, victim):
+    store, (a, *_) = three_caches
     dead = dead_pid()
     bait = victim / f"{a}@{host()}@{dead}@00000001"  # named like a dead remover's trash, a dead reader's lease...
     bait.mkdir()
@@ -443,8 +445,8 @@ def stat_mode(path: Path) -> int:
     return os.stat(path).st_mode & 0o7777
 
 
-def test_a_lock_or_a_usage_index_planted_as_a_link_is_never_written_through(home, victim):
-    store, (a, b, _c) = home
+def test_a_lock_or_a_usage_index_planted_as_a_link_is_never_written_through(three_caches, victim):
+    store, (a, b, _c) = three_caches
     before = snapshot(victim)
     os.symlink(victim / "notes.txt", store / a / ".lock")
     one_line_error(invoke("cache", "rm", a), ".lock", "symbolic link")
@@ -464,10 +466,10 @@ def test_a_lock_or_a_usage_index_planted_as_a_link_is_never_written_through(home
 
 
 @pytest.mark.parametrize("pid", ["²", "1" + "0" * 30, "0", "٣"])
-def test_lease_and_incoming_names_with_odd_pids_never_crash(home, pid):
+def test_lease_and_incoming_names_with_odd_pids_never_crash(three_caches, pid):
     from featcache.cache import install
 
-    store, (a, b, _c) = home
+    store, (a, b, _c) = three_caches
     for key in (a, b):
         d = store / LEASES / key
         d.mkdir(parents=True, exist_ok=True)
@@ -495,8 +497,8 @@ def test_lease_and_incoming_names_with_odd_pids_never_crash(home, pid):
 
 
 @pytest.mark.parametrize("content", ["[" * 100_000, "\udcff", ""])
-def test_a_damaged_lease_is_read_as_a_lease_without_details(home, content):
-    store, (a, *_) = home
+def test_a_damaged_lease_is_read_as_a_lease_without_details(three_caches, content):
+    store, (a, *_) = three_caches
     live = fake_lease(store, a, host(), os.getpid())
     live.write_bytes(content.encode("utf-8", "surrogateescape"))
     with Lease([store / a], what="distill"):
@@ -512,10 +514,10 @@ def test_a_damaged_lease_is_read_as_a_lease_without_details(home, content):
     assert done.wait(60) and not (store / a).exists()
 
 
-def test_gc_goes_on_past_an_entry_it_cannot_remove(home, monkeypatch):
+def test_gc_goes_on_past_an_entry_it_cannot_remove(three_caches, monkeypatch):
     from featcache.cache import gc
 
-    store, (a, b, _c) = home
+    store, (a, b, _c) = three_caches
     dead = dead_pid()
     stuck = store / ".incoming" / f"{a}@{host()}@{dead}@00000000"
     stuck.mkdir(parents=True)
@@ -534,8 +536,8 @@ def test_gc_goes_on_past_an_entry_it_cannot_remove(home, monkeypatch):
     assert not (store / a).exists() and not (store / b).exists()  # the caches were freed all the same
 
 
-def test_a_store_marked_read_only_is_left_alone_even_as_root(home):
-    store, (a, b, _c) = home
+def test_a_store_marked_read_only_is_left_alone_even_as_root(three_caches):
+    store, (a, b, _c) = three_caches
     os.chmod(store, 0o555)  # chmod a-w: how an admin marks a store read-only
     try:
         before = snapshot(store)
@@ -555,8 +557,8 @@ def test_a_store_marked_read_only_is_left_alone_even_as_root(home):
     assert invoke("cache", "rm", a).exit_code == 0  # writable again: maintenance works, readers lease
 
 
-def test_extract_force_never_replaces_a_cache_being_read(home, victim):
-    store, (a, *_) = home
+def test_extract_force_never_replaces_a_cache_being_read(three_caches, victim):
+    store, (a, *_) = three_caches
     before, ours = snapshot(victim), snapshot(store / a)
     dead = dead_pid()
     (store / ".incoming").mkdir(exist_ok=True)

@@ -47,3 +47,13 @@ def test_no_test_module_imports_from_conftest_or_skips_on_cuda_by_hand():
         text = path.read_text()
         assert not re.search(r"^\s*from conftest import", text, re.M), path.name
         assert not re.search(r"skipif\(\s*not torch\.cuda\.is_available", text), f"{path.name}: mark it gpu"
+
+
+def test_shared_checks_and_fixtures_are_defined_once():
+    """One one_line_error (helpers.py), and no fixture called ``store``: a store fixture says which store it is
+    (home: the personal store; resnet18_store, codec_store, two_caches: what they hold)."""
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        text = path.read_text()
+        assert not re.search(r"^def one_line_error\(", text, re.M), f"{path.name}: use helpers.one_line_error"
+        assert not re.search(r"^def store\(", text, re.M), f"{path.name}: name the store by what it holds"
+    assert len(re.findall(r"^def one_line_error\(", (REPO / "tests" / "helpers.py").read_text(), re.M)) == 1
