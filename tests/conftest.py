@@ -9,6 +9,7 @@ import os
 import pickle
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -26,6 +27,13 @@ from helpers import (
     make_tree,
     write_image,
 )
+
+
+# The tests call the library in this process as the CLI would: with the short OpenMP spin the CLI sets before torch
+# loads (featcache/cli/__init__.py), so torch's idle threads yield a busy CPU instead of spinning on it. Without
+# it the minutes-long tests (the demo) ran many times slower on a shared 2-core machine.
+if "torch" not in sys.modules and not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"} & os.environ.keys():
+    os.environ["GOMP_SPINCOUNT"] = "10000"
 
 
 # -- CUDA-only tests -------------------------------------------------------------------------------------------------
@@ -292,3 +300,18 @@ def resnet18_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                           dataset_options={"num_train": 64, "num_test": 32}, image_size=32, batch_size=32, workers=0,
                           cache_dir=root))
     return root
+
+
+@pytest.fixture
+def restore_registries():
+    """For a test that registers a student or a method: the registries are as before it once it ends, so what it
+    registered never shows up in another test's listing or --help."""
+    from featcache.distill.methods import METHODS
+    from featcache.models import registry
+
+    models, methods = dict(registry._REGISTRY), dict(METHODS)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(models)
+    METHODS.clear()
+    METHODS.update(methods)

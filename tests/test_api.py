@@ -143,6 +143,7 @@ def python_blocks(page: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_registries")
 def test_the_python_api_doc_examples_run_as_written(home, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks("python-api.md")
@@ -332,6 +333,7 @@ def test_row_join_places_tables_as_distill_does_and_streams_them_beyond_the_budg
 # -- registries --------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("restore_registries")
 def test_register_method_takes_a_method_subclass_by_a_free_name_only():
     import featcache as fc
 
@@ -356,6 +358,7 @@ def test_register_method_takes_a_method_subclass_by_a_free_name_only():
         fc.register_method(type("Nameless", (fc.Method,), {}))
 
 
+@pytest.mark.usefixtures("restore_registries")
 def test_register_student_names_a_module_builder_and_refuses_a_taken_name():
     import featcache as fc
     from featcache.errors import ModelError
@@ -379,6 +382,7 @@ def test_register_student_names_a_module_builder_and_refuses_a_taken_name():
     assert {"resnet50", "convnet"} <= set(fc.list_teachers())
 
 
+@pytest.mark.usefixtures("restore_registries")  # a module student is registered under its class name
 def test_a_student_module_without_a_feature_split_is_a_one_line_error():
     import featcache as fc
 
