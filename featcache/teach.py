@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from featcache.config import TeacherConfig  # re-exported: the schema lives in featcache.config
+from featcache.config.flags import copy_fields
 from featcache.datasets import get_dataset
 from featcache.datasets.base import (
     ClassSubset,
@@ -31,7 +33,7 @@ from featcache.datasets.base import (
     read_class_list,
 )
 from featcache.distill.methods.base import Method, MethodParams
-from featcache.losses import xent
+from featcache.distill.setup import validate as validate_distill
 from featcache.distill.trainer import (
     BEST,
     DistillConfig,
@@ -40,16 +42,13 @@ from featcache.distill.trainer import (
     claim_run_dir,
     train,
 )
-from featcache.distill.setup import validate as validate_distill
-from featcache.config.flags import copy_fields
-from featcache.config import TeacherConfig  # re-exported: the schema lives in featcache.config
 from featcache.extract import ExtractConfig, plan_extract
+from featcache.losses import xent
 from featcache.models.classifier import INITS, Classifier, build_classifier, resolve_init  # noqa: F401 - re-exported
-from featcache.util.progress import Reporter
 from featcache.runs import rundir
 from featcache.runs.rundir import TEACHER_FILE
+from featcache.util.progress import Reporter
 from featcache.util.runtime import resolve_device, resolve_precision
-
 
 
 def ranking_loss(scores: torch.Tensor, part_loss: torch.Tensor) -> torch.Tensor:

@@ -13,13 +13,10 @@ uint8 pixels from (seed, index), so they need no storage and follow the same nor
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from featcache.errors import ConfigError
-from featcache.util.runtime import one_cpu_thread
-
 from featcache.specs import (  # noqa: F401 - re-exported: the specs are data (featcache.specs), run here
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -28,6 +25,7 @@ from featcache.specs import (  # noqa: F401 - re-exported: the specs are data (f
     NoiseSpec,
     TransformSpec,
 )
+from featcache.util.runtime import one_cpu_thread
 
 
 class Geometry:

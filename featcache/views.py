@@ -24,9 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from featcache.cache.format import AUG
+from featcache.specs import VIEW_POLICIES, ViewSpec  # noqa: F401 - re-exported: the spec is data
 from featcache.transforms import Geometry, TransformSpec, crop_pad
 
-from featcache.specs import VIEW_POLICIES, ViewSpec  # noqa: F401 - re-exported: the spec is data
 # Each view is a full copy of the split's rows (and a part of its own): beyond this, a typo (10000 for 10) would write
 # thousands of parts for hours. FKD-style soft-label caches keep tens to hundreds of crops per image.
 MAX_VIEWS = 1024

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers import (
     CIFAR10_NAMES,
     CUB_CLASSES,
@@ -27,7 +28,6 @@ from helpers import (
     make_tree,
     write_image,
 )
-
 
 # The tests call the library in this process as the CLI would: with the short OpenMP spin the CLI sets before torch
 # loads (featcache/cli/__init__.py), so torch's idle threads yield a busy CPU instead of spinning on it. Without

@@ -6,20 +6,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from featcache.transforms import Geometry, Normalizer
 from featcache.cache import FeatureCache
-from featcache.distill.methods.aka import AKAFound
 from featcache.cli import app
 from featcache.datasets import get_dataset
 from featcache.datasets.base import ClassSubset, split_classes
 from featcache.distill.methods import MethodParams, TeacherRows
-from featcache.distill.methods.aka import AdaptiveAmalgamation
-from featcache.losses import aka_regulariser, prediction_entropy, select_teachers
+from featcache.distill.methods.aka import AdaptiveAmalgamation, AKAFound
 from featcache.distill.trainer import DistillConfig, distill, setup
 from featcache.errors import ConfigError, DatasetError
 from featcache.extract import ExtractConfig, extract
+from featcache.losses import aka_regulariser, prediction_entropy, select_teachers
 from featcache.models.students import create_student
 from featcache.teach import TeacherConfig, train_teacher
+from featcache.transforms import Geometry, Normalizer
 
 SYN = {"num_train": 64, "num_test": 32, "num_classes": 4}
 
@@ -200,8 +199,8 @@ def test_per_part_accuracy_of_teachers_and_student(part_teachers, tmp_path):
 @pytest.mark.slow
 def test_dual_stage_amalgamation_end_to_end_without_labels(part_teachers, tmp_path, monkeypatch):
     """Source teachers (one per class part) → one component net per part → a target net over all classes."""
-    from featcache.distill.amalgamate import AmalgamateConfig, amalgamate
     from featcache.datasets.base import ImageDataset, read_class_list
+    from featcache.distill.amalgamate import AmalgamateConfig, amalgamate
 
     root, keys = part_teachers
     parts = {f"part{k}": read_class_list(root / f"part{k}.txt") for k in (1, 2)}

@@ -11,7 +11,6 @@ import torch
 import torchvision
 from torch.utils.data import Dataset, TensorDataset
 
-from featcache.transforms import Geometry
 from featcache import api
 from featcache.cache import open_cache
 from featcache.config import ExtractConfig
@@ -19,6 +18,7 @@ from featcache.datasets import get_dataset
 from featcache.errors import CacheMismatchError, ConfigError, DatasetError
 from featcache.extract import extract
 from featcache.models.teachers import create_teacher
+from featcache.transforms import Geometry
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = {"num_train": 24, "num_test": 8, "num_classes": 4}

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import one_line_error, within
 from featcache.cli import app
+from helpers import one_line_error, within
 
 runner = CliRunner()
 EXTRACT = ("--teacher", "convnet", "--weights", "random", "--dataset", "synthetic", "-o", "num_train=24", "-o",

@@ -1,8 +1,8 @@
 """`featcache bench` runs at tiny sizes on CPU and reports sane fields (no timing assertions)."""
 
-import pytest
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from featcache.bench.extract import bench_extract

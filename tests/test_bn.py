@@ -11,8 +11,8 @@ from featcache.datasets import get_dataset
 from featcache.distill.evaluation import evaluate_run, load_run
 from featcache.distill.trainer import LAST, METRICS, distill
 from featcache.errors import ConfigError
-from featcache.util.progress import Reporter
 from featcache.transforms import Normalizer
+from featcache.util.progress import Reporter
 
 SYN = {"num_train": 48, "num_test": 24}
 

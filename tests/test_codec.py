@@ -13,8 +13,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import one_line_error
-from featcache.transforms import Geometry
 from featcache.api import RowJoin
 from featcache.cache import CacheStore, FeatureCache, Manifest
 from featcache.cache.format import FEATURE_SCALE, FEATURES, MANIFEST, PROJECTION_FILE
@@ -25,6 +23,8 @@ from featcache.distill.resident import ResidentLoader
 from featcache.distill.trainer import CONFIG, DistillConfig, distill
 from featcache.errors import CacheError, ConfigError
 from featcache.extract import ExtractConfig, extract, plan_extract
+from featcache.transforms import Geometry
+from helpers import one_line_error
 
 SYN = {"num_train": 48, "num_test": 16}
 N = 16  # --project

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -12,23 +13,26 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import CIFAR10_NAMES, CUB_CLASSES, SOD_PET_DOGS, SOD_STANFORD_DIRS, write_image
+from featcache.cache import FeatureCache
 from featcache.datasets import get_dataset, list_datasets
 from featcache.datasets import sod as sod_mod
 from featcache.datasets.base import ImageDataset
-from featcache.errors import ConfigError, DatasetError
+from featcache.errors import CacheMismatchError, ConfigError, DatasetError
+from featcache.extract import ExtractConfig, extract
 from featcache.util.resources import data_path
-from featcache.cache import FeatureCache
-from featcache.errors import CacheMismatchError
-from featcache.extract import ExtractConfig
-from featcache.extract import extract
-from helpers import FOLDER_DISTILL
-from helpers import FOLDER_EXTRACT
-from helpers import FOLDER_TEACH
-from helpers import invoke
-from helpers import make_tree
-from helpers import one_line_error
-import shutil
+from helpers import (
+    CIFAR10_NAMES,
+    CUB_CLASSES,
+    FOLDER_DISTILL,
+    FOLDER_EXTRACT,
+    FOLDER_TEACH,
+    SOD_PET_DOGS,
+    SOD_STANFORD_DIRS,
+    invoke,
+    make_tree,
+    one_line_error,
+    write_image,
+)
 
 
 def raises_naming(*fragments: str | Path):

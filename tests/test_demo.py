@@ -5,8 +5,8 @@ import pytest
 from typer.testing import CliRunner
 
 from featcache.cli import app
-from featcache.pipeline.demo import DEMO_SEEDS, demo_recipe, seed_gains
 from featcache.pipeline import run_pipeline
+from featcache.pipeline.demo import DEMO_SEEDS, demo_recipe, seed_gains
 
 # Smallest gain per seed the full-size demo must show, in accuracy points. Measured on seeds 0-4: +9.0 to +56.0
 # (docs/results.md), so this is a margin, not a coin flip.

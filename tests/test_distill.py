@@ -1,13 +1,14 @@
 """Stage 2 end to end: cached rows are lossless, no teacher is built, runs train, resume and evaluate."""
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from featcache.transforms import Geometry, Normalizer
-from featcache.cache import FeatureCache
+from featcache.cache import FeatureCache, Manifest
 from featcache.cli import app
 from featcache.datasets import get_dataset
 from featcache.distill.loader import JoinedLoader
@@ -17,16 +18,9 @@ from featcache.errors import CacheError, ConfigError
 from featcache.extract import ExtractConfig, extract
 from featcache.models import create_teacher
 from featcache.models.students import create_student
+from featcache.transforms import Geometry, Normalizer
 from featcache.util.progress import Reporter
-from helpers import SYN
-from featcache.cache import Manifest
-from helpers import FOLDER_DISTILL
-from helpers import folder_extract_key
-from helpers import invoke
-from helpers import one_line_error
-from pathlib import Path
-import numpy as np
-
+from helpers import FOLDER_DISTILL, SYN, folder_extract_key, invoke, one_line_error
 
 
 def extract_cfg(two_caches, teacher="resnet18", **kw):

@@ -1,6 +1,5 @@
 """torchrun on CPU (gloo, 2 processes): extract and distill give what one process gives."""
 
-import pytest
 import json
 import os
 import subprocess
@@ -8,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from featcache.cache import CacheStore, FeatureCache

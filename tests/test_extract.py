@@ -23,17 +23,19 @@ from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.extract.manifest import key_lock
 from featcache.models import create_teacher
 from featcache.transforms import Geometry, Normalizer, noise_batch
-from helpers import FOLDER_DISTILL
-from helpers import FOLDER_EXTRACT
-from helpers import flat
-from helpers import flip_byte
-from helpers import folder_extract_key
-from helpers import invoke
-from helpers import make_tree
-from helpers import mount_tmpfs
-from helpers import one_line_error
-from helpers import umount
-from helpers import write_image
+from helpers import (
+    FOLDER_DISTILL,
+    FOLDER_EXTRACT,
+    flat,
+    flip_byte,
+    folder_extract_key,
+    invoke,
+    make_tree,
+    mount_tmpfs,
+    one_line_error,
+    umount,
+    write_image,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN = {"num_train": 96, "num_test": 32}

@@ -3,13 +3,12 @@ import json
 import os
 
 import pytest
-from helpers import within
 
 from featcache.cache.format import MANIFEST, Manifest
 from featcache.errors import CacheError, StorageError
 from featcache.util.fileio import MAX_JSON_DEPTH, loads_json, printable, read_regular, write_text_atomic
 from featcache.util.locks import holder
-
+from helpers import within
 
 DEEPER = MAX_JSON_DEPTH + 1
 

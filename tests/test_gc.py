@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error
 from typer.testing import CliRunner
 
 from featcache.cache import CacheLock, leases
@@ -24,6 +23,7 @@ from featcache.cache.install import host
 from featcache.cache.leases import LEASES, TRASH, Lease
 from featcache.cache.usage import USAGE, last_used, record_use
 from featcache.cli import app
+from helpers import one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

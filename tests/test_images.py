@@ -3,14 +3,14 @@ not what they claim (empty, 16-bit, a decompression bomb) handled before they re
 
 from __future__ import annotations
 
-import pytest
-from helpers import FOLDER_EXTRACT
-from helpers import invoke
-from helpers import one_line_error
-from pathlib import Path
-import numpy as np
 import struct
 import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import FOLDER_EXTRACT, invoke, one_line_error
 
 
 # -- bad images --------------------------------------------------------------------------------------------------

@@ -15,11 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import one_line_error
 from featcache.cli import app
 from featcache.config import DistillConfig, ExtractConfig
 from featcache.distill import labels as L
 from featcache.errors import ConfigError
+from helpers import one_line_error
 
 SYN = {"num_train": 60, "num_test": 20, "num_classes": 4}
 runner = CliRunner()

@@ -3,13 +3,10 @@ reported as test accuracy."""
 
 from __future__ import annotations
 
-from helpers import FOLDER_DISTILL
-from helpers import FOLDER_TEACH
-from helpers import invoke
-from helpers import make_tree
-from helpers import one_line_error
 import json
 import shutil
+
+from helpers import FOLDER_DISTILL, FOLDER_TEACH, invoke, make_tree, one_line_error
 
 
 # -- 1. folder: the test split is never the training images -------------------------------------------------------

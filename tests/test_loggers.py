@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import SYN, one_line_error
 from featcache.cli import app
 from featcache.config import DistillConfig, TeacherConfig
 from featcache.errors import ConfigError
 from featcache.runs.loggers import TENSORBOARD_DIR, TensorBoardLogger, scalar_tag, scalars
+from helpers import SYN, one_line_error
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

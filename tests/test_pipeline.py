@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import one_line_error, within
 from featcache.cli import app
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
 from featcache.runs.report import build_rows, load_record, markdown_table, plot_curves
+from helpers import one_line_error, within
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -625,9 +625,9 @@ def test_cpu_cifar10_recipes_plan_against_a_tiny_cifar_tree(tmp_path, recipe):
 
 
 def test_train_per_class_keeps_the_first_images_of_each_class(tmp_path):
-    from helpers import CIFAR10_NAMES, write_image
     from featcache.datasets import get_dataset
     from featcache.errors import DatasetError
+    from helpers import CIFAR10_NAMES, write_image
 
     root = tmp_path / "c"
     for split in ("train", "test"):

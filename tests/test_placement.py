@@ -12,9 +12,9 @@ from featcache.distill.placement import (
     resident_fits,
 )
 from featcache.distill.trainer import CONFIG, DistillConfig, distill
-from helpers import SYN
 from featcache.errors import ConfigError
 from featcache.util.progress import Reporter
+from helpers import SYN
 
 GIB = 2**30
 

@@ -4,17 +4,14 @@ left alone, values are checked like flags and text is shown escaped."""
 
 from __future__ import annotations
 
-import pytest
-from helpers import DEEP_JSON
-from helpers import SYN_DISTILL
-from helpers import SYN_EXTRACT
-from helpers import digests
-from helpers import invoke
-from helpers import one_line_error
-from pathlib import Path
 import json
-import numpy as np
 import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import DEEP_JSON, SYN_DISTILL, SYN_EXTRACT, digests, invoke, one_line_error
 
 
 def edit_manifest(directory: Path, fn) -> None:

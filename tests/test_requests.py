@@ -3,15 +3,11 @@ and the answer still checks the shards and the images' content."""
 
 from __future__ import annotations
 
-from featcache.cache import CacheStore
-from helpers import FOLDER_EXTRACT
-from helpers import flat
-from helpers import flip_byte
-from helpers import folder_extract_key
-from helpers import invoke
-from helpers import make_tree
 import json
 import os
+
+from featcache.cache import CacheStore
+from helpers import FOLDER_EXTRACT, flat, flip_byte, folder_extract_key, invoke, make_tree
 
 
 # -- a re-extract that finds its cache answers without torch (featcache/cache/requests.py) ------------------------

@@ -3,20 +3,17 @@ finished, and a run killed with SIGKILL resumed bit for bit."""
 
 from __future__ import annotations
 
-import pytest
-from helpers import REPO
-from pathlib import Path
 import json
 import os
 import subprocess
 import sys
-from helpers import SYN_DISTILL
-from helpers import digests
-from helpers import invoke
-from helpers import one_line_error
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
 
+from helpers import REPO, SYN_DISTILL, digests, invoke, one_line_error
 
 KILL_DISTILL = """
 import os, sys

@@ -3,19 +3,15 @@ process per directory, and read back strictly when damaged, torn or edited."""
 
 from __future__ import annotations
 
-import pytest
-from helpers import FOLDER_DISTILL
-from helpers import REPO
-from helpers import invoke
-from helpers import one_line_error
-from pathlib import Path
 import json
 import os
 import subprocess
 import sys
-from helpers import SYN_DISTILL
-from helpers import mount_tmpfs
-from helpers import umount
+from pathlib import Path
+
+import pytest
+
+from helpers import FOLDER_DISTILL, REPO, SYN_DISTILL, invoke, mount_tmpfs, one_line_error, umount
 
 
 # -- 5. one process per run directory --------------------------------------------------------------------------------

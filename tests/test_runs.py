@@ -15,15 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import one_line_error, within
-from featcache.runs import rundir
 from featcache.cli import app
 from featcache.config import DistillConfig
-from featcache.util.locks import DirLock, this_host
+from featcache.runs import rundir
 from featcache.runs.listing import RunInfo, list_runs, planned_epochs
-from helpers import DEEP_JSON
-from helpers import SYN_DISTILL
-from helpers import invoke
+from featcache.util.locks import DirLock, this_host
+from helpers import DEEP_JSON, SYN_DISTILL, invoke, one_line_error, within
 
 SYN = {"num_train": 60, "num_test": 20, "num_classes": 4}
 runner = CliRunner()

@@ -3,13 +3,12 @@ containers; a crafted one is refused in one line before any of its code runs."""
 
 from __future__ import annotations
 
-from helpers import SYN_DISTILL
-from helpers import SYN_FLAGS
-from helpers import invoke
-from helpers import one_line_error
-from pathlib import Path
 import os
+from pathlib import Path
+
 import torch
+
+from helpers import SYN_DISTILL, SYN_FLAGS, invoke, one_line_error
 
 
 # -- 1. a run directory's checkpoints are never unpickled -------------------------------------------------------------

@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import mount_tmpfs, one_line_error, umount
 from featcache.cli import app
-from helpers import FOLDER_DISTILL, SYN_DISTILL, SYN_EXTRACT
-from helpers import folder_extract_key
+from helpers import FOLDER_DISTILL, SYN_DISTILL, SYN_EXTRACT, folder_extract_key, mount_tmpfs, one_line_error, umount
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

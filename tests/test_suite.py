@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+
 from helpers import REPO
 
 

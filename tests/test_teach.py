@@ -94,8 +94,8 @@ def test_ranking_loss_matches_the_pairwise_definition():
 
 @pytest.mark.slow
 def test_nts_net_trains_with_its_four_losses():
-    from featcache.models.ntsnet import NTSNet
     from featcache.distill.methods.base import MethodParams
+    from featcache.models.ntsnet import NTSNet
     from featcache.teach import Classifier
 
     torch.manual_seed(0)

@@ -2,11 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from featcache.transforms import Geometry, Normalizer
 from featcache.errors import ConfigError
 from featcache.transforms import (
+    Geometry,
     NoiseDataset,
     NoiseSpec,
+    Normalizer,
     TransformSpec,
     default_transform,
     noise_batch,

@@ -1,5 +1,7 @@
 """Replayable augmented views: extract caches K views with their parameters; distill replays the exact pixels."""
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,7 @@ from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models import create_teacher
 from featcache.transforms import Geometry, Normalizer, TransformSpec
 from featcache.views import AUG_FIELD, ViewSpec, apply_view, view_params
-from helpers import SYN_EXTRACT
-from helpers import invoke
-from helpers import one_line_error
-import time
+from helpers import SYN_EXTRACT, invoke, one_line_error
 
 SYN = {"num_train": 48, "num_test": 16}
 

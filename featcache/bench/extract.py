@@ -24,13 +24,12 @@ from typing import Any
 
 import torch
 
-from featcache.transforms import Geometry
+from featcache.errors import ConfigError
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.models.teachers import create_teacher
-from featcache.errors import ConfigError
+from featcache.transforms import Geometry
 from featcache.util.progress import Reporter
 from featcache.util.runtime import autocast, device_name
-
 
 # -- shared by the benches -------------------------------------------------------------------------------------------
 

@@ -16,8 +16,8 @@ import torch
 
 from featcache.bench.extract import load_1min, utc_now, versions
 from featcache.errors import ConfigError
-from featcache.util.progress import Reporter
 from featcache.specs import TransformSpec, WeightsInfo
+from featcache.util.progress import Reporter
 
 
 def write_random_cache(directory: Path, rows: int, dim: int, classes: int, shard_rows: int = 4096, seed: int = 0,

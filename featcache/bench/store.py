@@ -23,10 +23,10 @@ from typing import Any, Callable
 
 from featcache.cache.archive import export_cache, import_archive
 from featcache.cache.format import MANIFEST, make_key
-from featcache.util.fileio import read_json
 from featcache.cache.hashpipe import BUDGET, CHUNK
 from featcache.cache.store import CacheStore
 from featcache.errors import ConfigError
+from featcache.util.fileio import read_json
 from featcache.util.progress import Reporter
 
 DIM, CLASSES, SHARD_ROWS = 2048, 10, 4096  # a resnet50-like row: 2048 fp16 features, 10 fp32 logits

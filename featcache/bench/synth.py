@@ -44,8 +44,8 @@ from featcache.cache.install import INCOMING
 from featcache.cache.store import CacheLock
 from featcache.cache.writer import PartWriter
 from featcache.errors import ConfigError, StorageError
-from featcache.util.progress import Reporter
 from featcache.specs import Timing, TransformSpec, ViewSpec, WeightsInfo
+from featcache.util.progress import Reporter
 
 POOL = 4096  # distinct random rows per (seed, dim, classes, dtype)
 STRIDE = 7919  # a prime: consecutive rows of a part walk the pool without repeating within a 4096-row shard

@@ -33,10 +33,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from featcache.util.fileio import exclusive_temp, loads_json, printable
 from featcache import __version__
 from featcache.cache.format import (
-    MANIFEST, PROJECTION_FILE, Manifest, VersionError, canonical_json, is_cache_key, parse_shard_name,
+    MANIFEST,
+    PROJECTION_FILE,
+    Manifest,
+    VersionError,
+    canonical_json,
+    is_cache_key,
+    parse_shard_name,
     shard_path,
 )
 from featcache.cache.hashpipe import HashPipe, fsync_path, start_writeback, write_all
@@ -45,7 +50,7 @@ from featcache.cache.leases import Lease
 from featcache.cache.store import CacheStore
 from featcache.cache.tarstream import BLOCK, RECORD, TarReader, header, padding
 from featcache.errors import CacheError, StorageError
-from featcache.util.fileio import unwritable
+from featcache.util.fileio import exclusive_temp, loads_json, printable, unwritable
 
 INDEX_NAME = "featcache-archive.json"
 ARCHIVE_FORMAT = "featcache-archive"

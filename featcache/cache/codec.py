@@ -15,7 +15,6 @@ Numpy at module level; torch is imported by the functions that take tensors (the
 from __future__ import annotations
 
 import contextlib
-
 import os
 from pathlib import Path
 

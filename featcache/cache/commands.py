@@ -15,8 +15,8 @@ from typing import Any
 
 from featcache.cache.format import Manifest
 from featcache.config.extract import ExtractConfig
-from featcache.util.fileio import printable
 from featcache.config.flags import parse_command_line
+from featcache.util.fileio import printable
 
 UNKNOWN = "the featcache extract command that made it"  # what a hint says when no command can be shown
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from featcache.config import typecheck
 from featcache.errors import FeatcacheError
-from featcache.specs import BlockSpec, NoiseSpec, TransformSpec, Timing, ViewSpec, WeightsInfo
+from featcache.specs import BlockSpec, NoiseSpec, Timing, TransformSpec, ViewSpec, WeightsInfo
 from featcache.util.fileio import TMP_SUFFIX, fsync_dir, loads_json, printable, read_regular  # noqa: F401
 from featcache.util.locks import LOCK_FILE
 

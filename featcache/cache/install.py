@@ -34,9 +34,8 @@ from typing import Callable, Mapping
 from featcache.cache.format import MANIFEST, Manifest, canonical_json, fsync_dir, is_cache_key, shard_path
 from featcache.cache.usage import check_writable
 from featcache.errors import CacheError, StorageError
-from featcache.util.fileio import current_umask, printable, remove_tree
+from featcache.util.fileio import current_umask, printable, remove_tree, unwritable
 from featcache.util.hashing import file_sha256
-from featcache.util.fileio import unwritable
 
 INCOMING = ".incoming"
 STALE_AFTER = 24 * 3600  # seconds: an incoming directory of another host older than this is taken as abandoned

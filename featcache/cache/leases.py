@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from featcache.util.fileio import loads_json, read_regular, remove_tree
 from featcache.cache.format import MANIFEST, is_cache_key
 from featcache.cache.install import (
     disk_bytes,
@@ -58,7 +57,7 @@ from featcache.cache.install import (
 )
 from featcache.cache.usage import writable
 from featcache.errors import CacheError, FeatcacheError
-from featcache.util.fileio import unwritable
+from featcache.util.fileio import loads_json, read_regular, remove_tree, unwritable
 
 LEASES = ".leases"
 TRASH = ".trash"

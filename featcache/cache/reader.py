@@ -26,6 +26,7 @@ import numpy as np
 
 from featcache.cache.codec import decode_rows, is_int8, read_projection_file
 from featcache.cache.commands import command_or
+from featcache.cache.direct import read_rows_into
 from featcache.cache.format import (
     AUG,
     CONTENT,
@@ -41,12 +42,11 @@ from featcache.cache.format import (
     block_field,
     shard_path,
 )
-from featcache.cache.direct import read_rows_into
 from featcache.cache.verify import layout_problem
 from featcache.errors import CacheError, CacheMismatchError, check_choice
+from featcache.specs import TransformSpec
 from featcache.util.fileio import printable
 from featcache.util.hashing import file_sha256
-from featcache.specs import TransformSpec
 
 DEFAULT_FIELDS = (FEATURES, LOGITS)
 CONTENT_CHECKS = ("sample", "full", "off")  # distill --content-check

@@ -19,9 +19,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from featcache.cache.format import FORMAT_VERSION, MANIFEST, Manifest, is_cache_key, shard_path
 from featcache.errors import StorageError
 from featcache.util.fileio import loads_json, write_text_atomic
-from featcache.cache.format import FORMAT_VERSION, MANIFEST, Manifest, is_cache_key, shard_path
 
 REQUESTS_DIR = "requests"
 

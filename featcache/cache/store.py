@@ -35,9 +35,9 @@ from featcache.cache.requests import REQUESTS_DIR
 from featcache.cache.usage import check_writable, record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
 from featcache.errors import CacheError, CacheIdentityError, CacheLockedError, CacheVersionError, StorageError
+from featcache.specs import TransformSpec
 from featcache.util.fileio import printable
 from featcache.util.locks import DirLock
-from featcache.specs import TransformSpec
 
 PATH_ENV = "FEATCACHE_PATH"  # shared stores searched after the personal one, separated like PATH
 

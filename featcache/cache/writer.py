@@ -38,7 +38,6 @@ from featcache.errors import CacheError
 from featcache.util.fileio import unwritable
 from featcache.util.hashing import file_sha256
 
-
 _EXPONENT = {np.dtype(np.float16): (np.uint16, 0x7C00), np.dtype(np.float32): (np.uint32, 0x7F800000)}
 
 

@@ -17,9 +17,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from featcache.config.flags import parse_key_values as parse_options  # noqa: F401 - the commands' -o parser
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.util.fileio import printable
-from featcache.config.flags import parse_key_values as parse_options  # noqa: F401 - the commands' -o parser
 
 app = typer.Typer(
     help="Run a teacher once, cache its features, distil many students from the cache.",

@@ -17,8 +17,8 @@ from featcache.config import (
     BenchStoreConfig,
     BenchTrustConfig,
 )
-from featcache.errors import ConfigError
 from featcache.config.flags import as_command, cli_parameters, config_from_cli
+from featcache.errors import ConfigError
 
 
 def _load_trend(r: dict) -> str:

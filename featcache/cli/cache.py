@@ -12,9 +12,8 @@ from rich.table import Table
 
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
 from featcache.config import StoreOptions
-from featcache.util.fileio import printable
 from featcache.config.flags import cli_parameters
-
+from featcache.util.fileio import printable
 
 # The store options of every cache command: the same declarations as distill's and extract's (featcache.config).
 _STORE_OPTIONS = {p.name: p.default for p in cli_parameters(StoreOptions)}

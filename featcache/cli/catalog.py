@@ -44,8 +44,8 @@ def teachers(all_models: bool = typer.Option(False, "--all",
 @user_errors
 def students() -> None:
     """List the students `distill --student` accepts."""
-    from featcache.models.students import list_students
     from featcache.models.registry import get_entry
+    from featcache.models.students import list_students
 
     table = Table(title="students")
     for col in ("name", "description"):

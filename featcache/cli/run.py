@@ -8,13 +8,13 @@ from typing import Any
 from featcache.cli.app import app, err, out, user_errors
 from featcache.cli.tables import print_rows, print_task_table
 from featcache.config import DemoConfig, ReportConfig, RunConfig
-from featcache.errors import ConfigError
 from featcache.config.flags import as_command, cli_parameters, config_from_cli
+from featcache.errors import ConfigError
 
 
 def report(**values: Any) -> None:
-    from featcache.util.fileio import write_text_atomic
     from featcache.runs.report import build_rows, find_runs, load_record, markdown_table, plot_curves
+    from featcache.util.fileio import write_text_atomic
 
     cfg = config_from_cli(ReportConfig, values)
     records = [load_record(d) for d in find_runs(cfg.runs)]

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from featcache.cli.app import err, out, runs_app, user_errors
 from featcache.config.commands import RunsLsConfig
-from featcache.util.fileio import printable
 from featcache.config.flags import as_command, cli_parameters, config_from_cli
+from featcache.util.fileio import printable
 
 _STATUS_STYLE = {"running": "cyan", "finished": "green", "interrupted": "yellow", "failed": "red", "empty": "dim"}
 

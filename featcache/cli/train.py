@@ -9,13 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-
 from featcache.cli.app import app, err, main_rank, out, parse_options, user_errors
 from featcache.cli.extract import DATASET_SHORTCUTS, with_shortcuts
 from featcache.cli.tables import print_task_table
 from featcache.config import AmalgamateConfig, DistillConfig, EvalConfig, SplitClassesConfig, TeacherConfig
-from featcache.errors import ConfigError
 from featcache.config.flags import as_command, cli_parameters, config_from_cli
+from featcache.errors import ConfigError
 
 SPLIT_FILE = [p for p in DATASET_SHORTCUTS if p.name == "split_file"]
 
@@ -40,8 +39,8 @@ app.command("distill")(user_errors(distill))
 
 
 def train_teacher(*, split_file: Path | None = None, **values: Any) -> None:
-    from featcache.util.progress import RichReporter
     from featcache.teach import train_teacher
+    from featcache.util.progress import RichReporter
 
     options = parse_options(values["dataset_options"], "--dataset-opt")
     if split_file is not None:
@@ -83,8 +82,8 @@ app.command("split-classes")(user_errors(split_classes_cmd))
 
 
 def amalgamate(**values: Any) -> None:
-    from featcache.distill.amalgamate import amalgamate as run_amalgamate
     from featcache.datasets.base import read_class_list
+    from featcache.distill.amalgamate import amalgamate as run_amalgamate
     from featcache.util.progress import RichReporter
 
     cfg = config_from_cli(AmalgamateConfig, values)

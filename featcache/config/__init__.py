@@ -8,6 +8,23 @@ reproducing command lines are derived from here. Torch-free, so that ``featcache
     commands.py  eval, run, demo, report, ...     bench.py     the `featcache bench` commands
 """
 
+from featcache.config.bench import (  # noqa: F401
+    BenchDistillConfig,
+    BenchExtractConfig,
+    BenchJoinConfig,
+    BenchScaleConfig,
+    BenchStoreConfig,
+    BenchTrustConfig,
+)
+from featcache.config.commands import (  # noqa: F401
+    AmalgamateConfig,
+    DemoConfig,
+    EvalConfig,
+    ReportConfig,
+    RunConfig,
+    SplitClassesConfig,
+    StoreOptions,
+)
 from featcache.config.common import (  # noqa: F401 - the package's public names
     DEFAULT_SHARD_ROWS,
     METHODS_HELP,
@@ -28,23 +45,6 @@ from featcache.config.distill import (  # noqa: F401
     StudentOptions,
     TeacherOptions,
     TranslatorOptions,
-)
-from featcache.config.bench import (  # noqa: F401
-    BenchDistillConfig,
-    BenchExtractConfig,
-    BenchJoinConfig,
-    BenchScaleConfig,
-    BenchStoreConfig,
-    BenchTrustConfig,
-)
-from featcache.config.commands import (  # noqa: F401
-    AmalgamateConfig,
-    DemoConfig,
-    EvalConfig,
-    ReportConfig,
-    RunConfig,
-    SplitClassesConfig,
-    StoreOptions,
 )
 from featcache.config.extract import ExtractConfig  # noqa: F401
 from featcache.config.teacher import TeacherConfig  # noqa: F401

@@ -19,8 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from featcache.errors import DatasetError, check_seed
-from featcache.util.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
 from featcache.datasets.images import (  # noqa: F401 - re-exported: the decoding every format shares
     check_image_size,
     decode_image_bytes,
@@ -30,6 +28,8 @@ from featcache.datasets.images import (  # noqa: F401 - re-exported: the decodin
     read_image_file,
 )
 from featcache.datasets.leaks import check_disjoint, check_same_classes, copied_files  # noqa: F401 - re-exported
+from featcache.errors import DatasetError, check_seed
+from featcache.util.hashing import content_digest, sha256_lines  # noqa: F401 - content_digest is re-exported
 
 SPLITS = ("train", "test")
 

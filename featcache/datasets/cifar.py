@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split, first_of_each_class
 from featcache.datasets.folder import FileListDataset, class_dirs, scan_class_tree
+from featcache.datasets.registry import register_dataset
 from featcache.errors import DatasetError
 
 CIFAR10_CLASSES = (

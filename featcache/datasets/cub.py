@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import check_split
 from featcache.datasets.folder import FileListDataset
+from featcache.datasets.registry import register_dataset
 from featcache.errors import DatasetError
 
 TITLE = "CUB-200-2011"

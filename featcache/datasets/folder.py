@@ -24,9 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
-
-from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split
+from featcache.datasets.registry import register_dataset
 from featcache.errors import DatasetError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"})

@@ -14,7 +14,6 @@ import torch
 
 from featcache.errors import ConfigError, DatasetError, check_at_least
 
-
 # torchvision's libjpeg-turbo/libpng decoders are several times faster than PIL for this job. torchvision 0.29
 # deprecates them in favour of TorchCodec (warning on import/use); PIL remains the fallback if they disappear.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",

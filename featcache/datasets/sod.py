@@ -38,9 +38,9 @@ from typing import Sequence
 
 import numpy as np
 
-from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split, table_lines
 from featcache.datasets.folder import list_images
+from featcache.datasets.registry import register_dataset
 from featcache.datasets.sod_rules import (  # noqa: F401 - re-exported
     SPLIT_RULE,
     TABLE_HEADER,

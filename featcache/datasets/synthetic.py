@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from featcache.datasets.registry import register_dataset
 from featcache.datasets.base import ImageDataset, check_split
+from featcache.datasets.registry import register_dataset
 from featcache.errors import DatasetError
 
 SPLIT_CODES = {"train": 0, "test": 1}

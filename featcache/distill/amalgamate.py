@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featcache.cache.store import CacheStore
+from featcache.config import AmalgamateConfig  # noqa: F401 - re-exported: its options live in featcache.config
 from featcache.datasets import get_dataset
 from featcache.distill.resolve import resolve_teachers
-from featcache.config import AmalgamateConfig  # noqa: F401 - re-exported: its options live in featcache.config
 from featcache.distill.trainer import LAST, SUMMARY, DistillConfig, distill, evaluate_run
 from featcache.errors import ConfigError, check_seed
 from featcache.extract import ExtractConfig, extract

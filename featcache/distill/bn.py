@@ -20,8 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from featcache.datasets import ImageDataset
-from featcache.util.runtime import autocast
 from featcache.transforms import Geometry, Normalizer, TransformSpec
+from featcache.util.runtime import autocast
 
 
 def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:

@@ -19,23 +19,24 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from featcache.util import distributed
+from featcache.config import DistillConfig, OptimOptions
 from featcache.distill import resume
 from featcache.distill.loader import JoinedLoader
-from featcache.distill.placement import Budget, Placement, resident_cap
 from featcache.distill.methods import Method, TeacherRows
-from featcache.config import DistillConfig, OptimOptions
 from featcache.distill.optim import make_optimizer, make_schedule
+from featcache.distill.placement import Budget, Placement, resident_cap
 from featcache.distill.setup import Setup, default_run_dir, resident_default, resident_need, sampling_of, validate
 from featcache.errors import ConfigError, RunLockedError
-from featcache.util.locks import LOCK_FILE, DirLock
 from featcache.runs.rundir import LAST, run_dir_exists  # the run's files (LAST re-exported)
+from featcache.transforms import Augment, Geometry, Normalizer
+from featcache.util import distributed
+from featcache.util.locks import LOCK_FILE, DirLock
 from featcache.util.runtime import (
     autocast,
     default_workers,
     use_cpu_threads,
 )
-from featcache.transforms import Augment, Geometry, Normalizer
+
 
 @dataclass
 class DistillSummary:

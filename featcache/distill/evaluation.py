@@ -13,14 +13,14 @@ from torch.utils.data import DataLoader
 
 from featcache.cache.store import default_cache_dir
 from featcache.cache.usage import record_use
+from featcache.config import DistillConfig
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.distill.loader import shutdown_workers
-from featcache.config import DistillConfig
 from featcache.errors import ConfigError
 from featcache.runs import rundir
 from featcache.runs.rundir import BEST, LAST
-from featcache.util.runtime import autocast, default_workers, resolve_device, resolve_precision
 from featcache.transforms import Geometry, Normalizer, TransformSpec
+from featcache.util.runtime import autocast, default_workers, resolve_device, resolve_precision
 
 
 @dataclass(frozen=True)

@@ -22,20 +22,20 @@ from typing import Any
 import torch
 
 from featcache.cache.commands import command_or
-from featcache.transforms import Geometry
-from featcache.util import distributed
-from featcache.runs import rundir
 from featcache.distill import resume
-from featcache.distill.preflight import preflight_lines
-from featcache.distill.engine import DistillSummary, TrainingParts, training_parts
 from featcache.distill.bn import calibration_images, recalibrate
+from featcache.distill.engine import DistillSummary, TrainingParts, training_parts
 from featcache.distill.evaluation import eval_loader, evaluate
 from featcache.distill.loader import shutdown_workers
+from featcache.distill.preflight import preflight_lines
 from featcache.distill.setup import Setup
 from featcache.errors import FeatcacheError
+from featcache.runs import rundir
 from featcache.runs.loggers import RunLoggers, open_loggers
-from featcache.util.progress import Reporter
 from featcache.runs.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY, Checkpoint
+from featcache.transforms import Geometry
+from featcache.util import distributed
+from featcache.util.progress import Reporter
 from featcache.util.runtime import PeakRSS, device_name
 
 

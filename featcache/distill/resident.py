@@ -15,14 +15,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featcache.util import distributed
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
-from featcache.distill.loader import Batch, check_noise_rows, epoch_plan, shutdown_workers, split_rows
 from featcache.distill.labels import Sampling, epoch_batches
+from featcache.distill.loader import Batch, check_noise_rows, epoch_plan, shutdown_workers, split_rows
 from featcache.errors import ConfigError
 from featcache.transforms import TransformSpec, check_augment, crop_pad, noise_batch
+from featcache.util import distributed
 
 
 def device_augment(images: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:

@@ -15,10 +15,9 @@ from featcache.errors import CacheError, CacheMismatchError
 
 
 def _is_teacher_name(spec: str) -> bool:
+    from featcache.errors import ModelError
     from featcache.models.registry import get_entry
     from featcache.models.teachers import torchvision_classifiers
-
-    from featcache.errors import ModelError
 
     try:
         return get_entry("teacher", spec) is not None or spec in torchvision_classifiers()

@@ -13,12 +13,12 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from featcache.runs import rundir
 from featcache.config import DistillConfig
 from featcache.config.distill import as_recorded
-from featcache.errors import ConfigError
-from featcache.util.fileio import printable
 from featcache.config.flags import flag_name, runtime_fields
+from featcache.errors import ConfigError
+from featcache.runs import rundir
+from featcache.util.fileio import printable
 
 # Not compared from the flags: where the data lives (compared by the dataset's identity instead), the teachers as
 # typed (compared by the cache keys they resolve to) and what says where/how to run.

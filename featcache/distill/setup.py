@@ -14,30 +14,31 @@ from typing import Any
 
 import torch
 
-from featcache.util import distributed
 from featcache.cache.format import PART_DATA
 from featcache.cache.leases import Lease
 from featcache.cache.reader import CONTENT_CHECKS
 from featcache.cache.store import CacheStore
+from featcache.config import DistillConfig
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.base import check_disjoint, check_same_classes, check_trainable
 from featcache.datasets.images import check_target_size
-from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.labels import LabelSubset, Sampling, check_spec, select
 from featcache.distill.loader import MODES, SHUFFLES
-from featcache.distill.placement import Budget, resident_fits
-from featcache.util.runtime import check_workers, parse_bytes
 from featcache.distill.methods import Method, MethodParams, get_method
+from featcache.distill.optim import OPTIMIZERS, SCHEDULES
+from featcache.distill.placement import Budget, resident_fits
 from featcache.distill.resolve import resolve_teachers
-from featcache.config import DistillConfig
 from featcache.errors import ConfigError, check_at_least, check_choice, check_seed
 from featcache.runs.loggers import check_loggers
+from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
+from featcache.util import distributed
 from featcache.util.runtime import (
     PRECISIONS,
+    check_workers,
+    parse_bytes,
     resolve_device,
     resolve_precision,
 )
-from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
 
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
 

@@ -22,9 +22,9 @@ from featcache.distill.engine import (  # noqa: F401 - re-exported
     claim_run_dir,
     training_parts,
 )
+from featcache.distill.evaluation import eval_loader, evaluate, evaluate_run, load_run  # noqa: F401 - re-exported
 from featcache.distill.loop import train  # noqa: F401 - re-exported
 from featcache.distill.optim import OPTIMIZERS, SCHEDULES, make_optimizer  # noqa: F401 - re-exported
-from featcache.distill.evaluation import eval_loader, evaluate, evaluate_run, load_run  # noqa: F401 - re-exported
 from featcache.distill.setup import (  # noqa: F401 - re-exported
     COMPILE_MODES,
     Setup,
@@ -32,8 +32,9 @@ from featcache.distill.setup import (  # noqa: F401 - re-exported
     resident_default,
     setup,
 )
-from featcache.util.progress import Reporter
 from featcache.runs.rundir import BEST, CONFIG, LAST, METRICS, SUMMARY  # noqa: F401 - the run's files (re-exported)
+from featcache.util.progress import Reporter
+
 
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json. The caches

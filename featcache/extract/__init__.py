@@ -21,12 +21,11 @@ from typing import Any
 
 import torch
 
-from featcache.util import distributed
 from featcache.cache.format import Manifest, ShardInfo, atomic_write_text
-from featcache.config import ExtractConfig
-from featcache.config.flags import config_from
 from featcache.cache.store import CacheStore
 from featcache.cache.usage import record_use
+from featcache.config import ExtractConfig
+from featcache.config.flags import config_from
 from featcache.extract.manifest import (
     fill_teacher_info,
     finish,
@@ -42,6 +41,7 @@ from featcache.extract.ranks import merge_rank_shards, rank_file
 from featcache.extract.sweep import Batches, DigestedSamples, block_module, run_sweep
 from featcache.extract.workdir import WorkDir, check_store
 from featcache.models.teachers import create_teacher
+from featcache.util import distributed
 from featcache.util.progress import Reporter
 
 __all__ = ["Batches", "DigestedSamples", "ExtractConfig", "ExtractPlan", "ExtractResult", "block_module", "extract",

@@ -38,12 +38,13 @@ from featcache.errors import (
     CacheVersionError,
     StorageError,
 )
-from featcache.util.hashing import file_sha256
+from featcache.extract.plan import ExtractPlan
 from featcache.models.teachers import Teacher
+from featcache.util.hashing import file_sha256
 from featcache.util.progress import Reporter
 from featcache.util.runtime import default_workers, device_name
 from featcache.views import view_part
-from featcache.extract.plan import ExtractPlan
+
 
 def key_lock(plan: ExtractPlan) -> CacheLock:
     """The key's write lock, ``<store>/.incoming/<key>.lock``. It only saves doing the work twice: correctness comes

@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from featcache.util import distributed
-from featcache.cache.identity import cache_identity, teacher_identity
 from featcache.cache.format import (
     FEATURE_DTYPES,
     LOGITS_DTYPES,
@@ -19,10 +17,11 @@ from featcache.cache.format import (
     make_key,
     projection_identity,
 )
+from featcache.cache.identity import cache_identity, teacher_identity
 from featcache.cache.store import CacheStore
+from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
 from featcache.datasets import ImageDataset, get_dataset
 from featcache.datasets.images import check_target_size
-from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
 from featcache.errors import (
     ConfigError,
     check_at_least,
@@ -30,8 +29,9 @@ from featcache.errors import (
     check_seed,
 )
 from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
-from featcache.util.runtime import PRECISIONS, check_workers, resolve_device, resolve_precision
 from featcache.transforms import RESIZE_MODES, NoiseSpec, TransformSpec, default_transform
+from featcache.util import distributed
+from featcache.util.runtime import PRECISIONS, check_workers, resolve_device, resolve_precision
 from featcache.views import MAX_VIEWS, VIEW_POLICIES, ViewSpec
 
 PROJECT_SAMPLE = 10_000  # rows of the split a projection is fitted on (all of a smaller split)

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from featcache.transforms import Geometry, Normalizer
 from featcache.cache.codec import fit_pca, write_projection
 from featcache.cache.format import PROJECTION_FILE, PROJECTION_METHOD, Manifest, ProjectionInfo
 from featcache.errors import ConfigError
 from featcache.extract.plan import ExtractPlan
 from featcache.extract.sweep import Batches, DigestedSamples
-from featcache.util.hashing import file_sha256
 from featcache.models.teachers import Teacher
+from featcache.transforms import Geometry, Normalizer
+from featcache.util.hashing import file_sha256
 from featcache.util.progress import Reporter
 from featcache.util.runtime import autocast, default_workers
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from featcache.util.fileio import loads_json
 from featcache.cache.format import (
     RANK_SHARDS_PREFIX,
     Manifest,
@@ -13,6 +11,8 @@ from featcache.cache.format import (
 )
 from featcache.config import typecheck
 from featcache.extract.manifest import shard_intact
+from featcache.util.fileio import loads_json
+
 
 def rank_file(directory: Path, rank: int) -> Path:
     return directory / f"{RANK_SHARDS_PREFIX}{rank}.json"

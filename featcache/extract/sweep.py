@@ -16,30 +16,31 @@ from featcache.cache.format import (
     AUG,
     CONTENT,
     FEATURE_SCALE,
-    block_field,
     LOGITS_INDEX,
     PART_DATA,
     PART_NOISE,
     Manifest,
     ShardInfo,
+    block_field,
 )
 from featcache.cache.writer import BackgroundWriter, PartWriter
-from featcache.datasets import ImageDataset
 from featcache.config import ExtractConfig  # re-exported: the schema lives in featcache.config
+from featcache.datasets import ImageDataset
 from featcache.errors import (
     CacheError,
     ConfigError,
     DatasetError,
 )
-from featcache.util.hashing import file_sha256
-from featcache.models.teachers import Teacher
-from featcache.util.progress import Reporter
-from featcache.util.runtime import autocast, default_workers, use_cpu_threads
-from featcache.transforms import Geometry, NoiseDataset, Normalizer
-from featcache.specs import BlockSpec
-from featcache.views import ViewDataset, view_part
 from featcache.extract.manifest import check_space, pending_rows
 from featcache.extract.plan import ExtractPlan
+from featcache.models.teachers import Teacher
+from featcache.specs import BlockSpec
+from featcache.transforms import Geometry, NoiseDataset, Normalizer
+from featcache.util.hashing import file_sha256
+from featcache.util.progress import Reporter
+from featcache.util.runtime import autocast, default_workers, use_cpu_threads
+from featcache.views import ViewDataset, view_part
+
 
 class DigestedSamples(Dataset):
     """The split's samples, each with the content digest of the bytes it was decoded from (read once)."""

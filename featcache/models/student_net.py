@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import nn
 
 
-
 class FCLayer(nn.Module):
     """One student layer l_i: optional dropout on its input, then Linear and an activation.
 

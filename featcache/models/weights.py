@@ -13,8 +13,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from featcache.util import safeload
 from featcache.errors import WeightsError
+from featcache.util import safeload
 from featcache.util.hashing import file_sha256  # noqa: F401  (re-exported)
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "net_state_dict", "model")

@@ -8,9 +8,9 @@ import typing
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from featcache.config.flags import check_type
 from featcache.errors import ConfigError
 from featcache.util.fileio import printable
-from featcache.config.flags import check_type
 
 
 def expand(value: str) -> str:

@@ -9,13 +9,11 @@ from pathlib import Path
 from typing import AbstractSet, Any
 
 from featcache.config import DistillConfig, TeacherConfig
-from featcache.runs.rundir import CONFIG, LAST, SUMMARY
-from featcache.errors import ConfigError
-from featcache.util.fileio import printable
 from featcache.config.flags import runtime_fields
+from featcache.errors import ConfigError
 from featcache.pipeline.recipe import DistillJob, Pipeline, TeacherSpec, distill_jobs
-
-
+from featcache.runs.rundir import CONFIG, LAST, SUMMARY
+from featcache.util.fileio import printable
 
 # -- the plan --------------------------------------------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
-from featcache.errors import SEED_MAX, ConfigError, FeatcacheError
 from featcache.config.flags import check_type, check_value, field_of_flag, recipe_fields
+from featcache.errors import SEED_MAX, ConfigError, FeatcacheError
 from featcache.pipeline.paths import Recipe, check_names, expand, inside_runs
 
 if sys.version_info >= (3, 11):

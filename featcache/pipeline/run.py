@@ -8,9 +8,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
-from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
 from featcache.errors import ConfigError, RunLockedError
-from featcache.util.fileio import printable, write_text_atomic
 from featcache.pipeline.plan import (
     extract_config,
     job_config,
@@ -21,6 +19,8 @@ from featcache.pipeline.plan import (
     teacher_config,
 )
 from featcache.pipeline.recipe import Pipeline, TeacherSpec, distill_jobs, recipe_terms
+from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
+from featcache.util.fileio import printable, write_text_atomic
 from featcache.util.progress import Reporter
 
 _log = logging.getLogger(__name__)
@@ -34,9 +34,9 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
 
     Stale stages (outputs made with other values than the recipe now asks, see ``plan``) are refused before anything
     runs, unless ``rerun_stale``: their directories are then moved under RUNS/.stale/ and the stages run again."""
+    from featcache.distill.trainer import distill
     from featcache.extract import extract
     from featcache.teach import train_teacher
-    from featcache.distill.trainer import distill
 
     reporter, log = reporter or Reporter(), log or _log.info
     stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)

@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from featcache.util import locks
-from featcache.runs import rundir
 from featcache.config import typecheck
 from featcache.errors import ConfigError, FeatcacheError
+from featcache.runs import rundir
 from featcache.runs.rundir import CONFIG, LAST, SUMMARY
+from featcache.util import locks
 
 STATUSES = ("running", "finished", "interrupted", "failed", "empty")
 

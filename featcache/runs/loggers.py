@@ -23,8 +23,8 @@ import math
 from pathlib import Path
 from typing import Any, Callable
 
-from featcache.runs import rundir
 from featcache.errors import ConfigError, FeatcacheError, StorageError
+from featcache.runs import rundir
 from featcache.util.fileio import printable
 
 TENSORBOARD_DIR = "tensorboard"  # RUN_DIR/tensorboard/: the event files of --log tensorboard

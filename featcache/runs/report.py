@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from featcache.config.distill import as_recorded
-from featcache.errors import ConfigError
-from featcache.util.fileio import printable
 from featcache.config.flags import runtime_fields
+from featcache.errors import ConfigError
 from featcache.runs import rundir
 from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
+from featcache.util.fileio import printable
 
 
 @dataclass

@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from featcache.util.fileio import loads_json, printable
-from featcache.util import safeload
 from featcache.errors import ConfigError
+from featcache.util import safeload
+from featcache.util.fileio import loads_json, printable
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -77,8 +77,7 @@ _INFO_TYPES: dict[str, Any] = {"config": dict[str, Any], "transform": dict[str, 
 
 def read_config(run_dir: Path) -> dict[str, Any]:
     """The run's config.json, its fields checked by type (its ``config`` as strictly as the flags it records)."""
-    from featcache.config import typecheck
-    from featcache.config import DistillConfig
+    from featcache.config import DistillConfig, typecheck
 
     path = Path(run_dir) / CONFIG
     info = read_json(path, "run config")

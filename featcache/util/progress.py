@@ -21,7 +21,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-
 WARNING_PREFIX = "warning: "
 
 

@@ -9,19 +9,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from featcache.util import distributed
 from featcache.cache.format import FEATURES, LOGITS, PART_DATA, PART_NOISE
 from featcache.cache.reader import FeatureCache
 from featcache.datasets.base import ImageDataset
-from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
-from featcache.util.runtime import default_workers
-from featcache.transforms import TransformSpec, noise_image
-from featcache.views import ViewSpec, apply_view, view_params, view_part
 from featcache.distill.labels import Sampling, epoch_batches
 from featcache.distill.loader.order import SHUFFLES, EpochPlan, epoch_plan
 from featcache.distill.loader.staging import PinnedStaging, split_rows
 from featcache.distill.loader.tables import MODES, InMemoryTable, OutOfCoreTable
 from featcache.distill.placement import EAGER_RAM_BYTES, Budget, TablePlan, plan_tables  # noqa: F401 - re-exported
+from featcache.errors import CacheMismatchError, ConfigError, check_at_least, check_choice
+from featcache.transforms import TransformSpec, noise_image
+from featcache.util import distributed
+from featcache.util.runtime import default_workers
+from featcache.views import ViewSpec, apply_view, view_params, view_part
 
 
 def check_noise_rows(caches: Sequence[FeatureCache], noise_per_batch: int) -> None:

@@ -10,6 +10,7 @@ from featcache.cache.codec import dequantise
 from featcache.cache.format import FEATURE_SCALE, LOGITS_INDEX, dense_logits
 from featcache.cache.reader import FeatureCache
 
+
 class PinnedStaging:
     """Pinned host slots through which each batch's gathered rows go to the device.
 

@@ -11,9 +11,9 @@ import torch
 
 from featcache.cache.format import FEATURES, LOGITS
 from featcache.cache.reader import FeatureCache
-from featcache.errors import ConfigError
 from featcache.distill.loader.mapped import BlockRing
 from featcache.distill.loader.order import EpochPlan
+from featcache.errors import ConfigError
 
 MODES = ("auto", "ram", "disk")
 

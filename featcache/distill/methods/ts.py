@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from featcache.distill.methods.base import Method
-from featcache.losses import feature_regression, xent
 from featcache.errors import ConfigError
+from featcache.losses import feature_regression, xent
 
 
 class TSLearning(Method):
