@@ -190,3 +190,13 @@ def test_the_dict_field_check_sees_a_dict(tmp_path):
         inner: Inner | None = None
 
     assert _dict_typed_fields(Outer) == ["Inner.spec: dict[str, typing.Any]"]
+
+
+def test_the_top_level_listing_shows_the_stages():
+    """At most 14 modules directly under featcache/: the rest lives in the package of its stage (bench/, runs/,
+    config/, util/, ...), so the folder listing alone tells a newcomer where each concern is."""
+    modules = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(modules) <= 14, modules
+    for stage in ("api", "bench", "cache", "cli", "config", "datasets", "distill", "extract", "models", "pipeline",
+                  "runs", "util"):
+        assert (PACKAGE / stage / "__init__.py").is_file(), stage
