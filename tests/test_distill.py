@@ -286,6 +286,12 @@ def test_online_teacher_arm_matches_the_cached_one(tmp_path):
     assert abs(online.last_acc - cached.last_acc) <= 0.1, (online.last_acc, cached.last_acc)
     summary = json.loads((tmp_path / "online" / "summary.json").read_text())
     assert summary["online"] is True and summary["peak_rss_bytes"] == online.peak_rss_bytes
+    # The record names the teachers it ran, so --resume (which compares them) and the report see what it was.
+    info = json.loads((tmp_path / "online" / "config.json").read_text())
+    assert [(t["key"], t["mode"]) for t in info["teachers"]] == [(key, "online")]
+    again = distill(run_cfg(cache_dir, tmp_path, run_dir=tmp_path / "online", teachers=[key], epochs=2, online=True,
+                            resume=True))
+    assert again.last_acc == online.last_acc  # finished: nothing retrained, nothing refused
     with pytest.raises(ConfigError, match="--online"):
         distill(run_cfg(cache_dir, tmp_path, run_dir=tmp_path / "x", teachers=[key], online=True, noise_per_batch=2))
 

@@ -362,8 +362,8 @@ def write_config(run_dir: Path, s: Setup, loader, placement=None) -> None:
         "method": s.method.name,
         "teachers": [
             {"key": c.key, "teacher": c.manifest.teacher.name, "num_features": c.num_features, "mode": m}
-            # strict=False: under --online the loader reads no caches (no modes), and none is listed
-            for c, m in zip(s.caches, loader.modes, strict=False)
+            # --online: the loader reads no cache; the caches' teachers make the rows (resume and report read them)
+            for c, m in zip(s.caches, ["online"] * len(s.caches) if s.config.online else loader.modes, strict=True)
         ],
         "transform": s.transform.to_dict(),
         "head_classes": list(s.test.classes),  # what the student's logits cover, in order
