@@ -179,20 +179,16 @@ def test_report_groups_seeds_and_writes_markdown_and_png(tmp_path):
     assert (tmp_path / "r.md").read_text().count("| lenet5 |") == 3
 
 
-def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path):
+def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path, monkeypatch):
     from featcache import cli
     from featcache.cli.tables import print_rows
 
     for seed, acc in enumerate((0.5917, 0.3200, 0.6975)):
         _fake_run(tmp_path, f"s{seed}", [0.25, acc], seed=seed, method="ts-translator",
                   teachers=["inceptionv3", "resnet50"], student="mobilenetv3_small")
+    monkeypatch.setattr(cli.out, "_width", 80)  # restored after the test (setting .width would pin it for the rest)
     with cli.out.capture() as cap:
-        width = cli.out.width
-        cli.out.width = 80
-        try:
-            print_rows(build_rows([load_record(tmp_path / f"s{i}") for i in range(3)]), "narrow")
-        finally:
-            cli.out.width = width
+        print_rows(build_rows([load_record(tmp_path / f"s{i}") for i in range(3)]), "narrow")
     text = cap.get()
     assert "…" not in text and "mobilenetv3_small" in text and "ts-translator" in text
     assert "inceptionv3+resnet50" in text or "inceptionv3, resnet50" in text

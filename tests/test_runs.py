@@ -274,3 +274,25 @@ def test_json_nested_100k_deep_in_a_run_directory_is_one_line_or_one_run_skipped
                                   "--resume"), file)
     one_line_error(invoke("eval", runs / "config"), "config.json")
     one_line_error(invoke("report", runs), "nested deeper than")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_the_listing_never_drops_the_run_name_or_a_column_at_any_width(finished, tmp_path, columns):
+    names = ["cpu-cifar10-pool/convnet_small-ts-translator-resnet18-labels3000-s2",
+             "cpu-cifar10-pool/convnet_small-kd-resnet18-labels3000-s0"]
+    for name in names:
+        _copy(finished, tmp_path, name, epochs=1)
+    r = runner.invoke(app, ["runs", "ls", str(tmp_path)], env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.output
+    lines = r.stdout.splitlines()
+    assert all(len(ln.rstrip()) <= columns or any(n in ln for n in names) for ln in lines[1:]), r.stdout
+    for cell in ("interrupted", "lenet5", "ce", "1/2", "25.0%"):
+        assert r.stdout.count(cell) >= 2, r.stdout  # every column of both runs
+    if "status" in lines[1]:  # a table: the name may fold within its column, never be cut or dropped
+        width = lines[1].index("status")
+        column = "".join(ln[:width].strip() for ln in lines[3:])
+        assert all(name in column for name in names), r.stdout
+        assert columns != 60  # too narrow for the columns: blocks
+    else:  # blocks: each name whole on a line of its own
+        assert all(name in lines for name in names), r.stdout
+        assert columns != 200  # wide enough: one table
