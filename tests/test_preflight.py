@@ -26,8 +26,9 @@ class Messages(Reporter):
 
 def _run(tmp_path, **kw):
     reporter = Messages()
+    kw.setdefault("run_dir", tmp_path / "run")
     cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options=dict(SYN), epochs=2, batch_size=16,
-                        workers=0, run_dir=tmp_path / "run", **kw)
+                        workers=0, **kw)
     distill(cfg, reporter)
     return reporter
 
@@ -64,6 +65,11 @@ def test_a_run_names_its_teachers_caches_and_labels(tmp_path):
     block = "\n".join(r.lines)
     assert f"method    kd; teachers {key} ({store})" in block and "no teacher" not in block
     assert "48 train images: 20 labelled (2/class), 28 unlabelled" in block
+    assert "--allow-inconsistent" not in block
+    r = _run(tmp_path, teachers=["resnet18"], method="kd", cache_dir=store, augment="pad-crop-flip",
+             allow_inconsistent=True, run_dir=tmp_path / "augmented")
+    block = "\n".join(r.lines)
+    assert "warning: --allow-inconsistent: --augment pad-crop-flip changes the student's images" in block
 
 
 def test_the_run_eta_column_adds_the_epochs_still_to_come():

@@ -67,10 +67,29 @@ def preflight_warnings(s: Setup) -> list[str]:
     memorise = _memorisation(s)
     if memorise:
         found.append(memorise)
+    inconsistent = _inconsistency(s)
+    if inconsistent:
+        found.append(inconsistent)
     if len(s.test) < SMALL_TEST_SPLIT:
         found.append(f"the test split holds {len(s.test):,} images: one image is "
                      f"{100 / max(len(s.test), 1):.2f} points of test accuracy")
     return found
+
+
+def _inconsistency(s: Setup) -> str | None:
+    """What --allow-inconsistent let through: the cached rows do not describe what the student sees."""
+    if not s.config.allow_inconsistent or not s.caches:
+        return None
+    why = []
+    if s.config.augment != "none":
+        why.append(f"--augment {s.config.augment} changes the student's images, the cached rows describe the "
+                   "un-augmented view")
+    specs = [c.manifest.transform for c in s.caches]
+    if any(spec != specs[0] for spec in specs[1:]):
+        why.append("the teachers' caches hold different views, the student sees one of them")
+    if not why:
+        return None
+    return f"--allow-inconsistent: {'; '.join(why)} (the 'fixed teacher' setting, docs/methods.md)"
 
 
 def _memorisation(s: Setup) -> str | None:
