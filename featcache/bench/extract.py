@@ -56,6 +56,20 @@ def load_1min() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
+def plan_header(benchmark: str, plan, dataset) -> dict[str, Any]:
+    """The first fields of an extract-based bench's result: what was timed, when, where, on what."""
+    return {
+        "benchmark": benchmark,
+        "date": utc_now(),
+        "device": device_name(plan.device),
+        "versions": versions(),
+        "teacher": plan.identity["teacher"]["name"],
+        "dataset": f"{dataset.name}/{dataset.split}",
+        "images": len(dataset),
+        "image_size": plan.transform.image_size,
+    }
+
+
 def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -149,14 +163,7 @@ def bench_extract(config: ExtractConfig, *, iters: int = 20, warmup: int = 5, ro
         loads.append(load_1min())
     extract_rate = median(extracts)
     return {
-        "benchmark": "extract",
-        "date": utc_now(),
-        "device": device_name(plan.device),
-        "versions": versions(),
-        "teacher": plan.identity["teacher"]["name"],
-        "dataset": f"{plan.dataset.name}/{plan.dataset.split}",
-        "images": len(plan.dataset),
-        "image_size": plan.transform.image_size,
+        **plan_header("extract", plan, plan.dataset),
         "batch_size": config.batch_size,
         "workers": result.manifest.timing.workers,
         "threads": torch.get_num_threads(),

@@ -9,10 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from featcache.bench.extract import load_1min, utc_now, versions
+from featcache.bench.extract import load_1min, plan_header
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.util.progress import Reporter
-from featcache.util.runtime import device_name
 
 
 def _median_seconds(fn, repeats: int) -> dict[str, Any]:
@@ -54,14 +53,7 @@ def bench_trust(config: ExtractConfig, *, repeats: int = 3, reporter: Reporter |
     for r in results.values():
         r["fraction_of_extract"] = r["seconds"] / extract_s if extract_s else None
     return {
-        "benchmark": "trust",
-        "date": utc_now(),
-        "device": device_name(plan.device),
-        "versions": versions(),
-        "teacher": plan.identity["teacher"]["name"],
-        "dataset": f"{ds.name}/{ds.split}",
-        "images": len(ds),
-        "image_size": plan.transform.image_size,
+        **plan_header("trust", plan, ds),
         "cache_bytes": result.bytes,
         "extract_seconds": extract_s,
         "content_sample_rows": min(CONTENT_SAMPLE, len(ds)),
