@@ -57,6 +57,13 @@ def test_a_library_run_without_a_reporter_sends_its_lines_and_warnings_to_loggin
     assert all(r.pathname.endswith("loop.py") for r in caplog.records if r.name == "featcache.distill.loop")
 
 
+def test_a_run_without_teacher_names_the_stores_caches_and_the_command_to_use_one(syn_cache, tmp_path):
+    block = "\n".join(_run(tmp_path).lines)
+    (line,) = [ln for ln in block.splitlines() if ln.startswith("warning: no teacher")]
+    assert f"the stores hold convnet on synthetic ({syn_cache.name})" in line
+    assert line.endswith(f"`featcache distill --student lenet5 --teacher convnet:{syn_cache.name}`")
+
+
 def test_a_run_names_its_teachers_caches_and_labels(tmp_path):
     store = tmp_path / "store"
     key = extract(ExtractConfig(teacher="resnet18", weights="random", dataset="synthetic", dataset_options=dict(SYN),

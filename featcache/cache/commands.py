@@ -23,11 +23,18 @@ UNKNOWN = "the featcache extract command that made it"  # what a hint says when 
 
 def extract_command(m: Manifest) -> str | None:
     """The extract command that makes ``m``'s cache (see the module's docstring), or None."""
-    recorded = parse_command_line(ExtractConfig, "extract", m.command) if m.command else None
-    if recorded is not None and not _disagreement(recorded, m):
+    recorded = recorded_extract(m)
+    if recorded is not None:
         return printable(recorded.command(), limit=None)
     rebuilt = _rebuilt(m)
     return printable(rebuilt.command(), limit=None) if rebuilt is not None else None
+
+
+def recorded_extract(m: Manifest) -> ExtractConfig | None:
+    """The extract ``m``'s recorded command stands for, when it parses as one and agrees with the manifest's own
+    fields (its data root and dataset options are then the ones the images were read with); else None."""
+    recorded = parse_command_line(ExtractConfig, "extract", m.command) if m.command else None
+    return recorded if recorded is not None and not _disagreement(recorded, m) else None
 
 
 def command_or(m: Manifest, fallback: str = UNKNOWN) -> str:

@@ -21,8 +21,12 @@ METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with
 # -- options several commands take, declared once ------------------------------------------------------------------
 # Each returns a fresh dataclass field carrying the option's flag (config.flags.opt); ``help`` and ``**flag`` adjust
 # where a command differs (its recipe rules, its --help panel, an eval's default batch).
-def dataset_field(help: str = "cifar10, cifar100, cub200, sod, folder or synthetic.", **flag):
-    return opt("synthetic", help, short="-d", **flag)
+DEFAULT_DATASET = "synthetic"  # a command's data when it is given none (distill: when no teacher's cache says)
+
+
+def dataset_field(help: str = "cifar10, cifar100, cub200, sod, folder or synthetic.",
+                  default: str | None = DEFAULT_DATASET, **flag):
+    return opt(default, help, short="-d", **flag)
 
 
 def data_root_field(help: str = "Directory holding the dataset in its official layout.", **flag):

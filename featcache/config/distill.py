@@ -60,9 +60,17 @@ def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
 class DataOptions:
     """Which images and labels the run trains on (featcache.datasets, featcache.distill.labels)."""
 
-    dataset: str = dataset_field(recipe=False, section="Data")
-    data_root: Path | None = data_root_field(recipe=False, section="Data")
-    dataset_options: dict[str, Any] = dataset_options_field(recipe=False, section="Data")
+    # None: the data the teachers' caches were extracted from (featcache.distill.resolve.with_data), else synthetic.
+    dataset: str | None = dataset_field("cifar10, cifar100, cub200, sod, folder or synthetic (default: the data the "
+                                        "--teacher caches were extracted from, else synthetic).", default=None,
+                                        recipe=False, section="Data")
+    data_root: Path | None = data_root_field("Directory holding the dataset in its official layout (default with "
+                                             "--teacher and no --dataset: the one its cache was extracted from).",
+                                             recipe=False, section="Data")
+    dataset_options: dict[str, Any] = dataset_options_field("Dataset option key=value (repeatable), e.g. "
+                                                            "num_train=500 for synthetic (with --teacher and no "
+                                                            "--dataset: added to its cache's).",
+                                                            recipe=False, section="Data")
     labels: str = opt("all", "Which training labels the run reads: all, none, N/class (the first N of each class), a "
                              "fraction in (0, 1) of each class, or ids:FILE. The others train through the teacher "
                              "terms only (docs/methods.md).", section="Data")

@@ -45,6 +45,11 @@ def dataset_option_types(name: str) -> dict[str, Any]:
     return {k: hints.get(k, Any) for k in dataset_options(name)}
 
 
+def needs_root(name: str) -> bool:
+    """Whether dataset ``name`` reads its images from a ``--data-root`` (synthetic makes its own)."""
+    return _NEEDS_ROOT[name]
+
+
 def list_datasets() -> list[str]:
     return sorted(_REGISTRY)
 

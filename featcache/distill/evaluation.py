@@ -18,7 +18,7 @@ from featcache.datasets import ImageDataset, get_dataset
 from featcache.distill.loader import shutdown_workers
 from featcache.errors import ConfigError
 from featcache.runs import rundir
-from featcache.runs.rundir import BEST, LAST
+from featcache.runs.rundir import BEST, CONFIG, LAST
 from featcache.transforms import Geometry, Normalizer, TransformSpec
 from featcache.util.runtime import autocast, default_workers, resolve_device, resolve_precision
 
@@ -114,6 +114,8 @@ def load_run(run_dir: Path, checkpoint: str = "best", device: str = "auto", data
     ckpt = run_dir / (BEST if checkpoint == "best" else LAST)
     if not ckpt.is_file():
         raise ConfigError(f"{ckpt} not found; the run has not finished an epoch yet")
+    if config.dataset is None:  # a run records the data it trained on (its teachers' when no --dataset named it)
+        raise ConfigError(f"{run_dir / CONFIG}: names no dataset; it was not written by a finished featcache distill")
     test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
     subset = info["dataset"]["test"].get("params", {}).get("class_subset")
     if subset:  # a teacher trained on part of the classes (train-teacher --classes)

@@ -46,8 +46,8 @@ def preflight_lines(s: Setup, t: TrainingParts) -> list[str]:
         teachers = [f"{k} (online: run on every batch)" for k in teachers]
     lines = [
         f"run       {c.run_dir}",
-        f"data      {c.dataset}: {_labels(s)}; {len(s.test):,} test images; {len(s.test.classes)} classes; "
-        f"{s.transform.image_size} px",
+        f"data      {c.dataset}{_origin(s)}: {_labels(s)}; {len(s.test):,} test images; {len(s.test.classes)} classes; "
+        f"{s.transform.describe()}",
         f"{s.kind:<9} {model}",
         f"method    {c.resolved_method() if s.kind == 'student' else 'ce (train-teacher)'}"
         + (f"; teachers {', '.join(teachers)}" if teachers else ""),
@@ -59,11 +59,26 @@ def preflight_lines(s: Setup, t: TrainingParts) -> list[str]:
     return lines + [f"warning: {w}" for w in preflight_warnings(s)]
 
 
+def _origin(s: Setup) -> str:
+    """Where the data came from when no --dataset named it: `` (from cache KEY's manifest, root /x/y)``."""
+    return f" ({s.data_from.describe(s.config.data_root)})" if s.data_from is not None else ""
+
+
+def _no_teacher(s: Setup) -> str:
+    from featcache.cache.store import CacheStore
+    from featcache.distill.resolve import stored_teachers
+
+    c = s.config
+    stored = stored_teachers(CacheStore(c.cache_dir, c.stores), c.student, s.train.identity())
+    return ("no teacher: the student trains alone on its labels; "
+            + (stored if stored else "give --teacher NAME to distil from a cached teacher (`featcache extract` "
+               "makes one)"))
+
+
 def preflight_warnings(s: Setup) -> list[str]:
     found = []
     if s.kind == "student" and not s.caches and not s.config.online:
-        found.append("no teacher: the student trains alone on its labels (give --teacher NAME to distil from a "
-                     "cached teacher)")
+        found.append(_no_teacher(s))
     memorise = _memorisation(s)
     if memorise:
         found.append(memorise)

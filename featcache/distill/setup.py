@@ -27,7 +27,7 @@ from featcache.distill.loader import MODES, SHUFFLES
 from featcache.distill.methods import Method, MethodParams, get_method
 from featcache.distill.optim import OPTIMIZERS, SCHEDULES
 from featcache.distill.placement import Budget, resident_fits
-from featcache.distill.resolve import resolve_teachers
+from featcache.distill.resolve import TeacherData, resolve_teachers, with_data
 from featcache.errors import ConfigError, check_at_least, check_choice, check_seed
 from featcache.runs.loggers import check_loggers
 from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
@@ -59,6 +59,7 @@ class Setup:
     student_kwargs: dict[str, Any]  # how load_run rebuilds the model: create_student(**kw) or, for kind "teacher",
     kind: str = "student"  # create_teacher(**kw) (featcache train-teacher)
     labels: LabelSubset | None = None  # the training labels the run may read (None: all)
+    data_from: TeacherData | None = None  # the cache whose manifest gave the data (no --dataset), else None
 
 
 def labels_of(config: DistillConfig, method_cls, train: ImageDataset) -> LabelSubset:
@@ -113,15 +114,18 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
     return default_transform(size, native_size=train.native_size)
 
 
-def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
+def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherData | None = None) -> Setup:
     """``lease``: the caller's Lease, which the teachers' caches join as soon as they are found (before a shard is
-    read)."""
+    read). A config without a dataset trains on its teachers' data (resolve.with_data; ``data_from``: the cache that
+    gave it when the caller has resolved it already)."""
     from featcache.models.registry import get_entry
 
     method_cls = get_method(config.resolved_method())
     method_cls.check_teachers(len(config.teachers))
-    train, test = _splits(config)
     store = CacheStore(config.cache_dir, config.stores)
+    if config.dataset is None:
+        config, data_from = with_data(config, store)
+    train, test = _splits(config)
     caches = resolve_teachers(config.teachers, train, store) if config.teachers else []
     if lease is not None:
         lease.add(caches)
@@ -138,11 +142,12 @@ def setup(config: DistillConfig, lease: Lease | None = None) -> Setup:
     device = distributed.local_device(resolve_device(config.device))
     precision = resolve_precision(config.precision, device)
     return Setup(config, train, test, caches, transform, student, method, device, precision, student_kwargs,
-                 labels=labels)
+                 labels=labels, data_from=data_from)
 
 
 def _splits(config: DistillConfig) -> tuple[ImageDataset, ImageDataset]:
     """The train and test splits, checked to be the same classes, disjoint, and trainable."""
+    assert config.dataset is not None  # resolve.with_data has chosen it
     train = get_dataset(config.dataset, config.data_root, "train", **config.dataset_options)
     test = get_dataset(config.dataset, config.data_root, "test", **config.dataset_options)
     check_same_classes(train, test, config.dataset)

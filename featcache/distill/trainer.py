@@ -12,7 +12,7 @@ them (except ``--online``, for the losslessness comparison).
 from __future__ import annotations
 
 from featcache.cache.leases import Lease
-from featcache.cache.store import default_cache_dir
+from featcache.cache.store import CacheStore, default_cache_dir
 from featcache.cache.usage import record_use
 from featcache.config import DistillConfig
 from featcache.distill.engine import (  # noqa: F401 - re-exported
@@ -25,6 +25,7 @@ from featcache.distill.engine import (  # noqa: F401 - re-exported
 from featcache.distill.evaluation import eval_loader, evaluate, evaluate_run, load_run  # noqa: F401 - re-exported
 from featcache.distill.loop import train  # noqa: F401 - re-exported
 from featcache.distill.optim import OPTIMIZERS, SCHEDULES, make_optimizer  # noqa: F401 - re-exported
+from featcache.distill.resolve import with_data
 from featcache.distill.setup import (  # noqa: F401 - re-exported
     COMPILE_MODES,
     Setup,
@@ -39,8 +40,10 @@ from featcache.util.progress import Reporter
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json. The caches
     are leased while the run reads them (`cache rm` and `cache gc` leave them alone) and their use is recorded."""
+    # The data first (the teachers' when no --dataset): it names the run directory and --resume compares it.
+    config, data_from = with_data(config, CacheStore(config.cache_dir, config.stores))
     with claim_run_dir(config), Lease(what="distill") as lease:
-        s = setup(config, lease=lease)
+        s = setup(config, lease=lease, data_from=data_from)
         record_use(config.cache_dir if config.cache_dir is not None else default_cache_dir(),
                    [c.key for c in s.caches])
         return train(s, reporter)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import os
 import platform
 import shutil
 from pathlib import Path
@@ -216,8 +217,16 @@ def new_manifest(plan: ExtractPlan) -> Manifest:
             "h5py": h5py.__version__,
             "python": platform.python_version(),
         },
-        command=plan.command or cfg.command(),
+        command=plan.command or _command(cfg),
     )
+
+
+def _command(cfg) -> str:
+    """The extract's command line with its data root made absolute: distill takes the data from it (``--teacher NAME``
+    without ``--dataset``), from whatever folder it runs in."""
+    if cfg.data_root is None:
+        return cfg.command()
+    return dataclasses.replace(cfg, data_root=Path(os.path.abspath(Path(cfg.data_root).expanduser()))).command()
 
 
 def fill_teacher_info(manifest: Manifest, teacher: Teacher, dataset: ImageDataset) -> None:
