@@ -91,8 +91,11 @@ def resolve_teacher(spec: str, dataset: ImageDataset, store: CacheStore) -> Feat
     matches = store.find(teacher=canonical, dataset_identity=dataset.identity())
     if not matches:
         others = store.find(teacher=canonical)
-        seen = (f" (caches of {canonical} exist for other data: {', '.join(_data_of(e) for e in others[:3])}; to "
-                f"train on a cache's data, drop --dataset and give --teacher {canonical}:KEY)" if others else "")
+        # A cache of training data is what --teacher NAME:KEY without --dataset trains on.
+        hint = (f"; to train on a cache's data, drop --dataset and give --teacher {canonical}:KEY"
+                if any(e.manifest is not None and e.manifest.dataset.get("split") == "train" for e in others) else "")
+        seen = (f" (caches of {canonical} exist for other data: {', '.join(_data_of(e) for e in others[:3])}{hint})"
+                if others else "")
         raise CacheError(
             f"--teacher {spec}: no cache of {canonical} for {dataset.name}/{dataset.split} in {store.root}{seen}"
             f"{store.skipped_note()}; "
