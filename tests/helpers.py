@@ -140,3 +140,24 @@ def flip_byte(path: Path, where: float = 0.7) -> None:
 # The synthetic dataset most library-level tests train on (resnet18_store in conftest.py holds its cache); a module
 # whose assertions count other sizes keeps its own.
 SYN = {"num_train": 64, "num_test": 32}
+
+
+def first_column(output: str) -> str | list[str]:
+    """What the identity column of a featcache table (featcache.cli.tables.Grid) shows in ``output``: in a table,
+    that column's text over every line below the header's rule, joined without its spaces (a name folded or wrapped
+    over lines reads whole again); where the rows became blocks (no rule), the lines that start at the margin (each
+    block's heading). `shows_whole` says whether a name is there."""
+    lines = output.splitlines()
+    rule = next((i for i, ln in enumerate(lines) if ln.strip() and set(ln) <= {"─", " "}), None)
+    if rule is None:
+        return [ln for ln in lines if ln and not ln[0].isspace()]
+    width = lines[rule].index(" ") if " " in lines[rule] else len(lines[rule])
+    return "".join("".join(ln[:width].split()) for ln in lines[rule + 1:])
+
+
+def shows_whole(output: str, names) -> bool:
+    """Whether a featcache table in ``output`` shows each of ``names`` whole in its identity column."""
+    shown = first_column(output)
+    if isinstance(shown, list):
+        return all(name in shown for name in names)
+    return all("".join(name.split()) in shown for name in names)

@@ -3,11 +3,13 @@
 import json
 
 import pytest
+from rich.markup import render
 from typer.testing import CliRunner
 
 from featcache.bench.extract import bench_extract
 from featcache.cli import app
 from featcache.extract import ExtractConfig
+from helpers import shows_whole
 
 
 @pytest.mark.slow
@@ -164,3 +166,51 @@ def test_gpu_bench_script_checks_its_prerequisites(tmp_path):
     env = {**os.environ, "OUT": str(tmp_path / "out"), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode != 0 and "no CUDA device" in r.stderr, r.stderr
+
+
+# -- the result tables: each row's label and every figure at any width (the figures below are made up) ---------------
+_LOAD = {"load_1min": [1.5, 1.6]}
+_EXTRACT = [{"dataset": "synthetic", "images": 64, "device": "cpu", "batch_size": 16, "precision": "fp32",
+             "workers": 0, "threads": 2, "rounds": 3, **_LOAD, "teacher": name, "image_size": 224,
+             "forward_images_per_s": 101.0, "decode_images_per_s": 2002.0, "extract_images_per_s": 93.0,
+             "ratio": 0.921, "ratio_to_decode": 0.046, "ratio_to_serial": 0.97}
+            for name in ("timm:convnext_small.fb_in22k_ft_in1k_384", "timm:convnext_small.fb_in22k_ft_in1k")]
+_SETTING = {"images_per_s": 1234.0, "speed_vs_bare": 0.912, "speed_vs_student": 0.873, "peak_rss_bytes": 2**30,
+            "rss_vs_student": 1.052, "resident": True}
+_DISTILL = {"student": "lenet5", "image_size": 32, "dataset": "synthetic", "device": "cpu", "batch_size": 128,
+            "precision": "fp32", "compile": "none", "rounds": 3, **_LOAD,
+            "methods": {"cached-1": "ts", "online-1": "ts"},
+            "results": {"bare-student": {"images_per_s": 1500.0}, "student": _SETTING, "cached-1": _SETTING,
+                        "online-1": _SETTING}}
+_JOIN = {"rows": 600, "dim": 16, "classes": 3, "table_bytes": 2**20, "batch_size": 32, "cold": False, **_LOAD,
+         "results": {k: {"rows_per_s": 123456.0, "vs_limit": 0.93, "vs_h5py_fancy": 41.5}
+                     for k in ("ram", "np_take", "library", "disk", "sequential_read", "h5py_fancy", "pt_per_sample")}}
+_TRUST = {"dataset": "synthetic", "images": 40, "teacher": "resnet18", "image_size": 32, "extract_seconds": 2.5,
+          "device": "cpu", "repeats": 1, **_LOAD, "content_sample_rows": 40,
+          "results": {k: {"seconds": 0.0123, "fraction_of_extract": 0.0049}
+                      for k in ("fingerprint", "content_sample", "content_full", "shard_sha256")}}
+_STORE = {"cache_bytes": 2**27, "shards": 4, "cpus": 2, "repeats": 3, **_LOAD,
+          "results": {k: {"mb_per_s": 812.0, "seconds": 0.157, "vs_copy": 0.91, "vs_copy_fsync": 1.02}
+                      for k in ("copy", "copy_fsync", "export", "import")}}
+
+
+def _tables() -> dict:
+    from featcache.cli import bench
+
+    return {"extract": (bench._extract_table(_EXTRACT), [r["teacher"] + "@224" for r in _EXTRACT], "0.92"),
+            "distill": (bench._distill_table(_DISTILL, ["resnet18"]),
+                        ["student alone (ce), resident", "+ resnet18 cached (ts), resident"], "1,234"),
+            "join": (bench._join_table(_JOIN), ["featcache out-of-core table", "one .pt file per sample"], "123,456"),
+            "trust": (bench._trust_table(_TRUST), ["fingerprint", "content_sample", "shard_sha256"], "0.49%"),
+            "store": (bench._store_table(_STORE), ["featcache cache export (sha256 checked)",
+                                                   "limit: shutil.copyfile of its files"], "812")}
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+@pytest.mark.parametrize("name", ["extract", "distill", "join", "trust", "store"])
+def test_a_bench_table_keeps_each_rows_label_and_every_figure_at_any_width(name, columns):
+    grid, labels, figure = _tables()[name]
+    text = "\n".join(render(ln).plain for ln in grid.lines(columns))
+    assert shows_whole(text, labels), text
+    assert text.count(figure) >= len(grid.rows) - (name == "distill"), text  # every row's figure, none cut
+    assert all(len(ln) <= columns for ln in text.splitlines() if ln not in labels), text

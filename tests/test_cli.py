@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from featcache.cli import app
 from helpers import one_line_error as _one_line_error
+from helpers import shows_whole
 
 runner = CliRunner()
 one_line_error = partial(_one_line_error, alone=True)  # here the error line is all a command prints
@@ -113,6 +114,23 @@ def test_listings():
     assert r.exit_code == 0 and "nts-net" in r.output and "inceptionv3" in r.output
     r = invoke("datasets")
     assert r.exit_code == 0 and all(n in r.output for n in ("cifar10", "cub200", "sod", "folder", "synthetic"))
+
+
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_the_listings_keep_every_name_and_its_description_at_any_width(columns):
+    from featcache.models.registry import get_entry
+    from featcache.models.students import list_students
+
+    names = list_students()
+    r = CliRunner().invoke(app, ["students"], env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.output
+    assert shows_whole(r.output, names), r.output
+    prose = " ".join(r.output.split())
+    assert all(" ".join(get_entry("student", n).description.split()) in prose for n in names), r.output
+    assert all(len(ln) <= columns for ln in r.output.splitlines() if ln not in names), r.output
+    r = CliRunner().invoke(app, ["datasets"], env={"COLUMNS": str(columns)})
+    assert shows_whole(r.output, ("cifar10", "folder", "synthetic")), r.output
+    assert "train_per_class=None" in r.output and all(len(ln) <= columns for ln in r.output.splitlines()), r.output
 
 
 def test_python_dash_m_entry_point():
@@ -321,3 +339,4 @@ def test_library_warnings_reach_stderr_through_logging_except_under_the_cli(cli)
             + "logging.getLogger('featcache.distill.loop').warning('no teacher: the student trains alone')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and ("no teacher" in r.stderr) is not cli, r.stderr
+

@@ -23,7 +23,7 @@ from featcache.cache.install import host
 from featcache.cache.leases import LEASES, TRASH, Lease
 from featcache.cache.usage import USAGE, last_used, record_use
 from featcache.cli import app
-from helpers import one_line_error
+from helpers import first_column, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -293,7 +293,7 @@ def test_gc_cleans_what_crashes_left(three_caches):
 def test_ls_columns_totals_sort_and_json(three_caches):
     store, (a, b, c) = three_caches
     used_at(store, a, 3)
-    r = invoke("cache", "ls")
+    r = runner.invoke(app, ["cache", "ls"], env={"COLUMNS": "200"})  # wide enough for one line per cache
     assert r.exit_code == 0, r.output
     header = next(ln for ln in r.output.splitlines() if ln.startswith("key"))
     assert header.split() == ["key", "store", "teacher", "dataset", "split", "rows", "size", "last", "used", "status"]
@@ -309,6 +309,33 @@ def test_ls_columns_totals_sort_and_json(three_caches):
     assert first["last_used"].endswith("+00:00") and listed[1]["last_used"] is None
     assert {"teacher", "dataset", "split", "rows"} <= set(first)
     one_line_error(invoke("cache", "ls", "--sort", "age"), "--sort", "key, size, used")
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100, 200])
+def test_ls_never_drops_a_key_or_a_column_at_any_width(tmp_path, monkeypatch, columns):
+    """Keys that differ only in their last characters (the hash) are shown whole on one line, ready to copy: in the
+    table where they fit beside the other columns, else each on a line of its own above its cells (at 80 columns, a
+    pipe's width, the keys of real caches do not fit); every cell of every cache is there."""
+    from featcache.bench.join import write_random_cache
+
+    home = tmp_path / "home"
+    keys = sorted(write_random_cache(home / f"c{k}", rows=8 * (k + 1), dim=4, classes=2).key for k in range(3))
+    monkeypatch.setenv("FEATCACHE_HOME", str(home))
+    monkeypatch.delenv("FEATCACHE_PATH", raising=False)
+    r = runner.invoke(app, ["cache", "ls"], env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.output
+    shown = first_column(r.output)
+    assert all(key in shown for key in keys), r.output
+    for cell in ("random", "bench", "train", "8", "16", "24", "never"):
+        assert f" {cell}" in r.output or f"\n{cell}" in r.output, (cell, r.output)
+    assert r.output.count("complete") == 3 and r.output.count("personal") == 3 + 1, r.output  # + the total line
+    assert all(len(ln) <= columns for ln in r.output.splitlines()
+               if ln not in keys and not ln.startswith(("caches in", "personal /"))), r.output
+    assert isinstance(shown, list) == (columns <= 80), r.output  # blocks up to a pipe's width, a table beyond
+    if isinstance(shown, list):
+        assert [ln for ln in shown if ln.startswith("random-")] == keys, r.output
+    else:  # a line per cache, its key never folded
+        assert shown.startswith("".join(keys)), r.output
 
 
 def test_gc_flags_are_checked(three_caches):

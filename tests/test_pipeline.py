@@ -13,7 +13,7 @@ from featcache.cli import app
 from featcache.errors import ConfigError, FeatcacheError
 from featcache.pipeline import load_pipeline, parse_pipeline, plan, run_pipeline
 from featcache.runs.report import build_rows, load_record, markdown_table, plot_curves
-from helpers import one_line_error, within
+from helpers import one_line_error, shows_whole, within
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,6 +195,22 @@ def test_report_table_keeps_names_whole_on_a_narrow_terminal(tmp_path, monkeypat
     assert max(len(line) for line in text.splitlines()) <= 80
 
 
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_report_table_never_drops_a_model_or_a_column_at_any_width(tmp_path, columns):
+    """Arms whose student names differ only at their end: each name whole (folded within its column, or a block's
+    heading), every accuracy of every row there, one row per arm."""
+    students = ["timm:mobilenetv3_large_100.miil_in21k_ft_in1k", "timm:mobilenetv3_large_100.ra_in1k"]
+    for k, student in enumerate(students):
+        _fake_run(tmp_path, f"r{k}", [0.25, 0.4 + k / 10], method="ts-translator", student=student,
+                  teachers=["inceptionv3", "resnet50"])
+    r = CliRunner().invoke(app, ["report", str(tmp_path)], env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.output
+    assert shows_whole(r.output, students), r.output
+    assert r.output.count("50.00") == 2 and r.output.count("40.00") == 2, r.output  # best and final of each arm
+    assert r.output.count("ts-translator") == 2 and r.output.count("synthetic") == 2, r.output
+    assert all(len(ln) <= columns for ln in r.output.splitlines() if ln not in students), r.output
+
+
 def _record(run_dir: Path, **changes) -> None:
     """Edit a fake run's config.json: top-level fields, and ``config`` fields given as config=dict(...)."""
     info = json.loads((run_dir / "config.json").read_text())
@@ -228,7 +244,7 @@ def test_report_keeps_runs_on_different_data_apart_and_says_so(tmp_path):
     assert "kept apart: 4 runs of lenet5 ce" in r.output
     assert re.search(r"ce \(1\).*ce \(2\).*\(1\) train fingerprint 111111.*\(2\) train fingerprint 222222", r.output,
                      re.S), r.output  # the terminal's table numbers the rows and says their values below it
-    assert re.search(r"best\s+final", r.output), r.output  # the accuracy columns stay in view
+    assert re.search(r"best( acc %)?\s+final", r.output), r.output  # the accuracy columns stay in view
     one = build_rows([load_record(tmp_path / "s0"), load_record(tmp_path / "s2")])
     assert len(one) == 1 and one[0].cells()["method"] == "ce" and "kept apart" not in markdown_table(one)
 

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.table import Table
-
 from featcache.cli.app import bench_app, err, out, user_errors, write_json
+from featcache.cli.tables import Col, Grid
 from featcache.config import (
     BenchDistillConfig,
     BenchExtractConfig,
@@ -41,21 +40,20 @@ def bench_extract_cmd(**values: Any) -> None:
         )
         results.append(bench_extract(config, iters=cfg.iters, rounds=cfg.rounds, min_seconds=cfg.min_seconds,
                                      reporter=RichReporter(err, transient=True)))
-    out.print(_extract_table(results))
+    _extract_table(results).print()
     write_json(cfg.json_out, results if len(results) > 1 else results[0])
 
 
-def _extract_table(results: list[dict]) -> Table:
+def _extract_table(results: list[dict]) -> Grid:
     r0 = results[0]
-    table = Table(title=f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, "
-                        f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, "
-                        f"{r0['threads']} threads; median of {r0['rounds']} rounds, load {_load_trend(r0)}",
-                  title_justify="left")
-    for col in ("teacher", "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode",
-                "extract / (forward ∘ decode)"):
-        table.add_column(col, justify="left" if col == "teacher" else "right", no_wrap=col == "teacher")
+    table = Grid(f"extract on {r0['dataset']} ({r0['images']:,} images), {r0['device']}, "
+                 f"batch {r0['batch_size']}, {r0['precision']}, {r0['workers']} workers, "
+                 f"{r0['threads']} threads; median of {r0['rounds']} rounds, load {_load_trend(r0)}",
+                 [Col("teacher", give="fold")] + [Col(c, right=True) for c in (
+                     "forward img/s", "decode img/s", "extract img/s", "extract / forward", "extract / decode",
+                     "extract / (forward ∘ decode)")])
     for r in results:
-        table.add_row(f"{r['teacher']}@{r['image_size']}", f"{r['forward_images_per_s']:,.0f}",
+        table.add(f"{r['teacher']}@{r['image_size']}", f"{r['forward_images_per_s']:,.0f}",
                       f"{r['decode_images_per_s']:,.0f}", f"{r['extract_images_per_s']:,.0f}", f"{r['ratio']:.2f}",
                       f"{r['ratio_to_decode']:.2f}", f"{r['ratio_to_serial']:.2f}")
     table.caption = ("forward ∘ decode: 1 / (1/forward + 1/decode), the serial limit where decoding and the teacher "
@@ -83,30 +81,29 @@ def bench_distill_cmd(**values: Any) -> None:
     names = [] if cfg.teachers == ["none"] else list(cfg.teachers or ["resnet50"])
     r = bench_distill(config, teachers=names, weights=cfg.weights, steps=cfg.steps, warmup=cfg.warmup,
                       rounds=cfg.rounds, e2e_epochs=cfg.e2e_epochs, reporter=RichReporter(err, transient=True))
-    out.print(_distill_table(r, names))
+    _distill_table(r, names).print()
     write_json(cfg.json_out, r)
 
 
-def _distill_table(r: dict, names: list[str]) -> Table:
-    table = Table(title=f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} "
-                        f"@ {r['image_size']} px on {r['dataset']}, {r['device']}, batch {r['batch_size']}, "
-                        f"{r['precision']}{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; "
-                        f"median of {r['rounds']} rounds, load {_load_trend(r)}",
-                  title_justify="left")
+def _distill_table(r: dict, names: list[str]) -> Grid:
     cpu = r["device"] == "cpu"
+    table = Grid(f"distill: {r['student']}{' with ' + ' + '.join(names) if names else ''} "
+                 f"@ {r['image_size']} px on {r['dataset']}, {r['device']}, batch {r['batch_size']}, "
+                 f"{r['precision']}{', compile ' + r['compile'] if r['compile'] != 'none' else ''}; "
+                 f"median of {r['rounds']} rounds, load {_load_trend(r)}",
+                 [Col("setting", give="fold")] + [Col(c, right=True) for c in (
+                     "images/s", "vs bare loop", "vs alone", "peak RSS" if cpu else "peak memory", "vs alone ")])
     bare_rate = r["results"].get("bare-student", {}).get("images_per_s")
     if bare_rate:
         table.caption = (f"vs bare loop: each setting / a plain PyTorch loop of its own student timed next to it in "
                          f"the same round (the student alone's: {bare_rate:,.0f} img/s); online settings / the "
                          "cached one's")
-    for col in ("setting", "images/s", "vs bare loop", "vs alone", "peak RSS" if cpu else "peak memory", "vs alone "):
-        table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
     for key, x in r["results"].items():
         if key.startswith("bare"):
             continue  # each setting's limit: its ratio is in "vs bare loop"; the bare rates are in the JSON
         mem, ratio = ((x["peak_rss_bytes"], x["rss_vs_student"]) if cpu
                       else (x["peak_memory_bytes"], x["memory_vs_student"]))
-        table.add_row(
+        table.add(
             _distill_label(r, key, x, names), f"{x['images_per_s']:,.0f}",
             f"{x['speed_vs_bare']:.3f}" if "speed_vs_bare" in x else "–", f"{x['speed_vs_student']:.3f}",
             f"{mem / 2**20:,.0f} MiB" if mem is not None else "n/a",
@@ -116,15 +113,15 @@ def _distill_table(r: dict, names: list[str]) -> Table:
     return table
 
 
-def _end_to_end_rows(table: Table, e: dict | None) -> None:
+def _end_to_end_rows(table: Grid, e: dict | None) -> None:
     """The real `distill` run's rows (training, and the whole call) and its per-epoch rates in the caption."""
     if not e:
         return
     n = e["epochs"]
     for what, label in (("train", f"distill, {n} epochs: training"), ("wall", f"distill, {n} epochs: wall")):
-        table.add_row(label, f"{e[f'{what}_images_per_s']:,.0f}",
-                      f"{e[f'{what}_vs_bare']:.3f}" if f"{what}_vs_bare" in e else "–",
-                      f"{e[f'{what}_vs_student']:.3f}", "", "")
+        table.add(label, f"{e[f'{what}_images_per_s']:,.0f}",
+                  f"{e[f'{what}_vs_bare']:.3f}" if f"{what}_vs_bare" in e else "–",
+                  f"{e[f'{what}_vs_student']:.3f}", "", "")
     per_epoch = ", ".join(f"{x:,.0f}" for x in e["epochs_images_per_s"])
     vs_bare = (" (vs bare loop " + ", ".join(f"{x:.2f}" for x in e["epochs_vs_bare"]) + ")"
                if "epochs_vs_bare" in e else "")
@@ -158,23 +155,27 @@ def bench_join_cmd(**values: Any) -> None:
     cfg = config_from_cli(BenchJoinConfig, values)
     r = bench_join(rows=cfg.rows, dim=cfg.dim, classes=cfg.classes, batch_size=cfg.batch_size, pt_files=cfg.pt_files,
                    limit_s=cfg.limit, directory=cfg.scratch, cold=cfg.cold, reporter=RichReporter(err, transient=True))
-    table = Table(title=f"join: {r['rows']:,} rows of {r['dim']}-d fp16 + {r['classes']} fp32 logits "
-                        f"({r['table_bytes'] / 2**30:.2f} GiB), shuffled batches of {r['batch_size']}, "
-                        f"{'cold' if r['cold'] else 'warm'} page cache; load {_load_trend(r)}", title_justify="left")
-    for col in ("method", "rows/s", "vs its limit", "vs h5py fancy"):
-        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
+    _join_table(r).print()
+    if r["results"]["ram"].get("load_seconds") is not None:
+        out.print(f"loading the in-RAM table took {r['results']['ram']['load_seconds']:.2f} s")
+    write_json(cfg.json_out, r)
+
+
+def _join_table(r: dict) -> Grid:
+    table = Grid(f"join: {r['rows']:,} rows of {r['dim']}-d fp16 + {r['classes']} fp32 logits "
+                 f"({r['table_bytes'] / 2**30:.2f} GiB), shuffled batches of {r['batch_size']}, "
+                 f"{'cold' if r['cold'] else 'warm'} page cache; load {_load_trend(r)}",
+                 [Col("method", give="fold")] + [Col(c, right=True) for c in ("rows/s", "vs its limit",
+                                                                               "vs h5py fancy")])
     labels = {"ram": "featcache in-RAM table", "np_take": "  limit: np.take into a reused buffer",
               "library": "featcache.api.RowJoin (your loop)",
               "disk": "featcache out-of-core table", "sequential_read": "  limit: sequential read of the shards",
               "h5py_fancy": "naive h5py fancy indexing", "pt_per_sample": "one .pt file per sample"}
     for key, label in labels.items():
         x = r["results"][key]
-        table.add_row(label, f"{x['rows_per_s']:,.0f}", f"{x['vs_limit']:.2f}" if "vs_limit" in x else "",
-                      f"{x['vs_h5py_fancy']:.2f}")
-    out.print(table)
-    if r["results"]["ram"].get("load_seconds") is not None:
-        out.print(f"loading the in-RAM table took {r['results']['ram']['load_seconds']:.2f} s")
-    write_json(cfg.json_out, r)
+        table.add(label, f"{x['rows_per_s']:,.0f}", f"{x['vs_limit']:.2f}" if "vs_limit" in x else "",
+                  f"{x['vs_h5py_fancy']:.2f}")
+    return table
 
 
 as_command(bench_join_cmd, cli_parameters(BenchJoinConfig))
@@ -196,19 +197,23 @@ def bench_trust_cmd(**values: Any) -> None:
         workers=cfg.workers, device=cfg.device,
     )
     r = bench_trust(config, repeats=cfg.repeats, reporter=RichReporter(err, transient=True))
-    table = Table(title=f"trust checks on {r['dataset']} ({r['images']:,} images): extract of {r['teacher']}@"
-                        f"{r['image_size']} took {r['extract_seconds']:.1f} s on {r['device']}; median of "
-                        f"{r['repeats']}, load {r['load_1min']}", title_justify="left")
-    for col in ("check", "when", "seconds", "of the extract"):
-        table.add_column(col, justify="left" if col in ("check", "when") else "right")
+    _trust_table(r).print()
+    write_json(cfg.json_out, r)
+
+
+def _trust_table(r: dict) -> Grid:
+    table = Grid(f"trust checks on {r['dataset']} ({r['images']:,} images): extract of {r['teacher']}@"
+                 f"{r['image_size']} took {r['extract_seconds']:.1f} s on {r['device']}; median of "
+                 f"{r['repeats']}, load {r['load_1min']}",
+                 [Col("check", give="fold"), Col("when", give="wrap"), Col("seconds", right=True),
+                  Col("of the extract", right=True)])
     when = {"fingerprint": "every extract/distill (stat of every file)",
             "content_sample": f"every distill and reuse ({r['content_sample_rows']} files)",
             "content_full": "distill --content-check full",
             "shard_sha256": "first read of each shard per process"}
     for key, x in r["results"].items():
-        table.add_row(key, when[key], f"{x['seconds']:.3f}", f"{x['fraction_of_extract']:.2%}")
-    out.print(table)
-    write_json(cfg.json_out, r)
+        table.add(key, when[key], f"{x['seconds']:.3f}", f"{x['fraction_of_extract']:.2%}")
+    return table
 
 
 as_command(bench_trust_cmd, cli_parameters(BenchTrustConfig))
@@ -224,24 +229,27 @@ def bench_store_cmd(**values: Any) -> None:
     cfg = config_from_cli(BenchStoreConfig, values)
     r = bench_store(size_mib=cfg.size_mib, repeats=cfg.repeats, keys=cfg.keys, directory=cfg.scratch,
                     reporter=RichReporter(err, transient=True))
-    table = Table(title=f"store: a {r['cache_bytes'] / 2**20:,.0f} MiB cache ({r['shards']} shards), "
-                        f"{r['cpus']} CPUs, warm page cache; median of {r['repeats']} rounds, load {_load_trend(r)}",
-                  title_justify="left")
-    for col in ("operation", "MB/s", "seconds", "vs copyfile", "vs copyfile + fsync"):
-        table.add_column(col, justify="left" if col == "operation" else "right", no_wrap=col == "operation")
-    labels = {"copy": "limit: shutil.copyfile of its files", "copy_fsync": "  the same + fsync of every copy",
-              "export": "featcache cache export (sha256 checked)", "import": "featcache cache import (all checks)"}
-    for key, label in labels.items():
-        x = r["results"][key]
-        table.add_row(label, f"{x['mb_per_s']:,.0f}", f"{x['seconds']:.3f}",
-                      f"{x['vs_copy']:.2f}" if "vs_copy" in x else "", f"{x['vs_copy_fsync']:.2f}" if "vs_copy" in x
-                      else "")
-    out.print(table)
+    _store_table(r).print()
     ls = r["ls"]
     out.print(f"cache ls over {ls['keys']:,} caches: {ls['cli_seconds']:.2f} s for the command in a fresh process "
               f"(listing the store: {ls['entries_seconds']:.2f} s); cache gc --dry-run over them: "
               f"{ls['gc_dry_run_seconds']:.2f} s", highlight=False)
     write_json(cfg.json_out, r)
+
+
+def _store_table(r: dict) -> Grid:
+    table = Grid(f"store: a {r['cache_bytes'] / 2**20:,.0f} MiB cache ({r['shards']} shards), "
+                 f"{r['cpus']} CPUs, warm page cache; median of {r['repeats']} rounds, load {_load_trend(r)}",
+                 [Col("operation", give="fold")] + [Col(c, right=True) for c in ("MB/s", "seconds", "vs copyfile",
+                                                                                  "vs copyfile + fsync")])
+    labels = {"copy": "limit: shutil.copyfile of its files", "copy_fsync": "  the same + fsync of every copy",
+              "export": "featcache cache export (sha256 checked)", "import": "featcache cache import (all checks)"}
+    for key, label in labels.items():
+        x = r["results"][key]
+        table.add(label, f"{x['mb_per_s']:,.0f}", f"{x['seconds']:.3f}",
+                  f"{x['vs_copy']:.2f}" if "vs_copy" in x else "", f"{x['vs_copy_fsync']:.2f}" if "vs_copy" in x
+                  else "")
+    return table
 
 
 as_command(bench_store_cmd, cli_parameters(BenchStoreConfig))
@@ -355,3 +363,4 @@ def life_lines(r: dict) -> list[str]:
                          f"{median([x[name + '_vs_copy_fsync'] for x in g]):.2f} of copyfile + fsync, "
                          f"{median([x[name + '_vs_copy'] for x in g]):.2f} of a bare copyfile")
     return lines
+

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from featcache.cli.app import cache_app, human_bytes, out, user_errors
+from featcache.cli.tables import Col, Grid
 from featcache.config import StoreOptions
 from featcache.config.flags import cli_parameters
 from featcache.util.fileio import printable
@@ -94,35 +95,28 @@ def _ls_json(e, used: float | None, root: Path) -> dict:
 
 
 def _print_ls(listing: list, root: Path) -> None:
-    """Plain aligned columns: a rich Table takes ~0.8 s to lay out a thousand rows, this a few milliseconds."""
+    """A row per cache (featcache.cli.tables). A key is copied into commands, so it is never folded: where it does
+    not fit beside the other columns, each cache is a block, its key whole on a line of its own."""
     import time
 
     from featcache.cache.gc import human_age
 
     now = time.time()
-    cells = []
+    grid = Grid("", [Col("key"), Col("store", give="fold"), Col("teacher"), Col("dataset"), Col("split"),
+                     Col("rows", right=True), Col("size", right=True), Col("last used"),
+                     Col("status", style=lambda s: _STATUS_STYLE.get(s, "yellow"))])
     for e, used in listing:
         m = e.manifest
         where = "personal" if e.store == root else str(e.store)
         when = f"{human_age(now - used)} ago" if used is not None else "never"
         if m is None:
-            cells.append([e.key, where, "-", "-", "-", "-", "-", when, e.status])
+            grid.add(e.key, where, "-", "-", "-", "-", "-", when, e.status)
             continue
         rows = f"{m.rows.get('data', 0):,}" + (f" +{m.rows['noise']:,}n" if m.rows.get("noise") else "")
-        cells.append([e.key, where, m.teacher.name, str(m.dataset.get("name", "?")), str(m.dataset.get("split", "?")),
-                      rows, human_bytes(m.total_bytes()), when, e.status])
-    cells = [[printable(c, limit=80) for c in row] for row in cells]  # names from other users' manifests and stores
-    header = ["key", "store", "teacher", "dataset", "split", "rows", "size", "last used", "status"]
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header) - 1)]
-    right = {5, 6}  # rows, size
-    lines = []
-    for n, c in enumerate([header, *cells]):
-        # widths stops one column short: the last column is not padded
-        text = "  ".join(escape(v.rjust(w) if i in right else v.ljust(w))
-                         for i, (v, w) in enumerate(zip(c, widths, strict=False)))
-        style = "bold" if n == 0 else _STATUS_STYLE.get(c[-1], "yellow")
-        lines.append(f"{text}  [{style}]{escape(c[-1])}[/]")
-    out.print("\n".join(lines), highlight=False, soft_wrap=True)
+        # names from other users' manifests: bounded, and shown printable by Grid
+        grid.add(e.key, where, printable(m.teacher.name, limit=80), printable(str(m.dataset.get("name", "?")), 80),
+                 printable(str(m.dataset.get("split", "?")), 80), rows, human_bytes(m.total_bytes()), when, e.status)
+    grid.print()
 
 
 @cache_app.command("info")

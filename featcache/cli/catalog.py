@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from featcache.cli.app import app, out, user_errors
+from featcache.cli.tables import Col, Grid
 
 
 @app.command()
@@ -16,14 +16,12 @@ def teachers(all_models: bool = typer.Option(False, "--all",
     from featcache.models.registry import get_entry
     from featcache.models.teachers import list_teachers
 
-    table = Table(title="teachers")
-    for col in ("name", "input", "description"):
-        table.add_column(col)
+    table = Grid("teachers", [Col("name", give="fold"), Col("input", give="wrap"), Col("description", give="wrap")])
     for name in list_teachers(include_torchvision=False):
         e = get_entry("teacher", name)
         assert e is not None  # a listed name is registered
-        table.add_row(name, f"{e.default_image_size} px (≥{e.min_image_size})", e.description)
-    out.print(table)
+        table.add(name, f"{e.default_image_size} px (≥{e.min_image_size})", e.description)
+    table.print()
     from featcache.models.timm_models import list_timm_models
 
     timm_names = list_timm_models()
@@ -47,13 +45,11 @@ def students() -> None:
     from featcache.models.registry import get_entry
     from featcache.models.students import list_students
 
-    table = Table(title="students")
-    for col in ("name", "description"):
-        table.add_column(col)
+    table = Grid("students", [Col("name", give="fold"), Col("description", give="wrap")])
     for name in list_students():
         e = get_entry("student", name)
-        table.add_row(name, e.description if e else "")
-    out.print(table)
+        table.add(name, e.description if e else "")
+    table.print()
     from featcache.models.timm_models import list_timm_models
 
     if list_timm_models():
@@ -67,10 +63,8 @@ def datasets() -> None:
     """List the datasets `--dataset` accepts and the options (`-o key=value`) each declares."""
     from featcache.datasets import dataset_options, list_datasets
 
-    table = Table(title="datasets")
-    for col in ("name", "options (-o key=value; default)"):
-        table.add_column(col)
+    table = Grid("datasets", [Col("name", give="fold"), Col("options (-o key=value; default)", give="wrap")])
     for name in list_datasets():
         opts = dataset_options(name)
-        table.add_row(name, ", ".join(f"{k}={v}" for k, v in opts.items()) or "—")
-    out.print(table)
+        table.add(name, ", ".join(f"{k}={v}" for k, v in opts.items()) or "—")
+    table.print()
