@@ -11,7 +11,7 @@ from rich.markup import render
 from featcache import cli
 from featcache.cli import tables
 from featcache.cli.tables import FOLD_MIN, Col, Grid, print_task_table
-from helpers import first_column, shows_whole
+from helpers import REPO, first_column, shows_whole
 
 # Keys that share all but their last characters: the end is what tells them apart, so a name cut anywhere (or
 # shortened to a prefix) would show two caches alike.
@@ -94,3 +94,14 @@ def test_the_amalgamation_task_table_keeps_each_task_name(monkeypatch, columns):
     text = cap.get()
     assert shows_whole(text, names), text
     assert text.count("85.50 ±") == 2 and text.count("81.20 ±") == 2, text  # a ± stays with its number
+
+
+# `cache info` is a field/value listing of one cache (named in its title), not rows to tell apart.
+_RICH_TABLES_ALLOWED = {"featcache/cli/cache.py"}
+
+
+def test_every_table_is_a_grid():
+    """A table printed with rich's Table would shrink a column it cannot fit to an ellipsis: tables use Grid."""
+    found = {str(p.relative_to(REPO)) for p in (REPO / "featcache").rglob("*.py")
+             if "rich.table" in p.read_text() or "from rich import table" in p.read_text()}
+    assert found <= _RICH_TABLES_ALLOWED, f"{sorted(found - _RICH_TABLES_ALLOWED)}: print tables with Grid"

@@ -11,7 +11,7 @@ fields (featcache.config, featcache.config.flags), so a new option is declared o
     cache.py     cache ls / info / verify / rm
     bench.py     bench extract / distill / join / trust
     catalog.py   teachers, students, datasets
-    tables.py    rich tables shared by several commands
+    tables.py    Grid, the one table layout: every column, the row's name first, whole at any terminal width
 """
 
 from __future__ import annotations
