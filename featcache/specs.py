@@ -69,10 +69,21 @@ class TransformSpec:
         return cls(**d)
 
     def describe(self) -> str:
-        crop = (f", centre crop {self.image_size}" if self.resize != self.image_size or self.resize_mode == "shorter"
-                else "")
-        how = f"shorter side to {self.resize}" if self.resize_mode == "shorter" else f"{self.resize}x{self.resize}"
-        return f"resize {how} ({self.interpolation}){crop}"
+        """The whole view in one line, as a user checks it against their teacher's training view: size, resize, crop,
+        interpolation and normalisation (``cache info``, distill's pre-flight)."""
+        s, r = self.image_size, self.resize
+        how = self.interpolation + ("" if self.antialias else ", no antialias")
+        if self.resize_mode == "shorter":
+            geometry = f"resize {r} (shorter side, {how}) + centre crop {s}"
+        elif r == s:
+            geometry = f"whole image resized to {s}x{s} ({how}; none if already {s}x{s}), no crop"
+        else:
+            geometry = f"resize {r}x{r} ({how}) + centre crop {s}"
+        if (tuple(self.mean), tuple(self.std)) == (IMAGENET_MEAN, IMAGENET_STD):
+            norm = "ImageNet mean/std"
+        else:
+            norm = f"mean ({', '.join(f'{v:.4g}' for v in self.mean)}) std ({', '.join(f'{v:.4g}' for v in self.std)})"
+        return f"{s} px: {geometry}, {norm}"
 
 
 @dataclass(frozen=True)

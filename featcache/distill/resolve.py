@@ -145,7 +145,7 @@ def recorded_data(key: str, m: Manifest) -> TeacherData:
     name = m.dataset.get("name")
     if not isinstance(name, str) or name not in list_datasets():
         raise CacheError(f"cache {key} records dataset {printable(str(name))!r}, which featcache does not read by "
-                         "name; give the training data with --dataset NAME (and --data-root DIR)", flag="--dataset")
+                         "name; give the training data with --dataset NAME (and --data-root DIR)")
     recorded = recorded_extract(m)
     if recorded is not None:
         root, options = recorded.data_root, dict(recorded.dataset_options)
