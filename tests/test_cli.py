@@ -340,3 +340,11 @@ def test_library_warnings_reach_stderr_through_logging_except_under_the_cli(cli)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and ("no teacher" in r.stderr) is not cli, r.stderr
 
+
+def test_cache_info_prints_the_whole_view(home, folder_tree):
+    from helpers import FOLDER_EXTRACT, folder_extract_key
+
+    assert FOLDER_EXTRACT[1] == "convnet"
+    key = folder_extract_key("--data-root", folder_tree / "train", "--resize", "40", "--resize-mode", "shorter")
+    info = " ".join(invoke("cache", "info", key).output.replace("│", " ").split())  # the table's wrapping undone
+    assert "32 px: resize 40 (shorter side, bilinear) + centre crop 32, ImageNet mean/std" in info

@@ -531,6 +531,15 @@ def test_folder_tree(tmp_path: Path):
     check_items(ds, n=4)
 
 
+def test_a_folder_of_one_square_size_declares_it_as_native(folder_tree: Path):
+    train = get_dataset("folder", folder_tree, "train")
+    assert train.native_size == 32  # 32 x 32 PNGs: resized whole and left as they are at 32 px (like CIFAR)
+    assert get_dataset("folder", folder_tree / "train", "test", holdout=0.5).native_size == 32
+    write_image(folder_tree / "train" / "dog" / "wide.png", 1, size=(48, 32))
+    assert get_dataset("folder", folder_tree, "train").native_size is None  # mixed sizes: photos, the recipe's crop
+    assert get_dataset("folder", folder_tree, "test").native_size == 32
+
+
 def test_folder_errors(tmp_path: Path):
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with raises_naming(tmp_path / "empty", "no images"):

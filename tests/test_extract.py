@@ -22,7 +22,7 @@ from featcache.errors import CacheError, CacheLockedError, CacheMismatchError, C
 from featcache.extract import ExtractConfig, extract, plan_extract
 from featcache.extract.manifest import key_lock
 from featcache.models import create_teacher
-from featcache.transforms import Geometry, Normalizer, noise_batch
+from featcache.transforms import IMAGENET_MEAN, IMAGENET_STD, Geometry, Normalizer, TransformSpec, noise_batch
 from helpers import (
     FOLDER_DISTILL,
     FOLDER_EXTRACT,
@@ -500,3 +500,41 @@ def test_resumed_extract_timing_covers_every_attempt(home, folder_tree, monkeypa
     key = r.output.split("cache ")[1].split(":")[0].strip()
     timing = Manifest.load(home / key).timing
     assert timing.images == 18 and timing.seconds > 0 and timing.images_per_s > 0
+
+
+# -- the view a teacher sees by default (docs/guide.md, "Which view a teacher sees") ---------------------------------
+
+
+def _on_raw_images(teacher, dataset):
+    """The teacher on the images exactly as stored, ImageNet-normalised, computed here without featcache's view."""
+    images = torch.stack([dataset.read_image(i) for i in range(len(dataset))]).float() / 255
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return teacher.model.eval()((images - mean) / std)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "convnet"])
+def test_32px_folder_images_reach_the_teacher_as_they_are(home, folder_tree, tmp_path, name):
+    """A user's own checkpoint (resnet18, whose recipe is 224 px) and a 32 px teacher's recipe (convnet) both see
+    the 32 px images unzoomed: no resize, no crop."""
+    ckpt = tmp_path / "mine.pt"
+    model = create_teacher(name, weights="random", num_classes=3, seed=3).model
+    torch.save(model.torchvision_state_dict() if name == "resnet18" else model.state_dict(), ckpt)  # as users save
+    key = folder_extract_key("--teacher", name, "--weights", ckpt, "--data-root", folder_tree / "train",
+                             "--dtype", "float32")
+    m = Manifest.load(home / key)
+    assert (m.transform.image_size, m.transform.resize, m.transform.resize_mode) == (32, 32, "square")
+    feats, logits = _on_raw_images(create_teacher(name, weights=str(ckpt)),
+                                   get_dataset("folder", folder_tree / "train", "train"))
+    with FeatureCache(home / key) as cache:
+        rows = cache.read_all()
+    np.testing.assert_allclose(rows[FEATURES], feats.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rows[LOGITS], logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_mixed_size_folder_gets_one_resize_and_crop_for_every_image(home, folder_tree):
+    write_image(folder_tree / "train" / "cat" / "wide.png", 9, size=(48, 32))
+    key = folder_extract_key("--data-root", folder_tree / "train")
+    m = Manifest.load(home / key)
+    assert m.transform == TransformSpec(image_size=32, resize=37, resize_mode="square")  # convnet's recipe, for all
+    assert m.rows["data"] == 19

@@ -3,6 +3,7 @@ not what they claim (empty, 16-bit, a decompression bomb) handled before they re
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -95,3 +96,37 @@ def torch_uint8():
     import torch
 
     return torch.uint8
+
+
+# -- the images' own size ----------------------------------------------------------------------------------------
+
+
+def test_uniform_square_size_is_read_from_headers_and_none_for_mixed_sizes(tmp_path):
+    from PIL import Image
+
+    from featcache.datasets.images import uniform_square_size
+    from helpers import write_image
+
+    squares = [str(tmp_path / f"{k}.{ext}") for k, ext in enumerate(["png", "jpg", "bmp", "webp"])]
+    for k, p in enumerate(squares):
+        write_image(Path(p), k, size=(32, 32))
+    assert uniform_square_size(squares) == 32
+    exif = tmp_path / "exif.jpg"  # the frame header after 20 KB of EXIF: found by the second, longer read
+    Image.new("RGB", (32, 32)).save(exif, exif=b"Exif\x00\x00" + bytes(20_000))
+    assert uniform_square_size([*squares, str(exif)]) == 32
+    write_image(tmp_path / "wide.png", 9, size=(48, 32))
+    assert uniform_square_size([*squares, str(tmp_path / "wide.png")]) is None
+    write_image(tmp_path / "wide2.png", 9, size=(48, 32))
+    assert uniform_square_size([str(tmp_path / "wide.png"), str(tmp_path / "wide2.png")]) is None  # not square
+    # A bounded sample spread over the list: its ends are always read, the middle here is not.
+    middle = [*squares[:2], str(tmp_path / "wide.png"), *squares[2:]]
+    assert uniform_square_size(middle, sample=2) == 32 and uniform_square_size(middle, sample=5) is None
+
+
+def test_uniform_square_size_never_blocks_on_a_planted_fifo(tmp_path):
+    from featcache.datasets.images import uniform_square_size
+    from helpers import write_image
+
+    write_image(tmp_path / "a.png", 1, size=(32, 32))
+    os.mkfifo(tmp_path / "b.png")
+    assert uniform_square_size([str(tmp_path / "a.png"), str(tmp_path / "b.png")]) is None

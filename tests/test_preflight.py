@@ -38,6 +38,9 @@ def test_a_run_without_teacher_says_so_and_what_it_trains(tmp_path):
     block = "\n".join(r.lines)
     assert f"run       {tmp_path / 'run'}" in block
     assert "synthetic: 48 train images, all labelled; 16 test images" in block
+    # the whole view, not only its size
+    assert "; 32 px: whole image resized to 32x32 (bilinear; none if already 32x32), no crop, ImageNet mean/std" \
+        in block
     assert "student   lenet5" in block and "method    ce" in block and "2 epochs × batch 16" in block
     assert "warning: no teacher: the student trains alone" in block
     assert "warning: the test split holds 16 images: one image is 6.25 points" in block

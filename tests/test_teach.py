@@ -124,3 +124,14 @@ def test_a_train_teacher_run_given_as_a_run_teacher_says_to_use_its_teacher_pt(t
     with pytest.raises(WeightsError,
                        match=r"train-teacher run: extract it with --teacher convnet --weights .*teacher\.pt"):
         create_teacher("run", weights=str(run))
+
+
+def test_extract_gives_a_trained_teacher_the_view_it_was_trained_on(folder_tree, tmp_path):
+    tc = TeacherConfig(teacher="convnet", dataset="folder", data_root=folder_tree, init="random", image_size=24,
+                       epochs=1, batch_size=8, workers=0, device="cpu", run_dir=tmp_path / "t")
+    _, path = train_teacher(tc)
+    trained = torch.load(path, weights_only=True)["featcache"]["transform"]
+    assert trained["image_size"] == 24
+    result = extract(ExtractConfig(teacher="convnet", weights=str(path), dataset="folder", data_root=folder_tree,
+                                   split="test", workers=0, cache_dir=tmp_path / "store"))  # no view flags
+    assert result.manifest.transform.to_dict() == trained  # not convnet's 32 px recipe

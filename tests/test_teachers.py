@@ -144,3 +144,20 @@ def test_the_suite_is_offline():
         create_teacher("resnet18", weights="DEFAULT")
     with pytest.raises(OSError, match="offline"):
         socket.create_connection(("203.0.113.1", 443), timeout=1)
+
+
+def test_a_featcache_checkpoints_recorded_view_is_read_and_a_bad_one_named(tmp_path):
+    from featcache.models.teachers import recorded_view, teacher_entry
+    from featcache.specs import TransformSpec
+
+    view = TransformSpec(image_size=24, resize=28, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    path = tmp_path / "teacher.pt"
+    torch.save({"state_dict": {}, "featcache": {"teacher": "convnet", "transform": view.to_dict()}}, path)
+    entry = teacher_entry("convnet")
+    assert recorded_view(entry, resolve_weights("convnet", str(path))) == view
+    torch.save({"state_dict": {}}, path)  # anyone's checkpoint: no view recorded
+    assert recorded_view(entry, resolve_weights("convnet", str(path))) is None
+    assert recorded_view(entry, resolve_weights("convnet", "random")) is None
+    torch.save({"state_dict": {}, "featcache": {"transform": {**view.to_dict(), "resize": 8}}}, path)
+    with pytest.raises(WeightsError, match="recorded view is not a transform"):
+        recorded_view(entry, resolve_weights("convnet", str(path)))

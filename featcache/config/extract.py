@@ -34,7 +34,9 @@ class ExtractConfig:
                                     "'random'.", short="-w", recipe=False)
     num_classes: int | None = opt(None, "Classifier width when a checkpoint's head differs from the architecture "
                                         "default.")
-    image_size: int | None = opt(None, "Input side in pixels (default: the teacher's, e.g. 224, 299, 448).")
+    image_size: int | None = opt(None, "Input side in pixels (default: the view a featcache-trained teacher "
+                                       "recorded; your own checkpoint: the images' size when they share one square "
+                                       "size; else the teacher's, e.g. 224, 299, 448).")
     resize: int | None = opt(None, "Resize target before the centre crop (default: image size / crop fraction).")
     resize_mode: str | None = opt(None, "shorter (keep aspect) or square.")
     batch_size: int = opt(128, "Images per teacher forward pass.", short="-b")

@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from featcache.datasets.base import ImageDataset, check_split
+from featcache.datasets.images import uniform_square_size
 from featcache.datasets.registry import register_dataset
 from featcache.errors import DatasetError
 
@@ -105,7 +106,22 @@ class FileListDataset(ImageDataset):
 
 
 class FolderDataset(FileListDataset):
+    """A class tree. Its ``native_size`` is N when its images are all N x N (the headers of a spread sample of them,
+    read on first use): such images were already cropped to what matters, so the default view resizes them whole and
+    leaves them as they are at N px, like CIFAR; a folder of photos of mixed sizes gets the teacher's resize + crop."""
+
     name = "folder"
+    _native: tuple[int | None] | None = None  # the probe's answer, once asked
+
+    @property  # the base's plain attribute, computed here on first use
+    def native_size(self) -> int | None:
+        if self._native is None:
+            self._native = (uniform_square_size(self.image_paths()),)
+        return self._native[0]
+
+    @native_size.setter
+    def native_size(self, value: int | None) -> None:  # a caller that knows better (the API's adapters)
+        self._native = (value,)
 
 
 TEST_DIRS = ("test", "val")  # names a test split's folder goes by (ImageNet-style trees call it val)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from featcache.errors import ConfigError, DatasetError, check_at_least
+from featcache.util.fileio import read_regular
 
 # torchvision's libjpeg-turbo/libpng decoders are several times faster than PIL for this job. torchvision 0.29
 # deprecates them in favour of TorchCodec (warning on import/use); PIL remains the fallback if they disappear.
@@ -237,3 +238,39 @@ def decode_image_bytes(data: bytes, path: str | Path) -> torch.Tensor:
 def read_image_file(path: str | Path) -> torch.Tensor:
     """Decode an image file to a uint8 RGB tensor [3, H, W] (see decode_image_bytes)."""
     return decode_image_bytes(read_file_bytes(path), path)
+
+
+# -- the images' own size, from their headers ------------------------------------------------------------------------
+
+PROBE_SAMPLE = 128  # files whose headers say whether a folder's images share one square size
+_HEADER_BYTES = (4096, 1 << 16)  # read first; then again for a JPEG whose frame header follows a large EXIF block
+
+
+def file_header_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the first bytes of an image file, decoding nothing; None when the file is not a regular
+    file, cannot be read, or its format's header is not where it is looked for (the decoder reports those)."""
+    for limit in _HEADER_BYTES:
+        try:
+            # The link resolved first (a dataset may be assembled from links), never blocking on a FIFO.
+            data = read_regular(os.path.realpath(path), limit)
+        except OSError:
+            return None
+        size = image_header_size(data) or _pil_header_size(data)
+        if size is not None:
+            return size[0], size[1]
+        if len(data) < limit:
+            return None
+    return None
+
+
+def uniform_square_size(paths: list[str], sample: int = PROBE_SAMPLE) -> int | None:
+    """N when the headers of ``sample`` files spread evenly over ``paths`` (all of them, when fewer) all say N x N,
+    else None. Deterministic: the same list gives the same files, so extract and distill decide alike."""
+    if not paths:
+        return None
+    picks = np.unique(np.linspace(0, len(paths) - 1, num=min(sample, len(paths))).round().astype(np.int64))
+    sizes = {file_header_size(paths[int(i)]) for i in picks}
+    if len(sizes) != 1:
+        return None
+    size = sizes.pop()
+    return size[0] if size is not None and size[0] == size[1] else None

@@ -28,7 +28,7 @@ from featcache.errors import (
     check_choice,
     check_seed,
 )
-from featcache.models.teachers import Teacher, WeightsInfo, resolve_weights, teacher_entry
+from featcache.models.teachers import Teacher, WeightsInfo, recorded_view, resolve_weights, teacher_entry
 from featcache.transforms import RESIZE_MODES, NoiseSpec, TransformSpec, default_transform
 from featcache.util import distributed
 from featcache.util.runtime import PRECISIONS, check_workers, resolve_device, resolve_precision
@@ -152,10 +152,19 @@ def validate(config: ExtractConfig) -> None:
             raise ConfigError(f"--blocks {','.join(config.blocks)}: a block is named twice", flag="--blocks")
 
 
-def _teacher_view(config: ExtractConfig, entry, dataset: ImageDataset) -> TransformSpec:
-    """The view the teacher sees: its recipe (size, crop fraction, resize mode, mean/std) unless the flags say
-    otherwise; small pre-centred images (a ``native_size`` dataset) are resized whole."""
+def _teacher_view(config: ExtractConfig, entry, dataset: ImageDataset, weights: WeightsInfo) -> TransformSpec:
+    """The view the teacher sees (docs/guide.md, "Which view a teacher sees"): the flags' when given; else the view a
+    featcache-trained teacher recorded; else, for a user's own checkpoint on images of one square size, those images
+    as they are; else its recipe (size, crop fraction, resize mode, mean/std), small pre-centred images (a
+    ``native_size`` dataset) resized whole."""
+    flags = (config.image_size, config.resize, config.resize_mode) != (None, None, None)
+    recorded = None if flags else recorded_view(entry, weights)
+    if recorded is not None:
+        return recorded
     image_size = config.image_size if config.image_size is not None else entry.default_image_size
+    native = None if (config.resize or config.resize_mode) else dataset.native_size
+    if not flags and weights.source == "file" and native is not None and native >= entry.min_image_size:
+        image_size = native  # the size a user's teacher of these images was most likely trained at: no zoom
     if image_size < entry.min_image_size:
         raise ConfigError(
             f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
@@ -165,7 +174,7 @@ def _teacher_view(config: ExtractConfig, entry, dataset: ImageDataset) -> Transf
         crop_fraction=entry.crop_fraction,
         resize_mode=config.resize_mode or entry.resize_mode,
         resize=config.resize,
-        native_size=None if (config.resize or config.resize_mode) else dataset.native_size,
+        native_size=native,
         **entry_recipe(entry),
     )
 
@@ -183,9 +192,9 @@ def plan_extract(config: ExtractConfig, *, dataset: ImageDataset | None = None, 
         dataset = get_dataset(config.dataset, config.data_root, config.split, **config.dataset_options)
     if len(dataset) == 0:
         raise ConfigError(f"dataset {config.dataset!r} split {config.split!r} has no samples")
-    transform = transform or _teacher_view(config, entry, dataset)
-    image_size = transform.image_size
     weights = teacher.weights if teacher is not None else resolve_weights(entry.name, config.weights, config.seed)
+    transform = transform or _teacher_view(config, entry, dataset, weights)
+    image_size = transform.image_size
     num_classes = teacher.num_classes if teacher is not None else config.num_classes
     if num_classes is None and weights.source == "random":
         num_classes = dataset.num_classes  # a random teacher gets a head for this dataset

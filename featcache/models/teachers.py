@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from featcache.errors import WeightsError
+from featcache.config import typecheck
+from featcache.errors import FeatcacheError, WeightsError
 from featcache.models.base import FeatureModel, small_vgg_body
 from featcache.models.registry import ModelEntry, get_entry, register_model, unknown_model_error
 from featcache.models.torchvision_models import (  # noqa: F401 - re-exported: teachers' public names
@@ -33,7 +34,8 @@ from featcache.models.torchvision_models import (  # noqa: F401 - re-exported: t
     tv_weights_enum,
 )
 from featcache.models.weights import file_sha256, load_checkpoint, load_into
-from featcache.specs import WeightsInfo  # noqa: F401 - re-exported: what a cache records of its weights
+from featcache.specs import TransformSpec, WeightsInfo  # noqa: F401 - WeightsInfo re-exported: what a cache records
+from featcache.util.fileio import printable
 
 RANDOM = "random"
 
@@ -129,8 +131,9 @@ def teacher_entry(name: str) -> ModelEntry:
     raise unknown_model_error("teacher", name, " or any torchvision classifier (`featcache teachers --all`)")
 
 
-def _recorded_classes(path: Path) -> tuple[str, ...] | None:
-    """The class names a featcache checkpoint (train-teacher's teacher.pt) says its logits cover, if any."""
+def checkpoint_record(path: Path) -> dict[str, Any] | None:
+    """The ``featcache`` record of a featcache checkpoint (train-teacher's teacher.pt: its classes, its view, ...);
+    None for anyone else's checkpoint."""
     try:
         # mmap: the tensors are mapped, not read, so this costs little even for large checkpoints (it runs at every
         # plan_extract); legacy (non-zip) files fail here and are never featcache's own.
@@ -138,8 +141,30 @@ def _recorded_classes(path: Path) -> tuple[str, ...] | None:
     except Exception:  # noqa: BLE001 - foreign or pickled checkpoints: load_checkpoint reports those
         return None
     record = obj.get("featcache") if isinstance(obj, dict) else None
-    classes = record.get("classes") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def _recorded_classes(path: Path) -> tuple[str, ...] | None:
+    """The class names a featcache checkpoint says its logits cover, if any."""
+    classes = (checkpoint_record(path) or {}).get("classes")
     return tuple(str(c) for c in classes) if isinstance(classes, list) and classes else None
+
+
+def recorded_view(entry: ModelEntry, weights: WeightsInfo) -> TransformSpec | None:
+    """The view a teacher trained by featcache was trained and evaluated on (teacher.pt's record; a run's config.json
+    for the ``run`` teacher), which extract gives it by default; None for weights featcache did not train."""
+    if weights.source != "file":
+        return None
+    path = Path(weights.ref)
+    raw = _run_info(path).get("transform") if entry.weights_are_run else (checkpoint_record(path) or {}).get(
+        "transform")
+    if raw is None:
+        return None
+    try:
+        return typecheck.conform(raw, TransformSpec)
+    except (typecheck.TypeMismatch, FeatcacheError, TypeError, ValueError) as exc:
+        raise WeightsError(f"--weights {printable(str(path))}: its recorded view is not a transform ({exc}); give "
+                           "the view with --image-size/--resize/--resize-mode") from None
 
 
 def resolve_weights(name: str, weights: str | None, seed: int = 0) -> WeightsInfo:
