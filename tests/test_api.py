@@ -547,3 +547,11 @@ def test_extract_from_refuses_a_head_narrower_than_the_dataset(home):
     result = api.extract_from(model, data, name="narrow", dataset_name="toy", feature_layer="avgpool",
                               image_size=32, workers=0, logit_classes=["1", "3"])
     assert result.manifest.teacher.classes == ["1", "3"] and result.manifest.teacher.num_classes == 2
+
+
+def test_a_users_module_sees_images_of_one_square_size_as_they_are(home, folder_tree):
+    net = torchvision.models.resnet18(num_classes=3)
+    data = get_dataset("folder", folder_tree / "train", "train")  # 32 x 32 PNGs
+    result = api.extract_from(net, data, name="mine", feature_layer="avgpool", workers=0)  # no image_size
+    spec = result.manifest.transform
+    assert (spec.image_size, spec.resize, spec.resize_mode) == (32, 32, "square")  # not zoomed to 224

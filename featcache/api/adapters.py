@@ -140,6 +140,9 @@ def state_dict_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+DEFAULT_IMAGE_SIZE = 224  # a user's model on photos: the ImageNet evaluation size
+
+
 class ModuleFeatureModel(FeatureModel):
     """A user's module as a FeatureModel: ``forward(x) -> (features, logits)``, features taken per ``feature_layer``."""
 
@@ -189,8 +192,9 @@ class ModuleFeatureModel(FeatureModel):
         return self.forward(x)[0]
 
 
-def wrap_teacher(model: nn.Module, *, name: str, feature_layer: str | Callable | None = None, image_size: int = 224,
-                 crop_fraction: float = 0.875, resize_mode: str = "shorter", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+def wrap_teacher(model: nn.Module, *, name: str, feature_layer: str | Callable | None = None,
+                 image_size: int = DEFAULT_IMAGE_SIZE, crop_fraction: float = 0.875, resize_mode: str = "shorter",
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD,
                  interpolation: str = "bilinear", classes: Sequence[str] | None = None) -> Teacher:
     """``model`` as a featcache teacher. ``feature_layer``: None/"timm" (timm's pre-logits), a module name whose output
     is the feature (torchvision: ``"avgpool"``), or ``fn(model, x) -> (features, logits)``."""
@@ -219,31 +223,33 @@ def wrap_teacher(model: nn.Module, *, name: str, feature_layer: str | Callable |
 def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *, name: str | None = None,
                  dataset_name: str | None = None, split: str = "train", ids: Sequence[str] | None = None,
                  labels: Sequence[int] | None = None, classes: Sequence[str] | None = None,
-                 feature_layer: str | Callable | None = None, image_size: int = 224,
+                 feature_layer: str | Callable | None = None, image_size: int | None = None,
                  transform: TransformSpec | None = None, cache_dir: str | Path | None = None, reporter=None,
                  logit_classes: Sequence[str] | None = None, **options: Any):
     """Run ``model`` once over ``dataset`` and cache its features and logits (the CLI's cache format and store).
 
     ``options`` are ExtractConfig fields (dtype, batch_size, device, precision, workers, shard_rows, noise, views,
-    topk_logits, force, ...). ``transform`` defaults to the teacher's view at ``image_size`` (resize + centre crop,
-    or a whole-image resize for a ``native_size`` dataset). ``logit_classes``: the classes the model's logits cover,
+    topk_logits, force, ...). ``image_size`` defaults to the images' own size when they share one square size (a
+    ``native_size`` dataset: CIFAR, a folder of 32 x 32 images), which then reach the model as they are, else 224.
+    ``transform`` defaults to the teacher's view at ``image_size`` (resize + centre crop, or a whole-image resize
+    for a ``native_size`` dataset). ``logit_classes``: the classes the model's logits cover,
     in order, when they are not the dataset's (a teacher of some of its classes, as in amalgamation); a model with
     fewer logits than the dataset has classes is refused without it. Returns the ExtractResult (``.key``)."""
     from featcache.extract import extract
 
     data = wrap_dataset(dataset, name=dataset_name, split=split, ids=ids, labels=labels, classes=classes)
+    size = transform.image_size if transform is not None else image_size or data.native_size or DEFAULT_IMAGE_SIZE
     if isinstance(model, Teacher):
         teacher = model
     else:
         if name is None:
             raise ConfigError("name: name the teacher (e.g. name='my-vit'); it starts the cache key")
-        teacher = wrap_teacher(model, name=name, feature_layer=feature_layer, image_size=image_size,
+        teacher = wrap_teacher(model, name=name, feature_layer=feature_layer, image_size=size,
                                classes=list(logit_classes) if logit_classes is not None else data.classes)
     _check_logits(teacher, data, logit_classes)
     unknown = sorted(set(options) - {f for f in ExtractConfig.__dataclass_fields__} - {"teacher", "dataset"})
     if unknown:
         raise ConfigError(f"extract_from: unknown option {unknown[0]!r}; the options are ExtractConfig's fields")
-    size = transform.image_size if transform is not None else image_size
     config = ExtractConfig(teacher=teacher.name, dataset=data.name, split=data.split, image_size=size,
                            cache_dir=Path(cache_dir) if cache_dir else None, **options)
     command = (f"python: featcache.api.extract_from({type(getattr(teacher.model, 'model', teacher.model)).__qualname__}"
