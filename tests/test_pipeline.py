@@ -134,6 +134,25 @@ def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
     assert bad.exit_code == 2 and "invalid TOML" in bad.output
 
 
+@pytest.mark.parametrize("columns", [60, 80, 200])
+def test_the_plan_never_drops_a_stage_name_at_any_width(tmp_path, monkeypatch, columns):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        '[pipeline]\nname = "r"\n[dataset]\nname = "synthetic"\noptions = {num_train = 32, num_test = 16}\n'
+        '[[teachers]]\nteacher = "resnet18"\nweights = "random"\nextract = {image_size = 32}\n'
+        '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ts-translator"]\nteachers = ["resnet18"]\nseeds = [0, 1]\n'
+    )
+    r = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "runs")],
+                           env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r.output
+    names = ["resnet18", "lenet5-ts-translator-resnet18-s0", "lenet5-ts-translator-resnet18-s1", "r"]
+    assert shows_whole(r.output, names), r.output
+    assert r.output.count("distill") == 2, r.output
+    assert "".join(r.output.split()).count("resnet18-synthetic-train-") == 1, r.output  # the cache key, maybe folded
+    assert all(len(ln) <= columns for ln in r.output.splitlines() if ln not in names), r.output
+
+
 def _fake_run(root: Path, name: str, accs, *, method="ce", seed=0, teachers=(), finished=True, student="lenet5",
               head=None, key="k"):
     d = root / name

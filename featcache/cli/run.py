@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from featcache.cli.app import app, err, out, user_errors
-from featcache.cli.tables import print_rows, print_task_table
+from featcache.cli.tables import Col, Grid, print_rows, print_task_table
 from featcache.config import DemoConfig, ReportConfig, RunConfig
 from featcache.config.flags import as_command, cli_parameters, config_from_cli
 from featcache.errors import ConfigError
@@ -85,14 +85,20 @@ as_command(demo, cli_parameters(DemoConfig),
 app.command("demo")(user_errors(demo))
 
 
+_STATE_STYLE = {"done": "green", "resume": "yellow", "run": "cyan", "waits": "dim", "stale": "red"}
+
+
 def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run, rerun_stale=False) -> dict:
     from featcache.pipeline import STALE_DIR, describe_plan, plan, run_pipeline
     from featcache.util.progress import RichReporter
 
     stages = plan(pipeline, cache_dir=cache_dir, device=device, workers=workers)
-    out.print(f"plan for {pipeline.name} ({len(stages)} stages, outputs in {pipeline.runs_dir}):", highlight=False)
-    for line in describe_plan(stages):
-        out.print("  " + line, highlight=False, markup=False)
+    grid = Grid(f"plan for {pipeline.name} ({len(stages)} stages, outputs in {pipeline.runs_dir}):",
+                [Col("stage", give="fold"), Col("kind"), Col("state", style=_STATE_STYLE.get),
+                 Col("detail", give="fold")])
+    for row in describe_plan(stages):
+        grid.add(*row)
+    grid.print()
     stale = sum(s.state == "stale" for s in stages)
     if dry_run:
         if stale:

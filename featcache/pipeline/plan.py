@@ -300,8 +300,9 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
     return stages
 
 
-def describe_plan(stages: list[Stage]) -> list[str]:
-    return [f"{s.state:>6}  {s.kind:<10} {s.name}" + (f"  ({s.detail})" if s.detail else "") for s in stages]
+def describe_plan(stages: list[Stage]) -> list[list[str]]:
+    """The plan as rows: each stage's name (its run directory's, or the teacher's), kind, state and detail."""
+    return [[s.name, s.kind, s.state, s.detail] for s in stages]
 
 
 def stale_message(p: Pipeline, stale: list[Stage]) -> str:
