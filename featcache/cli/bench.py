@@ -1,4 +1,4 @@
-"""`featcache bench extract|distill|join|trust|store|scale`: throughput next to its limit, as tables and JSON.
+"""`featcache bench extract|distill|join|trust|store|scale|peers`: throughput next to its limit, as tables and JSON.
 
 Each command's options are its config's fields (featcache.config.bench), generated, never listed here."""
 
@@ -12,6 +12,7 @@ from featcache.config import (
     BenchDistillConfig,
     BenchExtractConfig,
     BenchJoinConfig,
+    BenchPeersConfig,
     BenchScaleConfig,
     BenchStoreConfig,
     BenchTrustConfig,
@@ -364,3 +365,52 @@ def life_lines(r: dict) -> list[str]:
                          f"{median([x[name + '_vs_copy'] for x in g]):.2f} of a bare copyfile")
     return lines
 
+
+def bench_peers_cmd(**values: Any) -> None:
+    """featcache next to torchdistill 1.1.4 (the peers extra of featcache's install) on one task: KD of a resnet18
+    teacher into mobilenet_v3_small, each arm in its own process, interleaved; wall, images/s, peak RSS, cache on
+    disk and accuracy under one common evaluation; then whether each tool's cache describes the augmented view the
+    student sees. Without torchdistill 1.1.4: one line, exit status 2 (docs/comparison.md)."""
+    from featcache.bench.peers import bench_peers
+    from featcache.util.progress import RichReporter
+
+    cfg = config_from_cli(BenchPeersConfig, values)
+    if cfg.data_root is None:
+        raise ConfigError("bench peers needs --data-root DIR: a folder holding train/ and test/ class folders of "
+                          "images (CIFAR-10 as JPEGs: cifar10-jpg/)", flag="--data-root")
+    r = bench_peers(cfg.data_root, images=cfg.images, test_images=cfg.test_images, epochs=cfg.epochs,
+                    repeats=cfg.repeats, students=cfg.students, threads=cfg.threads,
+                    teacher_checkpoint=cfg.teacher_checkpoint, view_samples=cfg.view_samples, views=cfg.views,
+                    scratch=cfg.scratch, keep=cfg.keep, reporter=RichReporter(err, transient=True))
+    peers_table(r).print()
+    for line in peers_lines(r):
+        out.print(line, highlight=False)
+    write_json(cfg.json_out, r)
+
+
+def peers_table(r: dict) -> Grid:
+    """The measured table; the arm's label names each row and is never dropped (cli/tables.py's Grid)."""
+    from featcache.bench.peers.report import table_rows
+
+    rows = table_rows(r["summary"], r["students"])
+    grid = Grid(title=f"peers: {r['images']:,} images @ {r['image_size']} px, {r['epochs']} epochs, batch 128, "
+                      f"{r['threads']} thread(s) per process, {r['cpus']} CPUs; median of {r['repeats']} "
+                      f"interleaved repeats, load {_load_trend(r)}; teacher {r['teacher']}",
+                cols=[Col(name, right=i > 0, give="wrap") for i, name in enumerate(rows[0])],
+                caption="accuracy: every run's final student, batch-norm statistics re-estimated on the same 1,024 "
+                        "training images, top-1 on the same test images (range over the runs); cached arms: the "
+                        "total is the fill (or extract) + the other students' warm runs")
+    for row in rows[1:]:
+        grid.add(*row)
+    return grid
+
+
+def peers_lines(r: dict) -> list[str]:
+    from featcache.bench.peers.report import goal_lines, view_lines
+
+    return goal_lines(r["summary"]) + view_lines(r["views"]) + (
+        [f"runs, logs and caches kept in {r['scratch']}"] if r.get("scratch") else [])
+
+
+as_command(bench_peers_cmd, cli_parameters(BenchPeersConfig))
+bench_app.command("peers")(user_errors(bench_peers_cmd))

@@ -12,6 +12,7 @@ from featcache.config.bench import (  # noqa: F401
     BenchDistillConfig,
     BenchExtractConfig,
     BenchJoinConfig,
+    BenchPeersConfig,
     BenchScaleConfig,
     BenchStoreConfig,
     BenchTrustConfig,

@@ -1,5 +1,5 @@
-"""The options of the `featcache bench` commands (extract, distill, join, trust, store, scale): fields carrying their
-flags, like every command's (the shared ones — dataset, data root, -o, device, workers — are common.py's
+"""The options of the `featcache bench` commands (extract, distill, join, trust, store, scale, peers): fields
+carrying their flags, like every command's (the shared ones — dataset, data root, -o, device, workers — are common.py's
 declarations, with their help texts). A bench is never a recipe stage, so no field is a recipe's."""
 
 from __future__ import annotations
@@ -136,4 +136,26 @@ class BenchScaleConfig:
     kill_at: float = bench_opt(0.5, "Write a missing cache in a child killed (-9) once this share of its shards is "
                                     "recorded, then resume it here; 0: write it directly.")
     keep: bool = bench_opt(False, "Keep the cache afterwards (default: remove it).", off="--remove")
+    json_out: Path | None = _json_out()
+
+
+@dataclass
+class BenchPeersConfig:
+    """`featcache bench peers`: featcache next to torchdistill (featcache[peers]) on one distillation task."""
+
+    data_root: Path | None = bench_opt(
+        None, "A folder holding train/ and test/ class folders of images, e.g. CIFAR-10 as JPEGs (cifar10-jpg/).")
+    images: int = bench_opt(5000, "Training images taken from it, spread evenly over the classes.")
+    test_images: int = bench_opt(1000, "Test images of the common evaluation.")
+    epochs: int = bench_opt(5, "Epochs of every student run.")
+    repeats: int = bench_opt(3, "Interleaved rounds of all the arms (seed = round).")
+    students: int = bench_opt(5, "S of the total 'one teacher, then S students'.")
+    threads: int = bench_opt(1, "CPU threads of every run's process.")
+    teacher_checkpoint: Path | None = bench_opt(
+        None, "The resnet18 teacher's weights (a state dict with the dataset's classes, e.g. train-teacher's "
+              "teacher.pt); default: a seeded random init (the speeds hold, accuracies stay near chance).")
+    view_samples: int = bench_opt(64, "Samples of the augmented-view check (0: skip it).")
+    views: int = bench_opt(4, "featcache's extract --views K in that check.")
+    scratch: Path | None = bench_opt(None, "Where the runs write (default: a temporary folder, removed after).")
+    keep: bool = bench_opt(False, "Keep the scratch folder (runs, logs, caches) afterwards.")
     json_out: Path | None = _json_out()
