@@ -92,6 +92,7 @@ def default_transform(
     resize: int | None = None,
     native_size: int | None = None,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
+    square_size: int | None = None,
     std: tuple[float, float, float] = IMAGENET_STD,
     interpolation: str = "bilinear",
 ) -> TransformSpec:
@@ -99,10 +100,11 @@ def default_transform(
 
     Photos are resized to ``image_size / crop_fraction`` then centre-cropped (the teacher's own recipe).
     Datasets of small, already-centred images (``native_size`` set, e.g. 32 for CIFAR) are resized as a whole
-    to ``image_size`` without a crop, because cropping a 32-px image throws away content, not background.
+    to ``image_size`` without a crop, because cropping a 32-px image throws away content, not background. Images
+    all ``square_size`` x ``square_size`` at that size are left as they are (the same whole-image resize, a no-op).
     """
     if resize is None:
-        if native_size is not None:
+        if native_size is not None or square_size == image_size:
             return TransformSpec(image_size=image_size, resize=image_size, resize_mode="square", mean=mean, std=std,
                                  interpolation=interpolation)
         resize = int(round(image_size / crop_fraction))

@@ -538,6 +538,9 @@ def test_a_folder_of_one_square_size_declares_it_as_native(folder_tree: Path):
     write_image(folder_tree / "train" / "dog" / "wide.png", 1, size=(48, 32))
     assert get_dataset("folder", folder_tree, "train").native_size is None  # mixed sizes: photos, the recipe's crop
     assert get_dataset("folder", folder_tree, "test").native_size == 32
+    big = make_tree(folder_tree.parent / "big", per_class=1, size=(160, 160))
+    photos = get_dataset("folder", big, "train", holdout=0.5)
+    assert (photos.square_size, photos.native_size) == (160, None)  # one size, but not small: the crop stays
 
 
 def test_folder_errors(tmp_path: Path):

@@ -538,3 +538,15 @@ def test_a_mixed_size_folder_gets_one_resize_and_crop_for_every_image(home, fold
     m = Manifest.load(home / key)
     assert m.transform == TransformSpec(image_size=32, resize=37, resize_mode="square")  # convnet's recipe, for all
     assert m.rows["data"] == 19
+
+
+def test_large_images_of_one_size_are_left_as_they_are_only_at_their_size(tmp_path):
+    root = make_tree(tmp_path / "big", per_class=1, size=(160, 160))
+    ckpt = tmp_path / "mine.pt"
+    torch.save(create_teacher("convnet", weights="random", num_classes=3).model.state_dict(), ckpt)
+    at = dict(dataset="folder", data_root=root, dataset_options={"holdout": 0.5}, teacher="convnet")
+    identity = TransformSpec(image_size=160, resize=160, resize_mode="square")
+    assert plan_extract(config(tmp_path, **at, image_size=160)).transform == identity
+    assert plan_extract(config(tmp_path, **at, image_size=None, weights=str(ckpt))).transform == identity  # yours
+    assert plan_extract(config(tmp_path, **at, image_size=64)).transform == TransformSpec(image_size=64, resize=73,
+                                                                                          resize_mode="square")

@@ -29,6 +29,11 @@ def test_geometry_square_no_crop_is_identity_at_native_size():
     assert torch.equal(Geometry(spec)(img), img)
 
 
+def test_images_already_at_the_view_size_are_left_as_they_are():
+    assert default_transform(224, square_size=224) == TransformSpec(image_size=224, resize=224, resize_mode="square")
+    assert default_transform(224, square_size=256) == default_transform(224)  # another size: the recipe's crop
+
+
 def test_default_transform_uses_crop_fraction():
     spec = default_transform(224)
     assert spec.resize == 256 and spec.resize_mode == "shorter"

@@ -238,7 +238,7 @@ def extract_from(model: nn.Module | Teacher, dataset: Dataset | ImageDataset, *,
     from featcache.extract import extract
 
     data = wrap_dataset(dataset, name=dataset_name, split=split, ids=ids, labels=labels, classes=classes)
-    size = transform.image_size if transform is not None else image_size or data.native_size or DEFAULT_IMAGE_SIZE
+    size = transform.image_size if transform is not None else image_size or data.square_size or DEFAULT_IMAGE_SIZE
     if isinstance(model, Teacher):
         teacher = model
     else:

@@ -89,6 +89,12 @@ class ImageDataset(Dataset):
     # then resizes the whole image instead of cropping its centre.
     native_size: int | None = None
 
+    @property
+    def square_size(self) -> int | None:
+        """N when every image is N x N, small or not (a folder reads it from its headers): the default view leaves
+        such images as they are when it is their size. A dataset of small images: its native size."""
+        return self.native_size
+
     def __init__(
         self,
         *,
@@ -258,6 +264,10 @@ class ClassSubset(ImageDataset):
         self.native_size = base.native_size
         self.base = base
         self.rows = keep
+
+    @property
+    def square_size(self) -> int | None:
+        return self.base.square_size
 
     def image_path(self, index: int) -> str | None:
         return self.base.image_path(int(self.rows[index]))

@@ -105,23 +105,34 @@ class FileListDataset(ImageDataset):
         return [os.path.join(root, i) for i in self.sample_ids]
 
 
+# The largest side of images a folder treats like CIFAR's (resized whole at any view size, the student's size without
+# a teacher): small images were cropped to their object already. Larger ones of one size are left as they are only
+# when the view is their size (a 500 px set would otherwise train students at 500 px).
+SMALL_IMAGE_MAX = 128
+
+
 class FolderDataset(FileListDataset):
-    """A class tree. Its ``native_size`` is N when its images are all N x N (the headers of a spread sample of them,
-    read on first use): such images were already cropped to what matters, so the default view resizes them whole and
-    leaves them as they are at N px, like CIFAR; a folder of photos of mixed sizes gets the teacher's resize + crop."""
+    """A class tree. Its ``square_size`` is N when its images are all N x N (the headers of a spread sample of them,
+    read on first use), and its ``native_size`` too when N <= SMALL_IMAGE_MAX: the default view then resizes them whole
+    and leaves them as they are at N px, like CIFAR's; a folder of mixed sizes gets the teacher's resize + crop."""
 
     name = "folder"
-    _native: tuple[int | None] | None = None  # the probe's answer, once asked
+    _square: tuple[int | None] | None = None  # the probe's answer, once asked
 
-    @property  # the base's plain attribute, computed here on first use
+    @property
+    def square_size(self) -> int | None:
+        if self._square is None:
+            self._square = (uniform_square_size(self.image_paths()),)
+        return self._square[0]
+
+    @property  # the base's plain attribute, computed here from the probe
     def native_size(self) -> int | None:
-        if self._native is None:
-            self._native = (uniform_square_size(self.image_paths()),)
-        return self._native[0]
+        side = self.square_size
+        return side if side is not None and side <= SMALL_IMAGE_MAX else None
 
     @native_size.setter
-    def native_size(self, value: int | None) -> None:  # a caller that knows better (the API's adapters)
-        self._native = (value,)
+    def native_size(self, value: int | None) -> None:  # a caller that knows better
+        self._square = (value,)
 
 
 TEST_DIRS = ("test", "val")  # names a test split's folder goes by (ImageNet-style trees call it val)

@@ -111,7 +111,7 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
     size = config.image_size or train.native_size or (student_entry.default_image_size if student_entry else 224)
     # The same rule as extract: small pre-centred images (CIFAR) are resized whole at any size, never cropped, so a
     # run without a teacher sees the view a teacher's cache at that size would describe.
-    return default_transform(size, native_size=train.native_size)
+    return default_transform(size, native_size=train.native_size, square_size=train.square_size)
 
 
 def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherData | None = None) -> Setup:

@@ -162,9 +162,11 @@ def _teacher_view(config: ExtractConfig, entry, dataset: ImageDataset, weights: 
     if recorded is not None:
         return recorded
     image_size = config.image_size if config.image_size is not None else entry.default_image_size
-    native = None if (config.resize or config.resize_mode) else dataset.native_size
-    if not flags and weights.source == "file" and native is not None and native >= entry.min_image_size:
-        image_size = native  # the size a user's teacher of these images was most likely trained at: no zoom
+    resized = bool(config.resize or config.resize_mode)  # the flags say how to resize: the images' size is not asked
+    native = None if resized else dataset.native_size
+    square = None if resized else dataset.square_size
+    if not flags and weights.source == "file" and square is not None and square >= entry.min_image_size:
+        image_size = square  # the size a user's teacher of these images was most likely trained at: no zoom
     if image_size < entry.min_image_size:
         raise ConfigError(
             f"--image-size {image_size} is below the {entry.min_image_size} px that {entry.name} accepts"
@@ -175,6 +177,7 @@ def _teacher_view(config: ExtractConfig, entry, dataset: ImageDataset, weights: 
         resize_mode=config.resize_mode or entry.resize_mode,
         resize=config.resize,
         native_size=native,
+        square_size=square,
         **entry_recipe(entry),
     )
 
