@@ -520,8 +520,11 @@ def test_32px_folder_images_reach_the_teacher_as_they_are(home, folder_tree, tmp
     ckpt = tmp_path / "mine.pt"
     model = create_teacher(name, weights="random", num_classes=3, seed=3).model
     torch.save(model.torchvision_state_dict() if name == "resnet18" else model.state_dict(), ckpt)  # as users save
-    key = folder_extract_key("--teacher", name, "--weights", ckpt, "--data-root", folder_tree / "train",
-                             "--dtype", "float32")
+    r = invoke("extract", *FOLDER_EXTRACT, "--teacher", name, "--weights", ckpt, "--data-root", folder_tree / "train",
+               "--dtype", "float32")
+    assert r.exit_code == 0, r.output
+    assert "view 32 px: whole image resized to 32x32 (bilinear; none if already 32x32), no crop" in flat(r)
+    key = r.output.split("cache ")[1].split(":")[0].strip()
     m = Manifest.load(home / key)
     assert (m.transform.image_size, m.transform.resize, m.transform.resize_mode) == (32, 32, "square")
     feats, logits = _on_raw_images(create_teacher(name, weights=str(ckpt)),

@@ -330,6 +330,7 @@ def announce(plan: ExtractPlan, teacher: Teacher, manifest: Manifest, reporter: 
         shards = sum(-(-len(rows) // manifest.shard_rows) for _, _, rows in sources)
         reporter.message(f"extract {teacher.name}: {total:,} rows to write ({_parts(sources)}) in {shards:,} shard(s), "
                          f"about {need / 2**20:,.1f} MiB, into {plan.store}")
+        reporter.message(f"view {plan.transform.describe()}")  # what the teacher will see, before it sees it
     return total
 
 
