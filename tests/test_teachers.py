@@ -161,3 +161,13 @@ def test_a_featcache_checkpoints_recorded_view_is_read_and_a_bad_one_named(tmp_p
     torch.save({"state_dict": {}, "featcache": {"transform": {**view.to_dict(), "resize": 8}}}, path)
     with pytest.raises(WeightsError, match="recorded view is not a transform"):
         recorded_view(entry, resolve_weights("convnet", str(path)))
+
+
+def test_a_run_teachers_recorded_view_is_the_one_its_run_evaluated_on(finished_run):
+    import json
+
+    from featcache.models.teachers import recorded_view, teacher_entry
+    from featcache.specs import TransformSpec
+
+    evaluated = TransformSpec.from_dict(json.loads((finished_run / "config.json").read_text())["transform"])
+    assert recorded_view(teacher_entry("run"), resolve_weights("run", str(finished_run))) == evaluated
