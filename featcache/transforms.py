@@ -146,12 +146,12 @@ class NoiseDataset(torch.utils.data.Dataset):
 
 # -- random augmentation on top of the evaluation view (distill --augment) ------------------------------------------
 
-AUGMENTS = ("none", "flip", "pad-crop-flip")
+AUGMENTS = ("none", "flip", "pad-crop-flip")  # config.distill resolves --augment auto to one of them
 
 
 def check_augment(policy: str) -> str:
     if policy not in AUGMENTS:
-        raise ConfigError(f"--augment {policy!r}: choose one of {', '.join(AUGMENTS)}", flag="--augment")
+        raise ConfigError(f"--augment {policy!r}: choose one of auto, {', '.join(AUGMENTS)}", flag="--augment")
     return policy
 
 

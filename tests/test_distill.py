@@ -195,6 +195,42 @@ def test_augmentation_needs_the_fixed_teacher_flag(two_caches, tmp_path):
     setup(run_cfg(two_caches, tmp_path, teachers=[], method="ce", augment="flip"))
 
 
+def test_the_default_augmentation_is_random_crops_alone_and_none_with_cached_teachers(two_caches, tmp_path):
+    """--augment auto: a single-view cache's run is not refused by the default; explicit augmentation still is."""
+    assert DistillConfig().augment == "auto"
+    assert DistillConfig().resolved().augment == "pad-crop-flip"
+    assert DistillConfig(teachers=["resnet18"]).resolved().augment == "none"
+    assert DistillConfig(augment="flip").resolved().augment == "flip"  # what a user gives is kept
+    assert setup(run_cfg(two_caches, tmp_path, augment="auto")).config.augment == "none"
+    assert setup(run_cfg(two_caches, tmp_path, augment="auto", teachers=[], method="ce")).config.augment == \
+        "pad-crop-flip"
+    with pytest.raises(ConfigError, match="--allow-inconsistent"):
+        setup(run_cfg(two_caches, tmp_path, augment="pad-crop-flip"))
+    with pytest.raises(ConfigError, match="--augment 'rotate': choose one of auto, none, flip, pad-crop-flip"):
+        distill(run_cfg(two_caches, tmp_path, augment="rotate"))
+
+
+def test_the_default_epochs_are_the_students(tmp_path):
+    from featcache.config.distill import DEFAULT_EPOCHS
+    from featcache.models.registry import get_entry
+
+    assert DistillConfig().epochs is None
+    assert DistillConfig(student="convnet_small").resolved().epochs == DEFAULT_EPOCHS == 30
+    large = get_entry("student", "mobilenetv3").default_epochs
+    assert large < DEFAULT_EPOCHS and DistillConfig(student="mobilenetv3").resolved().epochs == large
+    assert DistillConfig(student="mobilenetv3", epochs=3).resolved().epochs == 3
+    assert DistillConfig(student="python:Mine").resolved().epochs == DEFAULT_EPOCHS  # an nn.Module given in Python
+
+
+def test_a_run_records_its_resolved_defaults(tmp_path):
+    """config.json holds what the run did (pad-crop-flip, the student's epochs), not 'auto'."""
+    cfg = DistillConfig(student="lenet5", dataset="synthetic", dataset_options={**SYN, "num_train": 16}, batch_size=16,
+                        workers=0, run_dir=tmp_path / "run", bn_recalibrate=0)
+    assert distill(cfg).epochs == 30
+    recorded = json.loads((tmp_path / "run" / CONFIG).read_text())["config"]
+    assert (recorded["augment"], recorded["epochs"]) == ("pad-crop-flip", 30)
+
+
 @pytest.mark.slow
 def test_missing_and_ambiguous_teacher_caches(two_caches, tmp_path):
     with pytest.raises(CacheError, match="featcache extract --teacher alexnet --dataset synthetic"):

@@ -824,6 +824,24 @@ def test_a_run_recorded_before_bn_recalibrate_is_stale_until_the_recipe_pins_wha
     assert [s.state for s in plan(parse_pipeline(data, runs_dir=tmp_path / "runs")) if s.kind == "distill"] == ["done"]
 
 
+def test_a_recipe_that_leaves_augment_and_epochs_out_keeps_what_they_meant(tmp_path, monkeypatch):
+    """distill's --augment auto and per-student --epochs are the command's defaults; a recipe's student-alone arm stays
+    un-augmented like its teacher arms, for 30 epochs, and the runs it finished stay done."""
+    from featcache.pipeline import distill_jobs, job_config
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"], data["distill"] = [], [{"students": ["mobilenetv3"], "methods": ["ce"]}]
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    job = next(distill_jobs(p.distill))
+    assert (job_config(p, job).augment, job_config(p, job).epochs) == ("none", 30)
+    _finish(job_config(p, job, run_dir=tmp_path / "runs" / job.name))
+    assert [s.state for s in plan(p) if s.kind == "distill"] == ["done"]
+    data["distill"][0]["options"] = {"augment": "auto", "epochs": 2}  # asked for: what the command would do
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    assert job_config(p, next(distill_jobs(p.distill))).augment == "auto"
+
+
 def test_a_finished_run_is_stale_once_the_recipe_asks_for_other_values(tmp_path, monkeypatch):
     from featcache.pipeline import distill_jobs, distill_runs, job_config, stale_message
 

@@ -98,14 +98,27 @@ def test_a_student_far_larger_than_its_training_images_is_warned_about(tmp_path)
     from featcache.distill.preflight import preflight_warnings
     from featcache.distill.trainer import setup
 
-    def warnings(student, **options):
+    def warnings(student, augment="none", **options):
         cfg = DistillConfig(student=student, dataset="synthetic", dataset_options={**SYN, **options}, workers=0,
-                            run_dir=tmp_path / "run", image_size=32)
+                            run_dir=tmp_path / "run", image_size=32, augment=augment)
         return [w for w in preflight_warnings(setup(cfg)) if "by heart" in w]
 
     (big,) = warnings("mobilenetv3_small")
     assert big.startswith("mobilenetv3_small has 1.") and "for 48 training images" in big
+    assert warnings("mobilenetv3_small", augment="flip") == warnings("mobilenetv3_small")  # a flip is no remedy
     assert warnings("convnet_small", num_train=2000) == []  # the default first run: ~50 parameters per image
+
+
+def test_a_large_student_alone_is_not_warned_about_memorising_under_its_default_random_crops(tmp_path):
+    """Alone, --augment auto is pad-crop-flip, under which mobilenetv3 trains and tests alike on 2,000 images."""
+    from featcache.distill.preflight import preflight_warnings
+    from featcache.distill.trainer import setup
+
+    cfg = DistillConfig(student="mobilenetv3_small", dataset="synthetic", dataset_options=dict(SYN), workers=0,
+                        run_dir=tmp_path / "run")
+    s = setup(cfg)
+    assert s.config.augment == "pad-crop-flip"
+    assert not [w for w in preflight_warnings(s) if "by heart" in w]
 
 
 @pytest.mark.slow

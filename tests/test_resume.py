@@ -108,6 +108,18 @@ def test_resume_with_other_flags_is_refused(finished_run, flags, needle):
     assert digests(finished_run) == before
 
 
+def test_resume_with_a_default_left_unset_continues_what_the_run_recorded(finished_run):
+    """A run started under other defaults (no augmentation, 2 epochs) resumes with the flags it was started with:
+    --augment and --epochs left unset take its recorded values, not today's defaults."""
+    config = json.loads((finished_run / "config.json").read_text())
+    config["config"]["augment"] = "none"
+    (finished_run / "config.json").write_text(json.dumps(config))
+    r = invoke("distill", *SYN_DISTILL, "--method", "ce", "--run-dir", finished_run, "--resume")
+    assert r.exit_code == 0 and "is complete" in " ".join(r.output.split()), r.output
+    one_line_error(invoke("distill", *SYN_DISTILL, "--method", "ce", "--augment", "flip", "--run-dir", finished_run,
+                          "--resume"), "--resume", "--augment 'none' (now 'flip')")
+
+
 def test_resume_on_other_data_is_refused(finished_run):
     args = [a if a != "num_train=24" else "num_train=32" for a in SYN_DISTILL]
     one_line_error(invoke("distill", *args, "--method", "ce", "--epochs", "2", "--run-dir", finished_run, "--resume"),

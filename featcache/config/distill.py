@@ -9,7 +9,7 @@ own options are its section (``KDOptions`` for ``kd``, ``AKAOptions`` for ``aka`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,7 +47,8 @@ class StudentOptions:
     bn_recalibrate: int = bn_recalibrate_field(section="Student")
 
 
-# What a run recorded before a field existed did: config.json files written earlier lack these fields.
+# What a run recorded before a field existed did: config.json files written earlier lack these fields. (Defaults
+# resolved per run, --augment auto and --epochs, are recorded resolved: see DistillConfig.resolved.)
 RECORDED_BEFORE: dict[str, Any] = {"bn_recalibrate": 0}
 
 
@@ -155,7 +156,8 @@ class AKAOptions:
 class OptimOptions:
     """How the student is trained (featcache.distill.optim: the optimizers and the schedule)."""
 
-    epochs: int = opt(30, "Epochs of student training.", section="Optimisation")
+    epochs: int | None = opt(None, "Epochs of student training (default: the student's: 30 for the small ones, "
+                                   "fewer for the ImageNet-size ones; docs/students.md).", section="Optimisation")
     batch_size: int = opt(128, "Images per step (per GPU under torchrun).", short="-b", section="Optimisation")
     lr: float = opt(1e-3, "Learning rate of the student.", section="Optimisation")
     optimizer: str = opt("adam", "adam, adamw or sgd.", section="Optimisation")
@@ -164,7 +166,9 @@ class OptimOptions:
     schedule: str = opt("cosine", "cosine, step or none.", section="Optimisation")
     step_size: int = opt(50, "step schedule: epochs between decays.", section="Optimisation")
     gamma: float = opt(0.1, "step schedule: decay factor.", section="Optimisation")
-    augment: str = opt("none", "none, flip, pad-crop-flip (with teachers only with --allow-inconsistent).",
+    augment: str = opt("auto", "auto, none, flip or pad-crop-flip. auto: pad-crop-flip without a teacher, none with "
+                               "cached teachers (their rows describe one view; cached views are replayed instead); "
+                               "explicit augmentation with teachers needs --allow-inconsistent.",
                        section="Optimisation")
 
 
@@ -207,6 +211,24 @@ class RunOptions:
     channels_last: bool = True  # a layout switch for experiments (library only)
 
 
+AUGMENT_AUTO = "auto"
+# A student trained alone has no cached view to keep consistent: the CIFAR recipe (pad S/8, random crop, flip) keeps a
+# 4M-parameter network from learning the synthetic set's 2,000 images by heart (docs/students.md).
+AUGMENT_ALONE = "pad-crop-flip"
+DEFAULT_EPOCHS = 30  # a student the registry does not know (a timm name, an nn.Module), and recipes without epochs
+# What recipes get for options they leave out, where the command's default is resolved per run: a recipe measures what
+# it says, so its student-alone arms stay un-augmented like their cached-teacher arms, and its epochs stay 30.
+RECIPE_DEFAULTS: dict[str, Any] = {"augment": "none", "epochs": DEFAULT_EPOCHS}
+
+
+def default_epochs(student: str) -> int:
+    """``--epochs`` unset: the registered student's default_epochs (featcache.models.registry), else DEFAULT_EPOCHS."""
+    from featcache.models.registry import get_entry  # imports torch: only once a run or its check is under way
+
+    entry = get_entry("student", student)
+    return entry.default_epochs if entry is not None else DEFAULT_EPOCHS
+
+
 # The sections in the order --help lists them (a dataclass's fields follow its bases from the last to the first).
 SECTIONS = (StudentOptions, DataOptions, TeacherOptions, LossOptions, KDOptions, TranslatorOptions, FitNetsOptions,
             AKAOptions, OptimOptions, LoaderOptions, RunOptions)
@@ -220,6 +242,20 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
     def section(self, cls: type[S]) -> S:
         """The typed view of one section (``config.section(KDOptions).temperature``)."""
         return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})  # type: ignore[arg-type]  # a dataclass
+
+    def resolved(self) -> "DistillConfig":
+        """This config with the defaults that depend on the run made concrete, as config.json records them and
+        --resume and recipes compare them: ``--augment auto`` (the student alone augments; cached rows describe one
+        view, so runs with teachers do not) and ``--epochs`` unset (the student's default_epochs)."""
+        changes: dict[str, Any] = {}
+        if self.augment == AUGMENT_AUTO:
+            changes["augment"] = "none" if self.teachers else AUGMENT_ALONE
+        if self.epochs is None:
+            changes["epochs"] = self.resolved_epochs()
+        return replace(self, **changes) if changes else self
+
+    def resolved_epochs(self) -> int:
+        return self.epochs if self.epochs is not None else default_epochs(self.student)
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")

@@ -9,12 +9,12 @@ finished and nothing in its directory is touched: resuming it again must not rew
 from __future__ import annotations
 
 import json
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig
-from featcache.config.distill import as_recorded
+from featcache.config.distill import AUGMENT_AUTO, as_recorded
 from featcache.config.flags import flag_name, runtime_fields
 from featcache.errors import ConfigError
 from featcache.runs import rundir
@@ -34,6 +34,21 @@ def _plain(value: Any) -> Any:
 
 def _method(d: dict[str, Any]) -> str:
     return d.get("method") or ("ts" if d.get("teachers") else "ce")
+
+
+def resolved(config: DistillConfig) -> DistillConfig:
+    """``config.resolved()``; with --resume, a default resolved per run and left unset (``--augment auto``,
+    ``--epochs``) continues what the run recorded, so a run started under other defaults resumes with its own."""
+    path = Path(config.run_dir) / rundir.CONFIG if config.run_dir is not None else None
+    if config.resume and path is not None and path.is_file():
+        stored = as_recorded(rundir.read_config(path.parent)["config"])
+        kept: dict[str, Any] = {}
+        if config.augment == AUGMENT_AUTO and stored.get("augment") is not None:
+            kept["augment"] = stored["augment"]
+        if config.epochs is None and stored.get("epochs") is not None:
+            kept["epochs"] = stored["epochs"]
+        config = replace(config, **kept)
+    return config.resolved()
 
 
 def check_same_flags(run_dir: Path, config: DistillConfig) -> None:

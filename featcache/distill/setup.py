@@ -120,6 +120,7 @@ def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherD
     gave it when the caller has resolved it already)."""
     from featcache.models.registry import get_entry
 
+    config = config.resolved()  # --augment auto, --epochs unset: what this run does (distill resolved them already)
     method_cls = get_method(config.resolved_method())
     method_cls.check_teachers(len(config.teachers))
     store = CacheStore(config.cache_dir, config.stores)
@@ -222,9 +223,10 @@ BN_RECALIBRATE_MAX = 65_536
 
 
 def validate(config: DistillConfig) -> None:
+    config = config.resolved()  # the defaults resolved per run are checked as the run would use them
     check_choice("--optimizer", config.optimizer, tuple(OPTIMIZERS))
     check_choice("--schedule", config.schedule, tuple(SCHEDULES))
-    check_at_least("--epochs", config.epochs, 1)
+    check_at_least("--epochs", config.resolved_epochs(), 1)
     check_seed("--seed", config.seed)
     check_at_least("--batch-size", config.batch_size, 1)
     check_at_least("--step-size", config.step_size, 1)

@@ -15,6 +15,7 @@ from featcache.cache.leases import Lease
 from featcache.cache.store import CacheStore, default_cache_dir
 from featcache.cache.usage import record_use
 from featcache.config import DistillConfig
+from featcache.distill import resume
 from featcache.distill.engine import (  # noqa: F401 - re-exported
     DistillSummary,
     TrainingParts,
@@ -40,8 +41,9 @@ from featcache.util.progress import Reporter
 def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillSummary:
     """Train a student per ``config``; writes config.json, metrics.jsonl, checkpoints and summary.json. The caches
     are leased while the run reads them (`cache rm` and `cache gc` leave them alone) and their use is recorded."""
-    # The data first (the teachers' when no --dataset): it names the run directory and --resume compares it.
-    config, data_from = with_data(config, CacheStore(config.cache_dir, config.stores))
+    # The data first (the teachers' when no --dataset): it names the run directory and --resume compares it; so do
+    # the defaults resolved per run (config.json records them resolved).
+    config, data_from = with_data(resume.resolved(config), CacheStore(config.cache_dir, config.stores))
     with claim_run_dir(config), Lease(what="distill") as lease:
         s = setup(config, lease=lease, data_from=data_from)
         record_use(config.cache_dir if config.cache_dir is not None else default_cache_dir(),

@@ -40,6 +40,9 @@ class ModelEntry:
     torchvision_weights: bool = True  # --weights may name torchvision weights (DEFAULT, IMAGENET1K_V2, ...)
     default_weights: Callable[[str], str] | None = None  # --weights unset: fn(name) -> a checkpoint path
     own_stem: bool = False  # a student whose stem cannot be made CIFAR-style (--small-input is refused)
+    # Students: distill's --epochs when unset. A first run on a CPU: the small students learn the synthetic set in 30
+    # epochs within a minute; the ImageNet-size ones get what fits a few minutes there (docs/students.md).
+    default_epochs: int = 30
 
 
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}

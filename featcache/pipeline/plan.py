@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import AbstractSet, Any
 
 from featcache.config import DistillConfig, TeacherConfig
+from featcache.config.distill import RECIPE_DEFAULTS
 from featcache.config.flags import runtime_fields
 from featcache.errors import ConfigError
 from featcache.pipeline.recipe import DistillJob, Pipeline, TeacherSpec, distill_jobs
@@ -125,7 +126,8 @@ def job_config(p: Pipeline, job: DistillJob, keys: dict[str, str] | None = None,
     teachers = [keys[t] for t in job.teachers] if keys is not None else list(job.teachers)
     return DistillConfig(student=job.student, dataset=p.dataset, data_root=p.data_root,
                          dataset_options=dict(p.dataset_options), teachers=teachers, method=job.method, seed=job.seed,
-                         tag=job.spec.tag, stores=list(p.stores), **runtime, **job.spec.options)
+                         tag=job.spec.tag, stores=list(p.stores), **runtime,
+                         **{**RECIPE_DEFAULTS, **job.spec.options})
 
 
 def _teacher_record(run_dir: Path) -> dict[str, Any]:
@@ -224,7 +226,7 @@ def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[st
         return [f"source teacher {anew[0]!r} is trained anew first"]
     student, epochs = a.get("student", AmalgamateConfig.student), a.get("epochs", AmalgamateConfig.epochs)
     base = dict(dataset=p.dataset, data_root=p.data_root, dataset_options=dict(p.dataset_options), method="aka",
-                seed=seed, **a.get("options", {}))
+                seed=seed, **{"augment": RECIPE_DEFAULTS["augment"], **a.get("options", {})})
     tasks = a.get("tasks") or {f"part{k}": f"part{k}" for k in range(1, int(p.class_parts["parts"]) + 1)}
     sources = {keys[t] for t in a["teachers"]}
     out = []
