@@ -36,7 +36,8 @@ def _runs() -> list[dict]:
                  _run("td-cache-cl", "warm", r, 16.0, 915 << 20, 0.30 + r / 100),
                  _run("fc-kd", "extract", r, 6.0, 950 << 20, None, cache_bytes=600_000, cache_files=2),
                  _run("fc-kd", "run", r, 8.0, 900 << 20, 0.31 + r / 100),
-                 _run("fc-online", "run", r, 12.0, 1000 << 20, 0.30)]
+                 _run("fc-online", "run", r, 12.0, 1000 << 20, 0.30),
+                 _run("bare", "run", r, 6.0, 850 << 20, None)]
     return runs
 
 
@@ -51,6 +52,7 @@ def test_totals_count_the_cache_once_and_every_student_run():
     assert arms["fc-kd"]["images_per_s"] == pytest.approx(250.0)
     assert arms["td-cache"]["cache_files"] == 500 and arms["fc-online"]["cache_bytes"] is None
     assert arms["fc-kd"]["accuracy"] == pytest.approx([0.31, 0.33])  # the extract has no student to evaluate
+    assert arms["bare"]["total_s"] is None and arms["bare"]["accuracy"] is None  # the limit trains no student
 
 
 def test_goals_compare_with_the_peer_at_the_same_layout():
@@ -62,6 +64,8 @@ def test_goals_compare_with_the_peer_at_the_same_layout():
     assert g["rss_ratio"] == pytest.approx(900 / 915) and g["rss_met"]
     assert g["accuracy_gap"] == pytest.approx(0.015) and g["seed_noise"] == pytest.approx(0.02)
     assert g["accuracy_met"] is True
+    assert g["speedup_ceiling_per_epoch"] == pytest.approx(4.0 / 1.5)  # the peer's epoch over the bare loop's
+    assert g["featcache_epoch_vs_limit"] == pytest.approx(1.5 / 2.0)
     assert any("2.00x (goal >= 2x: met)" in line for line in goal_lines(s))
     one = summarize([r for r in _runs() if r["repeat"] == 0], students=5)
     assert one["goals"]["accuracy_met"] is None  # one seed: no spread to judge a gap by
@@ -164,7 +168,8 @@ def test_bench_peers_runs_every_arm_and_the_view_check(tmp_path):
     assert result.exit_code == 0, result.output
     r = json.loads((tmp_path / "r.json").read_text())
     arms = r["summary"]["arms"]
-    assert all(arms[k]["runs"] == 1 and 0 <= arms[k]["accuracy"][0] <= 1 for k in arms)
+    assert all(arms[k]["runs"] == 1 for k in arms)
+    assert all(0 <= arms[k]["accuracy"][0] <= 1 for k in arms if k != "bare")
     assert arms["td-cache"]["cache_files"] == 24 and arms["fc-kd"]["cache_files"] >= 2
     assert r["views"]["featcache"]["equal_share"] == 1.0
     assert r["views"]["torchdistill"]["stale_share"] == 1.0  # keyed by index: epoch 1's output again

@@ -98,7 +98,8 @@ def prepare(data_root: Path, scratch: Path, images: int, test_images: int, view_
 
 
 def run_repeat(task: Task, work: Path, r: int, evaluation, reporter: Reporter) -> list[dict[str, Any]]:
-    """One interleaved round of the five arms (seed r); every student run's accuracy by the common evaluation."""
+    """One interleaved round of the five arms and the limit (seed r); every student run's accuracy by the common
+    evaluation."""
     from featcache.bench.extract import load_1min
     from featcache.bench.peers import arms as A
     from featcache.bench.peers.evaluate import featcache_student, torchvision_student
@@ -126,6 +127,8 @@ def run_repeat(task: Task, work: Path, r: int, evaluation, reporter: Reporter) -
     add("fc-kd", "run", A.featcache_distill(task, work, f"fc-kd-{r}", store, r, False))
     reporter.message(f"repeat {r + 1}: featcache distill --online")
     add("fc-online", "run", A.featcache_distill(task, work, f"fc-online-{r}", store, r, True))
+    reporter.message(f"repeat {r + 1}: the limit, a bare PyTorch loop of the student step")
+    add("bare", "run", A.bare_run(task, work, f"bare-{r}", r))
     return records
 
 

@@ -126,7 +126,7 @@ def featcache_extract(task: Task, work: Path, name: str, store: Path, views: int
     argv = [sys.executable, "-m", "featcache", "extract", "--teacher", TEACHER, "--weights", str(task.teacher_weights),
             "--num-classes", str(task.num_classes), "--dataset", "folder", "--data-root", str(task.data_root),
             "--image-size", str(task.image_size), "--resize", str(task.image_size), "--batch-size",
-            str(task.batch_size), "--workers", "0", "--cache-dir", str(store)]
+            str(task.batch_size), "--workers", "0", "--device", "cpu", "--cache-dir", str(store)]
     if views > 1:
         argv += ["--views", str(views), "--view-policy", "pad-crop-flip"]
     measured = run_child(argv, work / f"{name}.log", task.threads, f"featcache extract ({name})")
@@ -146,9 +146,21 @@ def featcache_distill(task: Task, work: Path, name: str, store: Path, seed: int,
             "--temperature", str(task.temperature), "--optimizer", "adam", "--lr", str(task.lr), "--schedule",
             "cosine", "--batch-size", str(task.batch_size), "--epochs", str(task.epochs), "--dataset", "folder",
             "--data-root", str(task.data_root), "--cache-dir", str(store), "--run-dir", str(run_dir), "--seed",
-            str(seed), "--workers", "0"] + (["--online"] if online else [])
+            str(seed), "--workers", "0", "--device", "cpu"] + (["--online"] if online else [])
     measured = run_child(argv, work / f"{name}.log", task.threads, f"featcache distill ({name})")
     epochs = [m for m in read_metrics(run_dir) if m.get("stage") == "train"]
     n = task.train_images
     return {**measured, "run_dir": str(run_dir), "own_test_acc": epochs[-1]["test_acc"], "images_per_epoch": n,
             "train_seconds": [n / m["images_per_s"] for m in epochs]}
+
+
+def bare_run(task: Task, work: Path, name: str, seed: int) -> dict[str, Any]:
+    """The limit: the student step alone in a bare PyTorch loop (bare.py), the task's sizes."""
+    spec = {"images": task.train_images, "batch_size": task.batch_size, "image_size": task.image_size,
+            "num_classes": task.num_classes, "epochs": task.epochs, "lr": task.lr, "temperature": task.temperature,
+            "alpha": task.alpha, "seed": seed, "threads": task.threads, "result_out": str(work / f"{name}.result.json")}
+    write_text_atomic(work / f"{name}.spec.json", json.dumps(spec))
+    measured = run_child([sys.executable, "-m", "featcache.bench.peers.bare", str(work / f"{name}.spec.json")],
+                         work / f"{name}.log", task.threads, f"the bare loop {name}")
+    result = read_json(work / f"{name}.result.json")
+    return {**measured, "train_seconds": result["train_seconds"], "images_per_epoch": task.train_images}
