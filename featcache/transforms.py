@@ -91,8 +91,8 @@ def default_transform(
     resize_mode: str = "shorter",
     resize: int | None = None,
     native_size: int | None = None,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
     square_size: int | None = None,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     interpolation: str = "bilinear",
 ) -> TransformSpec:

@@ -715,8 +715,8 @@ def _block(**options):
         # a string is not a list of seeds (it used to be iterated: "12" ran seeds 1 and 2)
         ({"distill": [{"students": ["lenet5"], "methods": ["ce"], "seeds": "12"}]},
          "[[distill]] #1 seeds: expected a list of integers or an integer, got '12'"),
-        ({"distill": _block(epochs="three")}, "[[distill]] #1 options.epochs: expected an integer, got 'three'"),
-        ({"distill": _block(epochs=True)}, "[[distill]] #1 options.epochs: expected an integer, got True"),
+        ({"distill": _block(epochs="three")}, "[[distill]] #1 options.epochs: expected an integer (or unset), got 'three'"),
+        ({"distill": _block(epochs=True)}, "[[distill]] #1 options.epochs: expected an integer (or unset), got True"),
         ({"distill": _block(lr=-1)}, "[[distill]] #1 options.lr must be a finite number > 0"),
         ({"distill": _block(optimizer="adagrad")}, "[[distill]] #1 options.optimizer 'adagrad': choose one of"),
         ({"distill": _block(temperature=0)}, "[[distill]] #1 options.temperature must be"),
@@ -781,7 +781,7 @@ def test_dry_run_catches_a_bad_value_with_one_line(tmp_path, monkeypatch):
         '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ts"]\nteachers = ["convnet"]\n'
         'options = { epochs = "three" }\n')
     one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),
-                    f"recipe {recipe}: [[distill]] #1 options.epochs: expected an integer, got 'three'")
+                    f"recipe {recipe}: [[distill]] #1 options.epochs: expected an integer (or unset), got 'three'")
     assert not (tmp_path / "r").exists()
     recipe.write_text(recipe.read_text().replace('epochs = "three"', "lr = -1"))
     one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "r")]),

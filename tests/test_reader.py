@@ -243,7 +243,11 @@ def test_json_nested_100k_deep_in_a_store_is_one_line_or_one_entry_marked(syn_ca
     bad = home / "convnet-synthetic-train-0123456789ab"
     bad.mkdir()
     (bad / "manifest.json").write_text(DEEP_JSON)
-    r = invoke("cache", "ls")
+    from typer.testing import CliRunner
+
+    from featcache.cli import app
+
+    r = CliRunner().invoke(app, ["cache", "ls"], env={"COLUMNS": "200"})  # wide enough for one line per cache
     assert r.exit_code == 0 and "Traceback" not in r.output, r.output
     lines = {ln.split()[0]: ln.split()[-1] for ln in r.output.splitlines() if ln.startswith("convnet-")}
     assert lines == {syn_cache.name: "complete", bad.name: "broken"}, r.output

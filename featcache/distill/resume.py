@@ -40,13 +40,20 @@ def resolved(config: DistillConfig) -> DistillConfig:
     """``config.resolved()``; with --resume, a default resolved per run and left unset (``--augment auto``,
     ``--epochs``) continues what the run recorded, so a run started under other defaults resumes with its own."""
     path = Path(config.run_dir) / rundir.CONFIG if config.run_dir is not None else None
-    if config.resume and path is not None and path.is_file():
+    try:
+        recorded = config.resume and path is not None and path.is_file()
+    except OSError:  # a name the file system refuses: the run-dir check says so in one line
+        recorded = False
+    if recorded and path is not None:
         stored = as_recorded(rundir.read_config(path.parent)["config"])
         kept: dict[str, Any] = {}
-        if config.augment == AUGMENT_AUTO and stored.get("augment") is not None:
+        # Values from the file are kept only when they are what the flag takes: anything else is left to
+        # check_same_flags, which refuses the run in one line.
+        if config.augment == AUGMENT_AUTO and isinstance(stored.get("augment"), str):
             kept["augment"] = stored["augment"]
-        if config.epochs is None and stored.get("epochs") is not None:
-            kept["epochs"] = stored["epochs"]
+        epochs = stored.get("epochs")
+        if config.epochs is None and isinstance(epochs, int) and not isinstance(epochs, bool):
+            kept["epochs"] = epochs
         config = replace(config, **kept)
     return config.resolved()
 
