@@ -210,14 +210,21 @@ def test_the_default_augmentation_is_random_crops_alone_and_none_with_cached_tea
         distill(run_cfg(two_caches, tmp_path, augment="rotate"))
 
 
-def test_the_default_epochs_are_the_students(tmp_path):
+def test_the_default_epochs_are_the_students(tmp_path, monkeypatch):
     from featcache.config.distill import DEFAULT_EPOCHS
     from featcache.models.registry import get_entry
 
     assert DistillConfig().epochs is None
     assert DistillConfig(student="convnet_small").resolved().epochs == DEFAULT_EPOCHS == 30
-    large = get_entry("student", "mobilenetv3").default_epochs
-    assert large < DEFAULT_EPOCHS and DistillConfig(student="mobilenetv3").resolved().epochs == large
+    entry = get_entry("student", "mobilenetv3")
+    assert DistillConfig(student="mobilenetv3").resolved().epochs == entry.default_epochs == 30
+    from dataclasses import replace
+
+    from featcache.models import registry
+
+    # A student registered with its own default.
+    monkeypatch.setitem(registry._REGISTRY, ("student", entry.name), replace(entry, default_epochs=12))
+    assert DistillConfig(student="mobilenetv3").resolved().epochs == 12
     assert DistillConfig(student="mobilenetv3", epochs=3).resolved().epochs == 3
     assert DistillConfig(student="python:Mine").resolved().epochs == DEFAULT_EPOCHS  # an nn.Module given in Python
 

@@ -715,7 +715,8 @@ def _block(**options):
         # a string is not a list of seeds (it used to be iterated: "12" ran seeds 1 and 2)
         ({"distill": [{"students": ["lenet5"], "methods": ["ce"], "seeds": "12"}]},
          "[[distill]] #1 seeds: expected a list of integers or an integer, got '12'"),
-        ({"distill": _block(epochs="three")}, "[[distill]] #1 options.epochs: expected an integer (or unset), got 'three'"),
+        ({"distill": _block(epochs="three")},
+         "[[distill]] #1 options.epochs: expected an integer (or unset), got 'three'"),
         ({"distill": _block(epochs=True)}, "[[distill]] #1 options.epochs: expected an integer (or unset), got True"),
         ({"distill": _block(lr=-1)}, "[[distill]] #1 options.lr must be a finite number > 0"),
         ({"distill": _block(optimizer="adagrad")}, "[[distill]] #1 options.optimizer 'adagrad': choose one of"),

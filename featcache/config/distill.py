@@ -156,8 +156,8 @@ class AKAOptions:
 class OptimOptions:
     """How the student is trained (featcache.distill.optim: the optimizers and the schedule)."""
 
-    epochs: int | None = opt(None, "Epochs of student training (default: the student's: 30 for the small ones, "
-                                   "fewer for the ImageNet-size ones; docs/students.md).", section="Optimisation")
+    epochs: int | None = opt(None, "Epochs of student training (default: the student's registered default, 30 for "
+                                   "the built-in ones; docs/students.md).", section="Optimisation")
     batch_size: int = opt(128, "Images per step (per GPU under torchrun).", short="-b", section="Optimisation")
     lr: float = opt(1e-3, "Learning rate of the student.", section="Optimisation")
     optimizer: str = opt("adam", "adam, adamw or sgd.", section="Optimisation")

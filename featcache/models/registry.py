@@ -40,8 +40,7 @@ class ModelEntry:
     torchvision_weights: bool = True  # --weights may name torchvision weights (DEFAULT, IMAGENET1K_V2, ...)
     default_weights: Callable[[str], str] | None = None  # --weights unset: fn(name) -> a checkpoint path
     own_stem: bool = False  # a student whose stem cannot be made CIFAR-style (--small-input is refused)
-    # Students: distill's --epochs when unset. A first run on a CPU: the small students learn the synthetic set in 30
-    # epochs within a minute; the ImageNet-size ones get what fits a few minutes there (docs/students.md).
+    # Students: distill's --epochs when unset (docs/students.md measures each registered student alone at 30).
     default_epochs: int = 30
 
 

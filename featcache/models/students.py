@@ -24,9 +24,6 @@ from featcache.models.student_net import Arch, FCLayer, Student  # noqa: F401 - 
 
 KIND = "student"
 SMALL_INPUT_MAX = 64  # small_input=None means image_size <= SMALL_INPUT_MAX
-# distill --epochs unset, for the ImageNet-size students (the small ones keep the registry's 30): what a first run of
-# mobilenetv3 alone on the synthetic set fits in about 2 minutes on 2 CPU cores (docs/students.md).
-LARGE_STUDENT_EPOCHS = 10
 INCEPTION_MIN = 75
 
 
@@ -129,7 +126,7 @@ def _stem_stride_1(net: nn.Module) -> None:
 
 @register_model(
     KIND,
-    "mobilenetv3", default_epochs=LARGE_STUDENT_EPOCHS,
+    "mobilenetv3",
     default_image_size=224,
     description="MobileNetV3-Large: body 960 → [1280] hardswish → classifier (dropout 0.2)",
     aliases=("mobilenetv3_large",),
@@ -146,7 +143,7 @@ def _mobilenetv3(small: bool, image_size: int, **_: Any) -> Arch:
 
 @register_model(
     KIND,
-    "mobilenetv3_small", default_epochs=LARGE_STUDENT_EPOCHS,
+    "mobilenetv3_small",
     default_image_size=224,
     description="MobileNetV3-Small: body 576 → [1024] hardswish → classifier (dropout 0.2)",
 )
@@ -161,7 +158,7 @@ def _mobilenetv3_small(small: bool, image_size: int, **_: Any) -> Arch:
 
 
 @register_model(
-    KIND, "mobilenetv2", default_image_size=224, default_epochs=LARGE_STUDENT_EPOCHS,
+    KIND, "mobilenetv2", default_image_size=224,
     description="MobileNetV2: body 1280 → classifier (dropout 0.2)",
 )
 def _mobilenetv2(small: bool, image_size: int, **_: Any) -> Arch:
@@ -227,7 +224,7 @@ def _small_alexnet() -> nn.Module:
 
 @register_model(
     KIND,
-    "alexnet", default_epochs=LARGE_STUDENT_EPOCHS,
+    "alexnet",
     default_image_size=224,
     min_image_size=32,
     description="AlexNet: body 9216 (small-input: 4096) → [4096, 4096] relu, dropout 0.5 before each → classifier",
@@ -244,7 +241,7 @@ def _alexnet(small: bool, image_size: int, **_: Any) -> Arch:
 
 
 @register_model(
-    KIND, "resnet18", default_image_size=224, default_epochs=LARGE_STUDENT_EPOCHS,
+    KIND, "resnet18", default_image_size=224,
     description="ResNet-18: body 512 → classifier (small-input: CIFAR stem)",
 )
 def _resnet18(small: bool, image_size: int, **_: Any) -> Arch:
@@ -260,7 +257,7 @@ def _resnet18(small: bool, image_size: int, **_: Any) -> Arch:
 
 @register_model(
     KIND,
-    "inceptionv3", default_epochs=LARGE_STUDENT_EPOCHS,
+    "inceptionv3",
     default_image_size=299,
     description="Inception-v3 (no aux head): body 2048 → classifier (dropout 0.5); inputs < 75 px upsampled",
     aliases=("inception_v3",),
