@@ -115,14 +115,20 @@ def test_shipped_recipes_parse():
     assert [r.name for r in recipes if f"`{r.name}`" not in listed] == []  # the recipes' table names every one
 
 
-def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
-    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+def _small_recipe(tmp_path, methods: str):
+    """A recipe of one random resnet18 teacher and lenet5 students on a tiny synthetic set."""
     recipe = tmp_path / "r.toml"
     recipe.write_text(
         '[pipeline]\nname = "r"\n[dataset]\nname = "synthetic"\noptions = {num_train = 32, num_test = 16}\n'
         '[[teachers]]\nteacher = "resnet18"\nweights = "random"\nextract = {image_size = 32}\n'
-        '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ce", "ts"]\nteachers = ["resnet18"]\nseeds = [0, 1]\n'
+        f'[[distill]]\nstudents = ["lenet5"]\nmethods = {methods}\nteachers = ["resnet18"]\nseeds = [0, 1]\n'
     )
+    return recipe
+
+
+def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    recipe = _small_recipe(tmp_path, '["ce", "ts"]')
     r = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "runs")])
     assert r.exit_code == 0, r.output
     assert "plan for r (6 stages" in r.output and "lenet5-ts-resnet18-s1" in r.output
@@ -137,12 +143,7 @@ def test_cli_dry_run_prints_the_plan_only(tmp_path, monkeypatch):
 @pytest.mark.parametrize("columns", [60, 80, 200])
 def test_the_plan_never_drops_a_stage_name_at_any_width(tmp_path, monkeypatch, columns):
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(
-        '[pipeline]\nname = "r"\n[dataset]\nname = "synthetic"\noptions = {num_train = 32, num_test = 16}\n'
-        '[[teachers]]\nteacher = "resnet18"\nweights = "random"\nextract = {image_size = 32}\n'
-        '[[distill]]\nstudents = ["lenet5"]\nmethods = ["ts-translator"]\nteachers = ["resnet18"]\nseeds = [0, 1]\n'
-    )
+    recipe = _small_recipe(tmp_path, '["ts-translator"]')
     r = CliRunner().invoke(app, ["run", str(recipe), "--dry-run", "--runs-dir", str(tmp_path / "runs")],
                            env={"COLUMNS": str(columns)})
     assert r.exit_code == 0, r.output
