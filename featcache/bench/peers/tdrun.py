@@ -9,8 +9,8 @@ Adam, ``CosineAnnealingLR`` stepped per epoch, ``RandomSampler``, ``cache_output
 epoch. Two changes, both said in docs/comparison.md: the teacher is put in eval mode (the example never does, so its
 batch norms would use each batch's statistics and move their running averages), so every arm learns from the same
 teacher outputs; and with ``channels_last`` the two models and each input batch use that memory layout (featcache's
-default on the CPU; torchdistill has no option for it). torchdistill reads its cache files with
-``torch.load(weights_only=False)`` in this process; featcache's process only reads the student's state dict
+default on the CPU; torchdistill has no option for it). torchdistill unpickles its cache files (a full
+``torch.load``, not weights-only) in this process; featcache's process only reads the student's state dict
 written here, weights-only.
 """
 
