@@ -348,3 +348,59 @@ def test_cache_info_prints_the_whole_view(home, folder_tree):
     key = folder_extract_key("--data-root", folder_tree / "train", "--resize", "40", "--resize-mode", "shorter")
     info = " ".join(invoke("cache", "info", key).output.replace("│", " ").split())  # the table's wrapping undone
     assert "32 px: resize 40 (shorter side, bilinear) + centre crop 32, ImageNet mean/std" in info
+
+
+class _Ended(Exception):
+    pass
+
+
+def _fake_exit(status: int):
+    raise _Ended(status)
+
+
+@pytest.mark.parametrize("code, status", [(None, 0), (0, 0), (2, 2), ("a message", 1)])
+def test_a_finished_command_ends_without_the_interpreter_teardown(monkeypatch, capsys, code, status):
+    import featcache.cli as cli
+
+    monkeypatch.delenv("FEATCACHE_FULL_EXIT", raising=False)
+    ran = []
+    monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: ran.append(True))
+    monkeypatch.setattr(cli.os, "_exit", _fake_exit)
+    with pytest.raises(_Ended) as ended:
+        cli.finish(code)
+    assert ended.value.args == (status,) and ran == [True]  # the exit handlers ran first
+    assert ("a message" in capsys.readouterr().err) == (code == "a message")
+
+
+def test_a_live_writer_thread_or_the_env_gets_the_normal_exit(monkeypatch):
+    import threading
+
+    import featcache.cli as cli
+
+    monkeypatch.setattr(cli.os, "_exit", _fake_exit)
+    release = threading.Event()
+    writer = threading.Thread(target=release.wait)
+    writer.start()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.finish(3)
+        assert stop.value.code == 3
+    finally:
+        release.set()
+        writer.join()
+    monkeypatch.setenv("FEATCACHE_FULL_EXIT", "1")
+    with pytest.raises(SystemExit):
+        cli.finish(0)
+
+
+def test_the_entry_point_flushes_a_piped_output_and_keeps_the_exit_code(tmp_path):
+    import subprocess
+    import sys
+
+    # torch imported: the fast end is taken; a pipe's buffered output must still arrive whole
+    code = ("import torch, sys; from featcache.cli import main; sys.argv = ['featcache'] + sys.argv[1:]; main()")
+    ok = subprocess.run([sys.executable, "-c", code, "students"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "mobilenetv3" in ok.stdout and ok.stdout.endswith("\n")
+    bad = subprocess.run([sys.executable, "-c", code, "cache", "info", "nokey", "--cache-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nokey" in bad.stderr
