@@ -69,6 +69,30 @@ def test_goals_compare_with_the_peer_at_the_same_layout():
     assert any("2.00x (goal >= 2x: met)" in line for line in goal_lines(s))
     one = summarize([r for r in _runs() if r["repeat"] == 0], students=5)
     assert one["goals"]["accuracy_met"] is None  # one seed: no spread to judge a gap by
+    assert g["run_rss_ratio"] is None  # runs recorded without the pre-teardown peak: not invented
+
+
+def test_the_peak_before_teardown_is_reported_beside_the_process_peak():
+    from featcache.bench.peers.report import goal_lines, summarize, table_rows
+
+    runs = [dict(r, run_rss_bytes=r["peak_rss_bytes"] - (100 << 20)) for r in _runs()]
+    s = summarize(runs, students=5)
+    assert s["arms"]["fc-kd"]["run_rss_bytes"] == [800 << 20, 850 << 20]  # the extract's and the runs'
+    assert s["goals"]["run_rss_ratio"] == pytest.approx(800 / 815)
+    assert any("before the interpreter's teardown 0.98x" in line for line in goal_lines(s))
+    head, *rows = table_rows(s, students=5)
+    fc = next(r for r in rows if r[0].startswith("featcache extract"))
+    assert fc[head.index("before teardown")] == "800–850"
+
+
+def test_a_child_reports_its_peak_before_the_interpreter_teardown(tmp_path):
+    import sys
+
+    from featcache.bench.peers.arms import run_child
+
+    code = "import atexit; atexit.register(lambda: None); buf = bytearray(64 << 20); buf[::4096] = b'x' * (16 << 10)"
+    measured = run_child([sys.executable, "-c", code], tmp_path / "child.log", 1, "a child")
+    assert 64 << 20 < measured["run_rss_bytes"] <= measured["peak_rss_bytes"]
 
 
 @pytest.mark.parametrize("width", [60, 80, 200])

@@ -75,17 +75,50 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
+# Put on every child's PYTHONPATH: at exit (after the process's work, before the interpreter's teardown, which alone
+# adds about 125 MiB to the peak of any process that imported torch and torchvision) it writes the peak RSS so far.
+_HWM_HOOK = """import atexit, os
+def _featcache_bench_hwm(path=os.environ.get("FEATCACHE_BENCH_HWM_OUT")):
+    if path:
+        with open("/proc/self/status") as f:
+            kb = next((line.split()[1] for line in f if line.startswith("VmHWM")), "")
+        with open(path, "w") as f:
+            f.write(kb)
+atexit.register(_featcache_bench_hwm)
+"""
+
+
+def _hwm_env(env: dict[str, str], log: Path) -> tuple[dict[str, str], Path]:
+    hook = log.parent / ".hwm-hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(_HWM_HOOK)
+    out = log.with_suffix(".hwm")
+    out.unlink(missing_ok=True)
+    path = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH", "")) if p)
+    return {**env, "PYTHONPATH": path, "FEATCACHE_BENCH_HWM_OUT": str(out)}, out
+
+
+def _read_hwm(out: Path) -> int | None:
+    try:
+        text = out.read_text().strip()
+    except OSError:
+        return None
+    return int(text) * 1024 if text.isdigit() else None
+
+
 def run_child(argv: list[str], log: Path, threads: int, what: str) -> dict[str, Any]:
-    """Run one process to its end: wall seconds and its peak RSS; a failure is one line naming the log."""
+    """Run one process to its end: wall seconds, its peak RSS as the kernel counts it (``wait4``: the whole process,
+    teardown included) and its peak before the interpreter's teardown; a failure is one line naming the log."""
+    env, hwm = _hwm_env(child_env(threads), log)
     start = time.perf_counter()
     with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=child_env(threads))
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise ArmFailed(f"bench peers: {what} failed (exit {proc.returncode}); its output is in {printable(str(log))}")
-    return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024}
+    return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "run_rss_bytes": _read_hwm(hwm)}
 
 
 def tree_size(directory: Path) -> tuple[int, int]:
