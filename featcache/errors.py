@@ -69,6 +69,10 @@ class StorageError(FeatcacheError):
     """A directory featcache must write is read-only, not permitted, or on a full disk."""
 
 
+class RemoteError(StorageError):
+    """A remote store (a URL among the stores) could not be read: the message names the URL and what failed."""
+
+
 class LockedError(FeatcacheError):
     """Another process holds a directory's lock. Carries ``what``, ``directory`` and ``holder`` (a pid) so that each
     caller can say what to do in its own terms (``hint``)."""

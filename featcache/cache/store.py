@@ -6,6 +6,9 @@ A store is a directory of caches, each a directory named by its key. featcache s
     shared      every --store DIR, then every directory of $FEATCACHE_PATH (a:b:c), in that order: read-only to
                 readers (a shared store may be mounted read-only; nothing is written there but by `cache publish`,
                 `cache import --to` and an extract pointed at it with --cache-dir)
+    remote      a URL among them (https://host/dir, s3://bucket/prefix: featcache.cache.remote), searched after the
+                local stores; read-only to every command but `cache publish`. A cache found only there is pulled into
+                the personal store when it is opened (featcache.cache.pull); listing reads its manifests only
 
 Keys can be abbreviated to any unique prefix, as git does with commit hashes. A key held by two stores must be the same
 cache (the same identity and the same shard checksums); otherwise the lookup is an error, never a silent pick.
@@ -15,10 +18,11 @@ usage records) and are never taken for caches.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from featcache.cache.format import (
     LOCK,
@@ -31,6 +35,7 @@ from featcache.cache.format import (
 )
 from featcache.cache.leases import remove_unleased
 from featcache.cache.reader import FeatureCache
+from featcache.cache.remote import RemoteStore, offline_env, split_path, store_url
 from featcache.cache.requests import REQUESTS_DIR
 from featcache.cache.usage import check_writable, record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
@@ -38,6 +43,9 @@ from featcache.errors import CacheError, CacheIdentityError, CacheLockedError, C
 from featcache.specs import TransformSpec
 from featcache.util.fileio import printable
 from featcache.util.locks import DirLock
+
+if TYPE_CHECKING:
+    from featcache.util.progress import Reporter
 
 PATH_ENV = "FEATCACHE_PATH"  # shared stores searched after the personal one, separated like PATH
 
@@ -47,9 +55,9 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "featcache"
 
 
-def shared_from_env() -> list[Path]:
-    """The stores of $FEATCACHE_PATH, in order (empty entries skipped)."""
-    return [Path(p).expanduser() for p in os.environ.get(PATH_ENV, "").split(os.pathsep) if p.strip()]
+def shared_from_env() -> list[str]:
+    """The stores of $FEATCACHE_PATH, in order (empty entries skipped; a URL's own colons do not separate)."""
+    return split_path(os.environ.get(PATH_ENV, ""))
 
 
 @dataclass
@@ -62,6 +70,12 @@ class CacheEntry:
     orphaned: bool = False  # shards or temp files without a manifest (the manifest was lost)
     newer: bool = False  # written by a newer featcache (a format this one does not read; left as it is)
     foreign: bool = False  # its manifest is not of the key its name says (a copy under another key, an edit)
+    url: str | None = None  # the remote store holding it (``directory`` is then where a pull puts it)
+
+    @property
+    def where(self) -> str:
+        """The store, for messages: its directory, or its URL."""
+        return self.url or str(self.store)
 
     @property
     def store(self) -> Path:
@@ -104,20 +118,26 @@ class CacheStore:
     $FEATCACHE_PATH. ``shared_env=False`` leaves the environment's stores out (a command that works on one store)."""
 
     def __init__(self, root: str | Path | None = None, shared: Sequence[str | Path] | None = None,
-                 shared_env: bool = True) -> None:
+                 shared_env: bool = True, offline: bool | None = None, reporter: Reporter | None = None) -> None:
         self.root = Path(root).expanduser() if root is not None else default_cache_dir()
         _check_dir(self.root, "--cache-dir" if root is not None else
                    "FEATCACHE_HOME" if os.environ.get("FEATCACHE_HOME") else "the default store")
-        others = [Path(p).expanduser() for p in (shared or [])]
-        for p in others:
-            _check_dir(p, "--store")
-        env = shared_from_env() if shared_env else []
-        for p in env:
-            _check_dir(p, PATH_ENV)
-        self.layers: list[Path] = []
-        for p in [self.root, *others, *env]:
-            if not any(_same_dir(p, q) for q in self.layers):
-                self.layers.append(p)
+        self.layers: list[Path] = [self.root]
+        self.remotes: list[RemoteStore] = []  # URLs: searched after the local layers (featcache.cache.remote)
+        for source, entries in (("--store", shared or []), (PATH_ENV, shared_from_env() if shared_env else [])):
+            for p in entries:
+                url = store_url(p)
+                if url is not None:
+                    if all(r.url != url for r in self.remotes):
+                        self.remotes.append(RemoteStore(url))
+                    continue
+                p = Path(p).expanduser()
+                _check_dir(p, source)
+                if not any(_same_dir(p, q) for q in self.layers):
+                    self.layers.append(p)
+        self.offline = offline_env() if offline is None else offline  # no remote store is read
+        self.reporter = reporter  # shows a pull's progress
+        self._listed: dict[str, list[CacheEntry]] = {}  # a remote store's entries, listed once
 
     @property
     def shared(self) -> list[Path]:
@@ -130,14 +150,21 @@ class CacheStore:
     def describe(self) -> str:
         """The stores searched, for messages: ``/home/a/.cache/featcache (+ /shared/x, /shared/y (missing))``."""
         extra = [f"{p}{'' if p.is_dir() else ' (missing)'}" for p in self.shared]
+        extra += [f"{r.url}{' (offline: not read)' if self.offline else ''}" for r in self.remotes]
         return f"{self.root}" + (f" (+ {', '.join(extra)})" if extra else "")
 
     # -- listing and lookup -----------------------------------------------------------------------------------
     def entries(self, layers: Sequence[Path] | None = None) -> list[CacheEntry]:
-        """Every cache directory of every store (a key held by two stores is listed twice, store by store)."""
+        """Every cache directory of every store (a key held by two stores is listed twice, store by store); remote
+        stores (all layers but ``layers``'s) listed by their manifests."""
         out = []
         for layer in layers if layers is not None else self.layers:
             out += _layer_entries(layer)
+        if layers is None and not self.offline:
+            for r in self.remotes:
+                if r.url not in self._listed:
+                    self._listed[r.url] = _remote_entries(r, r.keys(), self.root)
+                out += self._listed[r.url]
         return out
 
     def strays(self, layers: Sequence[Path] | None = None) -> list[Path]:
@@ -163,14 +190,18 @@ class CacheStore:
                 out += [e for e in _layer_entries(layer, only=key)]
         return out
 
-    def locate(self, key: str) -> CacheEntry:
+    def locate(self, key: str, pull: bool = True) -> CacheEntry:
         """The entry for ``key`` or a unique prefix of one, searched store by store (orphaned directories included,
-        so that `rm` can find them). A key whose copies in two stores differ is an error."""
+        so that `rm` can find them). A key whose copies in two stores differ is an error. A cache found only in a
+        remote store is pulled into the personal store (``pull``), else returned as the remote's entry."""
         copies = self.copies(key) if key and not key.startswith(".") else []
+        copies = copies or self._remote_copies(key)  # a full key: one manifest read per remote store, no listing
         if not copies:
             keys = sorted({e.key for e in self.entries()})
             matches = [k for k in keys if k.startswith(key)]
             if not matches:
+                if self.offline and self.remotes:
+                    raise CacheError(offline_missing(key, self))
                 raise CacheError(
                     f"no cache {printable(repr(key))} in {printable(self.describe())}{self.skipped_note()}; list "
                     "caches with `featcache cache ls`" + (" (or pass --cache-dir / --store)" if not keys else "")
@@ -178,12 +209,30 @@ class CacheStore:
             if len(matches) > 1:
                 raise CacheError(f"cache key prefix {printable(repr(key))} is ambiguous ({', '.join(matches[:4])}); "
                                  "give more characters")
-            copies = self.copies(matches[0])
-        return self._one(copies)
+            copies = self.copies(matches[0]) or self._remote_copies(matches[0])
+        entry = self._one(copies)
+        return self.local(entry) if pull else entry
+
+    def _remote_copies(self, key: str) -> list[CacheEntry]:
+        if self.offline or not is_cache_key(key):
+            return []
+        return [e for r in self.remotes for e in _remote_entries(r, [key], self.root)]
+
+    def local(self, entry: CacheEntry) -> CacheEntry:
+        """``entry`` in a local store: a remote one pulled into the personal store first (verified, resumable)."""
+        if entry.url is None:
+            return entry
+        if self.offline:
+            raise CacheError(offline_missing(entry.key, self))
+        from featcache.cache.pull import pull
+
+        remote = next(r for r in self.remotes if r.url == entry.url)
+        pulled = pull(remote, entry.key, self.root, self.reporter)
+        return CacheEntry(entry.key, pulled.directory, Manifest.load(pulled.directory))
 
     def resolve(self, key: str) -> str:
-        """The full key for ``key`` or a unique prefix of one."""
-        return self.locate(key).key
+        """The full key for ``key`` or a unique prefix of one (nothing pulled)."""
+        return self.locate(key, pull=False).key
 
     def _one(self, copies: list[CacheEntry]) -> CacheEntry:
         """The first copy, after checking that every complete copy is the same cache."""
@@ -194,7 +243,7 @@ class CacheStore:
                 why = _differs(first.manifest, other.manifest)  # type: ignore[arg-type]  # complete: a manifest
                 if why:
                     raise CacheError(
-                        f"cache {first.key} is in {first.store} and in {other.store} with different contents ({why}); "
+                        f"cache {first.key} is in {first.where} and in {other.where} with different contents ({why}); "
                         f"one is not the cache its key names: remove one (`featcache cache rm {first.key} "
                         "--cache-dir STORE`) or leave its store out of --store / FEATCACHE_PATH")
         return complete[0] if complete else copies[0]
@@ -254,7 +303,10 @@ class CacheStore:
         """Delete a cache of the personal store (after taking its lock, so a running extract is never pulled from
         under, and unless a reader leases it); returns bytes. A cache of a shared store is removed by pointing
         --cache-dir at that store."""
-        entry = self.locate(key)
+        entry = self.locate(key, pull=False)
+        if entry.url is not None:
+            raise CacheError(f"cache {entry.key} is in the remote store {entry.url}, read-only to featcache; it is "
+                             "removed where it is stored")
         if not _same_dir(entry.store, self.root):
             raise CacheError(f"cache {entry.key} is in the shared store {entry.store}, not in {self.root}; to remove "
                              f"it there, run `featcache cache rm {entry.key} --cache-dir {entry.store}`")
@@ -306,15 +358,41 @@ def _layer_entries(layer: Path, only: str | None = None) -> list[CacheEntry]:
                 out.append(CacheEntry(d.name, d, None, "no manifest.json: its shards cannot be read; remove "
                                       f"them with `featcache cache rm {d.name}`", orphaned=True))
             continue
-        try:
-            out.append(CacheEntry(d.name, d, Manifest.load(d)))
-        except CacheVersionError as exc:
-            out.append(CacheEntry(d.name, d, None, str(exc), newer=True))
-        except CacheIdentityError as exc:
-            out.append(CacheEntry(d.name, d, None, str(exc), foreign=True))
-        except CacheError as exc:
-            out.append(CacheEntry(d.name, d, None, str(exc)))
+        out.append(_entry(d.name, d, functools.partial(Manifest.load, d)))
     return out
+
+
+def _entry(key: str, directory: Path, load: Callable[[], Manifest], url: str | None = None) -> CacheEntry:
+    """The entry of a cache whose manifest ``load`` reads; a manifest it cannot trust is an entry saying why."""
+    try:
+        return CacheEntry(key, directory, load(), url=url)
+    except CacheVersionError as exc:
+        return CacheEntry(key, directory, None, str(exc), newer=True, url=url)
+    except CacheIdentityError as exc:
+        return CacheEntry(key, directory, None, str(exc), foreign=True, url=url)
+    except CacheError as exc:
+        return CacheEntry(key, directory, None, str(exc), url=url)
+
+
+def _remote_entries(remote: RemoteStore, keys: Sequence[str], root: Path) -> list[CacheEntry]:
+    """The entries of ``keys`` in a remote store, each from its manifest alone (read in threads: one request each);
+    a listed key whose manifest is gone is left out. ``directory``: where a pull would put it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        manifests = list(pool.map(remote.manifest_bytes, keys))
+    return [_entry(k, root / k, functools.partial(remote.manifest, k, data), url=remote.url)
+            for k, data in zip(keys, manifests, strict=True) if data is not None]
+
+
+def offline_missing(key: str, store: CacheStore) -> str:
+    """The one line for a cache that only a remote store could hold, with the network off."""
+    urls = ", ".join(r.url for r in store.remotes)
+    return (f"cache {printable(repr(key))} is not in the local stores ({printable(str(store.root))}"
+            f"{', ' + ', '.join(map(str, store.shared)) if store.shared else ''}) and offline mode "
+            f"(--offline / FEATCACHE_OFFLINE=1) reads no remote store ({printable(urls)}): fetch it first with "
+            f"`featcache cache pull {printable(key)} --store {printable(store.remotes[0].url)}` where the network "
+            "is reachable, then re-run")
 
 
 def _differs(a: Manifest, b: Manifest) -> str | None:

@@ -1,4 +1,4 @@
-"""`featcache cache ls|info|verify|rm|gc|publish`: the store, seen from the shell."""
+"""`featcache cache ls|info|verify|pull|rm|gc|publish`: the store, seen from the shell."""
 
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ from featcache.util.fileio import printable
 _STORE_OPTIONS = {p.name: p.default for p in cli_parameters(StoreOptions)}
 CACHE_DIR = _STORE_OPTIONS["cache_dir"]
 STORES = _STORE_OPTIONS["stores"]
+OFFLINE = _STORE_OPTIONS["offline"]
 
 
-def _store(cache_dir: Path | None, stores: list[Path] | None = None):
+def _store(cache_dir: Path | None, stores: list[Path] | None = None, offline: bool = False):
     from featcache.cache import CacheStore
+    from featcache.util.progress import RichReporter
 
-    return CacheStore(cache_dir, stores)
+    # --offline adds to FEATCACHE_OFFLINE=1 (None: the environment decides); a pull shows its bar
+    return CacheStore(cache_dir, stores, offline=True if offline else None, reporter=RichReporter(transient=True))
 
 
 LS_SORTS = ("key", "size", "used")
@@ -37,6 +40,7 @@ _STATUS_STYLE = {"complete": "green", "orphaned": "red", "broken": "red", "newer
 def cache_ls(
     cache_dir: Optional[Path] = CACHE_DIR,
     stores: Optional[List[Path]] = STORES,
+    offline: bool = OFFLINE,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output (the same fields; bytes, last_used "
                                                        "as ISO time or null, the store's path)."),
     sort: str = typer.Option("key", "--sort", help="key, size (largest first) or used (least recently used first: "
@@ -48,7 +52,7 @@ def cache_ls(
     from featcache.errors import check_choice
 
     check_choice("--sort", sort, LS_SORTS)
-    store = _store(cache_dir, stores)
+    store = _store(cache_dir, stores, offline)
     uses = usage_times(store)  # one directory scan: `ls` over thousands of caches stays well under a second
     listing = [(e, uses.get(e.key)) for e in store.entries()]
     order = {"key": lambda r: r[0].key, "size": lambda r: -_bytes(r[0]),
@@ -70,12 +74,17 @@ def cache_ls(
     if not listing:
         return
     for layer in store.layers:
-        held = [e for e, _ in listing if e.store == layer]
+        held = [e for e, _ in listing if e.store == layer and e.url is None]
         if held or layer == store.root:
             kind = "personal" if layer == store.root else "shared"
             size = human_bytes(sum(map(_bytes, held)))
             out.print(f"{kind} {escape(printable(str(layer)))}: {len(held)} cache(s), {size}", highlight=False,
                       soft_wrap=True)
+    for remote in store.remotes if not store.offline else []:
+        held = [e for e, _ in listing if e.url == remote.url]
+        out.print(f"remote {escape(printable(remote.url))}: {len(held)} cache(s), "
+                  f"{human_bytes(sum(map(_bytes, held)))} (pulled into the personal store when used)",
+                  highlight=False, soft_wrap=True)
 
 
 def _bytes(entry) -> int:
@@ -86,7 +95,7 @@ def _ls_json(e, used: float | None, root: Path) -> dict:
     import datetime as dt
 
     m = e.manifest
-    return {"key": e.key, "store": str(e.store), "personal": e.store == root, "status": e.status,
+    return {"key": e.key, "store": e.where, "personal": e.store == root and e.url is None, "status": e.status,
             "teacher": m.teacher.name if m else None, "dataset": m.dataset.get("name") if m else None,
             "split": m.dataset.get("split") if m else None, "rows": m.rows if m else None,
             "bytes": m.total_bytes() if m else None,
@@ -107,7 +116,7 @@ def _print_ls(listing: list, root: Path) -> None:
                      Col("status", style=lambda s: _STATUS_STYLE.get(s, "yellow"))])
     for e, used in listing:
         m = e.manifest
-        where = "personal" if e.store == root else str(e.store)
+        where = "personal" if e.store == root and e.url is None else e.where
         when = f"{human_age(now - used)} ago" if used is not None else "never"
         if m is None:
             grid.add(e.key, where, "-", "-", "-", "-", "-", when, e.status)
@@ -125,13 +134,15 @@ def cache_info(
     key: str = typer.Argument(..., help="Cache key or unique prefix."),
     cache_dir: Optional[Path] = CACHE_DIR,
     stores: Optional[List[Path]] = STORES,
+    offline: bool = OFFLINE,
     as_json: bool = typer.Option(False, "--json", help="Print the whole manifest as JSON."),
 ) -> None:
-    """Show what produced a cache: teacher, weights, dataset, transform, shards, timing."""
+    """Show what produced a cache: teacher, weights, dataset, transform, shards, timing (a remote store's cache is
+    pulled first)."""
     from featcache.cache import Manifest
     from featcache.cache.commands import extract_command
 
-    store = _store(cache_dir, stores)
+    store = _store(cache_dir, stores, offline)
     entry = store.locate(key)
     m = Manifest.load(entry.directory)  # refused when it is not the cache its name says
     if as_json:
@@ -195,15 +206,17 @@ def cache_verify(
     key: Optional[str] = typer.Argument(None, help="Cache key or prefix (default: every cache)."),
     cache_dir: Optional[Path] = CACHE_DIR,
     stores: Optional[List[Path]] = STORES,
+    offline: bool = OFFLINE,
 ) -> None:
-    """Recompute shard checksums; report corrupt, truncated and missing shards (exit 1 if any)."""
-    store = _store(cache_dir, stores)
-    keys = [store.resolve(key)] if key else sorted({e.key for e in store.entries()})
+    """Recompute shard checksums; report corrupt, truncated and missing shards (exit 1 if any). A KEY held only by a
+    remote store is pulled (and so verified) first; without a KEY, the local stores' caches are verified."""
+    store = _store(cache_dir, stores, offline)
+    keys = [store.resolve(key)] if key else sorted({e.key for e in store.entries(store.layers)})
     if not keys:
         out.print(f"no caches in {store.root}")
         return
     failed = False
-    orphans = {e.key: e for e in store.entries() if e.manifest is None}
+    orphans = {e.key: e for e in store.entries(store.layers) if e.manifest is None}
     for k in keys:
         if k in orphans:
             failed = True
@@ -224,6 +237,31 @@ def cache_verify(
                       "(it redoes bad shards after `featcache cache rm`, or use --force)", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+@cache_app.command("pull")
+@user_errors
+def cache_pull(
+    keys: List[str] = typer.Argument(..., help="Cache keys or unique prefixes, held by a remote store (--store URL)."),
+    cache_dir: Optional[Path] = CACHE_DIR,
+    stores: Optional[List[Path]] = STORES,
+) -> None:
+    """Fetch caches from a remote store into the personal store (or --cache-dir) ahead of use: every file checked
+    against the manifest's sha256 before it is installed; an interrupted pull resumes where it stopped."""
+    store = _store(cache_dir, stores)
+    if not store.remotes:
+        from featcache.errors import ConfigError
+
+        raise ConfigError("cache pull: no remote store to pull from; name one with --store URL (https://host/dir, "
+                          "s3://bucket/prefix) or in FEATCACHE_PATH", flag="--store")
+    for key in keys:
+        entry = store.locate(key, pull=False)
+        if entry.url is None:
+            out.print(f"already here: {entry.key} in {escape(printable(str(entry.store)))}", highlight=False)
+            continue
+        got = store.local(entry)
+        out.print(f"pulled: {got.key} ← {escape(printable(entry.url))} → {escape(printable(str(got.directory)))} "
+                  f"({human_bytes(_bytes(got))}, every file verified)", highlight=False, soft_wrap=True)
 
 
 @cache_app.command("rm")
@@ -296,11 +334,14 @@ def _gc_line(step, now: float, dry_run: bool) -> None:
 @user_errors
 def cache_publish(
     key: str = typer.Argument(..., help="Cache key or unique prefix."),
-    to: Path = typer.Option(..., "--to", help="The shared store (a directory) to publish into."),
+    to: str = typer.Option(..., "--to", help="The shared store to publish into: a directory, or a URL "
+                                             "(s3://bucket/prefix, any fsspec URL that can be written; credentials "
+                                             "and endpoint from AWS_* and FEATCACHE_STORAGE_OPTIONS)."),
     cache_dir: Optional[Path] = CACHE_DIR,
     stores: Optional[List[Path]] = STORES,
 ) -> None:
-    """Copy a cache into a shared store: others see nothing, or the complete verified cache."""
+    """Copy a cache into a shared store: others see nothing, or the complete verified cache. To a URL: the shards
+    first (each upload verified), the manifest last; publishing again uploads nothing that is already there."""
     from featcache.cache.publish import publish
     from featcache.util.progress import RichReporter
 
@@ -312,8 +353,9 @@ def cache_publish(
         result = publish(store, entry.key, to, progress=reporter.advance)
     finally:
         reporter.stop()
-    verb = "published" if result.new else "already published (the same cache)"
-    out.print(f"{verb}: {result.key} → {result.directory} ({human_bytes(result.bytes)})", highlight=False)
+    verb = "published" if result.new else "already published (the same cache; nothing copied)"
+    out.print(f"{verb}: {result.key} → {escape(printable(str(result.directory)))} ({human_bytes(result.bytes)})",
+              highlight=False, soft_wrap=True)
 
 
 @cache_app.command("export")

@@ -14,6 +14,7 @@ from featcache.config.common import (
     dataset_field,
     dataset_options_field,
     device_field,
+    offline_field,
     stores_field,
     workers_field,
 )
@@ -132,6 +133,7 @@ class StoreOptions:
 
     cache_dir: Path | None = cache_dir_field(recipe=False)
     stores: list[Path] = stores_field(recipe=False)
+    offline: bool = offline_field(recipe=False)
 
 
 @dataclass

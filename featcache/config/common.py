@@ -13,7 +13,8 @@ STUDENTS_HELP = ("alexnet, convnet_small, inceptionv3, lenet5, mobilenetv2, mobi
 
 # Shared stores: searched after the personal one for every cache a command reads; recipes set them in [pipeline]
 # stores = [...], `featcache run` and the cache commands take the same --store.
-STORES_HELP = "A shared cache store searched after the personal one (repeat; also FEATCACHE_PATH=/a:/b)."
+STORES_HELP = ("A shared cache store searched after the personal one: a directory, or a URL (https://host/dir, "
+               "s3://bucket/prefix) read-only, its caches pulled on use (repeat; also FEATCACHE_PATH=/a:https://b).")
 
 METHODS_HELP = "ce, kd, fitnets, ts, ts-translator, multi, aka (default: ts with a teacher, ce without)."
 
@@ -54,6 +55,12 @@ def cache_dir_field(**flag):
 
 def stores_field(**flag):
     return opt(factory=list, help=STORES_HELP, name="--store", form="repeat", runtime=True, **flag)
+
+
+def offline_field(**flag):
+    return opt(False, "Read no remote store (a URL among the stores): only caches already here are used, and a missing "
+                      "one is named with the `cache pull` that fetches it (also FEATCACHE_OFFLINE=1).", runtime=True,
+               **flag)
 
 
 def _log_default() -> list[str]:

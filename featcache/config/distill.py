@@ -23,6 +23,7 @@ from featcache.config.common import (
     dataset_options_field,
     device_field,
     log_field,
+    offline_field,
     stores_field,
     workers_field,
 )
@@ -200,6 +201,7 @@ class RunOptions:
                                "max-autotune.", runtime=True, section="Run")
     cache_dir: Path | None = cache_dir_field(recipe=False, section="Run")
     stores: list[Path] = stores_field(recipe=False, section="Run")
+    offline: bool = offline_field(section="Run")
     run_dir: Path | None = opt(None, "Where metrics and checkpoints go (default "
                                      "runs/<dataset>-<student>-<method>-s<seed>-<time>).", runtime=True, recipe=False,
                                section="Run")

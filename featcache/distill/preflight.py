@@ -73,7 +73,7 @@ def _no_teacher(s: Setup) -> str:
     from featcache.distill.resolve import stored_teachers
 
     c = s.config
-    stored = stored_teachers(CacheStore(c.cache_dir, c.stores), c.student, s.train.identity())
+    stored = stored_teachers(CacheStore(c.cache_dir, c.stores, offline=c.offline), c.student, s.train.identity())
     return ("no teacher: the student trains alone on its labels; "
             + (stored if stored else "give --teacher NAME to distil from a cached teacher (`featcache extract` "
                "makes one)"))

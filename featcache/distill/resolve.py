@@ -108,7 +108,7 @@ def resolve_teacher(spec: str, dataset: ImageDataset, store: CacheStore) -> Feat
             for e in matches[:5]
         )
         raise CacheError(f"--teacher {spec} is ambiguous: {choices}; pick one with --teacher {canonical}:KEY")
-    return FeatureCache(matches[0].directory)
+    return FeatureCache(store.local(matches[0]).directory)  # a remote store's cache is pulled first
 
 
 def resolve_teachers(specs: list[str], dataset: ImageDataset, store: CacheStore) -> list[FeatureCache]:

@@ -123,7 +123,7 @@ def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherD
     config = config.resolved()  # --augment auto, --epochs unset: what this run does (distill resolved them already)
     method_cls = get_method(config.resolved_method())
     method_cls.check_teachers(len(config.teachers))
-    store = CacheStore(config.cache_dir, config.stores)
+    store = CacheStore(config.cache_dir, config.stores, offline=config.offline)
     if config.dataset is None:
         config, data_from = with_data(config, store)
     train, test = _splits(config)

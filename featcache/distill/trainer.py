@@ -43,7 +43,8 @@ def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillS
     are leased while the run reads them (`cache rm` and `cache gc` leave them alone) and their use is recorded."""
     # The data first (the teachers' when no --dataset): it names the run directory and --resume compares it; so do
     # the defaults resolved per run (config.json records them resolved).
-    config, data_from = with_data(resume.resolved(config), CacheStore(config.cache_dir, config.stores))
+    store = CacheStore(config.cache_dir, config.stores, offline=config.offline, reporter=reporter)  # shows a pull
+    config, data_from = with_data(resume.resolved(config), store)
     with claim_run_dir(config), Lease(what="distill") as lease:
         s = setup(config, lease=lease, data_from=data_from)
         record_use(config.cache_dir if config.cache_dir is not None else default_cache_dir(),

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from featcache.cache.remote import store_url
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.config.flags import check_type, check_value, field_of_flag, recipe_fields
 from featcache.errors import SEED_MAX, ConfigError, FeatcacheError
@@ -181,9 +182,9 @@ def _parse_meta(data: dict, recipe: Recipe) -> dict[str, Any]:
     meta = _table(data, "pipeline", f"{where}: [pipeline]", default={})
     _unknown(meta, {"name", "description", "runs_dir", "stores"}, f"{where}: [pipeline]")
     meta = _keys(meta, {"name": str, "description": str, "runs_dir": str}, f"{where}: [pipeline] ")
-    if "stores" in meta:  # the same declaration as distill's --store
-        meta["stores"] = [recipe.path(str(v)) for v in check_value(DistillConfig, "stores", meta["stores"],
-                                                                      f"{where}: [pipeline] stores")]
+    if "stores" in meta:  # the same declaration as distill's --store; a URL stays a URL (featcache.cache.remote)
+        meta["stores"] = [Path(str(v)) if store_url(v) else recipe.path(str(v))
+                          for v in check_value(DistillConfig, "stores", meta["stores"], f"{where}: [pipeline] stores")]
     return meta
 
 

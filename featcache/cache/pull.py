@@ -1,0 +1,192 @@
+"""Pulling a cache from a remote store (featcache.cache.remote) into a local one, verified, resumable, once.
+
+The pull builds the cache where an extract or an import would, in the store's ``.incoming/``, and installs it with the
+same verified rename (featcache.cache.install): a reader sees no cache or the whole verified one. Each file is
+downloaded to ``<file>.part``, its sha256 computed from the bytes as they are written, and renamed to its name only
+when its size and sha256 are the manifest's: a partial or tampered file is never taken for a shard. The work
+directory, ``.incoming/<key>@<host>@pull``, outlives the process, so a pull that was interrupted (a network error, a
+kill -9) resumes there: with an HTTP Range request from the ``.part`` file's end where the server honours it, else
+from the start. The key's lock (``.incoming/<key>.lock``, the one extract takes) makes two processes pulling the same
+key download it once: the second waits and finds it installed. The remote manifest is read before and after the
+files: a manifest that changed between the two reads (a publisher at work) is refused, nothing installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from featcache.cache.format import MANIFEST, Manifest, ProjectionInfo, ShardInfo
+from featcache.cache.install import INCOMING, check_complete, discard, host, install, make_dir
+from featcache.cache.remote import CHUNK, RemoteStore
+from featcache.errors import CacheError, CacheLockedError, RemoteError
+from featcache.util.fileio import read_regular, unwritable, write_atomic
+from featcache.util.hashing import file_sha256
+from featcache.util.locks import DirLock
+from featcache.util.progress import Reporter
+
+PART_SUFFIX = ".part"
+RETRIES = 3  # a dropped connection is resumed this many times (0.5 s, 1 s, 2 s apart) before the pull gives up
+
+
+class KeyLock(DirLock):
+    """The key's write lock, ``<store>/.incoming/<key>.lock``: the one extract takes (extract/manifest.py)."""
+
+    error = CacheLockedError
+
+    def __init__(self, root: Path, key: str) -> None:
+        super().__init__(root / key, what="cache", path=root / INCOMING / f"{key}.lock", take_over_stale=True)
+
+
+@dataclass
+class Pulled:
+    key: str
+    directory: Path
+    bytes: int  # the cache's bytes
+    new: bool  # False: the store already held it (or another process pulled it meanwhile)
+
+
+def pull(remote: RemoteStore, key: str, root: Path, reporter: Reporter | None = None, wait: bool = True) -> Pulled:
+    """Bring the complete cache ``key`` of ``remote`` into the store ``root`` (a full key: lookup is the store's)."""
+    reporter = reporter or Reporter()
+    target = root / key
+    if (target / MANIFEST).is_file():
+        return Pulled(key, target, Manifest.load(target).total_bytes(), False)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        make_dir(root / INCOMING, root)
+    except OSError as exc:
+        raise unwritable(root, exc, "store") from None
+    lock = KeyLock(root, key)
+    try:
+        lock.acquire(wait=wait, on_wait=lambda pid: reporter.message(
+            f"cache {key} is being written by another process (pid {pid}); waiting for it to finish..."))
+    except CacheLockedError as exc:
+        raise exc.with_hint("wait for it to finish, then re-run") from None
+    try:
+        if (target / MANIFEST).is_file():  # the process we waited for pulled it
+            return Pulled(key, target, Manifest.load(target).total_bytes(), False)
+        return _pull_locked(remote, key, root, reporter)
+    finally:
+        lock.release()
+
+
+def _pull_locked(remote: RemoteStore, key: str, root: Path, reporter: Reporter) -> Pulled:
+    first = _manifest_bytes(remote, key)
+    m = remote.manifest(key, first)
+    if not m.complete:
+        raise CacheError(f"cache {key} at {remote.url} is not complete (being written or published); pull it once "
+                         "its publisher has finished")
+    work = _work_dir(root, key, first, m)
+    hashed: dict[str, str] = {}
+    reporter.start(m.total_bytes(), f"pull {key}", unit="B")
+    try:
+        for s in m.files():
+            hashed[s.file] = fetch_file(remote, key, s, work, reporter)
+    finally:
+        reporter.stop()
+    if _manifest_bytes(remote, key) != first:
+        discard(work)
+        raise CacheError(f"{remote.url}/{key}/{MANIFEST} changed while the cache was pulled (a publisher at work?); "
+                         "nothing was installed: re-run once it is done")
+    check_complete(work, key, hashed=hashed)
+    new = install(work, root, key)
+    return Pulled(key, root / key, m.total_bytes(), new)
+
+
+def _manifest_bytes(remote: RemoteStore, key: str) -> bytes:
+    data = remote.manifest_bytes(key)
+    if data is None:
+        raise CacheError(f"no cache {key} at {remote.url} ({remote.url}/{key}/{MANIFEST} not found); list what it "
+                         f"holds with `featcache cache ls --store {remote.url}`")
+    return data
+
+
+def _work_dir(root: Path, key: str, manifest: bytes, m: Manifest) -> Path:
+    """The pull's work directory, resumed when it was left by a pull of the same manifest, else started afresh; only
+    the manifest, shards and their ``.part`` files are kept in it."""
+    work = root / INCOMING / f"{key}@{host()}@pull"
+    try:
+        if os.path.lexists(work):
+            try:
+                same = read_regular(work / MANIFEST, len(manifest) + 1) == manifest
+            except OSError:
+                same = False
+            if not same:
+                discard(work)
+        make_dir(work, root)
+        keep = {MANIFEST} | {s.file for s in m.files()} | {s.file + PART_SUFFIX for s in m.files()}
+        for p in work.iterdir():
+            if p.name not in keep or not stat.S_ISREG(p.lstat().st_mode):
+                discard(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        if not (work / MANIFEST).is_file():
+            write_atomic(work / MANIFEST, manifest, what="store")
+    except OSError as exc:
+        raise unwritable(root, exc, "store") from None
+    return work
+
+
+def fetch_file(remote: RemoteStore, key: str, s: ShardInfo | ProjectionInfo, work: Path, reporter: Reporter) -> str:
+    """One file of the cache into ``work``, verified; its sha256. A network error is retried from where it stopped."""
+    final = work / s.file
+    if final.is_file():  # verified before it was renamed; checked again, as a kill may have come at any point
+        if final.stat().st_size == s.bytes and file_sha256(final) == s.sha256:
+            reporter.advance(s.bytes)
+            return s.sha256
+        final.unlink()
+    part = work / (s.file + PART_SUFFIX)
+    for attempt in range(RETRIES + 1):
+        try:
+            digest = _download(remote, f"{key}/{s.file}", part, s, reporter)
+            break
+        except RemoteError:
+            if attempt == RETRIES:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    os.rename(part, final)
+    return digest
+
+
+def _download(remote: RemoteStore, rel: str, part: Path, s: ShardInfo | ProjectionInfo, reporter: Reporter) -> str:
+    """Append the rest of ``rel`` to ``part`` (from its end when the server honours Range, else from 0); its sha256."""
+    url = remote.transport.address(rel)
+    offset = part.stat().st_size if part.is_file() else 0
+    offset = offset if offset <= s.bytes else 0
+    start, chunks = remote.transport.stream(rel, offset)
+    h = hashlib.sha256()
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "r+b") as f:
+            if start:  # resumed: the bytes already there enter the hash first
+                while block := f.read(min(CHUNK, start - f.tell())):
+                    h.update(block)
+            f.seek(start)
+            f.truncate()
+            written = start
+            try:
+                for chunk in chunks:
+                    if written + len(chunk) > s.bytes:
+                        raise CacheError(f"{url}: the server sends more than the {s.bytes:,} bytes its manifest "
+                                         "records; it is refused, nothing was installed")
+                    f.write(chunk)
+                    h.update(chunk)
+                    written += len(chunk)
+                    reporter.advance(len(chunk))
+            finally:
+                chunks.close()  # type: ignore[attr-defined]  # a generator
+                f.flush()
+                os.fsync(f.fileno())
+    except CacheError:
+        part.unlink(missing_ok=True)
+        raise
+    if written < s.bytes:
+        raise RemoteError(f"{url}: the server sent {written:,} of {s.bytes:,} bytes; re-run to resume")
+    if h.hexdigest() != s.sha256:
+        part.unlink(missing_ok=True)
+        raise CacheError(f"{url}: its bytes do not match the sha256 its manifest records (altered at the store or in "
+                         "transit); it is refused, nothing was installed")
+    return h.hexdigest()
