@@ -209,8 +209,13 @@ def same_cache(a: Path, b: Path) -> bool:
         ma, mb = Manifest.load(a), Manifest.load(b)
     except CacheError:
         return False
-    return (canonical_json(ma.identity) == canonical_json(mb.identity)
-            and sorted((s.file, s.sha256) for s in ma.files()) == sorted((s.file, s.sha256) for s in mb.files()))
+    return same_manifests(ma, mb)
+
+
+def same_manifests(a: Manifest, b: Manifest) -> bool:
+    """Whether two manifests describe the same cache: one identity, the same files with the same checksums."""
+    return (canonical_json(a.identity) == canonical_json(b.identity)
+            and sorted((s.file, s.sha256) for s in a.files()) == sorted((s.file, s.sha256) for s in b.files()))
 
 
 def discard(path: Path) -> None:
