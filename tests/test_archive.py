@@ -504,11 +504,16 @@ def test_kill_9_during_an_import_leaves_the_key_invisible_and_a_rerun_succeeds(c
 def test_bench_store_times_export_and_import_next_to_a_copy(tmp_path):
     out = tmp_path / "store.json"
     r = invoke("bench", "store", "--size-mib", "2", "--repeats", "1", "--keys", "5", "--scratch", tmp_path,
-               "--json-out", out)
+               "--distill-images", "32", "--json-out", out)
     assert r.exit_code == 0, r.output
     x = json.loads(out.read_text())
     assert x["benchmark"] == "store" and x["repeats"] == 1 and len(x["load_1min"]) == 2 and x["shards"] == 1
     for name in ("export", "import"):
         assert x["results"][name]["mb_per_s"] > 0 and x["results"][name]["vs_copy"] > 0
     assert x["ls"]["keys"] == 5 and x["ls"]["cli_seconds"] > 0
+    # the pull from an HTTP mirror next to a plain download, and a distill pulled on use next to one pulled first
+    p = x["pull"]
+    assert p["bytes"] == x["cache_bytes"] and p["pull_vs_plain"] > 0 and p["pull_vs_plain_fsync"] > 0
+    d = x["distill_pull"]
+    assert d["images"] == 32 and d["on_use"]["seconds"] > 0 and d["pull_first"]["seconds"] > d["pull"]["seconds"] > 0
     assert [p for p in tmp_path.iterdir() if p.name != "store.json"] == []  # the scratch store is removed

@@ -192,6 +192,12 @@ _TRUST = {"dataset": "synthetic", "images": 40, "teacher": "resnet18", "image_si
 _STORE = {"cache_bytes": 2**27, "shards": 4, "cpus": 2, "repeats": 3, **_LOAD,
           "results": {k: {"mb_per_s": 812.0, "seconds": 0.157, "vs_copy": 0.91, "vs_copy_fsync": 1.02}
                       for k in ("copy", "copy_fsync", "export", "import")}}
+_PULL = {"bytes": 2**27, "files": 5, "server": "python -m http.server (no Range), loopback", "load_1min": [1.2, 1.3],
+         "pull_vs_plain": 0.83, "pull_vs_plain_fsync": 0.97,
+         **{k: {"mb_per_s": 812.0, "seconds": 0.157, "all_seconds": [0.157, 0.16]}
+            for k in ("plain", "plain_fsync", "pull")}}
+_DISTILL_PULL = {"images": 2000, "cache_bytes": 2**20, "load_1min": [1.2, 1.3],
+                 **{k: {"seconds": 8.12, "all_seconds": [8.12, 8.2]} for k in ("on_use", "pull_first", "pull")}}
 
 
 def _tables() -> dict:
@@ -203,11 +209,14 @@ def _tables() -> dict:
             "join": (bench._join_table(_JOIN), ["featcache out-of-core table", "one .pt file per sample"], "123,456"),
             "trust": (bench._trust_table(_TRUST), ["fingerprint", "content_sample", "shard_sha256"], "0.49%"),
             "store": (bench._store_table(_STORE), ["featcache cache export (sha256 checked)",
-                                                   "limit: shutil.copyfile of its files"], "812")}
+                                                   "limit: shutil.copyfile of its files"], "812"),
+            "pull": (bench._pull_table(_PULL), ["limit: urllib download of its files"], "812"),
+            "distill_pull": (bench._distill_pull_table(_DISTILL_PULL), ["cache pull, then distill from the local copy"],
+                             "8.12")}
 
 
 @pytest.mark.parametrize("columns", [60, 80, 200])
-@pytest.mark.parametrize("name", ["extract", "distill", "join", "trust", "store"])
+@pytest.mark.parametrize("name", ["extract", "distill", "join", "trust", "store", "pull", "distill_pull"])
 def test_a_bench_table_keeps_each_rows_label_and_every_figure_at_any_width(name, columns):
     grid, labels, figure = _tables()[name]
     text = "\n".join(render(ln).plain for ln in grid.lines(columns))

@@ -1,5 +1,5 @@
-"""`featcache bench store`: `cache export` and `cache import` next to a plain copy of the same bytes, and `cache ls`
-over many keys.
+"""`featcache bench store`: `cache export` and `cache import` next to a plain copy of the same bytes, `cache pull`
+from an HTTP mirror next to a plain download (featcache.bench.pull), and `cache ls` over many keys.
 
 export and import are timed through the very functions the commands call (featcache.cache.archive), on a synthetic
 cache written by the real writer, each round next to ``shutil.copyfile`` of the cache's files in the same process:
@@ -158,11 +158,14 @@ def bench_ls(root: Path, keys: int, repeats: int) -> dict[str, Any]:
 
 
 def bench_store(*, size_mib: int = 512, repeats: int = 3, keys: int = 1000, directory: Path | None = None,
-                reporter: Reporter | None = None) -> dict[str, Any]:
-    """Export and import of a ``size_mib`` MiB cache next to copying its files, ``repeats`` rounds; ls over
-    ``keys`` caches."""
-    if repeats < 1 or size_mib < 1 or keys < 1:
-        raise ConfigError("--repeats, --size-mib and --keys must be >= 1")
+                reporter: Reporter | None = None, pull: bool = True, distill_images: int = 0) -> dict[str, Any]:
+    """Export and import of a ``size_mib`` MiB cache next to copying its files, ``repeats`` rounds; its pull from an
+    HTTP mirror next to a plain download (``pull``); a 1-epoch distill pulled on use vs pulled first
+    (``distill_images`` > 0); ls over ``keys`` caches."""
+    from featcache.bench.pull import bench_distill_pull, bench_pull
+
+    if repeats < 1 or size_mib < 1 or keys < 1 or distill_images < 0:
+        raise ConfigError("--repeats, --size-mib and --keys must be >= 1, --distill-images >= 0")
     reporter = reporter or Reporter()
     with tempfile.TemporaryDirectory(prefix="featcache-bench-store-", dir=directory) as scratch:
         root = Path(scratch)
@@ -176,6 +179,8 @@ def bench_store(*, size_mib: int = 512, repeats: int = 3, keys: int = 1000, dire
             reporter.message(f"round {r + 1}/{repeats}: copy, export, import")
             rounds.append(_round(root, key, files))
             loads.append(_load())
+        pulled = bench_pull(root / "pull", root / "src", key, repeats, reporter) if pull else None
+        distilled = bench_distill_pull(root / "distill", distill_images, repeats, reporter) if distill_images else None
         reporter.message(f"cache ls over {keys:,} caches")
         ls = bench_ls(root / "many", keys, repeats)
     results: dict[str, Any] = {}
@@ -201,5 +206,7 @@ def bench_store(*, size_mib: int = 512, repeats: int = 3, keys: int = 1000, dire
         "repeats": repeats,
         "load_1min": loads,
         "results": results,
+        "pull": pulled,
+        "distill_pull": distilled,
         "ls": ls,
     }

@@ -229,8 +229,12 @@ def bench_store_cmd(**values: Any) -> None:
 
     cfg = config_from_cli(BenchStoreConfig, values)
     r = bench_store(size_mib=cfg.size_mib, repeats=cfg.repeats, keys=cfg.keys, directory=cfg.scratch,
-                    reporter=RichReporter(err, transient=True))
+                    reporter=RichReporter(err, transient=True), pull=cfg.pull, distill_images=cfg.distill_images)
     _store_table(r).print()
+    if r["pull"]:
+        _pull_table(r["pull"]).print()
+    if r["distill_pull"]:
+        _distill_pull_table(r["distill_pull"]).print()
     ls = r["ls"]
     out.print(f"cache ls over {ls['keys']:,} caches: {ls['cli_seconds']:.2f} s for the command in a fresh process "
               f"(listing the store: {ls['entries_seconds']:.2f} s); cache gc --dry-run over them: "
@@ -250,6 +254,30 @@ def _store_table(r: dict) -> Grid:
         table.add(label, f"{x['mb_per_s']:,.0f}", f"{x['seconds']:.3f}",
                   f"{x['vs_copy']:.2f}" if "vs_copy" in x else "", f"{x['vs_copy_fsync']:.2f}" if "vs_copy" in x
                   else "")
+    return table
+
+
+def _pull_table(p: dict) -> Grid:
+    table = Grid(f"pull: {p['bytes'] / 2**20:,.0f} MiB in {p['files']} files from {p['server']}; median of "
+                 f"{len(p['plain']['all_seconds'])} rounds, load {', '.join(map(str, p['load_1min']))}",
+                 [Col("operation", give="fold")] + [Col(c, right=True) for c in ("MB/s", "seconds", "vs plain",
+                                                                                  "vs + fsync")])
+    table.add("limit: urllib download of its files", f"{p['plain']['mb_per_s']:,.0f}", f"{p['plain']['seconds']:.3f}",
+              "", "")
+    table.add("  the same + fsync of every file", f"{p['plain_fsync']['mb_per_s']:,.0f}",
+              f"{p['plain_fsync']['seconds']:.3f}", "", "")
+    table.add("featcache cache pull (sha256 checked, fsync, verified install)", f"{p['pull']['mb_per_s']:,.0f}",
+              f"{p['pull']['seconds']:.3f}", f"{p['pull_vs_plain']:.2f}", f"{p['pull_vs_plain_fsync']:.2f}")
+    return table
+
+
+def _distill_pull_table(d: dict) -> Grid:
+    table = Grid(f"a 1-epoch distill from an HTTP mirror ({d['images']:,} images, a {d['cache_bytes'] / 2**20:,.1f} "
+                 f"MiB cache), each command in a fresh process; median of {len(d['on_use']['all_seconds'])} rounds, "
+                 f"load {', '.join(map(str, d['load_1min']))}", [Col("arm", give="fold"), Col("seconds", right=True)])
+    table.add("distill --store URL (pulled on use, empty personal store)", f"{d['on_use']['seconds']:.2f}")
+    table.add("cache pull, then distill from the local copy", f"{d['pull_first']['seconds']:.2f}")
+    table.add("  of which cache pull", f"{d['pull']['seconds']:.2f}")
     return table
 
 

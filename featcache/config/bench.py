@@ -106,11 +106,16 @@ class BenchTrustConfig:
 
 @dataclass
 class BenchStoreConfig:
-    """`featcache bench store`: `cache export` / `cache import` MB/s next to shutil.copyfile, and `cache ls`."""
+    """`featcache bench store`: `cache export` / `cache import` MB/s next to shutil.copyfile, `cache pull` from an
+    HTTP mirror next to a plain download, and `cache ls`."""
 
     size_mib: int = bench_opt(512, "Size of the synthetic cache exported and imported.")
     repeats: int = bench_opt(3, "Rounds (copy, export, import each); medians are shown.")
     keys: int = bench_opt(1000, "Tiny caches listed by the `cache ls` timing.")
+    pull: bool = bench_opt(True, "Also time `cache pull` of the cache from a local HTTP mirror next to a plain urllib "
+                                 "download of its files.")
+    distill_images: int = bench_opt(2000, "Also time a 1-epoch distill from a cache on the HTTP mirror, pulled on use "
+                                          "vs pulled first, on this many synthetic images (0: not timed).")
     scratch: Path | None = bench_opt(
         None, "Where to write the scratch store (default: the temp dir; its disk is measured).")
     json_out: Path | None = _json_out(JSON_HELP)
