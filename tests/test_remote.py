@@ -140,6 +140,19 @@ def test_a_pull_killed_then_rerun_resumes_to_the_same_bits(mirror: Path, home: P
     assert [rng for p, rng in _shard_gets(srv) if p.endswith(shard)] == [None, "bytes=5000-"]
 
 
+def test_a_part_file_killed_before_its_rename_is_verified_not_fetched_again(mirror: Path, served, home: Path):
+    key = _key(mirror)
+    shard = sorted(p.name for p in (mirror / key).glob("*.h5"))[0]
+    work = home / ".incoming" / f"{key}@{host()}@pull"
+    work.mkdir(parents=True)
+    shutil.copy(mirror / key / "manifest.json", work / "manifest.json")
+    shutil.copy(mirror / key / shard, work / f"{shard}{PART_SUFFIX}")
+    r = invoke("cache", "pull", key, "--store", served.url)
+    assert r.exit_code == 0, r.output
+    _same_bits(mirror / key, home / key)
+    assert shard not in {p.rsplit("/", 1)[-1] for p, _ in _shard_gets(served)}
+
+
 def test_two_processes_pulling_one_key_download_it_once(mirror: Path, home: Path):
     key = _key(mirror)
     srv = serve(mirror, faults=Faults(delay=0.2))
@@ -177,6 +190,16 @@ def test_a_shard_longer_than_its_manifest_says_is_refused(mirror: Path, served, 
         f.write(b"\0" * 4096)
     one_line_error(invoke("cache", "pull", key, "--store", served.url), "sends more than", "nothing was installed")
     assert not (home / key).exists()
+
+
+def test_a_shard_shorter_than_its_manifest_says_is_refused_without_retrying(mirror: Path, served, home: Path):
+    key = _key(mirror)
+    shard = sorted((mirror / key).glob("*.h5"))[0]
+    shard.chmod(0o644)
+    shard.write_bytes(shard.read_bytes()[:-100])
+    one_line_error(invoke("cache", "pull", key, "--store", served.url), "bytes, its manifest records",
+                   "nothing was installed")
+    assert len([p for p, _ in _shard_gets(served) if p.endswith(shard.name)]) == 1 and not (home / key).exists()
 
 
 def test_a_missing_shard_is_one_line_naming_its_url(mirror: Path, served, home: Path):

@@ -167,8 +167,10 @@ def _chunks(response: Any, url: str) -> Iterator[bytes]:
             while True:
                 chunk = response.read1(CHUNK)  # what has arrived: a stalled body still leaves its bytes on disk
                 if not chunk:
-                    return
+                    break
                 yield chunk
+        if response.length:  # read1 meets a connection closed early as an end: the length announced says
+            raise ConnectionError(f"the connection closed {response.length:,} bytes before the end")
     except (OSError, ValueError) as exc:  # http.client.IncompleteRead is a ValueError... of HTTPException
         raise network_error(url, exc) from None
     except Exception as exc:  # http.client.HTTPException (IncompleteRead, RemoteDisconnected)
