@@ -363,6 +363,7 @@ def test_a_finished_command_ends_without_the_interpreter_teardown(monkeypatch, c
     import featcache.cli as cli
 
     monkeypatch.delenv("FEATCACHE_FULL_EXIT", raising=False)
+    monkeypatch.setattr(cli, "_observed", lambda: False)  # (a coverage run of the suite watches this process)
     ran = []
     monkeypatch.setattr(cli.atexit, "_run_exitfuncs", lambda: ran.append(True))
     monkeypatch.setattr(cli.os, "_exit", _fake_exit)
@@ -404,3 +405,14 @@ def test_the_entry_point_flushes_a_piped_output_and_keeps_the_exit_code(tmp_path
     bad = subprocess.run([sys.executable, "-c", code, "cache", "info", "nokey", "--cache-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nokey" in bad.stderr
+
+
+def test_a_profiled_command_returns_to_its_profiler(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "prof.out"
+    code = ("import torch, sys, cProfile; from featcache.cli import main; sys.argv = ['featcache', 'students']; "
+            f"cProfile.run('main()', {str(out)!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and out.stat().st_size > 0, r.stderr

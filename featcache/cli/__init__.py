@@ -52,7 +52,16 @@ def main() -> None:
 # took 0.7-1.0 s and briefly raised the process's peak RSS by about 125 MiB on a 2-core box, after the command's work
 # was done (docs/comparison.md). A finished command skips it: the exit handlers run (multiprocessing's children,
 # logging, torch's own), output is flushed, then the process ends. A live non-daemon thread (an unfinished writer)
-# gets the normal exit, which joins it. FEATCACHE_FULL_EXIT=1 always takes the normal path.
+# gets the normal exit, which joins it, and so does a process a profiler or coverage tool watches.
+# FEATCACHE_FULL_EXIT=1 always takes the normal path.
+def _observed() -> bool:
+    """A profiler or coverage tool is watching (``python -m cProfile -m featcache``, ``coverage run``): it writes its
+    results when the command returns, so the process must return to it."""
+    monitoring = getattr(sys, "monitoring", None)  # Python 3.12+: tools register here instead
+    tools = monitoring is not None and any(monitoring.get_tool(i) for i in range(6))
+    return sys.gettrace() is not None or sys.getprofile() is not None or bool(tools)
+
+
 def finish(code: object) -> NoReturn:
     """End the command with ``code`` (a SystemExit's: None, an int, or a message for stderr and 1)."""
     if isinstance(code, str):
@@ -60,7 +69,7 @@ def finish(code: object) -> NoReturn:
         code = 1
     status = 0 if code is None else code if isinstance(code, int) else 1
     others = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if "torch" not in sys.modules or others or os.environ.get("FEATCACHE_FULL_EXIT") == "1":
+    if "torch" not in sys.modules or others or _observed() or os.environ.get("FEATCACHE_FULL_EXIT") == "1":
         sys.exit(status)
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
