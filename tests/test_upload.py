@@ -141,6 +141,21 @@ def test_publish_refuses_a_different_cache_under_the_key_at_the_target(home, syn
     assert fs.cat_file(f"{root}/{key}/manifest.json") == before
 
 
+def test_the_endpoint_of_an_s3_compatible_server_may_come_from_aws_endpoint_url(home, syn_cache, s3, s3_endpoint,
+                                                                                 monkeypatch):
+    url, fs = s3
+    monkeypatch.delenv("FEATCACHE_STORAGE_OPTIONS")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # what docs/store.md tells MinIO and Ceph users to set
+    r = invoke("cache", "publish", syn_cache.name, "--to", url)
+    assert r.exit_code == 0, r.output
+    assert f"{syn_cache.name}/manifest.json" in _names(fs, url)
+
+
+def test_publish_to_a_url_while_offline_is_refused_in_one_line(home, syn_cache):
+    one_line_error(invoke("cache", "publish", syn_cache.name, "--to", "s3://lab-caches/featcache"), "FEATCACHE_OFFLINE",
+                   "s3://lab-caches/featcache")
+
+
 def test_publish_to_an_http_url_is_refused_in_one_line(home, syn_cache, monkeypatch):
     monkeypatch.delenv("FEATCACHE_OFFLINE")
     r = invoke("cache", "publish", syn_cache.name, "--to", "https://mirror.example.org/caches")
