@@ -985,3 +985,13 @@ def test_a_recipe_nested_too_deep_or_not_utf8_is_one_line(tmp_path, text, needle
     recipe = tmp_path / "recipe.toml"
     recipe.write_bytes(text)
     one_line_error(CliRunner().invoke(app, ["run", str(recipe), "--dry-run"]), "recipe.toml", needle)
+
+
+def test_recipe_stores_keep_a_url_and_resolve_a_folder_against_the_recipe(tmp_path):
+    from featcache.cache.remote import store_url
+
+    data = json.loads(json.dumps(TINY))
+    data.setdefault("pipeline", {})["stores"] = ["https://host:8080/caches", "s3://bucket/prefix", "shared"]
+    p = parse_pipeline(data, path=tmp_path / "recipe.toml", runs_dir=tmp_path / "runs")
+    assert [store_url(s) for s in p.stores] == ["https://host:8080/caches", "s3://bucket/prefix", None]
+    assert p.stores[2] == tmp_path / "shared"

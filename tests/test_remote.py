@@ -20,7 +20,7 @@ from featcache.cache.install import host
 from featcache.cache.pull import PART_SUFFIX, pull
 from featcache.cache.remote import RemoteStore, split_path, store_url
 from featcache.util.progress import RateColumn, Reporter
-from helpers import REPO, SYN_DISTILL, flat, invoke, one_line_error
+from helpers import REPO, SYN_DISTILL, SYN_EXTRACT, flat, invoke, one_line_error
 from http_server import Faults, serve
 
 
@@ -313,3 +313,50 @@ def test_distill_from_a_remote_store_equals_the_same_distill_from_a_local_copy(m
     strip = [[{k: v for k, v in m.items() if not k.endswith(("_per_s", "seconds", "time"))} for m in ms]
              for ms in metrics]  # every number but the speeds: the same bits
     assert strip[0] == strip[1] and "test_acc" in strip[0][-1]
+
+
+def test_a_remote_store_that_cannot_be_reached_leaves_the_local_ones_usable(syn_cache: Path, home: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("FEATCACHE_OFFLINE")
+    srv = serve(home)  # a port that was a server's and is closed now
+    srv.stop()
+    r = invoke("cache", "ls", "--store", srv.url)
+    assert r.exit_code == 0 and f"not read {srv.url}" in flat(r) and syn_cache.name in flat(r), r.output
+    assert invoke("cache", "info", syn_cache.name[:10], "--store", srv.url).exit_code == 0  # a prefix: listed
+
+
+def test_distill_offline_names_the_pull_and_reads_nothing(mirror: Path, served, home: Path, tmp_path: Path):
+    key = _key(mirror)
+    r = invoke("distill", "--teacher", key, *SYN_DISTILL, "--epochs", "1", "--store", served.url, "--offline",
+               "--run-dir", tmp_path / "run")
+    one_line_error(r, f"featcache cache pull {key} --store {served.url}")
+    assert served.requests == []
+
+
+def test_extract_reuses_a_cache_a_remote_store_holds(mirror: Path, served, home: Path):
+    key = _key(mirror)
+    r = invoke("extract", *SYN_EXTRACT, "--store", served.url)
+    assert r.exit_code == 0, r.output
+    _same_bits(mirror / key, home / key)  # pulled, not extracted again
+    assert _shard_gets(served)
+
+
+def test_a_store_any_fsspec_protocol_serves_is_pulled_and_resumed(mirror: Path, home: Path):
+    import fsspec
+
+    key = _key(mirror)
+    fs = fsspec.filesystem("memory")
+    for p in (mirror / key).iterdir():
+        fs.pipe(f"/mirror/{key}/{p.name}", p.read_bytes())
+    try:
+        remote = RemoteStore("memory://mirror")
+        assert remote.keys() == [key]
+        shard = sorted(p.name for p in (mirror / key).glob("*.h5"))[0]
+        work = home / ".incoming" / f"{key}@{host()}@pull"
+        work.mkdir(parents=True)
+        shutil.copy(mirror / key / "manifest.json", work / "manifest.json")
+        (work / f"{shard}{PART_SUFFIX}").write_bytes((mirror / key / shard).read_bytes()[:1000])  # half a shard
+        pull(remote, key, home)
+        _same_bits(mirror / key, home / key)
+    finally:
+        fs.rm("/mirror", recursive=True)

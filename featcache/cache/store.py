@@ -39,7 +39,14 @@ from featcache.cache.remote import RemoteStore, offline_env, split_path, store_u
 from featcache.cache.requests import REQUESTS_DIR
 from featcache.cache.usage import check_writable, record_use
 from featcache.cache.verify import ShardCheck, VerifyReport, verify_directory  # noqa: F401 - re-exported
-from featcache.errors import CacheError, CacheIdentityError, CacheLockedError, CacheVersionError, StorageError
+from featcache.errors import (
+    CacheError,
+    CacheIdentityError,
+    CacheLockedError,
+    CacheVersionError,
+    RemoteError,
+    StorageError,
+)
 from featcache.specs import TransformSpec
 from featcache.util.fileio import printable
 from featcache.util.locks import DirLock
@@ -138,6 +145,7 @@ class CacheStore:
         self.offline = offline_env() if offline is None else offline  # no remote store is read
         self.reporter = reporter  # shows a pull's progress
         self._listed: dict[str, list[CacheEntry]] = {}  # a remote store's entries, listed once
+        self.unreachable: dict[str, str] = {}  # URL -> why it could not be listed (its caches are left out)
 
     @property
     def shared(self) -> list[Path]:
@@ -163,7 +171,10 @@ class CacheStore:
         if layers is None and not self.offline:
             for r in self.remotes:
                 if r.url not in self._listed:
-                    self._listed[r.url] = _remote_entries(r, r.keys(), self.root)
+                    try:
+                        self._listed[r.url] = _remote_entries(r, r.keys(), self.root)
+                    except RemoteError as exc:  # a server down leaves the local stores usable, as said by ls
+                        self._listed[r.url], self.unreachable[r.url] = [], str(exc)
                 out += self._listed[r.url]
         return out
 
@@ -180,7 +191,8 @@ class CacheStore:
         return out
 
     def copies(self, key: str) -> list[CacheEntry]:
-        """The directories named ``key`` in the stores, in search order."""
+        """The directories named ``key`` in the stores, in search order; where none has it, the remote stores' copies
+        (one manifest read each, nothing listed: an extract or a recipe then reuses a published cache)."""
         if not is_cache_key(key):
             return []
         out = []
@@ -188,6 +200,11 @@ class CacheStore:
             d = layer / key
             if (d / MANIFEST).is_file() or (key and _holds_cache_files(d)):
                 out += [e for e in _layer_entries(layer, only=key)]
+        for r in self.remotes if not (out or self.offline) else []:
+            try:
+                out += _remote_entries(r, [key], self.root)
+            except RemoteError as exc:  # a lookup that finds nothing names the store it could not read
+                self.unreachable[r.url] = str(exc)
         return out
 
     def locate(self, key: str, pull: bool = True) -> CacheEntry:
@@ -195,7 +212,6 @@ class CacheStore:
         so that `rm` can find them). A key whose copies in two stores differ is an error. A cache found only in a
         remote store is pulled into the personal store (``pull``), else returned as the remote's entry."""
         copies = self.copies(key) if key and not key.startswith(".") else []
-        copies = copies or self._remote_copies(key)  # a full key: one manifest read per remote store, no listing
         if not copies:
             keys = sorted({e.key for e in self.entries()})
             matches = [k for k in keys if k.startswith(key)]
@@ -209,14 +225,9 @@ class CacheStore:
             if len(matches) > 1:
                 raise CacheError(f"cache key prefix {printable(repr(key))} is ambiguous ({', '.join(matches[:4])}); "
                                  "give more characters")
-            copies = self.copies(matches[0]) or self._remote_copies(matches[0])
+            copies = self.copies(matches[0])
         entry = self._one(copies)
         return self.local(entry) if pull else entry
-
-    def _remote_copies(self, key: str) -> list[CacheEntry]:
-        if self.offline or not is_cache_key(key):
-            return []
-        return [e for r in self.remotes for e in _remote_entries(r, [key], self.root)]
 
     def local(self, entry: CacheEntry) -> CacheEntry:
         """``entry`` in a local store: a remote one pulled into the personal store first (verified, resumable)."""
@@ -252,14 +263,15 @@ class CacheStore:
         """Words on the caches a lookup could not consider (a newer format, a broken manifest), for "no cache"
         errors: '' when there are none."""
         skipped = [e for e in self.entries() if e.manifest is None and not e.orphaned]
+        down = "".join(f" ({printable(why)})" for why in self.unreachable.values())
         if not skipped:
-            return ""
+            return down
         newer = [e for e in skipped if e.newer]
         foreign = [e for e in skipped if e.foreign]
         what = (f"{len(newer)} written by a newer featcache, e.g. {newer[0].key}" if newer else
                 f"{len(foreign)} whose manifest is not of its key, e.g. {foreign[0].key}" if foreign else
                 f"{len(skipped)} with an unreadable manifest, e.g. {skipped[0].key}")
-        return f" (skipped {len(skipped)} cache(s) it cannot read: {what}; see `featcache cache ls`)"
+        return f" (skipped {len(skipped)} cache(s) it cannot read: {what}; see `featcache cache ls`){down}"
 
     def open(self, key: str) -> FeatureCache:
         entry = self.locate(key)

@@ -62,6 +62,9 @@ def cache_ls(
         typer.echo(json.dumps([_ls_json(e, used, store.root) for e, used in listing], indent=2))
         return
     strays = store.strays()
+    for url, why in store.unreachable.items():  # its caches are not listed: say so, the rest still is
+        out.print(f"[yellow]not read[/] {escape(printable(url))}: {escape(printable(why))}", highlight=False,
+                  soft_wrap=True)
     if not listing:
         out.print(f"no caches in {escape(printable(store.describe()))}", highlight=False)
     else:
@@ -80,7 +83,7 @@ def cache_ls(
             size = human_bytes(sum(map(_bytes, held)))
             out.print(f"{kind} {escape(printable(str(layer)))}: {len(held)} cache(s), {size}", highlight=False,
                       soft_wrap=True)
-    for remote in store.remotes if not store.offline else []:
+    for remote in [r for r in store.remotes if r.url not in store.unreachable] if not store.offline else []:
         held = [e for e, _ in listing if e.url == remote.url]
         out.print(f"remote {escape(printable(remote.url))}: {len(held)} cache(s), "
                   f"{human_bytes(sum(map(_bytes, held)))} (pulled into the personal store when used)",
