@@ -118,6 +118,7 @@ def test_a_pull_the_server_drops_mid_shard_resumes_to_the_same_bits(mirror: Path
     assert gets == [None, "bytes=5000-"]  # resumed from where it stopped (a server without Range sent it all again)
 
 
+@pytest.mark.slow  # a process of its own, killed
 def test_a_pull_killed_then_rerun_resumes_to_the_same_bits(mirror: Path, home: Path):
     key = _key(mirror)
     shard = sorted(p.name for p in (mirror / key).glob("*.h5"))[0]
@@ -153,6 +154,7 @@ def test_a_part_file_killed_before_its_rename_is_verified_not_fetched_again(mirr
     assert shard not in {p.rsplit("/", 1)[-1] for p, _ in _shard_gets(served)}
 
 
+@pytest.mark.slow  # two processes of their own
 def test_two_processes_pulling_one_key_download_it_once(mirror: Path, home: Path):
     key = _key(mirror)
     srv = serve(mirror, faults=Faults(delay=0.2))

@@ -166,8 +166,8 @@ def _download(remote: RemoteStore, rel: str, part: Path, s: ShardInfo | Projecti
         start, chunks = offset, iter(())
     else:
         start, chunks = remote.transport.stream(rel, offset)
-    h = Hasher()
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    h = Hasher()
     try:
         with os.fdopen(fd, "r+b") as f:
             if start:  # resumed: the bytes already there enter the hash first

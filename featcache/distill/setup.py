@@ -32,6 +32,7 @@ from featcache.errors import ConfigError, check_at_least, check_choice, check_se
 from featcache.runs.loggers import check_loggers
 from featcache.transforms import AUGMENTS, Augment, TransformSpec, default_transform
 from featcache.util import distributed
+from featcache.util.progress import Reporter
 from featcache.util.runtime import (
     PRECISIONS,
     check_workers,
@@ -114,7 +115,8 @@ def _transform_for(config: DistillConfig, caches: list, train: ImageDataset, stu
     return default_transform(size, native_size=train.native_size, square_size=train.square_size)
 
 
-def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherData | None = None) -> Setup:
+def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherData | None = None,
+          reporter: Reporter | None = None) -> Setup:
     """``lease``: the caller's Lease, which the teachers' caches join as soon as they are found (before a shard is
     read). A config without a dataset trains on its teachers' data (resolve.with_data; ``data_from``: the cache that
     gave it when the caller has resolved it already)."""
@@ -123,7 +125,7 @@ def setup(config: DistillConfig, lease: Lease | None = None, data_from: TeacherD
     config = config.resolved()  # --augment auto, --epochs unset: what this run does (distill resolved them already)
     method_cls = get_method(config.resolved_method())
     method_cls.check_teachers(len(config.teachers))
-    store = CacheStore(config.cache_dir, config.stores, offline=config.offline)
+    store = CacheStore(config.cache_dir, config.stores, offline=config.offline, reporter=reporter)  # shows a pull
     if config.dataset is None:
         config, data_from = with_data(config, store)
     train, test = _splits(config)

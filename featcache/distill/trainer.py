@@ -46,7 +46,7 @@ def distill(config: DistillConfig, reporter: Reporter | None = None) -> DistillS
     store = CacheStore(config.cache_dir, config.stores, offline=config.offline, reporter=reporter)  # shows a pull
     config, data_from = with_data(resume.resolved(config), store)
     with claim_run_dir(config), Lease(what="distill") as lease:
-        s = setup(config, lease=lease, data_from=data_from)
+        s = setup(config, lease=lease, data_from=data_from, reporter=reporter)
         record_use(config.cache_dir if config.cache_dir is not None else default_cache_dir(),
                    [c.key for c in s.caches])
         return train(s, reporter)
