@@ -151,6 +151,30 @@ def test_the_endpoint_of_an_s3_compatible_server_may_come_from_aws_endpoint_url(
     assert f"{syn_cache.name}/manifest.json" in _names(fs, url)
 
 
+def test_a_backend_without_checksums_is_verified_by_reading_back_and_written_through_a_temporary_name(
+        home, syn_cache, monkeypatch):
+    import fsspec
+
+    from featcache.cache import upload
+
+    monkeypatch.delenv("FEATCACHE_OFFLINE")
+    monkeypatch.setattr(upload, "OBJECT_STORES", frozenset())  # as on a file system where a write is not atomic
+    read = []
+    real = upload.read_back
+    monkeypatch.setattr(upload, "read_back", lambda target, names: read.append(names[-1]) or real(target, names))
+    url = "memory://featcache-upload-test/shared"
+    r = invoke("cache", "publish", syn_cache.name, "--to", url)
+    assert r.exit_code == 0, r.output
+    fs = fsspec.filesystem("memory")
+    root = url.removeprefix("memory://")
+    shards = sorted(p.name for p in syn_cache.glob("*.h5"))
+    assert sorted(read) == shards  # no ETag there: each upload read back and hashed
+    for name in [*shards, "manifest.json"]:
+        assert fs.cat_file(f"/{root}/{syn_cache.name}/{name}") == (syn_cache / name).read_bytes()
+    assert not [p for p in fs.find(f"/{root}") if p.endswith(".tmp")]  # the temporary names moved into place
+    fs.rm(f"/{root}", recursive=True)
+
+
 def test_publish_to_a_url_while_offline_is_refused_in_one_line(home, syn_cache):
     one_line_error(invoke("cache", "publish", syn_cache.name, "--to", "s3://lab-caches/featcache"), "FEATCACHE_OFFLINE",
                    "s3://lab-caches/featcache")
