@@ -106,3 +106,18 @@ def test_a_run_recorded_before_bn_recalibrate_is_the_same_arm_in_the_report(tmp_
     record["config"]["bn_recalibrate"] = 1024  # a run that did recalibrate is another arm
     (runs[0] / "config.json").write_text(json.dumps(record))
     assert len(build_rows([load_record(r) for r in runs])) == 2
+
+
+def test_the_sample_comes_from_the_resident_split_without_decoding_it_again(monkeypatch):
+    from featcache.distill.bn import calibration_images
+    from featcache.transforms import Geometry, default_transform
+
+    train = get_dataset("synthetic", split="train", **SYN)
+    spec = default_transform(32)
+    student = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    fresh = calibration_images(student, train, spec, 20, seed=3, workers=0, device=torch.device("cpu"))
+    whole = torch.stack([Geometry(spec)(train.read_image(i)) for i in range(len(train))])
+    monkeypatch.setattr(type(train), "read_image", lambda *a: pytest.fail("decoded a second time"))
+    taken = calibration_images(student, train, spec, 20, seed=3, workers=0, device=torch.device("cpu"),
+                               decoded=whole)
+    assert taken is not None and fresh is not None and len(taken) == 20 and torch.equal(taken, fresh)

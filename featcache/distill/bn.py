@@ -29,13 +29,16 @@ def batch_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def calibration_images(model: nn.Module, train: ImageDataset, transform: TransformSpec, count: int, seed: int,
-                       workers: int, device: torch.device) -> torch.Tensor | None:
+                       workers: int, device: torch.device, decoded: torch.Tensor | None = None) -> torch.Tensor | None:
     """``count`` training images (a seeded sample, at the model's geometry) decoded once as uint8 on ``device``;
-    None when there is nothing to calibrate (``count`` 0, or a model without batch norm)."""
+    None when there is nothing to calibrate (``count`` 0, or a model without batch norm). ``decoded``: the whole
+    split already decoded at that geometry (the resident loader's), taken from instead of decoding the sample again."""
     if count <= 0 or not batch_norms(model) or len(train) == 0:
         return None
     picked = np.sort(np.random.default_rng([seed, 0xB4]).choice(len(train), size=min(count, len(train)),
                                                                   replace=False))
+    if decoded is not None and len(decoded) == len(train):
+        return decoded[torch.from_numpy(picked).to(decoded.device)].to(device)
     split = copy.copy(train).with_transform(Geometry(transform))  # a copy: the training loader's transform stays
     loader = DataLoader(Subset(split, picked.tolist()), batch_size=256, num_workers=workers)
     return torch.cat([images for images, _, _ in loader]).to(device)

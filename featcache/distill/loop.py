@@ -162,8 +162,9 @@ def _open(s: Setup, t: TrainingParts, reporter: Reporter, main: bool) -> _Run | 
               else torch.from_numpy(~s.labels.mask).to(device))
     run = _Run(s, t, tests, reporter, main, unlabeled, hidden)
     if main:
+        decoded = getattr(t.loader, "images", None) if t.resident else None  # the split at the same geometry
         run.calibration = calibration_images(_unwrapped(t.student), s.train, s.transform, config.bn_recalibrate,
-                                             config.seed, t.workers, device)
+                                             config.seed, t.workers, device, decoded)
     if main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
     if config.resume:
