@@ -126,8 +126,12 @@ def _work_dir(root: Path, key: str, manifest: bytes, m: Manifest) -> Path:
         make_dir(work, root)
         keep = {MANIFEST} | {s.file for s in m.files()} | {s.file + PART_SUFFIX for s in m.files()}
         for p in work.iterdir():
-            if p.name not in keep or not stat.S_ISREG(p.lstat().st_mode):
-                discard(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            if p.name in keep and stat.S_ISREG(p.lstat().st_mode):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                discard(p)
+            else:
+                p.unlink()
         if not (work / MANIFEST).is_file():
             write_atomic(work / MANIFEST, manifest, what="store")
     except OSError as exc:

@@ -171,9 +171,7 @@ def _chunks(response: Any, url: str) -> Iterator[bytes]:
                 yield chunk
         if response.length:  # read1 meets a connection closed early as an end: the length announced says
             raise ConnectionError(f"the connection closed {response.length:,} bytes before the end")
-    except (OSError, ValueError) as exc:  # http.client.IncompleteRead is a ValueError... of HTTPException
-        raise network_error(url, exc) from None
-    except Exception as exc:  # http.client.HTTPException (IncompleteRead, RemoteDisconnected)
+    except Exception as exc:  # OSError (a timeout, a reset) and http.client.HTTPException (IncompleteRead, ...)
         raise network_error(url, exc) from None
 
 
