@@ -93,8 +93,10 @@ def _run_config(tc: TeacherConfig, lr: float) -> DistillConfig:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         run_dir = Path("runs") / f"teacher-{tc.dataset}-{tc.teacher}-s{tc.seed}-{stamp}"
     # The shared fields by name; a teacher trains in RAM over a full shuffle, its classes applied as a dataset subset.
+    # A teacher's loop takes no student recipe: what train-teacher has no flag for keeps the papers' setting.
     return copy_fields(tc, DistillConfig, rename={"teacher": "student"}, classes=None, teachers=[], method="teacher",
-                       lr=lr, run_dir=run_dir, shuffle="full", cache_mode="ram")
+                       lr=lr, run_dir=run_dir, shuffle="full", cache_mode="ram", warmup_epochs=0,
+                       zero_init_residual=False)
 
 
 def default_lr(init: str) -> float:

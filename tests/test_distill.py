@@ -210,23 +210,62 @@ def test_the_default_augmentation_is_random_crops_alone_and_none_with_cached_tea
         distill(run_cfg(two_caches, tmp_path, augment="rotate"))
 
 
-def test_the_default_epochs_are_the_students(tmp_path, monkeypatch):
+def _recipe_of(c: DistillConfig) -> tuple:
+    return c.epochs, c.optimizer, c.lr, c.weight_decay, c.warmup_epochs, c.zero_init_residual
+
+
+def test_options_left_unset_are_the_students_recipe_alone_and_the_papers_with_teachers(monkeypatch):
+    from dataclasses import astuple, replace
+
     from featcache.config.distill import DEFAULT_EPOCHS
-    from featcache.models.registry import get_entry
-
-    assert DistillConfig().epochs is None
-    assert DistillConfig(student="convnet_small").resolved().epochs == DEFAULT_EPOCHS == 30
-    entry = get_entry("student", "mobilenetv3")
-    assert DistillConfig(student="mobilenetv3").resolved().epochs == entry.default_epochs == 30
-    from dataclasses import replace
-
     from featcache.models import registry
+    from featcache.models.registry import PAPERS_RECIPE, AloneRecipe, get_entry
 
-    # A student registered with its own default.
-    monkeypatch.setitem(registry._REGISTRY, ("student", entry.name), replace(entry, default_epochs=12))
-    assert DistillConfig(student="mobilenetv3").resolved().epochs == 12
-    assert DistillConfig(student="mobilenetv3", epochs=3).resolved().epochs == 3
-    assert DistillConfig(student="python:Mine").resolved().epochs == DEFAULT_EPOCHS  # an nn.Module given in Python
+    def as_recipe(r: AloneRecipe) -> tuple:
+        return r.epochs, r.optimizer, r.lr, r.weight_decay, r.warmup_epochs, r.zero_init_residual
+
+    assert _recipe_of(DistillConfig()) == (None, "auto", None, None, None, None)
+    papers = (DEFAULT_EPOCHS, "adam", 1e-3, 0.0, 0, False)
+    assert as_recipe(PAPERS_RECIPE) == papers
+    assert _recipe_of(DistillConfig(student="convnet_small").resolved()) == papers
+    mine = get_entry("student", "mobilenetv3").alone
+    assert mine != PAPERS_RECIPE and len(astuple(mine)) == 7
+    assert _recipe_of(DistillConfig(student="mobilenetv3").resolved()) == as_recipe(mine)
+    assert _recipe_of(DistillConfig(student="mobilenetv3", teachers=["resnet18"]).resolved()) == papers
+    given = dict(epochs=3, optimizer="sgd", lr=0.5, weight_decay=0.0, warmup_epochs=0, zero_init_residual=False)
+    assert _recipe_of(DistillConfig(student="mobilenetv3", **given).resolved()) == tuple(given.values())
+    assert DistillConfig(student="mobilenetv3", lr=0.5).resolved().optimizer == mine.optimizer  # field by field
+    entry = get_entry("student", "lenet5")
+    monkeypatch.setitem(registry._REGISTRY, ("student", entry.name), replace(entry, alone=AloneRecipe(epochs=12)))
+    assert DistillConfig(student="lenet5").resolved().epochs == 12
+    assert _recipe_of(DistillConfig(student="python:Mine").resolved()) == papers  # an nn.Module given in Python
+
+
+def test_warmup_raises_the_rate_over_the_first_epochs_and_leaves_the_schedule_alone(tmp_path):
+    import json
+
+    base = dict(student="lenet5", dataset="synthetic", dataset_options={**SYN, "num_train": 64}, batch_size=16,
+                workers=0, bn_recalibrate=0, optimizer="adam", lr=1e-2, epochs=3, weight_decay=0.0,
+                zero_init_residual=False)
+    rates = {}
+    for w in (0, 1):
+        distill(DistillConfig(**base, warmup_epochs=w, run_dir=tmp_path / f"w{w}"))
+        rates[w] = [json.loads(line)["lr"] for line in (tmp_path / f"w{w}" / "metrics.jsonl").read_text().splitlines()
+                    if '"lr"' in line]
+    assert rates[0] == rates[1] and len(rates[1]) == 3  # after each epoch: the cosine schedule's own rates
+    from featcache.distill.optim import Warmup
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.4)
+    w = Warmup([opt, None], epochs=2, steps_per_epoch=4)
+    seen = []
+    for epoch in range(3):
+        for step in range(4):
+            w.step(epoch, step)
+            seen.append(opt.param_groups[0]["lr"])
+        w.end_epoch()
+        assert opt.param_groups[0]["lr"] == 0.4
+    assert seen == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4] + [0.4] * 4)
 
 
 def test_a_run_records_its_resolved_defaults(tmp_path):
@@ -236,6 +275,8 @@ def test_a_run_records_its_resolved_defaults(tmp_path):
     assert distill(cfg).epochs == 30
     recorded = json.loads((tmp_path / "run" / CONFIG).read_text())["config"]
     assert (recorded["augment"], recorded["epochs"]) == ("pad-crop-flip", 30)
+    assert (recorded["optimizer"], recorded["lr"], recorded["weight_decay"], recorded["warmup_epochs"],
+            recorded["zero_init_residual"]) == ("adam", 1e-3, 0.0, 0, False)
 
 
 @pytest.mark.slow

@@ -396,3 +396,19 @@ def test_unknown_translator():
 def test_fclayer_names():
     layer = FCLayer(4, 3, nn.ReLU, dropout=0.5)
     assert {n for n, _ in layer.named_parameters()} == {"fc.weight", "fc.bias"}
+
+
+@pytest.mark.parametrize("name, blocks", [("mobilenetv3", 10), ("mobilenetv3_small", 6), ("mobilenetv2", 10),
+                                          ("resnet18", 8), ("convnet_small", 0)])
+def test_zero_init_residual_makes_every_residual_block_the_identity(name, blocks):
+    from featcache.models.students import zero_residual_branches
+
+    student = create_student(name, num_classes=3, image_size=32, zero_init_residual=True)
+    assert zero_residual_branches(student.body) == blocks  # (again: the same blocks, already zero)
+    plain = create_student(name, num_classes=3, image_size=32)
+    assert any(m.weight.abs().sum() > 0 for m in plain.modules() if isinstance(m, nn.BatchNorm2d))
+    for block in student.body.modules():
+        if getattr(block, "use_res_connect", False):
+            x = torch.randn(2, next(m for m in block.modules() if isinstance(m, nn.Conv2d)).in_channels, 8, 8)
+            block.eval()
+            assert torch.equal(block(x), x)  # the branch adds exactly zero

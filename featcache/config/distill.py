@@ -45,12 +45,16 @@ class StudentOptions:
                                    section="Student")
     image_size: int | None = opt(None, "Without a teacher: input size (default: the dataset's native size or 224).",
                                  section="Student")
+    zero_init_residual: bool | None = opt(None, "Start the last batch norm of every residual block at zero, so that "
+                                                "each block is the identity at initialisation (default: the "
+                                                "student's recipe alone, off with teachers; docs/students.md).",
+                                          negatable=True, section="Student")
     bn_recalibrate: int = bn_recalibrate_field(section="Student")
 
 
 # What a run recorded before a field existed did: config.json files written earlier lack these fields. (Defaults
 # resolved per run, --augment auto and --epochs, are recorded resolved: see DistillConfig.resolved.)
-RECORDED_BEFORE: dict[str, Any] = {"bn_recalibrate": 0}
+RECORDED_BEFORE: dict[str, Any] = {"bn_recalibrate": 0, "warmup_epochs": 0, "zero_init_residual": False}
 
 
 def as_recorded(config: dict[str, Any]) -> dict[str, Any]:
@@ -157,13 +161,22 @@ class AKAOptions:
 class OptimOptions:
     """How the student is trained (featcache.distill.optim: the optimizers and the schedule)."""
 
-    epochs: int | None = opt(None, "Epochs of student training (default: the student's registered default, 30 for "
-                                   "the built-in ones; docs/students.md).", section="Optimisation")
-    batch_size: int = opt(128, "Images per step (per GPU under torchrun).", short="-b", section="Optimisation")
-    lr: float = opt(1e-3, "Learning rate of the student.", section="Optimisation")
-    optimizer: str = opt("adam", "adam, adamw or sgd.", section="Optimisation")
+    # Left unset, epochs, batch size, lr, optimizer, weight decay and warm-up are the student's recipe alone when no
+    # teacher is given (featcache.models.registry.AloneRecipe; docs/students.md) and the papers' with teachers.
+    epochs: int | None = opt(None, "Epochs of student training (default: 30 with teachers; alone, the student's "
+                                   "recipe, docs/students.md).", section="Optimisation")
+    batch_size: int | None = opt(None, "Images per step, per GPU under torchrun (default: 128 with teachers; "
+                                       "alone, the student's recipe).", short="-b", section="Optimisation")
+    lr: float | None = opt(None, "Learning rate of the student (default: 1e-3 with teachers; alone, the student's "
+                                 "recipe).", section="Optimisation")
+    optimizer: str = opt("auto", "auto, adam, adamw or sgd (auto: adam with teachers; alone, the student's recipe).",
+                         section="Optimisation")
     momentum: float = opt(0.9, "sgd: momentum.", section="Optimisation")
-    weight_decay: float = opt(0.0, "Weight decay of the optimizer.", section="Optimisation")
+    weight_decay: float | None = opt(None, "Weight decay of the optimizer (default: 0 with teachers; alone, the "
+                                           "student's recipe).", section="Optimisation")
+    warmup_epochs: int | None = opt(None, "Epochs over whose steps the learning rate rises linearly from near 0 "
+                                          "(default: 0 with teachers; alone, the student's recipe).",
+                                    section="Optimisation")
     schedule: str = opt("cosine", "cosine, step or none.", section="Optimisation")
     step_size: int = opt(50, "step schedule: epochs between decays.", section="Optimisation")
     gamma: float = opt(0.1, "step schedule: decay factor.", section="Optimisation")
@@ -217,18 +230,24 @@ AUGMENT_AUTO = "auto"
 # A student trained alone has no cached view to keep consistent: the CIFAR recipe (pad S/8, random crop, flip) keeps a
 # 4M-parameter network from learning the synthetic set's 2,000 images by heart (docs/students.md).
 AUGMENT_ALONE = "pad-crop-flip"
-DEFAULT_EPOCHS = 30  # a student the registry does not know (a timm name, an nn.Module), and recipes without epochs
+OPTIMIZER_AUTO = "auto"
+DEFAULT_EPOCHS = 30  # with teachers, and a student the registry does not know (a timm name, an nn.Module)
+# The options resolved per run from the recipe (AloneRecipe's fields of the same names), "unset" being None or auto.
+PER_STUDENT_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "warmup_epochs",
+                      "zero_init_residual")
 # What recipes get for options they leave out, where the command's default is resolved per run: a recipe measures what
-# it says, so its student-alone arms stay un-augmented like their cached-teacher arms, and its epochs stay 30.
-RECIPE_DEFAULTS: dict[str, Any] = {"augment": "none", "epochs": DEFAULT_EPOCHS}
+# it says, so its student-alone arms train like its cached-teacher arms: un-augmented, Adam 1e-3, 30 epochs.
+RECIPE_DEFAULTS: dict[str, Any] = {"augment": "none", "epochs": DEFAULT_EPOCHS, "batch_size": 128, "optimizer": "adam",
+                                   "lr": 1e-3, "weight_decay": 0.0, "warmup_epochs": 0, "zero_init_residual": False}
 
 
-def default_epochs(student: str) -> int:
-    """``--epochs`` unset: the registered student's default_epochs (featcache.models.registry), else DEFAULT_EPOCHS."""
-    from featcache.models.registry import get_entry  # imports torch: only once a run or its check is under way
+def student_recipe(student: str, alone: bool) -> Any:
+    """The AloneRecipe a run resolves its unset options from: the registered student's own when it trains alone,
+    else (with teachers, or a student the registry does not know) the papers' (featcache.models.registry)."""
+    from featcache.models.registry import PAPERS_RECIPE, get_entry  # imports torch: only once a run is under way
 
-    entry = get_entry("student", student)
-    return entry.default_epochs if entry is not None else DEFAULT_EPOCHS
+    entry = get_entry("student", student) if alone else None
+    return entry.alone if entry is not None else PAPERS_RECIPE
 
 
 # The sections in the order --help lists them (a dataclass's fields follow its bases from the last to the first).
@@ -248,16 +267,19 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
     def resolved(self) -> "DistillConfig":
         """This config with the defaults that depend on the run made concrete, as config.json records them and
         --resume and recipes compare them: ``--augment auto`` (the student alone augments; cached rows describe one
-        view, so runs with teachers do not) and ``--epochs`` unset (the student's default_epochs)."""
+        view, so runs with teachers do not) and the PER_STUDENT_FIELDS left unset (the student's recipe alone, the
+        papers' with teachers)."""
         changes: dict[str, Any] = {}
         if self.augment == AUGMENT_AUTO:
             changes["augment"] = "none" if self.teachers else AUGMENT_ALONE
-        if self.epochs is None:
-            changes["epochs"] = self.resolved_epochs()
+        unset = [name for name in PER_STUDENT_FIELDS if getattr(self, name) in (None, OPTIMIZER_AUTO)]
+        if unset:
+            recipe = student_recipe(self.student, alone=not self.teachers)
+            changes.update({name: getattr(recipe, name) for name in unset})
         return replace(self, **changes) if changes else self
 
     def resolved_epochs(self) -> int:
-        return self.epochs if self.epochs is not None else default_epochs(self.student)
+        return self.epochs if self.epochs is not None else student_recipe(self.student, not self.teachers).epochs
 
     def resolved_method(self) -> str:
         return self.method or ("ts" if self.teachers else "ce")

@@ -23,7 +23,7 @@ from featcache.config import DistillConfig, OptimOptions
 from featcache.distill import resume
 from featcache.distill.loader import JoinedLoader
 from featcache.distill.methods import Method, TeacherRows
-from featcache.distill.optim import make_optimizer, make_schedule
+from featcache.distill.optim import Warmup, make_optimizer, make_schedule
 from featcache.distill.placement import Budget, Placement, resident_cap
 from featcache.distill.setup import Setup, default_run_dir, resident_default, resident_need, sampling_of, validate
 from featcache.errors import ConfigError, RunLockedError
@@ -139,6 +139,7 @@ class TrainingParts:
     online: list | None = None  # --online: the teachers' networks, run on every batch
     online_dtypes: list | None = None  # per cache, the RowEncoder the online rows go through (its projection, dtype)
     placement: Placement | None = None  # where rows and images live, and why (printed once, in config.json)
+    warmup: Warmup | None = None  # --warmup-epochs: the first epochs' steps at a rising learning rate
 
     def run_step(self, batch, epoch: int):
         """One training step; with --online the teachers' rows are made now, from the very input the student sees,
@@ -185,8 +186,9 @@ def training_parts(s: Setup, caches: list | None = None) -> TrainingParts:
                      config.channels_last, config.compile)
     sched = make_schedule(opt, optim, total_epochs)
     tsched = make_schedule(topt, optim, total_epochs) if topt else None
+    warmup = Warmup([opt, topt], config.warmup_epochs or 0, len(loader))
     return TrainingParts(student, method, loader, step, sched, tsched, total_epochs, workers, resident, online,
-                         online_dtypes, placement)
+                         online_dtypes, placement, warmup)
 
 
 def _online_teachers(s: Setup, caches: list) -> tuple[list, list]:

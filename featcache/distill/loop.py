@@ -231,6 +231,8 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
         elif run.hidden is not None:  # noise rows (last) keep their teacher labels
             n = len(batch) - batch.num_noise
             batch.labels[:n] = batch.labels[:n].masked_fill(run.hidden[batch.index[:n]], -1)
+        if t.warmup is not None:
+            t.warmup.step(epoch, stats.batches)
         loss, parts, logits = t.run_step(batch, epoch)
         real = stats.add(batch, loss, parts, logits, run.unlabeled)
         if stats.batches % 25 == 0:  # a host sync only every 25 steps: progress display and divergence check
@@ -239,6 +241,8 @@ def _train_epoch(run: _Run, epoch: int) -> _EpochStats:
         else:
             run.reporter.advance(real)
     check_finite(stats.finite, epoch, stats.batches, s.caches)  # before anything of this epoch is evaluated or saved
+    if t.warmup is not None:
+        t.warmup.end_epoch()
     if s.device.type == "cuda":
         torch.cuda.synchronize(s.device)
     stats.seconds = time.perf_counter() - t0

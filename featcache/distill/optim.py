@@ -11,15 +11,15 @@ from featcache.config import OptimOptions
 
 
 def _adam(params, lr: float, o: OptimOptions):
-    return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay or 0.0)
 
 
 def _adamw(params, lr: float, o: OptimOptions):
-    return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=o.weight_decay or 0.0)
 
 
 def _sgd(params, lr: float, o: OptimOptions):
-    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay, nesterov=o.momentum > 0)
+    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay or 0.0, nesterov=o.momentum > 0)
 
 
 OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
@@ -39,3 +39,34 @@ def make_optimizer(name: str, params, lr: float, options: OptimOptions):
 
 def make_schedule(opt, options: OptimOptions, total_epochs: int):
     return SCHEDULES[options.schedule](opt, options, total_epochs)
+
+
+class Warmup:
+    """``--warmup-epochs W``: over the steps of the first W epochs each optimizer's learning rate rises linearly to the
+    one the epoch schedule gives (step k of n gets (k+1)/n of it), and is restored before the schedule steps, so the
+    schedule itself is unchanged (its cosine formula reads the groups' rates back). A large learning rate from the first
+    step can throw a freshly initialised network's batch-norm statistics off for epochs (Goyal et al., 2017, §2.2)."""
+
+    def __init__(self, optimizers: list, epochs: int, steps_per_epoch: int) -> None:
+        self.optimizers = [o for o in optimizers if o is not None]
+        self.epochs, self.steps = max(0, epochs), max(1, steps_per_epoch)
+        self.base: list[list[float]] | None = None
+
+    def step(self, epoch: int, step: int) -> None:
+        """Before step ``step`` (0-based) of epoch ``epoch``."""
+        if epoch >= self.epochs:
+            return
+        if self.base is None:
+            self.base = [[g["lr"] for g in o.param_groups] for o in self.optimizers]
+        scale = min(1.0, (epoch * self.steps + step + 1) / (self.epochs * self.steps))
+        for o, base in zip(self.optimizers, self.base, strict=True):
+            for g, lr in zip(o.param_groups, base, strict=True):
+                g["lr"] = lr * scale
+
+    def end_epoch(self) -> None:
+        """After the epoch's last step, before the schedule steps: the schedule's own rates back."""
+        if self.base is not None:
+            for o, base in zip(self.optimizers, self.base, strict=True):
+                for g, lr in zip(o.param_groups, base, strict=True):
+                    g["lr"] = lr
+            self.base = None

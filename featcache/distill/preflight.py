@@ -55,12 +55,24 @@ def preflight_lines(s: Setup, t: TrainingParts) -> list[str]:
         f"{s.kind:<9} {model}",
         f"method    {c.resolved_method() if s.kind == 'student' else 'ce (train-teacher)'}"
         + (f"; teachers {', '.join(teachers)}" if teachers else ""),
-        f"schedule  {t.total_epochs} epochs × batch {c.batch_size}, {c.optimizer} lr {c.lr:g}; "
+        f"schedule  {t.total_epochs} epochs × batch {c.batch_size}, {_optimizer(c)}; "
         f"{device_name(s.device)} ({s.precision}), {torch.get_num_threads()} threads, {t.workers} workers",
     ]
     if t.placement is not None:
         lines.append(f"rows      {t.placement.describe()}")
     return lines + [f"warning: {w}" for w in preflight_warnings(s)]
+
+
+def _optimizer(c) -> str:
+    """``adamw lr 0.003, weight decay 0.05, 1 warm-up epoch, residual branches zero-initialised``: what is not 0."""
+    parts = [f"{c.optimizer} lr {c.lr:g}"]
+    if c.weight_decay:
+        parts.append(f"weight decay {c.weight_decay:g}")
+    if c.warmup_epochs:
+        parts.append(f"{c.warmup_epochs} warm-up epoch{'s' if c.warmup_epochs > 1 else ''}")
+    if c.zero_init_residual:
+        parts.append("residual branches zero-initialised")
+    return ", ".join(parts)
 
 
 def _origin(s: Setup) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from featcache.config import DistillConfig
-from featcache.config.distill import AUGMENT_AUTO, as_recorded
+from featcache.config.distill import AUGMENT_AUTO, OPTIMIZER_AUTO, PER_STUDENT_FIELDS, as_recorded
 from featcache.config.flags import flag_name, runtime_fields
 from featcache.errors import ConfigError
 from featcache.runs import rundir
@@ -37,8 +37,9 @@ def _method(d: dict[str, Any]) -> str:
 
 
 def resolved(config: DistillConfig) -> DistillConfig:
-    """``config.resolved()``; with --resume, a default resolved per run and left unset (``--augment auto``,
-    ``--epochs``) continues what the run recorded, so a run started under other defaults resumes with its own."""
+    """``config.resolved()``; with --resume, a default resolved per run and left unset (``--augment auto``, the
+    PER_STUDENT_FIELDS) continues what the run recorded, so a run started under other defaults resumes with its
+    own (a field the run predates: what it did then, RECORDED_BEFORE)."""
     path = Path(config.run_dir) / rundir.CONFIG if config.run_dir is not None else None
     try:
         recorded = config.resume and path is not None and path.is_file()
@@ -51,11 +52,23 @@ def resolved(config: DistillConfig) -> DistillConfig:
         # check_same_flags, which refuses the run in one line.
         if config.augment == AUGMENT_AUTO and isinstance(stored.get("augment"), str):
             kept["augment"] = stored["augment"]
-        epochs = stored.get("epochs")
-        if config.epochs is None and isinstance(epochs, int) and not isinstance(epochs, bool):
-            kept["epochs"] = epochs
+        for name in PER_STUDENT_FIELDS:
+            value = stored.get(name)
+            if getattr(config, name) in (None, OPTIMIZER_AUTO) and _takes(name, value):
+                kept[name] = value
         config = replace(config, **kept)
     return config.resolved()
+
+
+def _takes(name: str, value: Any) -> bool:
+    """Whether a recorded value is of the kind the flag takes (the numbers' ranges are checked with the flags)."""
+    if name in ("epochs", "batch_size", "warmup_epochs"):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if name in ("lr", "weight_decay"):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "zero_init_residual":
+        return isinstance(value, bool)
+    return isinstance(value, str) and value != OPTIMIZER_AUTO
 
 
 def check_same_flags(run_dir: Path, config: DistillConfig) -> None:

@@ -209,6 +209,8 @@ def _student(config: DistillConfig, method_cls, params: MethodParams, dims: list
         "name": config.student, "num_classes": len(head), "small_input": config.small_input,
         "image_size": transform.image_size, **options,
     }
+    if config.zero_init_residual:  # (only then: the kwargs of runs without it stay what they were)
+        student_kwargs["zero_init_residual"] = True
     student = create_student(**student_kwargs)
     if config.student_blocks:
         params.found.student_block_channels = student_block_channels(student, config.student_blocks,
@@ -229,8 +231,9 @@ def validate(config: DistillConfig) -> None:
     check_choice("--optimizer", config.optimizer, tuple(OPTIMIZERS))
     check_choice("--schedule", config.schedule, tuple(SCHEDULES))
     check_at_least("--epochs", config.resolved_epochs(), 1)
+    check_at_least("--warmup-epochs", config.warmup_epochs or 0, 0)  # (resolved: never None here)
     check_seed("--seed", config.seed)
-    check_at_least("--batch-size", config.batch_size, 1)
+    check_at_least("--batch-size", config.batch_size or 0, 1)
     check_at_least("--step-size", config.step_size, 1)
     check_at_least("--noise-per-batch", config.noise_per_batch, 0)
     check_at_least("--bn-recalibrate", config.bn_recalibrate, 0)
@@ -246,7 +249,8 @@ def validate(config: DistillConfig) -> None:
     _positive("--gamma", config.gamma)
     if not (math.isfinite(config.momentum) and 0 <= config.momentum < 1):
         raise ConfigError(f"--momentum must lie in [0, 1), got {config.momentum}", flag="--momentum")
-    if not (math.isfinite(config.weight_decay) and config.weight_decay >= 0):
+    decay = config.weight_decay if config.weight_decay is not None else 0.0
+    if not (math.isfinite(decay) and decay >= 0):
         raise ConfigError(f"--weight-decay must be a finite number >= 0, got {config.weight_decay}",
                           flag="--weight-decay")
     if config.image_size is not None:

@@ -17,6 +17,25 @@ from featcache.errors import ModelError
 
 
 @dataclass(frozen=True)
+class AloneRecipe:
+    """How a student is trained with no teacher when the run leaves these options unset (`featcache distill
+    --student NAME` and nothing else). With teachers every student gets PAPERS_RECIPE: the papers' Adam 1e-3 for 30
+    epochs, the setting the methods' losses are weighted for."""
+
+    epochs: int = 30
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_epochs: int = 0  # the learning rate rises linearly over the first steps of these epochs
+    batch_size: int = 128
+    zero_init_residual: bool = False  # the last batch norm of every residual block starts at zero (the block is
+    #                                   the identity at initialisation)
+
+
+PAPERS_RECIPE = AloneRecipe()
+
+
+@dataclass(frozen=True)
 class ModelEntry:
     name: str
     builder: Callable[..., Any]
@@ -40,8 +59,8 @@ class ModelEntry:
     torchvision_weights: bool = True  # --weights may name torchvision weights (DEFAULT, IMAGENET1K_V2, ...)
     default_weights: Callable[[str], str] | None = None  # --weights unset: fn(name) -> a checkpoint path
     own_stem: bool = False  # a student whose stem cannot be made CIFAR-style (--small-input is refused)
-    # Students: distill's --epochs when unset (docs/students.md measures each registered student alone at 30).
-    default_epochs: int = 30
+    # Students: what distill uses with no teacher for the options left unset (docs/students.md measures each).
+    alone: AloneRecipe = field(default_factory=lambda: PAPERS_RECIPE)
 
 
 _REGISTRY: dict[tuple[str, str], ModelEntry] = {}

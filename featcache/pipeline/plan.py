@@ -225,8 +225,12 @@ def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[st
     if anew:
         return [f"source teacher {anew[0]!r} is trained anew first"]
     student, epochs = a.get("student", AmalgamateConfig.student), a.get("epochs", AmalgamateConfig.epochs)
+    # As the amalgamation builds its runs (featcache.distill.amalgamate): every one learns from teachers, so what it
+    # leaves unset resolves to the papers' setting ("teachers" itself is compared below, by source cache).
     base = dict(dataset=p.dataset, data_root=p.data_root, dataset_options=dict(p.dataset_options), method="aka",
-                seed=seed, **{"augment": RECIPE_DEFAULTS["augment"], **a.get("options", {})})
+                seed=seed, teachers=["(the sources)"],
+                **{"augment": RECIPE_DEFAULTS["augment"], "lr": a.get("lr", AmalgamateConfig.lr),
+                   "batch_size": a.get("batch_size", AmalgamateConfig.batch_size), **a.get("options", {})})
     tasks = a.get("tasks") or {f"part{k}": f"part{k}" for k in range(1, int(p.class_parts["parts"]) + 1)}
     sources = {keys[t] for t in a["teachers"]}
     out = []
@@ -241,7 +245,7 @@ def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[st
             out.append(f"{d.name}: not a task of the recipe")
             continue
         recorded = read_config(d)["config"]
-        out += [f"{d.name}: {x}" for x in _differences(expected, recorded, skip={"teachers"})]
+        out += [f"{d.name}: {x}" for x in _differences(expected.resolved(), recorded, skip={"teachers"})]
         if d.name != "target" and not set(recorded.get("teachers") or []) <= sources:
             out.append(f"{d.name}: trained from other source caches")
     return out
