@@ -19,7 +19,8 @@ def _adamw(params, lr: float, o: OptimOptions):
 
 
 def _sgd(params, lr: float, o: OptimOptions):
-    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay or 0.0, nesterov=o.momentum > 0)
+    return torch.optim.SGD(params, lr=lr, momentum=o.momentum, weight_decay=o.weight_decay or 0.0,
+                           nesterov=o.momentum > 0)
 
 
 OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
