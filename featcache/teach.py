@@ -42,13 +42,14 @@ from featcache.distill.trainer import (
     claim_run_dir,
     train,
 )
+from featcache.errors import check_at_least
 from featcache.extract import ExtractConfig, plan_extract
 from featcache.losses import xent
 from featcache.models.classifier import INITS, Classifier, build_classifier, resolve_init  # noqa: F401 - re-exported
 from featcache.runs import rundir
 from featcache.runs.rundir import TEACHER_FILE
 from featcache.util.progress import Reporter
-from featcache.util.runtime import resolve_device, resolve_precision
+from featcache.util.runtime import bits_record, pinned_threads, resolve_device, resolve_precision
 
 
 def ranking_loss(scores: torch.Tensor, part_loss: torch.Tensor) -> torch.Tensor:
@@ -109,6 +110,8 @@ def validate(tc: TeacherConfig) -> DistillConfig:
     and the training loop's flags. Returns the loop's config, as the run's config.json will record it."""
     config = _run_config(tc, tc.lr if tc.lr is not None else default_lr(resolve_init(tc.teacher, tc.init)))
     validate_distill(config)
+    if tc.threads is not None:
+        check_at_least("--threads", tc.threads, 1)
     return config
 
 
@@ -138,7 +141,9 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
         device = resolve_device(tc.device)
         s = Setup(config, train_ds, test_ds, [], transform, model, method, device,
                   resolve_precision(tc.precision, device), kwargs, kind="teacher")
-        summary = train(s, reporter)
+        with pinned_threads(tc.threads):
+            summary = train(s, reporter)
+            bits = bits_record(device)  # the thread count the loop used, with the rest that changes the bits
         path = Path(config.run_dir) / TEACHER_FILE
         if config.resume and path.is_file():  # a finished run resumed again: its teacher.pt stays as it is
             return summary, path
@@ -150,6 +155,7 @@ def train_teacher(tc: TeacherConfig, reporter: Reporter | None = None) -> tuple[
                 "teacher": tc.teacher, "init": init, "num_classes": train_ds.num_classes,
                 "classes": list(train_ds.classes), "dataset": train_ds.identity(), "transform": transform.to_dict(),
                 "epoch": best.epoch + 1, "test_acc": best.test_acc,
+                "draw": {"seed": tc.seed, **bits},  # what makes this teacher one draw among others (plan, report)
             },
         }, path)
     return summary, path

@@ -995,3 +995,150 @@ def test_recipe_stores_keep_a_url_and_resolve_a_folder_against_the_recipe(tmp_pa
     p = parse_pipeline(data, path=tmp_path / "recipe.toml", runs_dir=tmp_path / "runs")
     assert [store_url(s) for s in p.stores] == ["https://host:8080/caches", "s3://bucket/prefix", None]
     assert p.stores[2] == tmp_path / "shared"
+
+
+# -- teacher draws: seeds of a trained teacher, its recorded threads and versions -------------------------------------
+
+
+def _drawn(tmp_path, seeds=(0, 1, 2), **block):
+    data = json.loads(json.dumps(TINY))
+    data["teachers"][0]["seeds"] = list(seeds)
+    data["teachers"].append({"name": "q8", "teacher": "convnet", "weights": "teacher:convnet",
+                             "extract": {"image_size": 32, "dtype": "int8"}})
+    data["distill"] = [{"students": ["lenet5"], "methods": ["ce", "kd"], "teachers": ["convnet"], "seeds": [0, 1],
+                        **block},
+                       {"students": ["lenet5"], "methods": ["kd"], "teachers": ["q8"], "tag": "int8"}]
+    return parse_pipeline(data, runs_dir=tmp_path / "runs")
+
+
+def test_teacher_seeds_draw_one_teacher_and_cache_each_and_name_the_student_runs_by_it(tmp_path):
+    from featcache.pipeline import distill_jobs
+
+    p = _drawn(tmp_path)
+    assert [(t.name, t.draw, (t.train or {}).get("seed"), t.weights) for t in p.teachers] == [
+        ("convnet", 0, 0, None), ("convnet-t1", 1, 1, None), ("convnet-t2", 2, 2, None),
+        ("r18", None, None, "random"),  # no seeds: as it was
+        ("q8", 0, None, "teacher:convnet"), ("q8-t1", 1, None, "teacher:convnet-t1"),
+        ("q8-t2", 2, None, "teacher:convnet-t2")]  # a teacher loading a drawn teacher's weights follows its draws
+    jobs = list(distill_jobs(p.distill))
+    assert [j.name for j in jobs] == [
+        "lenet5-ce-alone-s0", "lenet5-ce-alone-s1",  # ce learns from no teacher: not once per draw
+        "lenet5-kd-convnet-s0", "lenet5-kd-convnet-s1", "lenet5-kd-convnet-t1-s0", "lenet5-kd-convnet-t1-s1",
+        "lenet5-kd-convnet-t2-s0", "lenet5-kd-convnet-t2-s1",
+        "lenet5-kd-q8-int8-s0", "lenet5-kd-q8-t1-int8-s0", "lenet5-kd-q8-t2-int8-s0"]
+    assert [j.draw for j in jobs[2:5]] == [0, 0, 1] and jobs[4].teachers == ("convnet-t1",)
+    stages = [(s.kind, s.name) for s in plan(p) if s.kind == "teacher"]
+    assert stages == [("teacher", "convnet"), ("teacher", "convnet-t1"), ("teacher", "convnet-t2")]
+    assert (tmp_path / "runs" / "teachers" / "convnet-t1") == next(
+        s.run_dir for s in plan(p) if s.name == "convnet-t1" and s.kind == "teacher")
+
+
+def test_a_recipe_without_teacher_seeds_keeps_its_stage_and_run_names(tmp_path):
+    from featcache.pipeline import distill_jobs
+
+    p = tiny(tmp_path)
+    assert [t.name for t in p.teachers] == ["convnet", "r18"] and all(t.draw is None for t in p.teachers)
+    assert [j.name for j in distill_jobs(p.distill)] == [
+        "lenet5-ce-alone-s0", "lenet5-ce-alone-s1", "lenet5-kd-convnet-s0", "lenet5-kd-convnet-s1",
+        "lenet5-ts-r18-s0"]
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda d: d["teachers"][0]["train"].update(seed=3), "either 'seeds'"),
+    (lambda d: d["teachers"][1].update(seeds=[0, 1]), "give a 'train' table"),
+    (lambda d: d["teachers"][0].update(seeds=[0, 0]), "seeds lists 0 twice"),
+    (lambda d: d["teachers"].append({"name": "convnet-t1", "teacher": "convnet", "weights": "random"}),
+     "the teacher draw 'convnet-t1'"),
+])
+def test_teacher_seeds_errors_name_the_field(tmp_path, change, needle):
+    data = json.loads(json.dumps(TINY))
+    data["teachers"][0]["seeds"] = [0, 1]
+    change(data)
+    with pytest.raises(ConfigError, match=needle) as info:
+        parse_pipeline(data, runs_dir=tmp_path / "runs")
+    assert "\n" not in str(info.value)
+
+
+def test_the_teachers_of_one_block_are_drawn_together(tmp_path):
+    from featcache.pipeline import distill_jobs
+
+    data = json.loads(json.dumps(TINY))
+    data["teachers"].append({"name": "c2", "teacher": "convnet", "seeds": [0, 1],
+                             "train": {"epochs": 1, "init": "random", "batch_size": 32}})
+    data["teachers"][0]["seeds"] = [0, 1]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["multi"], "teachers": ["convnet", "c2", "r18"]}]
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    assert [j.teachers for j in distill_jobs(p.distill)] == [("convnet", "c2", "r18"), ("convnet-t1", "c2-t1", "r18")]
+    data["teachers"][0]["seeds"] = [0, 2]
+    with pytest.raises(ConfigError, match="drawn together"):
+        parse_pipeline(data, runs_dir=tmp_path / "runs")
+
+
+def _trained_teacher(tmp_path, data, draw: dict):
+    """A teacher stage made done without training: config.json and teacher.pt as train-teacher writes them."""
+    import torch
+
+    from featcache.pipeline import teacher_config
+    from featcache.teach import validate
+
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    d = tmp_path / "runs" / "teachers" / "convnet"
+    d.mkdir(parents=True, exist_ok=True)
+    config = validate(teacher_config(p, p.teachers[0], run_dir=d))
+    (d / "config.json").write_text(json.dumps({"config": config.to_dict(), "dataset": {"train": {"params": {}}},
+                                               "threads": 2}))
+    torch.save({"state_dict": {}, "featcache": {"init": "random", "draw": draw}}, d / "teacher.pt")
+
+
+def test_a_trained_teacher_is_stale_once_its_recorded_threads_or_torch_differ(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"] = [TINY["teachers"][0]]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["kd"], "teachers": ["convnet"], "options": {"epochs": 1}}]
+    now = {"seed": 0, "threads": 2, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__)}
+    _trained_teacher(tmp_path, data, now)
+
+    def teacher_stage():
+        return next(s for s in plan(parse_pipeline(data, runs_dir=tmp_path / "runs")) if s.kind == "teacher")
+
+    assert teacher_stage().state == "done"  # no pin: the recipe asks for no thread count
+    data["teachers"][0]["train"]["threads"] = 2
+    assert teacher_stage().state == "done"
+    data["teachers"][0]["train"]["threads"] = 1
+    stage = teacher_stage()
+    assert stage.state == "stale" and stage.differs == ["threads 2 → 1"]
+    stages = plan(parse_pipeline(data, runs_dir=tmp_path / "runs"))
+    assert [s.state for s in stages if s.kind == "extract"] == ["waits"]  # its cache comes from the new teacher
+    data["teachers"][0]["train"]["threads"] = 2
+    _trained_teacher(tmp_path, data, {**now, "torch": "1.0.0"})
+    assert teacher_stage().differs == [f"torch 1.0.0 → {torch.__version__}"]
+    _trained_teacher(tmp_path, data, {})  # recorded before teacher.pt kept its draw: config.json's threads
+    assert teacher_stage().state == "done"
+    data["teachers"][0]["train"]["threads"] = 3
+    assert teacher_stage().differs == ["threads 2 → 3"]
+
+
+@pytest.mark.slow
+def test_a_recipe_with_teacher_seeds_reports_each_draw_and_the_spread_between_teachers(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = json.loads(json.dumps(TINY))
+    data["teachers"] = [{**TINY["teachers"][0], "seeds": [0, 1]}]
+    data["distill"] = [{"students": ["lenet5"], "methods": ["kd"], "teachers": ["convnet"], "seeds": [0, 1],
+                        "options": {"epochs": 1, "batch_size": 32}}]
+    data["report"] = {"title": "draws"}
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    result = run_pipeline(p, workers=0, log=lambda m: None)
+    shown = {s.name: s.detail for s in plan(p) if s.kind == "distill"}
+    assert shown["lenet5-kd-convnet-t1-s0"].startswith("teacher draw convnet-t1 seed 1, weights ")
+    assert shown["lenet5-kd-convnet-s0"].startswith("teacher draw convnet seed 0, weights ")
+    assert len(result["rows"]) == 2 and len(result["draws"]) == 1  # a row per draw, one arm over both
+    cells = result["draws"][0].cells()
+    assert cells["draws"] == "2" and cells["runs"] == "4" and cells["teachers"] == "convnet"
+    md = result["markdown"].read_text()
+    assert "## Over teacher draws" in md and "convnet (seed 1, " in md
+    r = CliRunner().invoke(app, ["report", str(tmp_path / "runs"), "--markdown", str(tmp_path / "r.md")])
+    assert r.exit_code == 0, r.output
+    assert "over teacher draws" in r.output and "## Over teacher draws" in (tmp_path / "r.md").read_text()

@@ -135,3 +135,33 @@ def test_extract_gives_a_trained_teacher_the_view_it_was_trained_on(folder_tree,
     result = extract(ExtractConfig(teacher="convnet", weights=str(path), dataset="folder", data_root=folder_tree,
                                    split="test", workers=0, cache_dir=tmp_path / "store"))  # no view flags
     assert result.manifest.transform.to_dict() == trained  # not convnet's 32 px recipe
+
+
+def test_two_teacher_trainings_with_one_seed_and_thread_count_are_bit_identical_and_record_their_draw(tmp_path):
+    """A teacher is a draw: its seed, thread count, versions and device give its bits, and teacher.pt says which."""
+    import torchvision
+
+    def trained(name: str, seed: int = 0) -> dict:
+        tc = TeacherConfig(teacher="convnet", dataset_options={"num_train": 32, "num_test": 16, "num_classes": 4},
+                           init="random", image_size=32, epochs=1, batch_size=16, workers=0, seed=seed, threads=1,
+                           run_dir=tmp_path / name, device="cpu")
+        return torch.load(train_teacher(tc)[1], weights_only=True)
+
+    threads = torch.get_num_threads()
+    a, b = trained("a"), trained("b")
+    assert torch.get_num_threads() == threads  # the pin holds for the training only
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    draw = a["featcache"]["draw"]
+    assert draw["seed"] == 0 and draw["threads"] == 1
+    assert draw["torch"] == torch.__version__ and draw["torchvision"] == torchvision.__version__
+    assert draw["device"] == "cpu" and draw["cpu"] and draw["deterministic_algorithms"] in (True, False)
+    other = trained("c", seed=1)["state_dict"]
+    assert not all(torch.equal(a["state_dict"][k], other[k]) for k in other)  # another seed: another teacher
+
+
+def test_train_teacher_threads_must_be_positive():
+    from featcache.teach import validate
+
+    with pytest.raises(ConfigError, match="--threads must be >= 1"):
+        validate(TeacherConfig(teacher="convnet", threads=0))

@@ -6,26 +6,30 @@ import os
 from typing import Any
 
 from featcache.cli.app import app, err, out, user_errors
-from featcache.cli.tables import Col, Grid, print_rows, print_task_table
+from featcache.cli.tables import Col, Grid, print_draws, print_rows, print_task_table
 from featcache.config import DemoConfig, ReportConfig, RunConfig
 from featcache.config.flags import as_command, cli_parameters, config_from_cli
 from featcache.errors import ConfigError
 
 
 def report(**values: Any) -> None:
+    from featcache.runs.draws import draw_arms, markdown_draws, teacher_draws
     from featcache.runs.report import build_rows, find_runs, load_record, markdown_table, plot_curves
     from featcache.util.fileio import write_text_atomic
 
     cfg = config_from_cli(ReportConfig, values)
     records = [load_record(d) for d in find_runs(cfg.runs)]
     rows = build_rows(records, group_seeds=not cfg.per_seed)
+    draws = teacher_draws({k for r in records for k in r.teacher_keys}, cfg.cache_dir, cfg.stores)
+    arms = draw_arms(rows, draws) if not cfg.per_seed else []
     print_rows(rows, cfg.title or f"{len(records)} run(s)")
+    print_draws(arms)
     if cfg.markdown is not None:
         try:
             cfg.markdown.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"--markdown {cfg.markdown}: its folder cannot be made ({exc.strerror or exc})") from None
-        write_text_atomic(cfg.markdown, markdown_table(rows), flag="--markdown")
+        write_text_atomic(cfg.markdown, markdown_table(rows) + markdown_draws(arms), flag="--markdown")
         out.print(f"markdown table: {cfg.markdown}", highlight=False)
     if cfg.plot is not None:
         out.print(f"accuracy curves: {plot_curves(records, cfg.plot, cfg.title)}", highlight=False)
@@ -111,6 +115,7 @@ def _run_pipeline(pipeline, *, cache_dir, device, workers, dry_run, rerun_stale=
                           log=lambda m: out.print(m, highlight=False, markup=False))
     if result.get("rows"):
         print_rows(result["rows"], pipeline.report.get("title", pipeline.name))
+        print_draws(result.get("draws") or [])
     if result.get("amalgamate"):
         print_task_table(result["amalgamate"],
                          f"amalgamation: per-task test accuracy (%) — "

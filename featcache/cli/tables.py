@@ -218,8 +218,22 @@ def print_rows(rows, title: str) -> None:
         out.print(f"  ({k + 1}) {', '.join(row.first.apart)}", highlight=False, markup=False)
 
 
+def print_draws(arms) -> None:
+    """The arms learnt from several teacher draws: mean ± std over all their runs, the between-teacher spread."""
+    from featcache.runs.draws import DRAW_COLUMNS
+
+    if not arms:
+        return
+    grid = Grid("over teacher draws: mean ± std over all runs; between teachers: std of the draws' means",
+                [_report_col(col) for col in DRAW_COLUMNS])
+    for arm in arms:
+        cells = arm.cells()
+        grid.add(*(cells[col] for col in DRAW_COLUMNS))
+    grid.print()
+
+
 def _report_col(name: str) -> Col:
     """Numbers wrap at their spaces ("59.17 ±" / "23.72"); the model and method fold; lists wrap between names."""
-    if name.endswith("%") or name in ("seeds", "epochs"):
+    if name.endswith("%") or name in ("seeds", "epochs", "draws", "runs", "between teachers"):
         return Col(name, right=True, give="wrap")
     return Col(name, give="wrap" if name in ("teachers", "labels") else "fold")

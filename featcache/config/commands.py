@@ -125,6 +125,9 @@ class ReportConfig:
     plot: Path | None = opt(None, "Write a PNG of test accuracy per epoch (needs matplotlib).", recipe=False)
     title: str | None = opt(None, "Title of the table and the plot (default: the number of runs).", recipe=False)
     per_seed: bool = opt(False, "One row per run instead of mean ± std over seeds.", recipe=False)
+    # where the runs' caches are: their manifests tell which teacher draw each run learnt from
+    cache_dir: Path | None = cache_dir_field(recipe=False)
+    stores: list[Path] = stores_field(recipe=False)
 
 
 @dataclass

@@ -38,6 +38,9 @@ class TeacherConfig:
     schedule: str = opt("cosine", "cosine, step or none.")
     augment: str = opt("flip", "none, flip or pad-crop-flip (teachers train on augmented views).")
     seed: int = opt(0, "Seed of the initialisation, the epoch order and augmentation.")
+    # a teacher's bits depend on its thread count (CPU reductions add in another order): a recipe pins it
+    threads: int | None = opt(None, "CPU threads of the training (default: the cores the workers leave, or "
+                                    "$FEATCACHE_THREADS); recorded in teacher.pt with what else changes its bits.")
     bn_recalibrate: int = bn_recalibrate_field()
     device: str = device_field(runtime=True, recipe=False)
     precision: str = opt("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32.")

@@ -9,6 +9,7 @@ complete cache, a finished run's summary.json), ``resume`` (an interrupted run w
 is not done. Re-running a finished recipe does nothing but the report. See docs/pipelines.md for the format.
 """
 
+from featcache.pipeline.jobs import DistillJob, DistillSpec, TeacherSpec, distill_jobs, draw_name  # noqa: F401
 from featcache.pipeline.plan import (  # noqa: F401 - the package's public names
     STALE_DIR,
     Stage,
@@ -23,11 +24,7 @@ from featcache.pipeline.recipe import (  # noqa: F401
     DISTILL_FIELDS,
     EXTRACT_FIELDS,
     TRAIN_FIELDS,
-    DistillJob,
-    DistillSpec,
     Pipeline,
-    TeacherSpec,
-    distill_jobs,
     load_pipeline,
     parse_pipeline,
 )

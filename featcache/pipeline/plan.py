@@ -12,7 +12,8 @@ from featcache.config import DistillConfig, TeacherConfig
 from featcache.config.distill import RECIPE_DEFAULTS
 from featcache.config.flags import runtime_fields
 from featcache.errors import ConfigError
-from featcache.pipeline.recipe import DistillJob, Pipeline, TeacherSpec, distill_jobs
+from featcache.pipeline.jobs import DistillJob, TeacherSpec, distill_jobs
+from featcache.pipeline.recipe import Pipeline
 from featcache.runs.rundir import CONFIG, LAST, SUMMARY
 from featcache.util.fileio import printable
 
@@ -86,7 +87,7 @@ def _teacher_weights(p: Pipeline, t: TeacherSpec) -> str | None:
 
 
 def _needs_noise(p: Pipeline, t: TeacherSpec) -> bool:
-    return any(t.name in d.teachers and d.options.get("noise_per_batch") for d in p.distill)
+    return any(t.base in d.teachers and d.options.get("noise_per_batch") for d in p.distill)
 
 
 def extract_config(p: Pipeline, t: TeacherSpec, cache_dir: Path | None, device: str, workers: int | None):
@@ -153,8 +154,9 @@ def _teacher_differs(p: Pipeline, t: TeacherSpec, run_dir: Path) -> list[str]:
 
     info = read_config(run_dir)
     tc = teacher_config(p, t, run_dir=run_dir)
-    done_init = _teacher_record(run_dir).get("init")  # what --init resolved to when it trained
-    out = []
+    record = _teacher_record(run_dir)
+    done_init = record.get("init")  # what --init resolved to when it trained
+    out = _draw_differs(tc, record.get("draw"), info.get("threads"))
     # --init auto means "ImageNet weights if they are at hand": what it found then stands; an explicit one must match
     now_init = done_init if tc.init == "auto" and done_init else resolve_init(tc.teacher, tc.init)
     if done_init and now_init != done_init:
@@ -165,6 +167,24 @@ def _teacher_differs(p: Pipeline, t: TeacherSpec, run_dir: Path) -> list[str]:
     subset = params.get("class_subset")  # train-teacher --classes subsets the dataset: its identity records them
     if _plain(subset) != _plain(tc.classes):
         out.append(f"classes {_show(subset or 'all')} → {_show(tc.classes or 'all')}")
+    return out
+
+
+def _draw_differs(tc: TeacherConfig, draw: Any, threads: Any) -> list[str]:
+    """What changes a teacher's bits beyond its flags: the thread count the recipe pins (against teacher.pt's
+    record, else the loop's config.json of a half-trained one) and the torch/torchvision versions it trained with
+    (recorded since teacher.pt records its draw; an older record is not compared)."""
+    import torch
+    import torchvision
+
+    draw = draw if isinstance(draw, dict) else {}
+    out = []
+    done = draw.get("threads", threads)
+    if tc.threads is not None and isinstance(done, int) and done != tc.threads:
+        out.append(f"threads {done} → {tc.threads}")
+    for name, now in (("torch", str(torch.__version__)), ("torchvision", str(torchvision.__version__))):
+        if isinstance(draw.get(name), str) and draw[name] != now:
+            out.append(f"{name} {printable(draw[name], 24)} → {now}")
     return out
 
 
@@ -251,36 +271,48 @@ def _amalgamate_differs(p: Pipeline, keys: dict[str, str], seed: int) -> list[st
     return out
 
 
+def _teacher_stages(p: Pipeline) -> list[Stage]:
+    """The stages of the teachers trained here, each with its state."""
+    from featcache.teach import TEACHER_FILE
+
+    stages = []
+    for t in p.teachers:
+        if t.train is not None:
+            d = _teacher_dir(p, t)
+            what = f"train-teacher {t.teacher}" + (f", seed {t.draw}" if t.draw is not None else "")
+            stage = Stage("teacher", t.name, _run_state(d, TEACHER_FILE), d, what, t)
+            if stage.state != "run" and (d / CONFIG).is_file():
+                stage.differs = _teacher_differs(p, t, d)
+            if stage.differs:
+                stage.state, stage.detail = "stale", f"{stage.detail}: {'; '.join(stage.differs)}"
+            stages.append(stage)
+    return stages
+
+
 def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
          workers: int | None = None) -> list[Stage]:
     """Every stage with its state. A stage whose outputs exist but no longer match the recipe (config.json records
     other values than the recipe now asks: an edited option, a retrained teacher) is ``stale``, with what differs;
     run_pipeline refuses to go on while any is."""
     from featcache.extract import plan_extract
-    from featcache.teach import TEACHER_FILE
 
-    stages: list[Stage] = []
-    retrained: set[str] = set()  # teachers trained here whose teacher.pt is missing or stale
-    for t in p.teachers:
-        if t.train is not None:
-            d = _teacher_dir(p, t)
-            stage = Stage("teacher", t.name, _run_state(d, TEACHER_FILE), d, f"train-teacher {t.teacher}", t)
-            if stage.state != "run" and (d / CONFIG).is_file():
-                stage.differs = _teacher_differs(p, t, d)
-            if stage.differs:
-                stage.state, stage.detail = "stale", f"{stage.detail}: {'; '.join(stage.differs)}"
-            if stage.state != "done":
-                retrained.add(t.name)
-            stages.append(stage)
+    stages = _teacher_stages(p)
+    retrained = {s.name for s in stages if s.state != "done"}  # teachers whose teacher.pt is missing or stale
     keys: dict[str, str] = {}  # each teacher's cache key, where it can be planned now
+    draws: dict[str, str] = {}  # each teacher trained here: which draw (its seed, its weights' hash)
     for t in p.teachers:
         cfg = extract_config(p, t, cache_dir, device, workers)
         source = _weights_source(p, t)
+        if source is not None:
+            seed = teacher_config(p, next(x for x in p.teachers if x.name == source)).seed
+            draws[t.name] = f"{t.name} seed {seed}, trained first"
         if source is not None and (source in retrained or not Path(cfg.weights).is_file()):
             stages.append(Stage("extract", t.name, "waits", None, "after its teacher is trained", t))
             continue
         ep = plan_extract(cfg)
         keys[t.name] = ep.key
+        if source is not None:
+            draws[t.name] = f"{t.name} seed {seed}, weights {(ep.weights.sha256 or '?')[:8]}"
         from featcache.cache import CacheStore
 
         copies = CacheStore(cache_dir, p.stores).copies(ep.key)  # a complete copy in any store will be reused
@@ -288,11 +320,12 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
         stages.append(Stage("extract", t.name, "done" if done else "run", ep.directory, ep.key, t))
     for job in distill_jobs(p.distill):
         rd = p.runs_dir / job.name
-        stage = Stage("distill", job.name, _run_state(rd), rd, "", job)
+        shown = [draws[t] for t in job.teachers if t in draws]
+        stage = Stage("distill", job.name, _run_state(rd), rd, f"teacher draw {'; '.join(shown)}" if shown else "", job)
         if _has_results(rd):
             stage.differs = job_differs(p, job, rd, keys)
         if stage.differs:
-            stage.state, stage.detail = "stale", "; ".join(stage.differs)
+            stage.state, stage.detail = "stale", "; ".join(filter(None, [stage.detail, *stage.differs]))
         stages.append(stage)
     for seed, root in (p.amalgamate_dirs() if p.amalgamate is not None else {}).items():
         target = root / "target"

@@ -13,6 +13,7 @@ from featcache.cache.remote import store_url
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.config.flags import check_type, check_value, field_of_flag, recipe_fields
 from featcache.errors import SEED_MAX, ConfigError, FeatcacheError
+from featcache.pipeline.jobs import DistillSpec, TeacherSpec, block_draws, distill_jobs, teacher_draws
 from featcache.pipeline.paths import Recipe, check_names, expand, inside_runs
 
 if sys.version_info >= (3, 11):
@@ -29,25 +30,6 @@ _RUN_FLAGS = {"device", "workers"}  # featcache run's own flags: one machine for
 DISTILL_FIELDS = recipe_fields(DistillConfig) - _RUN_FLAGS
 TRAIN_FIELDS = recipe_fields(TeacherConfig)
 EXTRACT_FIELDS = recipe_fields(ExtractConfig)
-
-
-@dataclass
-class TeacherSpec:
-    name: str  # the name distill runs refer to it by (default: the teacher)
-    teacher: str
-    weights: str | None = None  # extract --weights, when not trained here
-    train: dict[str, Any] | None = None  # train-teacher options, when trained here
-    extract: dict[str, Any] = field(default_factory=dict)  # extract options (image_size, noise, batch_size, ...)
-
-
-@dataclass
-class DistillSpec:
-    students: list[str]
-    methods: list[str]
-    teachers: list[str]
-    seeds: list[int]
-    options: dict[str, Any]
-    tag: str = ""  # tells apart blocks with the same students/methods/teachers but other options
 
 
 @dataclass
@@ -141,8 +123,11 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
     if len(set(names)) != len(names):
         raise ConfigError(f"{where}: two [[teachers]] share the name "
                           f"{next(n for n in names if names.count(n) > 1)!r}; set 'name'")
+    teachers = teacher_draws(teachers, where)
     runs = [_parse_distill(d, f"{where}: [[distill]] #{i + 1}", ds, names, recipe)
             for i, d in enumerate(_table(data, "distill", f"{where}: distill", kind=list, default=[]))]
+    for i, block in enumerate(runs):
+        block.draws = block_draws(block.teachers, teachers, f"{where}: [[distill]] #{i + 1}")
     dirs = [job.name for job in distill_jobs(runs)]
     if len(set(dirs)) != len(dirs):
         clash = next(x for x in dirs if dirs.count(x) > 1)
@@ -155,6 +140,10 @@ def parse_pipeline(data: dict[str, Any], *, path: Path | None = None, data_root:
         if key in report:
             inside_runs(report[key], f"{where}: [report] {key}")
     amalgamate = _table(data, "amalgamate", f"{where}: [amalgamate]")
+    drawn = [t.base for t in teachers if t.draw is not None]
+    if amalgamate is not None and drawn and set(drawn) & set(amalgamate.get("teachers") or []):
+        raise ConfigError(f"{where}: [amalgamate] teachers: {sorted(set(drawn))[0]!r} lists seeds, which an "
+                          "amalgamation does not take yet; give it one teacher without seeds")
     if amalgamate is not None:
         amalgamate = _amalgamate_table(amalgamate, f"{where}: [amalgamate]", names, class_parts, part_names, recipe,
                                        ds.name, ds.options)
@@ -228,8 +217,9 @@ def _parse_teacher(t: Any, w: str, recipe: Recipe, ds: _Dataset, part_names: set
 
     if not isinstance(t, dict):
         raise ConfigError(f"{w}: expected a table, got {t!r}")
-    _unknown(t, {"name", "teacher", "weights", "train", "extract"}, w)
-    t = _keys(t, {"name": str, "teacher": str, "weights": str, "train": dict, "extract": dict}, f"{w} ")
+    _unknown(t, {"name", "teacher", "weights", "train", "extract", "seeds"}, w)
+    t = _keys(t, {"name": str, "teacher": str, "weights": str, "train": dict, "extract": dict,
+                  "seeds": list[int] | int}, f"{w} ")
     if "teacher" not in t:
         raise ConfigError(f"{w}: 'teacher' (a registered teacher or torchvision classifier) is required")
     if get_entry("teacher", t["teacher"]) is None and t["teacher"] not in torchvision_classifiers():
@@ -248,7 +238,15 @@ def _parse_teacher(t: Any, w: str, recipe: Recipe, ds: _Dataset, part_names: set
         if not any(isinstance(x, dict) and x.get("name", x.get("teacher")) == ref and x.get("train")
                    for x in teacher_tables):
             raise ConfigError(f"{w}: weights {weights!r} must name a [[teachers]] entry that is trained here")
-    return TeacherSpec(t.get("name", t["teacher"]), t["teacher"], weights, train, extract)
+    seeds = None
+    if "seeds" in t:
+        if train is None:
+            raise ConfigError(f"{w}: 'seeds' draws teachers trained here: give a 'train' table (a teacher loading "
+                              "'teacher:NAME' weights follows that teacher's seeds)")
+        if "seed" in train:
+            raise ConfigError(f"{w}: give either 'seeds' (one teacher per seed) or train.seed, not both")
+        seeds = _seeds(t, w)
+    return TeacherSpec(t.get("name", t["teacher"]), t["teacher"], weights, train, extract, seeds)
 
 
 def _parse_train(train: dict, teacher: str, w: str, recipe: Recipe, ds: _Dataset,
@@ -391,35 +389,6 @@ def load_pipeline(path: str | Path, *, data_root: Path | None = None, runs_dir: 
     except RecursionError:  # tomllib recurses per nesting level: arrays nested 100k deep are no recipe
         raise ConfigError(f"recipe {path}: invalid TOML (values nested too deep)") from None
     return parse_pipeline(data, path=path, data_root=data_root, runs_dir=runs_dir)
-
-
-
-@dataclass(frozen=True)
-class DistillJob:
-    """One distill run of a recipe: a student × method × seed of a [[distill]] block."""
-
-    student: str
-    method: str
-    teachers: tuple[str, ...]  # empty for ce, which ignores the block's teachers
-    seed: int
-    spec: DistillSpec
-
-    @property
-    def name(self) -> str:
-        """The run directory's name: <student>-<method>-<teachers or alone>[-<tag>]-s<seed>."""
-        who = "+".join(self.teachers) if self.teachers else "alone"
-        return f"{self.student}-{self.method}-{who}{'-' + self.spec.tag if self.spec.tag else ''}-s{self.seed}"
-
-
-def distill_jobs(blocks: list[DistillSpec]):
-    """Every run of the recipe's [[distill]] blocks, in recipe order."""
-    for d in blocks:
-        for student in d.students:
-            for method in d.methods:
-                teachers = () if method == "ce" else tuple(d.teachers)
-                for seed in d.seeds:
-                    yield DistillJob(student, method, teachers, seed, d)
-
 
 
 @contextlib.contextmanager

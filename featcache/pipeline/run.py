@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from featcache.config import DistillConfig, ExtractConfig, TeacherConfig
 from featcache.errors import ConfigError, RunLockedError
+from featcache.pipeline.jobs import TeacherSpec, distill_jobs
 from featcache.pipeline.plan import (
     extract_config,
     job_config,
@@ -18,7 +19,7 @@ from featcache.pipeline.plan import (
     stale_message,
     teacher_config,
 )
-from featcache.pipeline.recipe import Pipeline, TeacherSpec, distill_jobs, recipe_terms
+from featcache.pipeline.recipe import Pipeline, recipe_terms
 from featcache.runs.rundir import CONFIG, METRICS, SUMMARY
 from featcache.util.fileio import printable, write_text_atomic
 from featcache.util.progress import Reporter
@@ -79,7 +80,7 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     if busy:
         log(f"[run] {len(busy)} stage(s) were being trained by another process ({', '.join(busy[:3])}"
             f"{', …' if len(busy) > 3 else ''}): run the recipe again once they end to include them in the report")
-    report = write_report(p)
+    report = write_report(p, cache_dir)
     if tables:
         from featcache.distill.amalgamate import summarize
 
@@ -163,16 +164,22 @@ def report_path(p: Pipeline, name: str, label: str) -> Path:
     return path
 
 
-def write_report(p: Pipeline) -> dict[str, Any]:
+def write_report(p: Pipeline, cache_dir: Path | None = None) -> dict[str, Any]:
+    """The report of the recipe's runs: the table (a row per teacher draw), the arms over several teacher draws
+    (``draws``) and the curves."""
+    from featcache.runs.draws import draw_arms, markdown_draws, teacher_draws
     from featcache.runs.report import build_rows, load_record, markdown_table, plot_curves
 
     records = [load_record(d) for d in distill_runs(p)]
     out: dict[str, Any] = {"runs": [str(r.run_dir) for r in records], "rows": build_rows(records)}
+    out["draws"] = draw_arms(out["rows"], teacher_draws({k for r in records for k in r.teacher_keys}, cache_dir,
+                                                        p.stores))
     if not records:
         return out
     md = report_path(p, p.report.get("markdown", "report.md"), "[report] markdown")
     title = p.report.get("title", p.name)
-    write_text_atomic(md, f"# {title}\n\n{markdown_table(out['rows'])}", flag="[report] markdown", what="runs folder")
+    write_text_atomic(md, f"# {title}\n\n{markdown_table(out['rows'])}{markdown_draws(out['draws'])}",
+                      flag="[report] markdown", what="runs folder")
     out["markdown"] = md
     if p.report.get("plot"):
         out["plot"] = plot_curves(records, report_path(p, p.report["plot"], "[report] plot"), title,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import re
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Iterator
 
 import torch
@@ -89,6 +91,8 @@ def use_cpu_threads(device: torch.device, workers: int) -> int:
         # Denormal floats (|x| < 1e-38, e.g. in a stalled student's tiny gradients and Adam states) are up to 100x
         # slower on x86 CPUs; flushing them to zero changes no result that matters and keeps every step at speed.
         torch.set_flush_denormal(True)
+        if _PINNED.get() is not None:  # train-teacher --threads: part of what the teacher is, so it wins
+            return torch.get_num_threads()
         explicit = os.environ.get("FEATCACHE_THREADS")
         if explicit is not None and not (explicit.isdigit() and int(explicit) > 0):
             raise ConfigError(f"FEATCACHE_THREADS={explicit!r}: expected a whole number of threads >= 1 (or unset it)")
@@ -98,6 +102,49 @@ def use_cpu_threads(device: torch.device, workers: int) -> int:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+_PINNED: ContextVar[int | None] = ContextVar("featcache_pinned_threads", default=None)
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int | None) -> Iterator[None]:
+    """Run the block on exactly ``threads`` torch threads, whatever use_cpu_threads would choose (None: no pin)."""
+    if threads is None:
+        yield
+        return
+    before, token = torch.get_num_threads(), _PINNED.set(threads)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        _PINNED.reset(token)
+        torch.set_num_threads(before)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what platform says)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def bits_record(device: torch.device) -> dict[str, object]:
+    """What changes a training's bits besides its flags, data and seed: the thread count in use, the library
+    versions, the device and the determinism switches (reductions run in another order on another of these)."""
+    import torchvision
+
+    return {"threads": torch.get_num_threads(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__),
+            "device": device_name(device), "cpu": cpu_model(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "cudnn_deterministic": bool(torch.backends.cudnn.deterministic),
+            "cudnn_benchmark": bool(torch.backends.cudnn.benchmark)}
 
 
 @contextlib.contextmanager
