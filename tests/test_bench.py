@@ -223,3 +223,16 @@ def test_a_bench_table_keeps_each_rows_label_and_every_figure_at_any_width(name,
     assert shows_whole(text, labels), text
     assert text.count(figure) >= len(grid.rows) - (name == "distill"), text  # every row's figure, none cut
     assert all(len(ln) <= columns for ln in text.splitlines() if ln not in labels), text
+
+
+def test_bench_distill_trains_every_setting_with_the_papers_optimizer(tmp_path):
+    """The student alone would take its own recipe (mobilenetv3's AdamW, zero-initialised residuals): the benchmark
+    pins the papers' setting so that it differs from the cached-teacher settings only by the rows."""
+    from featcache.bench.distill import _scenarios
+    from featcache.config import DistillConfig
+
+    scenarios, _ = _scenarios(DistillConfig(student="mobilenetv3", batch_size=32), ["k" * 12], 32, tmp_path)
+    for _, cfg, _ in scenarios:
+        r = cfg.resolved()
+        assert (r.optimizer, r.lr, r.weight_decay, r.warmup_epochs, r.zero_init_residual, r.batch_size) == \
+            ("adam", 1e-3, 0.0, 0, False, 32)

@@ -121,7 +121,9 @@ def _scenarios(config: "DistillConfig", keys: list[str], size: int | None,
                scratch: Path) -> tuple[list[Scenario], dict[str, str]]:
     """The student alone, then with the first k cached and the first k online teachers, k = 1..T; and the method
     of each teacher setting (``config.method`` with one teacher, ``multi`` with several)."""
-    base = replace(config, cache_dir=scratch, image_size=None, augment="none", noise_per_batch=0)
+    # Every setting trains alike (the papers' optimizer, as with teachers), so they differ only in the teachers' rows.
+    base = replace(config.with_papers_defaults(), cache_dir=scratch, image_size=None, augment="none",
+                   noise_per_batch=0)
     scenarios: list[Scenario] = [("student", replace(base, teachers=[], method="ce", image_size=size), 0)]
     methods: dict[str, str] = {}
     for k in range(1, len(keys) + 1):

@@ -278,6 +278,15 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
             changes.update({name: getattr(recipe, name) for name in unset})
         return replace(self, **changes) if changes else self
 
+    def with_papers_defaults(self) -> "DistillConfig":
+        """The PER_STUDENT_FIELDS left unset given the papers' values, as a run with teachers resolves them: settings
+        compared side by side (a benchmark's student alone next to it with teachers) then train alike."""
+        from featcache.models.registry import PAPERS_RECIPE
+
+        unset = {name: getattr(PAPERS_RECIPE, name) for name in PER_STUDENT_FIELDS
+                 if getattr(self, name) in (None, OPTIMIZER_AUTO)}
+        return replace(self, **unset) if unset else self
+
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else student_recipe(self.student, not self.teachers).epochs
 
