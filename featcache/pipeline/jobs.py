@@ -107,8 +107,8 @@ def distill_jobs(blocks: list[DistillSpec]):
         for student in d.students:
             for method in d.methods:
                 # ce learns from no teacher: one run per seed, whatever the teachers' draws
-                draws: dict[int | None, tuple[str, ...]] = ({None: ()} if method == "ce" else
-                                                            {**d.draws} or {None: tuple(d.teachers)})
-                for draw, teachers in draws.items():
+                draws: list[tuple[int | None, tuple[str, ...]]] = (
+                    [(None, ())] if method == "ce" else list(d.draws.items()) or [(None, tuple(d.teachers))])
+                for draw, teachers in draws:
                     for seed in d.seeds:
                         yield DistillJob(student, method, teachers, seed, d, draw)
