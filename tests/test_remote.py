@@ -118,6 +118,54 @@ def test_a_pull_the_server_drops_mid_shard_resumes_to_the_same_bits(mirror: Path
     assert gets == [None, "bytes=5000-"]  # resumed from where it stopped (a server without Range sent it all again)
 
 
+def test_a_pull_downloads_the_files_of_a_cache_at_once(mirror: Path, home: Path):
+    key = _key(mirror)
+    started: dict[str, float] = {}
+    faults = Faults(delay=0.5, on_request=lambda path: started.setdefault(path, time.monotonic()))
+    srv = serve(mirror, faults=faults)  # each body takes 0.5 s: one after the other, they start 0.5 s apart
+    try:
+        pull(RemoteStore(srv.url), key, home)
+    finally:
+        srv.stop()
+    shards = sorted(t for p, t in started.items() if p.endswith(".h5"))
+    assert len(shards) == 2 and shards[1] - shards[0] < 0.25
+    _same_bits(mirror / key, home / key)
+
+
+def test_concurrent_downloads_each_resume_after_the_server_drops_them(mirror: Path, home: Path):
+    key = _key(mirror)
+    shards = sorted(p.name for p in (mirror / key).glob("*.h5"))
+    srv = serve(mirror, faults=Faults(drop={shards[0]: 5000, shards[1]: 3000}))
+    try:
+        pull(RemoteStore(srv.url), key, home)
+    finally:
+        srv.stop()
+    _same_bits(mirror / key, home / key)
+    for shard, at in zip(shards, (5000, 3000), strict=True):
+        assert [rng for p, rng in _shard_gets(srv) if p.endswith(shard)] == [None, f"bytes={at}-"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds a descriptor's file through /proc")
+def test_a_shard_that_cannot_be_made_durable_installs_nothing_and_a_rerun_resumes(mirror: Path, served, home: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch):
+    key = _key(mirror)
+    shard = sorted(p.name for p in (mirror / key).glob("*.h5"))[-1]
+    fsync = os.fsync
+
+    def failing(fd: int) -> None:  # the disk fails this one file's fsync
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(shard + PART_SUFFIX):
+            raise OSError(5, "Input/output error")
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing)
+    one_line_error(invoke("cache", "pull", key, "--store", served.url), f"store {home}", "Input/output error")
+    work = home / ".incoming" / f"{key}@{host()}@pull"
+    assert not (home / key).exists() and not (work / shard).exists()  # never renamed to its name undurable
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert invoke("cache", "pull", key, "--store", served.url).exit_code == 0
+    _same_bits(mirror / key, home / key)
+
+
 @pytest.mark.slow  # a process of its own, killed
 def test_a_pull_killed_then_rerun_resumes_to_the_same_bits(mirror: Path, home: Path):
     key = _key(mirror)
