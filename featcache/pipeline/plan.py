@@ -304,7 +304,7 @@ def plan(p: Pipeline, *, cache_dir: Path | None = None, device: str = "auto",
         cfg = extract_config(p, t, cache_dir, device, workers)
         source = _weights_source(p, t)
         if source is not None:
-            seed = teacher_config(p, next(x for x in p.teachers if x.name == source)).seed
+            seed = (next(x for x in p.teachers if x.name == source).train or {}).get("seed", TeacherConfig.seed)
             draws[t.name] = f"{t.name} seed {seed}, trained first"
         if source is not None and (source in retrained or not Path(cfg.weights).is_file()):
             stages.append(Stage("extract", t.name, "waits", None, "after its teacher is trained", t))
