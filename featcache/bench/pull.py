@@ -5,9 +5,11 @@ directory is served by ``python -m http.server`` in a process of its own on a lo
 featcache on the server, as a lab would serve one. Each round times, in this process, a plain urllib download of
 every file of the cache into a scratch directory (1 MiB reads written to disk, no hashing: what ``curl -o`` does;
 then an fsync of each, the durability a pull gives) and
-`cache pull` of the same cache into an empty store (each file's sha256 computed as it is written and checked against
-the manifest, fsynced, installed by the verified rename), in alternating order; the server reads its files from a
-warm page cache. The ratio is the plain download's seconds over the pull's, per round, then their median.
+`cache pull` of the same cache into an empty store (up to featcache.cache.pull.JOBS files at once, each file's sha256
+computed as it is written and checked against the manifest, fsynced, installed by the verified rename), in
+alternating order; the server reads its files from a warm page cache. The plain download is one file after the other
+on one connection, as ``curl -o`` of each file is. The ratio is the plain download's seconds over the pull's, per
+round, then their median.
 
 With ``distill`` set it also times a student's first epoch from a real (small) cache pulled on use (`distill
 --store URL`, an empty personal store) next to `cache pull` then the same distill from the local copy, each command
@@ -126,7 +128,10 @@ def _median(values: list[float]) -> float:
 
 
 def _summary(rounds: list[dict[str, float]], size: int, files: int) -> dict[str, Any]:
+    from featcache.cache.pull import JOBS
+
     out: dict[str, Any] = {"bytes": size, "files": files, "server": "python -m http.server (no Range), loopback",
+                           "connections": min(JOBS, files),
                            "load_1min": [round(r["load_1min"], 2) for r in rounds]}
     for name in ("plain", "plain_fsync", "pull"):
         seconds = [r[name] for r in rounds]

@@ -266,8 +266,10 @@ def _pull_table(p: dict) -> Grid:
               "", "")
     table.add("  the same + fsync of every file", f"{p['plain_fsync']['mb_per_s']:,.0f}",
               f"{p['plain_fsync']['seconds']:.3f}", "", "")
-    table.add("featcache cache pull (sha256 checked, fsync, verified install)", f"{p['pull']['mb_per_s']:,.0f}",
-              f"{p['pull']['seconds']:.3f}", f"{p['pull_vs_plain']:.2f}", f"{p['pull_vs_plain_fsync']:.2f}")
+    at_once = f", {p['connections']} files at once" if p.get("connections") else ""
+    table.add(f"featcache cache pull{at_once} (sha256 checked, fsync, verified install)",
+              f"{p['pull']['mb_per_s']:,.0f}", f"{p['pull']['seconds']:.3f}", f"{p['pull_vs_plain']:.2f}",
+              f"{p['pull_vs_plain_fsync']:.2f}")
     return table
 
 
