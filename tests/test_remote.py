@@ -145,6 +145,22 @@ def test_concurrent_downloads_each_resume_after_the_server_drops_them(mirror: Pa
         assert [rng for p, rng in _shard_gets(srv) if p.endswith(shard)] == [None, f"bytes={at}-"]
 
 
+def test_a_refused_shard_ends_the_pull_at_once_while_another_shard_is_stalled(mirror: Path, home: Path):
+    key = _key(mirror)
+    stalled, tampered = sorted((mirror / key).glob("*.h5"))
+    tampered.chmod(0o644)
+    tampered.write_bytes(tampered.read_bytes()[:-1] + b"?")
+    srv = serve(mirror, faults=Faults(stall={stalled.name: 5000}))  # then 30 s of silence (FEATCACHE_TIMEOUT is 10)
+    try:
+        start = time.monotonic()
+        line = one_line_error(invoke("cache", "pull", key, "--store", srv.url), tampered.name, "do not match")
+        took = time.monotonic() - start
+    finally:
+        srv.stop()
+    assert took < 5, (took, line)  # the stalled download was ended, not waited out
+    assert not (home / key).exists()
+
+
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds a descriptor's file through /proc")
 def test_a_shard_that_cannot_be_made_durable_installs_nothing_and_a_rerun_resumes(mirror: Path, served, home: Path,
                                                                                   monkeypatch: pytest.MonkeyPatch):

@@ -23,7 +23,7 @@ import threading
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable
 
 from featcache.cache.format import MANIFEST, Manifest, ProjectionInfo, ShardInfo
 from featcache.cache.hashpipe import start_writeback
@@ -146,6 +146,35 @@ class _Stopped(Exception):
     """Another file of the pull failed (or the pull was interrupted): this one stops at its next chunk, resumable."""
 
 
+class _Live:
+    """The pull's stop signal and the bodies its threads are reading. ``stop`` also aborts every open body
+    (remote.Body.abort), so that a thread blocked on a stalled server ends now, not after the request's timeout: an
+    interrupted pull (Ctrl-C, another file's failure) returns at once. A body leaves the set before it is closed, and
+    both happen under the lock, so that an abort never reaches a descriptor already closed (and maybe reused)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bodies: set[object] = set()
+        self.stopped = threading.Event()
+
+    def opened(self, body: object) -> None:
+        with self._lock:
+            self._bodies.add(body)
+            if self.stopped.is_set():
+                getattr(body, "abort", lambda: None)()
+
+    def close(self, body: object) -> None:
+        with self._lock:
+            self._bodies.discard(body)
+            getattr(body, "close", lambda: None)()  # a generator or a Body: its response closed
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped.set()
+            for body in self._bodies:
+                getattr(body, "abort", lambda: None)()
+
+
 class _Bytes:
     """The bytes the download threads have written since the reporter last heard of them: the reporter (a terminal's
     progress bar, a run's log) is only ever called from the pull's own thread."""
@@ -174,13 +203,13 @@ def fetch_files(remote: RemoteStore, key: str, files: list[ShardInfo | Projectio
     (0.44 -> 0.59 of a plain one-connection download, 0.71 -> 1.01 of one that also fsyncs: docs/benchmarks.md); what
     is left is the sha256's CPU. Nothing is weakened: a file still reaches its name only durable
     and verified, the cache is installed only when all are, and each ``.part`` resumes on its own. The first failure
-    stops the other threads at their next chunk (their bytes stay for a re-run) and is the one raised; the pull
-    returns, and so releases the key's lock, only once every thread has ended."""
+    stops the other threads at once (_Live; their bytes stay for a re-run) and is the one raised; the pull returns,
+    and so releases the key's lock, only once every thread has ended."""
     done = _Bytes()
-    stop = threading.Event()
+    live = _Live()
     pool = futures.ThreadPoolExecutor(min(JOBS, max(1, len(files))), thread_name_prefix="featcache-pull")
     try:
-        order = {pool.submit(fetch_file, remote, key, s, work, done.add, stop): i for i, s in enumerate(files)}
+        order = {pool.submit(fetch_file, remote, key, s, work, done.add, live): i for i, s in enumerate(files)}
         pending = set(order)
         while pending:
             finished, pending = futures.wait(pending, timeout=0.2, return_when=futures.FIRST_EXCEPTION)
@@ -191,15 +220,15 @@ def fetch_files(remote: RemoteStore, key: str, files: list[ShardInfo | Projectio
     except OSError as exc:  # the network's are RemoteErrors: this is the local disk (full, read-only, failing)
         raise unwritable(work.parent.parent, exc, "store") from None
     finally:
-        stop.set()
+        live.stop()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 def fetch_file(remote: RemoteStore, key: str, s: ShardInfo | ProjectionInfo, work: Path,
-               advance: Callable[[int], None], stop: threading.Event | None = None) -> str:
+               advance: Callable[[int], None], live: _Live | None = None) -> str:
     """One file of the cache into ``work``, verified and durable; its sha256. A network error is retried from where
-    it stopped; ``stop`` set ends the download at its next chunk (_Stopped)."""
-    stop = stop or threading.Event()
+    it stopped; ``live.stop()`` ends the download at once (_Stopped or RemoteError, its bytes kept)."""
+    live = live or _Live()
     final = work / s.file
     if final.is_file():  # verified before it was renamed; checked again, as a kill may have come at any point
         if final.stat().st_size == s.bytes and file_sha256(final) == s.sha256:
@@ -209,27 +238,28 @@ def fetch_file(remote: RemoteStore, key: str, s: ShardInfo | ProjectionInfo, wor
     part = work / (s.file + PART_SUFFIX)
     for attempt in range(RETRIES + 1):
         try:
-            digest = _download(remote, f"{key}/{s.file}", part, s, advance, stop)
+            digest = _download(remote, f"{key}/{s.file}", part, s, advance, live)
             break
         except RemoteError:
-            if attempt == RETRIES or stop.wait(0.5 * 2**attempt):
+            if attempt == RETRIES or live.stopped.wait(0.5 * 2**attempt):
                 raise
     os.rename(part, final)
     return digest
 
 
 def _download(remote: RemoteStore, rel: str, part: Path, s: ShardInfo | ProjectionInfo,
-              advance: Callable[[int], None], stop: threading.Event) -> str:
+              advance: Callable[[int], None], live: _Live) -> str:
     """Append the rest of ``rel`` to ``part`` (from its end when the server honours Range, else from 0); its sha256,
     the file fsynced."""
     url = remote.transport.address(rel)
     offset = part.stat().st_size if part.is_file() else 0
     offset = offset if offset <= s.bytes else 0
-    chunks: Iterator[bytes]
+    chunks: Iterable[bytes]
     if 0 < offset == s.bytes:  # all there (killed before the rename): nothing to ask for (a server would say 416)
         start, chunks = offset, iter(())
     else:
         start, chunks = remote.transport.stream(rel, offset)
+    live.opened(chunks)
     fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     h = Hasher()
     try:
@@ -242,7 +272,7 @@ def _download(remote: RemoteStore, rel: str, part: Path, s: ShardInfo | Projecti
             written = start
             try:
                 for chunk in chunks:
-                    if stop.is_set():
+                    if live.stopped.is_set():
                         raise _Stopped
                     if written + len(chunk) > s.bytes:
                         raise CacheError(f"{url}: the server sends more than the {s.bytes:,} bytes its manifest "
@@ -255,13 +285,15 @@ def _download(remote: RemoteStore, rel: str, part: Path, s: ShardInfo | Projecti
                     written += len(chunk)
                     advance(len(chunk))
             finally:
-                getattr(chunks, "close", lambda: None)()  # a generator: its response closed
+                live.close(chunks)
                 f.flush()
                 os.fsync(f.fileno())
                 digest = h.hexdigest()  # also on an error: the hashing thread ends
     except CacheError:
         part.unlink(missing_ok=True)
         raise
+    if live.stopped.is_set():  # an aborted body may end early without an error: not a short file, its bytes kept
+        raise _Stopped
     if written < s.bytes:  # the whole file was sent (a dropped connection is a RemoteError): it is short
         part.unlink(missing_ok=True)
         raise CacheError(f"{url}: the server's file has {written:,} bytes, its manifest records {s.bytes:,}; it is "

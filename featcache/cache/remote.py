@@ -21,12 +21,13 @@ from __future__ import annotations
 import html.parser
 import os
 import re
+import socket
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Generator, Iterable, Iterator
 
 from featcache.cache.format import MANIFEST, MANIFEST_LIMIT, Manifest, is_cache_key
 from featcache.errors import CacheError, ConfigError, RemoteError
@@ -144,7 +145,7 @@ class HttpTransport:
             raise RemoteError(f"{url}: larger than {limit >> 20} MiB, not a featcache file; it is not read")
         return data
 
-    def stream(self, rel: str, offset: int) -> tuple[int, Iterator[bytes]]:
+    def stream(self, rel: str, offset: int) -> tuple[int, Iterable[bytes]]:
         """(where the server's bytes start, their chunks) from ``offset``: 0 when it ignores the Range header."""
         url = self.address(rel)
         request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
@@ -158,10 +159,34 @@ class HttpTransport:
         except (OSError, ValueError) as exc:
             raise network_error(url, exc) from None
         ranged = r.status == 206 and r.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-        return (offset if ranged else 0), _chunks(r, url)
+        return (offset if ranged else 0), Body(r, url)
 
 
-def _chunks(response: Any, url: str) -> Iterator[bytes]:
+class Body:
+    """A response's body as chunks (iterate it; ``close`` it when done). ``abort`` from another thread ends a read
+    blocked on a stalled server at once (the socket shut down: the read meets an early end, a RemoteError), where
+    closing the response would wait for the timeout: a pull interrupted while several files download stops now."""
+
+    def __init__(self, response: Any, url: str) -> None:
+        self._response = response
+        self._chunks = _chunks(response, url)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._chunks
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    def abort(self) -> None:
+        """Only while the body is open (the caller's to ensure): a closed one's descriptor may be another file's."""
+        try:
+            with socket.socket(fileno=os.dup(self._response.fileno())) as sock:  # a duplicate: shutdown acts on the
+                sock.shutdown(socket.SHUT_RDWR)  # connection, and closing the duplicate leaves the response's own
+        except (OSError, ValueError):
+            pass  # already closed, or not a socket: nothing is blocked on it
+
+
+def _chunks(response: Any, url: str) -> Generator[bytes, None, None]:
     try:
         with response:
             while True:
@@ -197,7 +222,7 @@ class FsspecTransport:
             raise RemoteError(f"{self.address(rel)}: larger than {limit >> 20} MiB, not a featcache file")
         return data
 
-    def stream(self, rel: str, offset: int) -> tuple[int, Iterator[bytes]]:
+    def stream(self, rel: str, offset: int) -> tuple[int, Iterable[bytes]]:
         try:
             f = self.fs.open(f"{self.root}/{rel}", "rb", block_size=CHUNK)
             f.seek(offset)
