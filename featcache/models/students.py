@@ -192,6 +192,7 @@ def _mobilenetv3_small(small: bool, image_size: int, **_: Any) -> Arch:
 @register_model(
     KIND, "mobilenetv2", default_image_size=224,
     description="MobileNetV2: body 1280 → classifier (dropout 0.2)",
+    alone=MOBILENET_ALONE,
 )
 def _mobilenetv2(small: bool, image_size: int, **_: Any) -> Arch:
     import torchvision
