@@ -977,6 +977,43 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
     assert sorted(Path(r).name for r in result["runs"]) == ["lenet5-ce-alone-s0", "lenet5-ce-alone-s1"]
 
 
+@pytest.mark.slow
+def test_a_second_run_trains_another_teacher_draw_while_the_first_trains_one(tmp_path, monkeypatch):
+    """Teacher stages are shared like distill runs: a teacher another process holds is skipped, and its cache, the
+    teachers taking its weights and its students wait; the other draws are trained, extracted and distilled."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
+    data = {"pipeline": {"name": "draws"},
+            "dataset": {"name": "synthetic", "options": {"num_train": 32, "num_test": 16, "num_classes": 4}},
+            "teachers": [{"name": "c", "teacher": "convnet", "seeds": [0, 1],
+                          "train": {"epochs": 1, "init": "random", "batch_size": 32}, "extract": {"image_size": 32}},
+                         {"name": "c-views", "teacher": "convnet", "weights": "teacher:c",
+                          "extract": {"image_size": 32, "views": 2}}],
+            "distill": [{"students": ["lenet5"], "methods": ["kd"], "teachers": ["c"],
+                         "options": {"epochs": 1, "batch_size": 16}}]}
+    p = parse_pipeline(data, runs_dir=tmp_path / "runs")
+    held = tmp_path / "runs" / "teachers" / "c"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from featcache.util.locks import DirLock; "
+         f"DirLock({str(held)!r}, 'run directory').acquire(wait=False); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lines: list[str] = []
+        result = run_pipeline(p, workers=0, log=lines.append)
+        assert any("[teacher] c: skipped, another featcache process (pid" in ln for ln in lines), lines
+        assert any("[extract] c: waits for its teacher" in ln for ln in lines), lines
+        assert any("[extract] c-views: waits for its teacher" in ln for ln in lines), lines
+        assert any("lenet5-kd-c-s0: waits for its teacher" in ln for ln in lines), lines
+        assert [Path(r).name for r in result["runs"]] == ["lenet5-kd-c-t1-s0"]  # the other draw went on
+        assert not (held / "teacher.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 @pytest.mark.parametrize("text, needle", [
     (b"x = " + b"[" * 100_000 + b"]" * 100_000, "nested too deep"),
     (b"[pipeline]\nname = \"\xff\xfe\"\n", "invalid TOML"),

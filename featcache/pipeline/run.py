@@ -51,14 +51,25 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     keys: dict[str, str] = {}
     tables: dict[int, list] = {}  # seed -> the amalgamation's per-task table
     busy: list[str] = []  # runs another process was training: a second `featcache run` shares the recipe's work
+    waiting: set[str] = set()  # teachers another process is training: their caches and students wait for it
     for stage in stages:
         if stage.kind == "teacher" and stage.state != "done":
             t: TeacherSpec = stage.payload
             log(f"[teacher] {t.name}: {'resuming' if stage.state == 'resume' else 'training'} {t.teacher}")
             tc = teacher_config(p, t, device=device, workers=workers, run_dir=stage.run_dir,
                                 resume=stage.state == "resume")
-            with recipe_terms(TeacherConfig, f"[[teachers]] {t.name!r} train."):
-                train_teacher(tc, reporter)
+            before = len(busy)
+            with _unless_busy("teacher", t.name, busy, log):
+                with recipe_terms(TeacherConfig, f"[[teachers]] {t.name!r} train."):
+                    train_teacher(tc, reporter)
+            if len(busy) > before:
+                waiting.add(t.name)
+        elif stage.kind == "extract" and _waits(stage.payload, waiting):
+            waiting.add(stage.payload.name)  # (a teacher taking another's weights waits with it)
+            log(f"[extract] {stage.payload.name}: waits for its teacher, which another process is training")
+        elif stage.kind == "distill" and stage.state != "done" and waiting & set(stage.payload.teachers):
+            busy.append(f"distill {stage.name}")
+            log(f"[distill] {stage.name}: waits for its teacher, which another process is training")
         elif stage.kind == "extract":
             t = stage.payload
             cfg = extract_config(p, t, cache_dir, device, workers)
@@ -73,6 +84,9 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             with _unless_busy("distill", stage.name, busy, log):
                 with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
                     log(f"[distill] {stage.name}: {distill(config, reporter).line()}")
+        elif stage.kind == "amalgamate" and waiting & set((p.amalgamate or {}).get("teachers", [])):
+            busy.append(f"amalgamate seed {stage.payload}")
+            log(f"[amalgamate] seed {stage.payload}: waits for a source teacher, which another process is training")
         elif stage.kind == "amalgamate":
             with _unless_busy("amalgamate", f"seed {stage.payload}", busy, log):
                 tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
@@ -87,6 +101,13 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
         report["amalgamate"] = summarize(tables)
         report["amalgamate_markdown"] = _write_task_table(p, tables)
     return report
+
+
+def _waits(t: TeacherSpec, waiting: set[str]) -> bool:
+    """Whether teacher ``t``'s cache must wait: it, or the teacher whose weights it takes (``teacher:NAME``), is being
+    trained by another process."""
+    source = t.weights.split(":", 1)[1] if isinstance(t.weights, str) and t.weights.startswith("teacher:") else None
+    return t.name in waiting or source in waiting
 
 
 @contextlib.contextmanager
