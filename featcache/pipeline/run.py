@@ -37,7 +37,6 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     runs, unless ``rerun_stale``: their directories are then moved under RUNS/.stale/ and the stages run again."""
     from featcache.distill.trainer import distill
     from featcache.extract import extract
-    from featcache.teach import train_teacher
 
     reporter, log = reporter or Reporter(), log or _log.info
     stages = plan(p, cache_dir=cache_dir, device=device, workers=workers)
@@ -54,22 +53,10 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     waiting: set[str] = set()  # teachers another process is training: their caches and students wait for it
     for stage in stages:
         if stage.kind == "teacher" and stage.state != "done":
-            t: TeacherSpec = stage.payload
-            log(f"[teacher] {t.name}: {'resuming' if stage.state == 'resume' else 'training'} {t.teacher}")
-            tc = teacher_config(p, t, device=device, workers=workers, run_dir=stage.run_dir,
-                                resume=stage.state == "resume")
-            before = len(busy)
-            with _unless_busy("teacher", t.name, busy, log):
-                with recipe_terms(TeacherConfig, f"[[teachers]] {t.name!r} train."):
-                    train_teacher(tc, reporter)
-            if len(busy) > before:
-                waiting.add(t.name)
-        elif stage.kind == "extract" and _waits(stage.payload, waiting):
-            waiting.add(stage.payload.name)  # (a teacher taking another's weights waits with it)
-            log(f"[extract] {stage.payload.name}: waits for its teacher, which another process is training")
-        elif stage.kind == "distill" and stage.state != "done" and waiting & set(stage.payload.teachers):
-            busy.append(f"distill {stage.name}")
-            log(f"[distill] {stage.name}: waits for its teacher, which another process is training")
+            if not _train_teacher_stage(p, stage, device, workers, reporter, busy, log):
+                waiting.add(stage.payload.name)
+        elif _waits_for_teacher(p, stage, waiting, busy, log):
+            continue
         elif stage.kind == "extract":
             t = stage.payload
             cfg = extract_config(p, t, cache_dir, device, workers)
@@ -84,9 +71,6 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
             with _unless_busy("distill", stage.name, busy, log):
                 with recipe_terms(DistillConfig, f"[[distill]] {stage.name} options."):
                     log(f"[distill] {stage.name}: {distill(config, reporter).line()}")
-        elif stage.kind == "amalgamate" and waiting & set((p.amalgamate or {}).get("teachers", [])):
-            busy.append(f"amalgamate seed {stage.payload}")
-            log(f"[amalgamate] seed {stage.payload}: waits for a source teacher, which another process is training")
         elif stage.kind == "amalgamate":
             with _unless_busy("amalgamate", f"seed {stage.payload}", busy, log):
                 tables[stage.payload] = _amalgamate(p, keys, stage.payload, cache_dir, device, workers, reporter,
@@ -103,11 +87,44 @@ def run_pipeline(p: Pipeline, *, cache_dir: Path | None = None, device: str = "a
     return report
 
 
-def _waits(t: TeacherSpec, waiting: set[str]) -> bool:
-    """Whether teacher ``t``'s cache must wait: it, or the teacher whose weights it takes (``teacher:NAME``), is being
-    trained by another process."""
-    source = t.weights.split(":", 1)[1] if isinstance(t.weights, str) and t.weights.startswith("teacher:") else None
-    return t.name in waiting or source in waiting
+def _train_teacher_stage(p: Pipeline, stage, device: str, workers: int | None, reporter: Reporter,
+                         busy: list[str], log) -> bool:
+    """Train (or resume) a recipe's teacher; False when another process holds its run directory (noted in ``busy``)."""
+    from featcache.teach import train_teacher
+
+    t: TeacherSpec = stage.payload
+    log(f"[teacher] {t.name}: {'resuming' if stage.state == 'resume' else 'training'} {t.teacher}")
+    tc = teacher_config(p, t, device=device, workers=workers, run_dir=stage.run_dir, resume=stage.state == "resume")
+    before = len(busy)
+    with _unless_busy("teacher", t.name, busy, log):
+        with recipe_terms(TeacherConfig, f"[[teachers]] {t.name!r} train."):
+            train_teacher(tc, reporter)
+    return len(busy) == before
+
+
+def _waits_for_teacher(p: Pipeline, stage, waiting: set[str], busy: list[str], log) -> bool:
+    """Whether ``stage`` waits for a teacher another process is training (``waiting``), said in the log: its cache (or
+    the cache of a teacher taking its weights, ``teacher:NAME``, which then waits too), the students of those caches,
+    an amalgamation over them."""
+    if not waiting:
+        return False
+    if stage.kind == "extract":
+        t = stage.payload
+        source = t.weights.split(":", 1)[1] if isinstance(t.weights, str) and t.weights.startswith("teacher:") else None
+        if t.name not in waiting and source not in waiting:
+            return False
+        waiting.add(t.name)
+        log(f"[extract] {t.name}: waits for its teacher, which another process is training")
+        return True
+    if stage.kind == "distill" and stage.state != "done" and waiting & set(stage.payload.teachers):
+        busy.append(f"distill {stage.name}")
+        log(f"[distill] {stage.name}: waits for its teacher, which another process is training")
+        return True
+    if stage.kind == "amalgamate" and waiting & set((p.amalgamate or {}).get("teachers", [])):
+        busy.append(f"amalgamate seed {stage.payload}")
+        log(f"[amalgamate] seed {stage.payload}: waits for a source teacher, which another process is training")
+        return True
+    return False
 
 
 @contextlib.contextmanager
