@@ -1,5 +1,6 @@
 """Recipes: parsing and validation, the plan, skipping what is done, resuming, the report."""
 
+import contextlib
 import json
 import logging
 import os
@@ -944,12 +945,27 @@ def test_relative_paths_in_a_recipe_resolve_against_its_folder(tmp_path, monkeyp
     assert load_pipeline(recipe).runs_dir == Path("runs") / "r"
 
 
-def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
-    """A second `featcache run` of a recipe (another GPU, another node on a shared filesystem) skips the run another
-    process is training and goes on with the next, instead of stopping at the first locked run directory."""
+@contextlib.contextmanager
+def _held_by_another_process(run_dir: Path):
+    """``run_dir`` locked by another process (as a second `featcache run` training it would), until the block ends."""
     import subprocess
     import sys
 
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from featcache.util.locks import DirLock; "
+         f"DirLock({str(run_dir)!r}, 'run directory').acquire(wait=False); print('held', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        yield
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
+    """A second `featcache run` of a recipe (another GPU, another node on a shared filesystem) skips the run another
+    process is training and goes on with the next, instead of stopping at the first locked run directory."""
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     data = {"pipeline": {"name": "two"},
             "dataset": {"name": "synthetic", "options": {"num_train": 32, "num_test": 16, "num_classes": 4}},
@@ -957,12 +973,7 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
                          "options": {"epochs": 1, "batch_size": 16}}]}
     p = parse_pipeline(data, runs_dir=tmp_path / "runs")
     held = tmp_path / "runs" / "lenet5-ce-alone-s0"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from featcache.util.locks import DirLock; "
-         f"DirLock({str(held)!r}, 'run directory').acquire(wait=False); print('held', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(held):
         lines: list[str] = []
         result = run_pipeline(p, workers=0, log=lines.append)
         skipped = "lenet5-ce-alone-s0: skipped, another featcache process (pid"
@@ -970,9 +981,6 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
         assert any("1 stage(s) were being trained by another process" in ln for ln in lines), lines
         assert [Path(r).name for r in result["runs"]] == ["lenet5-ce-alone-s1"]
         assert not (held / "summary.json").exists()
-    finally:
-        holder.kill()
-        holder.wait()
     result = run_pipeline(p, workers=0, log=lambda m: None)  # the holder is gone: the skipped run is trained now
     assert sorted(Path(r).name for r in result["runs"]) == ["lenet5-ce-alone-s0", "lenet5-ce-alone-s1"]
 
@@ -981,9 +989,6 @@ def test_two_runs_of_one_recipe_share_its_work(tmp_path, monkeypatch):
 def test_a_second_run_trains_another_teacher_draw_while_the_first_trains_one(tmp_path, monkeypatch):
     """Teacher stages are shared like distill runs: a teacher another process holds is skipped, and its cache, the
     teachers taking its weights and its students wait; the other draws are trained, extracted and distilled."""
-    import subprocess
-    import sys
-
     monkeypatch.setenv("FEATCACHE_HOME", str(tmp_path / "home"))
     data = {"pipeline": {"name": "draws"},
             "dataset": {"name": "synthetic", "options": {"num_train": 32, "num_test": 16, "num_classes": 4}},
@@ -995,12 +1000,7 @@ def test_a_second_run_trains_another_teacher_draw_while_the_first_trains_one(tmp
                          "options": {"epochs": 1, "batch_size": 16}}]}
     p = parse_pipeline(data, runs_dir=tmp_path / "runs")
     held = tmp_path / "runs" / "teachers" / "c"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from featcache.util.locks import DirLock; "
-         f"DirLock({str(held)!r}, 'run directory').acquire(wait=False); print('held', flush=True); time.sleep(120)"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with _held_by_another_process(held):
         lines: list[str] = []
         result = run_pipeline(p, workers=0, log=lines.append)
         assert any("[teacher] c: skipped, another featcache process (pid" in ln for ln in lines), lines
@@ -1009,9 +1009,6 @@ def test_a_second_run_trains_another_teacher_draw_while_the_first_trains_one(tmp
         assert any("lenet5-kd-c-s0: waits for its teacher" in ln for ln in lines), lines
         assert [Path(r).name for r in result["runs"]] == ["lenet5-kd-c-t1-s0"]  # the other draw went on
         assert not (held / "teacher.pt").exists()
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize("text, needle", [
