@@ -400,8 +400,9 @@ def test_the_entry_point_flushes_a_piped_output_and_keeps_the_exit_code(tmp_path
 
     # torch imported: the fast end is taken; a pipe's buffered output must still arrive whole
     code = ("import torch, sys; from featcache.cli import main; sys.argv = ['featcache'] + sys.argv[1:]; main()")
-    ok = subprocess.run([sys.executable, "-c", code, "students"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0 and "mobilenetv3" in ok.stdout and ok.stdout.endswith("\n")
+    ok = subprocess.run([sys.executable, "-c", code, "cache", "ls", "--cache-dir", str(tmp_path)], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0 and str(tmp_path) in ok.stdout and ok.stdout.endswith("\n"), ok.stdout
     bad = subprocess.run([sys.executable, "-c", code, "cache", "info", "nokey", "--cache-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nokey" in bad.stderr
@@ -412,7 +413,8 @@ def test_a_profiled_command_returns_to_its_profiler(tmp_path):
     import sys
 
     out = tmp_path / "prof.out"
-    code = ("import torch, sys, cProfile; from featcache.cli import main; sys.argv = ['featcache', 'students']; "
+    code = ("import torch, sys, cProfile; from featcache.cli import main; "
+            f"sys.argv = ['featcache', 'cache', 'ls', '--cache-dir', {str(tmp_path)!r}]; "
             f"cProfile.run('main()', {str(out)!r})")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and out.stat().st_size > 0, r.stderr
