@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -280,12 +281,17 @@ def test_a_remote_manifest_that_changes_between_two_reads_is_refused(mirror: Pat
     key = _key(mirror)
     manifest = mirror / key / "manifest.json"
 
+    lock, done = threading.Lock(), []
+
     def republish(path: str) -> None:  # a publisher rewrites the manifest once the first shard is being fetched
-        if path.endswith(".h5") and "finished" in manifest.read_text():
-            d = json.loads(manifest.read_text())
-            d["finished"] = "2030-01-01T00:00:00+00:00"
-            manifest.chmod(0o644)
-            manifest.write_text(json.dumps(d))
+        with lock:  # (the pull fetches several shards at once: one rewrite, by one request)
+            if path.endswith(".h5") and not done:
+                d = json.loads(manifest.read_text())
+                d["finished"] = "2030-01-01T00:00:00+00:00"
+                fresh = manifest.with_name("manifest.json.new")
+                fresh.write_text(json.dumps(d))
+                os.replace(fresh, manifest)
+                done.append(path)
 
     srv = serve(mirror, faults=Faults(on_request=republish))
     try:
