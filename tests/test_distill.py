@@ -227,6 +227,9 @@ def test_options_left_unset_are_the_students_recipe_alone_and_the_papers_with_te
     assert _recipe_of(DistillConfig()) == (None, "auto", None, None, None, None)
     papers = (DEFAULT_EPOCHS, "adam", 1e-3, 0.0, 0, False)
     assert as_recipe(PAPERS_RECIPE) == papers
+    from featcache.config.distill import RECIPE_DEFAULTS
+
+    assert all(RECIPE_DEFAULTS[k] == getattr(PAPERS_RECIPE, k) for k in RECIPE_DEFAULTS if k != "augment")  # one truth
     assert _recipe_of(DistillConfig(student="convnet_small").resolved()) == papers
     mine = get_entry("student", "mobilenetv3").alone
     assert mine != PAPERS_RECIPE and len(astuple(mine)) == 7

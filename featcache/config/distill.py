@@ -272,10 +272,8 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
         changes: dict[str, Any] = {}
         if self.augment == AUGMENT_AUTO:
             changes["augment"] = "none" if self.teachers else AUGMENT_ALONE
-        unset = [name for name in PER_STUDENT_FIELDS if getattr(self, name) in (None, OPTIMIZER_AUTO)]
-        if unset:
-            recipe = student_recipe(self.student, alone=not self.teachers)
-            changes.update({name: getattr(recipe, name) for name in unset})
+        if self._unset():
+            changes.update(self._from_recipe(student_recipe(self.student, alone=not self.teachers)))
         return replace(self, **changes) if changes else self
 
     def with_papers_defaults(self) -> "DistillConfig":
@@ -283,9 +281,14 @@ class DistillConfig(RunOptions, LoaderOptions, OptimOptions, AKAOptions, FitNets
         compared side by side (a benchmark's student alone next to it with teachers) then train alike."""
         from featcache.models.registry import PAPERS_RECIPE
 
-        unset = {name: getattr(PAPERS_RECIPE, name) for name in PER_STUDENT_FIELDS
-                 if getattr(self, name) in (None, OPTIMIZER_AUTO)}
-        return replace(self, **unset) if unset else self
+        return replace(self, **self._from_recipe(PAPERS_RECIPE)) if self._unset() else self
+
+    def _unset(self) -> list[str]:
+        return [name for name in PER_STUDENT_FIELDS if getattr(self, name) in (None, OPTIMIZER_AUTO)]
+
+    def _from_recipe(self, recipe: Any) -> dict[str, Any]:
+        """The unset PER_STUDENT_FIELDS as ``recipe`` (an AloneRecipe) gives them."""
+        return {name: getattr(recipe, name) for name in self._unset()}
 
     def resolved_epochs(self) -> int:
         return self.epochs if self.epochs is not None else student_recipe(self.student, not self.teachers).epochs
