@@ -2,6 +2,7 @@
 a lab's own logger (MODULE:CLASS), and one-line errors for what cannot work."""
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -222,3 +223,26 @@ def test_train_teacher_and_recipes_take_the_option_too():
     with pytest.raises(ConfigError, match="--log nope"):
         validate(TeacherConfig(teacher="resnet18", dataset="synthetic", log=["nope"]))
     assert check_value(DistillConfig, "log", "tensorboard,jsonl", "log") == ["tensorboard", "jsonl"]
+
+
+@pytest.mark.slow  # a process of its own: ~5 s
+def test_a_command_ended_without_the_interpreter_teardown_leaves_every_file_whole(resnet18_store, tmp_path):
+    """`python -m featcache distill` ends with os._exit after its exit handlers: the event file, metrics, summary and
+    checkpoints it wrote must all be complete on disk (nothing left to a teardown that no longer happens)."""
+    import subprocess
+    import sys
+
+    from featcache.distill.evaluation import evaluate_run
+
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "featcache", *distill_args(resnet18_store, run_dir, "--log",
+                                                                         "tensorboard,jsonl")],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "FEATCACHE_FULL_EXIT": "0"})
+    assert r.returncode == 0, r.stderr
+    events = EventAccumulator(str(run_dir / TENSORBOARD_DIR))
+    events.Reload()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [e.step for e in events.Scalars("acc/test")] == [1, 2] == [m["epoch"] for m in records]
+    assert {"final/best_acc", "final/last_acc"} <= set(events.Tags()["scalars"])  # written last, at the run's end
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert evaluate_run(run_dir, checkpoint="last", device="cpu", workers=0).acc == summary["last_acc"]
