@@ -59,15 +59,16 @@ class Warmup:
             return
         if self.base is None:
             self.base = [[g["lr"] for g in o.param_groups] for o in self.optimizers]
-        scale = min(1.0, (epoch * self.steps + step + 1) / (self.epochs * self.steps))
-        for o, base in zip(self.optimizers, self.base, strict=True):
-            for g, lr in zip(o.param_groups, base, strict=True):
-                g["lr"] = lr * scale
+        self._scale(min(1.0, (epoch * self.steps + step + 1) / (self.epochs * self.steps)))
 
     def end_epoch(self) -> None:
         """After the epoch's last step, before the schedule steps: the schedule's own rates back."""
         if self.base is not None:
-            for o, base in zip(self.optimizers, self.base, strict=True):
-                for g, lr in zip(o.param_groups, base, strict=True):
-                    g["lr"] = lr
+            self._scale(1.0)
             self.base = None
+
+    def _scale(self, scale: float) -> None:
+        assert self.base is not None
+        for o, base in zip(self.optimizers, self.base, strict=True):
+            for g, lr in zip(o.param_groups, base, strict=True):
+                g["lr"] = lr * scale
